@@ -1,0 +1,3 @@
+"""Every architecture family, imported explicitly (no import-time scanning)."""
+
+from . import ecbsr, etds  # noqa: F401

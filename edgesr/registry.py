@@ -1,0 +1,231 @@
+"""Explicit registry of super-resolution architectures.
+
+Each `Architecture` recognises its checkpoints from key names and tensor shapes,
+infers hyperparameters from those shapes, and builds either form of the network:
+``training`` (multi-branch, as the paper trains it) or ``deploy`` (plain, fast).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from .checkpoint import StateDict, load_state_dict
+from .errors import KeyMismatch, ScaleMismatch, UnknownArchitecture
+from .spec import Spec
+
+Hyper = dict[str, Any]
+FORMS = ("training", "deploy")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named configuration such as ``ecbsr-m4c16-x4``."""
+
+    name: str
+    hyperparams: Hyper
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    description: str
+    # Returns the form ("training"/"deploy") a state_dict is in, or None if it is not this arch.
+    detect: Callable[[StateDict], str | None]
+    # Hyperparameters from tensor shapes; `scale` is the user's hint (None = infer).
+    infer: Callable[[StateDict, str, int | None], Hyper]
+    # Build an untrained module of the given form.
+    build: Callable[[Hyper, str], nn.Module]
+    describe: Callable[[Hyper, str], Spec]
+    forms: tuple[str, ...] = FORMS
+    variants: tuple[Variant, ...] = ()
+    # Higher wins when several entries detect the same state_dict.
+    priority: int = 0
+    source: str = ""  # where the reference implementation / checkpoints come from
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def reparameterizable(self) -> bool:
+        return "training" in self.forms and "deploy" in self.forms
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    spec: Spec
+    arch: Architecture
+    state_dict_keys: int = 0
+
+
+_ARCHITECTURES: list[Architecture] = []
+
+
+def register(arch: Architecture) -> Architecture:
+    if any(a.name == arch.name for a in _ARCHITECTURES):
+        raise ValueError(f"architecture {arch.name!r} registered twice")
+    _ARCHITECTURES.append(arch)
+    return arch
+
+
+def architectures() -> list[Architecture]:
+    _ensure_loaded()
+    return list(_ARCHITECTURES)
+
+
+def get_architecture(name: str) -> Architecture:
+    _ensure_loaded()
+    key = name.lower().replace("_", "-")
+    for a in _ARCHITECTURES:
+        if a.name == key:
+            return a
+    for a in _ARCHITECTURES:
+        for v in a.variants:
+            if v.name == key:
+                return a
+    known = ", ".join(a.name for a in _ARCHITECTURES)
+    raise UnknownArchitecture(f"unknown architecture {name!r}; known: {known} (see `edgesr list`)")
+
+
+def get_variant(name: str) -> tuple[Architecture, Variant]:
+    _ensure_loaded()
+    key = name.lower().replace("_", "-")
+    for a in _ARCHITECTURES:
+        for v in a.variants:
+            if v.name == key:
+                return a, v
+    raise UnknownArchitecture(f"unknown variant {name!r} (see `edgesr list`)")
+
+
+def build_variant(name: str, form: str = "training") -> LoadedModel:
+    """Build a named variant with fresh (untrained) weights in either form."""
+    arch, variant = get_variant(name)
+    if form not in arch.forms:
+        raise KeyMismatch(f"{arch.name} has no {form} form (forms: {', '.join(arch.forms)})")
+    hp = dict(variant.hyperparams)
+    module = arch.build(hp, form)
+    spec = _with_variant(arch.describe(hp, form), variant.name)
+    return LoadedModel(module.eval(), spec, arch)
+
+
+def detect(sd: StateDict, arch: str | None = None) -> tuple[Architecture, str]:
+    """Find the architecture and form of a state_dict."""
+    _ensure_loaded()
+    if arch is not None:
+        a = get_architecture(arch)
+        form = a.detect(sd)
+        if form is None:
+            raise KeyMismatch(f"state_dict does not look like {a.name}: " + _describe_keys(sd))
+        return a, form
+    hits = [(a, f) for a in _ARCHITECTURES if (f := a.detect(sd)) is not None]
+    if not hits:
+        raise UnknownArchitecture(
+            "no registered architecture matches this state_dict; " + _describe_keys(sd)
+            + ". Pass --arch NAME if it is a known family with renamed keys (see `edgesr list`).")
+    hits.sort(key=lambda h: -h[0].priority)
+    return hits[0]
+
+
+def load_model(source: str | Path | StateDict, arch: str | None = None, scale: int | None = None,
+               checkpoint_name: str | None = None) -> LoadedModel:
+    """Checkpoint (path or state_dict) -> module with weights loaded strictly, in eval mode."""
+    sd = load_state_dict(source) if isinstance(source, (str, Path)) else source
+    a, form = detect(sd, arch)
+    hp = a.infer(sd, form, scale)
+    if scale is not None and hp.get("scale") != scale:
+        raise ScaleMismatch(f"--scale {scale} does not match the checkpoint ({a.name}, x{hp.get('scale')})")
+    module = a.build(hp, form)
+    load_strict(module, sd, a.name)
+    spec = a.describe(hp, form)
+    variant = match_variant(a, hp)
+    if variant:
+        spec = _with_variant(spec, variant)
+    return LoadedModel(module.eval(), spec, a, len(sd))
+
+
+def match_variant(a: Architecture, hp: Hyper) -> str | None:
+    for v in a.variants:
+        if all(hp.get(k) == val for k, val in v.hyperparams.items()):
+            return v.name
+    return None
+
+
+def load_strict(module: nn.Module, sd: StateDict, arch_name: str = "model") -> None:
+    """load_state_dict(strict=True) with an error that lists every offending key."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    extra = sorted(set(sd) - set(own))
+    shape = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                   for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+    if missing or extra or shape:
+        parts = []
+        if missing:
+            parts.append("missing keys: " + _clip_list(missing))
+        if extra:
+            parts.append("unexpected keys: " + _clip_list(extra))
+        if shape:
+            parts.append("shape mismatches: " + _clip_list(shape))
+        raise KeyMismatch(f"checkpoint does not fit {arch_name}: " + "; ".join(parts))
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def _with_variant(spec: Spec, variant: str) -> Spec:
+    from dataclasses import replace
+
+    return replace(spec, variant=variant)
+
+
+def _describe_keys(sd: StateDict) -> str:
+    tops = sorted({k.split(".")[0] for k in sd})
+    return f"{len(sd)} keys, top-level names not recognised: {_clip_list(tops)}"
+
+
+def _clip_list(items: list[str], n: int = 12) -> str:
+    return ", ".join(items[:n]) + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
+
+
+# ---- helpers shared by family modules -------------------------------------------------
+
+def scale_from_channels(out_channels: int, colors: int, hint: int | None, extra: int = 0,
+                        arch: str = "model") -> int:
+    """Infer the pixel-shuffle scale from a last conv's output channel count."""
+    n = out_channels - extra
+    for s in (1, 2, 3, 4, 5, 6, 8):
+        if colors * s * s == n:
+            if hint is not None and hint != s:
+                raise ScaleMismatch(f"--scale {hint} does not match the checkpoint: {arch} has "
+                                    f"{out_channels} output channels before PixelShuffle, i.e. x{s}")
+            return s
+    raise KeyMismatch(f"{arch}: {out_channels} output channels before PixelShuffle fit no scale "
+                      f"for {colors} colour channels")
+
+
+def count_indexed(sd: StateDict, prefix: str) -> int:
+    """Number of consecutive ``prefix.N.`` entries (ModuleList / Sequential length)."""
+    idx = {int(k[len(prefix) + 1:].split(".")[0]) for k in sd
+           if k.startswith(prefix + ".") and k[len(prefix) + 1:].split(".")[0].isdigit()}
+    return max(idx) + 1 if idx else 0
+
+
+def has_all(sd: StateDict, *keys: str) -> bool:
+    return all(k in sd for k in keys)
+
+
+def count_3x3_convs(module: nn.Module) -> int:
+    return sum(1 for m in module.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
+
+
+_LOADED = False
+
+
+def _ensure_loaded() -> None:
+    """Import the family modules (explicit list; each calls `register`)."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from . import archs  # noqa: F401  (archs/__init__.py imports every family explicitly)
+
