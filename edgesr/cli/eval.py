@@ -1,0 +1,43 @@
+"""edgesr eval: Y-channel PSNR/SSIM on a benchmark test set (published-table protocol)."""
+
+from __future__ import annotations
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "eval", help="PSNR/SSIM (Y channel) of a model on a test set",
+        description="Evaluate MODEL (checkpoint, .onnx/.ort, or a `convert` OUTDIR) on a test set laid out as "
+                    "DIR/HR/<name>.png and DIR/LR_bicubic/X<s>/<name>x<s>.png. Y of YCbCr (BT.601, as "
+                    "MATLAB rgb2ycbcr), SR rounded to 8 bits, border crop = scale, HR cropped to LR size * scale.")
+    p.add_argument("model", help="checkpoint, .onnx/.ort file, or convert OUTDIR")
+    p.add_argument("--testset", required=True, help="test set folder (HR/ and LR_bicubic/X<s>/)")
+    p.add_argument("--scale", type=int, required=True, help="upscaling factor (must match the model)")
+    p.add_argument("--backend", choices=["torch", "ort"], default="torch")
+    p.add_argument("--arch", help="architecture name, when detection from the checkpoint is not enough")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    return p
+
+
+def run(args) -> int:
+    from ..evaluate import evaluate
+    from ..resolve import resolve_model
+    from .output import emit_json, print_table
+
+    if args.scale < 1:
+        from ..errors import ScaleMismatch
+
+        raise ScaleMismatch(f"--scale must be a positive integer, got {args.scale}")
+    resolved = resolve_model(args.model, backend=args.backend, scale=args.scale, arch=args.arch,
+                             threads=args.threads)
+    result = evaluate(resolved.runner, args.testset, args.scale, backend=args.backend)
+    out = result.to_dict()
+    out.update(model=str(args.model), architecture=resolved.spec.arch, variant=resolved.spec.variant)
+    if args.json:
+        emit_json(out)
+        return 0
+    rows = [[i.name, i.psnr_y, i.ssim_y] for i in result.images]
+    rows.append(["mean", result.psnr_y, result.ssim_y])
+    print(f"{args.model}  ({resolved.spec.arch} x{args.scale}, backend {args.backend})")
+    print_table(["image", "PSNR-Y (dB)", "SSIM-Y"], rows)
+    return 0
