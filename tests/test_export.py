@@ -1,0 +1,212 @@
+"""ONNX export: dynamic shapes, DepthToSpace CRD, simplification, metadata, checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgesr.errors import ExportError
+from edgesr.export import export_onnx, read_metadata
+from edgesr.registry import architectures, build_variant, get_variant, load_model
+from edgesr.reparam import reparameterize
+from edgesr.spec import Spec
+
+SIZES = [(17, 23), (64, 64), (31, 100)]  # odd non-square, square, wide
+ALL_VARIANTS = [v.name for a in architectures() for v in a.variants]
+# A few variants (one per family when available) checked at three sizes.
+FEW = [v for v in ("ecbsr-m4c16-x4", "etds-t-x3", "etds-s-x2") if v in ALL_VARIANTS]
+
+
+def _ort(path):
+    from edgesr.backends.ort_runner import OrtRunner
+
+    return OrtRunner(path, threads=1)
+
+
+def _deploy(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    arch, _ = get_variant(name)
+    lm = build_variant(name, "training" if "training" in arch.forms else "deploy")
+    _randomize(lm.module)
+    return reparameterize(lm.module), lm.spec
+
+
+@torch.no_grad()
+def _randomize(module: nn.Module) -> None:
+    """Non-trivial weights everywhere (identity inits would hide layout bugs)."""
+    for p in module.parameters():
+        p.add_(torch.randn_like(p) * 0.05)
+
+
+def _rand(n, c, h, w, seed=0):
+    return np.random.default_rng(seed).random((n, c, h, w), dtype=np.float32)
+
+
+def _max_abs(module, runner, x):
+    with torch.inference_mode():
+        ref = module(torch.from_numpy(x)).numpy()
+    out = runner.run(x)
+    assert out.shape == ref.shape
+    return float(np.abs(out - ref).max())
+
+
+@pytest.mark.parametrize("name", ALL_VARIANTS)
+def test_every_variant_exports_dynamic(name, tmp_path):
+    module, spec = _deploy(name)
+    res = export_onnx(module, spec, tmp_path / "m.onnx")
+    assert res.path.is_file() and res.max_abs_vs_torch is not None and res.max_abs_vs_torch < 1e-5
+    assert res.metadata["form"] == "deploy"
+    x = _rand(1, spec.in_channels, 19, 27, seed=3)
+    assert _max_abs(module, _ort(res.path), x) < 1e-5
+
+
+@pytest.mark.parametrize("name", FEW)
+def test_three_sizes_and_batch(name, tmp_path):
+    module, spec = _deploy(name, seed=1)
+    res = export_onnx(module, spec, tmp_path / "m.onnx")
+    runner = _ort(res.path)
+    for i, (h, w) in enumerate(SIZES):
+        x = _rand(2 if i == 0 else 1, spec.in_channels, h, w, seed=i)
+        err = _max_abs(module, runner, x)
+        assert err < 1e-5, (name, h, w, err)
+        assert runner.run(x).shape == (x.shape[0], spec.out_channels, h * spec.scale, w * spec.scale)
+
+
+def test_graph_io_is_dynamic_and_named(tmp_path):
+    import onnx
+
+    module, spec = _deploy(FEW[0])
+    res = export_onnx(module, spec, tmp_path / "m.onnx")
+    m = onnx.load(str(res.path))
+    assert [i.name for i in m.graph.input] == ["input"] and [o.name for o in m.graph.output] == ["output"]
+    ind = m.graph.input[0].type.tensor_type.shape.dim
+    outd = m.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in ind] == ["batch", "", "height", "width"] and ind[1].dim_value == 3
+    assert [d.dim_param for d in outd] == ["batch", "", "out_height", "out_width"] and outd[1].dim_value == 3
+    d2s = [n for n in m.graph.node if n.op_type == "DepthToSpace"]
+    assert d2s and all(a.s == b"CRD" for n in d2s for a in n.attribute if a.name == "mode")
+    onnx.checker.check_model(m, full_check=True)
+
+
+def test_static_export_has_fixed_shape(tmp_path):
+    import onnx
+
+    module, spec = _deploy(FEW[0])
+    res = export_onnx(module, spec, tmp_path / "m.onnx", dynamic=False, sample_shape=(1, 3, 24, 20))
+    dims = [d.dim_value for d in onnx.load(str(res.path)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 24, 20] and res.checked_shapes == [(1, 3, 24, 20)]
+
+
+class _Shuffle(nn.Module):
+    def __init__(self, scale):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3 * scale * scale, 1)
+        self.ps = nn.PixelShuffle(scale)
+
+    def forward(self, x):
+        return self.ps(self.conv(x))
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_pixel_shuffle_is_depth_to_space_crd_numerically(scale, tmp_path):
+    """Channel c*s*s + i*s + j -> (c, y*s+i, x*s+j): DCR ordering would scramble it."""
+    torch.manual_seed(0)
+    m = _Shuffle(scale).eval()
+    with torch.no_grad():  # each output channel carries a distinct constant
+        m.conv.weight.zero_()
+        m.conv.bias.copy_(torch.arange(3 * scale * scale, dtype=torch.float32))
+    spec = Spec(arch="test", scale=scale)
+    res = export_onnx(m, spec, tmp_path / "ps.onnx")
+    y = _ort(res.path).run(_rand(1, 3, 5, 7))
+    with torch.no_grad():
+        ref = m(torch.from_numpy(_rand(1, 3, 5, 7))).numpy()
+    np.testing.assert_array_equal(y, ref)
+    # the pattern really is CRD: channel c, sub-pixel (i, j) holds c*s*s + i*s + j
+    assert y[0, 1, 0, 1] == 1 * scale * scale + 0 * scale + 1
+
+
+def test_simplified_equals_unsimplified(tmp_path):
+    import onnx
+
+    module, spec = _deploy(FEW[0], seed=2)
+    a = export_onnx(module, spec, tmp_path / "a.onnx", simplify=False)
+    b = export_onnx(module, spec, tmp_path / "b.onnx", simplify=True)
+    assert not a.simplified and b.simplified and b.simplify_note == ""
+    assert len(onnx.load(str(b.path)).graph.node) <= len(onnx.load(str(a.path)).graph.node)
+    ra, rb = _ort(a.path), _ort(b.path)
+    for i, (h, w) in enumerate(SIZES):
+        x = _rand(1, 3, h, w, seed=10 + i)
+        assert np.array_equal(ra.run(x), rb.run(x))
+
+
+def test_metadata(tmp_path):
+    module, spec = _deploy(FEW[0])
+    ck = tmp_path / "fake.pth"
+    ck.write_bytes(b"weights")
+    res = export_onnx(module, spec, tmp_path / "m.onnx", metadata={"note": "hello", "dataset": {"name": "x"}},
+                      source_checkpoint=ck)
+    meta = read_metadata(res.path)
+    assert meta == res.metadata
+    for k in ("architecture", "variant", "scale", "value_range", "color_order", "layout", "source_sha256",
+              "edgesr_version", "form", "receptive_field", "opset", "spec"):
+        assert k in meta, k
+    assert meta["architecture"] == spec.arch and meta["variant"] == spec.variant
+    assert meta["scale"] == str(spec.scale) and meta["layout"] == "NCHW" and meta["color_order"] == "RGB"
+    assert meta["value_range"] == "[0.0, 1.0]" and meta["receptive_field"] == str(spec.receptive_field)
+    import hashlib
+    assert meta["source_sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert meta["note"] == "hello" and meta["dataset"] == '{"name": "x"}'
+
+
+def test_errors_are_one_line_and_leave_no_file(tmp_path):
+    module, spec = _deploy(FEW[0])
+    with pytest.raises(ExportError, match="opset"):
+        export_onnx(module, spec, tmp_path / "a.onnx", opset=9)
+
+    class Bad(nn.Module):
+        def forward(self, x):
+            return torch.from_numpy(x.numpy() * 2)  # untraceable
+
+    with pytest.raises(ExportError) as ei:
+        export_onnx(Bad(), Spec(arch="bad", scale=1), tmp_path / "b.onnx")
+    assert "\n" not in str(ei.value)
+    with pytest.raises(ExportError, match="source checkpoint"):
+        export_onnx(module, spec, tmp_path / "c.onnx", source_checkpoint=tmp_path / "missing.pth")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_check_catches_wrong_export(tmp_path):
+    """A module whose traced graph differs from eager (data-dependent branch) is refused."""
+
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x * 2 if x.shape[2] == 32 else x  # trace bakes in the branch for H=32
+
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_onnx(Branchy(), Spec(arch="b", scale=1), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def _set5_crops(set5_dir, scale):
+    """Crops of a real LR image at the three test sizes (in-distribution inputs)."""
+    from PIL import Image
+
+    img = np.asarray(Image.open(set5_dir / "LR_bicubic" / f"X{scale}" / f"baby" f"x{scale}.png").convert("RGB"))
+    x = img.astype(np.float32).transpose(2, 0, 1)[None] / 255.0
+    return [np.ascontiguousarray(x[:, :, 3:3 + h, 5:5 + w]) for h, w in SIZES]
+
+
+@pytest.mark.parametrize("rel", ["ETDS/ETDS_M5C16_x3.pth", "ECBSR/ECBSR_M4C16_x4.pth"])
+def test_real_checkpoints(rel, ckpt_dir, set5_dir, tmp_path):
+    path = ckpt_dir / rel
+    lm = load_model(path)
+    module = reparameterize(lm.module)
+    res = export_onnx(module, lm.spec, tmp_path / "m.onnx", source_checkpoint=path)
+    runner = _ort(res.path)
+    for x in _set5_crops(set5_dir, lm.spec.scale):
+        err = _max_abs(module, runner, x)
+        assert err < 1e-5, (rel, x.shape, err)
+    from edgesr.fsutil import sha256_file
+    assert res.metadata["source_sha256"] == sha256_file(path)
