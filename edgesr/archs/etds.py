@@ -24,6 +24,8 @@ from .common import conv3x3, conv_from_kernel
 class ETDSForInference(nn.Module):
     """Deploy form: plain 3x3 convs + ReLU, ReLU-clip, PixelShuffle."""
 
+    clamps_output = True  # the ReLU + 1x1 conv_clip + ReLU tail is clamp(y, 0, 1)
+
     def __init__(self, colors: int = 3, scale: int = 4, num_block: int = 5, num_feat: int = 16):
         super().__init__()
         self.scale = scale

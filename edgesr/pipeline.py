@@ -1,0 +1,411 @@
+"""`edgesr convert`: checkpoint -> reparameterize -> ONNX -> (INT8) -> parity -> latency -> OUTDIR.
+
+Everything is written into a hidden staging folder beside OUTDIR and renamed into
+place at the end, so a crash never leaves a half-written OUTDIR that looks complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from .errors import EdgesrError, OutputExists
+from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from .spec import Spec
+
+BUNDLED_CHECKPOINT = Path(__file__).parent / "assets" / "ecbsr_m4c16_x4_bundled.safetensors"
+STAGING_PREFIX = ".edgesr-partial-"
+
+
+@dataclass
+class ConvertOptions:
+    outdir: Path
+    checkpoint: Path | None = None  # None: the bundled training-form ECBSR x4
+    arch: str | None = None
+    scale: int | None = None
+    int8: bool = False
+    int8_profile: str = "trt"  # "trt" | "cpu" | "both"
+    calib: Path | None = None
+    psnr_budget: float = 0.1
+    fp16: bool = False
+    ort_format: bool = True
+    force: bool = False
+    bench: bool = True
+    bench_output: tuple[int, int] = (720, 1280)  # output size the latency row is measured at
+    threads: int | None = None
+    testset: Path | None = None  # HR/LR folder for quality numbers (default: none)
+
+
+@dataclass
+class Step:
+    name: str
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class ConvertResult:
+    outdir: Path
+    manifest: dict
+    report: dict
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.report.get("ok"))
+
+
+def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> ConvertResult:
+    """Run the whole pipeline; raises EdgesrError subclasses on bad input."""
+    import time
+
+    import torch
+
+    from .registry import load_model
+    from .reparam import reparameterize
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    outdir = Path(opts.outdir)
+    if outdir.exists() and not opts.force:
+        raise OutputExists(f"{outdir} exists; pass --force to replace it")
+    ckpt = Path(opts.checkpoint) if opts.checkpoint else BUNDLED_CHECKPOINT
+    steps: list[Step] = []
+    t = time.perf_counter()
+
+    def done(name: str, detail: str = "") -> None:
+        nonlocal t
+        now = time.perf_counter()
+        steps.append(Step(name, round(now - t, 2), detail))
+        log(f"[{len(steps)}] {name}: {detail} ({now - t:.1f} s)")
+        t = now
+
+    loaded = load_model(ckpt, arch=opts.arch, scale=opts.scale)
+    spec = loaded.spec
+    done("load", f"{spec.arch} ({spec.variant or 'custom'}) x{spec.scale}, {spec.form} form, "
+                 f"{loaded.state_dict_keys} tensors")
+
+    training = loaded.module if spec.form == "training" else None
+    deploy = reparameterize(loaded.module) if training is not None else loaded.module
+    deploy_spec = replace(spec, form="deploy")
+    inputs = verification_inputs(deploy_spec)
+    report: dict = {"edgesr_version": __version__, "source": _source_info(ckpt, spec, opts.checkpoint is None)}
+    if training is not None:
+        report["reparameterization"] = check_reparameterization(training, deploy, inputs, deploy_spec)
+        done("reparameterize", f"max abs {report['reparameterization']['max_abs']:.2e} over "
+                               f"{len(inputs)} inputs")
+    else:
+        report["reparameterization"] = {"applied": False, "reason": "checkpoint is already in deploy form"}
+        done("reparameterize", "skipped (already deploy form)")
+
+    staging = _make_staging(outdir)
+    try:
+        artifacts = []
+        from safetensors.torch import save
+
+        deploy_file = staging / "deploy.safetensors"
+        atomic_write_bytes(deploy_file, save({k: v.contiguous() for k, v in deploy.state_dict().items()},
+                                             metadata={"arch": spec.arch, "form": "deploy", "scale": str(spec.scale)}))
+        artifacts.append(_artifact(deploy_file, "torch_deploy", "safetensors", "fp32", "torch"))
+
+        from .export.onnx import export_onnx
+
+        onnx_path = staging / "model.onnx"
+        exported = export_onnx(deploy, deploy_spec, onnx_path, source_checkpoint=ckpt)
+        report["export"] = exported.to_dict() | {"path": onnx_path.name}
+        artifacts.append(_artifact(onnx_path, "onnx_fp32", "onnx", "fp32", "onnxruntime"))
+        done("export", f"opset {exported.opset}, {sum(exported.op_counts.values())} nodes "
+                       f"{dict(exported.op_counts)}, max abs vs torch {exported.max_abs_vs_torch:.2e}")
+
+        if opts.fp16:
+            from .export.onnx import export_fp16
+
+            fp16_path = staging / "model_fp16.onnx"
+            res = export_fp16(onnx_path, fp16_path, [x for x in inputs[:4]])
+            report["fp16"] = res.to_dict() if hasattr(res, "to_dict") else {"path": fp16_path.name}
+            artifacts.append(_artifact(fp16_path, "onnx_fp16", "onnx", "fp16", "onnxruntime"))
+            done("fp16", "written")
+
+        int8_paths: dict[str, Path] = {}
+        if opts.int8:
+            report["int8"] = {}
+            profiles = ["trt", "cpu"] if opts.int8_profile == "both" else [opts.int8_profile]
+            for profile in profiles:
+                name = "model_int8.onnx" if profile == profiles[0] else f"model_int8_{profile}.onnx"
+                q = quantize_for(onnx_path, staging / name, deploy_spec, profile, opts)
+                report["int8"][profile] = q
+                int8_paths[profile] = staging / name
+                artifacts.append(_artifact(staging / name, f"onnx_int8_{profile}", "onnx", "int8", "onnxruntime",
+                                           profile=profile))
+                done(f"int8 ({profile})", f"float layers: {q.get('float_nodes')}, "
+                                          f"PSNR drop {q.get('psnr_drop_db')}")
+
+        if opts.ort_format:
+            from .export.ort_format import convert_to_ort
+
+            for role, src in [("ort_fp32", onnx_path)] + [(f"ort_int8_{p}", q) for p, q in int8_paths.items()]:
+                ort_path = convert_to_ort(src, src.with_suffix(".ort"))
+                artifacts.append(_artifact(Path(ort_path), role, "ort", "int8" if "int8" in role else "fp32",
+                                           "onnxruntime-mobile"))
+            done("ort format", f"{1 + len(int8_paths)} .ort files")
+
+        report["parity"] = run_parity(training, deploy, deploy_spec, staging, int8_paths, opts)
+        done("parity", "ok" if report["parity"]["ok"] else "FAILED")
+
+        if opts.bench:
+            report["latency"] = measure_latency(staging, deploy, deploy_spec, int8_paths, opts)
+            done("latency", ", ".join(f"{r['backend']} {r['median_ms']:.1f} ms" for r in report["latency"]["results"]))
+
+        report["ok"] = bool(report["parity"]["ok"])
+        report["steps"] = [s.__dict__ for s in steps]
+        manifest = build_manifest(deploy_spec, artifacts, staging, report)
+        atomic_write_json(staging / "report.json", report)
+        atomic_write_text(staging / "report.md", render_report_md(report, manifest))
+        atomic_write_json(staging / "manifest.json", manifest)
+        _publish(staging, outdir, opts.force)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ConvertResult(outdir, manifest, report, steps)
+
+
+# ---- steps ---------------------------------------------------------------------------------
+
+def verification_inputs(spec: Spec, seed: int = 0) -> list[np.ndarray]:
+    """Real images (bundled sample photos, center crops) + random inputs of odd sizes."""
+    from .imaging import read_image
+    from .sample_images import sample_images
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for p in sample_images()[:3]:
+        rgb = read_image(p).rgb
+        h, w = min(96, rgb.shape[0]), min(128, rgb.shape[1])
+        y0, x0 = (rgb.shape[0] - h) // 2, (rgb.shape[1] - w) // 2
+        out.append(np.ascontiguousarray(rgb[y0:y0 + h, x0:x0 + w].transpose(2, 0, 1)[None], dtype=np.float32))
+    for h, w in ((17, 23), (1, 1), (32, 7)):
+        out.append(rng.random((1, spec.in_channels, h, w), dtype=np.float32))
+    return [_fit(x, spec) for x in out]
+
+
+def _fit(x: np.ndarray, spec: Spec) -> np.ndarray:
+    m = max(1, spec.size_multiple)
+    h = max(spec.min_size, -(-x.shape[2] // m) * m)
+    w = max(spec.min_size, -(-x.shape[3] // m) * m)
+    if (h, w) == x.shape[2:]:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (0, h - x.shape[2]), (0, w - x.shape[3])), mode="reflect" if
+                  min(x.shape[2:]) > 1 else "edge")
+
+
+def check_reparameterization(training, deploy, inputs: list[np.ndarray], spec: Spec, tol: float = 1e-5) -> dict:
+    """Training form vs deploy form in fp32. Deploy forms may clamp to the value range
+    (ETDS's ReLU clip), so the training output is clamped the same way before comparing."""
+    import torch
+
+    from .errors import ParityError
+
+    lo, hi = spec.value_range
+    worst = 0.0
+    per = []
+    with torch.inference_mode():
+        for x in inputs:
+            t = torch.from_numpy(x)
+            a, b = training(t), deploy(t)
+            if _clamps(deploy):
+                a = a.clamp(lo, hi)
+            err = float((a - b).abs().max())
+            worst = max(worst, err)
+            per.append({"shape": list(x.shape), "max_abs": err})
+    if not np.isfinite(worst) or worst > tol:
+        raise ParityError(f"reparameterization is not exact: max abs difference {worst:.3g} > {tol:g}")
+    return {"applied": True, "max_abs": worst, "tolerance": tol, "inputs": per}
+
+
+def _clamps(module) -> bool:
+    """Deploy forms that clamp to the value range declare `clamps_output = True`."""
+    return bool(getattr(module, "clamps_output", False))
+
+
+def quantize_for(onnx_path: Path, out_path: Path, spec: Spec, profile: str, opts: ConvertOptions) -> dict:
+    from .quant import QuantConfig, quantize_model
+
+    cfg = QuantConfig(profile=profile, psnr_budget=opts.psnr_budget)
+    res = quantize_model(onnx_path, out_path, spec, cfg, calibration=opts.calib)
+    return res.to_dict() if hasattr(res, "to_dict") else dict(res)
+
+
+def run_parity(training, deploy, spec: Spec, staging: Path, int8_paths: dict[str, Path], opts: ConvertOptions) -> dict:
+    from .backends.ort_runner import OrtRunner
+    from .backends.torch_runner import TorchRunner
+    from .parity import compare_runners, default_inputs
+
+    inputs = default_inputs(spec)
+    ref = TorchRunner(deploy, name="torch:deploy")
+    others = [OrtRunner(staging / "model.onnx", name="ort:fp32")]
+    if (staging / "model.ort").exists():
+        others.append(OrtRunner(staging / "model.ort", name="ort-format:fp32"))
+    for profile, p in int8_paths.items():
+        others.append(OrtRunner(p, name=f"ort:int8-{profile}"))
+    report = compare_runners(ref, others, inputs, heatmap_dir=staging / "heatmaps")
+    return report.to_dict()
+
+
+def measure_latency(staging: Path, deploy, spec: Spec, int8_paths: dict[str, Path], opts: ConvertOptions) -> dict:
+    """CPU latency at one standard workload, backends interleaved in one run."""
+    import torch
+
+    from .backends.ort_runner import OrtRunner
+    from .bench import TimingPolicy, machine_info, time_interleaved
+
+    oh, ow = opts.bench_output
+    h, w = max(1, oh // spec.scale), max(1, ow // spec.scale)
+    x = np.random.default_rng(0).random((1, spec.in_channels, h, w), dtype=np.float32)
+    xt = torch.from_numpy(x)
+    runners = {"ort:fp32": OrtRunner(staging / "model.onnx", threads=opts.threads)}
+    for profile, p in int8_paths.items():
+        runners[f"ort:int8-{profile}"] = OrtRunner(p, threads=opts.threads)
+
+    def torch_fn():
+        with torch.inference_mode():
+            deploy(xt)
+
+    fns = {"torch:deploy": torch_fn} | {k: (lambda r=r: r.run(x)) for k, r in runners.items()}
+    stats = time_interleaved(fns, TimingPolicy(warmup_seconds=0.5, min_runs=5, min_seconds=1.0))
+    mpx = (h * spec.scale) * (w * spec.scale) / 1e6
+    results = [{"backend": k, "size": f"{h}x{w}", "output": f"{h * spec.scale}x{w * spec.scale}",
+                **s.to_dict(), "mpix_per_s": round(mpx / (s.median_ms / 1e3), 2)} for k, s in stats.items()]
+    return {"machine": machine_info(), "threads": opts.threads or "ort default", "results": results}
+
+
+def build_manifest(spec: Spec, artifacts: list[dict], folder: Path, report: dict) -> dict:
+    lat = {r["backend"]: r["median_ms"] for r in report.get("latency", {}).get("results", [])}
+    return {
+        "format": "edgesr-bundle",
+        "format_version": 1,
+        "edgesr_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": report["source"],
+        "spec": spec.to_dict(),
+        "io": {"input": {"name": "input", "dtype": "float32", "layout": spec.layout,
+                         "shape": ["N", spec.in_channels, "H", "W"], "value_range": list(spec.value_range),
+                         "color_order": spec.color_order},
+               "output": {"name": "output", "dtype": "float32", "layout": spec.layout,
+                          "shape": ["N", spec.out_channels, f"H*{spec.scale}", f"W*{spec.scale}"],
+                          "value_range": list(spec.value_range), "color_order": spec.color_order},
+               "scale": spec.scale, "size_multiple": spec.size_multiple, "min_size": spec.min_size,
+               "receptive_field": spec.receptive_field},
+        "artifacts": artifacts,
+        "parity": {"ok": report["parity"]["ok"],
+                   "comparisons": [{k: c.get(k) for k in ("reference", "candidate", "max_abs", "psnr", "ok")}
+                                   for c in report["parity"].get("comparisons", [])]},
+        "latency_ms_median": lat,
+        "versions": {k: v for k, v in report.get("latency", {}).get("machine", {}).items() if k.endswith("_version")},
+    }
+
+
+def render_report_md(report: dict, manifest: dict) -> str:
+    spec = manifest["spec"]
+    lines = [f"# edgesr conversion report: {spec['arch']} ({spec.get('variant') or 'custom'}) x{spec['scale']}", "",
+             f"- source: `{report['source']['checkpoint']}` (sha256 `{report['source']['sha256'][:16]}...`, "
+             f"{report['source']['form']} form)",
+             f"- result: **{'OK' if report['ok'] else 'FAILED'}**", ""]
+    rp = report["reparameterization"]
+    lines += ["## Reparameterization", "",
+              (f"training form vs deploy form, fp32 max abs = {rp['max_abs']:.2e} (tolerance {rp['tolerance']:g}) "
+               f"over {len(rp['inputs'])} inputs" if rp.get("applied") else f"not applied: {rp.get('reason')}"), ""]
+    ex = report["export"]
+    lines += ["## ONNX export", "", f"- opset {ex['opset']}, dynamic N/H/W: {ex['dynamic']}, simplified: {ex['simplified']}",
+              f"- operators: {ex['op_counts']}",
+              f"- ONNX Runtime vs PyTorch max abs: {ex['max_abs_vs_torch']:.2e}", ""]
+    lines += ["## Parity", "", "| reference | candidate | max abs | mean abs | p99 abs | PSNR (dB) | SSIM | 8-bit diff | ok |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for c in report["parity"].get("comparisons", []):
+        lines.append(f"| {c.get('reference')} | {c.get('candidate')} | {_f(c.get('max_abs'))} | {_f(c.get('mean_abs'))} | "
+                     f"{_f(c.get('p99_abs'))} | {_f(c.get('psnr'))} | {_f(c.get('ssim'))} | "
+                     f"{_f(c.get('pixels_8bit_differ'))} | {'yes' if c.get('ok') else 'NO'} |")
+    if report["parity"].get("first_divergence"):
+        lines += ["", f"First diverging operator: `{report['parity']['first_divergence']}`"]
+    lines.append("")
+    if "int8" in report:
+        lines += ["## INT8", "", "| profile | PSNR fp32 | PSNR int8 | drop (dB) | float layers |", "|---|---|---|---|---|"]
+        for prof, q in report["int8"].items():
+            lines.append(f"| {prof} | {_f(q.get('psnr_fp32'))} | {_f(q.get('psnr_int8'))} | {_f(q.get('psnr_drop_db'))} | "
+                         f"{', '.join(q.get('float_nodes') or []) or '-'} |")
+        lines.append("")
+    if "latency" in report:
+        m = report["latency"]["machine"]
+        lines += ["## CPU latency", "", f"{m.get('cpu_model')}, {m.get('logical_cpus')} logical CPUs, "
+                  f"onnxruntime {m.get('onnxruntime_version')}, torch {m.get('torch_version')}", "",
+                  "| backend | input | output | median ms | p90 ms | CV | Mpix/s |", "|---|---|---|---|---|---|---|"]
+        for r in report["latency"]["results"]:
+            lines.append(f"| {r['backend']} | {r['size']} | {r['output']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
+                         f"{r['cv']:.2f} | {r['mpix_per_s']} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _f(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3e}" if (v != 0 and abs(v) < 1e-3) else f"{v:.4f}"
+    return str(v)
+
+
+def _source_info(ckpt: Path, spec: Spec, bundled: bool) -> dict:
+    return {"checkpoint": ckpt.name, "sha256": sha256_file(ckpt), "bundled": bundled, "form": spec.form,
+            "arch": spec.arch, "variant": spec.variant, "hyperparams": spec.hyperparams}
+
+
+def _artifact(path: Path, role: str, fmt: str, precision: str, backend: str, **extra) -> dict:
+    return {"role": role, "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+            "format": fmt, "precision": precision, "backend": backend, **extra}
+
+
+def _make_staging(outdir: Path) -> Path:
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_staging(outdir.parent)
+    staging = outdir.parent / f"{STAGING_PREFIX}{outdir.name}-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    return staging
+
+
+def _clean_stale_staging(parent: Path) -> None:
+    """Remove staging folders left by killed runs (their process no longer exists)."""
+    for p in parent.glob(f"{STAGING_PREFIX}*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _publish(staging: Path, outdir: Path, force: bool) -> None:
+    """Rename the finished staging folder onto OUTDIR (replacing it only with --force)."""
+    if outdir.exists():
+        if not force:
+            raise OutputExists(f"{outdir} appeared while converting; pass --force to replace it")
+        old = outdir.parent / f"{STAGING_PREFIX}old-{outdir.name}-{os.getpid()}"
+        os.replace(outdir, old)
+        os.replace(staging, outdir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, outdir)
