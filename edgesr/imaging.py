@@ -156,32 +156,34 @@ def _png_ihdr(path: Path) -> tuple[int, int, int] | None:
     return bit_depth, color_type, interlace
 
 
-def _decode_png16_color(path: Path, color_type: int, max_pixels: int | None) -> np.ndarray:
-    """uint16 HxWxC of a 16-bit RGB / RGBA / grey+alpha PNG at full precision.
+def _decode_png16_color(path: Path, color_type: int, max_pixels: int | None) -> tuple[np.ndarray, dict, int]:
+    """(uint16 HxWxC samples, info dict, EXIF orientation) of a 16-bit RGB / RGBA /
+    grey+alpha PNG at full precision.
 
     Pillow decodes these to 8 bit, keeping the high byte of each big-endian sample. Its
-    PNG decoder (de-filtering, interlacing) is reused for the low bytes by asking it to
-    unpack the same stream with a rawmode of the same pixel size that keeps the other
+    PNG decoder (de-filtering, Adam7 interlacing) is reused for the low bytes by asking it
+    to unpack the same stream with a rawmode of the same pixel size that keeps the other
     byte: 'RGB;16L' / 'RGBA;16L' take byte 1 of each pair; for grey+alpha (4 bytes a
     pixel) 'RGBA' returns all four bytes at once.
     """
-    img = _open_pil(path, max_pixels)
-    with img:
+    with _open_pil(path, max_pixels) as img:
         tile = img.tile
         if len(tile) != 1 or tile[0].codec_name != "zip":
             raise ImageError(f"{path}: unexpected 16-bit PNG layout; re-save it with a standard encoder")
         if color_type == 4:
             img.tile = [tile[0]._replace(args="RGBA")]
             b = np.asarray(img).astype(np.uint16)
-            return np.stack([b[..., 0] * 256 + b[..., 1], b[..., 2] * 256 + b[..., 3]], axis=-1)
+            # getexif() may load the image, so it comes only after decoding
+            orientation, info = _exif_orientation(img), dict(img.info)
+            return np.stack([b[..., 0] * 256 + b[..., 1], b[..., 2] * 256 + b[..., 3]], axis=-1), info, orientation
         high = np.asarray(img).astype(np.uint16)
-    low_img = _open_pil(path, max_pixels)
-    with low_img:
-        low_img.tile = [low_img.tile[0]._replace(args=_PNG16_LOW_RAWMODE[color_type])]
-        low = np.asarray(low_img).astype(np.uint16)
+        orientation, info = _exif_orientation(img), dict(img.info)
+    with _open_pil(path, max_pixels) as img:
+        img.tile = [img.tile[0]._replace(args=_PNG16_LOW_RAWMODE[color_type])]
+        low = np.asarray(img).astype(np.uint16)
     if high.shape != low.shape:
         raise ImageError(f"{path}: inconsistent 16-bit PNG decode; re-save the file")
-    return high * 256 + low
+    return high * 256 + low, info, orientation
 
 
 def _exif_orientation(img) -> int:
@@ -274,10 +276,9 @@ def read_image(
         with _pillow_quiet():
             ihdr = _png_ihdr(p)
             if ihdr is not None and ihdr[0] == 16 and ihdr[1] in _PNG16_LOW_RAWMODE:
-                u16 = _decode_png16_color(p, ihdr[1], max_pixels)
-                with _open_pil(p, max_pixels) as head:
-                    orientation = _exif_orientation(head) if exif_transpose else 1
-                    trns = head.info.get("transparency")
+                u16, info, orientation = _decode_png16_color(p, ihdr[1], max_pixels)
+                orientation = orientation if exif_transpose else 1
+                trns = info.get("transparency")
                 f = u16.astype(np.float32) / np.float32(65535.0)
                 if ihdr[1] == 4:  # grey + alpha
                     rgb, alpha, mode = np.repeat(f[..., :1], 3, axis=2), f[..., 1], "LA;16"
@@ -301,6 +302,8 @@ def read_image(
                     rgb, alpha, bit_depth, mode = _from_pil(img, p)
     except ImageError:
         raise
+    except PermissionError:
+        raise ImageError(f"{p}: permission denied") from None
     except PILImage.UnidentifiedImageError:
         raise ImageError(f"{p}: not a recognised image format (or the file is corrupt)") from None
     except MemoryError:
@@ -463,11 +466,17 @@ def write_image(
             samples = samples[..., 0]
         buf = io.BytesIO()
         kwargs = {"quality": int(quality)} if fmt in ("JPEG", "WEBP") else {"compress_level": 6}
-        with _pillow_quiet():
-            PILImage.fromarray(np.ascontiguousarray(samples), mode=pil_mode).save(buf, format=fmt, **kwargs)
+        try:
+            with _pillow_quiet():
+                PILImage.fromarray(np.ascontiguousarray(samples), mode=pil_mode).save(buf, format=fmt, **kwargs)
+        except Exception as e:  # e.g. a Pillow built without WebP
+            raise ImageError(f"{p}: {fmt} encoder failed ({e})") from None
         data = buf.getvalue()
-    with atomic_path(p) as tmp:
-        tmp.write_bytes(data)
+    try:
+        with atomic_path(p) as tmp:
+            tmp.write_bytes(data)
+    except OSError as e:
+        raise ImageError(f"{p}: cannot write ({e.strerror or e})") from None
     return p
 
 

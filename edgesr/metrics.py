@@ -38,13 +38,12 @@ _Y_WEIGHTS = np.array([65.481, 128.553, 24.966], dtype=np.float64)
 
 
 def _as_float(img: np.ndarray, name: str) -> np.ndarray:
+    """float64 view of an image in [0, 1]; uint8 is read as x / 255."""
     a = np.asarray(img)
     if a.dtype == np.uint8:
         return a.astype(np.float64) / 255.0
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
-        raise TypeError(f"{name}: expected a numeric array, got dtype {a.dtype}")
-    if np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
-        raise TypeError(f"{name}: integer arrays other than uint8 are ambiguous; pass floats in [0, 1]")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise TypeError(f"{name}: expected floats in [0, 1] or uint8, got dtype {a.dtype}")
     return a.astype(np.float64, copy=False)
 
 

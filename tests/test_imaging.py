@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import struct
 import warnings
 import zlib
@@ -39,9 +38,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def _png16_reference(samples: np.ndarray, color_type: int) -> bytes:
-    """Independent 16-bit PNG encoder cycling through all five filter types (incl. Paeth)."""
-    h, w = samples.shape[:2]
+ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+
+
+def _filtered_rows(samples: np.ndarray) -> bytes:
+    """16-bit scanlines cycling through all five PNG filter types (incl. Paeth)."""
+    h = samples.shape[0]
     raw = samples.astype(">u2").reshape(h, -1).view(np.uint8).reshape(h, -1).astype(np.int64)
     bpp = (samples.shape[2] if samples.ndim == 3 else 1) * 2
     out = []
@@ -64,11 +66,22 @@ def _png16_reference(samples: np.ndarray, color_type: int) -> bytes:
             pa, pb, pc = abs(p - left), abs(p - prev), abs(p - ul)
             pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, ul))
         out.append(bytes([f]) + ((cur - pred) % 256).astype(np.uint8).tobytes())
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
+    return b"".join(out)
+
+
+def _png16_reference(samples: np.ndarray, color_type: int, interlace: bool = False) -> bytes:
+    """Independent 16-bit PNG encoder (optionally Adam7-interlaced)."""
+    h, w = samples.shape[:2]
+    if interlace:
+        passes = [samples[y0::dy, x0::dx] for x0, y0, dx, dy in ADAM7]
+        body = b"".join(_filtered_rows(p) for p in passes if p.size)
+    else:
+        body = _filtered_rows(samples)
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, int(interlace))
     return (
         b"\x89PNG\r\n\x1a\n"
         + _chunk(b"IHDR", ihdr)
-        + _chunk(b"IDAT", zlib.compress(b"".join(out)))
+        + _chunk(b"IDAT", zlib.compress(body))
         + _chunk(b"IEND", b"")
     )
 
@@ -177,12 +190,13 @@ def test_gray16_big_endian_tiff(tmp_path):
     assert np.array_equal(quantize(im.rgb[..., 0], 16), g)
 
 
+@pytest.mark.parametrize("interlace", [False, True])
 @pytest.mark.parametrize("color_type,channels", [(2, 3), (6, 4), (4, 2)])
-def test_color16_png_all_filters_full_precision(tmp_path, color_type, channels):
+def test_color16_png_all_filters_full_precision(tmp_path, color_type, channels, interlace):
     s = _u16((11, 13, channels))
     s[0, 0] = 0x01FF  # low byte differs from high byte: truncation would show
     p = tmp_path / "c16.png"
-    p.write_bytes(_png16_reference(s, color_type))
+    p.write_bytes(_png16_reference(s, color_type, interlace))
     im = read_image(p)
     assert im.bit_depth == 16
     if channels == 2:
@@ -195,6 +209,18 @@ def test_color16_png_all_filters_full_precision(tmp_path, color_type, channels):
             assert np.array_equal(quantize(im.alpha, 16), s[..., 3])
         else:
             assert im.alpha is None
+
+
+def test_color16_png_exif_orientation(tmp_path):
+    s = _u16((5, 8, 3))
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    data = _png16_reference(s, 2)
+    iend = data.rindex(b"IDAT") - 4
+    p = tmp_path / "o16.png"
+    p.write_bytes(data[:iend] + _chunk(b"eXIf", exif.tobytes()[6:]) + data[iend:])
+    assert np.array_equal(quantize(read_image(p).rgb, 16), np.rot90(s, -1))
+    assert np.array_equal(quantize(read_image(p, exif_transpose=False).rgb, 16), s)
 
 
 def test_write16_rgb_readable_by_pillow_and_exact(tmp_path):
@@ -241,6 +267,13 @@ def test_truncated_png(tmp_path):
     good = _save(tmp_path, "good.png", PILImage.fromarray(_u8((64, 64, 3))))
     bad = tmp_path / "trunc.png"
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    _expect_error(bad, "truncated or corrupt")
+
+
+def test_truncated_png16_rgb(tmp_path):
+    data = _png16_reference(_u16((40, 40, 3)), 2)
+    bad = tmp_path / "trunc16.png"
+    bad.write_bytes(data[: len(data) // 2])
     _expect_error(bad, "truncated or corrupt")
 
 
