@@ -8,8 +8,6 @@ GPU: see tests/test_trt_runner.py.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -333,3 +331,20 @@ def test_missing_package_says_which_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(BackendUnavailable, match=r"pip install 'edgesr\[trt\]'"):
         load_flavour("trt")
+
+
+def test_external_data_weights_are_part_of_the_key(models, tmp_path):
+    src = tmp_path / "ext" / "tiny.onnx"
+    src.parent.mkdir()
+    onnx.save(onnx.load(str(models["fp32"])), str(src), save_as_external_data=True,
+              location="tiny.weights", size_threshold=0)
+    first = build_engine(src, tmp_path, profile=PROFILE, options=OPTS)  # parser reads the weights file
+    assert first.path.stat().st_size > 10_000
+    assert build_engine(src, tmp_path, profile=PROFILE, options=OPTS).cache_hit
+
+    weights = src.parent / "tiny.weights"
+    data = bytearray(weights.read_bytes())
+    data[0] ^= 0x01  # the .onnx file itself is unchanged
+    weights.write_bytes(bytes(data))
+    again = build_engine(src, tmp_path, profile=PROFILE, options=OPTS)
+    assert not again.cache_hit and again.cache_key != first.cache_key

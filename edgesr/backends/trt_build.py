@@ -254,7 +254,7 @@ def build_engine(
         "cache_key": key,
         "key_components": key_components,
         "flavour": flav.describe(),
-        "precision": info.precision,
+        "precision": _effective_precision(info, options),
         "onnx": info.to_dict(),
         "target": target,
         "profile": (
@@ -298,6 +298,13 @@ def _edgesr_version() -> str:
         return __version__
     except Exception:  # pragma: no cover
         return "unknown"
+
+
+def _effective_precision(info: OnnxInfo, o: BuildOptions) -> str:
+    """The ONNX's precision, plus TensorRT 10 builder flags when any were asked for."""
+    if not o.precision_flags:
+        return info.precision
+    return f"{info.precision}+builder:{','.join(sorted({str(p).lower() for p in o.precision_flags}))}"
 
 
 def _builder_key(flav: Flavour, o: BuildOptions) -> dict[str, Any]:

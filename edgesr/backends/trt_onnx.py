@@ -96,9 +96,13 @@ def onnx_sha256(path: str | os.PathLike) -> str:
     """sha256 of the model file, combined with its external-data files when it has any."""
     import onnx
 
-    path = Path(path)
+    return _content_sha256(Path(path), onnx.load(str(path), load_external_data=False))
+
+
+def _content_sha256(path: Path, model: Any) -> str:
+    import onnx
+
     main = sha256_file(path)
-    model = onnx.load(str(path), load_external_data=False)
     locations: set[str] = set()
     for init in model.graph.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:
@@ -250,7 +254,7 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxInfo:
     init_names = {i.name for i in g.initializer}
     return OnnxInfo(
         path=path,
-        sha256=onnx_sha256(path),
+        sha256=_content_sha256(path, model),
         opset=opset,
         inputs=tuple(_value_info(v) for v in g.input if v.name not in init_names),
         outputs=tuple(_value_info(v) for v in g.output),
