@@ -77,7 +77,7 @@ def bn_as_conv(bn_mean: Tensor, bn_var: Tensor, bn_weight: Tensor | None, bn_bia
 
 def add_branches(*branches: KB) -> KB:
     """Sum of parallel convs (same input, same stride) -> one conv of the largest size."""
-    size = max(k.shape[-1] for k, _ in branches)
+    size = max(max(k.shape[-2:]) for k, _ in branches)  # both dims: 3x1 + 1x3 -> 3x3
     kernel = sum(pad_kernel(k, size) for k, _ in branches)
     bias = sum(b for _, b in branches)
     return kernel, bias
@@ -109,8 +109,58 @@ def merge_kxk_1x1(k0: Tensor, b0: Tensor, k1: Tensor, b1: Tensor) -> KB:
 
 
 def merge_sequential_kxk(k0: Tensor, b0: Tensor, k1: Tensor, b1: Tensor) -> KB:
-    """Two stacked unpadded convs (ka then kb) -> one (ka+kb-1) conv, valid-padding semantics."""
-    ka = k0.shape[-1]
-    kernel = F.conv2d(k1, k0.permute(1, 0, 2, 3).flip(-1, -2), padding=ka - 1)
+    """Two stacked unpadded convs (ka then kb) -> one (ka+kb-1) conv, valid-padding semantics.
+
+    Kernels may be non-square: the result is (kah+kbh-1) x (kaw+kbw-1).
+    """
+    kah, kaw = k0.shape[-2:]
+    kernel = F.conv2d(k1, k0.permute(1, 0, 2, 3).flip(-1, -2), padding=(kah - 1, kaw - 1))
     bias = (k1.sum(dim=(2, 3)) @ b0) + b1
     return kernel, bias
+
+
+# ---- BatchNorm before a conv, residuals, collapsible blocks (RepSR/SESR/SPAN/FMEN/RepRFN) ----
+
+def bn_scale_shift(bn_mean: Tensor, bn_var: Tensor, bn_weight: Tensor | None, bn_bias: Tensor | None,
+                   eps: float) -> tuple[Tensor, Tensor]:
+    """BatchNorm(eval) as y = scale * x + shift (per channel); `shift` is what BN maps 0 to."""
+    gamma = torch.ones_like(bn_mean) if bn_weight is None else bn_weight
+    beta = torch.zeros_like(bn_mean) if bn_bias is None else bn_bias
+    scale = gamma / torch.sqrt(bn_var + eps)
+    return scale, beta - bn_mean * scale
+
+
+def fuse_bn_conv(bn_mean: Tensor, bn_var: Tensor, bn_weight: Tensor | None, bn_bias: Tensor | None,
+                 eps: float, kernel: Tensor, bias: Tensor | None) -> KB:
+    """BatchNorm(eval) followed by a conv (groups=1) -> one conv.
+
+    Exact when the conv's padding is applied to the input *before* the BN, i.e. the BN
+    output is padded with the BN shift (FMEN's HFAB does this explicitly). With the BN
+    output zero-padded instead, border pixels differ.
+    """
+    scale, shift = bn_scale_shift(bn_mean, bn_var, bn_weight, bn_bias, eps)
+    bias = zero_bias(kernel) if bias is None else bias
+    fused_bias = bias + kernel.sum(dim=(2, 3)) @ shift
+    return kernel * scale.reshape(1, -1, 1, 1), fused_bias
+
+
+def add_identity(kernel: Tensor, bias: Tensor, groups: int = 1) -> KB:
+    """conv(x) + x as one conv (needs out == in; kernel odd-sized and square)."""
+    out_c, _, kh, kw = kernel.shape
+    if kh != kw or kh % 2 == 0:
+        raise ValueError(f"identity needs an odd square kernel, got {kh}x{kw}")
+    ident = identity_kernel(out_c, kh, groups, dtype=kernel.dtype).to(kernel.device)
+    if ident.shape != kernel.shape:
+        raise ValueError(f"identity needs in == out channels, got kernel {tuple(kernel.shape)}")
+    return kernel + ident, bias
+
+
+def merge_1x1_kxk_1x1(k0: Tensor, b0: Tensor, k1: Tensor, b1: Tensor, k2: Tensor, b2: Tensor) -> KB:
+    """1x1 -> kxk -> 1x1 chain as one kxk conv.
+
+    Same border rule as `merge_1x1_kxk`: exact when the first 1x1's output is padded with
+    its bias (e.g. SPAN's Conv3XC zero-pads the *input* of the first 1x1).
+    """
+    k, b = merge_1x1_kxk(k0, b0, k1, b1)
+    return merge_kxk_1x1(k, b, k2, b2)
+
