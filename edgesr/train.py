@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .imaging import read_image
+from .imaging import quantize, read_image
 from .resize import imresize
 
 
@@ -42,14 +42,15 @@ class TrainPair:
 
 
 def make_pairs(paths: list[Path], scale: int) -> list[TrainPair]:
-    """HR crop to a multiple of scale, LR = MATLAB bicubic downscale, rounded to uint8."""
+    """HR crop to a multiple of scale, LR = MATLAB bicubic downscale of the 8-bit HR."""
     pairs = []
     for p in paths:
         hr = read_image(p).rgb.astype(np.float32)
         h, w = (hr.shape[0] // scale) * scale, (hr.shape[1] // scale) * scale
         hr = hr[:h, :w]
-        lr = np.clip(np.round(imresize(hr.astype(np.float64), 1.0 / scale) * 255.0), 0, 255) / 255.0
-        pairs.append(TrainPair(p.name, lr.astype(np.float32), hr))
+        # uint8 in -> uint8 out reproduces the benchmark sets' MATLAB LR images bit-exactly.
+        lr = imresize(quantize(hr), 1.0 / scale).astype(np.float32) / 255.0
+        pairs.append(TrainPair(p.name, lr, hr))
     return pairs
 
 
