@@ -125,13 +125,14 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
                        f"{dict(exported.op_counts)}, max abs vs torch {exported.max_abs_vs_torch:.2e}")
 
         if opts.fp16:
-            from .export.onnx import export_fp16
+            from .export.fp16 import export_fp16
 
             fp16_path = staging / "model_fp16.onnx"
-            res = export_fp16(onnx_path, fp16_path, [x for x in inputs[:4]])
-            report["fp16"] = res.to_dict() if hasattr(res, "to_dict") else {"path": fp16_path.name}
+            res = export_fp16(onnx_path, fp16_path, inputs)
+            report["fp16"] = res.to_dict() | {"path": fp16_path.name}
             artifacts.append(_artifact(fp16_path, "onnx_fp16", "onnx", "fp16", "onnxruntime"))
-            done("fp16", "written")
+            done("fp16", f"largest activation {res.worst.max_abs:.3g} ({res.worst.name}), "
+                         f"max abs vs fp32 {res.max_abs_vs_fp32}")
 
         int8_paths: dict[str, Path] = {}
         if opts.int8:
@@ -148,11 +149,13 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
                                           f"PSNR drop {q.get('psnr_drop_db')}")
 
         if opts.ort_format:
-            from .export.ort_format import convert_to_ort
+            from .export.ort_format import export_ort
 
+            report["ort_format"] = {}
             for role, src in [("ort_fp32", onnx_path)] + [(f"ort_int8_{p}", q) for p, q in int8_paths.items()]:
-                ort_path = convert_to_ort(src, src.with_suffix(".ort"))
-                artifacts.append(_artifact(Path(ort_path), role, "ort", "int8" if "int8" in role else "fp32",
+                res = export_ort(src)
+                report["ort_format"][role] = res.to_dict() | {"path": res.path.name, "source": src.name}
+                artifacts.append(_artifact(res.path, role, "ort", "int8" if "int8" in role else "fp32",
                                            "onnxruntime-mobile"))
             done("ort format", f"{1 + len(int8_paths)} .ort files")
 
