@@ -86,15 +86,20 @@ def test_runner_matches_onnxruntime(onnx_fp32, tmp_path, flavour):
     ref1, ref2 = _ort(onnx_fp32, x1), _ort(onnx_fp32, x2)
 
     cache = tmp_path / "runtime.cache"
-    with TensorRTRunner(art.path, runtime_cache=cache if flavour == "rtx" else None) as r:
+    rtx_only = {"runtime_cache": cache, "kernel_specialization": "eager"} if flavour == "rtx" else {}
+    with TensorRTRunner(art.path, **rtx_only) as r:
         assert r.input_names == ["lr"] and r.output_names == ["sr"]
-        y1 = r.run({"lr": x1})["sr"]
+        assert r.name == ("trt-rtx:fp32" if flavour == "rtx" else "trt:fp32")
+        y = r.run(x1)  # edgesr.backends.Runner style: array in, float32 array out
+        assert y.dtype == np.float32
+        np.testing.assert_allclose(y, ref1, atol=5e-3)
+        y1 = r.run({"lr": x1})["sr"]  # named I/O
         assert y1.shape == (1, 3, 80, 96)
         np.testing.assert_allclose(y1, ref1, atol=5e-3)
         np.testing.assert_allclose(r.run({"lr": x2})["sr"], ref2, atol=5e-3)
         with pytest.raises(EngineShapeError, match="not accepted"):
             r.run({"lr": np.zeros((1, 3, 200, 200), np.float32)})
-        ms = r.time_gpu({"lr": x1}, warmup=2, iters=5)
+        ms = r.time_gpu(x1, warmup=2, iters=5)
         assert len(ms) == 5 and all(t > 0 for t in ms)
     if flavour == "rtx":
         assert cache.is_file() and cache.stat().st_size > 0

@@ -1,8 +1,9 @@
 """Run a TensorRT / TensorRT-RTX engine on a CUDA GPU.
 
     with TensorRTRunner("out/model.trt-rtx.engine") as r:
-        out = r.run({"input": lr_nchw_float32})          # -> {"output": np.ndarray}
-        ms = r.time_gpu({"input": lr_nchw_float32}, warmup=10, iters=100)
+        y = r.run(lr_nchw_float32)                  # np.ndarray (float32), like edgesr's other runners
+        out = r.run({"input": lr_nchw_float32})     # {"output": np.ndarray} for named I/O
+        ms = r.time_gpu(lr_nchw_float32, warmup=10, iters=100)   # list of per-run GPU ms
 
 Device memory is torch CUDA tensors (torch is a core dependency; no pycuda needed);
 inference is `IExecutionContext.execute_async_v3` on a private CUDA stream, GPU time is
@@ -67,7 +68,13 @@ class TensorRTRunner:
         device: int = 0,
         cuda_graph: bool = False,
         runtime_cache: str | os.PathLike | None = None,
+        kernel_specialization: str | None = None,
     ) -> None:
+        """runtime_cache, kernel_specialization: TensorRT-RTX only (ignored by TensorRT).
+
+        kernel_specialization: "lazy" (library default: fallback kernels
+        until shape-specialised ones are JIT-compiled in the background), "eager" (compile
+        for each new shape before running it: steadier timings), or "none"."""
         self.engine_path = Path(engine_path)
         self.metadata = engine_cache.read_sidecar(self.engine_path) or {}
         name = flavour or (self.metadata.get("flavour") or {}).get("name")
@@ -77,7 +84,8 @@ class TensorRTRunner:
                 "(no sidecar); pass flavour='rtx' or flavour='trt'"
             )
         self.flavour: Flavour = load_flavour(name)
-        self.name = "tensorrt-rtx" if self.flavour.name == "rtx" else "tensorrt"
+        prefix = "trt-rtx" if self.flavour.name == "rtx" else "trt"
+        self.name = f"{prefix}:{self.metadata.get('precision', 'engine')}"  # e.g. "trt-rtx:int8"
 
         try:
             import torch
@@ -114,6 +122,15 @@ class TensorRTRunner:
                         cache.deserialize(self.runtime_cache_path.read_bytes())
                     rc.set_runtime_cache(cache)
                     self._runtime_cache = cache
+                if kernel_specialization is not None:
+                    strategies = trt.DynamicShapesKernelSpecializationStrategy.__members__
+                    key = str(kernel_specialization).upper()
+                    if key not in strategies:
+                        raise EngineBuildError(
+                            f"kernel_specialization must be one of {[k.lower() for k in strategies]}, "
+                            f"got {kernel_specialization!r}"
+                        )
+                    rc.dynamic_shapes_kernel_specialization_strategy = strategies[key]
                 if self.cuda_graph and self.flavour.supports_builtin_cuda_graphs:
                     rc.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
                 self._runtime_config = rc
@@ -169,8 +186,16 @@ class TensorRTRunner:
         return msg
 
     # ------------------------------------------------------------------ execution
-    def _to_device(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    def _named(self, x: Any) -> Mapping[str, Any]:
+        if isinstance(x, Mapping):
+            return x
+        if len(self.input_names) != 1:
+            raise EngineShapeError(f"{self.engine_path.name} has inputs {self.input_names}; pass a dict")
+        return {self.input_names[0]: x}
+
+    def _to_device(self, inputs: Any) -> dict[str, Any]:
         torch = self._torch
+        inputs = self._named(inputs)
         missing = [n for n in self.input_names if n not in inputs]
         extra = [n for n in inputs if n not in self.input_names]
         if missing or extra:
@@ -262,7 +287,7 @@ class TensorRTRunner:
                 self._static_inputs[n].copy_(t)
             graph.replay()
 
-    def run_torch(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    def run_torch(self, inputs: Any) -> dict[str, Any]:
         """Inputs/outputs as CUDA tensors (outputs are the runner's buffers: clone to keep)."""
         self._check_open()
         dev = self._to_device(inputs)
@@ -270,7 +295,23 @@ class TensorRTRunner:
         self._torch.cuda.current_stream(self.device).wait_stream(self.stream)
         return dict(self._outputs)
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, x: np.ndarray | Mapping[str, np.ndarray]) -> Any:
+        """`edgesr.backends.Runner` style: one NCHW array in, the float32 output array out.
+
+        Given a dict of named inputs, returns the dict of named outputs (engine dtypes).
+        """
+        if isinstance(x, Mapping):
+            return self.run_dict(x)
+        if len(self.input_names) != 1 or len(self.output_names) != 1:
+            raise EngineShapeError(
+                f"{self.engine_path.name} has inputs {self.input_names} and outputs {self.output_names}; "
+                "pass a dict of named inputs"
+            )
+        y = self.run_dict({self.input_names[0]: x})[self.output_names[0]]
+        return y.astype(np.float32, copy=False)
+
+    def run_dict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Named numpy inputs -> named numpy outputs (host copies)."""
         self._check_open()
         dev = self._to_device(inputs)
         self._launch(dev)
@@ -280,7 +321,7 @@ class TensorRTRunner:
         return {n: t.numpy() if t.dtype != self._torch.bfloat16 else t.float().numpy() for n, t in host.items()}
 
     # ------------------------------------------------------------------ timing
-    def time_gpu(self, inputs: Mapping[str, Any], *, warmup: int = 10, iters: int = 100) -> list[float]:
+    def time_gpu(self, inputs: Any, *, warmup: int = 10, iters: int = 100) -> list[float]:
         """Per-inference GPU time in ms (CUDA events around each enqueue; inputs stay on device)."""
         self._check_open()
         torch = self._torch
@@ -296,14 +337,14 @@ class TensorRTRunner:
         self.stream.synchronize()
         return [float(s.elapsed_time(e)) for s, e in events]
 
-    def time_host(self, inputs: Mapping[str, np.ndarray], *, warmup: int = 5, iters: int = 50) -> list[float]:
+    def time_host(self, inputs: Any, *, warmup: int = 5, iters: int = 50) -> list[float]:
         """Per-call wall time in ms of `run` (host->device copy, inference, device->host copy)."""
         for _ in range(max(0, warmup)):
-            self.run(inputs)
+            self.run_dict(self._named(inputs))
         times = []
         for _ in range(iters):
             t0 = time.perf_counter()
-            self.run(inputs)
+            self.run_dict(self._named(inputs))
             times.append((time.perf_counter() - t0) * 1e3)
         return times
 
