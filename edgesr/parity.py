@@ -1,0 +1,686 @@
+"""Backend-agnostic parity: run the same inputs through several runners and judge them
+against the first (the reference).
+
+* Inputs (:class:`Sample`): real images - Set5 LR/HR pairs from ``../shared`` when it
+  exists (``$EDGESR_SHARED`` overrides), else crops of the package sample images
+  (:mod:`edgesr.sample_images`) with MATLAB-bicubic LR versions - plus smooth random
+  images at several sizes including odd, non-square ones. "Smooth" random images
+  (bicubic-upsampled uniform noise plus a little Gaussian noise) look like natural images
+  to the network; pure uniform noise (``random_kind="uniform"``) drives unclamped models
+  far outside [0, 1] (outputs up to ~34 for a real ECBSR checkpoint), where two correct
+  fp32 backends differ by up to ~6e-5 through summation order alone.
+* Metrics per sample (:class:`SampleStats`): max / mean / p99 |difference|, PSNR and SSIM
+  between the outputs, share of values whose 8-bit rendering differs, and, when the sample
+  has ground truth, Y-channel PSNR/SSIM of both sides against it (BasicSR protocol,
+  border = scale).
+* Tolerances (:class:`Tolerance`) default by the test side's precision (``PRESETS``):
+  fp32 max |diff| <= 1e-5; fp16 max |diff| <= 4e-3 (~8 fp16 steps at 1.0) and PSNR vs the
+  reference >= 50 dB; int8 PSNR vs the reference >= 40 dB and at most 0.3 dB lost against
+  ground truth.
+* A failing comparison gets a heatmap (``heatmap_dir``) and, when both sides can be seen
+  as ONNX graphs, the first diverging node (:func:`first_divergence`, a k-ary search over
+  the test graph's topological order that exposes a few tensors per round).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .errors import DatasetError, ParityError
+
+DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((17, 23), (32, 32), (31, 100))
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+# ---- tolerances ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Limits a comparison must meet; None disables a check. Differences are in output units."""
+
+    max_abs: float | None = None
+    mean_abs: float | None = None
+    p99_abs: float | None = None
+    min_psnr: float | None = None  # dB between the two outputs (peak = data range)
+    min_ssim: float | None = None
+    max_diff8_share: float | None = None  # share of values whose 8-bit value differs
+    max_gt_psnr_drop: float | None = None  # dB: reference's PSNR vs ground truth minus the test's
+
+    @classmethod
+    def for_precision(cls, precision: str) -> "Tolerance":
+        try:
+            return PRESETS[precision]
+        except KeyError:
+            raise ParityError(f"no default tolerance for precision {precision!r}; "
+                              f"known: {', '.join(PRESETS)}") from None
+
+    def merged(self, **overrides: float | None) -> "Tolerance":
+        """A copy with the given fields replaced (None values are ignored)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def to_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+
+PRESETS: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_abs=1e-5),
+    "fp16": Tolerance(max_abs=4e-3, min_psnr=50.0),
+    "int8": Tolerance(min_psnr=40.0, max_gt_psnr_drop=0.3),
+}
+# Relative per-tensor error that counts as "diverged" when localising (see first_divergence).
+DIVERGENCE_RTOL = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.1}
+
+
+# ---- inputs ----------------------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    name: str
+    lr: np.ndarray  # 1xCxHxW float32
+    hr: np.ndarray | None = None  # HxWxC float32 in [0, 1], exactly LR size * scale
+    kind: str = "image"  # "image" | "random"
+
+
+def shared_dir() -> Path | None:
+    """``$EDGESR_SHARED`` or ``../shared`` beside the checkout, if it exists."""
+    env = os.environ.get("EDGESR_SHARED")
+    p = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
+    return p if p.is_dir() else None
+
+
+def random_image(shape: Sequence[int], seed: int = 0, kind: str = "smooth",
+                 value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """NCHW float32 random image: ``smooth`` (natural-image-like) or ``uniform`` noise."""
+    n, c, h, w = (int(s) for s in shape)
+    rng = np.random.default_rng(seed)
+    if kind == "uniform":
+        x = rng.random((n, c, h, w))
+    elif kind == "smooth":
+        from .resize import imresize
+
+        imgs = []
+        for _ in range(n):
+            base = rng.random((max(2, h // 4 + 1), max(2, w // 4 + 1), c))
+            img = imresize(base, output_shape=(h, w)).reshape(h, w, c)
+            imgs.append(np.clip(img + rng.normal(0.0, 0.02, img.shape), 0.0, 1.0).transpose(2, 0, 1))
+        x = np.stack(imgs)
+    else:
+        raise ParityError(f"unknown random image kind {kind!r} (smooth | uniform)")
+    lo, hi = value_range
+    return (x * (hi - lo) + lo).astype(np.float32)
+
+
+def random_samples(sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES, channels: int = 3, seed: int = 0,
+                   kind: str = "smooth") -> list[Sample]:
+    return [Sample(f"random:{h}x{w}", random_image((1, channels, h, w), seed + i, kind), None, "random")
+            for i, (h, w) in enumerate(sizes)]
+
+
+def testset_samples(root: str | Path, scale: int, limit: int | None = None) -> list[Sample]:
+    """LR/HR pairs of a test set laid out as DIR/HR + DIR/LR_bicubic/X<s> (see edgesr.datasets)."""
+    from .datasets import load_pair, load_testset
+
+    out = []
+    for pair in load_testset(root, scale)[:limit]:
+        lr, hr = load_pair(pair, scale)
+        out.append(Sample(pair.name, _nchw(lr), hr))
+    return out
+
+
+def folder_samples(folder: str | Path, scale: int, limit: int | None = None) -> list[Sample]:
+    """A test-set folder (HR/ + LR_bicubic/) with ground truth, else every image in it as LR only."""
+    from .imaging import list_images, read_image
+
+    d = Path(folder)
+    if (d / "HR").is_dir() and (d / "LR_bicubic").is_dir():
+        return testset_samples(d, scale, limit)
+    paths = list_images(d) if d.is_dir() else []
+    if not paths:
+        raise DatasetError(f"{d}: no images to compare on")
+    return [Sample(p.stem, _nchw(read_image(p).rgb)) for p in paths[:limit]]
+
+
+def package_samples(scale: int, limit: int = 3, hr_size: int = 48) -> list[Sample]:
+    """Center crops (hr_size*scale square) of the bundled sample photos + MATLAB-bicubic LR."""
+    from .imaging import read_image
+    from .resize import imresize
+    from .sample_images import sample_images
+
+    out = []
+    for p in sample_images()[:limit]:
+        rgb = read_image(p).rgb
+        side = min(hr_size * scale, (min(rgb.shape[:2]) // scale) * scale)
+        top, left = (rgb.shape[0] - side) // 2, (rgb.shape[1] - side) // 2
+        hr = np.ascontiguousarray(rgb[top:top + side, left:left + side])
+        lr = np.clip(imresize(hr, 1.0 / scale), 0.0, 1.0).astype(np.float32)
+        out.append(Sample(f"sample:{p.stem}", _nchw(lr), hr))
+    return out
+
+
+def default_samples(scale: int, sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES, channels: int = 3,
+                    limit: int | None = None, random_kind: str = "smooth") -> list[Sample]:
+    """Set5 (from ../shared) or the package sample images, plus random images of `sizes`."""
+    images: list[Sample] = []
+    if channels == 3:
+        root = shared_dir()
+        set5 = root / "testsets" / "Set5" if root else None
+        if set5 is not None and (set5 / "LR_bicubic" / f"X{scale}").is_dir():
+            images = testset_samples(set5, scale, limit)
+        else:
+            try:
+                images = package_samples(scale, limit or 3)
+            except DatasetError:
+                images = []
+    return images + random_samples(sizes, channels, kind=random_kind)
+
+
+def _nchw(rgb: np.ndarray) -> np.ndarray:
+    a = rgb if rgb.ndim == 3 else rgb[..., None]
+    return np.ascontiguousarray(a.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+# ---- results ---------------------------------------------------------------------------------
+
+@dataclass
+class SampleStats:
+    name: str
+    input_shape: tuple[int, ...]
+    max_abs: float
+    mean_abs: float
+    p99_abs: float
+    psnr: float  # between the two outputs
+    ssim: float | None  # None when the output is smaller than the 11x11 window
+    diff8_share: float
+    ref_psnr_gt: float | None = None
+    test_psnr_gt: float | None = None
+    ref_ssim_gt: float | None = None
+    test_ssim_gt: float | None = None
+
+
+@dataclass
+class Divergence:
+    node: str
+    op_type: str
+    tensor: str
+    max_abs: float
+    rel: float  # max_abs / max |reference tensor|
+    sample: str
+    rounds: int
+    probed: int  # tensors exposed in total
+    candidates: int  # tensors both graphs share
+
+
+@dataclass
+class Comparison:
+    reference: str
+    test: str
+    precision: str
+    tolerance: Tolerance
+    samples: list[SampleStats]
+    failures: list[str] = field(default_factory=list)
+    divergence: Divergence | None = None
+    divergence_note: str = ""
+    heatmap: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def max_abs(self) -> float:
+        return max(s.max_abs for s in self.samples)
+
+    @property
+    def mean_abs(self) -> float:
+        return float(np.mean([s.mean_abs for s in self.samples]))
+
+    @property
+    def p99_abs(self) -> float:
+        return max(s.p99_abs for s in self.samples)
+
+    @property
+    def psnr(self) -> float:
+        return min(s.psnr for s in self.samples)
+
+    @property
+    def ssim(self) -> float | None:
+        v = [s.ssim for s in self.samples if s.ssim is not None]
+        return min(v) if v else None
+
+    @property
+    def diff8_share(self) -> float:
+        return max(s.diff8_share for s in self.samples)
+
+    def _gt(self, attr: str) -> float | None:
+        v = [getattr(s, attr) for s in self.samples if getattr(s, attr) is not None]
+        return float(np.mean(v)) if v else None
+
+    @property
+    def ref_psnr_gt(self) -> float | None:
+        return self._gt("ref_psnr_gt")
+
+    @property
+    def test_psnr_gt(self) -> float | None:
+        return self._gt("test_psnr_gt")
+
+    @property
+    def gt_psnr_drop(self) -> float | None:
+        r, t = self.ref_psnr_gt, self.test_psnr_gt
+        return None if r is None or t is None else r - t
+
+    @property
+    def worst_sample(self) -> str:
+        return max(self.samples, key=lambda s: s.max_abs).name
+
+    def summary(self) -> dict[str, Any]:
+        return {"max_abs": self.max_abs, "mean_abs": self.mean_abs, "p99_abs": self.p99_abs, "psnr": self.psnr,
+                "ssim": self.ssim, "diff8_share": self.diff8_share, "ref_psnr_gt": self.ref_psnr_gt,
+                "test_psnr_gt": self.test_psnr_gt, "gt_psnr_drop": self.gt_psnr_drop,
+                "worst_sample": self.worst_sample}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference, "test": self.test, "precision": self.precision, "ok": self.ok,
+                "failures": list(self.failures), "tolerance": self.tolerance.to_dict(), **self.summary(),
+                "first_divergence": asdict(self.divergence) if self.divergence else None,
+                "divergence_note": self.divergence_note, "heatmap": self.heatmap,
+                "samples": [_stats_dict(s) for s in self.samples]}
+
+
+@dataclass
+class ParityReport:
+    reference: str
+    comparisons: list[Comparison]
+    samples: list[str]
+    scale: int
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.comparisons)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "reference": self.reference, "scale": self.scale, "samples": list(self.samples),
+                "comparisons": [c.to_dict() for c in self.comparisons]}
+
+    def to_markdown(self) -> str:
+        lines = [f"## Parity vs `{self.reference}` ({'PASS' if self.ok else 'FAIL'})", "",
+                 f"{len(self.samples)} inputs: {', '.join(self.samples)}", "",
+                 "| test | precision | result | max abs | mean abs | p99 abs | PSNR (dB) | SSIM | 8-bit diff "
+                 "| PSNR-Y ref/test vs GT | first divergence |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c in self.comparisons:
+            gt = (f"{c.ref_psnr_gt:.3f} / {c.test_psnr_gt:.3f}" if c.ref_psnr_gt is not None
+                  and c.test_psnr_gt is not None else "-")
+            div = f"`{c.divergence.node}` ({c.divergence.op_type})" if c.divergence else (c.divergence_note or "-")
+            lines.append(f"| `{c.test}` | {c.precision} | {'ok' if c.ok else 'FAIL'} | {c.max_abs:.3g} | "
+                         f"{c.mean_abs:.3g} | {c.p99_abs:.3g} | {_fmt_db(c.psnr)} | "
+                         f"{'-' if c.ssim is None else f'{c.ssim:.6f}'} | {100 * c.diff8_share:.3f}% | {gt} | {div} |")
+        for c in self.comparisons:
+            if c.failures:
+                lines += ["", f"**{c.test}** failed: " + "; ".join(c.failures)]
+                if c.heatmap:
+                    lines.append(f"![|difference| {c.test}]({c.heatmap})")
+        return "\n".join(lines) + "\n"
+
+
+def _fmt_db(v: float) -> str:
+    return "inf" if math.isinf(v) else f"{v:.2f}"
+
+
+def _stats_dict(s: SampleStats) -> dict[str, Any]:
+    d = asdict(s)
+    d["input_shape"] = list(s.input_shape)
+    return d
+
+
+# ---- comparison --------------------------------------------------------------------------------
+
+def runner_precision(runner) -> str:
+    """fp32 / fp16 / int8 of a runner: its ``precision`` attribute, model metadata, graph or name."""
+    p = getattr(runner, "precision", None)
+    if p in PRECISIONS:
+        return p
+    sess = getattr(runner, "session", None)
+    if sess is not None and hasattr(sess, "get_modelmeta"):
+        meta = sess.get_modelmeta().custom_metadata_map
+        if meta.get("precision") in PRECISIONS:
+            return meta["precision"]
+    path = getattr(runner, "path", None)
+    if path is not None and Path(path).suffix.lower() == ".onnx":
+        try:
+            from .export.graph import load
+
+            g = load(path).graph
+            ops = {n.op_type for n in g.node}
+            if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger"}:
+                return "int8"
+            if any(i.data_type == 10 for i in g.initializer):
+                return "fp16"
+        except Exception:  # noqa: BLE001 - fall through to the name heuristics
+            pass
+    if sess is not None and "float16" in sess.get_inputs()[0].type:
+        return "fp16"
+    dtype = str(getattr(runner, "dtype", ""))
+    if "float16" in dtype or "bfloat16" in dtype:
+        return "fp16"
+    name = str(getattr(runner, "name", "")).lower()
+    for p in ("int8", "fp16"):
+        if p in name:
+            return p
+    return "fp32"
+
+
+def sample_stats(name: str, shape, ref: np.ndarray, out: np.ndarray, hr: np.ndarray | None, scale: int,
+                 data_range: float = 1.0, gt_cache: dict | None = None) -> SampleStats:
+    """Metrics between one pair of outputs (NCHW, batch 1 or more: batch item 0 for SSIM/GT)."""
+    from .metrics import psnr, psnr_y, ssim, ssim_y
+
+    a = ref.astype(np.float64)
+    b = out.astype(np.float64)
+    d = np.abs(a - b)
+    a0, b0 = a[0].transpose(1, 2, 0), b[0].transpose(1, 2, 0)
+    s = ssim(a0, b0, data_range) if min(a0.shape[:2]) >= 11 else None
+    lo = 0.0
+    q = lambda v: np.floor(np.clip((v - lo) / data_range, 0, 1) * 255 + 0.5)  # noqa: E731
+    st = SampleStats(name=name, input_shape=tuple(int(v) for v in shape), max_abs=float(d.max()),
+                     mean_abs=float(d.mean()), p99_abs=float(np.percentile(d, 99)), psnr=float(psnr(a, b, data_range)),
+                     ssim=None if s is None else float(s), diff8_share=float(np.mean(q(a) != q(b))))
+    if hr is not None and hr.shape == a0.shape and min(hr.shape[:2]) > 2 * scale + 11:
+        sr_a, sr_b = np.clip(a0, 0, 1), np.clip(b0, 0, 1)
+        key = (name, "ref")
+        if gt_cache is not None and key in gt_cache:
+            st.ref_psnr_gt, st.ref_ssim_gt = gt_cache[key]
+        else:
+            st.ref_psnr_gt, st.ref_ssim_gt = float(psnr_y(sr_a, hr, scale)), float(ssim_y(sr_a, hr, scale))
+            if gt_cache is not None:
+                gt_cache[key] = (st.ref_psnr_gt, st.ref_ssim_gt)
+        st.test_psnr_gt, st.test_ssim_gt = float(psnr_y(sr_b, hr, scale)), float(ssim_y(sr_b, hr, scale))
+    return st
+
+
+def judge(c: Comparison) -> list[str]:
+    """Reasons a comparison fails its tolerance ([] when it passes)."""
+    t, f = c.tolerance, []
+    if not all(math.isfinite(s.max_abs) for s in c.samples):
+        return ["output contains NaN/Inf"]
+    if t.max_abs is not None and c.max_abs > t.max_abs:
+        f.append(f"max abs {c.max_abs:.3g} > {t.max_abs:g} (worst: {c.worst_sample})")
+    if t.mean_abs is not None and c.mean_abs > t.mean_abs:
+        f.append(f"mean abs {c.mean_abs:.3g} > {t.mean_abs:g}")
+    if t.p99_abs is not None and c.p99_abs > t.p99_abs:
+        f.append(f"p99 abs {c.p99_abs:.3g} > {t.p99_abs:g}")
+    if t.min_psnr is not None and c.psnr < t.min_psnr:
+        worst = min(c.samples, key=lambda s: s.psnr).name
+        f.append(f"PSNR vs reference {c.psnr:.2f} dB < {t.min_psnr:g} dB (worst: {worst})")
+    if t.min_ssim is not None and c.ssim is not None and c.ssim < t.min_ssim:
+        f.append(f"SSIM vs reference {c.ssim:.6f} < {t.min_ssim:g}")
+    if t.max_diff8_share is not None and c.diff8_share > t.max_diff8_share:
+        f.append(f"{100 * c.diff8_share:.3f}% of 8-bit values differ > {100 * t.max_diff8_share:g}%")
+    drop = c.gt_psnr_drop
+    if t.max_gt_psnr_drop is not None and drop is not None and drop > t.max_gt_psnr_drop:
+        f.append(f"PSNR-Y vs ground truth drops {drop:.3f} dB > {t.max_gt_psnr_drop:g} dB")
+    return f
+
+
+def detect_scale(runner, channels: int = 3) -> int:
+    x = random_image((1, channels, 12, 12), seed=99)
+    y = _run(runner, x)
+    if y.ndim != 4 or y.shape[2] % 12 or y.shape[2] // 12 != y.shape[3] // 12:
+        raise ParityError(f"{runner.name}: output shape {y.shape} for input {x.shape} is not an integer upscale")
+    return y.shape[2] // 12
+
+
+def check_parity(runners: Sequence[Any], samples: Sequence[Sample] | None = None, *,
+                 tolerances: Tolerance | Mapping[str, Tolerance] | None = None,
+                 overrides: Mapping[str, float | None] | None = None, scale: int | None = None,
+                 sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES, heatmap_dir: str | Path | None = None,
+                 localize: bool = True, data_range: float = 1.0, probe: int = 4) -> ParityReport:
+    """Compare runners[1:] against runners[0] on `samples` (default: :func:`default_samples`).
+
+    tolerances: one Tolerance for every test side, or {runner name: Tolerance}; sides not
+    covered use ``PRESETS[runner_precision(runner)]``. overrides: Tolerance fields replaced
+    in every test side's tolerance (e.g. ``{"max_abs": 1e-4}``).
+    """
+    if len(runners) < 2:
+        raise ParityError("parity needs a reference and at least one runner to compare")
+    names = [r.name for r in runners]
+    if len(set(names)) != len(names):
+        raise ParityError(f"runner names must be distinct, got {names}")
+    ref = runners[0]
+    scale = scale or detect_scale(ref)
+    if samples is None:
+        samples = default_samples(scale, sizes)
+    if not samples:
+        raise ParityError("no inputs to compare on")
+    comps = []
+    gt_cache: dict = {}
+    ref_out = {s.name: _run(ref, s.lr) for s in samples}
+    for r in runners[1:]:
+        precision = runner_precision(r)
+        if isinstance(tolerances, Tolerance):
+            tol = tolerances
+        elif tolerances is not None and r.name in tolerances:
+            tol = tolerances[r.name]
+        else:
+            tol = Tolerance.for_precision(precision)
+        tol = tol.merged(**(overrides or {}))
+        stats, worst = [], None
+        for s in samples:
+            out = _run(r, s.lr)
+            if out.shape != ref_out[s.name].shape:
+                raise ParityError(f"{r.name}: output shape {out.shape} != {ref.name} {ref_out[s.name].shape} "
+                                  f"on {s.name}")
+            st = sample_stats(s.name, s.lr.shape, ref_out[s.name], out, s.hr, scale, data_range, gt_cache)
+            stats.append(st)
+            if worst is None or not st.max_abs <= worst[0]:
+                worst = (st.max_abs, s, out)
+        c = Comparison(ref.name, r.name, precision, tol, stats)
+        c.failures = judge(c)
+        if c.failures and heatmap_dir is not None:
+            c.heatmap = str(save_heatmap(ref_out[worst[1].name], worst[2],
+                                         Path(heatmap_dir) / f"{len(comps):02d}_{_slug(r.name)}_vs_{_slug(ref.name)}.png",
+                                         title=f"{r.name} vs {ref.name} on {worst[1].name}"))
+        if c.failures and localize:
+            try:
+                c.divergence = localize_divergence(ref, r, worst[1].lr, precision, probe=probe, sample=worst[1].name)
+                if c.divergence is None:
+                    c.divergence_note = "no intermediate tensor of the shared graph diverges on the worst input"
+            except ParityError as e:
+                c.divergence_note = str(e)
+        comps.append(c)
+    return ParityReport(ref.name, comps, [s.name for s in samples], scale)
+
+
+def _run(runner, x: np.ndarray) -> np.ndarray:
+    try:
+        y = runner.run(x)
+    except ParityError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any backend failure is reported by runner name
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ParityError(f"{runner.name} failed on input {tuple(x.shape)}: {msg}") from None
+    return np.asarray(y, dtype=np.float32)
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_")[:60] or "runner"
+
+
+# ---- first divergence ----------------------------------------------------------------------------
+
+def onnx_source(runner, tmp_dir: Path | None = None, scale: int | None = None):
+    """The ONNX graph behind a runner: an .onnx path, or a fresh fp32 export of a torch module."""
+    path = getattr(runner, "path", None)
+    if path is not None and Path(path).suffix.lower() == ".onnx":
+        return Path(path)
+    module = getattr(runner, "module", None)
+    if module is not None and tmp_dir is not None:
+        from .export.onnx import export_onnx
+        from .spec import Spec
+
+        spec = getattr(runner, "spec", None)
+        if spec is None:
+            spec = Spec(arch="unknown", scale=scale or 1)
+        out = Path(tmp_dir) / f"{_slug(runner.name)}.onnx"
+        export_onnx(module, spec, out, check=False)
+        return out
+    if path is not None:
+        raise ParityError(f"{runner.name}: cannot read intermediate tensors of {Path(path).name} "
+                          "(only .onnx graphs and PyTorch modules can be localised)")
+    raise ParityError(f"{runner.name}: no ONNX graph to localise the divergence in")
+
+
+def localize_divergence(ref_runner, test_runner, x: np.ndarray, precision: str = "fp32", *, probe: int = 4,
+                        sample: str = "") -> Divergence | None:
+    with tempfile.TemporaryDirectory(prefix="edgesr-parity-") as tmp:
+        scale = None
+        if getattr(ref_runner, "path", None) is None or getattr(test_runner, "path", None) is None:
+            scale = int(_run(ref_runner, x).shape[2] // x.shape[2])
+        ref_src = onnx_source(ref_runner, Path(tmp), scale)
+        test_src = onnx_source(test_runner, Path(tmp), scale)
+        return first_divergence(ref_src, test_src, x, rtol=DIVERGENCE_RTOL.get(precision, 1e-4), probe=probe,
+                                sample=sample)
+
+
+def matched_tensors(ref_model, test_model) -> list[tuple[str, str]]:
+    """(test tensor, reference tensor) pairs in the test graph's topological order.
+
+    Names match directly when one model derives from the other (simplified / fp16 / int8 of
+    the same export); a QDQ model's ``DequantizeLinear(QuantizeLinear(X))`` output maps to X.
+    """
+    from .export import graph as G
+
+    ref_types = G.tensor_types(ref_model)
+    ref_acts = set(G.activation_names(ref_model, ref_types))
+    test_types = G.tensor_types(test_model)
+    prod = G.producers(test_model)
+    pairs, seen = [], set()
+    for t in G.activation_names(test_model, test_types):
+        r = t if t in ref_acts else None
+        node = prod.get(t)
+        if r is None and node is not None and node.op_type == "DequantizeLinear":
+            q = prod.get(node.input[0])
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in ref_acts:
+                r = q.input[0]
+        if r is not None and r not in seen:
+            seen.add(r)
+            pairs.append((t, r))
+    return pairs
+
+
+def first_divergence(ref_model, test_model, x: np.ndarray, *, rtol: float = 1e-4, atol: float = 1e-6,
+                     probe: int = 4, sample: str = "") -> Divergence | None:
+    """First tensor (in the test graph's topological order) whose value differs from the
+    reference's by more than ``atol + rtol * max|reference|`` on input `x`.
+
+    A k-ary search: each round exposes at most `probe` tensors on copies of both models,
+    assuming that once a tensor diverges, what is computed from it diverges too. Returns
+    None when no shared tensor diverges.
+    """
+    from .export import graph as G
+
+    ref_m, test_m = G.load(ref_model), G.load(test_model)
+    pairs = matched_tensors(ref_m, test_m)
+    if not pairs:
+        raise ParityError("the two graphs share no tensor names (not exported from one another); "
+                          "cannot localise the divergence")
+    ref_types, test_types = G.tensor_types(ref_m), G.tensor_types(test_m)
+    prod = G.producers(test_m)
+    cache: dict[int, tuple[bool, float, float]] = {}
+
+    def evaluate(idx: list[int]) -> None:
+        idx = [i for i in idx if i not in cache]
+        if not idx:
+            return
+        tv = G.run_tensors(test_m, [pairs[i][0] for i in idx], [x], test_types)[0]
+        rv = G.run_tensors(ref_m, [pairs[i][1] for i in idx], [x], ref_types)[0]
+        for i in idx:
+            a, b = rv[pairs[i][1]].astype(np.float64), tv[pairs[i][0]].astype(np.float64)
+            if a.shape != b.shape:
+                cache[i] = (True, math.inf, math.inf)
+                continue
+            err = float(np.max(np.abs(a - b))) if a.size else 0.0
+            peak = float(np.max(np.abs(a))) if a.size else 0.0
+            bad = not err <= atol + rtol * peak
+            cache[i] = (bad, err, err / peak if peak > 0 else math.inf)
+
+    rounds = [0]
+
+    def counted(idx: list[int]) -> None:
+        rounds[0] += 1
+        evaluate(idx)
+
+    hi = _search(0, len(pairs), counted, cache, probe)
+    if hi is None:
+        return None
+    t, r = pairs[hi]
+    node = prod.get(t)
+    _, err, rel = cache[hi]
+    return Divergence(node=node.name if node is not None else t, op_type=node.op_type if node is not None else "",
+                      tensor=t, max_abs=err, rel=rel, sample=sample, rounds=rounds[0], probed=len(cache),
+                      candidates=len(pairs))
+
+
+def _search(lo: int, hi: int, evaluate, cache, probe: int) -> int | None:
+    """Smallest diverging index in [lo, hi) (None if all agree), probing a few at a time."""
+    found = None
+    while lo < hi:
+        span = hi - lo
+        k = min(probe, span)
+        idx = sorted({lo + (span * j) // k for j in range(k)})
+        evaluate(idx)
+        bad = [i for i in idx if cache[i][0]]
+        if bad:
+            found = bad[0]
+            good_below = [i for i in idx if i < found]
+            lo = (max(good_below) + 1) if good_below else lo
+            hi = found
+        else:
+            lo = max(idx) + 1
+    return found
+
+
+# ---- heatmap -----------------------------------------------------------------------------------
+
+def save_heatmap(ref: np.ndarray, out: np.ndarray, path: str | Path, title: str = "", min_side: int = 256) -> Path:
+    """PNG of |ref - out| (mean over channels, first batch item), nearest-upscaled so the short
+    side is at least `min_side` pixels, with a colour bar."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    from .fsutil import atomic_path
+
+    d = np.abs(ref.astype(np.float64) - out.astype(np.float64))[0].mean(axis=0)
+    f = max(1, math.ceil(min_side / max(1, min(d.shape))))
+    big = np.repeat(np.repeat(d, f, axis=0), f, axis=1)
+    h, w = big.shape
+    fig = Figure(figsize=(min(12.0, 2.0 + w / 100), min(12.0, 1.0 + h / 100)), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(big, cmap="magma", interpolation="nearest", vmin=0.0, vmax=float(d.max()) or 1.0)
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cb.set_label("|difference|, mean over channels")
+    ax.set_title((title + "\n" if title else "") + f"max {d.max():.3g}, mean {d.mean():.3g}"
+                 + (f", upscaled x{f}" if f > 1 else ""), fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    return path
+
+
+__all__ = [
+    "Tolerance", "PRESETS", "Sample", "SampleStats", "Comparison", "ParityReport", "Divergence",
+    "check_parity", "default_samples", "random_samples", "random_image", "testset_samples", "folder_samples",
+    "package_samples", "runner_precision", "first_divergence", "localize_divergence", "matched_tensors",
+    "save_heatmap", "shared_dir", "judge", "sample_stats",
+]
