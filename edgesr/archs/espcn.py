@@ -33,7 +33,7 @@ def _detect(sd) -> str | None:
     keys = ("conv1.weight", "conv2.weight", "conv3.weight")
     if not all(k in sd for k in keys) or "conv4.weight" in sd:
         return None
-    if any(not k.startswith(("conv1.", "conv2.", "conv3.")) for k in sd):
+    if sd["conv1.weight"].dim() != 4 or sd["conv3.weight"].dim() != 4:
         return None
     return "deploy"
 

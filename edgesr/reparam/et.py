@@ -465,12 +465,11 @@ def equivalent_transform_loaded(loaded: "LoadedModel", *, pad: str = "official",
     """ET of a `registry.LoadedModel`: module, `Spec` and registry entry of the result."""
     from ..registry import LoadedModel, get_architecture, match_variant
 
-    module, hp, lay = _transform(loaded.module, loaded.spec, pad, "auto", check)
+    module, hp, lay, chain = _transform(loaded.module, loaded.spec, pad, "auto", check)
     if lay is None or hp is None:
-        chain = extract_chain(_without_training_blocks(loaded.module))
         spec = replace(loaded.spec, form="deploy", variant=None, value_range=(0.0, 1.0),
                        hyperparams={**loaded.spec.hyperparams, "equivalent_transform": pad},
-                       receptive_field=len(chain.steps))
+                       receptive_field=sum(max(st.weight.shape[-2:]) // 2 for st in chain.steps))
         return LoadedModel(module, spec, loaded.arch, loaded.state_dict_keys)
     arch = get_architecture(lay.target_arch)
     spec = arch.describe(hp, lay.target_form)
@@ -513,7 +512,7 @@ def _transform(model, spec, pad, layout, check):
         if not err <= 1e-4:
             raise NotTransformable(f"ET self-check failed: max |clamp(model) - ET(model)| = {err:.3g} "
                                    f"({type(src).__name__} -> {type(result).__name__})")
-    return result, hp, lay
+    return result, hp, lay, chain
 
 
 def _without_training_blocks(model: nn.Module) -> nn.Module:
