@@ -76,29 +76,30 @@ class ABPN_ET(nn.Module):  # noqa: N801 - the official class name
 
 # ---- registry entry ---------------------------------------------------------------------
 
-def _indices(sd) -> tuple[list[int], list[int]] | None:
-    """(flat conv indices ``backbone.K.weight``, nested ``backbone.K.0.weight``) or None."""
-    if not sd or not all(k.startswith("backbone.") for k in sd):
-        return None
-    flat, nested = [], []
+def _indices(sd) -> tuple[list[int], list[int]]:
+    """Indices K of flat ``backbone.K.{weight,bias}`` and nested ``backbone.K.0.{weight,bias}``
+    entries (weight OR bias, so that one missing tensor is reported by the strict load
+    instead of breaking detection)."""
+    flat, nested = set(), set()
     for k in sd:
         parts = k.split(".")
-        if len(parts) == 3 and parts[1].isdigit() and parts[2] == "weight" and sd[k].dim() == 4:
-            flat.append(int(parts[1]))
-        elif len(parts) == 4 and parts[1].isdigit() and parts[2:] == ["0", "weight"]:
-            nested.append(int(parts[1]))
+        if parts[0] != "backbone" or len(parts) < 3 or not parts[1].isdigit():
+            continue
+        if len(parts) == 3 and parts[2] in ("weight", "bias"):
+            flat.add(int(parts[1]))
+        elif len(parts) == 4 and parts[2] == "0" and parts[3] in ("weight", "bias"):
+            nested.add(int(parts[1]))
     return sorted(flat), sorted(nested)
 
 
 def _detect(sd) -> str | None:
-    idx = _indices(sd)
-    if idx is None:
-        return None
-    flat, nested = idx
+    flat, nested = _indices(sd)
     m = len(nested)
-    if not flat or flat[0] != 0 or nested != list(range(2, 2 + m)):
+    if not flat or flat[0] != 0 or "backbone.0.weight" not in sd or nested != list(range(2, 2 + m)):
         return None
-    last = sd[f"backbone.{flat[-1]}.weight"]
+    last = sd.get(f"backbone.{flat[-1]}.weight")
+    if last is None or last.dim() != 4:
+        return None
     if flat == [0, 2 + m, 4 + m] and last.shape[-1] == 3:
         return "training"
     if flat == [0, 2 + m, 4 + m, 6 + m] and last.shape[-2:] == (1, 1):
