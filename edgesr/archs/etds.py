@@ -181,7 +181,7 @@ def _describe(hp: dict, form: str) -> Spec:
 
 _SIZES = {"t": (5, 16), "s": (4, 32), "m": (6, 32), "l": (7, 48)}
 VARIANTS = tuple(
-    Variant(f"etds-{n}-x{s}", dict(num_block=m, num_feat=c, scale=s), f"ETDS_M{m}C{c}_x{s}")
+    Variant(f"etds-{n}-x{s}", dict(num_block=m, num_feat=c, scale=s, colors=3), f"ETDS_M{m}C{c}_x{s}")
     for n, (m, c) in _SIZES.items() for s in (2, 3, 4)
 )
 
