@@ -122,10 +122,20 @@ def test_only_et_ablation_transforms_to_etds_deploy(ckpt_dir):
 # ---- behavioural detection ----------------------------------------------------------------
 
 def test_plain_vs_only_et_by_behaviour(ckpt_dir):
-    p_plain, p_res = plain.residual_errors(load_state_dict(ckpt_dir / "Plain/Plain_M6C32_x4.pth"))
-    o_plain, o_res = plain.residual_errors(load_state_dict(ckpt_dir / "ETDS/ablations/ETDS_M6C32_x4_only_ET.pth"))
+    p_plain, p_res, nearest = plain.residual_errors(load_state_dict(ckpt_dir / "Plain/Plain_M6C32_x4.pth"))
+    o_plain, o_res, _ = plain.residual_errors(load_state_dict(ckpt_dir / "ETDS/ablations/ETDS_M6C32_x4_only_ET.pth"))
     assert p_plain * 20 < p_res  # Plain reproduces the image itself
-    assert o_res * 20 < o_plain  # only_ET's body adds detail to the nearest-upsampled input
+    assert o_res * 20 < o_plain  # only_ET's body adds detail to the nearest-upsampled input ...
+    assert o_res * 4 < nearest  # ... and beats nearest upsampling alone
+
+
+def test_untrained_plain_layout_stays_plain():
+    from edgesr.registry import build_variant, detect
+
+    for name, form in (("plain-m6c32-x4", "deploy"), ("etds-only-et-m6c32-x4", "training")):
+        sd = build_variant(name, form).module.state_dict()  # random init: no behaviour to read
+        assert plain.residual_verdict(sd) is False
+        assert detect(sd)[0].name == "plain"
 
 
 def test_plain_hint_forces_plain_reading(ckpt_dir):
@@ -139,6 +149,15 @@ def test_fsrcnn_scale_by_behaviour(ckpt_dir):
         best = min(errs, key=errs.get)
         assert best == s
         assert all(errs[o] > 20 * errs[s] for o in errs if o != s)
+
+
+def test_untrained_fsrcnn_needs_a_scale_hint():
+    from edgesr.registry import build_variant
+
+    sd = build_variant("fsrcnn-x3", "deploy").module.state_dict()
+    with pytest.raises(ScaleMismatch, match="pass --scale"):
+        load_model(sd)
+    assert load_model(sd, scale=3).spec.variant == "fsrcnn-x3"
 
 
 # ---- errors --------------------------------------------------------------------------------

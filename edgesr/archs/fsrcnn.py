@@ -10,9 +10,10 @@ The scale is NOT in the weights: the deconv kernel is 9x9 for every scale. Witho
 ``scale`` hint it is found by behaviour (`scale_errors`): the checkpoint is run at each
 candidate stride on a smooth synthetic image and the stride whose output is closest to
 the bicubic upsampling of the image is taken. A network run at a stride it was not
-trained for produces a badly aliased image, so the margin is large (see the tests). A
-hint that behaves clearly worse than the best stride (> 2x the error) is refused
-with ScaleMismatch.
+trained for produces a badly aliased image, so the margin is large (real files: > 60x).
+A hint that behaves clearly worse than the best stride (> 2x the error) is refused
+with ScaleMismatch; weights whose behaviour singles out no stride (e.g. untrained)
+need the hint.
 """
 
 from __future__ import annotations
@@ -93,16 +94,23 @@ def _infer(sd, form: str, scale: int | None) -> dict:
     if errs is None or not all(math.isfinite(e) for e in errs.values()):
         # Cannot run it (the strict load will say why); trust the hint, else the default.
         return dict(hp, scale=scale or 4)
-    best = min(errs, key=errs.get)
-    if scale is not None and scale != best:
+    ranked = sorted(errs, key=errs.get)
+    best = ranked[0]
+    decisive = errs[ranked[1]] > HINT_TOLERANCE * errs[best]
+    if scale is None:
+        if not decisive:  # e.g. untrained weights: every stride is equally bad
+            raise ScaleMismatch("this FSRCNN's scale is not in its weights (the 9x9 deconv fits every stride) and "
+                                "its behaviour does not single one out (errors vs bicubic: "
+                                + ", ".join(f"x{s} {e:.3f}" for s, e in errs.items()) + "); pass --scale")
+        return dict(hp, scale=best)
+    if scale != best and decisive:
         if scale not in errs:
             errs.update(scale_errors(sd, (scale,)) or {})
         if errs.get(scale, math.inf) > HINT_TOLERANCE * errs[best]:
             raise ScaleMismatch(f"--scale {scale} does not match the checkpoint: this FSRCNN behaves as x{best} "
                                 f"(error vs bicubic {errs[best]:.4f}) and not as x{scale} "
                                 f"({errs.get(scale, math.inf):.4f})")
-        best = scale
-    return dict(hp, scale=best)
+    return dict(hp, scale=scale)
 
 
 def _build(hp: dict, form: str) -> nn.Module:

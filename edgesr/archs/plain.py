@@ -11,6 +11,9 @@ behaviour (`residual_verdict`):
     is near 0 and body + nearest_upsample(x) is near the bicubic upsampling of x. A
     network trained WITHOUT it outputs the image itself. The interpretation whose output
     is closer (mean absolute difference, 4-pixel border excluded) to bicubic(x) wins.
+    "Residual" needs clear evidence: 3x closer than the plain reading AND 3x closer than
+    nearest upsampling alone (a trained residual body must add something); otherwise
+    -- e.g. untrained weights, whose body outputs ~0 -- the Plain reading stays.
 
 ``plain`` detects on key names alone; ``etds-only-et`` additionally needs the verdict
 "residual" and has the higher priority, so a checkpoint goes to it only when its
@@ -77,6 +80,11 @@ class ETDSOnlyET(TrainingBlock, Plain):
 
 PROBE_SIZE = 32
 BORDER = 4
+# The residual reading must be this many times closer to bicubic than both the plain
+# reading and bare nearest upsampling (trained checkpoints: ~300x and ~20x). An untrained
+# body outputs ~0, i.e. exactly nearest upsampling under the residual reading: no
+# evidence, so it stays with the key-name reading (Plain).
+RESIDUAL_MARGIN = 3.0
 
 
 def smooth_probe(colors: int, size: int = PROBE_SIZE) -> torch.Tensor:
@@ -93,9 +101,10 @@ def smooth_probe(colors: int, size: int = PROBE_SIZE) -> torch.Tensor:
 
 
 @torch.no_grad()
-def residual_errors(sd) -> tuple[float, float] | None:
-    """(error without residual, error with residual) of a Plain-layout state_dict on the
-    smooth probe vs its bicubic upsampling; None when the state_dict cannot be run."""
+def residual_errors(sd) -> tuple[float, float, float] | None:
+    """Errors vs the bicubic upsampling of the smooth probe of: the Plain reading, the
+    residual reading, and nearest upsampling alone (what the residual gives with a body
+    that outputs 0). None when the state_dict cannot be run."""
     try:
         hp = _infer(sd, "deploy", None)
     except Exception:  # noqa: BLE001 - any malformed state_dict: no verdict
@@ -113,15 +122,18 @@ def residual_errors(sd) -> tuple[float, float] | None:
     resid = F.pixel_shuffle(body + repeat_shortcut(x, s), s)
     b = BORDER * s
     crop = (slice(None), slice(None), slice(b, -b), slice(b, -b))
-    return float((plain - ref)[crop].abs().mean()), float((resid - ref)[crop].abs().mean())
+    nearest = F.pixel_shuffle(repeat_shortcut(x, s), s)
+    return tuple(float((y - ref)[crop].abs().mean()) for y in (plain, resid, nearest))
 
 
 def residual_verdict(sd) -> bool | None:
-    """True: trained with the repeat_interleave residual (only_ET); False: Plain; None: unknown."""
+    """True: trained with the repeat_interleave residual (only_ET); False: Plain or no clear
+    evidence; None: the state_dict cannot be run (missing / misshaped keys)."""
     errs = residual_errors(sd)
     if errs is None or not all(math.isfinite(e) for e in errs):
         return None
-    return errs[1] < errs[0]
+    e_plain, e_res, e_nearest = errs
+    return e_res * RESIDUAL_MARGIN < e_plain and e_res * RESIDUAL_MARGIN < e_nearest
 
 
 # ---- registry entries -------------------------------------------------------------------
