@@ -7,14 +7,15 @@ infers hyperparameters from those shapes, and builds either form of the network:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from torch import nn
 
 from .checkpoint import StateDict, load_state_dict
-from .errors import KeyMismatch, ScaleMismatch, UnknownArchitecture
+from .errors import EdgesrError, KeyMismatch, ScaleMismatch, UnknownArchitecture
 from .spec import Spec
 
 Hyper = dict[str, Any]
@@ -116,11 +117,11 @@ def detect(sd: StateDict, arch: str | None = None) -> tuple[Architecture, str]:
     _ensure_loaded()
     if arch is not None:
         a = get_architecture(arch)
-        form = a.detect(sd)
+        form = _detect_form(a, sd)
         if form is None:
             raise KeyMismatch(f"state_dict does not look like {a.name}: " + _describe_keys(sd))
         return a, form
-    hits = [(a, f) for a in _ARCHITECTURES if (f := a.detect(sd)) is not None]
+    hits = [(a, f) for a in _ARCHITECTURES if (f := _detect_form(a, sd)) is not None]
     if not hits:
         raise UnknownArchitecture(
             "no registered architecture matches this state_dict; " + _describe_keys(sd)
@@ -134,12 +135,17 @@ def load_model(source: str | Path | StateDict, arch: str | None = None, scale: i
     """Checkpoint (path or state_dict) -> module with weights loaded strictly, in eval mode."""
     sd = load_state_dict(source) if isinstance(source, (str, Path)) else source
     a, form = detect(sd, arch)
-    hp = a.infer(sd, form, scale)
+    # Tensors come from untrusted files: a family's shape arithmetic failing on a hostile
+    # state_dict (IndexError, ValueError, ...) is a KeyMismatch, not a crash.
+    with _unfit(a, form):
+        hp = a.infer(sd, form, scale)
     if scale is not None and hp.get("scale") != scale:
         raise ScaleMismatch(f"--scale {scale} does not match the checkpoint ({a.name}, x{hp.get('scale')})")
-    module = a.build(hp, form)
+    with _unfit(a, form):
+        module = a.build(hp, form)
     load_strict(module, sd, a.name)
-    spec = a.describe(hp, form)
+    with _unfit(a, form):
+        spec = a.describe(hp, form)
     variant = match_variant(a, hp)
     if variant:
         spec = _with_variant(spec, variant)
@@ -170,6 +176,28 @@ def load_strict(module: nn.Module, sd: StateDict, arch_name: str = "model") -> N
             parts.append("shape mismatches: " + _clip_list(shape))
         raise KeyMismatch(f"checkpoint does not fit {arch_name}: " + "; ".join(parts))
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def _detect_form(a: Architecture, sd: StateDict) -> str | None:
+    """`a.detect(sd)`; a detector that trips over odd keys or shapes means "not this family"."""
+    try:
+        return a.detect(sd)
+    except EdgesrError:
+        raise
+    except Exception:  # noqa: BLE001 - untrusted input; see load_model
+        return None
+
+
+@contextlib.contextmanager
+def _unfit(a: Architecture, form: str) -> Iterator[None]:
+    try:
+        yield
+    except EdgesrError:
+        raise
+    except Exception as e:  # noqa: BLE001 - untrusted input
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise KeyMismatch(f"checkpoint looks like {a.name} ({form} form) but its tensors do not fit it: "
+                          f"{type(e).__name__}: {msg}") from None
 
 
 def _with_variant(spec: Spec, variant: str) -> Spec:
@@ -207,7 +235,15 @@ def count_indexed(sd: StateDict, prefix: str) -> int:
     """Number of consecutive ``prefix.N.`` entries (ModuleList / Sequential length)."""
     idx = {int(k[len(prefix) + 1:].split(".")[0]) for k in sd
            if k.startswith(prefix + ".") and k[len(prefix) + 1:].split(".")[0].isdigit()}
-    return max(idx) + 1 if idx else 0
+    if not idx:
+        return 0
+    n = max(idx) + 1
+    # Parameter-free layers (activations) leave gaps, at most about one per layer. A hostile
+    # "prefix.99999999.weight" would otherwise make the family build 10^8 layers.
+    if n > 2 * len(idx) + 2:
+        raise KeyMismatch(f"{prefix}: layer indices {_clip_list([str(i) for i in sorted(idx)], 6)} leave too "
+                          f"many gaps for a {n}-layer list (corrupt or hand-edited state_dict?)")
+    return n
 
 
 def has_all(sd: StateDict, *keys: str) -> bool:
