@@ -14,7 +14,7 @@ from edgesr.archs import fsrcnn, plain
 from edgesr.checkpoint import load_state_dict
 from edgesr.errors import KeyMismatch, ScaleMismatch
 from edgesr.registry import load_model
-from edgesr.reparam.et import equivalent_transform, equivalent_transform_loaded
+from edgesr.reparam.et import equivalent_transform_loaded
 
 pytestmark = pytest.mark.shared
 

@@ -241,7 +241,7 @@ def extract_chain(model: nn.Module) -> PlainChain:
             elif fn in _CLAMP_FUNCS or meth in ("clamp", "clip", "clamp_"):
                 lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
                 hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
-                if (lo, hi) != (0, 1) and (lo, hi) != (0.0, 1.0):
+                if (lo, hi) != (0, 1):
                     raise bad(node, f"clamp to ({lo}, {hi}); only (0, 1) is supported")
                 clamped = _clamp(node, kind, head, clamped, bad)
                 if node.args[0] is head:
