@@ -174,7 +174,7 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
         atomic_write_json(staging / "manifest.json", manifest)
         _publish(staging, outdir, opts.force)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _discard_staging(staging)
         raise
     return ConvertResult(outdir, manifest, report, steps)
 
@@ -374,41 +374,196 @@ def _artifact(path: Path, role: str, fmt: str, precision: str, backend: str, **e
 
 
 def _make_staging(outdir: Path) -> Path:
+    """A fresh hidden folder beside OUTDIR, owned by this process (see `_lock_staging`)."""
     outdir.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale_staging(outdir.parent)
     staging = outdir.parent / f"{STAGING_PREFIX}{outdir.name}-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
+    _lock_staging(staging)  # before mkdir: a folder whose lock nobody holds is a stale leftover
+    if os.path.lexists(staging):
+        _remove_path(staging)
     staging.mkdir()
     return staging
 
 
 def _clean_stale_staging(parent: Path) -> None:
-    """Remove staging folders left by killed runs (their process no longer exists)."""
-    for p in parent.glob(f"{STAGING_PREFIX}*"):
+    """Remove staging folders (and their lock files) left by killed runs.
+
+    A folder is stale when its lock file is not held by a live process (the kernel drops
+    an flock when its holder dies, so a reused PID cannot keep a leftover alive), or, for
+    a folder without a lock file, when the PID in its name is not running. Folders of
+    running conversions, this process's included, are left alone.
+    """
+    try:
+        entries = sorted(parent.glob(f"{STAGING_PREFIX}*"))
+    except OSError:
+        return
+    for p in entries:
+        if p.name.endswith(_LOCK_SUFFIX):
+            folder = p.with_name(p.name[: -len(_LOCK_SUFFIX)])
+            if _HAVE_FLOCK and str(folder) not in _STAGING_LOCKS and not os.path.lexists(folder):
+                fd = _try_lock(p)
+                if fd is not None:  # orphan lock (killed right after publishing, or before mkdir)
+                    _unlink_quietly(p)
+                    os.close(fd)
+            continue
+        if str(p) in _STAGING_LOCKS:
+            continue  # ours
         pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
+        if not pid.isdigit():
+            continue
+        lock = p.with_name(p.name + _LOCK_SUFFIX)
+        if _HAVE_FLOCK and lock.exists():
+            fd = _try_lock(lock)
+            if fd is None:
+                continue  # a live conversion holds it
+            try:
+                _remove_path(p)
+                _unlink_quietly(lock)
+            finally:
+                os.close(fd)
+        elif not _pid_alive(int(pid)):
+            _remove_path(p)
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    except OSError:  # e.g. Windows: an invalid PID
+        return False
     return True
 
 
 def _publish(staging: Path, outdir: Path, force: bool) -> None:
-    """Rename the finished staging folder onto OUTDIR (replacing it only with --force)."""
-    if outdir.exists():
-        if not force:
-            raise OutputExists(f"{outdir} appeared while converting; pass --force to replace it")
-        old = outdir.parent / f"{STAGING_PREFIX}old-{outdir.name}-{os.getpid()}"
-        os.replace(outdir, old)
-        os.replace(staging, outdir)
-        shutil.rmtree(old, ignore_errors=True)
+    """Rename the finished staging folder onto OUTDIR (replacing it only with --force).
+
+    On Linux the replacement is one atomic exchange (renameat2 RENAME_EXCHANGE), so OUTDIR
+    is at every instant either the complete old bundle or the complete new one; elsewhere
+    it is two renames, and a kill between them leaves no OUTDIR (never a partial one) with
+    the old bundle in a stale staging folder that the next run removes.
+    """
+    try:
+        if os.path.lexists(outdir):
+            if not force:
+                raise OutputExists(f"{outdir} appeared while converting; pass --force to replace it")
+            if _rename2(staging, outdir, _RENAME_EXCHANGE):
+                _fsync_parent(outdir)
+                _remove_path(staging)  # now holds the previous OUTDIR
+            else:
+                old = outdir.parent / f"{STAGING_PREFIX}old-{outdir.name}-{os.getpid()}"
+                os.replace(outdir, old)
+                os.replace(staging, outdir)
+                _fsync_parent(outdir)
+                _remove_path(old)
+        else:
+            if not _rename2(staging, outdir, _RENAME_NOREPLACE):
+                os.rename(staging, outdir)
+            _fsync_parent(outdir)
+    except FileExistsError:
+        raise OutputExists(f"{outdir} appeared while converting; pass --force to replace it") from None
+    finally:
+        _unlock_staging(staging)
+
+
+def _discard_staging(staging: Path) -> None:
+    """Remove an unfinished staging folder and release its lock (on any failure)."""
+    _remove_path(staging)
+    _unlock_staging(staging)
+
+
+# ---- staging helpers: lock files, atomic renames --------------------------------------------
+
+_LOCK_SUFFIX = ".lock"
+_STAGING_LOCKS: dict[str, int] = {}  # staging folder -> fd of the lock file this process holds
+try:
+    import fcntl as _fcntl
+
+    _HAVE_FLOCK = True
+except ImportError:  # Windows: stale folders are recognised by PID only
+    _fcntl = None
+    _HAVE_FLOCK = False
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+
+
+def _lock_staging(staging: Path) -> None:
+    """Create and hold ``<staging>.lock`` (flock) while this process converts into `staging`."""
+    if not _HAVE_FLOCK or str(staging) in _STAGING_LOCKS:
+        return
+    lock = staging.with_name(staging.name + _LOCK_SUFFIX)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise OutputExists(f"{staging} is in use by another edgesr process") from None
+    _STAGING_LOCKS[str(staging)] = fd
+
+
+def _unlock_staging(staging: Path) -> None:
+    fd = _STAGING_LOCKS.pop(str(staging), None)
+    if fd is not None:
+        _unlink_quietly(staging.with_name(staging.name + _LOCK_SUFFIX))
+        os.close(fd)
+
+
+def _try_lock(lock: Path) -> int | None:
+    """An fd holding `lock` exclusively, or None when a live process holds it."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _rename2(src: Path, dst: Path, flags: int) -> bool:
+    """Linux renameat2(src, dst, flags); False when the C library or file system lacks it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import errno
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    at_fdcwd = -100
+    if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def _remove_path(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
     else:
-        os.replace(staging, outdir)
+        _unlink_quietly(p)
+
+
+def _unlink_quietly(p: Path) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+def _fsync_parent(path: Path) -> None:
+    from .fsutil import _fsync_dir
+
+    _fsync_dir(path.parent)
