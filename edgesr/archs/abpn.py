@@ -50,6 +50,8 @@ class ABPN(TrainingBlock, nn.Module):
 class ABPN_ET(nn.Module):  # noqa: N801 - the official class name
     """ET form: Conv + ReLU only, ReLU clip, PixelShuffle."""
 
+    clamps_output = True  # ReLU + 1x1 clip tail: output is clamp(y, 0, 1)
+
     def __init__(self, colors: int = 3, scale: int = 4, num_block: int = 4, num_feat: int = 28):
         super().__init__()
         self.scale = scale

@@ -23,6 +23,10 @@ from .common import activation, conv3x3
 
 
 class ECBSRET(nn.Module):
+    """ECBSR after the ET (ETDS repo's ECBSRET layout): Conv + PReLU, ReLU clip, PixelShuffle."""
+
+    clamps_output = True  # ReLU + 1x1 clip tail: output is clamp(y, 0, 1)
+
     def __init__(self, colors: int = 3, scale: int = 4, num_block: int = 4, num_feat: int = 16,
                  act_type: str = "prelu"):
         super().__init__()

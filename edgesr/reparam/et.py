@@ -353,6 +353,8 @@ class ETNet(nn.Module):
     """Generic result of the ET: ``body`` of (conv, act) blocks, keep ``out_channels``,
     PixelShuffle. Used when no family layout is registered for the source model."""
 
+    clamps_output = True  # ReLU + 1x1 clip tail: output is clamp(y, 0, 1)
+
     def __init__(self, steps: list[ConvStep], out_channels: int, scale: int):
         super().__init__()
         blocks = []
