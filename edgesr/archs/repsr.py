@@ -120,7 +120,8 @@ def _infer(sd, form: str, scale: int | None) -> dict:
         raise KeyMismatch(f"repsr: expected at least 2 body blocks, found {n}")
     colors = first.shape[1]
     s = scale_from_channels(last.shape[0], colors, scale, arch="repsr")
-    act = "prelu" if "body.0.nonlinearity.weight" in sd else "relu"
+    # PReLU slopes in any hidden block (so a single missing slope is reported, not misread)
+    act = "prelu" if any(f"body.{i}.nonlinearity.weight" in sd for i in range(n - 1)) else "relu"
     return dict(colors=colors, scale=s, num_block=n - 2, num_feat=first.shape[0], act_type=act)
 
 

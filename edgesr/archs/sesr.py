@@ -155,7 +155,9 @@ def _infer(sd, form: str, scale: int | None) -> dict:
         raise KeyMismatch(f"sesr: checkpoint lacks {e.args[0]!r}") from None
     colors = anchor.shape[1]
     s = scale_from_channels(anchor.shape[0], colors, scale, arch="sesr")
-    act = "prelu" if "conv_first.activation.weight" in sd else "relu"
+    # PReLU slopes in any block but the linear last one (a single missing slope is then reported)
+    act = "prelu" if any(k.endswith(".activation.weight") and not k.startswith("conv_last.") for k in sd) \
+        else "relu"
     hp = dict(colors=colors, scale=s, num_channels=num_channels, num_lblocks=n,
               kernel_first=first.shape[-1], kernel_res=res.shape[-1] if res is not None else 3,
               kernel_last=last.shape[-1], act=act, concat_residual=last.shape[1] == 2 * num_channels)
