@@ -12,9 +12,15 @@ def add_parser(sub):
                     "(architecture detected from the state_dict), reparameterize (verified exact), export "
                     "ONNX (dynamic N/H/W, simplified, metadata), optionally INT8 QDQ, ONNX Runtime Mobile "
                     ".ort files, parity checks, CPU latency; writes OUTDIR/manifest.json, the model files "
-                    "and report.json + report.md. Without CKPT, converts the bundled training-form ECBSR x4.")
-    p.add_argument("checkpoint", nargs="?", help="checkpoint (.pth/.pt/.safetensors); default: bundled model")
-    p.add_argument("-o", "--outdir", required=True, help="output folder (refused if it exists, unless --force)")
+                    "and report.json + report.md. Without CKPT, converts the bundled training-form ECBSR x4. "
+                    "CKPT may be a folder of checkpoints (batch mode): each is converted into OUTDIR/<name>/, "
+                    "a bad file is reported (one line) and skipped, a summary table (or --json) follows, and "
+                    "the exit status is non-zero if any failed.")
+    p.add_argument("checkpoint", nargs="?",
+                   help="checkpoint (.pth/.pt/.safetensors), or a folder of them; default: bundled model")
+    p.add_argument("-o", "--outdir", required=True,
+                   help="output folder (refused if it exists, unless --force); in batch mode the root that "
+                        "receives one folder per checkpoint")
     p.add_argument("--arch", help="architecture name when detection is not enough (see `edgesr list`)")
     p.add_argument("--scale", type=int, help="expected upscaling factor (checked against the checkpoint)")
     p.add_argument("--int8", action="store_true", help="also write an INT8 QDQ model (model_int8.onnx)")
@@ -34,21 +40,30 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    import math
     import sys
 
-    from ..errors import ScaleMismatch
+    from ..errors import EdgesrError, ScaleMismatch
     from ..pipeline import ConvertOptions, convert
     from .output import emit_json, print_table
 
     if args.scale is not None and args.scale < 1:
         raise ScaleMismatch(f"--scale must be a positive integer, got {args.scale}")
+    if args.threads is not None and args.threads < 1:
+        raise EdgesrError(f"--threads must be a positive integer, got {args.threads}")
+    if not (args.psnr_budget >= 0 and math.isfinite(args.psnr_budget)):
+        raise EdgesrError(f"--psnr-budget must be a finite number >= 0, got {args.psnr_budget}")
     if args.calib and not args.int8:
         print("edgesr: note: --calib has no effect without --int8", file=sys.stderr)
+    if args.int8 and args.calib:
+        _check_calib(Path(args.calib))  # fail before minutes of work, not after
     opts = ConvertOptions(
         outdir=Path(args.outdir), checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         arch=args.arch, scale=args.scale, int8=args.int8, int8_profile=args.int8_profile,
         calib=Path(args.calib) if args.calib else None, psnr_budget=args.psnr_budget, fp16=args.fp16,
         ort_format=not args.no_ort_format, force=args.force, bench=not args.no_bench, threads=args.threads)
+    if opts.checkpoint is not None and opts.checkpoint.is_dir():
+        return _run_batch(args, opts)
     result = convert(opts, log=(lambda m: print(m, file=sys.stderr)))
     if args.json:
         emit_json({"outdir": str(result.outdir), "ok": result.ok, "manifest": result.manifest,
@@ -65,3 +80,45 @@ def run(args) -> int:
                         [[c.get("reference"), c.get("candidate"), c.get("max_abs"), c.get("psnr"),
                           "yes" if c.get("ok") else "NO"] for c in comps])
     return 0 if result.ok else 1
+
+
+def _check_calib(folder: Path) -> None:
+    """--calib must be a folder holding at least one image file (decoding is the quantizer's job)."""
+    from ..errors import DatasetError
+    from ..imaging import IMAGE_EXTENSIONS, list_images
+
+    if not folder.exists():
+        raise DatasetError(f"calibration folder {folder} does not exist")
+    if not list_images(folder):
+        raise DatasetError(f"calibration folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+
+
+def _run_batch(args, opts) -> int:
+    """`edgesr convert DIR -o OUTROOT`: one line per checkpoint on stderr, a table (or JSON) on stdout."""
+    import sys
+
+    from ..batch import convert_many, exit_code
+    from .output import emit_json, print_table
+
+    def on_item(i, n, item):
+        if item.error:
+            print(f"edgesr: error: {item.checkpoint.name}: {item.error}", file=sys.stderr)
+        else:
+            print(f"edgesr: [{i + 1}/{n}] {item.checkpoint.name} -> {item.outdir} ({item.seconds:.1f} s)",
+                  file=sys.stderr)
+
+    items = convert_many(opts.checkpoint, opts.outdir, opts, on_item=on_item)
+    failed = [it for it in items if not it.ok]
+    if args.json:
+        emit_json({"outroot": str(opts.outdir), "ok": not failed, "converted": sum(it.ok for it in items),
+                   "failed": len(failed), "results": [it.to_dict() for it in items]})
+    else:
+        rows = []
+        for it in items:
+            d = it.to_dict()
+            rows.append([it.checkpoint.name, "ok" if it.ok else ("PARITY FAILED" if it.converted else "FAILED"),
+                         d.get("arch") or "", f"x{d['scale']}" if d.get("scale") else "",
+                         str(it.outdir) if it.converted else (it.error_type or ""), f"{it.seconds:.1f}"])
+        print_table(["checkpoint", "status", "arch", "scale", "outdir / error", "s"], rows)
+        print(f"\n{len(items) - len(failed)} of {len(items)} converted" + (f", {len(failed)} failed" if failed else ""))
+    return exit_code(items)
