@@ -1,0 +1,504 @@
+"""Bundles: the folder `edgesr convert` writes, described by ``manifest.json``.
+
+The manifest tells an application everything it needs without Python (see
+``edgesr/schemas/manifest.schema.json``, JSON Schema draft 2020-12): each artifact (file,
+sha256, format, precision, backend), I/O tensor names, dtype, layout, value range, colour
+order, scale, allowed shape ranges, recommended tile size and overlap, receptive field,
+parity and latency summaries, toolkit and library versions.
+
+- :func:`read_manifest` validates a bundle (schema, consistency, every artifact's
+  existence and sha256) and returns a :class:`Manifest`; every problem is a
+  :class:`~edgesr.errors.BundleError` with a one-line message naming the field or file.
+- :func:`manifest_extras` computes the fields ``build_manifest`` adds from the spec and
+  the conversion report (tiling, shape ranges, versions, latency summary);
+  :func:`write_manifest` validates and writes a manifest atomically.
+- :func:`recommended_tiling` is the tiling rule shared with ``edgesr upscale``.
+
+Schema validation uses ``jsonschema`` when it is installed (an optional test dependency);
+otherwise a small built-in validator walks the same schema file (the keywords it uses:
+type, required, properties, additionalProperties, items, minItems, maxItems, const, enum,
+minimum, minLength, pattern, $ref into $defs), so both give the same one-line messages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+
+from .errors import BundleError
+from .spec import Spec
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "edgesr-bundle"
+FORMAT_VERSION = 1
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
+
+# Tiling defaults (input pixels). A tile core of at least TILE_PER_OVERLAP x overlap keeps the
+# recomputed margin below ~(1 + 2/8)^2 - 1 = 56% in the worst case and ~13% for 256 / 8.
+DEFAULT_TILE = 256
+TILE_PER_OVERLAP = 8
+UNKNOWN_RF_OVERLAP = 16  # used when a model does not declare its receptive field
+TILING_RULE = ("split the input into cores of at most tile x tile pixels; extend each core by overlap pixels on "
+               "every side, clipped at the image border (never pad inside the image); run the model; keep only "
+               "the core's region (x scale) of the output. overlap >= receptive_field makes tiled == untiled.")
+
+
+# --------------------------------------------------------------------------- tiling rule
+
+
+def recommended_tiling(spec: Spec) -> tuple[int, int]:
+    """(tile, overlap) in input pixels for `spec`.
+
+    overlap = the receptive field (LR-pixel radius; the smallest overlap for which tiled
+    output equals untiled output), or UNKNOWN_RF_OVERLAP when the model does not declare
+    one; tile = max(DEFAULT_TILE, TILE_PER_OVERLAP * overlap). Both are rounded up to the
+    model's size multiple so every tile the model sees is a legal input size.
+    """
+    m = max(1, int(spec.size_multiple))
+    overlap = spec.receptive_field if spec.receptive_field is not None else UNKNOWN_RF_OVERLAP
+    overlap = _round_up(max(0, int(overlap)), m)
+    tile = _round_up(max(DEFAULT_TILE, TILE_PER_OVERLAP * overlap, spec.min_size), m)
+    return tile, overlap
+
+
+def _round_up(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+# --------------------------------------------------------------------------- data model
+
+
+@dataclass(frozen=True)
+class Artifact:
+    role: str
+    file: str  # as written in the manifest (relative, '/' separators)
+    path: Path  # absolute location on this machine
+    sha256: str
+    bytes: int
+    format: str
+    precision: str
+    backend: str
+    extra: dict[str, Any] = field(default_factory=dict)  # every other key of the entry
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "file": self.file, "sha256": self.sha256, "bytes": self.bytes,
+                "format": self.format, "precision": self.precision, "backend": self.backend, **self.extra}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    folder: Path
+    data: dict[str, Any]  # the manifest as read (validated)
+    spec: Spec
+    artifacts: tuple[Artifact, ...]
+    hashes_verified: bool = True
+
+    @property
+    def path(self) -> Path:
+        return self.folder / MANIFEST_NAME
+
+    @property
+    def scale(self) -> int:
+        return int(self.data["io"]["scale"])
+
+    @property
+    def input_name(self) -> str:
+        return self.data["io"]["input"]["name"]
+
+    @property
+    def output_name(self) -> str:
+        return self.data["io"]["output"]["name"]
+
+    @property
+    def tile(self) -> int:
+        return int(self.data["tiling"]["tile"])
+
+    @property
+    def overlap(self) -> int:
+        return int(self.data["tiling"]["overlap"])
+
+    @property
+    def parity_ok(self) -> bool:
+        return bool(self.data["parity"]["ok"])
+
+    def artifact(self, role: str) -> Artifact:
+        for a in self.artifacts:
+            if a.role == role:
+                return a
+        roles = ", ".join(a.role for a in self.artifacts)
+        raise BundleError(f"{self.path}: no artifact with role {role!r} (roles: {roles})")
+
+    def select(self, *, format: str | None = None, precision: str | None = None,
+               backend: str | None = None) -> list[Artifact]:
+        return [a for a in self.artifacts
+                if (format is None or a.format == format) and (precision is None or a.precision == precision)
+                and (backend is None or a.backend == backend)]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_manifest(folder: str | Path, *, verify_hashes: bool = True) -> Manifest:
+    """Read and validate ``folder/manifest.json``; verify every artifact exists and matches its sha256.
+
+    Raises BundleError (one line, naming the field or file) for: a missing folder or
+    manifest, invalid JSON (including NaN/Infinity, which C++/JS parsers reject), a
+    schema violation (e.g. a missing field), inconsistent values, a listed file that is
+    missing, escapes the folder, or whose size or sha256 does not match.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise BundleError(f"{folder}: no such bundle folder")
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: not a folder (a bundle is the OUTDIR of `edgesr convert`)")
+    mpath = folder / MANIFEST_NAME
+    if not mpath.is_file():
+        raise BundleError(f"{folder}: missing {MANIFEST_NAME} (not an `edgesr convert` output, or an "
+                          "interrupted one)")
+    data = _load_json(mpath)
+    problems = validate(data)
+    if problems:
+        more = f" (+{len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise BundleError(f"{mpath}: {problems[0]}{more}")
+    artifacts = tuple(_artifact(folder, mpath, a) for a in data["artifacts"])
+    if verify_hashes:
+        for a in artifacts:
+            verify_artifact(a, mpath)
+    return Manifest(folder=folder, data=data, spec=_spec(data["spec"]), artifacts=artifacts,
+                    hashes_verified=verify_hashes)
+
+
+def verify_artifact(a: Artifact, manifest_path: Path | str = MANIFEST_NAME) -> None:
+    from .fsutil import sha256_file
+
+    if not a.path.is_file():
+        what = "is not a file" if a.path.exists() else "is missing"
+        raise BundleError(f"{a.file} (artifact {a.role!r}, listed in {manifest_path}) {what}")
+    size = a.path.stat().st_size
+    if size != a.bytes:
+        raise BundleError(f"{a.file} (artifact {a.role!r}) has {size} bytes, {manifest_path} says {a.bytes}: "
+                          "the file was modified or truncated; re-run `edgesr convert`")
+    digest = sha256_file(a.path)
+    if digest != a.sha256:
+        raise BundleError(f"{a.file} (artifact {a.role!r}) sha256 {digest[:16]}... does not match "
+                          f"{manifest_path} ({a.sha256[:16]}...): the file was modified or corrupted; "
+                          "re-run `edgesr convert`")
+
+
+def _load_json(mpath: Path) -> Any:
+    def bad_constant(name: str):
+        raise ValueError(f"non-standard JSON constant {name} (C++/JavaScript JSON parsers reject it)")
+
+    try:
+        text = mpath.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{mpath}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise BundleError(f"{mpath}: cannot read ({e.strerror or e})") from None
+    try:
+        return json.loads(text, parse_constant=bad_constant)
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{mpath}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except ValueError as e:
+        raise BundleError(f"{mpath}: invalid JSON ({e})") from None
+
+
+def _artifact(folder: Path, mpath: Path, a: dict[str, Any]) -> Artifact:
+    rel = a["file"]
+    parts = PurePosixPath(rel).parts
+    if rel.startswith("/") or "\\" in rel or ".." in parts or not parts:
+        raise BundleError(f"{mpath}: artifact {a['role']!r} file {rel!r} must be a relative path inside the bundle")
+    known = {"role", "file", "sha256", "bytes", "format", "precision", "backend"}
+    return Artifact(role=a["role"], file=rel, path=folder.joinpath(*parts), sha256=a["sha256"], bytes=int(a["bytes"]),
+                    format=a["format"], precision=a["precision"], backend=a["backend"],
+                    extra={k: v for k, v in a.items() if k not in known})
+
+
+def _spec(d: dict[str, Any]) -> Spec:
+    names = {f.name for f in fields(Spec)}
+    return Spec.from_dict({k: v for k, v in d.items() if k in names})
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    """The manifest JSON Schema (draft 2020-12) as a dict."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def validate(data: Any, *, use_jsonschema: bool | None = None) -> list[str]:
+    """All problems with a manifest dict, most important first ([] when valid).
+
+    Schema problems come first (missing fields before other ones, each in document
+    order), then consistency problems between fields. ``use_jsonschema``: None = use it
+    when installed; False = the built-in validator; True = require it.
+    """
+    if use_jsonschema is None:
+        use_jsonschema = _have_jsonschema()
+    raw = list(_jsonschema_errors(data) if use_jsonschema else _mini_errors(data, schema(), ()))
+    raw.sort(key=lambda e: (e[0] != "required", _path_key(e[1])))
+    problems = [_message(*e) for e in raw]
+    if not problems:
+        problems = _consistency(data)
+    return problems
+
+
+def _have_jsonschema() -> bool:
+    try:
+        import jsonschema  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# An error is (kind, path, detail): kind is the schema keyword that failed, path a tuple of
+# keys / indices of the offending value (for "required": of the missing field itself).
+Err = tuple[str, tuple, Any]
+
+
+def _jsonschema_errors(data: Any) -> Iterator[Err]:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    for e in validator.iter_errors(data):
+        path = tuple(e.absolute_path)
+        if e.validator == "required":
+            for name in e.validator_value:
+                if isinstance(e.instance, dict) and name not in e.instance:
+                    yield ("required", path + (name,), None)
+        elif e.validator == "type":
+            yield ("type", path, (e.validator_value, e.instance))
+        elif e.validator in ("const", "enum"):
+            allowed = [e.validator_value] if e.validator == "const" else e.validator_value
+            yield ("enum", path, (allowed, e.instance))
+        else:
+            yield (str(e.validator), path, (e.validator_value, e.instance))
+
+
+_JSON_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
+def _is_type(v: Any, t: str) -> bool:
+    if t == "integer":
+        return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
+    if t == "number":
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, _JSON_TYPES[t])
+
+
+def _resolve(s: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in s:
+        ref = s["$ref"]
+        if not ref.startswith("#/"):
+            raise ValueError(f"unsupported $ref {ref!r}")
+        node: Any = schema()
+        for part in ref[2:].split("/"):
+            node = node[part]
+        s = node
+    return s
+
+
+def _mini_errors(v: Any, s: dict[str, Any], path: tuple) -> Iterator[Err]:
+    """The subset of draft 2020-12 the manifest schema uses."""
+    s = _resolve(s)
+    if "type" in s:
+        types = s["type"] if isinstance(s["type"], list) else [s["type"]]
+        if not any(_is_type(v, t) for t in types):
+            yield ("type", path, (s["type"], v))
+            return
+    if "const" in s and not _json_equal(v, s["const"]):
+        yield ("enum", path, ([s["const"]], v))
+    if "enum" in s and not any(_json_equal(v, c) for c in s["enum"]):
+        yield ("enum", path, (s["enum"], v))
+    if isinstance(v, str):
+        if "minLength" in s and len(v) < s["minLength"]:
+            yield ("minLength", path, (s["minLength"], v))
+        if "pattern" in s and not re.search(s["pattern"], v):
+            yield ("pattern", path, (s["pattern"], v))
+    if _is_type(v, "number") and "minimum" in s and v < s["minimum"]:
+        yield ("minimum", path, (s["minimum"], v))
+    if isinstance(v, list):
+        if "minItems" in s and len(v) < s["minItems"]:
+            yield ("minItems", path, (s["minItems"], v))
+        if "maxItems" in s and len(v) > s["maxItems"]:
+            yield ("maxItems", path, (s["maxItems"], v))
+        if "items" in s:
+            for i, item in enumerate(v):
+                yield from _mini_errors(item, s["items"], path + (i,))
+    if isinstance(v, dict):
+        for name in s.get("required", ()):
+            if name not in v:
+                yield ("required", path + (name,), None)
+        props = s.get("properties", {})
+        for k, item in v.items():
+            if k in props:
+                yield from _mini_errors(item, props[k], path + (k,))
+            elif isinstance(s.get("additionalProperties"), dict):
+                yield from _mini_errors(item, s["additionalProperties"], path + (k,))
+            elif s.get("additionalProperties") is False:
+                yield ("additionalProperties", path + (k,), (False, item))
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
+def _path_key(path: tuple) -> tuple:
+    return tuple((0, p, "") if isinstance(p, int) else (1, 0, str(p)) for p in path)
+
+
+def format_path(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v, default=str)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _json_type(v: Any) -> str:
+    for t in ("null", "boolean", "integer", "number", "string", "array", "object"):
+        if _is_type(v, t):
+            return t
+    return type(v).__name__
+
+
+def _message(kind: str, path: tuple, detail: Any) -> str:
+    where = format_path(path)
+    if kind == "required":
+        return f"missing field '{where}'"
+    expected, got = detail
+    if kind == "type":
+        exp = " or ".join(expected) if isinstance(expected, list) else expected
+        return f"field '{where}' must be {exp}, got {_json_type(got)} {_short(got)}"
+    if kind == "enum":
+        return f"field '{where}' must be {' or '.join(_short(x) for x in expected)}, got {_short(got)}"
+    if kind == "minimum":
+        return f"field '{where}' must be >= {expected}, got {_short(got)}"
+    if kind == "minLength":
+        return f"field '{where}' must not be empty"
+    if kind == "pattern":
+        return f"field '{where}' has an invalid value {_short(got)} (must match {expected})"
+    if kind in ("minItems", "maxItems"):
+        n = len(got) if isinstance(got, list) else got
+        return f"field '{where}' has {n} items; {kind} is {expected}"
+    return f"field '{where}' is invalid ({kind} {_short(expected)})"
+
+
+def _consistency(d: dict[str, Any]) -> list[str]:
+    """Cross-field rules the schema cannot express."""
+    out = []
+    spec, io, tiling = d["spec"], d["io"], d["tiling"]
+    if io["scale"] != spec["scale"]:
+        out.append(f"field 'io.scale' ({io['scale']}) differs from 'spec.scale' ({spec['scale']})")
+    if io["receptive_field"] != spec["receptive_field"]:
+        out.append(f"field 'io.receptive_field' ({io['receptive_field']}) differs from 'spec.receptive_field' "
+                   f"({spec['receptive_field']})")
+    rf = io["receptive_field"]
+    exact = rf is not None and tiling["overlap"] >= rf
+    if bool(tiling["exact"]) != exact:
+        out.append(f"field 'tiling.exact' is {str(tiling['exact']).lower()} but overlap {tiling['overlap']} vs "
+                   f"receptive field {rf} makes it {str(exact).lower()}")
+    roles = [a["role"] for a in d["artifacts"]]
+    dup = sorted({r for r in roles if roles.count(r) > 1})
+    if dup:
+        out.append(f"field 'artifacts' lists role {dup[0]!r} more than once")
+    for i, a in enumerate(d["artifacts"]):
+        parts = PurePosixPath(a["file"]).parts
+        if ".." in parts:
+            out.append(f"field 'artifacts[{i}].file' ({a['file']!r}) must stay inside the bundle (no '..')")
+    return out
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def manifest_extras(spec: Spec, report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fields ``pipeline.build_manifest`` adds to the manifest: ``tiling``, ``shape_range``,
+    ``versions`` (replacing the latency-only ones) and ``latency`` (null without --no-bench)."""
+    report = report or {}
+    tile, overlap = recommended_tiling(spec)
+    rf = spec.receptive_field
+    m = max(1, int(spec.size_multiple))
+    opt = tile + 2 * overlap
+    return {
+        "tiling": {"tile": tile, "overlap": overlap, "units": "input_pixels",
+                   "exact": rf is not None and overlap >= rf, "rule": TILING_RULE},
+        "shape_range": {"batch": {"min": 1, "max": None, "opt": 1},
+                        "height": {"min": max(spec.min_size, m), "max": None, "opt": opt, "multiple": m},
+                        "width": {"min": max(spec.min_size, m), "max": None, "opt": opt, "multiple": m}},
+        "versions": library_versions(report),
+        "latency": _latency_summary(report.get("latency")),
+    }
+
+
+def library_versions(report: dict[str, Any] | None = None) -> dict[str, Any]:
+    import platform
+
+    from . import __version__
+    from .bench import _version
+
+    v: dict[str, Any] = {"edgesr": __version__, "python": platform.python_version()}
+    for mod in ("torch", "onnx", "onnxruntime", "onnxslim", "numpy", "tensorrt", "tensorrt_rtx", "executorch"):
+        v[mod] = _version(mod)
+    opset = ((report or {}).get("export") or {}).get("opset")
+    if opset is not None:
+        v["onnx_opset"] = int(opset)
+    return v
+
+
+def _latency_summary(lat: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not lat or not lat.get("results"):
+        return None
+    first = lat["results"][0]
+    machine = lat.get("machine") or {}
+    return {"input": first.get("size"), "output": first.get("output"), "threads": lat.get("threads"),
+            "machine": {k: machine.get(k) for k in ("cpu_model", "logical_cpus", "machine", "platform")},
+            "results": [{k: r.get(k) for k in ("backend", "median_ms", "p90_ms", "cv", "mpix_per_s")
+                         if r.get(k) is not None} for r in lat["results"]]}
+
+
+def json_safe(obj: Any) -> Any:
+    """Replace NaN/Infinity (not JSON) by the strings "nan"/"inf"/"-inf", recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def write_manifest(folder: str | Path, manifest: dict[str, Any], *, verify_hashes: bool = True) -> Path:
+    """Validate `manifest` against the schema and the files in `folder`, then write
+    ``folder/manifest.json`` atomically (NaN/Infinity written as strings). Raises
+    BundleError before writing anything when it would not read back."""
+    from .fsutil import atomic_write_text
+
+    folder = Path(folder)
+    data = json.loads(json.dumps(json_safe(manifest), default=str))
+    problems = validate(data)
+    if problems:
+        raise BundleError(f"refusing to write an invalid {MANIFEST_NAME}: {problems[0]}")
+    if verify_hashes:
+        for a in data["artifacts"]:
+            verify_artifact(_artifact(folder, folder / MANIFEST_NAME, a), folder / MANIFEST_NAME)
+    return atomic_write_text(folder / MANIFEST_NAME, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m edgesr.bundle DIR`
+    m = read_manifest(sys.argv[1])
+    print(f"{m.folder}: valid, {len(m.artifacts)} artifacts")
