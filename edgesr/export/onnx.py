@@ -36,7 +36,7 @@ MIN_OPSET = 11  # DepthToSpace CRD mode needs opset >= 11
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 SIMPLIFY_TOL = 1e-6  # max |ORT(simplified) - ORT(original)| accepted
-CHECK_TOL = 1e-4  # max |ORT - torch| accepted by export (parity tests hold exports to 1e-5)
+CHECK_TOL = 1e-4  # max |ORT - torch| (x output peak when > 1) accepted by export; parity tests use 1e-5
 EXPORTER = "torch.onnx.export(dynamo=False)"
 CHECK_SIZE = (17, 23)  # odd, non-square size every dynamic export is verified on
 
@@ -118,6 +118,7 @@ def export_onnx(module, spec: Spec, path: str | Path, *, opset: int = DEFAULT_OP
             shapes.append(_fit_shape((2, sample_shape[1], *CHECK_SIZE), spec))
         data = model.SerializeToString()
         errs = []
+        peak = 1.0
         for shp in shapes:
             x = _random_input(shp, spec, seed=1)
             with torch.inference_mode():
@@ -126,11 +127,16 @@ def export_onnx(module, spec: Spec, path: str | Path, *, opset: int = DEFAULT_OP
             if out.shape != ref.shape:
                 raise ExportError(f"ONNX output shape {out.shape} != PyTorch {ref.shape} for input {shp}")
             errs.append(float(np.max(np.abs(out.astype(np.float64) - ref))))
+            peak = max(peak, float(np.max(np.abs(ref))) if ref.size else 0.0)
             checked.append(shp)
         max_abs = max(errs)
-        if not np.isfinite(max_abs) or max_abs > check_tol:
+        # fp32 rounding grows with magnitude: the limit scales with the output's peak when > 1.
+        # An ill-conditioned model (e.g. untrained weights) may exceed it through rounding alone;
+        # it still passes when ORT is as close to a float64 PyTorch run as PyTorch fp32 is.
+        if not np.isfinite(max_abs) or (max_abs > check_tol * peak
+                                        and not _as_good_as_torch(module, model, checked, spec, check_tol * peak)):
             raise ExportError(f"ONNX Runtime output differs from PyTorch by {max_abs:.3g} "
-                              f"(> {check_tol:g}) on shapes {checked}")
+                              f"(> {check_tol:g} x peak {peak:.3g}) on shapes {checked}")
 
     try:
         with atomic_path(path) as tmp:
@@ -175,6 +181,26 @@ def _torch_export(module, sample: np.ndarray, opset: int, dynamic: bool):
     except Exception as e:  # noqa: BLE001 - torch raises many types here
         raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {_first_line(e)}") from None
     return onnx.load_model_from_string(buf.getvalue())
+
+
+def _as_good_as_torch(module, model, shapes, spec: Spec, tol: float) -> bool:
+    """ORT's error vs float64 PyTorch <= 2x PyTorch fp32's own error vs float64 (+ tol)."""
+    import copy
+
+    import torch
+
+    data = model.SerializeToString()
+    m64 = copy.deepcopy(module).double()
+    for shp in shapes:
+        x = _random_input(shp, spec, seed=1)
+        with torch.inference_mode():
+            r64 = m64(torch.from_numpy(x).double()).numpy()
+            r32 = module(torch.from_numpy(x)).double().numpy()
+        e_ort = float(np.max(np.abs(_ort_run(data, x).astype(np.float64) - r64)))
+        e_torch = float(np.max(np.abs(r32 - r64)))
+        if not e_ort <= 2 * e_torch + tol:
+            return False
+    return True
 
 
 def _check_depth_to_space(model) -> None:
@@ -306,8 +332,11 @@ def _fit_shape(shape: tuple[int, ...], spec: Spec) -> tuple[int, ...]:
 
 
 def _random_input(shape, spec: Spec, seed: int) -> np.ndarray:
-    lo, hi = spec.value_range
-    return (np.random.default_rng(seed).random(shape, dtype=np.float64) * (hi - lo) + lo).astype(np.float32)
+    """Natural-image-like random input (see edgesr.parity.random_image): uniform noise would
+    push unclamped models far outside their value range, where fp32 rounding dominates."""
+    from ..parity import random_image
+
+    return random_image(shape, seed, "smooth", tuple(spec.value_range))
 
 
 def _ort_run(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
