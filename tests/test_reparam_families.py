@@ -28,7 +28,7 @@ from edgesr.archs.rlfn import RLFN
 from edgesr.archs.sesr import SESR, CollapsibleLinearBlock
 from edgesr.archs.span import SPAN, Conv3XC
 from edgesr.errors import KeyMismatch, ScaleMismatch
-from edgesr.reparam import TrainingBlock, reparameterize, training_blocks
+from edgesr.reparam import reparameterize, training_blocks
 
 TOL = 1e-5
 TOL64 = 1e-10
