@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from .datasets import crop_hr_to_lr, load_testset
-from .errors import ImageError
+from .errors import DatasetError, ImageError
 from .imaging import read_image
 from .metrics import psnr_y, ssim_y
 
@@ -59,7 +59,11 @@ def evaluate(runner, testset: str | Path, scale: int, backend: str = "",
             raise ImageError(f"model output {sr.shape[:2]} is not {scale}x the input {lr.shape[:2]}: "
                              f"wrong --scale for this model?")
         hr = crop_hr_to_lr(hr, lr, scale)
-        result.images.append(ImageScore(pair.name, psnr_y(sr, hr, scale), ssim_y(sr, hr, scale)))
+        try:
+            result.images.append(ImageScore(pair.name, psnr_y(sr, hr, scale), ssim_y(sr, hr, scale)))
+        except ValueError as e:  # e.g. a 1x1 LR image: nothing is left after the border crop
+            raise DatasetError(f"{pair.lr_path}: cannot score this pair ({e}); the protocol crops {scale} px "
+                               f"per border and SSIM needs 11x11 pixels after that") from None
         if progress:
             progress(pair.name)
     return result
