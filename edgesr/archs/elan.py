@@ -244,7 +244,7 @@ def _describe(hp: dict, form: str) -> Spec:
 VARIANTS = (
     Variant("elan-light-x4", dict(m_elan=24, c_elan=60, n_share=1, r_expand=2, window_sizes=(4, 8, 16), scale=4,
                                   colors=3), "ELAN-light (official config)"),
-    Variant("elan-c24m4-x4", dict(m_elan=4, c_elan=24, n_share=1, r_expand=2, window_sizes=(2, 4, 8), scale=4,
+    Variant("elan-c24m4-x4", dict(m_elan=4, c_elan=24, n_share=1, r_expand=2, window_sizes=(4, 8, 16), scale=4,
                                   colors=3), "small, for tests"),
 )
 

@@ -13,9 +13,10 @@ Forms: ``training`` is the multi-scale network (``forward(x, scale=None)``; None
 scale). ``deploy`` is the network *instantiated* at one scale (the official
 ``InstantiatedIGConv``): the upsampler becomes a plain conv ``upsample.weight`` (no bias) +
 PixelShuffle, one ONNX per scale. `export_multiscale_onnx` writes a single ONNX whose second
-input is the scale: the kernel generator runs inside the graph (Range, Cos/Sin, Conv with a
-computed weight) and PixelShuffle becomes Reshape/Transpose with computed shapes, because
-ONNX DepthToSpace takes its block size as a fixed attribute.
+input is the scale: the kernel generator runs inside the graph (Range, Cos/Sin, 1x1 convs), the
+upsampling conv becomes a fixed im2col conv + MatMul with the generated kernel (the exporter
+refuses a Conv whose weight shape is computed), and PixelShuffle becomes Reshape/Transpose with
+computed shapes, because ONNX DepthToSpace takes its block size as a fixed attribute.
 """
 
 from __future__ import annotations
@@ -103,10 +104,22 @@ class IGConv(TrainingBlock, nn.Module):
         return _geo_average(k) if self.geo_ensemble else k
 
     def forward(self, x: torch.Tensor, scale) -> torch.Tensor:
-        y = F.conv2d(x, self.kernel(scale), padding=self.kernel_size // 2)
         if isinstance(scale, torch.Tensor):
-            return pixel_shuffle_dynamic(y, scale.reshape(()), self.colors)
-        return F.pixel_shuffle(y, int(scale))
+            return self._forward_dynamic(x, scale.reshape(()))
+        return F.pixel_shuffle(F.conv2d(x, self.kernel(scale), padding=self.kernel_size // 2), int(scale))
+
+    def _forward_dynamic(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Scale as a tensor. ONNX export of a Conv whose weight has a computed output-channel
+        count is refused by the TorchScript exporter ("kernel of unknown shape"), so the conv is
+        written as a fixed one-hot im2col conv (dim*k*k channels) followed by a MatMul with the
+        generated kernel."""
+        K = self.kernel_size
+        q = self.dim * K * K
+        unfold = torch.eye(q, dtype=x.dtype, device=x.device).reshape(q, self.dim, K, K)
+        cols = F.conv2d(x, unfold, padding=K // 2)  # (B, dim*K*K, H, W)
+        kq = self.kernel(s).reshape(-1, q).transpose(0, 1)  # (dim*K*K, colors*s*s)
+        y = torch.matmul(cols.permute(0, 2, 3, 1), kq).permute(0, 3, 1, 2)
+        return pixel_shuffle_dynamic(y, s, self.colors)
 
     @torch.no_grad()
     def instantiate(self, scale: int) -> nn.Module:

@@ -7,7 +7,8 @@ steps, so depth costs compute but no parameters. ``h_t = h_0 + B(h_{t-1})`` with
 The edgesr variants stay under 75k parameters.
 
 Keys (our own layout; there is no single official reference): ``head``, ``block.conv1``,
-``block.conv2``, ``tail``. One form: the ONNX exporter unrolls the loop (``steps`` copies of the
+``block.conv2``, ``tail`` and ``steps`` (an int64 scalar: the unroll count, which no weight
+shape reveals). One form: the ONNX exporter unrolls the loop (``steps`` copies of the
 block, sharing the same initializers).
 """
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import KeyMismatch
 from ..registry import Architecture, Variant, register, scale_from_channels
 from ..spec import Spec
 from .common import repeat_shortcut
@@ -35,16 +37,22 @@ class RecurrentBlock(nn.Module):
 class RecurrentSR(nn.Module):
     def __init__(self, colors: int = 3, scale: int = 4, channels: int = 48, steps: int = 6):
         super().__init__()
-        self.colors, self.scale, self.steps = colors, scale, steps
+        self.colors, self.scale, self.n_steps = colors, scale, steps
         self.head = nn.Conv2d(colors, channels, 3, padding=1)
         self.block = RecurrentBlock(channels)
         self.tail = nn.Conv2d(channels, colors * scale * scale, 3, padding=1)
         self.upsampler = nn.PixelShuffle(scale)
+        # The unroll count is not visible in any weight shape: kept in the state_dict.
+        self.register_buffer("steps", torch.tensor(steps, dtype=torch.int64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.n_steps = int(self.steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h0 = self.head(x)
         h = h0
-        for _ in range(self.steps):
+        for _ in range(self.n_steps):
             h = h0 + self.block(h)
         return self.upsampler(self.tail(F.relu(h)) + repeat_shortcut(x, self.scale))
 
@@ -53,7 +61,7 @@ class RecurrentSR(nn.Module):
 
 def _detect(sd) -> str | None:
     if set(sd) == {"head.weight", "head.bias", "block.conv1.weight", "block.conv1.bias",
-                   "block.conv2.weight", "block.conv2.bias", "tail.weight", "tail.bias"}:
+                   "block.conv2.weight", "block.conv2.bias", "tail.weight", "tail.bias", "steps"}:
         return "deploy"
     return None
 
@@ -61,8 +69,10 @@ def _detect(sd) -> str | None:
 def _infer(sd, form: str, scale: int | None) -> dict:
     colors = sd["head.weight"].shape[1]
     s = scale_from_channels(sd["tail.weight"].shape[0], colors, scale, arch="recurrent")
-    # The number of steps is not in the weights: the variants' default (6) unless built by name.
-    return dict(colors=colors, scale=s, channels=sd["head.weight"].shape[0], steps=6)
+    steps = int(sd["steps"])
+    if not 1 <= steps <= 64:
+        raise KeyMismatch(f"recurrent: steps = {steps} in the checkpoint is out of range 1..64")
+    return dict(colors=colors, scale=s, channels=sd["head.weight"].shape[0], steps=steps)
 
 
 def _build(hp: dict, form: str) -> nn.Module:

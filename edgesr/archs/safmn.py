@@ -20,10 +20,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import ExportError
 from ..registry import Architecture, Variant, count_indexed, register, scale_from_channels
 from ..spec import Spec
 
 POOLS = ("exact", "adaptive")
+
+
+class UnsupportedOperator(ExportError):
+    """An operator the target backend cannot express; the message names both."""
 
 
 class LayerNorm2d(nn.Module):
@@ -75,6 +80,11 @@ class SAFM(nn.Module):
             k = 2 ** i
             if self.pool == "exact":
                 s = adaptive_max_pool_exact(xc[i], k)
+            elif torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+                raise UnsupportedOperator(
+                    "aten::adaptive_max_pool2d with an output size that follows the input size has no ONNX "
+                    "equivalent (backend: ONNX export / ONNX Runtime, dynamic H/W); build SAFMN with "
+                    "pool='exact' (the same windows via Range/Gather/Max)")
             else:
                 s = F.adaptive_max_pool2d(xc[i], (h // k, w // k))
             out.append(F.interpolate(self.mfr[i](s), size=(h, w), mode="nearest"))
