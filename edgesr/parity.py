@@ -347,6 +347,9 @@ def runner_precision(runner) -> str:
     p = getattr(runner, "precision", None)
     if p in PRECISIONS:
         return p
+    meta = getattr(runner, "metadata", None)  # e.g. TensorRT engine sidecars
+    if isinstance(meta, dict) and meta.get("precision") in PRECISIONS:
+        return meta["precision"]
     sess = getattr(runner, "session", None)
     if sess is not None and hasattr(sess, "get_modelmeta"):
         meta = sess.get_modelmeta().custom_metadata_map
@@ -485,7 +488,7 @@ def check_parity(runners: Sequence[Any], samples: Sequence[Sample] | None = None
         c.failures = judge(c)
         if c.failures and heatmap_dir is not None:
             c.heatmap = str(save_heatmap(ref_out[worst[1].name], worst[2],
-                                         Path(heatmap_dir) / f"{len(comps):02d}_{_slug(r.name)}_vs_{_slug(ref.name)}.png",
+                                         Path(heatmap_dir) / f"{len(comps):02d}_{_slug(_base(r.name))}_vs_{_slug(_base(ref.name))}.png",
                                          title=f"{r.name} vs {ref.name} on {worst[1].name}"))
         if c.failures and localize:
             try:
@@ -507,6 +510,10 @@ def _run(runner, x: np.ndarray) -> np.ndarray:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ParityError(f"{runner.name} failed on input {tuple(x.shape)}: {msg}") from None
     return np.asarray(y, dtype=np.float32)
+
+
+def _base(name: str) -> str:
+    return name.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def _slug(s: str) -> str:

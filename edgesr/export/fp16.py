@@ -7,7 +7,8 @@ recorded. Policy (fp16 max finite value is 65504):
 
 * a tensor with max |value| > ``refuse_ratio`` * 65504 (default 0.5, i.e. 2x headroom,
   because calibration images never cover every input) -> :class:`Fp16Overflow` naming the
-  tensor and the node that produces it; so is any NaN/Inf in the fp32 run;
+  first such tensor in topological order and the node that produces it; so is any
+  NaN/Inf in the fp32 run;
 * a weight with |value| > 65504 (the converter would silently clamp it) -> Fp16Overflow;
 * max |value| > ``warn_ratio`` * 65504 (default 1/8) -> a warning in the result (and
   ``warnings.warn``): still converted, but little headroom.
@@ -100,11 +101,12 @@ def export_fp16(onnx_path: str | Path, out_path: str | Path, calibration_inputs:
     limit = refuse_ratio * FP16_MAX
     bad = [r for r in ranges if not r.max_abs <= limit]
     if bad:
-        r = max(bad, key=lambda t: t.max_abs)
+        r = bad[0]  # the first in topological order: where the overflow starts
         what = "is not finite" if not math.isfinite(r.max_abs) else f"reaches |{r.max_abs:.4g}|"
+        more = f"; {len(bad) - 1} later tensor(s) too" if len(bad) > 1 else ""
         raise Fp16Overflow(f"fp16 overflow: tensor {r.name!r} (output of {r.op_type} node {r.node!r}) {what} "
-                           f"on the calibration inputs; limit {limit:.0f} = {refuse_ratio:g} x 65504 "
-                           f"({len(bad)} tensor(s) over); keep this model in fp32")
+                           f"on the calibration inputs, over the limit {limit:.0f} = {refuse_ratio:g} x 65504"
+                           f"{more}; keep this model in fp32")
     for init in model.graph.initializer:
         if init.data_type == onnx.TensorProto.FLOAT:
             w = onnx.numpy_helper.to_array(init)

@@ -1,0 +1,154 @@
+"""edgesr parity: compare models/backends against the first one given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FORMS = ("training", "deploy")
+ENGINE_SUFFIXES = (".engine", ".plan")
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "parity", help="check that backends agree (PyTorch, ONNX, ORT, engines)",
+        description="Run the same inputs through every MODEL and compare each with the first (the reference). "
+                    "MODEL is a checkpoint (.pth/.safetensors; append :training or :deploy to pick the PyTorch "
+                    "form, default deploy), an .onnx / .ort file (ONNX Runtime, CPU) or a TensorRT engine "
+                    "(.engine, needs the TensorRT extra and a GPU). Inputs: Set5 from ../shared when present, else "
+                    "the bundled sample images, plus random images of --sizes. Exit status 0 when every "
+                    "comparison is within tolerance, 1 otherwise.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="reference first, then the models to compare")
+    p.add_argument("--inputs", metavar="DIR",
+                   help="images to compare on: a test-set folder (HR/ + LR_bicubic/X<s>/) or a folder of LR images")
+    p.add_argument("--sizes", default="17x23,32x32,31x100", metavar="HxW,...",
+                   help="random input sizes, comma-separated (default: %(default)s; '' for none)")
+    p.add_argument("--limit", type=int, metavar="N", help="use at most N images")
+    p.add_argument("--scale", type=int, help="upscale factor (default: measured from the reference)")
+    p.add_argument("--tol-max-abs", type=float, metavar="X", help="max |difference| allowed (overrides the default)")
+    p.add_argument("--min-psnr", type=float, metavar="DB", help="minimum PSNR between outputs, dB")
+    p.add_argument("--max-gt-drop", type=float, metavar="DB",
+                   help="maximum PSNR-Y loss against ground truth relative to the reference, dB")
+    p.add_argument("--heatmaps", metavar="DIR", help="write an error heatmap PNG per failing comparison")
+    p.add_argument("--no-localize", action="store_true",
+                   help="do not search the graph for the first diverging node on failure")
+    p.add_argument("--threads", type=int, help="ONNX Runtime / PyTorch CPU threads")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--markdown", action="store_true", help="print the report as Markdown")
+    return p
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    from ..errors import ParityError
+
+    sizes = []
+    for part in (t.strip() for t in (text or "").split(",")):
+        if not part:
+            continue
+        try:
+            h, w = (int(v) for v in part.lower().split("x"))
+        except ValueError:
+            raise ParityError(f"--sizes: {part!r} is not HxW (e.g. 17x23)") from None
+        if h < 1 or w < 1:
+            raise ParityError(f"--sizes: {part!r} must be positive")
+        sizes.append((h, w))
+    return sizes
+
+
+def split_model_arg(arg: str) -> tuple[Path, str | None]:
+    """``ckpt.pth:training`` -> (ckpt.pth, "training"); a plain path -> (path, None)."""
+    head, sep, tail = arg.rpartition(":")
+    if sep and tail in FORMS and head:
+        return Path(head), tail
+    return Path(arg), None
+
+
+def make_runner(arg: str, threads: int | None = None, scale: int | None = None):
+    """A Runner for one MODEL argument, named after the argument."""
+    from ..errors import CheckpointError, KeyMismatch
+
+    path, form = split_model_arg(arg)
+    if not path.exists():
+        raise CheckpointError(f"model not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in ENGINE_SUFFIXES:
+        if form:
+            raise KeyMismatch(f"{arg}: :{form} applies to checkpoints only")
+        runner = ENGINE_HOOK(path)
+    elif suffix in (".onnx", ".ort"):
+        if form:
+            raise KeyMismatch(f"{arg}: :{form} applies to checkpoints only")
+        from ..backends.ort_runner import OrtRunner
+
+        runner = OrtRunner(path, name=arg, threads=threads)
+    else:
+        from ..resolve import resolve_model
+
+        resolved = resolve_model(path, backend="torch", scale=scale, form=form or "deploy", threads=threads)
+        if form == "training" and resolved.spec.form != "training":
+            raise KeyMismatch(f"{path.name} holds the deploy form only; there is no training form to run")
+        runner = resolved.runner
+        runner.spec = resolved.spec  # lets parity export it to localise a divergence
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+    runner.name = arg
+    return runner
+
+
+def _engine_runner(path: Path):
+    """Default engine hook: edgesr.backends.trt_runner (replaceable: set ENGINE_HOOK)."""
+    from ..errors import BackendUnavailable
+
+    try:
+        from ..backends.trt_runner import TensorRTRunner
+    except ImportError as e:
+        raise BackendUnavailable(f"cannot run {path.name}: the TensorRT runner is unavailable ({e}); "
+                                 "pip install 'edgesr[trt-rtx]' or 'edgesr[trt]'") from None
+    return TensorRTRunner(path)
+
+
+ENGINE_HOOK = _engine_runner
+
+
+def run(args) -> int:
+    from ..errors import ParityError
+    from ..parity import check_parity, default_samples, detect_scale, folder_samples, random_samples
+    from .output import emit_json, print_table
+
+    if len(args.models) < 2:
+        raise ParityError("give a reference MODEL and at least one MODEL to compare with it")
+    sizes = parse_sizes(args.sizes)
+    runners = [make_runner(m, args.threads, args.scale) for m in args.models]
+    scale = args.scale or detect_scale(runners[0])
+    if args.inputs:
+        samples = folder_samples(args.inputs, scale, args.limit) + random_samples(sizes)
+    else:
+        samples = default_samples(scale, sizes, limit=args.limit)
+    overrides = {"max_abs": args.tol_max_abs, "min_psnr": args.min_psnr, "max_gt_psnr_drop": args.max_gt_drop}
+    report = check_parity(runners, samples, overrides=overrides, scale=scale, heatmap_dir=args.heatmaps,
+                          localize=not args.no_localize)
+    if args.json:
+        emit_json(report.to_dict())
+    elif args.markdown:
+        print(report.to_markdown(), end="")
+    else:
+        print(f"reference: {report.reference} (x{report.scale}); {len(report.samples)} inputs")
+        rows = []
+        for c in report.comparisons:
+            div = f"{c.divergence.node} ({c.divergence.op_type})" if c.divergence else ""
+            rows.append([c.test, c.precision, "ok" if c.ok else "FAIL", c.max_abs, c.mean_abs, c.psnr,
+                         c.ssim, f"{100 * c.diff8_share:.3f}%", c.gt_psnr_drop, div])
+        print_table(["model", "precision", "result", "max abs", "mean abs", "PSNR dB", "SSIM", "8-bit diff",
+                     "GT drop dB", "first divergence"], rows)
+        for c in report.comparisons:
+            for f in c.failures:
+                print(f"FAIL {c.test}: {f}")
+            if c.heatmap:
+                print(f"     heatmap: {c.heatmap}")
+            if c.failures and c.divergence_note:
+                print(f"     {c.divergence_note}")
+    return 0 if report.ok else 1
+
+
+__all__ = ["add_parser", "run", "make_runner", "split_model_arg", "parse_sizes", "ENGINE_HOOK"]
