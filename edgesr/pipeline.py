@@ -69,6 +69,7 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
 
     import torch
 
+    from .bundle import write_manifest
     from .registry import load_model
     from .reparam import reparameterize
 
@@ -171,7 +172,7 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
         manifest = build_manifest(deploy_spec, artifacts, staging, report)
         atomic_write_json(staging / "report.json", report)
         atomic_write_text(staging / "report.md", render_report_md(report, manifest))
-        atomic_write_json(staging / "manifest.json", manifest)
+        write_manifest(staging, manifest)  # schema-validated, hashes re-checked
         _publish(staging, outdir, opts.force)
     except BaseException:
         _discard_staging(staging)
@@ -246,19 +247,36 @@ def quantize_for(onnx_path: Path, out_path: Path, spec: Spec, profile: str, opts
 
 
 def run_parity(training, deploy, spec: Spec, staging: Path, int8_paths: dict[str, Path], opts: ConvertOptions) -> dict:
+    """PyTorch deploy form is the reference; every exported artifact is compared with it
+    (fp32 by max abs, fp16/int8 by PSNR) on real images plus random odd-sized inputs."""
     from .backends.ort_runner import OrtRunner
     from .backends.torch_runner import TorchRunner
-    from .parity import compare_runners, default_inputs
+    from .parity import check_parity
 
-    inputs = default_inputs(spec)
-    ref = TorchRunner(deploy, name="torch:deploy")
-    others = [OrtRunner(staging / "model.onnx", name="ort:fp32")]
+    runners = [TorchRunner(deploy, name="torch:deploy")]
+    if training is not None:
+        runners.append(TorchRunner(training, name="torch:training"))
+    runners.append(OrtRunner(staging / "model.onnx", name="ort:fp32"))
     if (staging / "model.ort").exists():
-        others.append(OrtRunner(staging / "model.ort", name="ort-format:fp32"))
+        runners.append(OrtRunner(staging / "model.ort", name="ort-format:fp32"))
+    if (staging / "model_fp16.onnx").exists():
+        runners.append(OrtRunner(staging / "model_fp16.onnx", name="ort:fp16"))
     for profile, p in int8_paths.items():
-        others.append(OrtRunner(p, name=f"ort:int8-{profile}"))
-    report = compare_runners(ref, others, inputs, heatmap_dir=staging / "heatmaps")
+        runners.append(OrtRunner(p, name=f"ort:int8-{profile}"))
+    if training is not None and _clamps(deploy):
+        # The deploy form clamps to [0, 1]; compare the training form's output clamped too.
+        runners[1] = _ClampedRunner(runners[1], *spec.value_range)
+    report = check_parity(runners, scale=spec.scale, heatmap_dir=staging / "heatmaps")
     return report.to_dict()
+
+
+class _ClampedRunner:
+    def __init__(self, runner, lo: float, hi: float):
+        self.runner, self.lo, self.hi = runner, lo, hi
+        self.name = runner.name + "+clamp"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(self.runner.run(x), self.lo, self.hi)
 
 
 def measure_latency(staging: Path, deploy, spec: Spec, int8_paths: dict[str, Path], opts: ConvertOptions) -> dict:
@@ -289,6 +307,8 @@ def measure_latency(staging: Path, deploy, spec: Spec, int8_paths: dict[str, Pat
 
 
 def build_manifest(spec: Spec, artifacts: list[dict], folder: Path, report: dict) -> dict:
+    from .bundle import manifest_extras
+
     lat = {r["backend"]: r["median_ms"] for r in report.get("latency", {}).get("results", [])}
     return {
         "format": "edgesr-bundle",
@@ -307,11 +327,11 @@ def build_manifest(spec: Spec, artifacts: list[dict], folder: Path, report: dict
                "receptive_field": spec.receptive_field},
         "artifacts": artifacts,
         "parity": {"ok": report["parity"]["ok"],
-                   "comparisons": [{k: c.get(k) for k in ("reference", "candidate", "max_abs", "psnr", "ok")}
+                   "comparisons": [{"reference": c["reference"], "candidate": c["test"], "precision": c.get("precision"),
+                                    "max_abs": c.get("max_abs"), "psnr": c.get("psnr"), "ok": c["ok"]}
                                    for c in report["parity"].get("comparisons", [])]},
         "latency_ms_median": lat,
-        "versions": {k: v for k, v in report.get("latency", {}).get("machine", {}).items() if k.endswith("_version")},
-    }
+    } | manifest_extras(spec, report)
 
 
 def render_report_md(report: dict, manifest: dict) -> str:
@@ -328,14 +348,22 @@ def render_report_md(report: dict, manifest: dict) -> str:
     lines += ["## ONNX export", "", f"- opset {ex['opset']}, dynamic N/H/W: {ex['dynamic']}, simplified: {ex['simplified']}",
               f"- operators: {ex['op_counts']}",
               f"- ONNX Runtime vs PyTorch max abs: {ex['max_abs_vs_torch']:.2e}", ""]
-    lines += ["## Parity", "", "| reference | candidate | max abs | mean abs | p99 abs | PSNR (dB) | SSIM | 8-bit diff | ok |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for c in report["parity"].get("comparisons", []):
-        lines.append(f"| {c.get('reference')} | {c.get('candidate')} | {_f(c.get('max_abs'))} | {_f(c.get('mean_abs'))} | "
+    par = report["parity"]
+    lines += ["## Parity", "", f"Inputs: {', '.join(par.get('samples', []))}", "",
+              "| reference | candidate | max abs | mean abs | p99 abs | PSNR (dB) | SSIM | 8-bit pixels differing "
+              "| PSNR vs HR (ref / cand) | ok |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in par.get("comparisons", []):
+        gt = (f"{_f(c.get('ref_psnr_gt'))} / {_f(c.get('test_psnr_gt'))}"
+              if c.get("ref_psnr_gt") is not None else "-")
+        lines.append(f"| {c['reference']} | {c['test']} | {_f(c.get('max_abs'))} | {_f(c.get('mean_abs'))} | "
                      f"{_f(c.get('p99_abs'))} | {_f(c.get('psnr'))} | {_f(c.get('ssim'))} | "
-                     f"{_f(c.get('pixels_8bit_differ'))} | {'yes' if c.get('ok') else 'NO'} |")
-    if report["parity"].get("first_divergence"):
-        lines += ["", f"First diverging operator: `{report['parity']['first_divergence']}`"]
+                     f"{_f(c.get('diff8_share'))} | {gt} | {'yes' if c['ok'] else 'NO'} |")
+    for c in par.get("comparisons", []):
+        if c.get("first_divergence"):
+            d = c["first_divergence"]
+            lines += ["", f"{c['test']}: first diverging operator `{d.get('node', d)}` ({d.get('op_type', '')})"]
+        for fail in c.get("failures", []):
+            lines.append(f"- {c['test']}: {fail}")
     lines.append("")
     if "int8" in report:
         lines += ["## INT8", "", "| profile | PSNR fp32 | PSNR int8 | drop (dB) | float layers |", "|---|---|---|---|---|"]

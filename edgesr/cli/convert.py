@@ -77,7 +77,7 @@ def run(args) -> int:
         if comps:
             print()
             print_table(["reference", "candidate", "max abs", "PSNR (dB)", "ok"],
-                        [[c.get("reference"), c.get("candidate"), c.get("max_abs"), c.get("psnr"),
+                        [[c.get("reference"), c.get("test"), c.get("max_abs"), c.get("psnr"),
                           "yes" if c.get("ok") else "NO"] for c in comps])
     return 0 if result.ok else 1
 
