@@ -260,3 +260,124 @@ def test_real_checkpoints(rel, ckpt_dir, set5_dir, tmp_path):
         assert err < 1e-5, (rel, x.shape, err)
     from edgesr.fsutil import sha256_file
     assert res.metadata["source_sha256"] == sha256_file(path)
+
+
+# ---- fp16 ---------------------------------------------------------------------------------------
+
+def _set5(set5_dir, scale):
+    from edgesr.parity import testset_samples
+
+    return testset_samples(set5_dir, scale)
+
+
+def _mean_psnr_y(runner, samples, scale):
+    from edgesr.metrics import psnr_y
+
+    return float(np.mean([psnr_y(np.clip(runner.run(s.lr)[0].transpose(1, 2, 0), 0, 1), s.hr, scale)
+                          for s in samples]))
+
+
+@pytest.mark.parametrize("keep_io", [True, False])
+def test_fp16_set5_psnr_matches_fp32(keep_io, ckpt_dir, set5_dir, tmp_path):
+    from edgesr.export import export_fp16
+
+    lm = load_model(ckpt_dir / "ETDS" / "ETDS_M5C16_x4.pth")
+    res = export_onnx(reparameterize(lm.module), lm.spec, tmp_path / "m.onnx")
+    samples = _set5(set5_dir, 4)
+    half = export_fp16(res.path, tmp_path / "m16.onnx", [s.lr for s in samples], keep_io_fp32=keep_io)
+    assert half.max_abs_vs_fp32 is not None and 0 < half.max_abs_vs_fp32 < 5e-3
+    assert half.worst.max_abs < 1000 and half.worst.node  # trained ETDS: far from 65504
+    r32, r16 = _ort(res.path), _ort(half.path)
+    if not keep_io:
+        assert "float16" in r16.input_type
+    p32, p16 = _mean_psnr_y(r32, samples, 4), _mean_psnr_y(r16, samples, 4)
+    assert abs(p32 - 30.87) < 0.05  # published ETDS-T x4 Set5: 30.87
+    assert abs(p16 - p32) < 0.02, (p32, p16)
+    meta = read_metadata(half.path)
+    assert meta["precision"] == "fp16" and meta["architecture"] == "etds"
+
+
+def test_fp16_overflow_is_refused_naming_the_tensor(tmp_path):
+    import onnx
+
+    from edgesr.errors import Fp16Overflow
+    from edgesr.export import export_fp16
+
+    module, spec = _deploy("etds-t-x2", seed=3)
+    with torch.no_grad():
+        module.backbone_convs[1].weight.mul_(1e5)
+    res = export_onnx(module, spec, tmp_path / "m.onnx")
+    node = next(n for n in onnx.load(str(res.path)).graph.node
+                if n.op_type == "Conv" and "backbone_convs.1" in n.name)
+    with pytest.raises(Fp16Overflow) as ei:
+        export_fp16(res.path, tmp_path / "m16.onnx", [random_image((1, 3, 16, 16), seed=1)])
+    msg = str(ei.value)
+    assert repr(node.output[0]) in msg and repr(node.name) in msg and "Conv" in msg, msg
+    assert "\n" not in msg
+    assert not (tmp_path / "m16.onnx").exists()
+
+
+def test_fp16_headroom_warning_and_range_scan(tmp_path):
+    from edgesr.export import export_fp16, scan_ranges
+
+    module, spec = _deploy("etds-t-x2", seed=3)
+    res = export_onnx(module, spec, tmp_path / "m.onnx")
+    xs = [random_image((1, 3, 16, 16), seed=1)]
+    ranges = scan_ranges(res.path, xs)
+    assert ranges[0].op_type == "input" and abs(ranges[0].max_abs - float(np.abs(xs[0]).max())) < 1e-7
+    worst = max(ranges, key=lambda r: r.max_abs)
+    # pick ratios so the worst tensor sits between the warn and the refuse limit
+    warn = worst.max_abs / 65504 / 2
+    with pytest.warns(UserWarning, match="fp16"):
+        half = export_fp16(res.path, tmp_path / "m16.onnx", xs, warn_ratio=warn)
+    assert half.warnings and worst.name in half.warnings[0]
+
+
+# ---- ORT format -----------------------------------------------------------------------------------
+
+def _quantize_qdq(src, dst, inputs):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": x} for x in inputs])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, per_channel=True)
+    return dst
+
+
+def test_ort_format_fp32_and_int8_match_onnx(tmp_path):
+    import onnx
+
+    from edgesr.export import export_ort
+
+    module, spec = _deploy("etds-t-x3", seed=5)
+    res = export_onnx(module, spec, tmp_path / "m.onnx")
+    calib = [random_image((1, 3, 24, 24), seed=i) for i in range(3)]
+    q = _quantize_qdq(res.path, tmp_path / "m_int8.onnx", calib)
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(q)).graph.node)
+    for src in (res.path, q):
+        out = export_ort(src)
+        assert out.path == src.with_suffix(".ort") and out.path.read_bytes()[4:8] == b"ORTM"
+        assert out.max_abs_vs_onnx is not None and out.max_abs_vs_onnx <= 1e-6
+        assert len(out.checked_shapes) == 2
+        a, b = _ort(src), _ort(out.path)  # both loadable by the ordinary runner
+        x = random_image((1, 3, 19, 26), seed=9)
+        diff = np.abs(a.run(x) - b.run(x)).max()
+        assert diff <= (1e-5 if src == res.path else 1 / 255 + 1e-6), diff
+
+
+def test_ort_format_errors(tmp_path):
+    from edgesr.export import export_ort
+
+    with pytest.raises(ExportError, match="not found"):
+        export_ort(tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(ExportError) as ei:
+        export_ort(tmp_path / "junk.onnx")
+    assert "\n" not in str(ei.value)
+    assert not (tmp_path / "junk.ort").exists()
