@@ -133,6 +133,11 @@ _CODE_NAMES = ("eval", "exec", "compile", "open", "getattr", "setattr", "__impor
 
 def _load_pickle(path: Path, kind: str) -> object:
     try:
+        if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+            # torch.load would hand a path with this suffix to safetensors: the content decides
+            # the format, never the suffix, so give it an open file instead.
+            with open(path, "rb") as f:
+                return torch.load(f, map_location="cpu", weights_only=True)
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except MemoryError:
         raise CheckpointError(f"out of memory reading {path} (it declares tensors larger than memory)") from None
@@ -186,6 +191,10 @@ def unwrap_state_dict(obj: object, source: object = "checkpoint") -> StateDict:
             break
         key = next((k for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping) and obj[k]), None)
         if key is None:
+            empty = next((k for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+            if empty is not None:
+                raise CheckpointError(f"{source}: '{'/'.join(path + [empty])}' holds an empty state_dict "
+                                      f"(no tensors)")
             break
         path.append(key)
         obj = obj[key]
