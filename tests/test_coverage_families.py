@@ -245,3 +245,14 @@ def test_elan_reparam_refuses_a_checkpoint_whose_shift_is_not_one_hot():
     lm.module.load_state_dict(sd)
     with pytest.raises(ValueError, match="not one-hot"):
         reparameterize(lm.module)
+
+
+def test_spandrel_bridge_without_spandrel_names_the_extra(monkeypatch):
+    import sys
+
+    from edgesr.errors import BackendUnavailable
+    from edgesr.spandrel_bridge import load_with_spandrel
+
+    monkeypatch.setitem(sys.modules, "spandrel", None)  # import spandrel -> ImportError
+    with pytest.raises(BackendUnavailable, match=r"pip install 'edgesr\[spandrel\]'"):
+        load_with_spandrel({"conv.weight": torch.zeros(1, 1, 1, 1)})
