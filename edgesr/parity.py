@@ -350,13 +350,9 @@ def runner_precision(runner) -> str:
     meta = getattr(runner, "metadata", None)  # e.g. TensorRT engine sidecars
     if isinstance(meta, dict) and meta.get("precision") in PRECISIONS:
         return meta["precision"]
-    sess = getattr(runner, "session", None)
-    if sess is not None and hasattr(sess, "get_modelmeta"):
-        meta = sess.get_modelmeta().custom_metadata_map
-        if meta.get("precision") in PRECISIONS:
-            return meta["precision"]
     path = getattr(runner, "path", None)
     if path is not None and Path(path).suffix.lower() == ".onnx":
+        # the graph is authoritative: quantizers copy the fp32 model's metadata unchanged
         try:
             from .export.graph import load
 
@@ -364,10 +360,17 @@ def runner_precision(runner) -> str:
             ops = {n.op_type for n in g.node}
             if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger"}:
                 return "int8"
-            if any(i.data_type == 10 for i in g.initializer):
+            if any(i.data_type == 10 for i in g.initializer) or any(
+                    i.type.tensor_type.elem_type == 10 for i in g.input):
                 return "fp16"
-        except Exception:  # noqa: BLE001 - fall through to the name heuristics
+            return "fp32"
+        except Exception:  # noqa: BLE001 - fall through to the other hints
             pass
+    sess = getattr(runner, "session", None)
+    if sess is not None and hasattr(sess, "get_modelmeta"):
+        m = sess.get_modelmeta().custom_metadata_map
+        if m.get("precision") in PRECISIONS:
+            return m["precision"]
     if sess is not None and "float16" in sess.get_inputs()[0].type:
         return "fp16"
     dtype = str(getattr(runner, "dtype", ""))
@@ -568,6 +571,7 @@ def matched_tensors(ref_model, test_model) -> list[tuple[str, str]]:
     ref_acts = set(G.activation_names(ref_model, ref_types))
     test_types = G.tensor_types(test_model)
     prod = G.producers(test_model)
+    ref_shapes, test_shapes = G.static_dims(ref_model), G.static_dims(test_model)
     pairs, seen = [], set()
     for t in G.activation_names(test_model, test_types):
         r = t if t in ref_acts else None
@@ -576,10 +580,18 @@ def matched_tensors(ref_model, test_model) -> list[tuple[str, str]]:
             q = prod.get(node.input[0])
             if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in ref_acts:
                 r = q.input[0]
+        if r is not None and not _compatible(ref_shapes.get(r), test_shapes.get(t)):
+            r = None  # same name, different tensor (graphs not derived from one another)
         if r is not None and r not in seen:
             seen.add(r)
             pairs.append((t, r))
     return pairs
+
+
+def _compatible(a: tuple | None, b: tuple | None) -> bool:
+    if a is None or b is None:
+        return True
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
 
 
 def first_divergence(ref_model, test_model, x: np.ndarray, *, rtol: float = 1e-4, atol: float = 1e-6,

@@ -51,6 +51,22 @@ def tensor_types(model) -> dict[str, int]:
     return types
 
 
+def static_dims(model) -> dict[str, tuple[int | None, ...]]:
+    """Inferred shape of every named value (None for symbolic / unknown dims)."""
+    import onnx
+
+    try:
+        g = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001
+        g = model.graph
+    out = {}
+    for vi in [*g.input, *g.value_info, *g.output]:
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
+            out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+    return out
+
+
 def producers(model) -> dict[str, "onnx.NodeProto"]:  # noqa: F821
     return {out: node for node in model.graph.node for out in node.output if out}
 
