@@ -497,7 +497,9 @@ def check_parity(runners: Sequence[Any], samples: Sequence[Sample] | None = None
             try:
                 c.divergence = localize_divergence(ref, r, worst[1].lr, precision, probe=probe, sample=worst[1].name)
                 if c.divergence is None:
-                    c.divergence_note = "no intermediate tensor of the shared graph diverges on the worst input"
+                    c.divergence_note = ("no shared tensor diverges on the worst input when both graphs run "
+                                         "unfused (ORT basic optimizations): the difference arises in the "
+                                         "backend's fused kernels or beyond the shared graph")
             except ParityError as e:
                 c.divergence_note = str(e)
         comps.append(c)
@@ -572,13 +574,23 @@ def matched_tensors(ref_model, test_model) -> list[tuple[str, str]]:
     test_types = G.tensor_types(test_model)
     prod = G.producers(test_model)
     ref_shapes, test_shapes = G.static_dims(ref_model), G.static_dims(test_model)
-    pairs, seen = [], set()
-    for t in G.activation_names(test_model, test_types):
-        r = t if t in ref_acts else None
-        node = prod.get(t)
-        if r is None and node is not None and node.op_type == "DequantizeLinear":
+    # QDQ: X -> QuantizeLinear -> DequantizeLinear -> dq. Compare dq with the reference's X:
+    # X itself may differ on purpose (quantizers fold a following ReLU into the Q clamp).
+    dq_of = {}
+    for node in test_model.graph.node:
+        if node.op_type == "DequantizeLinear":
             q = prod.get(node.input[0])
             if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in ref_acts:
+                dq_of.setdefault(q.input[0], node.output[0])
+    pairs, seen = [], set()
+    for t in G.activation_names(test_model, test_types):
+        node = prod.get(t)
+        r = None
+        if t in ref_acts and t not in dq_of:
+            r = t
+        elif node is not None and node.op_type == "DequantizeLinear":
+            q = prod.get(node.input[0])
+            if q is not None and q.op_type == "QuantizeLinear" and dq_of.get(q.input[0]) == t:
                 r = q.input[0]
         if r is not None and not _compatible(ref_shapes.get(r), test_shapes.get(t)):
             r = None  # same name, different tensor (graphs not derived from one another)
@@ -586,6 +598,19 @@ def matched_tensors(ref_model, test_model) -> list[tuple[str, str]]:
             seen.add(r)
             pairs.append((t, r))
     return pairs
+
+
+def _origin(prod: dict, tensor: str):
+    """The node that computes `tensor`, looking through QuantizeLinear/DequantizeLinear pairs."""
+    node = prod.get(tensor)
+    for _ in range(4):
+        if node is None or node.op_type not in ("DequantizeLinear", "QuantizeLinear"):
+            break
+        nxt = prod.get(node.input[0])
+        if nxt is None:
+            break
+        node = nxt
+    return node
 
 
 def _compatible(a: tuple | None, b: tuple | None) -> bool:
@@ -600,8 +625,10 @@ def first_divergence(ref_model, test_model, x: np.ndarray, *, rtol: float = 1e-4
     reference's by more than ``atol + rtol * max|reference|`` on input `x`.
 
     A k-ary search: each round exposes at most `probe` tensors on copies of both models,
-    assuming that once a tensor diverges, what is computed from it diverges too. Returns
-    None when no shared tensor diverges.
+    assuming that once a tensor diverges, what is computed from it diverges too. Both run
+    with ORT "basic" optimizations, so QDQ graphs are evaluated as defined (float math on
+    dequantized values), not through fused integer kernels. Returns None when no shared
+    tensor diverges.
     """
     from .export import graph as G
 
@@ -640,7 +667,7 @@ def first_divergence(ref_model, test_model, x: np.ndarray, *, rtol: float = 1e-4
     if hi is None:
         return None
     t, r = pairs[hi]
-    node = prod.get(t)
+    node = _origin(prod, t)
     _, err, rel = cache[hi]
     return Divergence(node=node.name if node is not None else t, op_type=node.op_type if node is not None else "",
                       tensor=t, max_abs=err, rel=rel, sample=sample, rounds=rounds[0], probed=len(cache),

@@ -101,7 +101,10 @@ def expose(model, names: Sequence[str], types: dict[str, int] | None = None):
     return m
 
 
-def session(model, threads: int | None = 1, graph_opt: str = "all"):
+def session(model, threads: int | None = 1, graph_opt: str = "basic"):
+    """ORT CPU session. Default "basic": extended/all levels fuse QDQ patterns into integer
+    kernels, and a fused model's exposed intermediate (e.g. a DequantizeLinear output) does
+    not reliably hold the value the unfused graph defines (seen with ORT 1.32)."""
     import onnxruntime as ort
 
     from ..backends.ort_runner import session_options
@@ -121,9 +124,9 @@ def feed(sess, x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def run_tensors(model, names: Sequence[str], inputs: Iterable[np.ndarray], types=None,
-                threads: int | None = 1) -> list[dict[str, np.ndarray]]:
+                threads: int | None = 1, graph_opt: str = "basic") -> list[dict[str, np.ndarray]]:
     """Values of `names` (as float32) for each input, from one session of an exposed copy."""
-    sess = session(expose(model, names, types), threads)
+    sess = session(expose(model, names, types), threads, graph_opt)
     out = []
     for x in inputs:
         vals = sess.run(list(names), feed(sess, x))
