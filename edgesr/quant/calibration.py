@@ -1,0 +1,313 @@
+"""Calibration and evaluation data for INT8 post-training quantization.
+
+Calibration patches are made the way the model sees real inputs: an HR crop of a photo
+is downscaled by the model's scale with MATLAB-compatible bicubic (``edgesr.resize.imresize``,
+antialiased, computed on the 8-bit image and rounded back to 8 bit as MATLAB does for
+uint8 - the way DIV2K/Set5 ``LR_bicubic`` files were made), then mapped to the model's
+value range and colour order (:class:`edgesr.spec.Spec`). Pillow's bicubic is used only if
+``edgesr.resize`` is unavailable (:data:`RESAMPLER` says which one is in use).
+
+The default images are the package sample photographs
+(:func:`edgesr.sample_images.sample_images`), never a benchmark test set. They are split
+in two disjoint groups: :data:`HELD_OUT_NAMES` form the evaluation set that the mixed
+precision search tunes on (:func:`held_out_eval_set`), the others feed calibration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import DatasetError, ImageError
+from ..spec import Spec
+
+# Sample images kept out of calibration and used as the mixed-precision evaluation set.
+HELD_OUT_NAMES = ("astronaut.png", "chelsea.png", "coffee.png")
+
+try:  # MATLAB-compatible bicubic (preferred)
+    from ..resize import imresize as _imresize
+
+    RESAMPLER = "edgesr.resize.imresize (MATLAB bicubic, antialiased, uint8 in/out)"
+except ImportError:  # pragma: no cover - only without edgesr.resize
+    _imresize = None
+    RESAMPLER = "PIL.Image.resize(BICUBIC) (edgesr.resize unavailable)"
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+# --------------------------------------------------------------------------- images
+
+def list_image_files(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly in `folder` (sorted); DatasetError if missing or empty."""
+    d = Path(folder)
+    if not d.exists():
+        raise DatasetError(f"calibration folder {d} does not exist")
+    if not d.is_dir():
+        raise DatasetError(f"calibration folder {d} is not a folder")
+    files = sorted((f for f in d.iterdir() if f.is_file() and not f.name.startswith(".")
+                    and f.suffix.lower() in IMAGE_EXTENSIONS), key=lambda f: f.name)
+    if not files:
+        raise DatasetError(f"calibration folder {d} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def read_rgb_u8(path: Path) -> np.ndarray:
+    """HxWx3 uint8 RGB (ImageError on unreadable files)."""
+    try:
+        from ..imaging import quantize, read_image
+    except ImportError:  # pragma: no cover - only without edgesr.imaging
+        return _read_rgb_u8_pil(path)
+    return quantize(read_image(path).rgb, 8)
+
+
+def _read_rgb_u8_pil(path: Path) -> np.ndarray:  # pragma: no cover - fallback
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types
+        raise ImageError(f"{path}: cannot decode ({e})") from None
+
+
+def bicubic_downscale(hr_u8: np.ndarray, scale: int) -> np.ndarray:
+    """uint8 HR (H, W multiples of `scale`) -> uint8 LR, bicubic 1/scale."""
+    h, w = hr_u8.shape[:2]
+    if h % scale or w % scale:
+        raise ValueError(f"HR size {h}x{w} is not a multiple of {scale}")
+    if _imresize is not None:
+        return _imresize(hr_u8, 1.0 / scale)
+    from PIL import Image  # pragma: no cover - fallback
+
+    return np.asarray(Image.fromarray(hr_u8).resize((w // scale, h // scale), Image.BICUBIC))
+
+
+def to_model_input(lr_u8: np.ndarray, spec: Spec) -> np.ndarray:
+    """uint8 HxWx3 RGB -> float32 CxHxW in the model's value range and colour order."""
+    x = lr_u8.astype(np.float32) / np.float32(255.0)
+    if spec.in_channels == 1:  # Y of YCbCr (BT.601, MATLAB rgb2ycbcr) in [0, 1]
+        x = ((16.0 + x @ np.array([65.481, 128.553, 24.966], dtype=np.float32)) / 255.0)[..., None]
+    elif spec.in_channels != 3:
+        raise DatasetError(f"cannot make {spec.in_channels}-channel inputs from RGB images")
+    elif spec.color_order.upper() == "BGR":
+        x = x[..., ::-1]
+    elif spec.color_order.upper() != "RGB":
+        raise DatasetError(f"unsupported colour order {spec.color_order!r} (RGB or BGR)")
+    lo, hi = spec.value_range
+    if (lo, hi) != (0.0, 1.0):
+        x = lo + (hi - lo) * x
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def from_model_output(y: np.ndarray, spec: Spec) -> np.ndarray:
+    """CxHxW model output -> float HxWxC RGB (or HxWx1) in [0, 1]."""
+    lo, hi = spec.value_range
+    y = np.asarray(y, dtype=np.float32).transpose(1, 2, 0)
+    if (lo, hi) != (0.0, 1.0):
+        y = (y - lo) / (hi - lo)
+    if y.shape[2] == 3 and spec.color_order.upper() == "BGR":
+        y = y[..., ::-1]
+    return y
+
+
+# --------------------------------------------------------------------------- calibration
+
+@dataclass(frozen=True)
+class PatchInfo:
+    image: str
+    top: int
+    left: int
+
+
+class CalibrationSource:
+    """ONNX Runtime ``CalibrationDataReader`` of LR patches (``get_next`` -> {input: NCHW}).
+
+    images: image files or one folder (None: the package sample images minus the held-out
+    evaluation images). ``num_patches`` LR patches of ``patch_size`` x ``patch_size`` pixels,
+    taken from HR crops of ``patch_size * scale`` at positions drawn with ``seed`` (images
+    visited round robin so each contributes), fed ``batch_size`` at a time.
+
+    Raises DatasetError for an empty folder, no readable image, or no image at least
+    ``patch_size * scale`` pixels on each side (smaller images are skipped and listed in
+    ``skipped`` when others are big enough).
+    """
+
+    def __init__(self, spec: Spec, images: str | os.PathLike | Sequence[str | os.PathLike] | None = None, *,
+                 num_patches: int = 64, patch_size: int = 48, seed: int = 0, batch_size: int = 8,
+                 input_name: str = "input", progress: bool = True):
+        if num_patches < 1:
+            raise DatasetError(f"num_patches must be >= 1, got {num_patches}")
+        if patch_size < max(1, spec.min_size) or patch_size % max(1, spec.size_multiple):
+            raise DatasetError(f"patch_size {patch_size} does not fit the model (min {spec.min_size}, "
+                               f"multiple of {spec.size_multiple})")
+        self.spec = spec
+        self.num_patches = int(num_patches)
+        self.patch_size = int(patch_size)
+        self.seed = int(seed)
+        self.batch_size = max(1, int(batch_size))
+        self.input_name = input_name
+        self.resampler = RESAMPLER
+        self.files = resolve_images(images)
+        self.skipped: list[str] = []
+        self.unreadable: list[str] = []
+        self.patches_info: list[PatchInfo] = []
+        self._data = self._make(progress)
+        self._pos = 0
+
+    # -- ORT CalibrationDataReader protocol --------------------------------------------
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._pos >= len(self._data):
+            return None
+        batch = self._data[self._pos:self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self._pos = 0
+
+    def __iter__(self):
+        self.rewind()
+        return iter(lambda: self.get_next(), None)
+
+    def __len__(self) -> int:
+        return -(-len(self._data) // self.batch_size)
+
+    @property
+    def patches(self) -> np.ndarray:
+        """All LR patches, float32 N x C x P x P (model input convention)."""
+        return self._data
+
+    def describe(self) -> dict:
+        return {"images": [f.name for f in self.files], "num_patches": len(self._data),
+                "patch_size": self.patch_size, "seed": self.seed, "resampler": self.resampler,
+                "skipped_small": self.skipped, "unreadable": self.unreadable}
+
+    # -- construction -------------------------------------------------------------------
+    def _make(self, progress: bool) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        s, p = self.spec.scale, self.patch_size
+        hp = p * s
+        photos: list[tuple[str, np.ndarray]] = []
+        for f in self.files:
+            try:
+                img = read_rgb_u8(f)
+            except ImageError as e:
+                self.unreadable.append(f"{f.name}: {e}")
+                continue
+            if img.shape[0] < hp or img.shape[1] < hp:
+                self.skipped.append(f"{f.name} ({img.shape[1]}x{img.shape[0]})")
+                continue
+            photos.append((f.name, img))
+        if not photos:
+            where = _where(self.files)
+            if self.unreadable and not self.skipped:
+                raise DatasetError(f"no readable calibration image in {where}: " + "; ".join(self.unreadable[:3]))
+            raise DatasetError(
+                f"no calibration image in {where} is at least {hp}x{hp} pixels (patch {p} x scale {s}); "
+                f"too small: {', '.join(self.skipped[:5])}. Use a smaller patch size or larger images")
+        rng = np.random.default_rng(self.seed)
+        out = np.empty((self.num_patches, self.spec.in_channels, p, p), dtype=np.float32)
+        for i in tqdm(range(self.num_patches), desc="calibration patches", unit="patch",
+                      disable=not progress, leave=False):
+            name, img = photos[i % len(photos)]
+            top = int(rng.integers(0, img.shape[0] - hp + 1))
+            left = int(rng.integers(0, img.shape[1] - hp + 1))
+            lr = bicubic_downscale(img[top:top + hp, left:left + hp], s)
+            out[i] = to_model_input(lr, self.spec)
+            self.patches_info.append(PatchInfo(name, top, left))
+        return out
+
+
+def resolve_images(images) -> list[Path]:
+    if images is None:
+        from ..sample_images import sample_images
+
+        files = [f for f in sample_images() if f.name not in HELD_OUT_NAMES]
+        if not files:
+            raise DatasetError("no sample images left for calibration; pass --calib DIR")
+        return files
+    if isinstance(images, (str, os.PathLike)):
+        p = Path(images)
+        return list_image_files(p) if p.is_dir() or not p.exists() else [p]
+    files = [Path(f) for f in images]
+    if not files:
+        raise DatasetError("no calibration images given")
+    return files
+
+
+def _where(files: Iterable[Path]) -> str:
+    parents = sorted({str(f.parent) for f in files})
+    return parents[0] if len(parents) == 1 else f"{len(parents)} folders"
+
+
+# --------------------------------------------------------------------------- evaluation sets
+
+@dataclass
+class EvalPair:
+    name: str
+    lr: np.ndarray  # uint8 HxWx3 RGB
+    hr: np.ndarray  # uint8 (h*scale)x(w*scale)x3 RGB
+
+
+@dataclass
+class EvalSet:
+    name: str
+    scale: int
+    pairs: list[EvalPair]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+def held_out_eval_set(scale: int, names: Sequence[str] = HELD_OUT_NAMES, max_side: int = 512) -> EvalSet:
+    """The sample images kept out of calibration, as (bicubic LR, HR) pairs.
+
+    HR is centre-cropped to at most `max_side` and to a multiple of `scale`; LR is its
+    bicubic 1/scale downscale (8-bit, as benchmark LR files are).
+    """
+    from ..sample_images import sample_image_dir
+
+    folder = sample_image_dir()
+    pairs = []
+    for n in names:
+        f = folder / n
+        if not f.is_file():
+            continue
+        img = read_rgb_u8(f)
+        h = min(img.shape[0], max_side) // scale * scale
+        w = min(img.shape[1], max_side) // scale * scale
+        t, l = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+        hr = np.ascontiguousarray(img[t:t + h, l:l + w])
+        pairs.append(EvalPair(n, bicubic_downscale(hr, scale), hr))
+    if not pairs:
+        raise DatasetError(f"none of the held-out sample images ({', '.join(names)}) is available")
+    return EvalSet("sample-held-out", scale, pairs)
+
+
+def testset_eval_set(folder: str | os.PathLike, scale: int) -> EvalSet:
+    """A benchmark test set laid out as HR/ + LR_bicubic/X{s}/ (e.g. Set5), HR cropped to LR*s."""
+    root = Path(folder)
+    hr_dir, lr_dir = root / "HR", root / "LR_bicubic" / f"X{scale}"
+    if not hr_dir.is_dir() or not lr_dir.is_dir():
+        raise DatasetError(f"{root}: expected HR/ and LR_bicubic/X{scale}/")
+    pairs = []
+    for hr_f in list_image_files(hr_dir):
+        cands = [lr_dir / f"{hr_f.stem}x{scale}{hr_f.suffix}", lr_dir / hr_f.name]
+        lr_f = next((c for c in cands if c.is_file()), None)
+        if lr_f is None:
+            raise DatasetError(f"{root}: no LR image for {hr_f.name} in {lr_dir}")
+        pairs.append(_crop_pair(hr_f.stem, read_rgb_u8(lr_f), read_rgb_u8(hr_f), scale))
+    return EvalSet(root.name, scale, pairs)
+
+
+def _crop_pair(name: str, lr: np.ndarray, hr: np.ndarray, scale: int) -> EvalPair:
+    h, w = lr.shape[0] * scale, lr.shape[1] * scale
+    if hr.shape[0] < h or hr.shape[1] < w:
+        raise DatasetError(f"{name}: HR {hr.shape[1]}x{hr.shape[0]} is smaller than LR x{scale}")
+    return EvalPair(name, lr, np.ascontiguousarray(hr[:h, :w]))
+

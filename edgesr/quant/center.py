@@ -1,0 +1,189 @@
+"""Exact zero-centring of conv inputs, for symmetric (zero point 0) int8 activations.
+
+TensorRT's int8 is symmetric: a tensor in [0, R] (a Relu output, or an image in [0, 1])
+is quantized on [-R, R], so half of the 255 levels are never used. Shifting the tensor by
+``c = (lo + hi) / 2`` before it is quantized halves the step. The shift is undone exactly:
+
+* ``Conv A -> Relu -> Conv B``: A's bias is lowered by ``c`` and the Relu becomes
+  ``Clip(min=-c)`` (``max(z, 0) - c == max(z - c, -c)``); other activations (PRelu) or
+  the graph input get an explicit ``Sub c``;
+* ``Conv B`` sees ``x' = x - c``. Its zero padding would now mean ``x = c`` at the border,
+  so the padding moves into an explicit ``Pad`` with value ``-c`` and B's own pads become
+  0; B's bias gains ``c * sum(W_B)`` per output channel.
+
+Only convs with group 1, stride 1, dilation 1, explicit pads and a single consumer chain
+are rewritten; the function is checked on the calibration batch by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class CenteredInput:
+    conv: str
+    tensor: str
+    shift: float
+    lo: float
+    hi: float
+    how: str  # "relu->clip" | "sub"
+
+
+@dataclass
+class CenterReport:
+    inputs: list[CenteredInput] = field(default_factory=list)
+    max_abs_change: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            from onnx import helper
+
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _centerable_conv(n, inits) -> bool:
+    if n.op_type != "Conv" or len(n.input) < 2 or n.input[1] not in inits:
+        return False
+    if _attr(n, "group", 1) != 1 or list(_attr(n, "strides", [1, 1])) != [1, 1]:
+        return False
+    if list(_attr(n, "dilations", [1, 1])) != [1, 1]:
+        return False
+    ap = _attr(n, "auto_pad", b"NOTSET")
+    if (ap.decode() if isinstance(ap, bytes) else ap) != "NOTSET":
+        return False
+    return len(n.input) < 3 or not n.input[2] or n.input[2] in inits
+
+
+def center_conv_inputs(model, batch: np.ndarray, *, threads: int | None = None, min_gain: float = 1.25):
+    """Return (rewritten copy of `model`, CenterReport).
+
+    A conv input is centred when symmetric quantization of its calibrated range [lo, hi]
+    would waste range: ``max(|lo|, |hi|) / ((hi - lo) / 2) >= min_gain``.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from .evaluate import make_session
+
+    src = model
+    model = onnx.ModelProto()
+    model.CopyFrom(src)
+    report = CenterReport()
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    graph_in = g.input[0].name
+    outputs = {o.name for o in g.output}
+
+    cands = [n for n in g.node if _centerable_conv(n, inits) and n.input[0] not in outputs]
+    if not cands:
+        return model, report
+    tensors = sorted({n.input[0] for n in cands})
+    m = onnx.ModelProto()
+    m.CopyFrom(src)
+    del m.graph.output[:]
+    for t in tensors:
+        m.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    sess = make_session(m.SerializeToString(), threads)
+    lo = {t: np.inf for t in tensors}
+    hi = {t: -np.inf for t in tensors}
+    for i in range(0, len(batch), 8):
+        for t, v in zip(tensors, sess.run(tensors, {graph_in: batch[i:i + 8]})):
+            lo[t] = min(lo[t], float(v.min()))
+            hi[t] = max(hi[t], float(v.max()))
+
+    new_nodes_before: dict[str, list] = {}  # node name -> nodes to insert before it
+    for b in cands:
+        t = b.input[0]
+        cons = consumers.get(t, [])
+        if len(cons) != 1 and t != graph_in:
+            continue
+        if len(b.input) > 2 and b.input[2] and not _single_use(g, b.input[2]):
+            continue
+        l, h = lo[t], hi[t]
+        half = (h - l) / 2.0
+        if not (half > 0) or max(abs(l), abs(h)) / half < min_gain:
+            continue
+        c = float(np.float32((h + l) / 2.0))
+        p = producer.get(t)
+        pads = list(_attr(b, "pads", [0, 0, 0, 0]))
+        tag = b.name.strip("/").replace("/", "_") or b.output[0]
+        shifted = f"{t}__centered"
+        inserted = []
+        # 1. produce x' = x - c
+        a = producer.get(p.input[0]) if p is not None and p.op_type == "Relu" else None
+        if (p is not None and p.op_type == "Relu" and a is not None and a.op_type == "Conv"
+                and len(consumers.get(a.output[0], [])) == 1 and len(consumers.get(t, [])) == 1
+                and len(a.input) > 2 and a.input[2] in inits and _single_use(g, a.input[2])):
+            bias = numpy_helper.to_array(inits[a.input[2]]).astype(np.float64) - c
+            inits[a.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(np.float32), a.input[2]))
+            cmin = f"{tag}__clip_min"
+            g.initializer.append(numpy_helper.from_array(np.array(-c, dtype=np.float32), cmin))
+            p.op_type = "Clip"
+            del p.input[:]
+            p.input.extend([a.output[0], cmin])
+            p.output[0] = shifted
+            how = "relu->clip"
+        else:
+            cname = f"{tag}__shift"
+            g.initializer.append(numpy_helper.from_array(np.array(c, dtype=np.float32), cname))
+            inserted.append(helper.make_node("Sub", [t, cname], [shifted], name=f"{tag}__center_sub"))
+            how = "sub"
+        # 2. explicit padding with -c, conv pads -> 0
+        conv_in = shifted
+        if any(pads):
+            n_half = len(pads) // 2
+            pad_vec = [0, 0] + pads[:n_half] + [0, 0] + pads[n_half:]
+            pname, vname = f"{tag}__pads", f"{tag}__pad_value"
+            g.initializer.append(numpy_helper.from_array(np.array(pad_vec, dtype=np.int64), pname))
+            g.initializer.append(numpy_helper.from_array(np.array(-c, dtype=np.float32), vname))
+            conv_in = f"{t}__padded"
+            inserted.append(helper.make_node("Pad", [shifted, pname, vname], [conv_in], mode="constant",
+                                             name=f"{tag}__center_pad"))
+            for at in b.attribute:
+                if at.name == "pads":
+                    del at.ints[:]
+                    at.ints.extend([0] * len(pads))
+        b.input[0] = conv_in
+        # 3. bias of B += c * sum(W_B)
+        w = numpy_helper.to_array(inits[b.input[1]]).astype(np.float64)
+        delta = c * w.reshape(w.shape[0], -1).sum(1)
+        if len(b.input) > 2 and b.input[2]:
+            bias = numpy_helper.to_array(inits[b.input[2]]).astype(np.float64) + delta
+            inits[b.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(np.float32), b.input[2]))
+        else:
+            bname = f"{tag}__bias"
+            g.initializer.append(numpy_helper.from_array(delta.astype(np.float32), bname))
+            while len(b.input) < 3:
+                b.input.append("")
+            b.input[2] = bname
+        new_nodes_before.setdefault(b.name, []).extend(inserted)
+        report.inputs.append(CenteredInput(b.name, t, c, l, h, how))
+    if new_nodes_before:
+        nodes = list(g.node)
+        del g.node[:]
+        for n in nodes:
+            g.node.extend(new_nodes_before.get(n.name, []))
+            g.node.append(n)
+    x = batch[: min(4, len(batch))]
+    y0 = make_session(src.SerializeToString(), threads).run(None, {graph_in: x})[0]
+    y1 = make_session(model.SerializeToString(), threads).run(None, {graph_in: x})[0]
+    report.max_abs_change = float(np.abs(y0 - y1).max())
+    return model, report
+
+
+def _single_use(g, name: str) -> bool:
+    return sum(1 for n in g.node for t in n.input if t == name) == 1

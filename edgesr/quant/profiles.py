@@ -1,0 +1,157 @@
+"""Typed INT8 configuration: QDQ profiles (what the graph looks like) and QuantConfig.
+
+Profiles
+--------
+``trt``  symmetric int8 activations and weights (every zero point 0), per-channel weights,
+         biases left float (TensorRT refuses int32-quantized biases in QDQ graphs and wants
+         zero point 0). Relu/Clip nodes are kept (symmetric ranges cannot absorb them).
+``cpu``  what ran fastest *and* most accurately in ONNX Runtime's CPU provider on an x86
+         CPU without VNNI (the measurement is in docs/int8.md): see :data:`CPU`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ..errors import QuantizationError
+
+METHODS = ("minmax", "percentile", "entropy")
+# Ops whose inputs are quantized with placement="inputs" (and the layers of the sensitivity table).
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
+
+
+@dataclass(frozen=True)
+class QuantProfile:
+    name: str
+    activation_type: str  # "int8" | "uint8"
+    weight_type: str  # "int8" | "uint8"
+    activation_symmetric: bool
+    weight_symmetric: bool = True
+    per_channel: bool = True
+    reduce_range: bool = False  # 7-bit weights (ORT's option for non-VNNI x86)
+    quantize_bias: bool = True  # False: biases stay float (no int32 DequantizeLinear)
+    # "inputs": QuantizeLinear/DequantizeLinear only on the inputs (and weights) of Conv/Add,
+    #           activations run on the float conv output (TensorRT's canonical placement);
+    # "ort":    ONNX Runtime's default placement (outputs quantized too, Relu/Clip folded
+    #           into asymmetric ranges) which its CPU provider fuses into QLinearConv.
+    placement: str = "inputs"
+    description: str = ""
+
+    def ort_types(self):
+        from onnxruntime.quantization import QuantType
+
+        types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+        try:
+            return types[self.activation_type], types[self.weight_type]
+        except KeyError as e:
+            raise QuantizationError(f"profile {self.name}: unsupported type {e.args[0]!r} (int8/uint8)") from None
+
+    def op_types(self) -> list[str] | None:
+        """op_types_to_quantize for ORT (None: ORT's default, every op it can quantize)."""
+        return list(COMPUTE_OPS) if self.placement == "inputs" else None
+
+    def extra_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "ActivationSymmetric": self.activation_symmetric,
+            "WeightSymmetric": self.weight_symmetric,
+            "QuantizeBias": self.quantize_bias,
+        }
+        if self.placement == "inputs":
+            opts["OpTypesToExcludeOutputQuantization"] = list(COMPUTE_OPS)
+        elif self.placement != "ort":
+            raise QuantizationError(f"profile {self.name}: unknown placement {self.placement!r} (inputs/ort)")
+        return opts
+
+
+TRT = QuantProfile(
+    name="trt", activation_type="int8", weight_type="int8", activation_symmetric=True,
+    weight_symmetric=True, per_channel=True, reduce_range=False, quantize_bias=False,
+    description="TensorRT: symmetric int8 activations + per-channel int8 weights, zero points 0, float biases")
+
+# Chosen by benchmarks/int8_latency.py + docs/int8.md (Zen 3, AVX2, no VNNI): see there.
+CPU = QuantProfile(
+    name="cpu", activation_type="uint8", weight_type="int8", activation_symmetric=False,
+    weight_symmetric=True, per_channel=True, reduce_range=True, quantize_bias=True,
+    description="ONNX Runtime CPU (x86 without VNNI): asymmetric uint8 activations, per-channel "
+                "7-bit (reduce_range) int8 weights, int32 biases")
+
+PROFILES: dict[str, QuantProfile] = {p.name: p for p in (TRT, CPU)}
+
+
+def get_profile(name: str | QuantProfile) -> QuantProfile:
+    if isinstance(name, QuantProfile):
+        return name
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise QuantizationError(f"unknown INT8 profile {name!r}; known: {', '.join(PROFILES)}") from None
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Everything `quantize_model` needs besides the model and data.
+
+    profile        "trt" | "cpu" (or a QuantProfile)
+    method         calibration: "minmax" | "percentile" | "entropy"
+    percentile     for method="percentile" (ORT keeps this percentile of |x|)
+    num_patches    calibration LR patches; patch_size their side in LR pixels; seed
+    per_channel    per-output-channel weight scales (overrides the profile's)
+    psnr_budget    allowed Y-PSNR drop (dB) vs fp32 on the evaluation set; None = no
+                   mixed-precision search (everything quantizable is quantized)
+    equalize       exact per-channel activation-range equalization before quantization
+                   (rescales conv output channels through Relu/PRelu, compensated in the
+                   next conv; see edgesr/quant/equalize.py)
+    equalize_alpha exponent of the equalization scales (1: all channels span the tensor's range)
+    center         exact zero-centring of conv inputs for symmetric activation profiles
+                   (edgesr/quant/center.py): a [0, R] tensor gets the whole int8 range
+    gptq           error-compensating rounding of int8 weights (edgesr/quant/refine.py)
+    bias_correction  remove the mean output shift of the weight error from the bias
+    sensitivity    "only" (quantize only that layer) | "except" (everything but that layer)
+    max_float_layers  stop the greedy search after this many float layers
+    threads        ORT intra-op threads for calibration/evaluation (None = ORT default)
+    progress       tqdm bars
+    """
+
+    profile: str | QuantProfile = "trt"
+    method: str = "minmax"
+    percentile: float = 99.999
+    num_patches: int = 32
+    patch_size: int = 48
+    seed: int = 0
+    batch_size: int = 8
+    per_channel: bool = True
+    psnr_budget: float | None = 0.1
+    equalize: bool = True
+    equalize_alpha: float = 1.0
+    center: bool = True
+    gptq: bool = True
+    bias_correction: bool = True
+    sensitivity: str = "only"
+    max_float_layers: int | None = None
+    threads: int | None = None
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # passed to ORT's extra_options last
+
+    def __post_init__(self):
+        get_profile(self.profile)
+        if self.method not in METHODS:
+            raise QuantizationError(f"unknown calibration method {self.method!r}; known: {', '.join(METHODS)}")
+        if not 0 < self.percentile <= 100:
+            raise QuantizationError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.num_patches < 1 or self.patch_size < 1 or self.batch_size < 1:
+            raise QuantizationError("num_patches, patch_size and batch_size must be >= 1")
+        if self.psnr_budget is not None and self.psnr_budget < 0:
+            raise QuantizationError(f"psnr_budget must be >= 0 dB, got {self.psnr_budget}")
+        if self.sensitivity not in ("only", "except"):
+            raise QuantizationError(f"sensitivity must be 'only' or 'except', got {self.sensitivity!r}")
+
+    @property
+    def quant_profile(self) -> QuantProfile:
+        p = get_profile(self.profile)
+        return p if p.per_channel == self.per_channel else replace(p, per_channel=self.per_channel)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["profile"] = asdict(self.quant_profile)
+        return d

@@ -1,0 +1,400 @@
+"""fp32 ONNX -> QDQ INT8 ONNX that keeps the picture.
+
+Pipeline (:func:`quantize_model`):
+
+1. calibration patches (:class:`~edgesr.quant.calibration.CalibrationSource`, default: the
+   package sample photographs, never the test set); the fp32 model is run on them and an
+   all-zero / non-finite output is refused;
+2. exact activation-range equalization (:mod:`edgesr.quant.equalize`), checked on the
+   calibration batch;
+3. one calibration pass (ORT calibrator: min-max, percentile or entropy), cached;
+4. QDQ graph for the profile (:mod:`edgesr.quant.profiles`), evaluated in ONNX Runtime on
+   the evaluation set (default: the held-out sample images) against fp32;
+5. when the drop exceeds ``psnr_budget``: per-layer sensitivity, then layers kept float,
+   most sensitive first, until the drop is within budget (``nodes_to_exclude``);
+6. profile checks (``trt``: every zero point 0, int8 only, no int32 bias), metadata,
+   atomic write. Optionally the final model is also scored on a test set (e.g. Set5) for
+   reporting only - it never influences a choice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import DatasetError, QuantizationError
+from ..fsutil import atomic_path
+from ..spec import Spec
+from .calibration import CalibrationSource, EvalSet, held_out_eval_set
+from .evaluate import evaluate, make_session
+from .profiles import QuantConfig, QuantProfile
+from .sensitivity import Layer, SearchResult, SensitivityRow, quantizable_layers, ranking, search, sensitivity
+
+EQUALIZE_TOL = 1e-4  # max |fp32 equalized - fp32 original| accepted (outputs in [0, 1])
+_ORT_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+
+
+@dataclass
+class QuantResult:
+    path: Path
+    profile: str
+    config: dict[str, Any]
+    float_nodes: list[str]  # ONNX node names left float (nodes_to_exclude)
+    float_layers: list[str]  # the layers (compute nodes) kept float by the search
+    psnr_fp32: float  # mean Y-PSNR on the evaluation set
+    psnr_int8: float
+    psnr_int8_all: float  # before mixed precision (every layer int8)
+    within_budget: bool
+    eval_set: str
+    sensitivity: list[SensitivityRow] = field(default_factory=list)
+    search_steps: list[dict] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)  # every quantizable layer, graph order
+    calibration: dict[str, Any] = field(default_factory=dict)
+    equalization: dict[str, Any] | None = None
+    centering: dict[str, Any] | None = None
+    test_set: str | None = None
+    test_psnr_fp32: float | None = None
+    test_psnr_int8: float | None = None
+    op_counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def drop(self) -> float:
+        return self.psnr_fp32 - self.psnr_int8
+
+    @property
+    def test_drop(self) -> float | None:
+        if self.test_psnr_fp32 is None or self.test_psnr_int8 is None:
+            return None
+        return self.test_psnr_fp32 - self.test_psnr_int8
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        d["drop"] = self.drop
+        d["test_drop"] = self.test_drop
+        return d
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _method_enum(method: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return getattr(CalibrationMethod, _ORT_METHODS[method])
+
+
+def check_fp32_output(model_bytes: bytes, patches: np.ndarray, input_name: str, threads: int | None) -> None:
+    """Refuse a model whose output on the calibration data is all zero or not finite."""
+    sess = make_session(model_bytes, threads)
+    peak = 0.0
+    for i in range(0, len(patches), 8):
+        y = sess.run(None, {input_name: patches[i:i + 8]})[0]
+        if not np.all(np.isfinite(y)):
+            raise QuantizationError("the fp32 model produces NaN/Inf on the calibration data; "
+                                    "check the model and its input range")
+        peak = max(peak, float(np.abs(y).max()))
+    if peak == 0.0:
+        raise QuantizationError("the fp32 model's output is all zeros for the calibration data; "
+                                "INT8 calibration would be meaningless (wrong weights, input range "
+                                "or colour order?)")
+
+
+def calibrate(model_path: Path, source: CalibrationSource, config: QuantConfig, op_types: Sequence[str] | None,
+              workdir: Path):
+    """Run the ORT calibrator once; returns TensorsData (activation ranges)."""
+    from onnxruntime.quantization import create_calibrator
+
+    profile = config.quant_profile
+    extra: dict[str, Any] = {}
+    if config.method == "percentile":
+        extra["percentile"] = config.percentile
+    if config.method in ("percentile", "entropy"):
+        extra["symmetric"] = profile.activation_symmetric
+    source.rewind()
+    calibrator = create_calibrator(
+        model_path, list(op_types) if op_types else [],
+        augmented_model_path=str(workdir / "augmented.onnx"),
+        calibrate_method=_method_enum(config.method), extra_options=extra)
+    try:
+        calibrator.collect_data(source)
+        ranges = calibrator.compute_data()
+    finally:
+        source.rewind()
+    return ranges
+
+
+def _op_counts(model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def check_trt_qdq(model) -> list[str]:
+    """Problems that keep a QDQ model from TensorRT's int8 path ([] when fine):
+    non-zero or non-int8 zero points, int32 DequantizeLinear feeding a bias."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    const = {}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    const[n.output[0]] = a.t
+    problems = []
+    dq_out = {}
+    for n in model.graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if n.op_type == "DequantizeLinear":
+            dq_out[n.output[0]] = n
+        if len(n.input) < 3 or not n.input[2]:
+            problems.append(f"{n.name}: no zero point (defaults to uint8)")
+            continue
+        zp = inits.get(n.input[2]) or const.get(n.input[2])
+        if zp is None:
+            problems.append(f"{n.name}: zero point is not a constant")
+            continue
+        if zp.data_type != TensorProto.INT8:
+            problems.append(f"{n.name}: zero point type {TensorProto.DataType.Name(zp.data_type)}, not INT8")
+        if np.any(numpy_helper.to_array(zp) != 0):
+            problems.append(f"{n.name}: non-zero zero point")
+    for n in model.graph.node:
+        if n.op_type in ("Conv", "ConvTranspose", "Gemm") and len(n.input) > 2 and n.input[2] in dq_out:
+            problems.append(f"{n.name}: bias is dequantized from an integer tensor")
+    return problems
+
+
+# --------------------------------------------------------------------------- the quantizer
+
+class _Session:
+    """One model + calibration: builds QDQ variants from the cached ranges and scores them."""
+
+    def __init__(self, fp32_path: Path, spec: Spec, config: QuantConfig, ranges_path: Path,
+                 evalset: EvalSet, workdir: Path, layers: list[Layer], refiner=None):
+        self.fp32_path, self.spec, self.config = fp32_path, spec, config
+        self.profile: QuantProfile = config.quant_profile
+        self.ranges_path, self.evalset, self.workdir = ranges_path, evalset, workdir
+        self.layers = {l.name: l for l in layers}
+        self.refiner = refiner
+        self._memo: dict[tuple, float] = {}
+        self.builds = 0
+
+    def build(self, out: Path, float_layers: Sequence[str] = (), only: str | None = None) -> None:
+        from onnxruntime.quantization import QuantFormat, quantize_static
+
+        act, wt = self.profile.ort_types()
+        exclude = [n for name in float_layers for n in self.layers[name].nodes]
+        quantize_ = list(self.layers[only].nodes) if only else None
+        extra = self.profile.extra_options()
+        extra.update(self.config.extra)
+        try:
+            quantize_static(
+                str(self.fp32_path), str(out), None, quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=self.profile.op_types(), per_channel=self.profile.per_channel,
+                reduce_range=self.profile.reduce_range, activation_type=act, weight_type=wt,
+                nodes_to_quantize=quantize_, nodes_to_exclude=exclude,
+                calibrate_method=_method_enum(self.config.method),
+                calibration_cache_path=str(self.ranges_path), extra_options=extra)
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise QuantizationError(f"ONNX Runtime quantizer failed: {str(e).splitlines()[0][:300]}") from None
+        self.builds += 1
+        if self.refiner is not None:
+            import onnx
+
+            qm = onnx.load(str(out))
+            self.refiner.apply(qm)
+            onnx.save(qm, str(out))
+
+    def score(self, float_layers: Sequence[str], only: str | None = None) -> float:
+        key = (tuple(sorted(float_layers)), only)
+        if key not in self._memo:
+            out = self.workdir / "candidate.onnx"
+            self.build(out, float_layers, only)
+            self._memo[key] = evaluate(out, self.spec, self.evalset, self.config.threads).psnr
+        return self._memo[key]
+
+
+def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLike, spec: Spec,
+                   config: QuantConfig | None = None, calibration=None, eval_set: EvalSet | None = None,
+                   test_set: EvalSet | None = None, sensitivity_png: str | os.PathLike | None = None,
+                   full_sensitivity: bool = False) -> QuantResult:
+    """Quantize an fp32 ONNX SR model to QDQ INT8 (see the module docstring).
+
+    calibration: None (package sample images), a folder / list of images, or a
+        CalibrationSource. eval_set: where the PSNR budget is checked (default: held-out
+        sample images). test_set: scored at the end for reporting only (e.g. Set5).
+    full_sensitivity: compute the sensitivity table even when no layer needs to be float.
+    """
+    import onnx
+
+    t0 = time.perf_counter()
+    config = config or QuantConfig()
+    profile = config.quant_profile
+    src_path = Path(onnx_fp32_path)
+    if not src_path.is_file():
+        raise QuantizationError(f"{src_path}: no such ONNX file")
+    try:
+        model = onnx.load(str(src_path))
+    except Exception as e:  # noqa: BLE001 - protobuf/onnx raise many types
+        raise QuantizationError(f"{src_path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+    if len(model.graph.input) != 1:
+        raise QuantizationError(f"{src_path}: expected one input, found {len(model.graph.input)}")
+    input_name = model.graph.input[0].name
+    _name_nodes(model)
+
+    if isinstance(calibration, CalibrationSource):
+        source = calibration
+        source.input_name = input_name
+    else:
+        source = CalibrationSource(spec, calibration, num_patches=config.num_patches, patch_size=config.patch_size,
+                                   seed=config.seed, batch_size=config.batch_size, input_name=input_name,
+                                   progress=config.progress)
+    check_fp32_output(model.SerializeToString(), source.patches, input_name, config.threads)
+    evalset = eval_set if eval_set is not None else held_out_eval_set(spec.scale)
+    if len(evalset) == 0:
+        raise DatasetError("the evaluation set is empty")
+
+    warnings: list[str] = []
+    eq_report = center_report = None
+    with tempfile.TemporaryDirectory(prefix="edgesr-int8-") as tmp:
+        work = Path(tmp)
+        if config.equalize:
+            from .equalize import equalize
+
+            model, rep = equalize(model, source.patches, alpha=config.equalize_alpha,
+                                  symmetric=profile.activation_symmetric, threads=config.threads)
+            if rep.max_abs_change is not None and not rep.max_abs_change <= EQUALIZE_TOL:
+                raise QuantizationError(f"activation equalization changed the fp32 output by "
+                                        f"{rep.max_abs_change:.2e} (> {EQUALIZE_TOL}); rerun with equalize off")
+            eq_report = rep.to_dict()
+        center_report = None
+        if config.center and profile.activation_symmetric:
+            from .center import center_conv_inputs
+
+            model, crep = center_conv_inputs(model, source.patches, threads=config.threads)
+            if crep.max_abs_change is not None and not crep.max_abs_change <= EQUALIZE_TOL:
+                raise QuantizationError(f"zero-centring changed the fp32 output by {crep.max_abs_change:.2e} "
+                                        f"(> {EQUALIZE_TOL}); rerun with center off")
+            center_report = crep.to_dict()
+        fp32_path = work / "fp32.onnx"
+        onnx.save(model, str(fp32_path))
+        layers = quantizable_layers(model, profile.op_types() or ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add"))
+        if not layers:
+            raise QuantizationError(f"{src_path}: no quantizable layer (Conv/Gemm/MatMul/Add) in the graph")
+
+        ranges = calibrate(fp32_path, source, config, profile.op_types(), work)
+        out_name = model.graph.output[0].name
+        if out_name in ranges and _all_zero(ranges[out_name]):
+            raise QuantizationError("the model's output is all zeros for the calibration data")
+        from onnxruntime.quantization.calibrate import save_tensors_data
+
+        ranges_path = work / "ranges.json"
+        save_tensors_data(ranges, ranges_path)
+
+        refiner = None
+        if config.gptq or config.bias_correction:
+            from .refine import WeightRefiner
+
+            refiner = WeightRefiner(model, source.patches, gptq=config.gptq,
+                                    bias_correction=config.bias_correction, threads=config.threads)
+        qs = _Session(fp32_path, spec, config, ranges_path, evalset, work, layers, refiner)
+        psnr_fp32 = evaluate(fp32_path, spec, evalset, config.threads).psnr
+        psnr_all = qs.score([])
+        rows: list[SensitivityRow] = []
+        budget = config.psnr_budget
+        result_search: SearchResult | None = None
+        need = budget is not None and psnr_fp32 - psnr_all > budget
+        if need or full_sensitivity or sensitivity_png:
+            methods = ("only", "except") if (full_sensitivity or sensitivity_png) else (config.sensitivity,)
+            rows = sensitivity(layers, qs.score, psnr_fp32, psnr_all, methods, config.progress)
+        if need:
+            order = ranking(rows, config.sensitivity)
+            result_search = search(order, qs.score, psnr_fp32, psnr_all, budget, config.max_float_layers)
+            if not result_search.within_budget:
+                warnings.append(f"no mixed-precision choice held the {budget} dB budget on {evalset.name}: "
+                                f"best drop {result_search.drop:.3f} dB with {len(result_search.float_layers)} "
+                                "float layers")
+        float_layers = result_search.float_layers if result_search else []
+        final_tmp = work / "final.onnx"
+        qs.build(final_tmp, float_layers)
+        psnr_int8 = qs.score(float_layers)
+
+        qmodel = onnx.load(str(final_tmp))
+        if profile.name == "trt":
+            problems = check_trt_qdq(qmodel)
+            if problems:
+                raise QuantizationError("trt profile produced a graph TensorRT would reject: " + "; ".join(problems[:5]))
+        test_fp32 = test_int8 = None
+        if test_set is not None:
+            test_fp32 = evaluate(fp32_path, spec, test_set, config.threads).psnr
+            test_int8 = evaluate(final_tmp, spec, test_set, config.threads).psnr
+        float_nodes = [n for name in float_layers for n in qs.layers[name].nodes]
+        meta = {
+            "edgesr.int8.profile": profile.name,
+            "edgesr.int8.method": config.method,
+            "edgesr.int8.float_nodes": json.dumps(float_nodes),
+            "edgesr.int8.eval_set": evalset.name,
+            "edgesr.int8.psnr_fp32": f"{psnr_fp32:.4f}",
+            "edgesr.int8.psnr_int8": f"{psnr_int8:.4f}",
+            "edgesr.int8.equalized": json.dumps(bool(config.equalize)),
+        }
+        _set_metadata(qmodel, meta)
+        out = Path(out_path)
+        with atomic_path(out) as tmp_out:
+            onnx.save(qmodel, str(tmp_out))
+
+    result = QuantResult(
+        path=out, profile=profile.name, config=config.to_dict(), float_nodes=float_nodes,
+        float_layers=float_layers, psnr_fp32=psnr_fp32, psnr_int8=psnr_int8, psnr_int8_all=psnr_all,
+        within_budget=budget is None or psnr_fp32 - psnr_int8 <= budget, eval_set=evalset.name,
+        sensitivity=rows, layers=[l.name for l in layers],
+        search_steps=[asdict(s) for s in result_search.steps] if result_search else [],
+        calibration=source.describe() | {"method": config.method}, equalization=eq_report,
+        centering=center_report,
+        test_set=test_set.name if test_set is not None else None, test_psnr_fp32=test_fp32,
+        test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings)
+    if sensitivity_png and rows:
+        from .sensitivity import plot_sensitivity
+
+        plot_sensitivity(rows, sensitivity_png, title=f"{src_path.stem}: INT8 sensitivity ({profile.name}, "
+                         f"{evalset.name})", float_layers=float_layers)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _all_zero(td) -> bool:
+    try:
+        lo, hi = td.range_value
+    except AttributeError:
+        return False
+    return float(np.max(np.abs(lo))) == 0.0 and float(np.max(np.abs(hi))) == 0.0
+
+
+def _name_nodes(model) -> None:
+    """Give unnamed nodes unique names (nodes_to_exclude needs them)."""
+    seen = set()
+    for i, n in enumerate(model.graph.node):
+        if not n.name or n.name in seen:
+            n.name = f"{n.op_type}_{i}"
+        seen.add(n.name)
+
+
+def _set_metadata(model, meta: dict[str, str]) -> None:
+    keep = [p for p in model.metadata_props if p.key not in meta]
+    del model.metadata_props[:]
+    for p in keep:
+        model.metadata_props.add(key=p.key, value=p.value)
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)

@@ -1,0 +1,179 @@
+"""Per-layer sensitivity and the mixed-precision search.
+
+A *layer* is one quantizable compute node (Conv, or the residual Add) together with the
+activation that follows it (Relu/PRelu/LeakyRelu/Clip), so that keeping a layer in float
+removes every QuantizeLinear/DequantizeLinear that belongs to it.
+
+Two ways to measure a layer's sensitivity (Y-PSNR on the evaluation set):
+
+``only``    quantize only that layer, everything else float: ``cost = fp32 - psnr``
+``except``  quantize everything except that layer: ``gain = psnr - int8_all``
+
+``search`` keeps layers in float, most sensitive first, until the drop vs fp32 is within
+the budget (one evaluation per step). ``greedy_search`` is the expensive reference: at each
+step it tries every remaining layer and keeps the best one. docs/int8.md compares how
+well each ranking predicts the greedy choice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+ACTIVATIONS = ("Relu", "PRelu", "LeakyRelu", "Clip")
+
+# score(float_layers, only) -> mean Y-PSNR; `only` (a layer) means "quantize only this one".
+ScoreFn = Callable[[Sequence[str], "str | None"], float]
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str  # the compute node's name (what the tables show)
+    op_type: str
+    nodes: tuple[str, ...]  # node names excluded together to keep this layer float
+
+
+@dataclass
+class SensitivityRow:
+    layer: str
+    op_type: str
+    only_cost: float | None = None  # dB lost when only this layer is int8
+    except_gain: float | None = None  # dB gained when only this layer is float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchStep:
+    float_layers: list[str]
+    psnr: float
+    drop: float
+
+
+@dataclass
+class SearchResult:
+    float_layers: list[str]
+    psnr: float
+    drop: float
+    within_budget: bool
+    steps: list[SearchStep] = field(default_factory=list)
+    evaluations: int = 0
+
+
+def quantizable_layers(model, op_types: Sequence[str]) -> list[Layer]:
+    """Compute nodes of `op_types` (graph order) with their trailing activation."""
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    layers = []
+    for n in model.graph.node:
+        if n.op_type not in op_types:
+            continue
+        nodes = [n.name]
+        cons = consumers.get(n.output[0], [])
+        if len(cons) == 1 and cons[0].op_type in ACTIVATIONS:
+            nodes.append(cons[0].name)
+        layers.append(Layer(n.name, n.op_type, tuple(nodes)))
+    names = [l.name for l in layers]
+    if len(set(names)) != len(names) or any(not x for x in names):
+        from ..errors import QuantizationError
+
+        raise QuantizationError("quantizable nodes need unique, non-empty names (re-export the model)")
+    return layers
+
+
+def sensitivity(layers: Sequence[Layer], score: ScoreFn, fp32: float, int8_all: float,
+                methods: Sequence[str] = ("only", "except"), progress: bool = False) -> list[SensitivityRow]:
+    from tqdm.auto import tqdm
+
+    rows = []
+    for layer in tqdm(layers, desc="sensitivity", unit="layer", disable=not progress, leave=False):
+        row = SensitivityRow(layer.name, layer.op_type)
+        if "only" in methods:
+            row.only_cost = fp32 - score([], layer.name)
+        if "except" in methods:
+            row.except_gain = score([layer.name], None) - int8_all
+        rows.append(row)
+    return rows
+
+
+def ranking(rows: Sequence[SensitivityRow], method: str) -> list[str]:
+    """Layer names, most sensitive first, by `method` ('only' or 'except')."""
+    key = (lambda r: r.only_cost) if method == "only" else (lambda r: r.except_gain)
+    return [r.layer for r in sorted(rows, key=lambda r: -(key(r) if key(r) is not None else -math.inf))]
+
+
+def search(order: Sequence[str], score: ScoreFn, fp32: float, int8_all: float, budget: float,
+           max_float: int | None = None) -> SearchResult:
+    """Keep layers float in `order` until fp32 - psnr <= budget."""
+    res = SearchResult([], int8_all, fp32 - int8_all, fp32 - int8_all <= budget,
+                       [SearchStep([], int8_all, fp32 - int8_all)])
+    chosen: list[str] = []
+    for name in order:
+        if res.within_budget or (max_float is not None and len(chosen) >= max_float):
+            break
+        chosen.append(name)
+        p = score(list(chosen), None)
+        res.evaluations += 1
+        res.steps.append(SearchStep(list(chosen), p, fp32 - p))
+        res.float_layers, res.psnr, res.drop = list(chosen), p, fp32 - p
+        res.within_budget = res.drop <= budget
+    return res
+
+
+def greedy_search(names: Sequence[str], score: ScoreFn, fp32: float, int8_all: float, budget: float,
+                  max_float: int | None = None) -> SearchResult:
+    """Reference search: each step keeps float the layer whose exclusion scores best."""
+    res = SearchResult([], int8_all, fp32 - int8_all, fp32 - int8_all <= budget,
+                       [SearchStep([], int8_all, fp32 - int8_all)])
+    chosen: list[str] = []
+    remaining = list(names)
+    while not res.within_budget and remaining and (max_float is None or len(chosen) < max_float):
+        trials = [(score(chosen + [n], None), n) for n in remaining]
+        res.evaluations += len(trials)
+        p, best = max(trials)
+        chosen.append(best)
+        remaining.remove(best)
+        res.steps.append(SearchStep(list(chosen), p, fp32 - p))
+        res.float_layers, res.psnr, res.drop = list(chosen), p, fp32 - p
+        res.within_budget = res.drop <= budget
+    return res
+
+
+def plot_sensitivity(rows: Sequence[SensitivityRow], path: str | Path, title: str = "",
+                     float_layers: Sequence[str] = ()) -> Path:
+    """Horizontal bar chart (PNG, written atomically) of both sensitivity measures."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from ..fsutil import atomic_path
+
+    labels = [r.layer.strip("/").replace("/Conv", "").replace("/", ".") or r.layer for r in rows]
+    y = range(len(rows))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.6))
+    h = 0.4
+    if any(r.only_cost is not None for r in rows):
+        ax.barh([i - h / 2 for i in y], [r.only_cost or 0.0 for r in rows], height=h,
+                label="cost when ONLY this layer is int8 (dB)", color="tab:red")
+    if any(r.except_gain is not None for r in rows):
+        ax.barh([i + h / 2 for i in y], [r.except_gain or 0.0 for r in rows], height=h,
+                label="gain when only this layer is float (dB)", color="tab:blue")
+    ax.set_yticks(list(y))
+    ax.set_yticklabels([f"{lab} *" if r.layer in float_layers else lab for lab, r in zip(labels, rows)])
+    ax.invert_yaxis()
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel("Y-PSNR (dB) on the evaluation set" + ("   (* kept float)" if float_layers else ""))
+    ax.set_title(title or "INT8 per-layer sensitivity")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
