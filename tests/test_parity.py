@@ -173,13 +173,26 @@ def test_qdq_tensors_map_to_float_names(etds, tmp_path):
     import onnx
 
     pairs = matched_tensors(onnx.load(str(path)), onnx.load(str(q)))
-    assert any(t != r and t.endswith("DequantizeLinear_Output") for t, r in pairs) or len(pairs) > 3
+    qdq = [(t, r) for t, r in pairs if t != r]
+    assert len(qdq) >= 5 and all(t == r + "_DequantizeLinear_Output" for t, r in qdq)
     assert len({r for _, r in pairs}) == len(pairs)
     r = OrtRunner(q, "ort:int8", threads=1)
     assert runner_precision(r) == "int8"
     rep = check_parity([OrtRunner(path, "ort:fp32", threads=1), r], SMALL)
     c = rep.comparisons[0]
     assert c.precision == "int8" and c.tolerance == PRESETS["int8"] and c.psnr > 30
+
+
+def test_planted_weight_in_int8_model_is_localised(etds, tmp_path):
+    _, _, path = etds
+    calib = [random_image((1, 3, 24, 24), seed=i) for i in range(3)]
+    conv = _plant(path, tmp_path / "bad.onnx", conv_index=2, delta=5.0)
+    q = _quantize_qdq(tmp_path / "bad.onnx", tmp_path / "bad_int8.onnx", calib)
+    rep = check_parity([OrtRunner(path, "ort:fp32", threads=1), OrtRunner(q, "ort:int8", threads=1)], SMALL)
+    c = rep.comparisons[0]
+    assert not c.ok and c.precision == "int8"
+    assert c.divergence is not None and (c.divergence.node, c.divergence.op_type) == (conv.name, "Conv")
+    assert c.divergence.tensor.endswith("_DequantizeLinear_Output")
 
 
 def test_fp16_runner_precision_and_parity(etds, tmp_path):
