@@ -21,7 +21,7 @@ from edgesr.reparam import is_deploy_form, reparameterize
 from edgesr.shift import MODES, ChannelShift, elan_groups, groups_from_kernel, one_hot_kernel, shift, shift8_groups
 
 SMALL = ["scnet-f16b4-x4", "ghostsr-f16b2-x4", "recurrent-c32t4-x4", "igconv-f16b2-x3", "rdbesa-f16m2-x4",
-         "elan-c24m4-x4", "shufflemixer-f16b1-x4", "safmn-f16b2-x4"]
+         "elan-c24m4-x4", "shufflemixer-f16b1-x4", "safmn-f16b2-x4", "omnisr-f16-x4", "swinir-d24-x4"]
 # (N, H, W): square, odd non-square, batch 2 wide
 SIZES = [(1, 16, 16), (1, 23, 17), (2, 15, 36)]
 TOL = 1e-5
@@ -120,6 +120,18 @@ def test_param_counts_match_the_papers(arch, hp, published):
     with torch.device("meta"):
         m = a.build({**base, "colors": 3, **hp}, a.forms[0])
     assert abs(_params(m) - published) <= 1000, _params(m)
+
+
+@pytest.mark.parametrize("scale,published", [(2, 878_000), (3, 886_000), (4, 897_000)])
+def test_swinir_light_param_count_matches_the_paper(scale, published):
+    """The paper's counts leave out the relative-position bias tables (24 x 225 x 6 = 32,400)."""
+    a = registry.get_architecture("swinir")
+    hp = dict(registry.get_variant("swinir-light-x4")[1].hyperparams, scale=scale)
+    with torch.device("meta"):
+        m = a.build(hp, "deploy")
+    tables = sum(p.numel() for n, p in m.named_parameters() if n.endswith("relative_position_bias_table"))
+    assert tables == 32_400
+    assert abs(_params(m) - tables - published) <= 1000, _params(m) - tables
 
 
 def test_recurrent_is_under_75k_params():

@@ -2,4 +2,4 @@
 
 from . import ecbsr, etds, fmen, reprfn, repsr, rlfn, sesr, span  # noqa: F401
 from . import abpn, espcn, et_forms, fsrcnn, plain  # noqa: F401  (ETDS-repo families)
-from . import elan, ghostsr, igconv, rdbesa, recurrent, safmn, scnet, shufflemixer  # noqa: F401  (coverage families)
+from . import elan, ghostsr, igconv, omnisr, rdbesa, recurrent, safmn, scnet, shufflemixer, swinir  # noqa: F401,E501  (coverage)
