@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
 from torch import nn
 
 from .checkpoint import StateDict, load_state_dict
@@ -142,7 +143,7 @@ def load_model(source: str | Path | StateDict, arch: str | None = None, scale: i
     if scale is not None and hp.get("scale") != scale:
         raise ScaleMismatch(f"--scale {scale} does not match the checkpoint ({a.name}, x{hp.get('scale')})")
     with _unfit(a, form):
-        module = a.build(hp, form)
+        module = _build_fitting(a, hp, form, sd)
     load_strict(module, sd, a.name)
     with _unfit(a, form):
         spec = a.describe(hp, form)
@@ -159,9 +160,29 @@ def match_variant(a: Architecture, hp: Hyper) -> str | None:
     return None
 
 
+def _build_fitting(a: Architecture, hp: Hyper, form: str, sd: StateDict) -> nn.Module:
+    """`a.build(hp, form)`, after checking on the meta device (no memory allocated) that the
+    network has exactly the checkpoint's keys and shapes: hyperparameters inferred from a
+    hostile checkpoint's shapes (a 100000-channel conv) are refused before they can exhaust
+    memory, and the real module then holds no more than the checkpoint's own tensors."""
+    try:
+        with torch.device("meta"):
+            shell = a.build(hp, form)
+    except Exception:  # noqa: BLE001 - a family that cannot build on meta is built for real below
+        shell = None
+    if shell is not None:
+        _check_fit(shell.state_dict(), sd, a.name)
+    return a.build(hp, form)
+
+
 def load_strict(module: nn.Module, sd: StateDict, arch_name: str = "model") -> None:
     """load_state_dict(strict=True) with an error that lists every offending key."""
     own = module.state_dict()
+    _check_fit(own, sd, arch_name)
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def _check_fit(own: StateDict, sd: StateDict, arch_name: str) -> None:
     missing = sorted(set(own) - set(sd))
     extra = sorted(set(sd) - set(own))
     shape = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
@@ -175,7 +196,6 @@ def load_strict(module: nn.Module, sd: StateDict, arch_name: str = "model") -> N
         if shape:
             parts.append("shape mismatches: " + _clip_list(shape))
         raise KeyMismatch(f"checkpoint does not fit {arch_name}: " + "; ".join(parts))
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 
 
 def _detect_form(a: Architecture, sd: StateDict) -> str | None:

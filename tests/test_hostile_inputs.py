@@ -266,6 +266,13 @@ def _with_huge_index(c: Corpus) -> dict:
     return sd
 
 
+def _widened(c: Corpus) -> dict:
+    sd = c.state_dict()
+    sd["conv_first.weight"] = torch.zeros(20000, 3, 3, 3)
+    sd["conv_first.bias"] = torch.zeros(20000)
+    return sd
+
+
 def _marker_absent(name: str) -> Callable[[Corpus], None]:
     def check(c: Corpus) -> None:
         assert not c.marker(name).exists(), f"the pickle's code RAN: {c.marker(name)} was created"
@@ -418,6 +425,9 @@ CASES: list[Case] = [
               "missing keys", "backbone_convs.2.bias"),
     ckpt_case("ckpt-huge-layer-index", "key backbone_convs.99999999.weight (would build 10^8 layers)",
               lambda c: c.write("ckpt/index.pth", c.torch_bytes(_with_huge_index(c))), "gaps"),
+    ckpt_case("ckpt-inflated-width", "conv_first widened to 20000 channels (the network it implies needs ~70 GB)",
+              lambda c: c.write("ckpt/wide.pth", c.torch_bytes(_widened(c))), "does not fit",
+              "backbone_convs.0.weight"),
     ckpt_case("ckpt-git-lfs-pointer", "a Git LFS pointer file instead of the weights",
               lambda c: c.write("ckpt/lfs.pth", b"version https://git-lfs.github.com/spec/v1\noid sha256:"
                                 + b"0" * 64 + b"\nsize 123456\n"), "git lfs pull"),
