@@ -194,6 +194,7 @@ def igconv_multiscale(workdir: Path, sizes, threads: int, seconds: float) -> dic
     ms = ort.InferenceSession(str(ms_path), session_options(threads), providers=["CPUExecutionProvider"])
     res = {"scale_input": {"ops": info["op_counts"], "max_abs_vs_torch": info["max_abs_vs_torch"],
                            "bytes": ms_path.stat().st_size}, "per_scale": {}}
+    res["scale_input"]["trt_rtx"] = _trt_scale_input(ms_path, workdir)
     h, w = sizes[0]
     x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
     pol = TimingPolicy(warmup_seconds=0.0, min_runs=3, min_seconds=seconds, max_runs=50)
@@ -215,6 +216,42 @@ def igconv_multiscale(workdir: Path, sizes, threads: int, seconds: float) -> dic
                                f"scale_input_ort_ms_{h}x{w}": round(t_ms.median_ms, 1),
                                "export_max_abs_vs_torch": r.max_abs_vs_torch}
     return res
+
+
+def _trt_scale_input(path: Path, workdir: Path) -> dict:
+    """edgesr's TensorRT-RTX builder on the two-input graph, then TensorRT-RTX's own ONNX parser."""
+    out: dict = {}
+    if not _trt_committed():
+        return {"status": "pending"}
+    try:
+        from edgesr.backends.trt import ShapeProfile, build_engine
+
+        build_engine(path, workdir, flavour="rtx", profile=ShapeProfile())
+        out["edgesr_builder"] = "built"
+    except Exception as e:  # noqa: BLE001
+        out["edgesr_builder"] = _err(e)
+    try:
+        import tensorrt_rtx as trt
+
+        logger = trt.Logger(trt.Logger.ERROR)
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        ok = parser.parse(path.read_bytes())
+        errs = [str(parser.get_error(i)).splitlines()[0][:300] for i in range(parser.num_errors)]
+        out["rtx_parser"] = "parsed" if ok else "failed: " + " | ".join(errs[:3])
+        if ok:
+            cfg = builder.create_builder_config()
+            prof = builder.create_optimization_profile()
+            prof.set_shape("input", (1, 3, 16, 16), (1, 3, 180, 320), (1, 3, 270, 480))
+            prof.set_shape_input("scale", [2], [4], [4]) if network.get_input(1).is_shape_tensor else None
+            cfg.add_optimization_profile(prof)
+            data = builder.build_serialized_network(network, cfg)
+            out["rtx_build"] = "built" if data is not None else "build returned nothing (see TensorRT-RTX log)"
+    except Exception as e:  # noqa: BLE001
+        out["rtx_parser"] = out.get("rtx_parser") or _err(e)
+        out["rtx_build"] = _err(e)
+    return out
 
 
 def one_family(family: str, workdir: Path, args) -> dict:
@@ -312,6 +349,9 @@ def markdown(out: dict) -> str:
             lines.append(f"| x{s} | {d[f'ort_ms_{h}x{w}']} | {d[f'scale_input_ort_ms_{h}x{w}']} | "
                          f"{d['max_abs_per_scale_vs_scale_input']:.1e} | {', '.join(sorted(d['ops']))} |")
         lines += ["", "Scale-input graph ops: " + ", ".join(f"{k}x{v}" for k, v in sorted(ig["scale_input"]["ops"].items()))]
+        if ig["scale_input"].get("trt_rtx"):
+            lines += ["", "Scale-input graph on TensorRT-RTX: " + "; ".join(
+                f"{k}: {v}" for k, v in ig["scale_input"]["trt_rtx"].items())]
     uns = out.get("unsupported", [])
     lines += ["", "Unsupported operators / failures found:", ""]
     lines += [f"- {u}" for u in uns] or ["- none"]
