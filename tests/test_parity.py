@@ -289,6 +289,10 @@ def test_cli_pass_and_fail_with_json(ckpt_dir, tmp_path, capsys):
     assert c["first_divergence"]["node"] == conv.name and c["first_divergence"]["op_type"] == "Conv"
     assert c["heatmap"] and (tmp_path / "hm").is_dir()
 
+    rc, out, _ = _cli(["parity", str(good), str(good), "--json", "--sizes", "9x9", "--limit", "1"], capsys)
+    d = json.loads(out)
+    assert rc == 0 and d["comparisons"][0]["test"] == f"{good} #2" and d["comparisons"][0]["max_abs"] == 0
+
     rc, out, _ = _cli(["parity", str(good), str(tmp_path / "bad.onnx"), "--tol-max-abs", "1",
                        "--min-psnr", "10", "--limit", "1", "--sizes", "9x9"], capsys)
     assert rc == 0 and "bad.onnx" in out

@@ -97,15 +97,17 @@ def make_runner(arg: str, threads: int | None = None, scale: int | None = None):
 
 
 def _engine_runner(path: Path):
-    """Default engine hook: edgesr.backends.trt_runner (replaceable: set ENGINE_HOOK)."""
+    """Default engine hook: edgesr.backends.trt.open_runner (replaceable: set ENGINE_HOOK).
+
+    Without a CUDA GPU or the TensorRT package this is a one-line BackendUnavailable."""
     from ..errors import BackendUnavailable
 
     try:
-        from ..backends.trt_runner import TensorRTRunner
+        from ..backends.trt_runner import open_runner
     except ImportError as e:
         raise BackendUnavailable(f"cannot run {path.name}: the TensorRT runner is unavailable ({e}); "
                                  "pip install 'edgesr[trt-rtx]' or 'edgesr[trt]'") from None
-    return TensorRTRunner(path)
+    return open_runner(path)
 
 
 ENGINE_HOOK = _engine_runner
@@ -120,6 +122,11 @@ def run(args) -> int:
         raise ParityError("give a reference MODEL and at least one MODEL to compare with it")
     sizes = parse_sizes(args.sizes)
     runners = [make_runner(m, args.threads, args.scale) for m in args.models]
+    seen: dict[str, int] = {}
+    for r in runners:  # the same MODEL twice (e.g. a determinism check): keep names distinct
+        seen[r.name] = seen.get(r.name, 0) + 1
+        if seen[r.name] > 1:
+            r.name = f"{r.name} #{seen[r.name]}"
     scale = args.scale or detect_scale(runners[0])
     if args.inputs:
         samples = folder_samples(args.inputs, scale, args.limit) + random_samples(sizes)

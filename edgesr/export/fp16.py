@@ -115,6 +115,10 @@ def export_fp16(onnx_path: str | Path, out_path: str | Path, calibration_inputs:
                                    f"> 65504; keep this model in fp32")
     worst = max(ranges, key=lambda t: t.max_abs)
     notes = []
+    if {p.key: p.value for p in model.metadata_props}.get("fp16_safe") == "false":
+        notes.append("the model's Spec marks it fp16-unsafe; the calibration scan found no overflow, "
+                     "check the fp16 output quality before shipping it")
+        warnings.warn(f"edgesr fp16: {notes[-1]}", stacklevel=2)
     if worst.max_abs > warn_ratio * FP16_MAX:
         notes.append(f"tensor {worst.name!r} ({worst.op_type} {worst.node!r}) reaches |{worst.max_abs:.4g}|, "
                      f"only {worst.headroom:.1f}x below the fp16 limit")
