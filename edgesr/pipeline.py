@@ -42,6 +42,7 @@ class ConvertOptions:
     bench_output: tuple[int, int] = (720, 1280)  # output size the latency row is measured at
     threads: int | None = None
     testset: Path | None = None  # HR/LR folder for quality numbers (default: none)
+    engines: "EngineRequest | None" = None  # --trt-rtx / --trt (edgesr.backends.trt_convert.EngineRequest)
 
 
 @dataclass
@@ -166,6 +167,9 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
         if opts.bench:
             report["latency"] = measure_latency(staging, deploy, deploy_spec, int8_paths, opts)
             done("latency", ", ".join(f"{r['backend']} {r['median_ms']:.1f} ms" for r in report["latency"]["results"]))
+
+        if opts.engines is not None:
+            build_engines(staging, deploy, deploy_spec, inputs, int8_paths, artifacts, report, opts, done)
 
         report["ok"] = bool(report["parity"]["ok"])
         report["steps"] = [s.__dict__ for s in steps]
@@ -304,6 +308,40 @@ def measure_latency(staging: Path, deploy, spec: Spec, int8_paths: dict[str, Pat
     results = [{"backend": k, "size": f"{h}x{w}", "output": f"{h * spec.scale}x{w * spec.scale}",
                 **s.to_dict(), "mpix_per_s": round(mpx / (s.median_ms / 1e3), 2)} for k, s in stats.items()]
     return {"machine": machine_info(), "threads": opts.threads or "ort default", "results": results}
+
+
+def build_engines(staging: Path, deploy, spec: Spec, inputs: list[np.ndarray], int8_paths: dict[str, Path],
+                  artifacts: list[dict], report: dict, opts: ConvertOptions, done: Callable[..., None]) -> None:
+    """--trt-rtx / --trt: an engine per ONNX written above (fp32, fp16, INT8 `trt` profile), built
+    into the engine cache and copied with its sidecar to engines/; manifest entries and
+    report["engines"]. With a CUDA GPU the engines also join report["parity"] (PyTorch deploy
+    form as reference) and report["latency"]; without one the report says so."""
+    from .backends.torch_runner import TorchRunner
+    from .backends.trt_convert import build_for_bundle, verify_on_gpu
+
+    sources = [(staging / "model.onnx", "fp32")]
+    if (staging / "model_fp16.onnx").exists():
+        sources.append((staging / "model_fp16.onnx", "fp16"))
+    if "trt" in int8_paths:
+        sources.append((int8_paths["trt"], "int8 (trt profile)"))
+    oh, ow = opts.bench_output
+    workload = (max(1, oh // spec.scale), max(1, ow // spec.scale))
+    res = build_for_bundle(sources, staging, spec, opts.engines, workload_lr_hw=workload)
+    res.report["skipped"] = [f"{p.name}: the '{k}' INT8 profile is not TensorRT's (use --int8-profile trt or both)"
+                             for k, p in int8_paths.items() if k != "trt"]
+    artifacts.extend(res.artifacts)
+    report["engines"] = res.report
+    run = verify_on_gpu(res, staging, TorchRunner(deploy, name="torch:deploy"), inputs, spec.scale,
+                        bench_lr_hw=workload if opts.bench else None)
+    if run is not None:
+        par = run.get("parity") or {}
+        report["parity"]["comparisons"] += par.get("comparisons", [])
+        report["parity"]["ok"] = bool(report["parity"]["ok"] and par.get("ok", True) and "error" not in run)
+        if run.get("latency") and "latency" in report:
+            report["latency"]["results"] += run["latency"]
+    hits = sum(b["cache_hit"] for b in res.report["builds"])
+    done("engines", f"{len(res.report['builds'])} engines ({hits} from cache), run: "
+                    f"{res.report['run'] if isinstance(res.report['run'], str) else 'verified on ' + run['device']['name']}")
 
 
 def build_manifest(spec: Spec, artifacts: list[dict], folder: Path, report: dict) -> dict:

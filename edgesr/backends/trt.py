@@ -16,6 +16,9 @@ Public API (nothing here imports tensorrt / tensorrt_rtx until it is used):
         out = r.run({"input": x})                                   # dict[str, np.ndarray]
         ms = r.time_gpu({"input": x})
 
+    r = open_runner("out/model.trt-rtx.engine")    # parity / bench helper: one-line
+                                                    # BackendUnavailable without a CUDA GPU
+
     inspect_onnx("model_int8.onnx").precision                       # "fp32" / "fp16" / "int8" ...
     load_flavour("rtx").version                                     # BackendUnavailable if missing
 """
@@ -28,11 +31,12 @@ from edgesr.backends.trt_build import (
     EngineArtifact,
     ShapeProfile,
     build_engine,
+    engine_cache_key,
     read_engine_metadata,
 )
 from edgesr.backends.trt_flavour import Flavour, gpu_info, load_flavour
 from edgesr.backends.trt_onnx import OnnxInfo, TensorInfo, check_onnx_for_tensorrt, inspect_onnx
-from edgesr.backends.trt_runner import EngineShapeError, TensorRTRunner
+from edgesr.backends.trt_runner import EngineShapeError, TensorRTRunner, open_runner
 
 __all__ = [
     "BuildOptions",
@@ -45,11 +49,13 @@ __all__ = [
     "TensorRTRunner",
     "build_engine",
     "cache_key",
+    "engine_cache_key",
     "check_onnx_for_tensorrt",
     "gpu_info",
     "inspect_onnx",
     "load_flavour",
     "lookup",
+    "open_runner",
     "read_engine_metadata",
     "read_sidecar",
     "sidecar_path",

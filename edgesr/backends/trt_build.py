@@ -220,25 +220,11 @@ def build_engine(
       An existing engine there is reused when its sidecar key matches, rebuilt otherwise.
     check: refuse known-bad QDQ graphs (int32 biases, asymmetric zero points) before parsing.
     """
-    flav = load_flavour(flavour)
     options = options or BuildOptions()
     onnx_path = Path(onnx_path)
-    info = inspect_onnx(onnx_path)
-    if check:
-        check_onnx_for_tensorrt(info)
-    _validate_options(flav, options)
-
-    image_input, shapes = _resolve_shapes(info, profile)
-    target = _target(flav, options, device)
-    key_components = {
-        "onnx_sha256": info.sha256,
-        "profile": {"input": image_input, **{k: list(v) for k, v in shapes.items()}} if shapes else None,
-        "precision": info.precision,
-        "flavour": {"name": flav.name, "version": flav.version},
-        "target": target,
-        "builder": _builder_key(flav, options),
-    }
-    key = engine_cache.cache_key(key_components)
+    flav, info, image_input, shapes, target, key_components, key = _plan(
+        onnx_path, flavour, profile, options, device, check
+    )
     suffix = "trt-rtx" if flav.name == "rtx" else "trt"
     engine_path = Path(out_dir) / (engine_name or f"{onnx_path.stem}.{suffix}.engine")
 
@@ -272,6 +258,42 @@ def build_engine(
     engine_cache.store(engine_path, data, sidecar)
     meta = engine_cache.read_sidecar(engine_path) or sidecar
     return _artifact(engine_path, meta, cache_hit=False, build_seconds=seconds, warnings=warnings)
+
+
+def engine_cache_key(
+    onnx_path: str | os.PathLike,
+    *,
+    flavour: str = "rtx",
+    profile: ShapeProfile | None = None,
+    options: BuildOptions | None = None,
+    device: int = 0,
+    check: bool = True,
+) -> str:
+    """The cache key `build_engine` would give this build, without building (same checks)."""
+    return _plan(Path(onnx_path), flavour, profile, options or BuildOptions(), device, check)[-1]
+
+
+def _plan(onnx_path: Path, flavour: str, profile: ShapeProfile | None, options: BuildOptions, device: int,
+          check: bool) -> tuple[Flavour, OnnxInfo, str | None, dict[str, tuple[int, ...]], dict[str, Any],
+                                dict[str, Any], str]:
+    """Everything decided before building: flavour, ONNX reading, shapes, target and the cache key."""
+    flav = load_flavour(flavour)
+    info = inspect_onnx(onnx_path)
+    if check:
+        check_onnx_for_tensorrt(info)
+    _validate_options(flav, options)
+
+    image_input, shapes = _resolve_shapes(info, profile)
+    target = _target(flav, options, device)
+    key_components = {
+        "onnx_sha256": info.sha256,
+        "profile": {"input": image_input, **{k: list(v) for k, v in shapes.items()}} if shapes else None,
+        "precision": info.precision,
+        "flavour": {"name": flav.name, "version": flav.version},
+        "target": target,
+        "builder": _builder_key(flav, options),
+    }
+    return flav, info, image_input, shapes, target, key_components, engine_cache.cache_key(key_components)
 
 
 def _artifact(path: Path, meta: dict[str, Any], *, cache_hit: bool, build_seconds: float,

@@ -171,6 +171,7 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxInfo:
     quant_types: set[int] = set()
     int32_dq: list[str] = []
     asym: list[str] = []
+    scalar_q: list[str] = []
     custom: list[str] = []
     for node in g.node:
         if node.domain not in ("", "ai.onnx"):
@@ -204,6 +205,16 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxInfo:
                 where = "; feeds " + ", ".join(uses) if uses else ""
                 int32_dq.append(f"DequantizeLinear '{label(node)}' (int32 '{node.input[0]}'{where})")
                 continue
+            src = consts.get(node.input[0])
+            if src is not None and len(src.dims) == 0:
+                # TensorRT(-RTX) refuses rank-0 quantized constants ("Quantized constant ... is
+                # only allowed before DQ"); the same value stored with shape [1] builds.
+                feeds = [f"{c.op_type} '{label(c)}'" for c, _ in consumers.get(node.output[0], [])]
+                scalar_q.append(
+                    f"DequantizeLinear '{label(node)}' (scalar {_QUANT_NAMES.get(qtype or 0, '?')} "
+                    f"'{node.input[0]}'" + (f"; feeds {', '.join(feeds[:3])}" if feeds else "")
+                    + (f" and {len(feeds) - 3} more" if len(feeds) > 3 else "") + ")"
+                )
         if zp is not None:
             arr = const_array(zp)
             if arr is not None and arr.size and bool((arr != 0).any()):
@@ -218,6 +229,15 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxInfo:
             + "; ".join(int32_dq)
             + ". Re-quantize with biases kept in float "
             "(onnxruntime quantize_static extra_options={'QuantizeBias': False})."
+        )
+    if scalar_q:
+        shown = scalar_q[:8] + ([f"... and {len(scalar_q) - 8} more"] if len(scalar_q) > 8 else [])
+        problems.append(
+            "INT8 QDQ model quantizes scalar (rank-0) constants, which TensorRT rejects "
+            "('Quantized constant ... is only allowed before DQ'): "
+            + "; ".join(shown)
+            + ". Keep those constants float (exclude their consumer from quantization) "
+            "or store them with shape [1]."
         )
     if asym:
         shown = asym[:8] + ([f"... and {len(asym) - 8} more"] if len(asym) > 8 else [])

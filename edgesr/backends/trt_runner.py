@@ -390,3 +390,50 @@ class TensorRTRunner:
                 self.close()
         except Exception:
             pass
+
+
+def open_runner(
+    engine_path: str | os.PathLike,
+    *,
+    name: str | None = None,
+    flavour: str | None = None,
+    device: int = 0,
+    **kwargs: Any,
+) -> TensorRTRunner:
+    """A :class:`TensorRTRunner` for an engine file, for parity checks and benchmarks.
+
+    Fails with one-line errors before touching CUDA: a missing file or sidecar is an
+    EngineBuildError; a missing TensorRT package or no visible CUDA GPU is
+    BackendUnavailable (engines can still be *built* on such a machine). The runner's
+    ``precision`` ("fp32" / "fp16" / "int8") comes from the sidecar, its ``name`` is
+    ``name`` or e.g. "trt-rtx:int8". Extra keyword arguments go to TensorRTRunner.
+    """
+    path = Path(engine_path)
+    if not path.is_file():
+        raise EngineBuildError(f"engine not found: {path}")
+    meta = engine_cache.read_sidecar(path)
+    fl_name = flavour or ((meta or {}).get("flavour") or {}).get("name")
+    if fl_name is None:
+        raise EngineBuildError(
+            f"{path.name} has no readable sidecar {engine_cache.sidecar_path(path).name}, so edgesr cannot tell "
+            "whether it is a TensorRT or a TensorRT-RTX engine; pass flavour='rtx' or 'trt', or rebuild it"
+        )
+    flav = load_flavour(fl_name)  # BackendUnavailable when the package is missing
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        why = f"torch {torch.__version__} sees no CUDA GPU"
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        cuda, why = False, "torch is not installed"
+    if not cuda:
+        raise BackendUnavailable(
+            f"cannot run {path.name}: {flav.label} engines run on an NVIDIA GPU only ({why}); "
+            "it can still be built and inspected on this machine"
+        )
+    runner = TensorRTRunner(path, flavour=fl_name, device=device, **kwargs)
+    precision = str(runner.metadata.get("precision") or "")
+    runner.precision = precision.split("+", 1)[0] or "fp32"  # "int8+fp16" is judged as int8
+    if name is not None:
+        runner.name = name
+    return runner

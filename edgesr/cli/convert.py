@@ -35,6 +35,26 @@ def add_parser(sub):
     p.add_argument("--no-bench", action="store_true", help="skip the CPU latency measurement")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads for the latency measurement")
     p.add_argument("--force", action="store_true", help="replace OUTDIR if it exists")
+    g = p.add_argument_group("TensorRT engines (see docs/tensorrt.md)")
+    g.add_argument("--trt-rtx", action="store_true",
+                   help="also build TensorRT-RTX engines for each ONNX written (fp32, --fp16, --int8 trt profile) "
+                        "into OUTDIR/engines/ with sidecars; builds ahead of time without a GPU "
+                        "(pip install 'edgesr[trt-rtx]')")
+    g.add_argument("--trt", action="store_true",
+                   help="also build TensorRT 10/11 engines (needs the target NVIDIA GPU here and "
+                        "pip install 'edgesr[trt]')")
+    g.add_argument("--trt-min", metavar="HxW", help="smallest LR input the engines accept (default 16x16 or the "
+                                                    "model's minimum)")
+    g.add_argument("--trt-opt", metavar="HxW", help="LR size the engines are tuned for (default: the latency "
+                                                    "workload, 720p output / scale)")
+    g.add_argument("--trt-max", metavar="HxW", help="largest LR input the engines accept (default 1088x1920)")
+    g.add_argument("--trt-opt-level", type=int, metavar="N", help="builder optimization level 0..5 (default 3)")
+    g.add_argument("--trt-cc", metavar="X.Y,...",
+                   help="TensorRT-RTX target compute capabilities, e.g. 8.6,8.9,12.0 (default: its portable set, "
+                        "Ampere and later)")
+    g.add_argument("--trt-cache", metavar="DIR",
+                   help="engine cache folder (default: $EDGESR_ENGINE_CACHE or the per-user cache, "
+                        "e.g. ~/.cache/edgesr/engines)")
     p.add_argument("--json", action="store_true", help="print one JSON object (manifest + report) on stdout")
     return p
 
@@ -57,11 +77,13 @@ def run(args) -> int:
         print("edgesr: note: --calib has no effect without --int8", file=sys.stderr)
     if args.int8 and args.calib:
         _check_calib(Path(args.calib))  # fail before minutes of work, not after
+    engines = _engine_request(args)
     opts = ConvertOptions(
         outdir=Path(args.outdir), checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         arch=args.arch, scale=args.scale, int8=args.int8, int8_profile=args.int8_profile,
         calib=Path(args.calib) if args.calib else None, psnr_budget=args.psnr_budget, fp16=args.fp16,
-        ort_format=not args.no_ort_format, force=args.force, bench=not args.no_bench, threads=args.threads)
+        ort_format=not args.no_ort_format, force=args.force, bench=not args.no_bench, threads=args.threads,
+        engines=engines)
     if opts.checkpoint is not None and opts.checkpoint.is_dir():
         return _run_batch(args, opts)
     result = convert(opts, log=(lambda m: print(m, file=sys.stderr)))
@@ -73,6 +95,11 @@ def run(args) -> int:
         print(f"\nwrote {result.outdir} ({'OK' if result.ok else 'PARITY FAILED'})")
         print_table(["artifact", "format", "precision", "bytes"],
                     [[a["file"], a["format"], a["precision"], a["bytes"]] for a in m["artifacts"]])
+        eng = result.report.get("engines")
+        if eng:
+            run = eng["run"] if isinstance(eng["run"], str) else f"verified on {eng['run']['device']['name']}"
+            print(f"engines: {len(eng['builds'])} ({sum(b['cache_hit'] for b in eng['builds'])} from cache "
+                  f"{eng['cache_dir']}); run: {run}")
         comps = result.report["parity"].get("comparisons", [])
         if comps:
             print()
@@ -80,6 +107,32 @@ def run(args) -> int:
                         [[c.get("reference"), c.get("test"), c.get("max_abs"), c.get("psnr"),
                           "yes" if c.get("ok") else "NO"] for c in comps])
     return 0 if result.ok else 1
+
+
+def _engine_request(args):
+    """--trt-rtx/--trt and the --trt-* options as an EngineRequest (None without either), checked now."""
+    import sys
+
+    given = [f"--trt-{n.replace('_', '-')}" for n in ("min", "opt", "max", "opt_level", "cc", "cache")
+             if getattr(args, f"trt_{n}") is not None]
+    if not (args.trt_rtx or args.trt):
+        if given:
+            print(f"edgesr: note: {', '.join(given)} ha{'s' if len(given) == 1 else 've'} no effect without "
+                  "--trt-rtx or --trt", file=sys.stderr)
+        return None
+    from ..backends.trt_convert import EngineRequest, check_request, parse_hw
+
+    req = EngineRequest(
+        flavours=tuple(f for f, on in (("rtx", args.trt_rtx), ("trt", args.trt)) if on),
+        min_hw=parse_hw(args.trt_min, "--trt-min") if args.trt_min else None,
+        opt_hw=parse_hw(args.trt_opt, "--trt-opt") if args.trt_opt else None,
+        max_hw=parse_hw(args.trt_max, "--trt-max") if args.trt_max else None,
+        optimization_level=args.trt_opt_level,
+        compute_capabilities=tuple(c for c in args.trt_cc.split(",") if c.strip()) if args.trt_cc is not None
+        else None,
+        cache_dir=Path(args.trt_cache).expanduser() if args.trt_cache else None)
+    check_request(req)  # missing package / GPU / unknown compute capability: fail before converting
+    return req
 
 
 def _check_calib(folder: Path) -> None:
