@@ -44,7 +44,8 @@ def made_bundle(tmp_path_factory) -> Path:
     err = float(np.abs(OrtRunner(folder / "model.onnx").run(x) - ref).max())
     report = {"source": _source_info(ckpt, lm.spec, False), "export": exported.to_dict(),
               "parity": {"ok": err < 1e-5, "comparisons": [
-                  {"reference": "torch:deploy", "candidate": "ort:fp32", "max_abs": err, "psnr": float("inf"),
+                  {"reference": "torch:deploy", "candidate": "ort:fp32", "test": "ort:fp32", "max_abs": err,
+                   "psnr": float("inf"),
                    "ok": err < 1e-5}]},
               "latency": {"machine": {"cpu_model": "test cpu", "logical_cpus": 2}, "threads": 1,
                           "results": [{"backend": "ort:fp32", "size": "20x24", "output": "40x48",
