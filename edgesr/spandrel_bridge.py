@@ -24,8 +24,10 @@ import numpy as np
 from .errors import BackendUnavailable, ExportError, KeyMismatch, UnknownArchitecture
 from .spec import Spec
 
-# spandrel architecture id -> edgesr registry family whose reparameterized deploy form is used
-EDGESR_FAMILIES = {"SPAN": "span"}
+# spandrel architecture id -> edgesr registry family (same key layout) whose deploy form is used;
+# configurations edgesr's family does not cover (e.g. SwinIR with another upsampler) fall back to
+# spandrel's module.
+EDGESR_FAMILIES = {"SPAN": "span", "OmniSR": "omnisr", "SwinIR": "swinir", "SAFMN": "safmn"}
 PARITY_TOL = 1e-5
 
 
@@ -71,18 +73,25 @@ def load_with_spandrel(source, *, check: bool = True, check_size: tuple[int, int
     req = desc.size_requirements
     notes: list[str] = []
     family = EDGESR_FAMILIES.get(arch_id)
+    lm = None
     if family is not None:
         from . import registry
-        from .reparam import reparameterize
+        from .errors import EdgesrError
 
-        canon = {k: v for k, v in ref.state_dict().items()}
-        lm = registry.load_model(canon, arch=family, scale=desc.scale)
-        module = reparameterize(lm.module).eval()
+        try:
+            lm = registry.load_model(dict(ref.state_dict()), arch=family, scale=desc.scale)
+        except EdgesrError as e:
+            notes.append(f"edgesr's {family} does not cover this configuration ({e}); using spandrel's module")
+    if lm is not None:
         from dataclasses import replace
 
+        from .reparam import reparameterize
+
+        module = reparameterize(lm.module).eval()
         spec = replace(lm.spec, form="deploy")
         via = f"edgesr:{family}"
-        notes.append(f"loaded into edgesr's {family} ({lm.spec.form} form) and reparameterized")
+        notes.append(f"loaded into edgesr's {family} ({lm.spec.form} form)"
+                     + (" and reparameterized" if lm.spec.form == "training" else ""))
     else:
         module = ref
         spec = Spec(arch=f"spandrel:{arch_id.lower()}", scale=int(desc.scale), in_channels=desc.input_channels,

@@ -16,7 +16,10 @@ spandrel = pytest.importorskip("spandrel")
 
 from spandrel.architectures.Compact import Compact  # noqa: E402
 from spandrel.architectures.PLKSR import PLKSR, RealPLKSR  # noqa: E402
+from spandrel.architectures.OmniSR import OmniSR  # noqa: E402
+from spandrel.architectures.SAFMN import SAFMN  # noqa: E402
 from spandrel.architectures.SPAN import SPAN  # noqa: E402
+from spandrel.architectures.SwinIR import SwinIR  # noqa: E402
 
 from edgesr.reparam import is_deploy_form  # noqa: E402
 from edgesr.spandrel_bridge import export_spandrel, load_with_spandrel  # noqa: E402
@@ -45,9 +48,17 @@ CASES = {
     "compact": lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=4, upscale=4, act_type="prelu"),
     "plksr": lambda: PLKSR(dim=16, n_blocks=2, upscaling_factor=4, kernel_size=9),
     "realplksr": lambda: RealPLKSR(dim=16, n_blocks=2, upscaling_factor=2, kernel_size=9),
+    # families edgesr implements with the same key layout: loaded into edgesr's module
+    "omnisr": lambda: OmniSR(num_in_ch=3, num_out_ch=3, num_feat=16, block_num=1, res_num=1, window_size=8,
+                             up_scale=4),
+    "safmn": lambda: SAFMN(dim=16, n_blocks=2, upscaling_factor=3),
+    "swinir": lambda: SwinIR(upscale=2, img_size=64, window_size=8, img_range=1.0, depths=[2, 2], embed_dim=24,
+                             num_heads=[2, 2], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv"),
 }
 EXPECT = {"span": ("SPAN", "edgesr:span"), "compact": ("Compact", "spandrel"), "plksr": ("PLKSR", "spandrel"),
-          "realplksr": ("PLKSR", "spandrel")}  # spandrel files RealPLKSR under the PLKSR id
+          "realplksr": ("PLKSR", "spandrel"),  # spandrel files RealPLKSR under the PLKSR id
+          "omnisr": ("OmniSR", "edgesr:omnisr"), "safmn": ("SAFMN", "edgesr:safmn"),
+          "swinir": ("SwinIR", "edgesr:swinir")}
 # edgesr/archs/span.py returns the pre-activation out1 of each SPAB; the official code (and
 # spandrel) apply SiLU(inplace=True) to it first, so conv_cat sees SiLU(out1). Until span.py
 # follows that, the bridge refuses SPAN (parity 4e-2), and these cases fail as expected.
@@ -75,7 +86,7 @@ def test_bridge_loads_exports_and_matches_spandrel(name, tmp_path):
     assert bm.parity_vs_spandrel is not None and bm.parity_vs_spandrel < TOL
     if bm.via.startswith("edgesr:"):
         assert is_deploy_form(bm.module) and bm.spec.form == "deploy"
-    res = export_spandrel(sd, tmp_path / f"{name}.onnx", simplify=True)
+    res = export_spandrel(sd, tmp_path / f"{name}.onnx", simplify=False)
     assert res.metadata["spandrel_arch"] == f'{bm.arch_id}'
     sess = _ort(res.path)
     for i, (n, h, w) in enumerate([(1, 16, 16), (1, 23, 17), (2, 12, 30)]):
@@ -101,3 +112,18 @@ def test_unknown_checkpoint_is_a_clear_error():
 
     with pytest.raises(UnknownArchitecture, match="spandrel does not recognise"):
         load_with_spandrel({"foo.weight": torch.zeros(3, 3, 3, 3)})
+
+
+def test_swinir_outside_edgesr_family_falls_back_and_its_fixed_size_graph_is_refused(tmp_path):
+    """A SwinIR configuration edgesr does not implement (classical upsampler) runs through
+    spandrel's module; tracing that module bakes the sample H/W into its Reshapes, so the dynamic
+    export check fails with an ExportError naming ONNX Runtime and the Reshape node."""
+    from edgesr.errors import ExportError
+
+    ref = _randomized(SwinIR(upscale=2, img_size=16, window_size=8, img_range=1.0, depths=[1], embed_dim=12,
+                             num_heads=[2], mlp_ratio=2, upsampler="pixelshuffle", resi_connection="1conv"), 3)
+    bm = load_with_spandrel(ref.state_dict())
+    assert bm.via == "spandrel" and any("does not cover" in n for n in bm.notes)
+    assert bm.parity_vs_spandrel == 0.0
+    with pytest.raises(ExportError, match=r"ONNX Runtime.*Reshape"):
+        export_spandrel(ref.state_dict(), tmp_path / "s.onnx", simplify=False)
