@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BundleError, CheckpointError, ScaleMismatch
+from .errors import CheckpointError, ScaleMismatch
 from .spec import Spec
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".sft")
@@ -88,54 +88,13 @@ def _spec_from_onnx(path: Path, scale: int | None) -> Spec:
 
 
 def _from_bundle(path: Path, backend: str, scale, threads) -> ResolvedModel:
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise BundleError(f"{path} is a folder without manifest.json (not an `edgesr convert` output)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{manifest_path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
-        raise BundleError(f"{manifest_path}: not an edgesr manifest (no 'artifacts' list)")
-    arts = {a.get("role"): a for a in manifest["artifacts"] if isinstance(a, dict)}
+    from .bundle import read_manifest
+
+    manifest = read_manifest(path)  # validates the schema and every artifact's sha256
+    art = manifest.artifact("onnx_fp32" if backend == "ort" else "torch_deploy")
     if backend == "ort":
-        art = arts.get("onnx_fp32")
-        if not art:
-            raise BundleError(f"{manifest_path}: no fp32 ONNX artifact listed")
-        resolved = _from_onnx(_verified_artifact(path, manifest_path, art), "ort", scale, threads)
-        resolved.kind = "bundle"
-        return resolved
-    art = arts.get("torch_deploy")
-    if not art:
-        raise BundleError(f"{manifest_path}: no PyTorch deploy weights listed; use --backend ort")
-    try:
-        spec = Spec.from_dict(manifest["spec"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"{manifest_path}: invalid 'spec' ({type(e).__name__}: {e})") from None
-    resolved = _from_checkpoint(_verified_artifact(path, manifest_path, art), "torch", scale, spec.arch, "deploy",
-                                threads)
+        resolved = _from_onnx(art.path, "ort", scale, threads)
+    else:
+        resolved = _from_checkpoint(art.path, "torch", scale, manifest.spec.arch, "deploy", threads)
     resolved.kind = "bundle"
     return resolved
-
-
-def _verified_artifact(folder: Path, manifest_path: Path, art: dict) -> Path:
-    """The artifact's path inside the bundle, after checking it matches the manifest's sha256
-    (a tampered or truncated file is refused before anything loads it)."""
-    from pathlib import PurePosixPath
-
-    from .fsutil import sha256_file
-
-    rel, digest = art.get("file"), art.get("sha256")
-    if not isinstance(rel, str) or not isinstance(digest, str):
-        raise BundleError(f"{manifest_path}: artifact {art.get('role')!r} needs 'file' and 'sha256' strings")
-    parts = PurePosixPath(rel).parts
-    if not parts or rel.startswith("/") or "\\" in rel or ".." in parts:
-        raise BundleError(f"{manifest_path}: artifact file {rel!r} must be a relative path inside the bundle")
-    p = folder.joinpath(*parts)
-    if not p.is_file():
-        raise BundleError(f"{p} (listed in {manifest_path}) is missing")
-    actual = sha256_file(p)
-    if actual != digest.lower():
-        raise BundleError(f"{p}: sha256 {actual[:16]}... does not match {manifest_path} ({digest[:16]}...): "
-                          "the file was modified or corrupted; re-run `edgesr convert`")
-    return p
