@@ -144,3 +144,62 @@ def test_bad_trt_options_fail_before_converting(ckpt, tmp_path, capsys):
         rc, _, err = run_cli(capsys, "convert", ckpt, "-o", out, "--trt")
         assert rc == 2 and ("no CUDA GPU" in err or "pip install 'edgesr[trt]'" in err)
     assert not out.exists()
+
+
+class _SubstituteRunner:
+    """Stands in for TensorRTRunner on a machine without a GPU: runs the engine's source ONNX
+    with ONNX Runtime. Exercises only the pipeline plumbing (parity/latency merging,
+    manifest), never TensorRT execution."""
+
+    def __init__(self, engine_path: Path, name: str):
+        from edgesr.backends.ort_runner import OrtRunner
+
+        src = Path(engine_path).parent.parent / read_sidecar(engine_path)["onnx"]["path"].rsplit("/", 1)[-1]
+        self._ort = OrtRunner(src, threads=1)
+        self.name, self.precision, self.closed = name, "fp32", False
+
+    def run(self, x):
+        return self._ort.run(x)
+
+    def time_gpu(self, x, *, warmup=10, iters=50):
+        import time
+
+        out = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            self._ort.run(x)
+            out.append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    def close(self):
+        self.closed = True
+
+
+def test_engine_run_results_join_parity_and_latency(ckpt, tmp_path, monkeypatch):
+    """With a (substitute) GPU present the engine joins report parity, latency and the manifest."""
+    from edgesr.backends import trt_convert
+    from edgesr.pipeline import ConvertOptions, convert
+
+    opened = []
+
+    def fake_open(path, name=None, **kw):
+        opened.append(_SubstituteRunner(path, name))
+        return opened[-1]
+
+    monkeypatch.setattr(trt_convert, "gpu_info", lambda device=0: {"name": "substitute", "compute_capability": "8.6"})
+    monkeypatch.setattr(trt_convert, "open_runner", fake_open)
+    req = trt_convert.EngineRequest(flavours=("rtx",), max_hw=(96, 128), cache_dir=tmp_path / "cache")
+    res = convert(ConvertOptions(outdir=tmp_path / "out", checkpoint=ckpt, scale=2, ort_format=False, bench=True,
+                                 bench_output=(128, 192), engines=req), log=lambda m: None)
+    eng = res.report["engines"]
+    assert [r.name for r in opened] == ["trt-rtx:fp32"] and opened[0].closed
+    assert eng["run"]["device"]["name"] == "substitute"
+    # verification inputs below the profile's 16x16 minimum (1x1, 32x7) are left out, the rest compared
+    assert [1, 3, 1, 1] in eng["run"]["skipped_inputs"] and eng["run"]["inputs"]
+    comps = {c["test"]: c for c in res.report["parity"]["comparisons"]}
+    assert comps["trt-rtx:fp32"]["ok"] and comps["trt-rtx:fp32"]["reference"] == "torch:deploy"
+    assert eng["builds"][0]["run"]["parity_ok"] is True
+    lat = {r["backend"]: r for r in res.report["latency"]["results"]}
+    assert lat["trt-rtx:fp32 (GPU)"]["size"] == "64x96" and lat["trt-rtx:fp32 (GPU)"]["timer"] == "cuda-events"
+    assert "trt-rtx:fp32" in {c["candidate"] for c in res.manifest["parity"]["comparisons"]}
+    assert res.ok and read_manifest(tmp_path / "out").parity_ok
