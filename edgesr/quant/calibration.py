@@ -290,24 +290,17 @@ def held_out_eval_set(scale: int, names: Sequence[str] = HELD_OUT_NAMES, max_sid
 
 
 def testset_eval_set(folder: str | os.PathLike, scale: int) -> EvalSet:
-    """A benchmark test set laid out as HR/ + LR_bicubic/X{s}/ (e.g. Set5), HR cropped to LR*s."""
+    """A benchmark test set laid out as HR/ + LR_bicubic/X{s}/ (e.g. Set5), via
+    :func:`edgesr.datasets.load_testset`; HR cropped (top-left) to LR * scale."""
+    from ..datasets import crop_hr_to_lr, load_testset
+
     root = Path(folder)
-    hr_dir, lr_dir = root / "HR", root / "LR_bicubic" / f"X{scale}"
-    if not hr_dir.is_dir() or not lr_dir.is_dir():
-        raise DatasetError(f"{root}: expected HR/ and LR_bicubic/X{scale}/")
     pairs = []
-    for hr_f in list_image_files(hr_dir):
-        cands = [lr_dir / f"{hr_f.stem}x{scale}{hr_f.suffix}", lr_dir / hr_f.name]
-        lr_f = next((c for c in cands if c.is_file()), None)
-        if lr_f is None:
-            raise DatasetError(f"{root}: no LR image for {hr_f.name} in {lr_dir}")
-        pairs.append(_crop_pair(hr_f.stem, read_rgb_u8(lr_f), read_rgb_u8(hr_f), scale))
+    for p in load_testset(root, scale):
+        lr, hr = read_rgb_u8(p.lr_path), read_rgb_u8(p.hr_path)
+        try:
+            hr = crop_hr_to_lr(hr, lr, scale)
+        except DatasetError as e:
+            raise DatasetError(f"{p.name}: {e}") from None
+        pairs.append(EvalPair(p.name, lr, np.ascontiguousarray(hr)))
     return EvalSet(root.name, scale, pairs)
-
-
-def _crop_pair(name: str, lr: np.ndarray, hr: np.ndarray, scale: int) -> EvalPair:
-    h, w = lr.shape[0] * scale, lr.shape[1] * scale
-    if hr.shape[0] < h or hr.shape[1] < w:
-        raise DatasetError(f"{name}: HR {hr.shape[1]}x{hr.shape[0]} is smaller than LR x{scale}")
-    return EvalPair(name, lr, np.ascontiguousarray(hr[:h, :w]))
-

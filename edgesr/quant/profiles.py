@@ -36,6 +36,7 @@ class QuantProfile:
     # "ort":    ONNX Runtime's default placement (outputs quantized too, Relu/Clip folded
     #           into asymmetric ranges) which its CPU provider fuses into QLinearConv.
     placement: str = "inputs"
+    split_prelu: bool = False  # rewrite Conv->PRelu->Conv as Conv(2C)->Relu->Conv (edgesr/quant/prelu.py)
     description: str = ""
 
     def ort_types(self):
@@ -72,7 +73,7 @@ TRT = QuantProfile(
 # Chosen by benchmarks/int8_latency.py + docs/int8.md (Zen 3, AVX2, no VNNI): see there.
 CPU = QuantProfile(
     name="cpu", activation_type="uint8", weight_type="int8", activation_symmetric=False,
-    weight_symmetric=True, per_channel=True, reduce_range=True, quantize_bias=True,
+    weight_symmetric=True, per_channel=True, reduce_range=True, quantize_bias=True, placement="ort",
     description="ONNX Runtime CPU (x86 without VNNI): asymmetric uint8 activations, per-channel "
                 "7-bit (reduce_range) int8 weights, int32 biases")
 
@@ -105,6 +106,7 @@ class QuantConfig:
     equalize_alpha exponent of the equalization scales (1: all channels span the tensor's range)
     center         exact zero-centring of conv inputs for symmetric activation profiles
                    (edgesr/quant/center.py): a [0, R] tensor gets the whole int8 range
+    split_prelu    rewrite PRelu as Relu on doubled channels (exact; None = profile default)
     gptq           error-compensating rounding of int8 weights (edgesr/quant/refine.py)
     bias_correction  remove the mean output shift of the weight error from the bias
     sensitivity    "only" (quantize only that layer) | "except" (everything but that layer)
@@ -125,6 +127,7 @@ class QuantConfig:
     equalize: bool = True
     equalize_alpha: float = 1.0
     center: bool = True
+    split_prelu: bool | None = None  # None: the profile's choice (QuantProfile.split_prelu)
     gptq: bool = True
     bias_correction: bool = True
     sensitivity: str = "only"

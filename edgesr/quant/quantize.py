@@ -60,6 +60,7 @@ class QuantResult:
     calibration: dict[str, Any] = field(default_factory=dict)
     equalization: dict[str, Any] | None = None
     centering: dict[str, Any] | None = None
+    prelu_rewrite: dict[str, Any] | None = None
     test_set: str | None = None
     test_psnr_fp32: float | None = None
     test_psnr_int8: float | None = None
@@ -252,6 +253,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
     if len(model.graph.input) != 1:
         raise QuantizationError(f"{src_path}: expected one input, found {len(model.graph.input)}")
     input_name = model.graph.input[0].name
+    src_meta = {p.key: p.value for p in model.metadata_props}
     _name_nodes(model)
 
     if isinstance(calibration, CalibrationSource):
@@ -267,7 +269,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         raise DatasetError("the evaluation set is empty")
 
     warnings: list[str] = []
-    eq_report = center_report = None
+    eq_report = center_report = prelu_report = None
     with tempfile.TemporaryDirectory(prefix="edgesr-int8-") as tmp:
         work = Path(tmp)
         if config.equalize:
@@ -279,7 +281,14 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
                 raise QuantizationError(f"activation equalization changed the fp32 output by "
                                         f"{rep.max_abs_change:.2e} (> {EQUALIZE_TOL}); rerun with equalize off")
             eq_report = rep.to_dict()
-        center_report = None
+        split = profile.split_prelu if config.split_prelu is None else config.split_prelu
+        if split:
+            from .prelu import split_prelu
+
+            model, prep = split_prelu(model, source.patches[: min(4, len(source.patches))])
+            if prep.max_abs_change is not None and not prep.max_abs_change <= EQUALIZE_TOL:
+                raise QuantizationError(f"the PRelu rewrite changed the fp32 output by {prep.max_abs_change:.2e}")
+            prelu_report = prep.to_dict()
         if config.center and profile.activation_symmetric:
             from .center import center_conv_inputs
 
@@ -341,7 +350,10 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
             test_fp32 = evaluate(fp32_path, spec, test_set, config.threads).psnr
             test_int8 = evaluate(final_tmp, spec, test_set, config.threads).psnr
         float_nodes = [n for name in float_layers for n in qs.layers[name].nodes]
-        meta = {
+        meta = dict(src_meta)
+        if "precision" in meta:
+            meta["precision"] = "int8"
+        meta.update({
             "edgesr.int8.profile": profile.name,
             "edgesr.int8.method": config.method,
             "edgesr.int8.float_nodes": json.dumps(float_nodes),
@@ -349,7 +361,8 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
             "edgesr.int8.psnr_fp32": f"{psnr_fp32:.4f}",
             "edgesr.int8.psnr_int8": f"{psnr_int8:.4f}",
             "edgesr.int8.equalized": json.dumps(bool(config.equalize)),
-        }
+            "edgesr.int8.centered": json.dumps(bool(center_report and center_report["inputs"])),
+        })
         _set_metadata(qmodel, meta)
         out = Path(out_path)
         with atomic_path(out) as tmp_out:
@@ -362,7 +375,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         sensitivity=rows, layers=[l.name for l in layers],
         search_steps=[asdict(s) for s in result_search.steps] if result_search else [],
         calibration=source.describe() | {"method": config.method}, equalization=eq_report,
-        centering=center_report,
+        centering=center_report, prelu_rewrite=prelu_report,
         test_set=test_set.name if test_set is not None else None, test_psnr_fp32=test_fp32,
         test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings)
     if sensitivity_png and rows:

@@ -1,0 +1,113 @@
+"""edgesr quantize: fp32 ONNX -> INT8 QDQ ONNX that keeps the picture."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "quantize", help="fp32 ONNX -> INT8 QDQ ONNX (calibration, sensitivity, mixed precision)",
+        description="Post-training INT8 quantization of an fp32 SR model exported by edgesr. Calibrates on LR "
+                    "patches of real photos (default: the bundled sample images, never a test set), applies "
+                    "exact range equalization (and zero-centring for symmetric profiles), rounds weights with "
+                    "error compensation, and keeps the most sensitive layers in float until the Y-PSNR drop on "
+                    "held-out sample images is within --psnr-budget.")
+    p.add_argument("model", help="fp32 ONNX model (edgesr export; its metadata gives scale and value range)")
+    p.add_argument("-o", "--output", required=True, help="INT8 ONNX file to write")
+    p.add_argument("--profile", choices=["trt", "cpu"], default="trt",
+                   help="trt: symmetric int8, zero points 0, float biases (TensorRT); cpu: fastest+most "
+                        "accurate in ONNX Runtime on x86 without VNNI (see docs/int8.md)")
+    p.add_argument("--calib", help="folder of calibration images (default: bundled sample photos)")
+    p.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax",
+                   help="activation range calibration")
+    p.add_argument("--percentile", type=float, default=99.999, help="for --method percentile")
+    p.add_argument("--num-patches", type=int, default=32, help="calibration LR patches")
+    p.add_argument("--patch-size", type=int, default=48, help="calibration patch side (LR pixels)")
+    p.add_argument("--seed", type=int, default=0, help="patch position seed")
+    p.add_argument("--psnr-budget", type=float, default=0.1,
+                   help="max Y-PSNR drop (dB) vs fp32 on the held-out sample images; a negative value "
+                        "disables the mixed-precision search")
+    p.add_argument("--test-set", help="also report fp32/int8 Y-PSNR on this test set (HR/ + LR_bicubic/X<s>/), "
+                                      "for information only")
+    p.add_argument("--scale", type=int, help="upscaling factor, for ONNX files without edgesr metadata")
+    p.add_argument("--sensitivity-png", help="write the per-layer sensitivity bar chart here (computes the table)")
+    p.add_argument("--no-equalize", action="store_true", help="skip activation-range equalization")
+    p.add_argument("--no-center", action="store_true", help="skip zero-centring (trt profile)")
+    p.add_argument("--no-gptq", action="store_true", help="round weights to nearest (ORT default)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads")
+    p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    return p
+
+
+def run(args) -> int:
+    from ..errors import OutputExists, QuantizationError
+    from ..quant import QuantConfig, quantize_model
+    from .output import emit_json, print_table
+
+    model = Path(args.model)
+    if not model.is_file():
+        raise QuantizationError(f"{model}: no such ONNX file")
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise OutputExists(f"{out} exists; pass --force to overwrite it")
+    if out.resolve() == model.resolve():
+        raise QuantizationError("the output would overwrite the fp32 input model; choose another -o")
+    spec = spec_from_onnx(model, args.scale)
+    budget = None if args.psnr_budget is not None and args.psnr_budget < 0 else args.psnr_budget
+    cfg = QuantConfig(profile=args.profile, method=args.method, percentile=args.percentile,
+                      num_patches=args.num_patches, patch_size=args.patch_size, seed=args.seed,
+                      psnr_budget=budget, equalize=not args.no_equalize, center=not args.no_center,
+                      gptq=not args.no_gptq, threads=args.threads, progress=not args.json and sys.stderr.isatty())
+    test_set = None
+    if args.test_set:
+        from ..quant import testset_eval_set
+
+        test_set = testset_eval_set(args.test_set, spec.scale)
+    res = quantize_model(model, out, spec, cfg, calibration=args.calib, test_set=test_set,
+                         sensitivity_png=args.sensitivity_png)
+    if args.json:
+        emit_json(res.to_dict())
+        return 0
+    print(f"wrote {res.path} ({res.profile} profile, {cfg.method} calibration, "
+          f"{res.calibration.get('num_patches')} patches)")
+    rows = [["fp32", res.eval_set, res.psnr_fp32, ""],
+            ["int8 (all layers)", res.eval_set, res.psnr_int8_all, res.psnr_fp32 - res.psnr_int8_all],
+            ["int8 (final)", res.eval_set, res.psnr_int8, res.drop]]
+    if res.test_set:
+        rows += [["fp32", res.test_set, res.test_psnr_fp32, ""],
+                 ["int8 (final)", res.test_set, res.test_psnr_int8, res.test_drop]]
+    print_table(["model", "set", "Y-PSNR (dB)", "drop (dB)"], rows)
+    print(f"float layers: {', '.join(res.float_layers) if res.float_layers else 'none'}")
+    if res.sensitivity:
+        print_table(["layer", "op", "cost if only it is int8", "gain if only it is float"],
+                    [[r.layer, r.op_type, r.only_cost, r.except_gain] for r in res.sensitivity])
+    if args.sensitivity_png:
+        print(f"sensitivity chart: {args.sensitivity_png}")
+    for w in res.warnings:
+        print(f"edgesr: warning: {w}", file=sys.stderr)
+    return 0
+
+
+def spec_from_onnx(path: Path, scale: int | None):
+    """Spec from an edgesr ONNX file's metadata (``spec``), or a default RGB [0, 1] Spec at --scale."""
+    import json
+
+    from ..errors import QuantizationError, ScaleMismatch
+    from ..export.onnx import read_metadata
+    from ..spec import Spec
+
+    meta = read_metadata(path)
+    if "spec" in meta:
+        try:
+            spec = Spec.from_dict(json.loads(meta["spec"]))
+        except (ValueError, TypeError) as e:
+            raise QuantizationError(f"{path.name}: invalid 'spec' metadata ({e})") from None
+        if scale is not None and scale != spec.scale:
+            raise ScaleMismatch(f"--scale {scale} does not match {path.name} (x{spec.scale} in its metadata)")
+        return spec
+    if scale is None:
+        raise ScaleMismatch(f"{path.name} carries no edgesr metadata: pass --scale")
+    return Spec(arch="unknown", scale=scale)

@@ -1,0 +1,317 @@
+"""INT8 quantization: calibration data, errors, profile structure, exact rewrites, search.
+
+Fast: tiny random-weight x2 models and a handful of small patches. The Set5 acceptance
+for real checkpoints is in tests/test_quant_acceptance.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+from PIL import Image
+
+from edgesr.errors import DatasetError, QuantizationError
+from edgesr.quant import CalibrationSource, QuantConfig, check_trt_qdq, held_out_eval_set, quantize_model
+from edgesr.quant.calibration import HELD_OUT_NAMES, bicubic_downscale, read_rgb_u8
+from edgesr.registry import build_variant
+from edgesr.reparam import reparameterize
+from edgesr.sample_images import sample_images
+from edgesr.spec import Spec
+
+SPEC2 = Spec(arch="x", scale=2)
+FAST = dict(num_patches=8, patch_size=24, batch_size=4, progress=False, threads=1)
+
+
+def _export(module, spec, path):
+    from edgesr.export.onnx import export_onnx
+
+    export_onnx(module.eval(), spec, path, simplify=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Random-weight ETDS-T x2 (deploy form, via the identity-initialised training form)
+    and ECBSR-M4C16 x2 (deploy form, PReLU + residual Add), exported once."""
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny")
+    etds = build_variant("etds-t-x2", form="training")
+    etds_deploy = reparameterize(etds.module)
+    ecbsr = build_variant("ecbsr-m4c16-x2", form="deploy")
+    with torch.no_grad():  # distinct PReLU slopes, as trained models have
+        for mod in ecbsr.module.modules():
+            if isinstance(mod, torch.nn.PReLU):
+                mod.weight.uniform_(0.0, 0.5)
+    return {
+        "etds": (_export(etds_deploy, etds.spec, d / "etds.onnx"), etds.spec),
+        "ecbsr": (_export(ecbsr.module, ecbsr.spec, d / "ecbsr.onnx"), ecbsr.spec),
+    }
+
+
+@pytest.fixture(scope="module")
+def small_eval():
+    return held_out_eval_set(2, max_side=96)
+
+
+# --------------------------------------------------------------------------- calibration data
+
+def test_default_calibration_uses_sample_images_minus_held_out():
+    src = CalibrationSource(SPEC2, num_patches=6, patch_size=16, seed=3, progress=False)
+    names = {f.name for f in src.files}
+    assert names and not names & set(HELD_OUT_NAMES)
+    assert names <= {f.name for f in sample_images()}
+    assert not any("baby" in n or "bird" in n or "butterfly" in n for n in names)  # not Set5
+    x = src.patches
+    assert x.shape == (6, 3, 16, 16) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.01
+    assert "imresize" in src.resampler
+
+
+def test_patches_are_bicubic_lr_of_hr_crops_and_seeded():
+    a = CalibrationSource(SPEC2, num_patches=4, patch_size=16, seed=1, progress=False)
+    b = CalibrationSource(SPEC2, num_patches=4, patch_size=16, seed=1, progress=False)
+    c = CalibrationSource(SPEC2, num_patches=4, patch_size=16, seed=2, progress=False)
+    np.testing.assert_array_equal(a.patches, b.patches)
+    assert not np.array_equal(a.patches, c.patches)
+    info = a.patches_info[0]
+    img = read_rgb_u8(next(f for f in a.files if f.name == info.image))
+    hr = img[info.top:info.top + 32, info.left:info.left + 32]
+    lr = bicubic_downscale(hr, 2)
+    assert lr.shape == (16, 16, 3) and lr.dtype == np.uint8
+    np.testing.assert_array_equal(a.patches[0], lr.transpose(2, 0, 1).astype(np.float32) / 255.0)
+
+
+def test_value_range_and_color_order_follow_spec():
+    rgb = CalibrationSource(SPEC2, num_patches=2, patch_size=16, progress=False).patches
+    bgr255 = CalibrationSource(Spec(arch="x", scale=2, color_order="BGR", value_range=(0.0, 255.0)),
+                               num_patches=2, patch_size=16, progress=False).patches
+    np.testing.assert_allclose(bgr255, rgb[:, ::-1] * 255.0, rtol=1e-6)
+
+
+def test_get_next_protocol():
+    src = CalibrationSource(SPEC2, num_patches=5, patch_size=16, batch_size=2, input_name="lr", progress=False)
+    batches = []
+    while (b := src.get_next()) is not None:
+        batches.append(b["lr"].shape[0])
+    assert batches == [2, 2, 1] and len(src) == 3
+    src.rewind()
+    assert src.get_next()["lr"].shape == (2, 3, 16, 16)
+
+
+def test_calibration_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    src = CalibrationSource(SPEC2, tmp_path, num_patches=3, patch_size=16, progress=False)
+    assert [f.name for f in src.files] == ["0.png", "1.png"] and src.patches.shape == (3, 3, 16, 16)
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(DatasetError, match="holds no images"):
+        CalibrationSource(SPEC2, tmp_path, progress=False)
+    with pytest.raises(DatasetError, match="does not exist"):
+        CalibrationSource(SPEC2, tmp_path / "nope", progress=False)
+
+
+def test_no_readable_images(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"not a png at all" * 20)
+    (tmp_path / "b.jpg").write_bytes(b"\xff\xd8\xff" + bytes(100))
+    with pytest.raises(DatasetError, match="no readable calibration image") as e:
+        CalibrationSource(SPEC2, tmp_path, progress=False)
+    assert "a.png" in str(e.value) and "b.jpg" in str(e.value)
+
+
+def test_images_smaller_than_patch(tmp_path):
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(DatasetError, match=r"at least 96x96.*small\.png"):
+        CalibrationSource(Spec(arch="x", scale=4), tmp_path, patch_size=24, progress=False)
+    # with one big enough image the small one is skipped, and said so
+    Image.fromarray(np.full((100, 100, 3), 7, np.uint8)).save(tmp_path / "big.png")
+    src = CalibrationSource(Spec(arch="x", scale=4), tmp_path, num_patches=2, patch_size=24, progress=False)
+    assert src.skipped == ["small.png (40x40)"]
+
+
+def test_all_zero_output_model(tmp_path):
+    m = build_variant("etds-t-x2", form="deploy")
+    with torch.no_grad():
+        for p in m.module.parameters():
+            p.zero_()
+    path = _export(m.module, m.spec, tmp_path / "zero.onnx")
+    with pytest.raises(QuantizationError, match="all zeros"):
+        quantize_model(path, tmp_path / "q.onnx", m.spec, QuantConfig(psnr_budget=None, **FAST))
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_config_validation():
+    with pytest.raises(QuantizationError, match="calibration method"):
+        QuantConfig(method="kl")
+    with pytest.raises(QuantizationError, match="profile"):
+        QuantConfig(profile="gpu")
+    with pytest.raises(QuantizationError, match="psnr_budget"):
+        QuantConfig(psnr_budget=-1)
+
+
+# --------------------------------------------------------------------------- profiles
+
+def _qdq_nodes(model):
+    return [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+
+
+def test_trt_profile_structure(tiny, small_eval, tmp_path):
+    for name in ("etds", "ecbsr"):
+        path, spec = tiny[name]
+        out = tmp_path / f"{name}_trt.onnx"
+        res = quantize_model(path, out, spec, QuantConfig(profile="trt", psnr_budget=None, **FAST),
+                             eval_set=small_eval)
+        m = onnx.load(str(out))
+        inits = {i.name: i for i in m.graph.initializer}
+        qdq = _qdq_nodes(m)
+        assert qdq and check_trt_qdq(m) == []
+        for n in qdq:  # symmetric int8: every zero point is an int8 zero
+            zp = inits[n.input[2]]
+            assert zp.data_type == TensorProto.INT8 and not numpy_helper.to_array(zp).any(), n.name
+        producers = {o: n for n in m.graph.node for o in n.output}
+        convs = [n for n in m.graph.node if n.op_type == "Conv"]
+        for c in convs:  # int8 per-channel weights, float bias straight from an initializer
+            w_dq = producers[c.input[1]]
+            assert w_dq.op_type == "DequantizeLinear"
+            assert inits[w_dq.input[0]].data_type == TensorProto.INT8
+            assert numpy_helper.to_array(inits[w_dq.input[1]]).size == numpy_helper.to_array(
+                inits[w_dq.input[0]]).shape[0]
+            assert c.input[2] in inits and inits[c.input[2]].data_type == TensorProto.FLOAT
+        assert not any(i.data_type == TensorProto.INT32 for i in m.graph.initializer)
+        meta = {p.key: p.value for p in m.metadata_props}
+        assert meta["edgesr.int8.profile"] == "trt" and meta["precision"] == "int8"
+        assert res.profile == "trt" and res.float_layers == [] and np.isfinite(res.psnr_int8)
+
+
+def test_cpu_profile_structure(tiny, small_eval, tmp_path):
+    path, spec = tiny["etds"]
+    out = tmp_path / "cpu.onnx"
+    quantize_model(path, out, spec, QuantConfig(profile="cpu", psnr_budget=None, **FAST), eval_set=small_eval)
+    m = onnx.load(str(out))
+    inits = {i.name: i for i in m.graph.initializer}
+    act = [n for n in _qdq_nodes(m) if n.input[0] not in inits]  # activations, not weights/biases
+    assert act and all(inits[n.input[2]].data_type == TensorProto.UINT8 for n in act)
+    weights = [numpy_helper.to_array(i) for i in m.graph.initializer if i.data_type == TensorProto.INT8]
+    assert weights and max(int(np.abs(w.astype(int)).max()) for w in weights) <= 64  # reduce_range: 7 bit
+    assert any(i.data_type == TensorProto.INT32 for i in m.graph.initializer)  # int32 biases
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    assert "QLinearConv" in {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
+
+
+# --------------------------------------------------------------------------- exact rewrites
+
+def _run(model, x):
+    from edgesr.quant.evaluate import make_session
+
+    m = model if isinstance(model, bytes) else model.SerializeToString()
+    return make_session(m, 1).run(None, {"input": x})[0]
+
+
+def test_equalize_center_and_prelu_rewrites_are_exact(tiny):
+    from edgesr.quant.center import center_conv_inputs
+    from edgesr.quant.equalize import equalize
+    from edgesr.quant.prelu import split_prelu
+
+    rng = np.random.default_rng(0)
+    calib = rng.random((4, 3, 20, 24), dtype=np.float32)
+    x = rng.random((2, 3, 17, 23), dtype=np.float32)  # odd, non-square: borders matter
+    for name in ("etds", "ecbsr"):
+        m0 = onnx.load(str(tiny[name][0]))
+        y0 = _run(m0, x)
+        m1, eq = equalize(m0, calib)
+        assert eq.pairs and all(p.range_ratio_after <= max(1.0, p.range_ratio_before / 64) + 1e-6
+                                for p in eq.pairs)  # scales are capped at 64
+        m2, ce = center_conv_inputs(m1, calib)
+        assert ce.inputs and ce.inputs[0].tensor == "input" and abs(ce.inputs[0].shift - 0.5) < 0.05
+        for m in (m1, m2):
+            np.testing.assert_allclose(_run(m, x), y0, atol=2e-5)
+    m3, pr = split_prelu(onnx.load(str(tiny["ecbsr"][0])), x)
+    assert len(pr.rewritten) == 5 and "PRelu" not in {n.op_type for n in m3.graph.node}
+    np.testing.assert_allclose(_run(m3, x), _run(onnx.load(str(tiny["ecbsr"][0])), x), atol=2e-5)
+
+
+def test_gptq_beats_nearest_rounding():
+    from edgesr.quant.refine import gptq_codes
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4000, 36)) @ rng.normal(size=(36, 36))  # correlated inputs
+    W = rng.normal(size=(8, 36)) * 0.1
+    W[:, 4] = 1.0  # one dominant tap per row, as ETDS's residual stream has
+    scale = np.abs(W).max(1) / 127
+    qmax = np.full(8, 127.0)
+    H = X.T @ X / len(X)
+    rtn = np.clip(np.round(W / scale[:, None]), -127, 127)
+    gq = gptq_codes(W, scale, qmax, H)
+    assert np.all(np.abs(gq) <= 127) and np.all(gq == np.round(gq))
+    err = lambda q: np.linalg.norm((q * scale[:, None] - W) @ X.T)  # noqa: E731
+    assert err(gq) < 0.85 * err(rtn)  # measured 0.77 for this seed
+
+
+# --------------------------------------------------------------------------- sensitivity / search
+
+def test_sensitivity_chart_and_mixed_precision(tmp_path):
+    """The bundled trained ECBSR-M4C16 x4 (deploy form), quantized naively (no equalization,
+    centring or GPTQ) with a 0 dB budget and at most 2 float layers."""
+    from edgesr.pipeline import BUNDLED_CHECKPOINT
+    from edgesr.registry import load_model
+
+    lm = load_model(BUNDLED_CHECKPOINT)
+    spec = lm.spec
+    path = _export(reparameterize(lm.module), spec, tmp_path / "bundled.onnx")
+    png = tmp_path / "sens.png"
+    cfg = QuantConfig(profile="trt", psnr_budget=0.0, center=False, gptq=False, bias_correction=False,
+                      equalize=False, max_float_layers=2, **FAST)
+    res = quantize_model(path, tmp_path / "mp.onnx", spec, cfg, eval_set=held_out_eval_set(4, max_side=128),
+                         sensitivity_png=png)
+    assert res.psnr_int8_all < res.psnr_fp32 - 0.01  # naive int8 costs something
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [r.layer for r in res.sensitivity] == res.layers and len(res.layers) == 7  # 6 convs + Add
+    assert all(r.only_cost is not None and r.except_gain is not None for r in res.sensitivity)
+    # budget 0 dB cannot be met with 2 float layers: the search stops there and says so
+    assert len(res.float_layers) == 2 and not res.within_budget and res.warnings
+    m = onnx.load(str(res.path))
+    producers = {o: n for n in m.graph.node for o in n.output}
+    inits = {i.name for i in m.graph.initializer}
+    by_name = {n.name: n for n in m.graph.node}
+    for name in res.float_layers:
+        node = by_name[name]
+        assert all(i in inits or producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
+                   for i in node.input[1:]), name  # float weights
+    assert set(res.float_nodes) >= set(res.float_layers)
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert json.loads(meta["edgesr.int8.float_nodes"]) == res.float_nodes
+    # the first search step is the all-int8 model, later ones keep more layers float
+    assert [len(s["float_layers"]) for s in res.search_steps] == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------- CLI
+
+def test_cli_quantize(tiny, tmp_path, capsys):
+    from edgesr.cli import main
+
+    path, _ = tiny["etds"]
+    out = tmp_path / "q.onnx"
+    rc = main(["quantize", str(path), "-o", str(out), "--num-patches", "4", "--patch-size", "24",
+               "--psnr-budget", "-1", "--threads", "1", "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    d = json.loads(cap.out)
+    assert d["profile"] == "trt" and d["path"] == str(out) and out.is_file()
+    assert d["calibration"]["num_patches"] == 4 and d["eval_set"] == "sample-held-out"
+    rc = main(["quantize", str(path), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.count("\n") == 1 and "exists" in err and "--force" in err
+    rc = main(["quantize", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "x.onnx")])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.startswith("edgesr: error:") and "missing.onnx" in err
