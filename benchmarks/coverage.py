@@ -127,13 +127,15 @@ def _err(e: BaseException) -> str:
 
 
 def int8_status(onnx_path: Path, spec, workdir: Path) -> dict:
-    from edgesr.quant import QuantConfig, check_trt_qdq, quantize_model
+    from edgesr.quant import QuantConfig, check_trt_qdq, held_out_eval_set, quantize_model
 
     t0 = time.perf_counter()
     out = workdir / (onnx_path.stem + "_int8.onnx")
     try:
+        # random weights: the PSNR numbers mean nothing, so calibrate and score on small crops
         cfg = QuantConfig(profile="trt", num_patches=8, patch_size=32, psnr_budget=None)
-        res = quantize_model(onnx_path, out, spec, config=cfg)
+        res = quantize_model(onnx_path, out, spec, config=cfg,
+                             eval_set=held_out_eval_set(spec.scale, max_side=64 * spec.scale))
     except (EdgesrError, Exception) as e:  # noqa: BLE001 - recorded, not raised
         return {"status": "failed", "error": _err(e), "seconds": round(time.perf_counter() - t0, 1)}
     import onnx
@@ -291,6 +293,9 @@ def one_family(family: str, workdir: Path, args) -> dict:
     else:
         row["int8"] = int8_status(path, spec, workdir)
     print(f"  {family}: int8 {row['int8']['status']}", flush=True)
+    if row["int8"].get("status") in ("ok", "qdq-problems") and not args.no_trt and _trt_committed():
+        row["trt_rtx_int8"] = trt_status(Path(row["int8"]["path"]), spec, workdir)
+        print(f"  {family}: trt-rtx int8 {row['trt_rtx_int8']['status']}", flush=True)
     if args.no_trt or not _trt_committed():
         row["trt_rtx"] = {"status": "pending" if not args.no_trt else "skipped"}
     else:
@@ -319,7 +324,7 @@ def markdown(out: dict) -> str:
         "(HR) pixel from conv2d/linear/matmul calls. TensorRT-RTX engines are built ahead of time on a CPU-only "
         "machine (not run).",
         "",
-        "| family | variant | forms | params | MACs/out px | ONNX export | ONNX ops | INT8 (QDQ trt) | TRT-RTX build | "
+        "| family | variant | forms | params | MACs/out px | ONNX export | ONNX ops | INT8 (QDQ trt) | TRT-RTX build (AOT) | "
         + " | ".join(f"ORT CPU {h}x{w}" for h, w in sizes) + " |",
         "|---|---|---|---:|---:|---|---|---|---|" + "---:|" * len(sizes),
     ]
@@ -330,7 +335,10 @@ def markdown(out: dict) -> str:
         i8 = r.get("int8", {})
         i8s = i8.get("status", "-") + (f" ({i8.get('error', '')[:100]})" if i8.get("status") == "failed" else "")
         tr = r.get("trt_rtx", {})
-        trs = tr.get("status", "-") + (f" ({tr.get('error', '')[:100]})" if tr.get("status") == "failed" else "")
+        trs = "fp32 " + tr.get("status", "-") + (f" ({tr.get('error', '')[:100]})" if tr.get("status") == "failed" else "")
+        t8 = r.get("trt_rtx_int8")
+        if t8:
+            trs += "; int8 " + t8["status"] + (f" ({t8.get('error', '')[:100]})" if t8["status"] == "failed" else "")
         lat = [f"{r['ort_cpu'][f'{h}x{w}']['median_ms']:.0f} ms" if f"{h}x{w}" in r.get("ort_cpu", {}) else "-"
                for h, w in sizes]
         params = _fmt_int(r["params_deploy"]) if "params_deploy" in r else "-"
@@ -373,7 +381,8 @@ def write_readme_section(readme: str | Path, md: str) -> None:
 def _unsupported(rows, extra) -> list[str]:
     out = list(extra)
     for r in rows:
-        for key, label in (("export", "ONNX export"), ("int8", "INT8 QDQ"), ("trt_rtx", "TensorRT-RTX build")):
+        for key, label in (("export", "ONNX export"), ("int8", "INT8 QDQ"), ("trt_rtx", "TensorRT-RTX build"),
+                           ("trt_rtx_int8", "TensorRT-RTX INT8 build")):
             d = r.get(key, {})
             if d.get("status") in ("failed", "qdq-problems"):
                 out.append(f"{r['family']} ({label}): {d.get('error') or d.get('problems')}")
