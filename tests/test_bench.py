@@ -1,0 +1,379 @@
+"""edgesr.bench / edgesr.costmodel / `edgesr bench`: statistics, timers' logic, MAC counting,
+CLI JSON shape. No timing assertions: fake clocks make the timers deterministic."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from edgesr.bench import (
+    TimingPolicy,
+    interleaved_order,
+    megapixels_per_second,
+    ratio_summary,
+    stats_from_samples,
+    summarize_ort_profile,
+    time_callable,
+    time_cuda_events,
+    time_interleaved,
+    workload_lr_size,
+)
+from edgesr.costmodel import count_macs
+
+
+class FakeClock:
+    """A clock that only moves when a fake workload says so."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance_ms(self, ms: float) -> None:
+        self.t += ms / 1e3
+
+
+# ---------------------------------------------------------------- statistics
+
+def test_stats_known_samples():
+    s = stats_from_samples([float(v) for v in range(10, 0, -1)])  # order must not matter
+    assert s.runs == 10
+    assert s.min_ms == 1.0 and s.max_ms == 10.0
+    assert s.median_ms == 5.5 and s.mean_ms == 5.5
+    # numpy linear interpolation: rank = p/100 * (n - 1)
+    assert s.p90_ms == pytest.approx(9.1)
+    assert s.p95_ms == pytest.approx(9.55)
+    assert s.p99_ms == pytest.approx(9.91)
+    std = math.sqrt(82.5 / 9)  # sample standard deviation (n - 1)
+    assert s.std_ms == pytest.approx(std)
+    assert s.cv == pytest.approx(std / 5.5)
+    assert s.noisy and "CV" in s.warning
+    assert s.samples_ms[0] == 10.0
+
+
+def test_stats_percentiles_between_ranks_and_odd_count():
+    s = stats_from_samples([2.0, 4.0, 8.0])
+    assert s.median_ms == 4.0
+    assert s.p90_ms == pytest.approx(4.0 + 0.8 * 4.0)  # rank 1.8 between 4 and 8
+    assert s.p99_ms == pytest.approx(4.0 + 0.98 * 4.0)
+    assert s.mean_ms == pytest.approx(14 / 3)
+
+
+def test_stats_single_and_constant_samples():
+    one = stats_from_samples([3.0])
+    assert (one.median_ms, one.p99_ms, one.std_ms, one.cv, one.noisy) == (3.0, 3.0, 0.0, 0.0, False)
+    const = stats_from_samples([5.0] * 7)
+    assert const.cv == 0.0 and const.warning is None
+
+
+def test_stats_noise_threshold():
+    quiet = stats_from_samples([10.0, 10.5, 9.5, 10.0])  # std 0.408 -> CV 4 %
+    assert not quiet.noisy
+    loud = stats_from_samples([10.0, 14.0, 6.0, 10.0])  # std 3.27 -> CV 33 %
+    assert loud.noisy
+
+
+@pytest.mark.parametrize("bad", [[], [1.0, float("nan")], [1.0, -2.0], [float("inf")]])
+def test_stats_reject_bad_samples(bad):
+    with pytest.raises(ValueError):
+        stats_from_samples(bad)
+
+
+def test_to_dict_rounds_and_samples_optional():
+    s = stats_from_samples([1.23456789, 2.0])
+    d = s.to_dict()
+    assert "samples_ms" not in d and d["min_ms"] == 1.2346 and d["noisy"] is True
+    assert s.to_dict(samples=True)["samples_ms"] == [1.2346, 2.0]
+
+
+def test_megapixels_per_second():
+    assert megapixels_per_second((720, 1280), 100.0) == pytest.approx(9.216)
+    assert megapixels_per_second((1000, 1000), 500.0, batch=2) == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("kw", [dict(min_runs=0), dict(max_runs=3, min_runs=5), dict(warmup_seconds=-1),
+                                dict(min_seconds=float("nan"))])
+def test_policy_validation(kw):
+    with pytest.raises(ValueError):
+        TimingPolicy(**kw)
+
+
+# ---------------------------------------------------------------- timers (fake clock)
+
+def test_time_callable_runs_warmup_then_min_runs():
+    clock = FakeClock()
+    durations = iter([100.0, 7.0, 1.0, 2.0, 3.0, 4.0])  # first call = warm-up
+    calls = []
+
+    def fn():
+        d = next(durations)
+        calls.append(d)
+        clock.advance_ms(d)
+
+    st = time_callable(fn, TimingPolicy(warmup_seconds=0.0, warmup_runs=2, min_runs=4, min_seconds=0.0), clock=clock)
+    assert calls == [100.0, 7.0, 1.0, 2.0, 3.0, 4.0]
+    assert st.runs == 4 and st.samples_ms == pytest.approx((1.0, 2.0, 3.0, 4.0))
+    assert st.median_ms == pytest.approx(2.5)
+
+
+def test_time_callable_min_seconds_extends_and_max_runs_caps():
+    clock = FakeClock()
+
+    def fn():
+        clock.advance_ms(10.0)
+
+    st = time_callable(fn, TimingPolicy(warmup_seconds=0.0, warmup_runs=1, min_runs=2, min_seconds=0.095,
+                                        max_runs=1000), clock=clock)
+    assert st.runs == 10  # 10 x 10 ms passes 0.095 s
+    st = time_callable(fn, TimingPolicy(warmup_seconds=0.0, warmup_runs=1, min_runs=2, min_seconds=10.0,
+                                        max_runs=5), clock=clock)
+    assert st.runs == 5
+
+
+def test_time_callable_warmup_by_time():
+    clock = FakeClock()
+    n = {"calls": 0}
+
+    def fn():
+        n["calls"] += 1
+        clock.advance_ms(10.0)
+
+    time_callable(fn, TimingPolicy(warmup_seconds=0.05, warmup_runs=1, min_runs=1, min_seconds=0.0), clock=clock)
+    assert n["calls"] == 5 + 1  # 50 ms of 10 ms warm-up calls, then one timed run
+
+
+def test_interleaved_order_rotates():
+    names = ["a", "b", "c"]
+    assert [interleaved_order(names, r) for r in range(4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+
+
+def test_time_interleaved_call_sequence_and_pairing():
+    clock = FakeClock()
+    seq = []
+    cost = {"A": 1.0, "B": 2.0, "C": 3.0}
+
+    def make(name):
+        def fn():
+            seq.append(name)
+            clock.advance_ms(cost[name])
+        return fn
+
+    stats = time_interleaved({k: make(k) for k in "ABC"},
+                             TimingPolicy(warmup_seconds=0.0, warmup_runs=1, min_runs=3, min_seconds=0.0),
+                             clock=clock)
+    assert "".join(seq) == "ABC" + "ABC" + "BCA" + "CAB"  # warm-up round, then rotated rounds
+    assert {k: v.samples_ms for k, v in stats.items()} == {"A": pytest.approx((1.0,) * 3),
+                                                          "B": pytest.approx((2.0,) * 3),
+                                                          "C": pytest.approx((3.0,) * 3)}
+
+
+def test_time_interleaved_min_seconds_counts_all_candidates():
+    clock = FakeClock()
+
+    def fn():
+        clock.advance_ms(10.0)
+
+    stats = time_interleaved({"x": fn, "y": fn}, TimingPolicy(warmup_seconds=0.0, warmup_runs=0, min_runs=1,
+                                                               min_seconds=0.045), clock=clock)
+    # each candidate gets ~min_seconds: 2 candidates x 45 ms = 90 ms in rounds of 20 ms -> 5 rounds
+    assert stats["x"].runs == stats["y"].runs == 5
+
+
+def test_ratio_summary_paired():
+    slow = stats_from_samples([10.0, 20.0, 30.0, 40.0, 50.0])
+    fast = stats_from_samples([5.0, 10.0, 10.0, 10.0, 25.0])
+    r = ratio_summary(slow, fast)
+    assert r["ratio"] == pytest.approx(30.0 / 10.0)
+    # per-round ratios 2, 2, 3, 4, 2 -> median 2, p10 2, p90 3.6
+    assert r["paired_median"] == 2.0 and r["paired_p10"] == 2.0 and r["paired_p90"] == pytest.approx(3.6)
+    assert r["rounds"] == 5 and r["paired_min"] == 2.0 and r["paired_max"] == 4.0
+    unpaired = ratio_summary(slow, stats_from_samples([15.0, 15.0]))
+    assert set(unpaired) == {"ratio"} and unpaired["ratio"] == 2.0
+
+
+class FakeEvent:
+    def __init__(self, clock):
+        self.clock, self.t = clock, None
+
+    def record(self, stream=None):
+        self.t = self.clock()
+
+    def elapsed_time(self, other):
+        return (other.t - self.t) * 1e3
+
+
+def test_time_cuda_events_chunks_with_injected_events():
+    clock = FakeClock()
+    syncs, launches = [], []
+
+    def launch():
+        launches.append(1)
+        clock.advance_ms(2.0)
+
+    st = time_cuda_events(launch, TimingPolicy(warmup_seconds=0.0, warmup_runs=3, min_runs=25, min_seconds=0.0),
+                          event_factory=lambda: FakeEvent(clock), synchronize=lambda: syncs.append(1),
+                          clock=clock, chunk=10)
+    assert st.runs == 30  # whole chunks of 10 until >= 25 launches
+    assert len(launches) == 3 + 30
+    assert len(syncs) == 3 + 3  # one per warm-up launch, one per chunk
+    assert st.median_ms == pytest.approx(2.0)
+
+
+# ---------------------------------------------------------------- workloads, profile summary
+
+@pytest.mark.parametrize("wl,scale,mult,expected", [("720p", 4, 1, (180, 320)), ("1080p", 4, 1, (270, 480)),
+                                                     ("720p", 2, 1, (360, 640)), ("1080p", 2, 1, (540, 960)),
+                                                     ("720p", 3, 1, (240, 426)), ("720p", 4, 8, (176, 320))])
+def test_workload_lr_size(wl, scale, mult, expected):
+    assert workload_lr_size(wl, scale, mult) == expected
+
+
+def test_summarize_ort_profile_drops_warmup_run():
+    ev = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 900},
+          {"cat": "Node", "name": "conv1_kernel_time", "ts": 10, "dur": 800, "args": {"op_name": "Conv"}},
+          {"cat": "Session", "name": "model_run", "ts": 1000, "dur": 500},
+          {"cat": "Node", "name": "conv1_kernel_time", "ts": 1010, "dur": 300, "args": {"op_name": "Conv"}},
+          {"cat": "Node", "name": "d2s_kernel_time", "ts": 1400, "dur": 100, "args": {"op_name": "DepthToSpace"}},
+          {"cat": "Node", "name": "conv1_fence_before", "ts": 1400, "dur": 5, "args": {"op_name": "Conv"}}]
+    s = summarize_ort_profile(ev, runs=1)
+    assert s["model_run_ms"] == [0.5]
+    assert s["ops"] == [{"op": "Conv", "ms_per_run": 0.3, "share": 0.75},
+                        {"op": "DepthToSpace", "ms_per_run": 0.1, "share": 0.25}]
+    assert s["top_nodes"][0] == {"node": "conv1", "op": "Conv", "ms_per_run": 0.3}
+
+
+# ---------------------------------------------------------------- MAC counting
+
+class _Stack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.c = nn.Conv2d(8, 16, 3, padding=1, groups=4)
+        self.d = nn.ConvTranspose2d(16, 4, 4, stride=2, padding=1)
+        self.e = nn.Conv2d(4, 4, 3, stride=2, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.e(self.d(torch.relu(self.c(self.b(self.a(x))))))
+
+
+def test_count_macs_known_conv_stack():
+    r = count_macs(_Stack(), (1, 3, 10, 12))
+    by = {l.name: l.macs for l in r.layers}
+    assert by == {"a": 8 * 10 * 12 * 3 * 9,          # 25920
+                  "b": 8 * 10 * 12 * 8,              # 7680
+                  "c": 16 * 10 * 12 * 2 * 9,         # 34560: groups=4 -> 2 input channels per output
+                  "d": 16 * 10 * 12 * 4 * 16,        # 122880: every input element feeds out*kh*kw outputs
+                  "e": 4 * 10 * 12 * 4 * 9}          # 17280: stride 2 on 20x24 -> 10x12
+    assert r.macs == 25920 + 7680 + 34560 + 122880 + 17280
+    assert r.output_shape == (1, 4, 10, 12)
+    assert r.macs_per_output_pixel == pytest.approx(r.macs / 120)
+    assert r.params == sum(p.numel() for p in _Stack().parameters())
+    assert r.functional_macs == r.macs and r.hook_coverage == 1.0
+    la = r.layers[0]
+    assert (la.in_elems, la.out_elems, la.weight_elems) == (3 * 120, 8 * 120, 8 * 3 * 9)
+    assert r.traffic_bytes(4) == 4 * sum(l.in_elems + l.out_elems + l.weight_elems for l in r.layers)
+    big = r.scaled_to((20, 24))
+    assert big.macs == 4 * r.macs and big.output_shape == (1, 4, 20, 24)
+
+
+def test_count_macs_linear_and_batch():
+    m = nn.Sequential(nn.Linear(20, 5), nn.ReLU(), nn.Linear(5, 3))
+    r = count_macs(m, (2, 7, 20))
+    assert [l.macs for l in r.layers] == [2 * 7 * 5 * 20, 2 * 7 * 3 * 5]
+
+
+class _Functional(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.register_buffer("mask", torch.ones(4, 1, 3, 3))
+
+    def forward(self, x):
+        return F.conv2d(self.conv(x), self.mask, padding=1, groups=4)
+
+
+def test_count_macs_reports_functional_convs_hooks_miss():
+    r = count_macs(_Functional(), (1, 3, 8, 8))
+    assert r.macs == 4 * 64 * 27
+    assert r.functional_macs == 4 * 64 * 27 + 4 * 64 * 9
+    assert r.hook_coverage == pytest.approx(27 / 36)
+
+
+# ---------------------------------------------------------------- CLI
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    from edgesr.registry import build_variant
+
+    torch.manual_seed(0)
+    lm = build_variant("ecbsr-m4c16-x4", "training")
+    p = tmp_path_factory.mktemp("bench") / "tiny_ecbsr_x4.safetensors"
+    save_file({k: v.contiguous() for k, v in lm.module.state_dict().items()}, str(p))
+    return p
+
+
+def test_cli_bench_json_shape(tiny_checkpoint, tmp_path, capsys):
+    from edgesr.cli import main
+
+    rc = main(["bench", str(tiny_checkpoint), "-b", "ort", "-b", "torch", "-b", "trt", "--size", "8x8",
+               "--size", "6x10", "--warmup", "0", "--min-runs", "2", "--min-seconds", "0", "--threads", "1",
+               "--work", str(tmp_path / "work"), "--cost", "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    out = json.loads(cap.out)
+    assert set(out) >= {"machine", "results", "speedups", "skipped", "policy", "warnings"}
+    assert out["machine"]["cpu_model"] and out["machine"]["logical_cpus"] >= 1
+    assert [(r["backend"], r["size"], r["output"]) for r in out["results"]] == [
+        ("ort", "8x8", "32x32"), ("torch", "8x8", "32x32"), ("ort", "6x10", "24x40"), ("torch", "6x10", "24x40")]
+    for r in out["results"]:
+        assert r["runs"] == 2
+        for k in ("min_ms", "median_ms", "mean_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "cv", "mpix_per_s"):
+            assert isinstance(r[k], (int, float)) and r[k] >= 0
+        assert r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"]
+        assert r["interleaved_with"] == ["torch" if r["backend"] == "ort" else "ort"]
+    assert [(s["baseline"], s["backend"], s["interleaved"], s["rounds"]) for s in out["speedups"]] == [
+        ("ort", "torch", True, 2), ("ort", "torch", True, 2)]
+    if not torch.cuda.is_available():
+        assert [s["backend"] for s in out["skipped"]] == ["trt"]
+        assert "CUDA" in out["skipped"][0]["reason"]
+    assert out["cost"]["macs_per_output_pixel"] == 1035.0  # 4 blocks of 16 ch + 3->16 and 16->48 3x3 convs / 16
+    assert (tmp_path / "work").is_dir() and list((tmp_path / "work").glob("*.onnx"))
+
+
+def test_cli_bench_onnx_torch_unavailable_and_bad_size(tiny_checkpoint, tmp_path, capsys):
+    from edgesr.cli import main
+
+    work = tmp_path / "w"
+    rc = main(["bench", str(tiny_checkpoint), "-b", "ort", "--size", "8x8", "--warmup", "0", "--min-runs", "1",
+               "--min-seconds", "0", "--work", str(work), "--json"])
+    assert rc == 0
+    capsys.readouterr()
+    onnx_file = next(work.glob("*.onnx"))
+    rc = main(["bench", str(onnx_file), "-b", "torch", "--size", "8x8", "--json"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "holds no PyTorch weights" in err
+    rc = main(["bench", str(onnx_file), "--size", "8by8"])
+    assert rc != 0 and "HxW" in capsys.readouterr().err
+
+
+def test_mac_count_matches_ecbsr_formula():
+    from edgesr.registry import build_variant
+
+    lm = build_variant("ecbsr-m4c16-x4", "deploy")
+    r = count_macs(lm.module, (1, 3, 4, 4))
+    # ECBSR-M4C16 deploy form: conv 3->16, num_block=4 convs 16->16, conv 16->48 (= 3 * 4^2), all 3x3
+    per_lr_px = 3 * 16 * 9 + 4 * 16 * 16 * 9 + 16 * 48 * 9
+    assert r.macs == 16 * per_lr_px
+    assert r.macs_per_output_pixel == pytest.approx(per_lr_px / 16)
+    assert np.isclose(r.macs_per_output_pixel, 1035.0)
