@@ -268,3 +268,35 @@ def test_spandrel_bridge_without_spandrel_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "spandrel", None)  # import spandrel -> ImportError
     with pytest.raises(BackendUnavailable, match=r"pip install 'edgesr\[spandrel\]'"):
         load_with_spandrel({"conv.weight": torch.zeros(1, 1, 1, 1)})
+
+
+def _coverage_module():
+    import importlib.util
+    from pathlib import Path
+
+    p = Path(__file__).resolve().parents[1] / "benchmarks" / "coverage.py"
+    spec = importlib.util.spec_from_file_location("edgesr_bench_coverage", p)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_coverage_readme_section_is_replaced_between_markers(tmp_path):
+    cov = _coverage_module()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{cov.START}\nold table\n{cov.END}\nafter\n")
+    cov.write_readme_section(readme, "| new | table |\n")
+    assert readme.read_text() == f"# x\n\nbefore\n{cov.START}\n| new | table |\n{cov.END}\nafter\n"
+    (tmp_path / "plain.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        cov.write_readme_section(tmp_path / "plain.md", "x")
+
+
+def test_mac_counter_counts_convs_linears_and_matmuls():
+    cov = _coverage_module()
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8))
+    with torch.inference_mode(), cov.MacCounter() as c:
+        m(torch.rand(1, 3, 5, 7))
+        torch.rand(2, 4, 6) @ torch.rand(6, 3)
+        nn.functional.linear(torch.rand(10, 4), torch.rand(5, 4))
+    assert c.macs == 35 * 8 * 27 + 35 * 8 * 9 + 2 * 4 * 3 * 6 + 10 * 5 * 4
