@@ -1,7 +1,7 @@
 """TensorRT-RTX engines for every registered architecture, built without a GPU.
 
 One small variant per `edgesr.registry.architectures()` entry (the one with the fewest
-modules), random-perturbed weights, exported to ONNX (deploy form, dynamic N/H/W,
+modules), random-perturbed weights (training form, reparameterized), exported to ONNX (deploy form, dynamic N/H/W,
 simplified), then three engines each: fp32, fp16 (`edgesr.export.fp16.export_fp16`, fp32
 I/O) and INT8 (`edgesr.quant`, ``trt`` profile: symmetric int8, float biases). Each build
 must produce an engine whose sidecar records the precision, the ONNX's I/O names and
@@ -55,12 +55,17 @@ def _smallest_variant(arch_name: str) -> str:
 
 @torch.no_grad()
 def _deploy(variant: str):
+    """The deploy form the way `edgesr convert` makes it: training form (when the family has
+    one) with perturbed weights, reparameterized."""
+    from edgesr.reparam import reparameterize
+
     torch.manual_seed(0)
     arch, _ = get_variant(variant)
-    lm = build_variant(variant, "deploy" if "deploy" in arch.forms else arch.forms[0])
+    lm = build_variant(variant, "training" if "training" in arch.forms else "deploy")
     for p in lm.module.parameters():  # non-trivial weights: zero/identity inits hide layout bugs
         p.add_(torch.randn_like(p) * 0.01)
-    return lm.module.eval(), replace(lm.spec, form="deploy")
+    module = reparameterize(lm.module) if lm.spec.form == "training" else lm.module
+    return module.eval(), replace(lm.spec, form="deploy")
 
 
 def _calib_inputs(spec, n: int = 2) -> list[np.ndarray]:
