@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .errors import EdgesrError, OutputExists
+from .errors import OutputExists
 from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from .spec import Spec
 
@@ -42,6 +42,7 @@ class ConvertOptions:
     bench_output: tuple[int, int] = (720, 1280)  # output size the latency row is measured at
     threads: int | None = None
     testset: Path | None = None  # HR/LR folder for quality numbers (default: none)
+    executorch: bool = False  # also .pte files (XNNPACK delegate)
     engines: "EngineRequest | None" = None  # --trt-rtx / --trt (edgesr.backends.trt_convert.EngineRequest)
 
 
@@ -67,8 +68,6 @@ class ConvertResult:
 def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> ConvertResult:
     """Run the whole pipeline; raises EdgesrError subclasses on bad input."""
     import time
-
-    import torch
 
     from .bundle import write_manifest
     from .registry import load_model
@@ -147,8 +146,8 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
                 int8_paths[profile] = staging / name
                 artifacts.append(_artifact(staging / name, f"onnx_int8_{profile}", "onnx", "int8", "onnxruntime",
                                            profile=profile))
-                done(f"int8 ({profile})", f"float layers: {q.get('float_nodes')}, "
-                                          f"PSNR drop {q.get('psnr_drop_db')}")
+                done(f"int8 ({profile})", f"float layers: {q['float_layers'] or 'none'}, "
+                                          f"PSNR drop {q['drop']:.3f} dB on {q['eval_set']}")
 
         if opts.ort_format:
             from .export.ort_format import export_ort
@@ -160,6 +159,19 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
                 artifacts.append(_artifact(res.path, role, "ort", "int8" if "int8" in role else "fp32",
                                            "onnxruntime-mobile"))
             done("ort format", f"{1 + len(int8_paths)} .ort files")
+
+        if opts.executorch:
+            from .export.executorch import export_executorch
+
+            report["executorch"] = {}
+            for precision in ["fp32"] + (["int8"] if opts.int8 else []):
+                pte = export_executorch(deploy, deploy_spec, staging / f"model_{precision}.pte", precision=precision)
+                art = pte.artifact()
+                report["executorch"][precision] = {k: art.get(k) for k in (
+                    "file", "bytes", "shape_range", "max_abs_vs_torch", "psnr_vs_torch", "executorch_version")}
+                artifacts.append(art)
+                done(f"executorch ({precision})", f"{art['file']}, vs PyTorch max abs {art['max_abs_vs_torch']:.2e}, "
+                                                 f"PSNR {art['psnr_vs_torch']:.1f} dB")
 
         report["parity"] = run_parity(training, deploy, deploy_spec, staging, int8_paths, opts)
         done("parity", "ok" if report["parity"]["ok"] else "FAILED")
@@ -243,11 +255,19 @@ def _clamps(module) -> bool:
 
 
 def quantize_for(onnx_path: Path, out_path: Path, spec: Spec, profile: str, opts: ConvertOptions) -> dict:
-    from .quant import QuantConfig, quantize_model
+    """INT8 QDQ with mixed precision held to opts.psnr_budget on held-out sample photos;
+    scored on opts.testset (e.g. Set5) too when given, for the report only."""
+    from .quant import QuantConfig, quantize_model, testset_eval_set
 
-    cfg = QuantConfig(profile=profile, psnr_budget=opts.psnr_budget)
-    res = quantize_model(onnx_path, out_path, spec, cfg, calibration=opts.calib)
-    return res.to_dict() if hasattr(res, "to_dict") else dict(res)
+    cfg = QuantConfig(profile=profile, psnr_budget=opts.psnr_budget, progress=False)
+    test_set = testset_eval_set(opts.testset, spec.scale) if opts.testset else None
+    png = out_path.parent / f"sensitivity_{profile}.png"
+    res = quantize_model(onnx_path, out_path, spec, cfg, calibration=opts.calib, test_set=test_set,
+                         sensitivity_png=png)
+    d = res.to_dict() | {"path": out_path.name}
+    if png.exists():
+        d["sensitivity_png"] = png.name
+    return d
 
 
 def run_parity(training, deploy, spec: Spec, staging: Path, int8_paths: dict[str, Path], opts: ConvertOptions) -> dict:
@@ -404,10 +424,16 @@ def render_report_md(report: dict, manifest: dict) -> str:
             lines.append(f"- {c['test']}: {fail}")
     lines.append("")
     if "int8" in report:
-        lines += ["## INT8", "", "| profile | PSNR fp32 | PSNR int8 | drop (dB) | float layers |", "|---|---|---|---|---|"]
+        lines += ["## INT8", "", "Y-PSNR (dB) on the evaluation set (held-out crops of the sample photos, never the "
+                  "calibration patches); `all-int8` is before mixed precision.", "",
+                  "| profile | eval set | fp32 | all-int8 | int8 | drop | within budget | float layers | test set fp32 / int8 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for prof, q in report["int8"].items():
-            lines.append(f"| {prof} | {_f(q.get('psnr_fp32'))} | {_f(q.get('psnr_int8'))} | {_f(q.get('psnr_drop_db'))} | "
-                         f"{', '.join(q.get('float_nodes') or []) or '-'} |")
+            test = (f"{_f(q.get('test_psnr_fp32'))} / {_f(q.get('test_psnr_int8'))} ({q.get('test_set')})"
+                    if q.get("test_psnr_int8") is not None else "-")
+            lines.append(f"| {prof} | {q.get('eval_set')} | {_f(q['psnr_fp32'])} | {_f(q['psnr_int8_all'])} | "
+                         f"{_f(q['psnr_int8'])} | {_f(q['drop'])} | {q['within_budget']} | "
+                         f"{', '.join(q.get('float_layers') or []) or '-'} | {test} |")
         lines.append("")
     if "latency" in report:
         m = report["latency"]["machine"]

@@ -62,11 +62,16 @@ def test_bundled_beats_bicubic(set5_dir):
 
 
 def test_default_convert_job(tmp_path):
+    """The README's main job: the bundled model with --int8."""
     out = tmp_path / "bundle"
-    result = convert(ConvertOptions(outdir=out, bench=True), log=lambda m: None)
+    result = convert(ConvertOptions(outdir=out, bench=True, int8=True), log=lambda m: None)
     assert result.ok
-    for name in ("manifest.json", "report.json", "report.md", "model.onnx", "deploy.safetensors"):
+    for name in ("manifest.json", "report.json", "report.md", "model.onnx", "model.ort", "model_int8.onnx",
+                 "model_int8.ort", "deploy.safetensors"):
         assert (out / name).is_file(), name
+    q = json.loads((out / "report.json").read_text())["int8"]["trt"]
+    assert q["within_budget"] and q["drop"] <= 0.1
+    assert "## INT8" in (out / "report.md").read_text()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["bundled"] and manifest["spec"]["form"] == "deploy"
     report = json.loads((out / "report.json").read_text())

@@ -31,6 +31,12 @@ def add_parser(sub):
     p.add_argument("--psnr-budget", type=float, default=0.1,
                    help="max PSNR drop (dB) INT8 may cost; sensitive layers stay float until it holds")
     p.add_argument("--fp16", action="store_true", help="also write an fp16 ONNX (refused if a tensor overflows)")
+    p.add_argument("--testset", metavar="DIR",
+                   help="benchmark folder (HR/ + LR_bicubic/X<s>/, e.g. Set5) to score fp32 and INT8 on in the "
+                        "report; never used for calibration or the mixed-precision search")
+    p.add_argument("--executorch", action="store_true",
+                   help="also write ExecuTorch .pte files (XNNPACK; fp32, and int8 with --int8); needs "
+                        "pip install 'edgesr[executorch]'")
     p.add_argument("--no-ort-format", action="store_true", help="skip the .ort (ONNX Runtime Mobile) files")
     p.add_argument("--no-bench", action="store_true", help="skip the CPU latency measurement")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads for the latency measurement")
@@ -83,7 +89,7 @@ def run(args) -> int:
         arch=args.arch, scale=args.scale, int8=args.int8, int8_profile=args.int8_profile,
         calib=Path(args.calib) if args.calib else None, psnr_budget=args.psnr_budget, fp16=args.fp16,
         ort_format=not args.no_ort_format, force=args.force, bench=not args.no_bench, threads=args.threads,
-        engines=engines)
+        engines=engines, testset=Path(args.testset) if args.testset else None, executorch=args.executorch)
     if opts.checkpoint is not None and opts.checkpoint.is_dir():
         return _run_batch(args, opts)
     result = convert(opts, log=(lambda m: print(m, file=sys.stderr)))
