@@ -18,7 +18,9 @@ run, it must still be complete after the kill (Linux: one atomic exchange). Ever
 is followed by an uninterrupted re-run, which must succeed and leave no stale
 ``.edgesr-partial-*`` entries beside OUT.
 
-Seeded (EDGESR_SIGKILL_SEED, default 0) so a failing schedule can be replayed.
+A run that finishes before its event-triggered kill lands (the publish window is a few
+microseconds wide) is repeated, up to three times, so that all 20 kills happen. Seeded
+(EDGESR_SIGKILL_SEED, default 0) so a failing schedule can be replayed.
 Runtime: 25 python processes, two at a time (see the final message for the measured time).
 """
 
@@ -231,10 +233,13 @@ def run_chain(conv: Converter, plans: list[Plan], fresh: bool, exchange: bool) -
     earlier_pids: list[int] = []
     work = conv.out.parent
     for i, plan in enumerate(plans, 1):
-        if fresh and os.path.lexists(conv.out):
-            shutil.rmtree(conv.out)
-        trial = conv.run_killed(plan)
-        log.append(f"{i:2d}. {trial.describe()}")
+        for attempt in range(3):  # a run may finish before an event-triggered kill lands: try again
+            if fresh and os.path.lexists(conv.out):
+                shutil.rmtree(conv.out)
+            trial = conv.run_killed(plan)
+            log.append(f"{i:2d}. {trial.describe()}" + (f" (attempt {attempt + 1})" if attempt else ""))
+            if trial.killed_at is not None:
+                break
         context = "\n".join(log)
         killed += trial.killed_at is not None
         if trial.out_before == "complete" and exchange:
@@ -292,4 +297,4 @@ def test_sigkill_leaves_no_half_written_outdir(tmp_path):
                        + [f"{killed} of {KILLS} runs killed mid-run; total {seconds:.0f} s"])
     print(report)
     # the schedule must really interrupt runs, not just watch them finish
-    assert killed >= KILLS - 2, report
+    assert killed == KILLS, report
