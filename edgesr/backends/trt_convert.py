@@ -74,7 +74,7 @@ class EngineRequest:
         )
 
     def cache(self) -> Path:
-        return Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
+        return (Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()).expanduser().absolute()
 
 
 def default_cache_dir() -> Path:
