@@ -35,13 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
         p = mod.add_parser(sub)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show full tracebacks on errors")
+        if name == "convert":
+            p.add_argument("--recipe", metavar="FILE", help="TOML file of options (export/recipes/); options "
+                           "given after it on the command line win")
         p.set_defaults(_run=mod.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    # (not `list(...)`: importing the `list` subcommand binds that name in this module)
+    argv = [*(sys.argv[1:] if argv is None else argv)]
+    try:
+        from ..recipe import expand_recipes
+
+        argv = expand_recipes(argv)
+    except EdgesrError as e:
+        print(f"edgesr: error: {e}", file=sys.stderr)
+        return e.exit_code
     args = parser.parse_args(argv)
+    _sigterm_as_interrupt()
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return 2
@@ -69,6 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgesr: internal error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _sigterm_as_interrupt() -> None:
+    """A build system's SIGTERM unwinds like Ctrl-C, so staging folders get cleaned up."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover
