@@ -43,7 +43,7 @@ class ConvertOptions:
     threads: int | None = None
     testset: Path | None = None  # HR/LR folder for quality numbers (default: none)
     executorch: bool = False  # also .pte files (XNNPACK delegate)
-    engines: "EngineRequest | None" = None  # --trt-rtx / --trt (edgesr.backends.trt_convert.EngineRequest)
+    engines: object | None = None  # --trt-rtx / --trt: an edgesr.backends.trt_convert.EngineRequest
 
 
 @dataclass
