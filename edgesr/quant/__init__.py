@@ -3,10 +3,10 @@ mixed precision. Entry point: :func:`quantize_model`."""
 
 from .calibration import CalibrationSource, EvalSet, held_out_eval_set, testset_eval_set
 from .profiles import CPU, PROFILES, TRT, QuantConfig, QuantProfile, get_profile
-from .quantize import QuantResult, check_trt_qdq, quantize_model
+from .quantize import QuantResult, QuantSession, check_trt_qdq, quantize_model
 
 __all__ = [
     "CalibrationSource", "EvalSet", "held_out_eval_set", "testset_eval_set",
     "QuantConfig", "QuantProfile", "PROFILES", "TRT", "CPU", "get_profile",
-    "QuantResult", "quantize_model", "check_trt_qdq",
+    "QuantResult", "QuantSession", "quantize_model", "check_trt_qdq",
 ]

@@ -108,6 +108,9 @@ class QuantConfig:
                    (edgesr/quant/center.py): a [0, R] tensor gets the whole int8 range
     split_prelu    rewrite PRelu as Relu on doubled channels (exact; None = profile default)
     gptq           error-compensating rounding of int8 weights (edgesr/quant/refine.py)
+    gptq_color_permutations  GPTQ statistics over all 6 RGB channel orders (robust to colours
+                   the calibration photos lack; see edgesr/quant/refine.py). None: on when
+                   the profile's weights are 7-bit (cpu), off for 8-bit weights (trt)
     bias_correction  remove the mean output shift of the weight error from the bias
     sensitivity    "only" (quantize only that layer) | "except" (everything but that layer)
     max_float_layers  stop the greedy search after this many float layers
@@ -129,6 +132,7 @@ class QuantConfig:
     center: bool = True
     split_prelu: bool | None = None  # None: the profile's choice (QuantProfile.split_prelu)
     gptq: bool = True
+    gptq_color_permutations: bool | None = None  # None: on for 7-bit (reduce_range) weights only
     bias_correction: bool = True
     sensitivity: str = "only"
     max_float_layers: int | None = None

@@ -19,8 +19,10 @@ Pipeline (:func:`quantize_model`):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import math
+import logging
 import os
 import tempfile
 import time
@@ -35,7 +37,7 @@ from ..fsutil import atomic_path
 from ..spec import Spec
 from .calibration import CalibrationSource, EvalSet, held_out_eval_set
 from .evaluate import evaluate, make_session
-from .profiles import QuantConfig, QuantProfile
+from .profiles import COMPUTE_OPS, QuantConfig, QuantProfile
 from .sensitivity import Layer, SearchResult, SensitivityRow, quantizable_layers, ranking, search, sensitivity
 
 EQUALIZE_TOL = 1e-4  # max |fp32 equalized - fp32 original| accepted (outputs in [0, 1])
@@ -88,6 +90,19 @@ class QuantResult:
 
 # --------------------------------------------------------------------------- helpers
 
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantizer print()s progress and logs 'consider pre-processing' warnings through
+    the root logger; neither belongs on a library caller's stdout/stderr (--json!)."""
+    prev = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(prev)
+
+
 def _method_enum(method: str):
     from onnxruntime.quantization import CalibrationMethod
 
@@ -122,13 +137,14 @@ def calibrate(model_path: Path, source: CalibrationSource, config: QuantConfig, 
     if config.method in ("percentile", "entropy"):
         extra["symmetric"] = profile.activation_symmetric
     source.rewind()
-    calibrator = create_calibrator(
-        model_path, list(op_types) if op_types else [],
-        augmented_model_path=str(workdir / "augmented.onnx"),
-        calibrate_method=_method_enum(config.method), extra_options=extra)
     try:
-        calibrator.collect_data(source)
-        ranges = calibrator.compute_data()
+        with _quiet():
+            calibrator = create_calibrator(
+                model_path, list(op_types) if op_types else [],
+                augmented_model_path=str(workdir / "augmented.onnx"),
+                calibrate_method=_method_enum(config.method), extra_options=extra)
+            calibrator.collect_data(source)
+            ranges = calibrator.compute_data()
     finally:
         source.rewind()
     return ranges
@@ -201,13 +217,14 @@ class _Session:
         extra = self.profile.extra_options()
         extra.update(self.config.extra)
         try:
-            quantize_static(
-                str(self.fp32_path), str(out), None, quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=self.profile.op_types(), per_channel=self.profile.per_channel,
-                reduce_range=self.profile.reduce_range, activation_type=act, weight_type=wt,
-                nodes_to_quantize=quantize_, nodes_to_exclude=exclude,
-                calibrate_method=_method_enum(self.config.method),
-                calibration_cache_path=str(self.ranges_path), extra_options=extra)
+            with _quiet():
+                quantize_static(
+                    str(self.fp32_path), str(out), None, quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=self.profile.op_types(), per_channel=self.profile.per_channel,
+                    reduce_range=self.profile.reduce_range, activation_type=act, weight_type=wt,
+                    nodes_to_quantize=quantize_, nodes_to_exclude=exclude,
+                    calibrate_method=_method_enum(self.config.method),
+                    calibration_cache_path=str(self.ranges_path), extra_options=extra)
         except (ValueError, RuntimeError, KeyError) as e:
             raise QuantizationError(f"ONNX Runtime quantizer failed: {str(e).splitlines()[0][:300]}") from None
         self.builds += 1
@@ -227,6 +244,136 @@ class _Session:
         return self._memo[key]
 
 
+class QuantSession:
+    """Everything up to the all-int8 score, kept alive for building and scoring variants.
+
+    ``with QuantSession(path, spec, config) as qs:`` loads and checks the model, makes the
+    calibration patches, applies the exact rewrites, calibrates once, and scores fp32 and
+    all-int8 on the evaluation set; then ``qs.score(float_layers)`` / ``qs.build(out,
+    float_layers)`` are cheap (no new calibration). :func:`quantize_model` is built on it.
+    """
+
+    def __init__(self, onnx_fp32_path: str | os.PathLike, spec: Spec, config: QuantConfig | None = None,
+                 calibration=None, eval_set: EvalSet | None = None):
+        self.src_path = Path(onnx_fp32_path)
+        self.spec = spec
+        self.config = config or QuantConfig()
+        self.profile = self.config.quant_profile
+        self._calibration = calibration
+        self.evalset = eval_set
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> "QuantSession":
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgesr-int8-")
+        try:
+            self._prepare(Path(self._tmp.name))
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def _prepare(self, work: Path) -> None:
+        import onnx
+
+        config, profile, spec, src_path = self.config, self.profile, self.spec, self.src_path
+        if not src_path.is_file():
+            raise QuantizationError(f"{src_path}: no such ONNX file")
+        try:
+            model = onnx.load(str(src_path))
+        except Exception as e:  # noqa: BLE001 - protobuf/onnx raise many types
+            raise QuantizationError(f"{src_path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+        if len(model.graph.input) != 1:
+            raise QuantizationError(f"{src_path}: expected one input, found {len(model.graph.input)}")
+        input_name = model.graph.input[0].name
+        self.src_meta = {p.key: p.value for p in model.metadata_props}
+        _name_nodes(model)
+
+        calibration = self._calibration
+        if isinstance(calibration, CalibrationSource):
+            source = calibration
+            source.input_name = input_name
+        else:
+            source = CalibrationSource(spec, calibration, num_patches=config.num_patches,
+                                       patch_size=config.patch_size, seed=config.seed,
+                                       batch_size=config.batch_size, input_name=input_name,
+                                       progress=config.progress)
+        self.source = source
+        check_fp32_output(model.SerializeToString(), source.patches, input_name, config.threads)
+        if self.evalset is None:
+            self.evalset = held_out_eval_set(spec.scale)
+        if len(self.evalset) == 0:
+            raise DatasetError("the evaluation set is empty")
+
+        self.eq_report = self.center_report = self.prelu_report = None
+        split = profile.split_prelu if config.split_prelu is None else config.split_prelu
+        if split:
+            from .prelu import split_prelu
+
+            model, prep = split_prelu(model, source.patches[: min(4, len(source.patches))])
+            _check_exact(prep.max_abs_change, "the PRelu -> Relu rewrite", "split_prelu")
+            self.prelu_report = prep.to_dict()
+        if config.equalize:
+            from .equalize import equalize
+
+            model, rep = equalize(model, source.patches, alpha=config.equalize_alpha,
+                                  symmetric=profile.activation_symmetric, threads=config.threads)
+            _check_exact(rep.max_abs_change, "activation equalization", "equalize")
+            self.eq_report = rep.to_dict()
+        if config.center and profile.activation_symmetric:
+            from .center import center_conv_inputs
+
+            model, crep = center_conv_inputs(model, source.patches, threads=config.threads)
+            _check_exact(crep.max_abs_change, "zero-centring", "center")
+            self.center_report = crep.to_dict()
+        self.fp32_path = work / "fp32.onnx"
+        onnx.save(model, str(self.fp32_path))
+        layers = quantizable_layers(model, profile.op_types() or COMPUTE_OPS)
+        if not layers:
+            raise QuantizationError(f"{src_path}: no quantizable layer (Conv/Gemm/MatMul/Add) in the graph")
+        self.layers = layers
+
+        ranges = calibrate(self.fp32_path, source, config, profile.op_types(), work)
+        out_name = model.graph.output[0].name
+        if out_name in ranges and _all_zero(ranges[out_name]):
+            raise QuantizationError("the model's output is all zeros for the calibration data")
+        from onnxruntime.quantization.calibrate import save_tensors_data
+
+        ranges_path = work / "ranges.json"
+        save_tensors_data(ranges, ranges_path)
+
+        refiner = None
+        if config.gptq or config.bias_correction:
+            from .refine import WeightRefiner
+
+            perms = profile.reduce_range if config.gptq_color_permutations is None else config.gptq_color_permutations
+            refiner = WeightRefiner(model, source.patches, gptq=config.gptq, bias_correction=config.bias_correction,
+                                    color_permutations=perms, threads=config.threads)
+        self._qs = _Session(self.fp32_path, spec, config, ranges_path, self.evalset, work, layers, refiner)
+        self.psnr_fp32 = evaluate(self.fp32_path, spec, self.evalset, config.threads).psnr
+        self.psnr_int8_all = self._qs.score([])
+        self.workdir = work
+
+    @property
+    def layer_nodes(self) -> dict[str, Layer]:
+        return self._qs.layers
+
+    def score(self, float_layers: Sequence[str] = (), only: str | None = None) -> float:
+        return self._qs.score(float_layers, only)
+
+    def build(self, out: str | os.PathLike, float_layers: Sequence[str] = ()) -> Path:
+        self._qs.build(Path(out), float_layers)
+        return Path(out)
+
+    @property
+    def evaluations(self) -> int:
+        return len(self._qs._memo)
+
+
 def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLike, spec: Spec,
                    config: QuantConfig | None = None, calibration=None, eval_set: EvalSet | None = None,
                    test_set: EvalSet | None = None, sensitivity_png: str | os.PathLike | None = None,
@@ -243,84 +390,10 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
     t0 = time.perf_counter()
     config = config or QuantConfig()
     profile = config.quant_profile
-    src_path = Path(onnx_fp32_path)
-    if not src_path.is_file():
-        raise QuantizationError(f"{src_path}: no such ONNX file")
-    try:
-        model = onnx.load(str(src_path))
-    except Exception as e:  # noqa: BLE001 - protobuf/onnx raise many types
-        raise QuantizationError(f"{src_path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
-    if len(model.graph.input) != 1:
-        raise QuantizationError(f"{src_path}: expected one input, found {len(model.graph.input)}")
-    input_name = model.graph.input[0].name
-    src_meta = {p.key: p.value for p in model.metadata_props}
-    _name_nodes(model)
-
-    if isinstance(calibration, CalibrationSource):
-        source = calibration
-        source.input_name = input_name
-    else:
-        source = CalibrationSource(spec, calibration, num_patches=config.num_patches, patch_size=config.patch_size,
-                                   seed=config.seed, batch_size=config.batch_size, input_name=input_name,
-                                   progress=config.progress)
-    check_fp32_output(model.SerializeToString(), source.patches, input_name, config.threads)
-    evalset = eval_set if eval_set is not None else held_out_eval_set(spec.scale)
-    if len(evalset) == 0:
-        raise DatasetError("the evaluation set is empty")
-
     warnings: list[str] = []
-    eq_report = center_report = prelu_report = None
-    with tempfile.TemporaryDirectory(prefix="edgesr-int8-") as tmp:
-        work = Path(tmp)
-        if config.equalize:
-            from .equalize import equalize
-
-            model, rep = equalize(model, source.patches, alpha=config.equalize_alpha,
-                                  symmetric=profile.activation_symmetric, threads=config.threads)
-            if rep.max_abs_change is not None and not rep.max_abs_change <= EQUALIZE_TOL:
-                raise QuantizationError(f"activation equalization changed the fp32 output by "
-                                        f"{rep.max_abs_change:.2e} (> {EQUALIZE_TOL}); rerun with equalize off")
-            eq_report = rep.to_dict()
-        split = profile.split_prelu if config.split_prelu is None else config.split_prelu
-        if split:
-            from .prelu import split_prelu
-
-            model, prep = split_prelu(model, source.patches[: min(4, len(source.patches))])
-            if prep.max_abs_change is not None and not prep.max_abs_change <= EQUALIZE_TOL:
-                raise QuantizationError(f"the PRelu rewrite changed the fp32 output by {prep.max_abs_change:.2e}")
-            prelu_report = prep.to_dict()
-        if config.center and profile.activation_symmetric:
-            from .center import center_conv_inputs
-
-            model, crep = center_conv_inputs(model, source.patches, threads=config.threads)
-            if crep.max_abs_change is not None and not crep.max_abs_change <= EQUALIZE_TOL:
-                raise QuantizationError(f"zero-centring changed the fp32 output by {crep.max_abs_change:.2e} "
-                                        f"(> {EQUALIZE_TOL}); rerun with center off")
-            center_report = crep.to_dict()
-        fp32_path = work / "fp32.onnx"
-        onnx.save(model, str(fp32_path))
-        layers = quantizable_layers(model, profile.op_types() or ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add"))
-        if not layers:
-            raise QuantizationError(f"{src_path}: no quantizable layer (Conv/Gemm/MatMul/Add) in the graph")
-
-        ranges = calibrate(fp32_path, source, config, profile.op_types(), work)
-        out_name = model.graph.output[0].name
-        if out_name in ranges and _all_zero(ranges[out_name]):
-            raise QuantizationError("the model's output is all zeros for the calibration data")
-        from onnxruntime.quantization.calibrate import save_tensors_data
-
-        ranges_path = work / "ranges.json"
-        save_tensors_data(ranges, ranges_path)
-
-        refiner = None
-        if config.gptq or config.bias_correction:
-            from .refine import WeightRefiner
-
-            refiner = WeightRefiner(model, source.patches, gptq=config.gptq,
-                                    bias_correction=config.bias_correction, threads=config.threads)
-        qs = _Session(fp32_path, spec, config, ranges_path, evalset, work, layers, refiner)
-        psnr_fp32 = evaluate(fp32_path, spec, evalset, config.threads).psnr
-        psnr_all = qs.score([])
+    with QuantSession(onnx_fp32_path, spec, config, calibration, eval_set) as qs:
+        evalset, layers = qs.evalset, qs.layers
+        psnr_fp32, psnr_all = qs.psnr_fp32, qs.psnr_int8_all
         rows: list[SensitivityRow] = []
         budget = config.psnr_budget
         result_search: SearchResult | None = None
@@ -336,8 +409,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
                                 f"best drop {result_search.drop:.3f} dB with {len(result_search.float_layers)} "
                                 "float layers")
         float_layers = result_search.float_layers if result_search else []
-        final_tmp = work / "final.onnx"
-        qs.build(final_tmp, float_layers)
+        final_tmp = qs.build(qs.workdir / "final.onnx", float_layers)
         psnr_int8 = qs.score(float_layers)
 
         qmodel = onnx.load(str(final_tmp))
@@ -347,10 +419,10 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
                 raise QuantizationError("trt profile produced a graph TensorRT would reject: " + "; ".join(problems[:5]))
         test_fp32 = test_int8 = None
         if test_set is not None:
-            test_fp32 = evaluate(fp32_path, spec, test_set, config.threads).psnr
+            test_fp32 = evaluate(qs.fp32_path, spec, test_set, config.threads).psnr
             test_int8 = evaluate(final_tmp, spec, test_set, config.threads).psnr
-        float_nodes = [n for name in float_layers for n in qs.layers[name].nodes]
-        meta = dict(src_meta)
+        float_nodes = [n for name in float_layers for n in qs.layer_nodes[name].nodes]
+        meta = dict(qs.src_meta)
         if "precision" in meta:
             meta["precision"] = "int8"
         meta.update({
@@ -361,12 +433,14 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
             "edgesr.int8.psnr_fp32": f"{psnr_fp32:.4f}",
             "edgesr.int8.psnr_int8": f"{psnr_int8:.4f}",
             "edgesr.int8.equalized": json.dumps(bool(config.equalize)),
-            "edgesr.int8.centered": json.dumps(bool(center_report and center_report["inputs"])),
+            "edgesr.int8.centered": json.dumps(bool(qs.center_report and qs.center_report["inputs"])),
         })
         _set_metadata(qmodel, meta)
         out = Path(out_path)
         with atomic_path(out) as tmp_out:
             onnx.save(qmodel, str(tmp_out))
+        source = qs.source
+        reports = (qs.eq_report, qs.center_report, qs.prelu_report)
 
     result = QuantResult(
         path=out, profile=profile.name, config=config.to_dict(), float_nodes=float_nodes,
@@ -374,17 +448,23 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         within_budget=budget is None or psnr_fp32 - psnr_int8 <= budget, eval_set=evalset.name,
         sensitivity=rows, layers=[l.name for l in layers],
         search_steps=[asdict(s) for s in result_search.steps] if result_search else [],
-        calibration=source.describe() | {"method": config.method}, equalization=eq_report,
-        centering=center_report, prelu_rewrite=prelu_report,
+        calibration=source.describe() | {"method": config.method}, equalization=reports[0],
+        centering=reports[1], prelu_rewrite=reports[2],
         test_set=test_set.name if test_set is not None else None, test_psnr_fp32=test_fp32,
         test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings)
     if sensitivity_png and rows:
         from .sensitivity import plot_sensitivity
 
-        plot_sensitivity(rows, sensitivity_png, title=f"{src_path.stem}: INT8 sensitivity ({profile.name}, "
-                         f"{evalset.name})", float_layers=float_layers)
+        plot_sensitivity(rows, sensitivity_png, title=f"{Path(onnx_fp32_path).stem}: INT8 sensitivity "
+                         f"({profile.name}, {evalset.name})", float_layers=float_layers)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _check_exact(change: float | None, what: str, option: str) -> None:
+    if change is not None and not change <= EQUALIZE_TOL:
+        raise QuantizationError(f"{what} changed the fp32 output by {change:.2e} (> {EQUALIZE_TOL}); "
+                                f"rerun with {option} off")
 
 
 def _all_zero(td) -> bool:
