@@ -435,6 +435,20 @@ def render_report_md(report: dict, manifest: dict) -> str:
                          f"{_f(q['psnr_int8'])} | {_f(q['drop'])} | {q['within_budget']} | "
                          f"{', '.join(q.get('float_layers') or []) or '-'} | {test} |")
         lines.append("")
+    if "engines" in report:
+        eng = report["engines"]
+        run = eng["run"] if isinstance(eng["run"], str) else f"verified on {eng['run'].get('device', {}).get('name')}"
+        p = eng["profile"]
+        lines += ["## TensorRT engines", "", f"- profile (LR H x W): min {p['min_hw']}, opt {p['opt_hw']}, "
+                  f"max {p['max_hw']}; targets: {eng['options']['compute_capabilities']}",
+                  f"- run: {run}", "",
+                  "| engine | flavour | precision | source | cache hit | build s | MiB |", "|---|---|---|---|---|---|---|"]
+        for b in eng["builds"]:
+            lines.append(f"| {b['file']} | {b['flavour']} {b['flavour_version']} | {b['precision']} | {b['source']} | "
+                         f"{b['cache_hit']} | {b['build_seconds']} | {b['bytes'] / 2**20:.2f} |")
+        for note in eng.get("skipped", []):
+            lines.append(f"- skipped: {note}")
+        lines.append("")
     if "latency" in report:
         m = report["latency"]["machine"]
         lines += ["## CPU latency", "", f"{m.get('cpu_model')}, {m.get('logical_cpus')} logical CPUs, "
