@@ -217,8 +217,25 @@ def pareto_latency(run: Run, models: dict, roofs: dict | None) -> None:
               + (f", int8 {stats['ort-int8'].median_ms:.1f} ms" if "ort-int8" in stats else ""), flush=True)
 
 
+class _TorchThreads:
+    """A TorchRunner that sets torch's (process-global) thread count before each run, so
+    candidates with different thread counts can be interleaved."""
+
+    def __init__(self, runner, threads: int):
+        self.runner, self.threads = runner, threads
+
+    def run(self, x):
+        import torch
+
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        return self.runner.run(x)
+
+
 def headline(run: Run, models: dict) -> dict:
     """(b) PyTorch eager CPU vs ORT fp32 vs ORT INT8, one interleaved run per model."""
+    import torch
+
     from edgesr.backends.torch_runner import TorchRunner
 
     out = {}
@@ -228,22 +245,34 @@ def headline(run: Run, models: dict) -> dict:
             continue
         m = models[name]
         if run.threads:
-            import torch
-
             torch.set_num_threads(run.threads)
-        fns = {"torch-eager": TorchRunner(m["src"].module),
+        # Library-default threads (the headline) and one thread each: on a shared, oversubscribed
+        # machine one thread per library is the comparison least distorted by the other tenants.
+        torch_default = run.threads or torch.get_num_threads()
+        fns = {"torch-eager": _TorchThreads(TorchRunner(m["src"].module), torch_default),
                "ort-fp32": SessionRunner(ort_session(m["fp32_onnx"], threads=run.threads), "fp32")}
         if m.get("int8_onnx"):
             fns["ort-int8"] = SessionRunner(ort_session(m["int8_onnx"], threads=run.threads), "int8")
+        if not run.threads:
+            fns["torch-eager 1 thread"] = _TorchThreads(TorchRunner(m["src"].module), 1)
+            fns["ort-fp32 1 thread"] = SessionRunner(ort_session(m["fp32_onnx"], threads=1), "fp32-1")
+            if m.get("int8_onnx"):
+                fns["ort-int8 1 thread"] = SessionRunner(ort_session(m["int8_onnx"], threads=1), "int8-1")
         ref = fns["torch-eager"].run(x)
         checks = {k: max_abs_diff(r.run(x), ref) for k, r in fns.items() if k != "torch-eager"}
         stats = time_interleaved({k: (lambda r=r: r.run(x)) for k, r in fns.items()}, run.pol_headline)
+        torch.set_num_threads(torch_default)
         res = {"workload": f"x4 {run.x4_720p[0]}x{run.x4_720p[1]} -> {run.x4_720p[0] * 4}x{run.x4_720p[1] * 4}",
+               "threads": {"default": f"torch {torch_default}, ORT {run.threads or 'default'}"},
                "stats": {k: _stats(v) for k, v in stats.items()}, "max_abs_vs_torch": checks,
                "ort_vs_torch": ratio_summary(stats["torch-eager"], stats["ort-fp32"])}
         if "ort-int8" in stats:
             res["int8_vs_fp32"] = ratio_summary(stats["ort-fp32"], stats["ort-int8"])
             res["int8_vs_torch"] = ratio_summary(stats["torch-eager"], stats["ort-int8"])
+        if "ort-fp32 1 thread" in stats:
+            res["ort_vs_torch_1thread"] = ratio_summary(stats["torch-eager 1 thread"], stats["ort-fp32 1 thread"])
+            if "ort-int8 1 thread" in stats:
+                res["int8_vs_fp32_1thread"] = ratio_summary(stats["ort-fp32 1 thread"], stats["ort-int8 1 thread"])
         out[name] = res
         print(f"    {name}: " + ", ".join(f"{k} {v.median_ms:.1f} ms" for k, v in stats.items()), flush=True)
     return out
@@ -328,6 +357,7 @@ def resolution(run: Run, models: dict) -> dict:
     from edgesr.backends.torch_runner import TorchRunner
 
     rows = []
+    notes: dict = {}
     m = models.get("ETDS-M")
     if m is None:
         return {"skipped": "ETDS-M not benchmarked"}
@@ -347,11 +377,18 @@ def resolution(run: Run, models: dict) -> dict:
             try:
                 p, _ = src2.int8_onnx("cpu", run.int8_config)
                 b2["ort-int8"] = SessionRunner(ort_session(p, threads=run.threads), "int8")
+                ops = optimized_ops(p)
+                n_conv = sum(v for k, v in optimized_ops(src2.fp32_onnx()).items() if k in ("Conv", "FusedConv"))
+                notes["ETDS-M x2 int8"] = {"float_layers": int8_record(p).get("float_layers"),
+                                           "convs_as_qlinearconv": f"{ops.get('QLinearConv', 0)}/{n_conv}"}
             except Exception as e:  # noqa: BLE001
                 rows.append({"model": "ETDS-M", "scale": 2, "error": f"int8: {e}"})
         for hw in ([(24, 40)] if run.quick else [(360, 640), (540, 960)]):
             rows += _res_rows(run, "ETDS-M", 2, hw, b2)
-    return {"rows": rows}
+    if m.get("int8"):
+        notes["ETDS-M x4 int8"] = {"float_layers": m["int8"].get("float_layers"),
+                                   "convs_as_qlinearconv": m["int8"].get("convs_as_qlinearconv")}
+    return {"rows": rows, "int8_models": notes}
 
 
 def _res_rows(run: Run, model: str, scale: int, hw, backends) -> list[dict]:
@@ -573,7 +610,12 @@ def readme(run: Run, info: dict, roofs: dict | None, models: dict, comp: dict, s
     L.append("")
     for name, r in comp.get("b", {}).items():
         L.append(f"- {name}: ORT fp32 is {_ratio(r['ort_vs_torch'])} as fast as PyTorch eager"
-                 + (f"; ORT INT8 is {_ratio(r['int8_vs_fp32'])} as fast as ORT fp32" if "int8_vs_fp32" in r else ""))
+                 + (f"; ORT INT8 is {_ratio(r['int8_vs_fp32'])} as fast as ORT fp32" if "int8_vs_fp32" in r else "")
+                 + " (library-default threads)")
+        if "ort_vs_torch_1thread" in r:
+            L.append(f"- {name}, one thread each: ORT fp32 is {_ratio(r['ort_vs_torch_1thread'])} as fast as PyTorch "
+                     "eager" + (f"; ORT INT8 is {_ratio(r['int8_vs_fp32_1thread'])} as fast as ORT fp32"
+                                if "int8_vs_fp32_1thread" in r else ""))
     a = comp.get("a", {})
     L += ["", "## (a) Training form exported as-is vs deploy form (ORT, interleaved)", ""]
     if "stats" in a:
@@ -611,11 +653,15 @@ def readme(run: Run, info: dict, roofs: dict | None, models: dict, comp: dict, s
         if "median_ms" in r:
             L.append(f"| {r['model']} x{r['scale']} | {r['backend']} | {r['size']} | {r['output']} | "
                      f"{r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['cv']:.0%} | {r['mpix_per_s']:.2f} |")
+    for k, v in res.get("int8_models", {}).items():
+        L.append(f"- {k}: {v['convs_as_qlinearconv']} convs run as QLinearConv; kept float by the 0.1 dB budget: "
+                 f"{', '.join(v['float_layers'] or []) or 'none'}")
     # models
     L += ["", "## Every x4 model: cost, quality, latency (x4 720p, ORT fp32 vs INT8 interleaved per model)", "",
           "![Pareto](pareto_psnr_latency.png)", "",
           "| model | params | MACs/px | Set5 PSNR fp32 | INT8 | fp32 ms | INT8 ms | INT8 speedup (p10-p90) | "
-          "QLinearConv | fp32 GFLOP/s | % of GEMM peak |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+          "convs run as QLinearConv | layers kept float (0.1 dB budget) | fp32 GFLOP/s | % of GEMM roof |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in models.items():
         lat = m.get("latency_720p", {})
         f32, i8 = lat.get("ort-fp32", {}), lat.get("ort-int8", {})
@@ -623,7 +669,9 @@ def readme(run: Run, info: dict, roofs: dict | None, models: dict, comp: dict, s
         L.append(f"| {name} | {m['cost']['params']:,} | {m['cost']['macs_per_output_pixel']:.0f} | "
                  f"{_f(m.get('psnr_set5_fp32'))} | {_f(m.get('psnr_set5_int8'))} | {_f(f32.get('median_ms'), 1)} | "
                  f"{_f(i8.get('median_ms'), 1)} | {_ratio(m['int8_speedup_720p']) if 'int8_speedup_720p' in m else '-'}"
-                 f" | {(m.get('int8') or {}).get('convs_as_qlinearconv', '-')} | {_f(ach.get('gflops'), 1)} | "
+                 f" | {(m.get('int8') or {}).get('convs_as_qlinearconv', '-')} | "
+                 f"{len((m.get('int8') or {}).get('float_layers') or []) if m.get('int8') else '-'} | "
+                 f"{_f(ach.get('gflops'), 1)} | "
                  f"{_f(100 * ach['efficiency_vs_peak'], 0) if 'efficiency_vs_peak' in ach else '-'} |")
     errs = {n: m["int8_error"] for n, m in models.items() if m.get("int8_error")}
     if errs:

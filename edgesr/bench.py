@@ -646,7 +646,15 @@ def cached_int8(fp32: Path, spec, workdir: Path, profile: str = "cpu", config: A
                   _version("onnxruntime"))
     out = Path(workdir) / f"{fp32.stem}.int8-{profile}.{key}.onnx"
     if not out.is_file():
-        res = quantize_model(fp32, out, spec, cfg)
+        import logging
+
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # onnxruntime.quantization's "consider pre-processing" notices
+        try:
+            res = quantize_model(fp32, out, spec, cfg)
+        finally:
+            root.setLevel(level)
         d = res.to_dict() if hasattr(res, "to_dict") else {}
         d.pop("sensitivity", None)
         atomic_write_json(out.with_suffix(".json"), d)
@@ -774,9 +782,11 @@ class TorchCudaRunner:
     def __init__(self, module, cuda_graph: bool = False, device: int = 0):
         import torch
 
+        import copy
+
         self.torch = torch
         self.device = torch.device("cuda", device)
-        self.module = module.eval().to(self.device)
+        self.module = copy.deepcopy(module).eval().to(self.device)  # the caller's CPU module stays on the CPU
         self.cuda_graph = cuda_graph
         self.name = "torch-cuda:graph" if cuda_graph else "torch-cuda:eager"
         self._graphs: dict[tuple, tuple] = {}
@@ -886,11 +896,12 @@ def bench_prepared(prepared: Sequence[Prepared], sizes: Sequence[tuple[int, int]
                 results.append(BenchResult(p.backend, (h, w), out_hw, batch, stats[p.backend], p.artifact, p.precision,
                                            [q.backend for q in cpu if q is not p] if interleave else [], notes=p.notes))
         for p in (q for q in prepared if q.gpu):
-            results.append(_bench_gpu(p, x, out_hw, batch, policy))
+            results.append(_bench_gpu(p, x, out_hw, batch, policy, spec.out_channels))
     return results
 
 
-def _bench_gpu(p: Prepared, x: np.ndarray, out_hw: tuple[int, int], batch: int, policy: TimingPolicy) -> BenchResult:
+def _bench_gpu(p: Prepared, x: np.ndarray, out_hw: tuple[int, int], batch: int, policy: TimingPolicy,
+               out_channels: int) -> BenchResult:
     host = time_callable(lambda: p.runner.run(x), policy)
     gpu: dict[str, Any] = {}
     if isinstance(p.runner, TorchCudaRunner):
@@ -902,7 +913,7 @@ def _bench_gpu(p: Prepared, x: np.ndarray, out_hw: tuple[int, int], batch: int, 
         warm = max(policy.warmup_runs, int(policy.warmup_seconds * 1e3 / per_run))
         gpu["compute"] = stats_from_samples(p.runner.time_gpu(x, warmup=warm, iters=iters))
         gpu["mode"] = "cuda-graph" if getattr(p.runner, "cuda_graph", False) else "enqueue"
-    copies = time_cuda_copies(x.shape, (batch, x.shape[1], *out_hw), policy)
+    copies = time_cuda_copies(x.shape, (batch, out_channels, *out_hw), policy)
     gpu |= copies
     return BenchResult(p.backend, tuple(x.shape[2:]), out_hw, batch, host, p.artifact, p.precision, gpu=gpu,
                        notes=p.notes + ["median_ms is host latency (numpy in -> numpy out, H2D + compute + D2H + "

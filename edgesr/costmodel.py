@@ -15,6 +15,8 @@ small tensors in cache, so this is a plausible DRAM-traffic estimate, not a meas
 Machine roofs are measured in-process: fp32 GEMM (torch.mm and numpy.matmul, best of
 a few sizes), int8 GEMM (ONNX Runtime MatMulInteger, uint8 x int8 -> int32, the MLAS
 kernel QLinearConv uses) and a STREAM-like copy (bytes read + bytes written per second).
+Each roof is the fastest run of its micro-benchmark (medians are recorded too): on a shared
+machine the median mostly measures the other tenants.
 """
 
 from __future__ import annotations
@@ -198,9 +200,12 @@ def measure_gemm_fp32(threads: int | None = None, sizes: Sequence[int] = (256, 5
                          "best_gflops": round(2 * n**3 / (st.min_ms / 1e3) / 1e9, 2)})
     finally:
         torch.set_num_threads(old)
-    best = max(rows, key=lambda r: r["gflops"])
-    return {"peak_gflops": best["gflops"], "peak_from": f"{best['lib']} n={best['n']} (median)",
-            "threads": threads or old, "rows": rows}
+    # The roof is the best single run: on a shared machine the median mostly measures the other
+    # tenants; the fastest run is the closest to what the cores can do when they are ours.
+    best = max(rows, key=lambda r: r["best_gflops"])
+    med = max(rows, key=lambda r: r["gflops"])
+    return {"peak_gflops": best["best_gflops"], "peak_from": f"{best['lib']} n={best['n']} (fastest run)",
+            "median_gflops": med["gflops"], "threads": threads or old, "rows": rows}
 
 
 def measure_gemm_int8(threads: int | None = None, n: int = 1024, seconds: float = 0.4) -> dict:
@@ -226,8 +231,10 @@ def measure_gemm_int8(threads: int | None = None, n: int = 1024, seconds: float 
     a = rng.integers(0, 256, size=(n, n), dtype=np.uint8)
     st = time_callable(lambda: sess.run(None, {"A": a}),
                        TimingPolicy(warmup_seconds=0.1, min_runs=3, min_seconds=seconds, max_runs=200))
-    return {"peak_gops": round(2 * n**3 / (st.median_ms / 1e3) / 1e9, 2), "n": n,
-            "median_ms": round(st.median_ms, 3), "threads": threads, "op": "ORT MatMulInteger u8 x s8"}
+    return {"peak_gops": round(2 * n**3 / (st.min_ms / 1e3) / 1e9, 2),
+            "median_gops": round(2 * n**3 / (st.median_ms / 1e3) / 1e9, 2), "n": n,
+            "median_ms": round(st.median_ms, 3), "min_ms": round(st.min_ms, 3), "threads": threads,
+            "op": "ORT MatMulInteger u8 x s8 (peak: fastest run)"}
 
 
 def measure_stream_copy(threads: int | None = None, mbytes: int = 256, seconds: float = 0.4) -> dict:
@@ -245,16 +252,17 @@ def measure_stream_copy(threads: int | None = None, mbytes: int = 256, seconds: 
     rows = []
     try:
         a, b = torch.ones(n), torch.empty(n)
-        st = time_callable(lambda: b.copy_(a), pol)
-        rows.append({"lib": "torch copy_", "gbs": round(2 * 4 * n / (st.median_ms / 1e3) / 1e9, 2)})
         an, bn = a.numpy(), b.numpy()
-        st = time_callable(lambda: np.copyto(bn, an), pol)
-        rows.append({"lib": "numpy.copyto", "gbs": round(2 * 4 * n / (st.median_ms / 1e3) / 1e9, 2)})
+        for lib, fn in (("torch copy_", lambda: b.copy_(a)), ("numpy.copyto", lambda: np.copyto(bn, an))):
+            st = time_callable(fn, pol)
+            rows.append({"lib": lib, "gbs": round(2 * 4 * n / (st.median_ms / 1e3) / 1e9, 2),
+                         "best_gbs": round(2 * 4 * n / (st.min_ms / 1e3) / 1e9, 2)})
     finally:
         torch.set_num_threads(old)
         del a, b
-    best = max(rows, key=lambda r: r["gbs"])
-    return {"bandwidth_gbs": best["gbs"], "from": best["lib"], "buffer_mb": mbytes, "rows": rows}
+    best = max(rows, key=lambda r: r["best_gbs"])
+    return {"bandwidth_gbs": best["best_gbs"], "from": f"{best['lib']} (fastest run)",
+            "median_gbs": max(r["gbs"] for r in rows), "buffer_mb": mbytes, "rows": rows}
 
 
 def measure_roofs(threads: int | None = None, seconds: float = 0.4) -> dict:

@@ -377,3 +377,23 @@ def test_mac_count_matches_ecbsr_formula():
     assert r.macs == 16 * per_lr_px
     assert r.macs_per_output_pixel == pytest.approx(per_lr_px / 16)
     assert np.isclose(r.macs_per_output_pixel, 1035.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
+@pytest.mark.parametrize("graph", [False, True])
+def test_cli_bench_torch_cuda_reports_gpu_compute_and_copies(tiny_checkpoint, tmp_path, capsys, graph):
+    from edgesr.cli import main
+
+    argv = ["bench", str(tiny_checkpoint), "-b", "torch", "-b", "torch-cuda", "--size", "16x16", "--warmup", "0",
+            "--min-runs", "3", "--min-seconds", "0", "--work", str(tmp_path), "--json"] + (["--cuda-graph"] if graph
+                                                                                           else [])
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    gpu_rows = [r for r in out["results"] if r["backend"] == "torch-cuda"]
+    assert len(gpu_rows) == 1
+    g = gpu_rows[0]["gpu"]
+    assert g["mode"] == ("cuda-graph" if graph else "eager")
+    for k in ("compute", "h2d", "d2h"):
+        assert g[k]["runs"] >= 3 and g[k]["median_ms"] > 0
+    assert out["machine"]["gpu"]
