@@ -10,6 +10,12 @@ is recorded next to it.
 
     python benchmarks/int8_latency.py [--threads 1] [--runs 10] [--models A,B] [--study]
 
+``--search-study`` compares the sensitivity rankings ("only": quantize only that layer;
+"except": quantize everything but that layer) with the exhaustive greedy search, on
+settings where the budget needs float layers (naive trt: no equalization/centring/GPTQ;
+and the cpu profile); it is merged into the JSON under "search_study" (``--no-latency``
+skips the timing part).
+
 ``--study`` adds the profile study behind the ``cpu`` choice (docs/int8.md): every
 activation/weight type choice and reduce_range, all layers int8 (no search), accuracy
 and latency, plus the PReLU study for ECBSR (PRelu kept in float between
@@ -108,8 +114,27 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=10, help="minimum timed runs per model (median reported)")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     ap.add_argument("--study", action="store_true", help="also the profile study and the PReLU study")
+    ap.add_argument("--search-study", action="store_true", help="compare sensitivity rankings with greedy")
+    ap.add_argument("--ablation", action="store_true", help="trt profile: what each technique adds (Set5)")
+    ap.add_argument("--no-latency", action="store_true", help="skip the latency table (keep the JSON's)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
+    if args.no_latency:
+        prev = {}
+        if Path(args.out).is_file():
+            import json
+
+            prev = json.loads(Path(args.out).read_text())
+        from edgesr.fsutil import atomic_write_json
+
+        if args.ablation:
+            prev["ablation"] = ablation(args)
+        if args.search_study:
+            prev["search_study"] = search_study(args)
+        if args.ablation or args.search_study:
+            atomic_write_json(args.out, prev)
+            print(f"\nwrote {args.out}")
+        return 0
 
     from edgesr.bench import machine_info
     from edgesr.export.onnx import export_onnx
@@ -153,9 +178,104 @@ def main(argv=None) -> int:
                                  f"{v['latency_ms']['min_ms']:.1f}/{v['latency_ms']['p90_ms']:.1f}",
                                  v.get("set5_drop"), v.get("heldout_drop")]
                                 for k, v in e["profile_study"].items()]))
+    if args.ablation:
+        result["ablation"] = ablation(args)
+    if args.search_study:
+        result["search_study"] = search_study(args)
     atomic_write_json(args.out, result)
     print(f"\nwrote {args.out}")
     return 0
+
+
+def ablation(args) -> dict:
+    """Symmetric int8 (TensorRT-style), all layers int8, one technique added at a time."""
+    from edgesr.cli.output import format_table
+    from edgesr.export.onnx import export_onnx
+    from edgesr.quant import TRT, testset_eval_set
+
+    set5 = testset_eval_set(SET5, 4) if SET5.is_dir() else None
+    off = dict(equalize=False, center=False, gptq=False, bias_correction=False, psnr_budget=None)
+    ort_default = replace(TRT, name="ort-default", placement="ort")
+    steps = [
+        ("ORT default placement (QDQ on every tensor), min-max", ort_default, off),
+        ("+ QDQ only on Conv/Add inputs", TRT, off),
+        ("+ activation-range equalization", TRT, dict(off, equalize=True)),
+        ("+ bias correction", TRT, dict(off, equalize=True, bias_correction=True)),
+        ("+ GPTQ rounding", TRT, dict(off, equalize=True, bias_correction=True, gptq=True)),
+        ("+ zero-centring (= trt profile)", TRT, dict(off, equalize=True, bias_correction=True, gptq=True,
+                                                      center=True)),
+    ]
+    out: dict = {}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgesr-int8-abl-") as tmp:
+        tmp = Path(tmp)
+        for name in args.models.split(","):
+            module, spec, _ = load_deploy(name)
+            fp32 = export_onnx(module, spec, tmp / f"{name}.onnx").path
+            out[name] = {}
+            for label, prof, cfg in steps:
+                res, _ = quantize(fp32, tmp / f"{name}_abl.onnx", spec, prof, set5, args.threads, **cfg)
+                out[name][label] = {"set5_fp32": res.test_psnr_fp32, "set5_int8": res.test_psnr_int8,
+                                    "set5_drop": res.test_drop, "heldout_drop": res.drop}
+                rows.append([name, label, res.test_psnr_int8, res.test_drop, res.drop])
+            print(f"[ablation] {name} done", file=sys.stderr, flush=True)
+    print(format_table(["model", "step", "Set5 int8", "Set5 drop", "held-out drop"], rows))
+    return out
+
+
+def search_study(args) -> dict:
+    """Which sensitivity measure predicts the greedy mixed-precision result?"""
+    from edgesr.cli.output import format_table
+    from edgesr.export.onnx import export_onnx
+    from edgesr.quant import QuantConfig, QuantSession, testset_eval_set
+    from edgesr.quant.evaluate import evaluate
+    from edgesr.quant.sensitivity import greedy_search, ranking, search, sensitivity
+
+    set5 = testset_eval_set(SET5, 4) if SET5.is_dir() else None
+    naive = dict(equalize=False, center=False, gptq=False, bias_correction=False)
+    settings = [(name, "trt (naive)", dict(profile="trt", **naive)) for name in args.models.split(",")]
+    settings += [(name, "cpu", dict(profile="cpu")) for name in args.models.split(",")]
+    out = {}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgesr-int8-search-") as tmp:
+        tmp = Path(tmp)
+        fp32 = {}
+        for name, label, cfg in settings:
+            if name not in fp32:
+                module, spec, _ = load_deploy(name)
+                fp32[name] = (export_onnx(module, spec, tmp / f"{name}.onnx").path, spec)
+            path, spec = fp32[name]
+            budget = 0.1
+            config = QuantConfig(threads=args.threads, progress=False, psnr_budget=budget, **cfg)
+            with QuantSession(path, spec, config) as qs:
+                f, a = qs.psnr_fp32, qs.psnr_int8_all
+                if f - a <= budget:
+                    out[f"{name} / {label}"] = {"all_int8_drop": f - a, "needs_search": False}
+                    continue
+                n0 = qs.evaluations
+                sens = sensitivity(qs.layers, qs.score, f, a, ("only", "except"))
+                n_sens = qs.evaluations - n0
+                entry = {"all_int8_drop": f - a, "needs_search": True, "sensitivity_evaluations": n_sens,
+                         "sensitivity": [r.to_dict() for r in sens], "methods": {}}
+                results = {m: search(ranking(sens, m), qs.score, f, a, budget) for m in ("only", "except")}
+                results["greedy"] = greedy_search([l.name for l in qs.layers], qs.score, f, a, budget)
+                for m, r in results.items():
+                    s5 = None
+                    if set5 is not None:
+                        p = qs.build(tmp / f"{name}_{m}.onnx", r.float_layers)
+                        s5 = evaluate(qs.fp32_path, spec, set5, args.threads).psnr - evaluate(p, spec, set5,
+                                                                                            args.threads).psnr
+                    entry["methods"][m] = {"float_layers": r.float_layers, "heldout_drop": r.drop,
+                                           "within_budget": r.within_budget, "search_evaluations": r.evaluations,
+                                           "set5_drop": s5}
+                    rows.append([name, label, m, len(r.float_layers), r.drop, s5,
+                                 r.evaluations + (n_sens if m != "greedy" else 0),
+                                 ", ".join(x.strip("/").replace("/Conv", "") for x in r.float_layers)])
+                out[f"{name} / {label}"] = entry
+            print(f"[search study] {name} / {label} done", file=sys.stderr, flush=True)
+    print(format_table(["model", "setting", "method", "#float", "held-out drop", "Set5 drop", "evaluations",
+                        "float layers"], rows))
+    return out
 
 
 def study(name, fp32, spec, set5, tmp: Path, x, args) -> dict:

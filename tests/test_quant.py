@@ -70,6 +70,9 @@ def test_default_calibration_uses_sample_images_minus_held_out():
     assert x.shape == (6, 3, 16, 16) and x.dtype == np.float32
     assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.01
     assert "imresize" in src.resampler
+    from onnxruntime.quantization import CalibrationDataReader
+
+    assert isinstance(src, CalibrationDataReader)
 
 
 def test_patches_are_bicubic_lr_of_hr_crops_and_seeded():

@@ -10,7 +10,8 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from edgesr.quant import QuantConfig, check_trt_qdq, quantize_model, testset_eval_set
+from edgesr.quant import QuantConfig, check_trt_qdq, quantize_model
+from edgesr.quant import testset_eval_set as load_eval_pairs  # not "test*": pytest would collect it
 
 MODELS = [("ETDS", "ETDS_M5C16_x4"), ("ETDS", "ETDS_M6C32_x4"), ("ECBSR", "ECBSR_M4C16_x4"),
           ("ABPN", "ABPN_M4C28_x4")]
@@ -19,7 +20,7 @@ BUDGET = 0.10
 
 @pytest.fixture(scope="module")
 def set5_x4(set5_dir):
-    return testset_eval_set(set5_dir, 4)
+    return load_eval_pairs(set5_dir, 4)
 
 
 @pytest.fixture(scope="module")

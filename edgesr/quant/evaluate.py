@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -48,11 +47,8 @@ def evaluate(model: str | os.PathLike | bytes | object, spec: Spec, evalset: Eva
     for p in evalset.pairs:
         sr = run_sr(sess, spec, p.lr)
         hr = p.hr.astype(np.float64) / 255.0
-        if spec.out_channels == 1:
-            raise NotImplementedError("Y-only models are not supported by the INT8 evaluation yet")
+        if spec.out_channels == 1:  # Y-only model: compare with the HR's Y (BT.601, [0, 1])
+            hr = ((16.0 + hr @ np.array([65.481, 128.553, 24.966])) / 255.0)[..., None]
         per[p.name] = float(psnr_y(sr, hr, crop_border=evalset.scale))
     return EvalScore(float(np.mean(list(per.values()))), per)
 
-
-def model_path_str(p: str | os.PathLike) -> str:
-    return str(Path(p))
