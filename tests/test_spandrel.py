@@ -59,11 +59,7 @@ EXPECT = {"span": ("SPAN", "edgesr:span"), "compact": ("Compact", "spandrel"), "
           "realplksr": ("PLKSR", "spandrel"),  # spandrel files RealPLKSR under the PLKSR id
           "omnisr": ("OmniSR", "edgesr:omnisr"), "safmn": ("SAFMN", "edgesr:safmn"),
           "swinir": ("SwinIR", "edgesr:swinir")}
-# edgesr/archs/span.py returns the pre-activation out1 of each SPAB; the official code (and
-# spandrel) apply SiLU(inplace=True) to it first, so conv_cat sees SiLU(out1). Until span.py
-# follows that, the bridge refuses SPAN (parity 4e-2), and these cases fail as expected.
-SPAN_INPLACE_SILU = pytest.mark.xfail(strict=True, raises=Exception,
-                                      reason="edgesr span.py: SPAB out1 lacks the official in-place SiLU")
+
 
 
 def _ort(path):
@@ -75,7 +71,7 @@ def _ort(path):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=SPAN_INPLACE_SILU) if n == "span" else n for n in CASES])
+@pytest.mark.parametrize("name", CASES)
 def test_bridge_loads_exports_and_matches_spandrel(name, tmp_path):
     torch.manual_seed(0)
     ref = _randomized(CASES[name](), seed=1)
@@ -98,7 +94,6 @@ def test_bridge_loads_exports_and_matches_spandrel(name, tmp_path):
         assert float(np.abs(got - want).max()) < TOL, (name, (n, h, w))
 
 
-@SPAN_INPLACE_SILU
 def test_span_bridge_fuses_conv3xc():
     ref = _randomized(SPAN(num_in_ch=3, num_out_ch=3, feature_channels=16, upscale=2), seed=2)
     bm = load_with_spandrel(ref.state_dict())

@@ -91,8 +91,10 @@ class SPAB(nn.Module):
         self.act1 = nn.SiLU()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out1 = self.c1_r(x)
-        out3 = self.c3_r(self.act1(self.c2_r(self.act1(out1))))
+        # The official SPAB applies SiLU(inplace=True) to out1, so the out1 it returns (which
+        # feeds conv_cat) is the activated one.
+        out1 = self.act1(self.c1_r(x))
+        out3 = self.c3_r(self.act1(self.c2_r(out1)))
         sim_att = torch.sigmoid(out3) - 0.5
         return (out3 + x) * sim_att, out1
 
