@@ -291,7 +291,9 @@ def study(name, fp32, spec, set5, tmp: Path, x, args) -> dict:
         "trt profile graph on CPU": dict(profile=TRT),
     }
     if name.startswith("ECBSR"):
-        variants["u8/s8 reduce_range + PRelu->Relu rewrite"] = dict(profile=CPU, split_prelu=True)
+        variants["cpu + PRelu kept (one float PRelu)"] = dict(profile=CPU, prelu="keep")
+        variants["cpu + PRelu decomposed (float Relu/Sub/Mul/Add)"] = dict(profile=CPU, prelu="decompose")
+        variants["cpu + PRelu split (Relu, 2x channels, int8)"] = dict(profile=CPU, prelu="split")
     sessions = {"fp32": session(fp32, args.threads)}
     out = {}
     for label, cfg in variants.items():
@@ -301,16 +303,17 @@ def study(name, fp32, spec, set5, tmp: Path, x, args) -> dict:
         out[label] = {"set5_drop": res.test_drop, "heldout_drop": res.drop,
                       "optimized_ops": optimized_ops(path, args.threads, tmp)}
         sessions[label] = session(path, args.threads)
-    if name.startswith("ECBSR"):  # what the doubled channels cost in fp32
+    if name.startswith("ECBSR"):  # the rewrites in fp32: decomposition (bit-exact) and doubled channels
         import onnx
 
-        from edgesr.quant.prelu import split_prelu
+        from edgesr.quant.prelu import decompose_prelu, split_prelu
 
-        m, rep = split_prelu(onnx.load(str(fp32)), x[:, :, :32, :32])
-        p = tmp / f"{name}_fp32_split.onnx"
-        onnx.save(m, str(p))
-        out["fp32 with PRelu->Relu rewrite"] = {"max_abs_change": rep.max_abs_change}
-        sessions["fp32 with PRelu->Relu rewrite"] = session(p, args.threads)
+        for label, fn in (("fp32 with PRelu decomposed", decompose_prelu), ("fp32 with PRelu split", split_prelu)):
+            m, rep = fn(onnx.load(str(fp32)), x[:, :, :32, :32])
+            p = tmp / f"{name}_fp32_{fn.__name__}.onnx"
+            onnx.save(m, str(p))
+            out[label] = {"max_abs_change": rep.max_abs_change}
+            sessions[label] = session(p, args.threads)
     t = time_sessions(sessions, args.runs, x)
     out["fp32"] = {}
     for k in out:

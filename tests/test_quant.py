@@ -224,7 +224,7 @@ def _run(model, x):
 def test_equalize_center_and_prelu_rewrites_are_exact(tiny):
     from edgesr.quant.center import center_conv_inputs
     from edgesr.quant.equalize import equalize
-    from edgesr.quant.prelu import split_prelu
+    from edgesr.quant.prelu import decompose_prelu, split_prelu
 
     rng = np.random.default_rng(0)
     calib = rng.random((4, 3, 20, 24), dtype=np.float32)
@@ -239,9 +239,13 @@ def test_equalize_center_and_prelu_rewrites_are_exact(tiny):
         assert ce.inputs and ce.inputs[0].tensor == "input" and abs(ce.inputs[0].shift - 0.5) < 0.05
         for m in (m1, m2):
             np.testing.assert_allclose(_run(m, x), y0, atol=2e-5)
-    m3, pr = split_prelu(onnx.load(str(tiny["ecbsr"][0])), x)
+    ecbsr = onnx.load(str(tiny["ecbsr"][0]))
+    m3, pr = split_prelu(ecbsr, x)
     assert len(pr.rewritten) == 5 and "PRelu" not in {n.op_type for n in m3.graph.node}
-    np.testing.assert_allclose(_run(m3, x), _run(onnx.load(str(tiny["ecbsr"][0])), x), atol=2e-5)
+    np.testing.assert_allclose(_run(m3, x), _run(ecbsr, x), atol=2e-5)
+    m4, pr = decompose_prelu(ecbsr, x)
+    assert len(pr.rewritten) == 5 and "PRelu" not in {n.op_type for n in m4.graph.node}
+    np.testing.assert_array_equal(_run(m4, x), _run(ecbsr, x))  # bit-exact
 
 
 def test_gptq_beats_nearest_rounding():

@@ -6,7 +6,10 @@ Profiles
          biases left float (TensorRT refuses int32-quantized biases in QDQ graphs and wants
          zero point 0). Relu/Clip nodes are kept (symmetric ranges cannot absorb them).
 ``cpu``  what ran fastest *and* most accurately in ONNX Runtime's CPU provider on an x86
-         CPU without VNNI (the measurement is in docs/int8.md): see :data:`CPU`.
+         CPU without VNNI (measured, docs/int8.md): asymmetric uint8 activations with ORT's
+         own QDQ placement (fused into QLinearConv), per-channel int8 weights limited to 7 bits
+         (``reduce_range``: 8-bit weights overflow the AVX2 u8*s8 int16 pair sums), int32
+         biases, PRelu decomposed into float Relu/Sub/Mul/Add (ORT's PRelu kernel is slow).
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ class QuantProfile:
     # "ort":    ONNX Runtime's default placement (outputs quantized too, Relu/Clip folded
     #           into asymmetric ranges) which its CPU provider fuses into QLinearConv.
     placement: str = "inputs"
-    split_prelu: bool = False  # rewrite Conv->PRelu->Conv as Conv(2C)->Relu->Conv (edgesr/quant/prelu.py)
+    # PRelu handling (edgesr/quant/prelu.py): "keep"; "decompose" (bit-exact Relu/Sub/Mul/Add,
+    # float); "split" (Conv(2C) -> Relu -> Conv, int8-friendly, twice the channels)
+    prelu: str = "keep"
     description: str = ""
 
     def ort_types(self):
@@ -74,8 +79,10 @@ TRT = QuantProfile(
 CPU = QuantProfile(
     name="cpu", activation_type="uint8", weight_type="int8", activation_symmetric=False,
     weight_symmetric=True, per_channel=True, reduce_range=True, quantize_bias=True, placement="ort",
+    prelu="decompose",
     description="ONNX Runtime CPU (x86 without VNNI): asymmetric uint8 activations, per-channel "
-                "7-bit (reduce_range) int8 weights, int32 biases")
+                "7-bit (reduce_range) int8 weights, int32 biases, PRelu decomposed into float "
+                "Relu/Sub/Mul/Add")
 
 PROFILES: dict[str, QuantProfile] = {p.name: p for p in (TRT, CPU)}
 
@@ -106,7 +113,7 @@ class QuantConfig:
     equalize_alpha exponent of the equalization scales (1: all channels span the tensor's range)
     center         exact zero-centring of conv inputs for symmetric activation profiles
                    (edgesr/quant/center.py): a [0, R] tensor gets the whole int8 range
-    split_prelu    rewrite PRelu as Relu on doubled channels (exact; None = profile default)
+    prelu          "keep" | "decompose" | "split" PRelu rewrite (None = the profile's)
     gptq           error-compensating rounding of int8 weights (edgesr/quant/refine.py)
     gptq_color_permutations  GPTQ statistics over all 6 RGB channel orders (robust to colours
                    the calibration photos lack; see edgesr/quant/refine.py). None: on when
@@ -130,7 +137,7 @@ class QuantConfig:
     equalize: bool = True
     equalize_alpha: float = 1.0
     center: bool = True
-    split_prelu: bool | None = None  # None: the profile's choice (QuantProfile.split_prelu)
+    prelu: str | None = None  # None: the profile's choice (QuantProfile.prelu)
     gptq: bool = True
     gptq_color_permutations: bool | None = None  # None: on for 7-bit (reduce_range) weights only
     bias_correction: bool = True
@@ -150,6 +157,8 @@ class QuantConfig:
             raise QuantizationError("num_patches, patch_size and batch_size must be >= 1")
         if self.psnr_budget is not None and self.psnr_budget < 0:
             raise QuantizationError(f"psnr_budget must be >= 0 dB, got {self.psnr_budget}")
+        if self.prelu not in (None, "keep", "decompose", "split"):
+            raise QuantizationError(f"prelu must be keep, decompose or split, got {self.prelu!r}")
         if self.sensitivity not in ("only", "except"):
             raise QuantizationError(f"sensitivity must be 'only' or 'except', got {self.sensitivity!r}")
 

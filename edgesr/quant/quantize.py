@@ -205,6 +205,11 @@ class _Session:
         self.ranges_path, self.evalset, self.workdir = ranges_path, evalset, workdir
         self.layers = {l.name: l for l in layers}
         self.refiner = refiner
+        import onnx
+
+        from .prelu import DECOMPOSED_TAG
+
+        self.always_float = [n.name for n in onnx.load(str(fp32_path)).graph.node if DECOMPOSED_TAG in n.name]
         self._memo: dict[tuple, float] = {}
         self.builds = 0
 
@@ -212,7 +217,7 @@ class _Session:
         from onnxruntime.quantization import QuantFormat, quantize_static
 
         act, wt = self.profile.ort_types()
-        exclude = [n for name in float_layers for n in self.layers[name].nodes]
+        exclude = [n for name in float_layers for n in self.layers[name].nodes] + self.always_float
         quantize_ = list(self.layers[only].nodes) if only else None
         extra = self.profile.extra_options()
         extra.update(self.config.extra)
@@ -310,13 +315,13 @@ class QuantSession:
             raise DatasetError("the evaluation set is empty")
 
         self.eq_report = self.center_report = self.prelu_report = None
-        split = profile.split_prelu if config.split_prelu is None else config.split_prelu
-        if split:
+        prelu_mode = profile.prelu if config.prelu is None else config.prelu
+        if prelu_mode == "split":  # before equalization: the doubled channels get equalized too
             from .prelu import split_prelu
 
             model, prep = split_prelu(model, source.patches[: min(4, len(source.patches))])
-            _check_exact(prep.max_abs_change, "the PRelu -> Relu rewrite", "split_prelu")
-            self.prelu_report = prep.to_dict()
+            _check_exact(prep.max_abs_change, "the PRelu -> Relu rewrite", "prelu='split'")
+            self.prelu_report = prep.to_dict() | {"mode": "split"}
         if config.equalize:
             from .equalize import equalize
 
@@ -324,6 +329,12 @@ class QuantSession:
                                   symmetric=profile.activation_symmetric, threads=config.threads)
             _check_exact(rep.max_abs_change, "activation equalization", "equalize")
             self.eq_report = rep.to_dict()
+        if prelu_mode == "decompose":  # after equalization, which needs the PRelu pattern
+            from .prelu import decompose_prelu
+
+            model, prep = decompose_prelu(model, source.patches[: min(4, len(source.patches))])
+            _check_exact(prep.max_abs_change, "the PRelu decomposition", "prelu='decompose'")
+            self.prelu_report = prep.to_dict() | {"mode": "decompose"}
         if config.center and profile.activation_symmetric:
             from .center import center_conv_inputs
 

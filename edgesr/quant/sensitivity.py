@@ -69,9 +69,11 @@ def quantizable_layers(model, op_types: Sequence[str]) -> list[Layer]:
     for n in model.graph.node:
         for t in n.input:
             consumers.setdefault(t, []).append(n)
+    from .prelu import DECOMPOSED_TAG
+
     layers = []
     for n in model.graph.node:
-        if n.op_type not in op_types:
+        if n.op_type not in op_types or DECOMPOSED_TAG in n.name:
             continue
         nodes = [n.name]
         cons = consumers.get(n.output[0], [])
