@@ -182,6 +182,13 @@ def main(argv=None) -> int:
         result["ablation"] = ablation(args)
     if args.search_study:
         result["search_study"] = search_study(args)
+    if Path(args.out).is_file():  # keep sections measured by an earlier run (--no-latency --ablation ...)
+        import json
+
+        prev = json.loads(Path(args.out).read_text())
+        for key in ("ablation", "search_study"):
+            if key not in result and key in prev:
+                result[key] = prev[key]
     atomic_write_json(args.out, result)
     print(f"\nwrote {args.out}")
     return 0

@@ -322,3 +322,21 @@ def test_cli_quantize(tiny, tmp_path, capsys):
     rc = main(["quantize", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "x.onnx")])
     err = capsys.readouterr().err
     assert rc != 0 and err.startswith("edgesr: error:") and "missing.onnx" in err
+
+
+def test_trt_profile_builds_a_tensorrt_rtx_engine(tiny, small_eval, tmp_path):
+    """The full trt graph (equalized, zero-centred: Sub / Clip(min) / Pad, GPTQ weights) is
+    parsed and built by TensorRT-RTX (ahead of time, no GPU needed)."""
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install 'edgesr[trt-rtx]')")
+    from edgesr.backends.trt import BuildOptions, ShapeProfile, build_engine, inspect_onnx
+
+    for name in ("etds", "ecbsr"):
+        path, spec = tiny[name]
+        res = quantize_model(path, tmp_path / f"{name}_trt.onnx", spec,
+                             QuantConfig(profile="trt", psnr_budget=None, **FAST), eval_set=small_eval)
+        ops = {n.op_type for n in onnx.load(str(res.path)).graph.node}
+        assert {"Pad", "Sub"} <= ops  # the zero-centring is in the graph TensorRT parses
+        assert inspect_onnx(res.path).problems == ()
+        art = build_engine(res.path, tmp_path / name, options=BuildOptions(max_threads=1),
+                           profile=ShapeProfile.from_spec(spec, opt_hw=(32, 32), max_hw=(64, 64)))
+        assert art.path.stat().st_size > 0
