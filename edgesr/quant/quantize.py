@@ -159,7 +159,8 @@ def _op_counts(model) -> dict[str, int]:
 
 def check_trt_qdq(model) -> list[str]:
     """Problems that keep a QDQ model from TensorRT's int8 path ([] when fine):
-    non-zero or non-int8 zero points, int32 DequantizeLinear feeding a bias."""
+    non-zero or non-int8 zero points, int32 DequantizeLinear feeding a bias, quantized
+    rank-0 constants."""
     from onnx import TensorProto, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -176,6 +177,8 @@ def check_trt_qdq(model) -> list[str]:
             continue
         if n.op_type == "DequantizeLinear":
             dq_out[n.output[0]] = n
+            if n.input[0] in inits and len(inits[n.input[0]].dims) == 0:
+                problems.append(f"{n.name}: dequantizes a quantized scalar constant")
         if len(n.input) < 3 or not n.input[2]:
             problems.append(f"{n.name}: no zero point (defaults to uint8)")
             continue
@@ -203,13 +206,18 @@ class _Session:
         self.fp32_path, self.spec, self.config = fp32_path, spec, config
         self.profile: QuantProfile = config.quant_profile
         self.ranges_path, self.evalset, self.workdir = ranges_path, evalset, workdir
-        self.layers = {l.name: l for l in layers}
+        self.layers = {layer.name: layer for layer in layers}
         self.refiner = refiner
         import onnx
 
         from .prelu import DECOMPOSED_TAG
 
-        self.always_float = [n.name for n in onnx.load(str(fp32_path)).graph.node if DECOMPOSED_TAG in n.name]
+        from .sensitivity import constant_operand_nodes
+
+        m = onnx.load(str(fp32_path))
+        self.always_float = [n.name for n in m.graph.node if DECOMPOSED_TAG in n.name]
+        if self.profile.placement == "inputs":
+            self.always_float += constant_operand_nodes(m)
         self._memo: dict[tuple, float] = {}
         self.builds = 0
 
@@ -218,7 +226,13 @@ class _Session:
 
         act, wt = self.profile.ort_types()
         exclude = [n for name in float_layers for n in self.layers[name].nodes] + self.always_float
-        quantize_ = list(self.layers[only].nodes) if only else None
+        if only:
+            quantize_ = list(self.layers[only].nodes)
+        elif self.profile.placement == "inputs":
+            # exactly the layers found by quantizable_layers (it leaves out Adds with a constant operand)
+            quantize_ = [n for layer in self.layers.values() for n in layer.nodes]
+        else:
+            quantize_ = None
         extra = self.profile.extra_options()
         extra.update(self.config.extra)
         try:
@@ -343,7 +357,10 @@ class QuantSession:
             self.center_report = crep.to_dict()
         self.fp32_path = work / "fp32.onnx"
         onnx.save(model, str(self.fp32_path))
-        layers = quantizable_layers(model, profile.op_types() or COMPUTE_OPS)
+        from .sensitivity import constant_operand_nodes
+
+        skip = constant_operand_nodes(model) if profile.placement == "inputs" else []
+        layers = quantizable_layers(model, profile.op_types() or COMPUTE_OPS, skip)
         if not layers:
             raise QuantizationError(f"{src_path}: no quantizable layer (Conv/Gemm/MatMul/Add) in the graph")
         self.layers = layers
@@ -457,7 +474,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         path=out, profile=profile.name, config=config.to_dict(), float_nodes=float_nodes,
         float_layers=float_layers, psnr_fp32=psnr_fp32, psnr_int8=psnr_int8, psnr_int8_all=psnr_all,
         within_budget=budget is None or psnr_fp32 - psnr_int8 <= budget, eval_set=evalset.name,
-        sensitivity=rows, layers=[l.name for l in layers],
+        sensitivity=rows, layers=[layer.name for layer in layers],
         search_steps=[asdict(s) for s in result_search.steps] if result_search else [],
         calibration=source.describe() | {"method": config.method}, equalization=reports[0],
         centering=reports[1], prelu_rewrite=reports[2],

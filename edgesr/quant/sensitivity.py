@@ -63,24 +63,31 @@ class SearchResult:
     evaluations: int = 0
 
 
-def quantizable_layers(model, op_types: Sequence[str]) -> list[Layer]:
-    """Compute nodes of `op_types` (graph order) with their trailing activation."""
+def quantizable_layers(model, op_types: Sequence[str], skip: Sequence[str] = ()) -> list[Layer]:
+    """Compute nodes of `op_types` (graph order, minus the names in `skip`) with their
+    trailing activation."""
     consumers: dict[str, list] = {}
     for n in model.graph.node:
         for t in n.input:
             consumers.setdefault(t, []).append(n)
     from .prelu import DECOMPOSED_TAG
 
+    # An elementwise Add with a constant operand (LayerNorm's eps, GELU's +1) gains nothing from
+    # int8 and would quantize a scalar constant, which TensorRT refuses: only activation + activation.
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     layers = []
     for n in model.graph.node:
-        if n.op_type not in op_types or DECOMPOSED_TAG in n.name:
+        if n.op_type not in op_types or DECOMPOSED_TAG in n.name or n.name in skip:
+            continue
+        if n.op_type == "Add" and any(t in constants for t in n.input):
             continue
         nodes = [n.name]
         cons = consumers.get(n.output[0], [])
         if len(cons) == 1 and cons[0].op_type in ACTIVATIONS:
             nodes.append(cons[0].name)
         layers.append(Layer(n.name, n.op_type, tuple(nodes)))
-    names = [l.name for l in layers]
+    names = [layer.name for layer in layers]
     if len(set(names)) != len(names) or any(not x for x in names):
         from ..errors import QuantizationError
 
@@ -101,6 +108,18 @@ def sensitivity(layers: Sequence[Layer], score: ScoreFn, fp32: float, int8_all: 
             row.except_gain = score([layer.name], None) - int8_all
         rows.append(row)
     return rows
+
+
+ELEMENTWISE = ("Add", "Sub", "Mul", "Div")
+
+
+def constant_operand_nodes(model) -> list[str]:
+    """Elementwise nodes with a constant operand (``x + eps``, ``0.5 * x``, a bias Add): not
+    residual joins. Quantizing them quantizes the constant too, and TensorRT refuses
+    quantized rank-0 constants ("Quantized constant ... is only allowed before DQ")."""
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type in ELEMENTWISE and any(t in consts for t in n.input)]
 
 
 def ranking(rows: Sequence[SensitivityRow], method: str) -> list[str]:
