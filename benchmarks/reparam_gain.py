@@ -82,7 +82,9 @@ def measure(policy: TimingPolicy, work: Path, size: tuple[int, int] = (180, 320)
              "deploy (ECBSR_M4C16_x4.pth)": deploy.fp32_onnx(static_hw=size),
              "deploy (bundled, reparameterized)": bundled_deploy.fp32_onnx(static_hw=size)}
     x = np.random.default_rng(0).random((1, 3, *size), dtype=np.float32)
-    runners = {k: SessionRunner(ort_session(p, threads=threads), k) for k, p in paths.items()}
+    # spinning off: three sessions are interleaved; an idle session's spinning pool would compete
+    # for the two cores with the one being timed.
+    runners = {k: SessionRunner(ort_session(p, threads=threads, spinning=False), k) for k, p in paths.items()}
     outs = {k: r.run(x) for k, r in runners.items()}
     tkey, dkey, bkey = list(paths)
     stats = time_interleaved({k: (lambda r=r: r.run(x)) for k, r in runners.items()}, policy)
@@ -93,7 +95,7 @@ def measure(policy: TimingPolicy, work: Path, size: tuple[int, int] = (180, 320)
     res = {
         "export": STATIC_NOTE,
         "workload": f"x4 {size[0]}x{size[1]} -> {size[0] * 4}x{size[1] * 4}", "backend": "onnxruntime CPU",
-        "threads": threads or "ort default", "policy": policy.to_dict(),
+        "threads": threads or "ort default", "ort_spinning": "off (interleaved sessions)", "policy": policy.to_dict(),
         "candidates": {k: {"onnx": p.name, "onnx_ops": _ops(p), "ort_optimized_ops": optimized_ops(p),
                            **stats[k].to_dict(samples=True)} for k, p in paths.items()},
         "training_form": {"params": cost_t.params, "macs_per_output_pixel_hooks": round(cost_t.macs_per_output_pixel, 1),

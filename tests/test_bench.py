@@ -334,6 +334,7 @@ def test_cli_bench_json_shape(tiny_checkpoint, tmp_path, capsys):
     out = json.loads(cap.out)
     assert set(out) >= {"machine", "results", "speedups", "skipped", "policy", "warnings"}
     assert out["machine"]["cpu_model"] and out["machine"]["logical_cpus"] >= 1
+    assert out["ort_spinning"] == "ORT default (on)"  # one ORT backend: nothing to compete with
     assert [(r["backend"], r["size"], r["output"]) for r in out["results"]] == [
         ("ort", "8x8", "32x32"), ("torch", "8x8", "32x32"), ("ort", "6x10", "24x40"), ("torch", "6x10", "24x40")]
     for r in out["results"]:

@@ -41,6 +41,10 @@ def add_parser(sub):
                    help="ort-int8 from a checkpoint/fp32 ONNX: QDQ profile to quantize with (default cpu)")
     p.add_argument("--graph-opt", choices=["basic", "extended", "all"],
                    help="ONNX Runtime graph optimization level (default: edgesr's OrtRunner default)")
+    p.add_argument("--ort-spinning", choices=["auto", "on", "off"], default="auto",
+                   help="ORT intra-op thread spinning: auto (default) = off when several ORT backends are "
+                        "interleaved (an idle session's spinning threads would compete with the one being timed), "
+                        "ORT's default (on) otherwise")
     p.add_argument("--cuda-graph", action="store_true", help="GPU backends: replay a captured CUDA graph")
     p.add_argument("--work", metavar="DIR",
                    help="folder caching ONNX exports / INT8 models / engines between runs (default: temporary)")
@@ -100,12 +104,15 @@ def run(args) -> int:
             if h % m or w % m or min(h, w) < spec.min_size:
                 raise EdgesrError(f"--size {h}x{w}: {spec.arch} needs H and W multiples of {m} and >= {spec.min_size}")
 
+        n_ort = sum(b.startswith("ort") for b in backends)
+        spinning = {"on": True, "off": False}.get(args.ort_spinning,
+                                                  False if n_ort > 1 and not args.no_interleave else None)
         prepared, skipped = [], []
         for b in backends:
             try:
                 prepared.append(prepare_backend(src, b, threads=args.threads, int8_profile=args.int8_profile,
                                                 graph_opt=args.graph_opt, cuda_graph=args.cuda_graph,
-                                                engine_sizes=sizes))
+                                                engine_sizes=sizes, spinning=spinning))
             except BackendUnavailable as e:
                 skipped.append({"backend": b, "reason": str(e)})
                 print(f"edgesr: skipping {b}: {e}", file=sys.stderr)
@@ -126,7 +133,8 @@ def run(args) -> int:
                                                             for r in rows if r.get("warning")]
         out = {"model": str(args.model), "kind": src.kind, "arch": spec.arch, "variant": spec.variant,
                "scale": spec.scale, "form": src.form if src.kind == "checkpoint" else "deploy",
-               "threads": args.threads, "policy": policy.to_dict(), "machine": info, "results": rows,
+               "threads": args.threads, "ort_spinning": {None: "ORT default (on)", True: "on", False: "off"}[spinning],
+               "policy": policy.to_dict(), "machine": info, "results": rows,
                "speedups": speedups(results), "skipped": skipped, "warnings": warnings}
         if cost is not None:
             out["cost"] = cost
