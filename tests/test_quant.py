@@ -340,3 +340,45 @@ def test_trt_profile_builds_a_tensorrt_rtx_engine(tiny, small_eval, tmp_path):
         art = build_engine(res.path, tmp_path / name, options=BuildOptions(max_threads=1),
                            profile=ShapeProfile.from_spec(spec, opt_hw=(32, 32), max_hw=(64, 64)))
         assert art.path.stat().st_size > 0
+
+
+class _TwoBranch(torch.nn.Module):
+    """The graph input read by two convs (SESR-like), joined by a residual Add, plus
+    elementwise ops with scalar constants (LayerNorm/GELU-like)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(3, 8, 5, padding=2)
+        self.c = torch.nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x)) + self.b(x) * 0.5 + 0.25
+        return self.c(y) + x
+
+
+def test_shared_input_and_scalar_constants(tmp_path, small_eval):
+    torch.manual_seed(0)
+    path = tmp_path / "two.onnx"
+    x = torch.rand(1, 3, 24, 24)
+    torch.onnx.export(_TwoBranch().eval(), (x,), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}, "output": {0: "n", 2: "h", 3: "w"}})
+    spec = Spec(arch="x", scale=1)
+    from edgesr.quant.center import center_conv_inputs
+
+    m0 = onnx.load(str(path))
+    rng = np.random.default_rng(1)
+    m1, rep = center_conv_inputs(m0, rng.random((2, 3, 20, 20), dtype=np.float32))
+    xs = rng.random((1, 3, 13, 17), dtype=np.float32)
+    np.testing.assert_allclose(_run(m1, xs), _run(m0, xs), atol=2e-5)
+    assert sum(n.op_type == "Sub" and n.input[0] == "input" for n in m1.graph.node) == 1  # one shared shift
+    res = quantize_model(path, tmp_path / "q.onnx", spec, QuantConfig(profile="trt", psnr_budget=None, **FAST),
+                         eval_set=held_out_eval_set(1, max_side=48))
+    q = onnx.load(str(res.path))
+    assert check_trt_qdq(q) == []  # the scalar constants (0.5, 0.25) are not quantized
+    inits = {i.name: i for i in q.graph.initializer}
+    assert not any(n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) == 0
+                   for n in q.graph.node)
+    # Adds of two activations stay quantizable layers; the one adding a constant does not
+    assert [name for name in res.layers if "Add" in name] == ["/Add", "/Add_2"]

@@ -106,6 +106,7 @@ def center_conv_inputs(model, batch: np.ndarray, *, threads: int | None = None, 
             hi[t] = max(hi[t], float(v.max()))
 
     new_nodes_before: dict[str, list] = {}  # node name -> nodes to insert before it
+    shared_sub: dict[str, str] = {}  # tensor -> its centred copy (a graph input read by several convs)
     for b in cands:
         t = b.input[0]
         cons = consumers.get(t, [])
@@ -137,10 +138,14 @@ def center_conv_inputs(model, batch: np.ndarray, *, threads: int | None = None, 
             p.input.extend([a.output[0], cmin])
             p.output[0] = shifted
             how = "relu->clip"
+        elif t in shared_sub:
+            shifted = shared_sub[t]
+            how = "sub (shared)"
         else:
             cname = f"{tag}__shift"
             g.initializer.append(numpy_helper.from_array(np.array(c, dtype=np.float32), cname))
             inserted.append(helper.make_node("Sub", [t, cname], [shifted], name=f"{tag}__center_sub"))
+            shared_sub[t] = shifted
             how = "sub"
         # 2. explicit padding with -c, conv pads -> 0
         conv_in = shifted
@@ -150,7 +155,7 @@ def center_conv_inputs(model, batch: np.ndarray, *, threads: int | None = None, 
             pname, vname = f"{tag}__pads", f"{tag}__pad_value"
             g.initializer.append(numpy_helper.from_array(np.array(pad_vec, dtype=np.int64), pname))
             g.initializer.append(numpy_helper.from_array(np.array(-c, dtype=np.float32), vname))
-            conv_in = f"{t}__padded"
+            conv_in = f"{tag}__padded"
             inserted.append(helper.make_node("Pad", [shifted, pname, vname], [conv_in], mode="constant",
                                              name=f"{tag}__center_pad"))
             for at in b.attribute:
