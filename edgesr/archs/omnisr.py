@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from ..registry import Architecture, Variant, count_indexed, register, scale_from_channels
 from ..spec import Spec
+from .rlfn import ESA  # Omni-SR's ESA is RFANet's without conv_max / conv3_, as RLFN's
 
 
 class LayerNorm2d(nn.Module):
@@ -208,25 +209,6 @@ class OSABlock(nn.Module):
             elif not isinstance(m, nn.Identity):
                 x = m(x)
         return x
-
-
-class ESA(nn.Module):
-    """Omni-SR's ESA (RFANet's, without conv_max / conv3_)."""
-
-    def __init__(self, esa_channels: int, n_feats: int):
-        super().__init__()
-        f = esa_channels
-        self.conv1 = nn.Conv2d(n_feats, f, 1)
-        self.conv_f = nn.Conv2d(f, f, 1)
-        self.conv2 = nn.Conv2d(f, f, 3, stride=2, padding=0)
-        self.conv3 = nn.Conv2d(f, f, 3, padding=1)
-        self.conv4 = nn.Conv2d(f, n_feats, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c1_ = self.conv1(x)
-        c3 = self.conv3(F.max_pool2d(self.conv2(c1_), kernel_size=7, stride=3))
-        c3 = F.interpolate(c3, size=x.shape[2:], mode="bilinear", align_corners=False)
-        return x * torch.sigmoid(self.conv4(c3 + self.conv_f(c1_)))
 
 
 class OSAG(nn.Module):
