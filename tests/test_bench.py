@@ -352,6 +352,15 @@ def test_cli_bench_json_shape(tiny_checkpoint, tmp_path, capsys):
     assert (tmp_path / "work").is_dir() and list((tmp_path / "work").glob("*.onnx"))
 
 
+def test_cli_bench_parses_lists_and_repeats():
+    from edgesr.cli import build_parser
+
+    a = build_parser().parse_args(["bench", "m.pth", "--backend", "ort", "torch", "-b", "ort-int8", "--size", "8x8",
+                                   "6x10", "--workload", "720p", "1080p"])
+    assert a.backend == ["ort", "torch", "ort-int8"]
+    assert a.size == ["8x8", "6x10"] and a.workload == ["720p", "1080p"]
+
+
 def test_cli_bench_onnx_torch_unavailable_and_bad_size(tiny_checkpoint, tmp_path, capsys):
     from edgesr.cli import main
 

@@ -16,12 +16,13 @@ def add_parser(sub):
                     "skipped with the reason. From an OUTDIR each backend uses its manifest artifact: "
                     "ort -> onnx_fp32, ort-int8 -> onnx_int8_*, torch -> torch_deploy, trt/trt-rtx -> engines.")
     p.add_argument("model", help="checkpoint, .onnx/.ort file, or convert OUTDIR")
-    p.add_argument("--backend", "-b", action="append", choices=["ort", "ort-int8", "torch", "torch-cuda", "trt",
-                                                                "trt-rtx"],
-                   help="backend to time (repeat for several; default: ort). The first is the ratio baseline")
-    p.add_argument("--size", action="append", metavar="HxW",
-                   help="LR input size (repeatable), e.g. 180x320 (x4 -> 720x1280)")
-    p.add_argument("--workload", action="append", choices=["720p", "1080p"],
+    p.add_argument("--backend", "-b", action="extend", nargs="+", choices=["ort", "ort-int8", "torch", "torch-cuda",
+                                                                          "trt", "trt-rtx"],
+                   help="backend(s) to time (several values or repeated; default: ort). The first is the ratio "
+                        "baseline")
+    p.add_argument("--size", action="extend", nargs="+", metavar="HxW",
+                   help="LR input size(s), e.g. 180x320 (x4 -> 720x1280)")
+    p.add_argument("--workload", action="extend", nargs="+", choices=["720p", "1080p"],
                    help="standard workload: LR size = output size / the model's scale (default 720p when no "
                         "--size is given)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads and torch threads "
