@@ -78,3 +78,20 @@ def test_default_convert_job(tmp_path):
     assert report["reparameterization"]["applied"] and report["reparameterization"]["max_abs"] < 1e-5
     assert report["latency"]["results"] and report["parity"]["ok"]
     assert not list(tmp_path.glob(".edgesr-partial-*"))
+
+
+def test_training_form_exports_with_dynamic_shapes(bundled, tmp_path):
+    """The training form itself exports (to measure what reparameterization buys)."""
+    import onnxruntime as ort
+
+    from edgesr.export.onnx import export_onnx
+
+    path = tmp_path / "training.onnx"
+    export_onnx(bundled.module, bundled.spec, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 3, 17, 23), (2, 3, 40, 31), (1, 3, 64, 64)]:
+        x = np.random.default_rng(1).random(shape, dtype=np.float32)
+        with torch.inference_mode():
+            ref = bundled.module(torch.from_numpy(x)).numpy()
+        out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        assert float(np.abs(out - ref).max()) < 1e-5

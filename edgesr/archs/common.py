@@ -37,11 +37,10 @@ def conv_from_kernel(kernel: torch.Tensor, bias: torch.Tensor, groups: int = 1) 
 
 
 def pad_with_bias(y: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Pad by 1 with each channel's bias value (keeps 1x1->3x3 fusion exact at borders)."""
-    y = F.pad(y, (1, 1, 1, 1), "constant", 0.0)
+    """Pad by 1 with each channel's bias value (keeps 1x1->3x3 fusion exact at borders).
+
+    Written as pad(y - b) + b rather than slice assignment so it exports to ONNX with
+    dynamic H and W (in-place border writes become Expand nodes with fixed shapes).
+    """
     b = bias.view(1, -1, 1, 1)
-    y[:, :, 0:1, :] = b
-    y[:, :, -1:, :] = b
-    y[:, :, :, 0:1] = b
-    y[:, :, :, -1:] = b
-    return y
+    return F.pad(y - b, (1, 1, 1, 1), "constant", 0.0) + b
