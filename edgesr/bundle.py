@@ -23,7 +23,6 @@ minimum, minLength, pattern, $ref into $defs), so both give the same one-line me
 from __future__ import annotations
 
 import json
-import math
 import re
 import sys
 from dataclasses import dataclass, field, fields
@@ -32,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from .errors import BundleError
+from .fsutil import json_safe  # noqa: F401  (re-exported: bundle.json_safe is public)
 from .spec import Spec
 
 MANIFEST_NAME = "manifest.json"
@@ -469,17 +469,6 @@ def _latency_summary(lat: dict[str, Any] | None) -> dict[str, Any] | None:
             "machine": {k: machine.get(k) for k in ("cpu_model", "logical_cpus", "machine", "platform")},
             "results": [{k: r.get(k) for k in ("backend", "median_ms", "p90_ms", "cv", "mpix_per_s")
                          if r.get(k) is not None} for r in lat["results"]]}
-
-
-def json_safe(obj: Any) -> Any:
-    """Replace NaN/Infinity (not JSON) by the strings "nan"/"inf"/"-inf", recursively."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def write_manifest(folder: str | Path, manifest: dict[str, Any], *, verify_hashes: bool = True) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -44,8 +45,21 @@ def atomic_write_text(final: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(final, text.encode("utf-8"))
 
 
+def json_safe(obj: Any) -> Any:
+    """Replace NaN/Infinity (not JSON) by the strings "nan"/"inf"/"-inf", recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(final: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(final, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Strict JSON (no NaN/Infinity literals, which many parsers reject)."""
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=False, default=str, allow_nan=False)
+    return atomic_write_text(final, text + "\n")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

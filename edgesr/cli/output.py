@@ -7,9 +7,11 @@ import math
 import sys
 from typing import Any, Sequence
 
+from ..fsutil import json_safe
+
 
 def emit_json(obj: Any) -> None:
-    json.dump(_clean(obj), sys.stdout, indent=2, default=str)
+    json.dump(json_safe(obj), sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
 
 
@@ -34,14 +36,3 @@ def _fmt(v: Any) -> str:
             return f"{v:.3e}"
         return f"{v:.4f}" if abs(v) < 100 else f"{v:.2f}"
     return "" if v is None else str(v)
-
-
-def _clean(obj: Any) -> Any:
-    """JSON has no inf/nan: write them as strings so any parser reads the file."""
-    if isinstance(obj, float) and (math.isinf(obj) or math.isnan(obj)):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
