@@ -47,8 +47,11 @@ SAFETENSORS_HINT = ("re-save the weights as safetensors in a trusted environment
                     "safetensors.torch.save_file(model.state_dict(), 'model.safetensors')")
 
 
-def load_state_dict(path: str | Path, check_finite: bool = True) -> StateDict:
-    """Load a checkpoint file into ``{name: float tensor}``, unwrapped and prefix-stripped."""
+def load_state_dict(path: str | Path, check_finite: bool = True, key: str | None = None) -> StateDict:
+    """Load a checkpoint file into ``{name: float tensor}``, unwrapped and prefix-stripped.
+
+    ``key``: the wrapper entry to take (e.g. ``params`` where a BasicSR file also holds
+    ``params_ema`` and the author's loader used ``params``); None picks by WRAPPER_KEYS."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -71,6 +74,8 @@ def load_state_dict(path: str | Path, check_finite: bool = True) -> StateDict:
         raw = _load_pickle(path, kind)
     else:
         raise CheckpointError(f"{path}: {kind}")
+    if key is not None:
+        raw = _select_key(raw, key, path)
     sd = unwrap_state_dict(raw, source=path)
     validate_tensors(sd, source=path, check_finite=check_finite)
     return sd
@@ -218,6 +223,16 @@ def unwrap_state_dict(obj: object, source: object = "checkpoint") -> StateDict:
                 if len(stripped) == len(sd):
                     sd, changed = stripped, True
     return sd
+
+
+def _select_key(obj: object, key: str, source: object) -> object:
+    """``obj[key]`` for an explicitly named wrapper key ('a/b' descends)."""
+    for part in key.split("/"):
+        if not isinstance(obj, Mapping) or part not in obj:
+            have = ", ".join(sorted(str(k) for k in obj)[:10]) if isinstance(obj, Mapping) else type(obj).__name__
+            raise CheckpointError(f"{source}: no entry {part!r} (state_dict key {key!r}); it holds: {have}")
+        obj = obj[part]
+    return obj
 
 
 def validate_tensors(sd: StateDict, source: object = "checkpoint", check_finite: bool = True) -> None:
