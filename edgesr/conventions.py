@@ -35,7 +35,7 @@ PREFER_MARGIN_DB = 0.05
 # Two conventions whose outputs differ less than this (max abs, [0, 1] units) are equivalent
 # for this model (e.g. a bias-free, positively homogeneous network does not care about range).
 EQUIVALENT_MAX_ABS = 2e-3
-CROP = 64  # LR crop side for the convention trials (keeps slow models fast)
+CROP = 48  # LR crop side for the convention trials (keeps slow models fast)
 PROBE_HW = (37, 45)  # odd, non-square probe size for geometry
 MULTIPLES = (1, 2, 4, 8, 16, 32, 64)
 MIN_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
@@ -250,7 +250,7 @@ def _r(v: float) -> float:
 
 
 def trial_samples(scale: int, multiple: int = 1, min_size: int = 1, crop: int = CROP,
-                  limit: int = 5) -> tuple[list[TrialSample], str]:
+                  limit: int = 3) -> tuple[list[TrialSample], str]:
     """Natural LR/HR pairs: Set5 LR (../shared) when present, else the package sample photos."""
     from .parity import package_samples, shared_dir, testset_samples
     from .resize import imresize
@@ -316,9 +316,22 @@ def infer_convention(module, scale: int, *, multiple: int = 1, min_size: int = 1
     if given is not None:
         t = _score(module, given, samples, scale, native_range, outputs)
         return ConventionReport(given, [t], bic, [s.name for s in samples], source, given=True)
-    stage_a = [Convention(r, m, "RGB") for m in (False, True) for r in ranges]
-    trials = [_score(module, c, samples, scale, native_range, outputs) for c in stage_a]
+    # Range first, then a mean shift, then the colour order: each stage keeps the simpler choice
+    # unless the other gains more than PREFER_MARGIN_DB. When nothing is plausible yet, the
+    # remaining combinations are tried too before giving up.
+    trials = [_score(module, Convention(r), samples, scale, native_range, outputs) for r in ranges]
     best = _pick(trials)
+    shifted = _score(module, Convention(best.convention.input_range, True), samples, scale, native_range, outputs)
+    trials.append(shifted)
+    if shifted.error is None and shifted.gain_db > best.gain_db + PREFER_MARGIN_DB:
+        best = shifted
+    if best.gain_db <= MIN_GAIN_DB:
+        for r in ranges:
+            if r != best.convention.input_range:
+                t = _score(module, Convention(r, True), samples, scale, native_range, outputs)
+                trials.append(t)
+                if t.error is None and t.gain_db > best.gain_db + PREFER_MARGIN_DB:
+                    best = t
     bgr = _score(module, Convention(best.convention.input_range, best.convention.mean_shift, "BGR"), samples,
                  scale, native_range, outputs)
     trials.append(bgr)

@@ -44,6 +44,15 @@ class ConvertOptions:
     testset: Path | None = None  # HR/LR folder for quality numbers (default: none)
     executorch: bool = False  # also .pte files (XNNPACK delegate)
     engines: object | None = None  # --trt-rtx / --trt: an edgesr.backends.trt_convert.EngineRequest
+    # --model FILE.py:NAME (user code; see edgesr.usermodel) and its options
+    model: str | None = None
+    model_kwargs: dict = field(default_factory=dict)
+    strict: bool = True
+    weights_key: str | None = None  # state_dict wrapper entry the author's loader used
+    import_paths: tuple = ()  # extra sys.path folders for the user's code (e.g. its repository root)
+    input_range: float | None = None  # --input-range: skip the range search (still checked for plausibility)
+    check_conventions: bool = True  # refuse models whose output is no plausible SR (see edgesr.conventions)
+    int8_search: bool = True  # False: all-int8 QDQ graph only (no sensitivity / mixed-precision search)
 
 
 @dataclass
@@ -88,23 +97,30 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
         log(f"[{len(steps)}] {name}: {detail} ({now - t:.1f} s)")
         t = now
 
-    loaded = load_model(ckpt, arch=opts.arch, scale=opts.scale)
-    spec = loaded.spec
-    done("load", f"{spec.arch} ({spec.variant or 'custom'}) x{spec.scale}, {spec.form} form, "
-                 f"{loaded.state_dict_keys} tensors")
-
-    training = loaded.module if spec.form == "training" else None
-    deploy = reparameterize(loaded.module) if training is not None else loaded.module
-    deploy_spec = replace(spec, form="deploy")
-    inputs = verification_inputs(deploy_spec)
-    report: dict = {"edgesr_version": __version__, "source": _source_info(ckpt, spec, opts.checkpoint is None)}
-    if training is not None:
-        report["reparameterization"] = check_reparameterization(training, deploy, inputs, deploy_spec)
-        done("reparameterize", f"max abs {report['reparameterization']['max_abs']:.2e} over "
-                               f"{len(inputs)} inputs")
+    if opts.model is not None:
+        training, deploy, spec, inputs, report = _load_user_model(ckpt, opts, done)
+        deploy_spec = replace(spec, form="deploy")
     else:
-        report["reparameterization"] = {"applied": False, "reason": "checkpoint is already in deploy form"}
-        done("reparameterize", "skipped (already deploy form)")
+        loaded = load_model(ckpt, arch=opts.arch, scale=opts.scale)
+        spec = loaded.spec
+        done("load", f"{spec.arch} ({spec.variant or 'custom'}) x{spec.scale}, {spec.form} form, "
+                     f"{loaded.state_dict_keys} tensors")
+        adapt, conventions = _registry_conventions(loaded.module, spec, opts)
+
+        training = adapt(loaded.module) if spec.form == "training" else None
+        deploy = adapt(reparameterize(loaded.module)) if training is not None else adapt(loaded.module)
+        deploy_spec = replace(spec, form="deploy")
+        inputs = verification_inputs(deploy_spec)
+        report = {"edgesr_version": __version__, "source": _source_info(ckpt, spec, opts.checkpoint is None)}
+        if conventions is not None:
+            report["conventions"] = conventions
+        if training is not None:
+            report["reparameterization"] = check_reparameterization(training, deploy, inputs, deploy_spec)
+            done("reparameterize", f"max abs {report['reparameterization']['max_abs']:.2e} over "
+                                   f"{len(inputs)} inputs")
+        else:
+            report["reparameterization"] = {"applied": False, "reason": "checkpoint is already in deploy form"}
+            done("reparameterize", "skipped (already deploy form)")
 
     staging = _make_staging(outdir)
     try:
@@ -119,7 +135,12 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
         from .export.onnx import export_onnx
 
         onnx_path = staging / "model.onnx"
-        exported = export_onnx(deploy, deploy_spec, onnx_path, source_checkpoint=ckpt)
+        if opts.model is not None:
+            from .export.diagnose import export_user_model
+
+            exported = export_user_model(deploy, deploy_spec, onnx_path, source_checkpoint=ckpt)
+        else:
+            exported = export_onnx(deploy, deploy_spec, onnx_path, source_checkpoint=ckpt)
         report["export"] = exported.to_dict() | {"path": onnx_path.name}
         artifacts.append(_artifact(onnx_path, "onnx_fp32", "onnx", "fp32", "onnxruntime"))
         done("export", f"opset {exported.opset}, {sum(exported.op_counts.values())} nodes "
@@ -186,6 +207,7 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
         report["ok"] = bool(report["parity"]["ok"])
         report["steps"] = [s.__dict__ for s in steps]
         manifest = build_manifest(deploy_spec, artifacts, staging, report)
+        _state_fixed_shape(manifest, report)
         atomic_write_json(staging / "report.json", report)
         atomic_write_text(staging / "report.md", render_report_md(report, manifest))
         write_manifest(staging, manifest)  # schema-validated, hashes re-checked
@@ -194,6 +216,77 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
         _discard_staging(staging)
         raise
     return ConvertResult(outdir, manifest, report, steps)
+
+
+# ---- model sources: user code (--model) and the behaviour check of registry models -----------------
+
+def _load_user_model(ckpt: Path, opts: ConvertOptions, done) -> tuple:
+    """--model FILE.py:NAME: build + load + measure (edgesr.usermodel), then the deploy form from
+    the author's hooks and the generic pass (verified). The training side of parity is the
+    author's own module as loaded, seen through the measured convention."""
+    from .reparam.author_hooks import deploy_form
+    from .usermodel import load_user_model
+
+    um = load_user_model(ckpt, opts.model, opts.model_kwargs, strict=opts.strict, key=opts.weights_key,
+                         extra_paths=tuple(Path(p) for p in opts.import_paths), input_range=opts.input_range,
+                         scale=opts.scale, check_plausible=opts.check_conventions)
+    spec = um.spec
+    conv = um.conventions
+    done("load", f"{um.ref.name} from {um.ref.file.name} x{spec.scale} (measured), {um.state_dict_keys} tensors; "
+                 f"input convention {conv.chosen.label if conv.chosen else '?'} "
+                 f"({'given' if conv.given else 'inferred'}: {conv.best.psnr_y:.2f} dB vs bicubic "
+                 f"{conv.bicubic_psnr_y:.2f} dB on {conv.source})")
+    inputs = verification_inputs(replace(spec, form="deploy"))
+    deploy, rep = deploy_form(um.module, inputs)
+    rep["applied"] = rep["changed"]
+    if rep["changed"]:
+        rep["max_abs"] = rep.get("max_abs", 0.0)
+        rep["inputs"] = [{"shape": list(x.shape)} for x in inputs]
+    else:
+        rep["reason"] = "no author deploy hook or generic collapse changed the module"
+    report = {"edgesr_version": __version__, "source": _source_info(ckpt, spec, False) | {"model": str(um.ref)},
+              "user_model": um.report(), "conventions": conv.to_dict(), "reparameterization": rep}
+    hooks = "; ".join(f"{', '.join(h['called'])}: {'applied' if h['applied'] else h.get('reason')}"
+                      for h in rep["hooks"]) or "no author hooks"
+    done("reparameterize", f"{hooks}; generic: {'applied' if (rep['generic'] or {}).get('applied') else (rep['generic'] or {}).get('reason')}")
+    return (um.module if rep["changed"] else None), deploy, spec, inputs, report
+
+
+def _registry_conventions(module, spec: Spec, opts: ConvertOptions):
+    """Check that a registry model's output is a plausible SR under its family's convention
+    (or the --input-range given). -> (adapter function, report dict or None)."""
+    from .conventions import Convention, infer_convention, make_adapter, native_range_of, require_plausible
+
+    native = native_range_of(module)
+    if opts.input_range is not None:
+        conv = Convention(input_range=opts.input_range)
+
+        def adapt(m):
+            return make_adapter(m, conv, native)
+    else:
+        conv = Convention(input_range=native)
+
+        def adapt(m):
+            return m
+    if not opts.check_conventions or spec.in_channels != 3:
+        return adapt, None
+    rep = infer_convention(module, spec.scale, multiple=spec.size_multiple, min_size=spec.min_size, given=conv,
+                           native_range=native)
+    if not rep.plausible:
+        alt = infer_convention(module, spec.scale, multiple=spec.size_multiple, min_size=spec.min_size,
+                               native_range=native)
+        hint = ""
+        if alt.plausible and alt.chosen != conv:
+            hint = (f". Its output is plausible only as {alt.chosen.label} "
+                    f"({alt.best.psnr_y:.2f} dB): the checkpoint does not follow the {spec.arch} convention; pass "
+                    f"--input-range {alt.chosen.input_range:g} if that is right, or --model FILE.py:NAME with its own code")
+            rep = alt if not alt.plausible else rep
+        else:
+            rep = alt
+            hint = (f"; it may share {spec.arch}'s key layout but not its code: pass --model FILE.py:NAME with "
+                    "the author's model code")
+        require_plausible(rep, f"{spec.arch} ({spec.variant or 'custom'}) x{spec.scale}", hint=hint)
+    return adapt, rep.to_dict()
 
 
 # ---- steps ---------------------------------------------------------------------------------
@@ -259,13 +352,13 @@ def quantize_for(onnx_path: Path, out_path: Path, spec: Spec, profile: str, opts
     scored on opts.testset (e.g. Set5) too when given, for the report only."""
     from .quant import QuantConfig, quantize_model, testset_eval_set
 
-    cfg = QuantConfig(profile=profile, psnr_budget=opts.psnr_budget, progress=False)
+    cfg = QuantConfig(profile=profile, psnr_budget=opts.psnr_budget if opts.int8_search else None, progress=False)
     test_set = testset_eval_set(opts.testset, spec.scale) if opts.testset else None
-    png = out_path.parent / f"sensitivity_{profile}.png"
+    png = out_path.parent / f"sensitivity_{profile}.png" if opts.int8_search else None
     res = quantize_model(onnx_path, out_path, spec, cfg, calibration=opts.calib, test_set=test_set,
                          sensitivity_png=png)
     d = res.to_dict() | {"path": out_path.name}
-    if png.exists():
+    if png is not None and png.exists():
         d["sensitivity_png"] = png.name
     return d
 
@@ -277,9 +370,15 @@ def run_parity(training, deploy, spec: Spec, staging: Path, int8_paths: dict[str
     from .backends.torch_runner import TorchRunner
     from .parity import check_parity
 
-    runners = [TorchRunner(deploy, name="torch:deploy")]
-    if training is not None:
-        runners.append(TorchRunner(training, name="torch:training"))
+    user = opts.model is not None
+    if user:  # the author's own module (through the measured convention) is the reference
+        runners = [TorchRunner(training if training is not None else deploy, name="torch:author")]
+        if training is not None:
+            runners.append(TorchRunner(deploy, name="torch:deploy"))
+    else:
+        runners = [TorchRunner(deploy, name="torch:deploy")]
+        if training is not None:
+            runners.append(TorchRunner(training, name="torch:training"))
     runners.append(OrtRunner(staging / "model.onnx", name="ort:fp32"))
     if (staging / "model.ort").exists():
         runners.append(OrtRunner(staging / "model.ort", name="ort-format:fp32"))
@@ -287,11 +386,40 @@ def run_parity(training, deploy, spec: Spec, staging: Path, int8_paths: dict[str
         runners.append(OrtRunner(staging / "model_fp16.onnx", name="ort:fp16"))
     for profile, p in int8_paths.items():
         runners.append(OrtRunner(p, name=f"ort:int8-{profile}"))
-    if training is not None and _clamps(deploy):
+    if training is not None and _clamps(deploy) and not user:
         # The deploy form clamps to [0, 1]; compare the training form's output clamped too.
         runners[1] = _ClampedRunner(runners[1], *spec.value_range)
-    report = check_parity(runners, scale=spec.scale, heatmap_dir=staging / "heatmaps")
+    tolerances, samples = None, None
+    if user:
+        from .parity import Tolerance
+
+        # Author code is compared at the zoo's bar (1e-4): attention, LayerNorm and large
+        # activations sum in a different order in ORT than in PyTorch.
+        tolerances = {r.name: Tolerance(max_abs=USER_FP32_TOL) for r in runners[1:]
+                      if r.name in ("torch:deploy", "ort:fp32", "ort-format:fp32")}
+    fixed = (opts_export_fixed_hw(staging))
+    if fixed is not None:
+        from .export.diagnose import fixed_size_samples
+
+        samples = fixed_size_samples(spec.scale, fixed)
+    report = check_parity(runners, samples, tolerances=tolerances, scale=spec.scale, heatmap_dir=staging / "heatmaps")
     return report.to_dict()
+
+
+USER_FP32_TOL = 1e-4
+
+
+def opts_export_fixed_hw(staging: Path) -> tuple[int, int] | None:
+    """The fixed LR size of a fixed-shape export (model.onnx's metadata), or None when dynamic."""
+    from .export.onnx import read_metadata
+
+    meta = read_metadata(staging / "model.onnx")
+    if meta.get("dynamic_shapes", "true") == "true":
+        return None
+    import json
+
+    hw = json.loads(meta.get("fixed_input_hw", "null"))
+    return tuple(hw) if hw else None
 
 
 class _ClampedRunner:
@@ -312,6 +440,9 @@ def measure_latency(staging: Path, deploy, spec: Spec, int8_paths: dict[str, Pat
 
     oh, ow = opts.bench_output
     h, w = max(1, oh // spec.scale), max(1, ow // spec.scale)
+    fixed = opts_export_fixed_hw(staging)
+    if fixed is not None:  # a fixed-shape export runs one tile size only
+        h, w = fixed
     x = np.random.default_rng(0).random((1, spec.in_channels, h, w), dtype=np.float32)
     xt = torch.from_numpy(x)
     runners = {"ort:fp32": OrtRunner(staging / "model.onnx", threads=opts.threads)}
@@ -390,6 +521,22 @@ def build_manifest(spec: Spec, artifacts: list[dict], folder: Path, report: dict
                                    for c in report["parity"].get("comparisons", [])]},
         "latency_ms_median": lat,
     } | manifest_extras(spec, report)
+
+
+def _state_fixed_shape(manifest: dict, report: dict) -> None:
+    """A fixed-shape export (user code whose trace bakes sizes in) says so in the manifest: the
+    input/output shapes are numbers, the shape range is that one size, and why."""
+    hw = (report.get("export") or {}).get("fixed_input_hw")
+    if not hw:
+        return
+    h, w = hw
+    s = manifest["spec"]["scale"]
+    manifest["io"]["input"]["shape"] = ["N", manifest["spec"]["in_channels"], h, w]
+    manifest["io"]["output"]["shape"] = ["N", manifest["spec"]["out_channels"], h * s, w * s]
+    manifest["io"]["fixed_input_hw"] = [h, w]
+    manifest["io"]["fixed_reason"] = report["export"].get("fixed_reason", "")
+    for dim, v in (("height", h), ("width", w)):
+        manifest["shape_range"][dim].update({"min": v, "max": v, "opt": v})
 
 
 def render_report_md(report: dict, manifest: dict) -> str:

@@ -262,3 +262,57 @@ def _first_line(e: BaseException) -> str:
 
 __all__ = ["ModelRef", "parse_kwargs", "build_user_module", "load_weights", "LoadReport", "user_frame",
            "CheckpointError"]
+
+
+# ---- one call: weights + code -> a model in edgesr's convention -------------------------------------
+
+@dataclass
+class LoadedUserModel:
+    """Like registry.LoadedModel: `module` takes and returns [0, 1] RGB (a ConventionAdapter
+    around `raw`, the author's module as loaded); `spec` holds what was measured."""
+
+    module: Any
+    raw: Any
+    spec: Any
+    ref: ModelRef
+    load: LoadReport
+    geometry: Any
+    conventions: Any
+    state_dict_keys: int = 0
+    roots: list[Path] = field(default_factory=list)
+
+    def report(self) -> dict[str, Any]:
+        return {"model": str(self.ref), "load": self.load.to_dict(), "geometry": self.geometry.to_dict(),
+                "conventions": self.conventions.to_dict()}
+
+
+def load_user_model(weights: str | Path, ref: ModelRef | str, kwargs: dict[str, Any] | None = None, *,
+                    strict: bool = True, key: str | None = None, extra_paths: tuple[Path, ...] = (),
+                    input_range: float | None = None, scale: int | None = None,
+                    check_plausible: bool = True) -> LoadedUserModel:
+    """Build NAME(**kwargs) from FILE, load `weights`, measure geometry and conventions."""
+    from dataclasses import replace
+
+    from .conventions import Convention, infer_convention, make_adapter, measure_geometry, require_plausible
+    from .spec import Spec
+
+    ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+    roots = _roots(ref, extra_paths)
+    net = build_user_module(ref, kwargs, extra_paths)
+    load = load_weights(net, weights, key=key, strict=strict)
+    geo = measure_geometry(net, expected_scale=scale, error_roots=roots)
+    given = Convention(input_range=input_range) if input_range is not None else None
+    conv = infer_convention(net, geo.scale, multiple=geo.size_multiple, min_size=geo.min_size, given=given)
+    if check_plausible:
+        require_plausible(conv, f"{ref.file.name}:{ref.name} with {Path(weights).name}",
+                          hint="" if given else "; --input-range forces a range")
+    chosen = conv.chosen or Convention()
+    module = make_adapter(net, chosen)
+    spec = Spec(arch=f"user:{ref.name}", scale=geo.scale, in_channels=3, out_channels=geo.out_channels,
+                variant=None, form="training", size_multiple=geo.size_multiple, min_size=geo.min_size,
+                receptive_field=None, fp16_safe=True, color_order="RGB",
+                hyperparams={"model": f"{ref.file.name}:{ref.name}", "kwargs": dict(kwargs or {}),
+                             "native_input_range": chosen.input_range, "native_mean_shift": chosen.mean_shift,
+                             "native_color_order": chosen.color_order})
+    spec = replace(spec, value_range=(0.0, 1.0))
+    return LoadedUserModel(module, net, spec, ref, load, geo, conv, load.tensors, roots)
