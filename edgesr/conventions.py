@@ -389,3 +389,31 @@ def parse_input_range(text: str | float | None) -> float | None:
     if not (np.isfinite(v) and v > 0):
         raise UserCodeError(f"--input-range must be a positive number such as 1 or 255, got {text!r}")
     return v
+
+
+def bicubic_psnr_y(testset, scale: int) -> float:
+    """Mean Y-PSNR of a MATLAB-bicubic upscale of the test set's LR images (the floor any SR
+    model must beat), with the same protocol as edgesr.evaluate."""
+    from .datasets import crop_hr_to_lr, load_testset
+    from .imaging import read_image
+    from .metrics import psnr_y
+    from .resize import imresize
+
+    vals = []
+    for pair in load_testset(testset, scale):
+        lr = read_image(pair.lr_path).rgb
+        hr = crop_hr_to_lr(read_image(pair.hr_path).rgb, lr, scale)
+        sr = np.clip(imresize(lr.astype(np.float64), scale), 0.0, 1.0)
+        vals.append(psnr_y(sr[:hr.shape[0], :hr.shape[1]], hr, scale))
+    return float(np.mean(vals))
+
+
+def require_beats_bicubic(psnr: float, testset, scale: int, what: str) -> float:
+    """Refuse an evaluation whose mean PSNR-Y is below bicubic's on the same test set."""
+    bic = bicubic_psnr_y(testset, scale)
+    if not psnr > bic:
+        raise ImplausibleOutput(
+            f"{what}: mean PSNR-Y {psnr:.2f} dB is below bicubic's {bic:.2f} dB on this test set: the model's "
+            f"input convention does not match its weights (for your own code pass --model FILE.py:NAME; "
+            f"--input-range to force a range) or the weights are untrained")
+    return bic

@@ -353,6 +353,8 @@ def quantize_for(onnx_path: Path, out_path: Path, spec: Spec, profile: str, opts
     from .quant import QuantConfig, quantize_model, testset_eval_set
 
     cfg = QuantConfig(profile=profile, psnr_budget=opts.psnr_budget if opts.int8_search else None, progress=False)
+    if not opts.int8_search:  # the zoo's cheap INT8: a calibrated QDQ graph, no search to feed
+        cfg = replace(cfg, num_patches=8)
     test_set = testset_eval_set(opts.testset, spec.scale) if opts.testset else None
     png = out_path.parent / f"sensitivity_{profile}.png" if opts.int8_search else None
     res = quantize_model(onnx_path, out_path, spec, cfg, calibration=opts.calib, test_set=test_set,

@@ -98,3 +98,42 @@ def _from_bundle(path: Path, backend: str, scale, threads) -> ResolvedModel:
         resolved = _from_checkpoint(art.path, "torch", scale, manifest.spec.arch, "deploy", threads)
     resolved.kind = "bundle"
     return resolved
+
+
+def user_deploy_model(weights: str | Path, ref, kwargs: dict | None = None, *, strict: bool = True,
+                      key: str | None = None, extra_paths: tuple = (), input_range: float | None = None,
+                      scale: int | None = None):
+    """--model FILE.py:NAME + weights -> (deploy module in edgesr's [0, 1] RGB convention, Spec, LoadedUserModel).
+    Conventions are measured (the output must beat bicubic); author deploy hooks kept only when exact."""
+    from dataclasses import replace
+
+    from .pipeline import verification_inputs
+    from .reparam.author_hooks import deploy_form
+    from .usermodel import load_user_model
+
+    um = load_user_model(weights, ref, kwargs, strict=strict, key=key, extra_paths=tuple(Path(p) for p in extra_paths),
+                         input_range=input_range, scale=scale)
+    spec = replace(um.spec, form="deploy")
+    deploy, _ = deploy_form(um.module, verification_inputs(spec))
+    return deploy, spec, um
+
+
+def resolve_user_model(weights: str | Path, ref, kwargs: dict | None = None, *, backend: str = "torch",
+                       threads: int | None = None, scale: int | None = None, **user) -> ResolvedModel:
+    """A runnable model from the user's code + weights (torch, or ONNX Runtime on its export)."""
+    path = Path(weights)
+    if not path.is_file():
+        raise CheckpointError(f"weights not found: {path}")
+    module, spec, _ = user_deploy_model(path, ref, kwargs, scale=scale, **user)
+    if backend == "torch":
+        from .backends.torch_runner import TorchRunner
+
+        return ResolvedModel(TorchRunner(module, name="torch:user"), spec, "user", path)
+    from .backends.ort_runner import OrtRunner
+    from .export.diagnose import export_user_model
+
+    with tempfile.TemporaryDirectory(prefix="edgesr-") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export_user_model(module, spec, onnx_path, source_checkpoint=path)
+        runner = OrtRunner(onnx_path.read_bytes(), name="ort:fp32", threads=threads)
+    return ResolvedModel(runner, spec, "user", path)

@@ -128,6 +128,7 @@ def load_weights(net, weights: str | Path, key: str | None = None, strict: bool 
 
     sd = load_state_dict(weights, key=key)
     own = net.state_dict()
+    sd = _restore_prefix(sd, set(own))
     if strict:
         _check_fit(own, sd, type(net).__name__)
     shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -141,6 +142,20 @@ def load_weights(net, weights: str | Path, key: str | None = None, strict: bool 
         raise KeyMismatch(f"weights do not fit {type(net).__name__}: {_first_line(e)}") from None
     net.requires_grad_(False)
     return LoadReport(str(weights), key, strict, len(sd), sorted(res.missing_keys), sorted(res.unexpected_keys))
+
+
+def _restore_prefix(sd: dict, own: set[str]) -> dict:
+    """edgesr strips wrapper prefixes (``model.``, ``module.``, ...) that every key shares; when the
+    author's module itself names its layers that way (IMDN's ``model.0``), put the prefix back."""
+    from .checkpoint import PREFIXES
+
+    best, hits = sd, len(own & set(sd))
+    for prefix in PREFIXES:
+        cand = {prefix + k: v for k, v in sd.items()}
+        n = len(own & set(cand))
+        if n > hits:
+            best, hits = cand, n
+    return best
 
 
 # ---- importing ------------------------------------------------------------------------------------

@@ -62,6 +62,18 @@ def add_parser(sub):
                    help="engine cache folder (default: $EDGESR_ENGINE_CACHE or the per-user cache, "
                         "e.g. ~/.cache/edgesr/engines)")
     p.add_argument("--json", action="store_true", help="print one JSON object (manifest + report) on stdout")
+    p.add_argument("--allow-implausible", action="store_true",
+                   help="convert even when no input convention makes the output beat bicubic (untrained or test "
+                        "weights); default: refuse, naming what was tried")
+    from .model_args import add_model_args
+
+    add_model_args(p)
+    z = p.add_argument_group("many models at once")
+    z.add_argument("--zoo", metavar="INDEX", help="TOML zoo index (code + weights per model, see "
+                   "export/zoo/ntire-esr.toml): convert each into OUTDIR/<name>/ in its own process, continue past "
+                   "failures, write OUTDIR/summary.{md,txt,json} and OUTDIR/results/<name>.json")
+    z.add_argument("--zoo-only", metavar="NAME,...", help="convert only these index entries")
+    z.add_argument("--zoo-timeout", type=float, default=1200, metavar="S", help="seconds per model (default 1200)")
     return p
 
 
@@ -75,6 +87,11 @@ def run(args) -> int:
 
     if args.scale is not None and args.scale < 1:
         raise ScaleMismatch(f"--scale must be a positive integer, got {args.scale}")
+    if args.zoo:
+        return _run_zoo(args)
+    from .model_args import registry_input_range, user_options
+
+    user = user_options(args)
     if args.threads is not None and args.threads < 1:
         raise EdgesrError(f"--threads must be a positive integer, got {args.threads}")
     if not (args.psnr_budget >= 0 and math.isfinite(args.psnr_budget)):
@@ -89,7 +106,13 @@ def run(args) -> int:
         arch=args.arch, scale=args.scale, int8=args.int8, int8_profile=args.int8_profile,
         calib=Path(args.calib) if args.calib else None, psnr_budget=args.psnr_budget, fp16=args.fp16,
         ort_format=not args.no_ort_format, force=args.force, bench=not args.no_bench, threads=args.threads,
-        engines=engines, testset=Path(args.testset) if args.testset else None, executorch=args.executorch)
+        engines=engines, testset=Path(args.testset) if args.testset else None, executorch=args.executorch,
+        check_conventions=not args.allow_implausible, input_range=registry_input_range(args))
+    if user is not None:
+        if opts.checkpoint is None or opts.checkpoint.is_dir():
+            raise EdgesrError("--model needs the weights file as CKPT")
+        opts.model, opts.model_kwargs, opts.strict = str(user["ref"]), user["kwargs"], user["strict"]
+        opts.weights_key, opts.import_paths = user["key"], user["extra_paths"]
     if opts.checkpoint is not None and opts.checkpoint.is_dir():
         return _run_batch(args, opts)
     result = convert(opts, log=(lambda m: print(m, file=sys.stderr)))
@@ -181,3 +204,55 @@ def _run_batch(args, opts) -> int:
         print_table(["checkpoint", "status", "arch", "scale", "outdir / error", "s"], rows)
         print(f"\n{len(items) - len(failed)} of {len(items)} converted" + (f", {len(failed)} failed" if failed else ""))
     return exit_code(items)
+
+
+def _run_zoo(args) -> int:
+    """`edgesr convert --zoo INDEX -o OUTROOT`: progress bar (plain lines when not a TTY), summary table."""
+    import sys
+
+    from ..errors import EdgesrError
+    from ..zoo import counts, run_zoo, summary_rows, SUMMARY_HEADERS
+    from .output import emit_json, print_table
+
+    if args.checkpoint or getattr(args, "user_model", None):
+        raise EdgesrError("--zoo takes its models from the index: give no CKPT or --model")
+    only = [n.strip() for n in args.zoo_only.split(",") if n.strip()] if args.zoo_only else None
+    tty = sys.stderr.isatty()
+    bar = None
+    if tty:
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="model", file=sys.stderr, desc="zoo")
+
+    def on_start(i, n, entry):
+        if bar is not None:
+            bar.total = n
+            bar.set_postfix_str(entry.name)
+            bar.refresh()
+        else:
+            print(f"edgesr: [{i + 1}/{n}] {entry.name} ...", file=sys.stderr, flush=True)
+
+    def on_done(i, n, res):
+        line = (f"{res['name']}: {'ok' if res.get('ok') else 'FAILED ' + str(res.get('category'))} "
+                f"({res.get('seconds')} s)" + ("" if res.get("ok") else f": {str(res.get('reason'))[:160]}"))
+        if bar is not None:
+            bar.update(1)
+            bar.write(line, file=sys.stderr)
+        else:
+            print(f"edgesr: {line}", file=sys.stderr, flush=True)
+
+    try:
+        results = run_zoo(args.zoo, args.outdir, force=args.force, only=only, timeout=args.zoo_timeout,
+                          int8=True, bench=not args.no_bench, on_start=on_start, on_done=on_done)
+    finally:
+        if bar is not None:
+            bar.close()
+    c = counts(results)
+    if args.json:
+        emit_json({"outroot": str(args.outdir), "counts": c, "results": results})
+    else:
+        print_table(SUMMARY_HEADERS, summary_rows(results))
+        print(f"\n{c['ok']} of {c['models']} converted end to end ({100 * c['ok_share']:.1f}%); failures: "
+              + (", ".join(f"{k} {v}" for k, v in sorted(c["failures_by_category"].items())) or "none")
+              + f"; {c['seconds']:.0f} s; summary: {Path(args.outdir) / 'summary.md'}")
+    return 0 if c["failed"] == 0 else 1
