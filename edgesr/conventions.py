@@ -32,6 +32,10 @@ RANGES = (1.0, 255.0)
 MIN_GAIN_DB = 0.0
 # Simpler conventions (no mean shift, RGB) win unless another is better by more than this.
 PREFER_MARGIN_DB = 0.05
+# Colour order barely changes a natural image's PSNR (SR networks are close to colour-symmetric;
+# a weakly trained one can even score BGR 0.2 dB higher than the RGB it was trained on): BGR wins
+# only by a clear margin.
+BGR_MARGIN_DB = 0.5
 # Two conventions whose outputs differ less than this (max abs, [0, 1] units) are equivalent
 # for this model (e.g. a bias-free, positively homogeneous network does not care about range).
 EQUIVALENT_MAX_ABS = 2e-3
@@ -335,7 +339,7 @@ def infer_convention(module, scale: int, *, multiple: int = 1, min_size: int = 1
     bgr = _score(module, Convention(best.convention.input_range, best.convention.mean_shift, "BGR"), samples,
                  scale, native_range, outputs)
     trials.append(bgr)
-    if bgr.error is None and bgr.gain_db > best.gain_db + PREFER_MARGIN_DB:
+    if bgr.error is None and bgr.gain_db > best.gain_db + BGR_MARGIN_DB:
         best = bgr
     equivalent = [t.convention.label for t in trials if t is not best and _same(outputs, t.convention,
                                                                                   best.convention)]

@@ -243,6 +243,10 @@ def _missing(e: ModuleNotFoundError, ref: ModelRef, roots: list[Path]) -> Edgesr
         # A local module of the user's that fails to import something deeper (e.g. a wrong root).
         return UserCodeError(f"importing {ref.file.name}: {_first_line(e)}{_where(e, roots)} (is the right "
                              f"folder on the import path?)")
+    for anc in list(ref.file.parents)[1:5]:
+        if (anc / name).is_dir() or (anc / f"{name}.py").is_file():
+            return UserCodeError(f"{ref.file.name} imports {name}{_where(e, roots)}, which is {anc / name} in your "
+                                 f"code: add its folder to the import path (--model-path {anc})")
     if name in CUDA_ONLY:
         return MissingDependency(f"{ref.file.name} imports {name}, which {CUDA_ONLY[name]}{_where(e, roots)}")
     pip = PIP_NAMES.get(name, name)

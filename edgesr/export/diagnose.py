@@ -61,6 +61,52 @@ def _operator(msg: str) -> str | None:
     return m.group(2) or m.group(1)
 
 
+_IR_LOC = re.compile(r"#\s+(\S+\.py):(\d+):\d+\s*$")
+
+
+def _ir_location(text: str, op: str | None, roots: list[Path]) -> str:
+    """' at file.py:LINE' from the TorchScript IR the exporter prints with its error: the source
+    comment of the failing operator's node (user files preferred)."""
+    if not op:
+        return ""
+    for line in text.splitlines():
+        if f"= {op}(" not in line:
+            continue
+        m = _IR_LOC.search(line)
+        if m:
+            f = Path(m.group(1))
+            if not roots or any(r == f.parent or r in f.parents for r in roots):
+                return f" at {f.name}:{m.group(2)}"
+    return ""
+
+
+_SRC_RE = re.compile(r"^(.+\.py)\((\d+)\): (\S+)")
+
+
+def _traced_location(module, x, op: str | None) -> str:
+    """' at file.py:LINE in func' of the first traced node of kind `op` (TorchScript keeps each
+    node's Python source range), skipping torch's own frames."""
+    import torch
+
+    if not op:
+        return ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = torch.jit.trace(module, (x,), check_trace=False).inlined_graph
+    except Exception:  # noqa: BLE001 - a model that cannot even be traced: no location
+        return ""
+    torch_dir = str(Path(torch.__file__).parent)
+    for node in graph.nodes():
+        if node.kind() != op:
+            continue
+        for line in node.sourceRange().splitlines():
+            m = _SRC_RE.match(line.strip())
+            if m and not m.group(1).startswith(torch_dir):
+                return f" at {Path(m.group(1)).name}:{m.group(2)} in {m.group(3)}"
+    return ""
+
+
 def explain_export_failure(module, spec: Spec, sample_hw: tuple[int, int], opset: int = 17) -> str:
     """Re-run the exporter to get the exception with its traceback: 'operator X at file:line: msg'."""
     import torch
@@ -75,7 +121,8 @@ def explain_export_failure(module, spec: Spec, sample_hw: tuple[int, int], opset
     except Exception as e:  # noqa: BLE001
         msg = _first_line(e)
         op = _operator(str(e))
-        return (f"{'operator ' + op if op else type(e).__name__}{_where(e, roots)}: {msg}")
+        where = _where(e, roots) or _ir_location(str(e), op, roots) or _traced_location(module, x, op)
+        return (f"{'operator ' + op if op else type(e).__name__}{where}: {msg}")
     return "the exporter succeeded when re-run (the failure is in checking the exported graph)"
 
 
