@@ -308,7 +308,7 @@ class LoadedUserModel:
 def load_user_model(weights: str | Path, ref: ModelRef | str, kwargs: dict[str, Any] | None = None, *,
                     strict: bool = True, key: str | None = None, extra_paths: tuple[Path, ...] = (),
                     input_range: float | None = None, scale: int | None = None,
-                    check_plausible: bool = True) -> LoadedUserModel:
+                    check_plausible: bool = True, quick: bool = False) -> LoadedUserModel:
     """Build NAME(**kwargs) from FILE, load `weights`, measure geometry and conventions."""
     from dataclasses import replace
 
@@ -321,7 +321,8 @@ def load_user_model(weights: str | Path, ref: ModelRef | str, kwargs: dict[str, 
     load = load_weights(net, weights, key=key, strict=strict)
     geo = measure_geometry(net, expected_scale=scale, error_roots=roots)
     given = Convention(input_range=input_range) if input_range is not None else None
-    conv = infer_convention(net, geo.scale, multiple=geo.size_multiple, min_size=geo.min_size, given=given)
+    conv = infer_convention(net, geo.scale, multiple=geo.size_multiple, min_size=geo.min_size, given=given,
+                            quick=quick)
     if check_plausible:
         require_plausible(conv, f"{ref.file.name}:{ref.name} with {Path(weights).name}",
                           hint="" if given else "; --input-range forces a range")

@@ -229,6 +229,58 @@ def _in_user_code(e: BaseException, entry: ZooEntry) -> bool:
     return user_frame(e, [r.resolve() for r in roots]) is not None
 
 
+def quick_check(entry: ZooEntry, workdir: Path, *, int8: bool = False) -> dict[str, Any]:
+    """The CI-sized check of one entry, in this process: load, conventions (quick), verified deploy
+    hooks, ONNX export (dynamic or stated fixed), ORT vs the author's module on Set5 LR crops +
+    one odd random size (max abs), and optionally the INT8 `trt` QDQ graph. Raises EdgesrError."""
+    import numpy as np
+
+    from .backends.ort_runner import OrtRunner
+    from .export.diagnose import export_user_model, fixed_size_samples
+    from .parity import default_samples, random_samples
+    from .reparam.author_hooks import deploy_form
+    from .usermodel import load_user_model
+
+    from dataclasses import replace
+
+    um = load_user_model(entry.weights, entry.code, entry.kwargs, strict=entry.strict, key=entry.key,
+                         extra_paths=tuple(entry.paths), scale=entry.scale, quick=True)
+    spec = replace(um.spec, form="deploy")
+    samples = [s for s in default_samples(spec.scale, sizes=())[:2]]
+    crops = []
+    for s in samples:
+        _, _, h, w = s.lr.shape
+        c = max(spec.min_size, (32 // spec.size_multiple) * spec.size_multiple)
+        if h >= c and w >= c:
+            crops.append(np.ascontiguousarray(s.lr[:, :, :c, :c]))
+    m = spec.size_multiple
+    odd = random_samples([(max(spec.min_size, -(-17 // m) * m), max(spec.min_size, -(-23 // m) * m))])[0].lr
+    deploy, rep = deploy_form(um.module, crops[:1])
+    onnx_path = Path(workdir) / f"{entry.name}.onnx"
+    exported = export_user_model(deploy, spec, onnx_path, source_checkpoint=entry.weights)
+    fixed = getattr(exported, "fixed_hw", None)
+    inputs = [x.lr for x in fixed_size_samples(spec.scale, tuple(fixed))[:2]] if fixed else crops + [odd]
+    ort = OrtRunner(onnx_path, name="ort:fp32")
+    err = 0.0
+    import torch
+
+    for x in inputs:
+        with torch.inference_mode():
+            ref = um.module(torch.from_numpy(x)).numpy()
+        err = max(err, float(np.max(np.abs(ort.run(x).astype(np.float64) - ref))))
+    out = {"name": entry.name, "scale": spec.scale, "inferred_input_range": um.conventions.chosen.input_range,
+           "equivalent": um.conventions.equivalent, "psnr_y": um.conventions.best.psnr_y,
+           "bicubic_psnr_y": um.conventions.bicubic_psnr_y, "hooks": rep["hooks"], "dynamic": fixed is None,
+           "fixed_hw": fixed, "parity_max_abs": err, "parity_inputs": [list(x.shape) for x in inputs]}
+    if int8:
+        from .quant import QuantConfig, quantize_model
+
+        q = quantize_model(onnx_path, Path(workdir) / f"{entry.name}_int8.onnx", spec,
+                           QuantConfig(profile="trt", psnr_budget=None, num_patches=4, progress=False))
+        out["int8_drop"] = q.drop
+    return out
+
+
 # ---- many models ---------------------------------------------------------------------------------
 
 def run_zoo(index: str | Path, outroot: str | Path, *, force: bool = False, only: list[str] | None = None,
