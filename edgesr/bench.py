@@ -528,7 +528,7 @@ def _unavailable(msg: str):
 
 
 def open_model(ref: str | Path, *, workdir: str | Path | None = None, scale: int | None = None,
-               arch: str | None = None, form: str = "deploy") -> ModelSource:
+               arch: str | None = None, form: str = "deploy", user: dict | None = None) -> ModelSource:
     """Resolve MODEL (checkpoint, .onnx/.ort, or convert OUTDIR). `workdir` caches exports
     and INT8 models across runs (default: a temporary folder removed by `close()`)."""
     from dataclasses import replace as dc_replace
@@ -568,6 +568,11 @@ def open_model(ref: str | Path, *, workdir: str | Path | None = None, scale: int
     if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
         raise CheckpointError(f"{path.name}: not a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}), ONNX file "
                               f"({', '.join(ONNX_SUFFIXES)}) or convert OUTDIR")
+    if user is not None:  # --model FILE.py:NAME: the user's code, conventions measured, deploy hooks verified
+        from .resolve import user_deploy_model
+
+        module, spec, _ = user_deploy_model(path, scale=scale, **user)
+        return ModelSource(path, "checkpoint", spec, workdir, module=module.eval(), form="deploy", _tmp=tmp)
     from .registry import load_model
     from .reparam import reparameterize
 

@@ -190,3 +190,25 @@ def test_cli_convert_and_eval_with_model(weights, tmp_path, capsys):
     # --model-kwargs without --model is an error, not silently ignored.
     assert main(["convert", str(weights), "-o", str(tmp_path / "x"), "--model-kwargs", "{}"]) == 2
     assert "needs --model" in capsys.readouterr().err
+
+
+def test_cli_parity_upscale_bench_quantize_take_model(weights, tmp_path, capsys):
+    from edgesr.sample_images import sample_images
+
+    user = ["--model", TINY, "--model-path", str(REPO), "--model-kwargs", '{"data_range": 255}']
+    assert main(["parity", f"{weights}:training", str(weights), "--sizes", "17x23", "--limit", "1",
+                 "--no-localize", "--json", *user]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["comparisons"][0]["ok"]
+    src = sample_images()[0]
+    assert main(["upscale", str(weights), str(src), str(tmp_path / "up.png"), "--tile", "64", *user]) == 0
+    from edgesr.imaging import read_image
+
+    assert read_image(tmp_path / "up.png").rgb.shape[0] == 4 * read_image(src).rgb.shape[0]
+    capsys.readouterr()
+    assert main(["bench", str(weights), "--backend", "torch", "--size", "16x16", "--min-runs", "2",
+                 "--min-seconds", "0", "--warmup", "0", "--json", *user]) == 0
+    assert json.loads(capsys.readouterr().out)["arch"] == "user:TinySR"
+    assert main(["quantize", str(weights), "-o", str(tmp_path / "q.onnx"), "--num-patches", "4",
+                 "--psnr-budget", "-1", "--json", *user]) == 0
+    assert (tmp_path / "q.onnx").is_file()

@@ -55,6 +55,9 @@ def add_parser(sub):
                    help="also profile ONNX Runtime backends (per-operator time share)")
     p.add_argument("--samples", action="store_true", help="include every timed sample in --json output")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    from .model_args import add_model_args
+
+    add_model_args(p)
     return p
 
 
@@ -88,7 +91,10 @@ def run(args) -> int:
         raise EdgesrError(str(e)) from None
     backends = list(dict.fromkeys(args.backend or ["ort"]))
 
-    src = open_model(args.model, workdir=args.work, scale=args.scale, arch=args.arch, form=args.form)
+    from .model_args import user_options
+
+    src = open_model(args.model, workdir=args.work, scale=args.scale, arch=args.arch, form=args.form,
+                     user=user_options(args))
     try:
         spec = src.spec
         sizes: list[tuple[int, int]] = []

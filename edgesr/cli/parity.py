@@ -34,6 +34,9 @@ def add_parser(sub):
     p.add_argument("--threads", type=int, help="ONNX Runtime / PyTorch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--markdown", action="store_true", help="print the report as Markdown")
+    from .model_args import add_model_args
+
+    add_model_args(p)
     return p
 
 
@@ -62,7 +65,7 @@ def split_model_arg(arg: str) -> tuple[Path, str | None]:
     return Path(arg), None
 
 
-def make_runner(arg: str, threads: int | None = None, scale: int | None = None):
+def make_runner(arg: str, threads: int | None = None, scale: int | None = None, user: dict | None = None):
     """A Runner for one MODEL argument, named after the argument."""
     from ..errors import CheckpointError, KeyMismatch
 
@@ -80,6 +83,13 @@ def make_runner(arg: str, threads: int | None = None, scale: int | None = None):
         from ..backends.ort_runner import OrtRunner
 
         runner = OrtRunner(path, name=arg, threads=threads)
+    elif user is not None:  # checkpoints are weights for the user's code: :training = the author's module as is
+        from ..backends.torch_runner import TorchRunner
+        from ..resolve import user_deploy_model
+
+        module, spec, um = user_deploy_model(path, scale=scale, **user)
+        runner = TorchRunner(um.module if form == "training" else module)
+        runner.spec = spec
     else:
         from ..resolve import resolve_model
 
@@ -121,7 +131,10 @@ def run(args) -> int:
     if len(args.models) < 2:
         raise ParityError("give a reference MODEL and at least one MODEL to compare with it")
     sizes = parse_sizes(args.sizes)
-    runners = [make_runner(m, args.threads, args.scale) for m in args.models]
+    from .model_args import user_options
+
+    user = user_options(args)
+    runners = [make_runner(m, args.threads, args.scale, user) for m in args.models]
     seen: dict[str, int] = {}
     for r in runners:  # the same MODEL twice (e.g. a determinism check): keep names distinct
         seen[r.name] = seen.get(r.name, 0) + 1

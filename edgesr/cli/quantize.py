@@ -39,6 +39,9 @@ def add_parser(sub):
     p.add_argument("--threads", type=int, help="ONNX Runtime threads")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    from .model_args import add_model_args
+
+    add_model_args(p)
     return p
 
 
@@ -47,14 +50,28 @@ def run(args) -> int:
     from ..quant import QuantConfig, quantize_model
     from .output import emit_json, print_table
 
+    from .model_args import user_options
+
+    user = user_options(args)
     model = Path(args.model)
     if not model.is_file():
-        raise QuantizationError(f"{model}: no such ONNX file")
+        raise QuantizationError(f"{model}: no such {'weights' if user else 'ONNX'} file")
     out = Path(args.output)
     if out.exists() and not args.force:
         raise OutputExists(f"{out} exists; pass --force to overwrite it")
     if out.resolve() == model.resolve():
         raise QuantizationError("the output would overwrite the fp32 input model; choose another -o")
+    if user is not None:  # MODEL is the weights: export the user's model first (checked), then quantize it
+        import tempfile
+
+        from ..export.diagnose import export_user_model
+        from ..resolve import user_deploy_model
+
+        module, spec, _ = user_deploy_model(model, scale=args.scale, **user)
+        tmp = tempfile.TemporaryDirectory(prefix="edgesr-quantize-")
+        fp32 = Path(tmp.name) / "model.onnx"
+        export_user_model(module, spec, fp32, source_checkpoint=model)
+        model = fp32
     spec = spec_from_onnx(model, args.scale)
     budget = None if args.psnr_budget is not None and args.psnr_budget < 0 else args.psnr_budget
     cfg = QuantConfig(profile=args.profile, method=args.method, percentile=args.percentile,

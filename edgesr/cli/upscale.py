@@ -24,6 +24,9 @@ def add_parser(sub):
     p.add_argument("--threads", type=int, help="intra-op threads (torch and ONNX Runtime)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    from .model_args import add_model_args
+
+    add_model_args(p)
     return p
 
 
@@ -45,6 +48,14 @@ def run(args) -> int:
 
         torch.set_num_threads(args.threads)
     jobs, folder = plan_jobs(args.input, args.output, force=args.force)  # fail fast, before loading the model
+    from .model_args import user_options
+
+    user = user_options(args)
+    model = args.model
+    if user is not None:
+        from ..resolve import resolve_user_model
+
+        model = resolve_user_model(args.model, backend=args.backend, threads=args.threads, scale=args.scale, **user)
 
     from tqdm import tqdm
 
@@ -57,7 +68,7 @@ def run(args) -> int:
             bar.write(f"edgesr: error: {r.error}", file=sys.stderr)
 
     try:
-        results = upscale(args.model, args.input, args.output, tile=args.tile, overlap=args.overlap,
+        results = upscale(model, args.input, args.output, tile=args.tile, overlap=args.overlap,
                           backend=args.backend, scale=args.scale, arch=args.arch, threads=args.threads,
                           force=args.force, on_image=step)
     finally:
