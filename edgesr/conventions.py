@@ -19,6 +19,7 @@ all see edgesr's convention, and the manifest records what was found.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -27,6 +28,16 @@ import numpy as np
 from .errors import ImplausibleOutput, ScaleMismatch, UserCodeError
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
+# Set to 1 to let convert/eval go on with implausible (e.g. untrained) models, as the command-line
+# flags --allow-implausible / --allow-below-bicubic do; the test suite sets it for the tests that
+# convert untrained variants to exercise other machinery.
+ENV_ALLOW = "EDGESR_ALLOW_IMPLAUSIBLE"
+
+
+def checks_enabled() -> bool:
+    """False when $EDGESR_ALLOW_IMPLAUSIBLE is set to 1/true/yes."""
+    return os.environ.get(ENV_ALLOW, "").strip().lower() not in ("1", "true", "yes")
+
 RANGES = (1.0, 255.0)
 # A trained SR model beats bicubic on natural images; the winner must gain more than this (dB, Y).
 MIN_GAIN_DB = 0.0

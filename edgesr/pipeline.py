@@ -51,7 +51,8 @@ class ConvertOptions:
     weights_key: str | None = None  # state_dict wrapper entry the author's loader used
     import_paths: tuple = ()  # extra sys.path folders for the user's code (e.g. its repository root)
     input_range: float | None = None  # --input-range: skip the range search (still checked for plausibility)
-    check_conventions: bool = True  # refuse models whose output is no plausible SR (see edgesr.conventions)
+    # refuse models whose output is no plausible SR (edgesr.conventions; $EDGESR_ALLOW_IMPLAUSIBLE=1 turns it off)
+    check_conventions: bool = field(default_factory=lambda: __import__("edgesr.conventions").conventions.checks_enabled())
     int8_search: bool = True  # False: all-int8 QDQ graph only (no sensitivity / mixed-precision search)
 
 

@@ -174,7 +174,8 @@ def test_deploy_hooks_are_verified():
     assert not rep["hooks"][0]["applied"] and "changed the output" in rep["hooks"][0]["reason"]
 
 
-def test_cli_convert_and_eval_with_model(weights, tmp_path, capsys):
+def test_cli_convert_and_eval_with_model(weights, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("EDGESR_ALLOW_IMPLAUSIBLE", raising=False)
     out = tmp_path / "out"
     rc = main(["convert", str(weights), "--model", TINY, "--model-path", str(REPO), "--model-kwargs",
                '{"data_range": 255}', "-o", str(out), "--no-bench", "--no-ort-format", "--json"])
@@ -212,3 +213,21 @@ def test_cli_parity_upscale_bench_quantize_take_model(weights, tmp_path, capsys)
     assert main(["quantize", str(weights), "-o", str(tmp_path / "q.onnx"), "--num-patches", "4",
                  "--psnr-budget", "-1", "--json", *user]) == 0
     assert (tmp_path / "q.onnx").is_file()
+
+
+def test_registry_models_are_checked_too(tmp_path, capsys, monkeypatch):
+    """An untrained registry checkpoint is refused by convert (naming what was tried) unless allowed."""
+    from safetensors.torch import save_file
+
+    from edgesr.registry import build_variant
+
+    monkeypatch.delenv("EDGESR_ALLOW_IMPLAUSIBLE", raising=False)
+    torch.manual_seed(0)
+    p = tmp_path / "untrained.safetensors"
+    save_file({k: v.contiguous() for k, v in build_variant("etds-t-x2", "deploy").module.state_dict().items()}, str(p))
+    args = ["convert", str(p), "-o", str(tmp_path / "o"), "--no-bench", "--no-ort-format"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "no input convention gives a plausible super-resolution" in err and "range 255" in err
+    assert not (tmp_path / "o").exists()
+    assert main(args + ["--allow-implausible"]) == 0

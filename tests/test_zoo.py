@@ -96,7 +96,7 @@ def test_zoo_model(zoo, name, tmp_path):
         assert res["dynamic"] is False
 
 
-def test_lightrlfn_with_its_code_matches_its_own_module(shared_dir, zoo, capsys):
+def test_lightrlfn_with_its_code_matches_its_own_module(shared_dir, zoo, capsys, monkeypatch):
     """NTIRE 2024 team 16: RLFN's key layout, but [0, 1] input and a bilinear residual. Through
     the registry it is refused (it scored 8.63 dB with exit 0 before); with --model and the
     team's code, edgesr's eval equals the team's own module's (same protocol) within 0.02 dB."""
@@ -107,6 +107,7 @@ def test_lightrlfn_with_its_code_matches_its_own_module(shared_dir, zoo, capsys)
     from edgesr.evaluate import evaluate
     from edgesr.usermodel import ModelRef, build_user_module, load_weights
 
+    monkeypatch.delenv("EDGESR_ALLOW_IMPLAUSIBLE", raising=False)
     e = zoo["2024-team16-lightrlfn"]
     set5 = shared_dir / "testsets" / "Set5"
     assert main(["eval", str(e.weights), "--testset", str(set5), "--scale", "4"]) == 2
@@ -124,9 +125,10 @@ def test_lightrlfn_with_its_code_matches_its_own_module(shared_dir, zoo, capsys)
     assert abs(ours - theirs) <= 0.02 and ours > 31.9, (ours, theirs)
 
 
-def test_registry_refuses_a_layout_twin_with_other_conventions(shared_dir, zoo, tmp_path, capsys):
+def test_registry_refuses_a_layout_twin_with_other_conventions(shared_dir, zoo, tmp_path, capsys, monkeypatch):
     from edgesr.cli import main
 
+    monkeypatch.delenv("EDGESR_ALLOW_IMPLAUSIBLE", raising=False)
     e = zoo["2024-team16-lightrlfn"]
     rc = main(["convert", str(e.weights), "-o", str(tmp_path / "o"), "--no-bench", "--no-ort-format"])
     err = capsys.readouterr().err
@@ -134,10 +136,11 @@ def test_registry_refuses_a_layout_twin_with_other_conventions(shared_dir, zoo, 
     assert not (tmp_path / "o").exists()
 
 
-def test_convert_zoo_cli_summary(shared_dir, zoo, tmp_path, capsys):
+def test_convert_zoo_cli_summary(shared_dir, zoo, tmp_path, capsys, monkeypatch):
     """`convert --zoo` over two entries (one converts, one names its failure): table + JSON per model."""
     from edgesr.cli import main
 
+    monkeypatch.delenv("EDGESR_ALLOW_IMPLAUSIBLE", raising=False)
     names = ["2024-team16-lightrlfn", "2024-team18-magicsr"]
     rc = main(["convert", "--zoo", str(INDEX), "--zoo-only", ",".join(names), "-o", str(tmp_path / "z"),
                "--no-bench"])

@@ -89,6 +89,7 @@ def run(args) -> int:
         raise ScaleMismatch(f"--scale must be a positive integer, got {args.scale}")
     if args.zoo:
         return _run_zoo(args)
+    from ..conventions import checks_enabled
     from .model_args import registry_input_range, user_options
 
     user = user_options(args)
@@ -107,7 +108,7 @@ def run(args) -> int:
         calib=Path(args.calib) if args.calib else None, psnr_budget=args.psnr_budget, fp16=args.fp16,
         ort_format=not args.no_ort_format, force=args.force, bench=not args.no_bench, threads=args.threads,
         engines=engines, testset=Path(args.testset) if args.testset else None, executorch=args.executorch,
-        check_conventions=not args.allow_implausible, input_range=registry_input_range(args))
+        check_conventions=not args.allow_implausible and checks_enabled(), input_range=registry_input_range(args))
     if user is not None:
         if opts.checkpoint is None or opts.checkpoint.is_dir():
             raise EdgesrError("--model needs the weights file as CKPT")
