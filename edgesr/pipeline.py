@@ -356,10 +356,17 @@ def quantize_for(onnx_path: Path, out_path: Path, spec: Spec, profile: str, opts
     cfg = QuantConfig(profile=profile, psnr_budget=opts.psnr_budget if opts.int8_search else None, progress=False)
     if not opts.int8_search:  # the zoo's cheap INT8: a calibrated QDQ graph, no search to feed
         cfg = replace(cfg, num_patches=8)
+    eval_set = None
+    fixed = opts_export_fixed_hw(onnx_path.parent) if onnx_path.name == "model.onnx" else None
+    if fixed is not None:  # a fixed-shape graph: patches and evaluation images of exactly that size
+        from .quant import held_out_eval_set
+
+        cfg = replace(cfg, patch_size=fixed[0], batch_size=1)
+        eval_set = held_out_eval_set(spec.scale, max_side=fixed[0] * spec.scale)
     test_set = testset_eval_set(opts.testset, spec.scale) if opts.testset else None
     png = out_path.parent / f"sensitivity_{profile}.png" if opts.int8_search else None
     res = quantize_model(onnx_path, out_path, spec, cfg, calibration=opts.calib, test_set=test_set,
-                         sensitivity_png=png)
+                         sensitivity_png=png, eval_set=eval_set)
     d = res.to_dict() | {"path": out_path.name}
     if png is not None and png.exists():
         d["sensitivity_png"] = png.name

@@ -42,6 +42,7 @@ DEFAULT_TIMEOUT_S = 1200
 CATEGORIES = {
     "weights-absent": "the weights file is not there",
     "missing-import": "the model code imports a package that is not installed (or needs CUDA)",
+    "needs-cuda": "the model code calls CUDA (e.g. .cuda() while building); this machine has no GPU",
     "user-code": "the model code fails to import, build or run",
     "weights": "the weights cannot be loaded safely or do not fit the code",
     "implausible": "no input convention gives a plausible super-resolution",
@@ -132,6 +133,9 @@ def read_index(index: str | Path) -> list[ZooEntry]:
 def category_of(e: BaseException) -> str:
     from . import errors as E
 
+    if isinstance(e, E.UserCodeError) and ("not compiled with CUDA" in str(e) or "CUDA driver" in str(e)
+                                          or "no NVIDIA driver" in str(e)):
+        return "needs-cuda"
     for cls, cat in ((E.MissingDependency, "missing-import"), (E.UserCodeError, "user-code"),
                      (E.CheckpointError, "weights"), (E.KeyMismatch, "weights"), (E.InvalidWeights, "weights"),
                      (E.ImplausibleOutput, "implausible"), (E.ScaleMismatch, "user-code"),

@@ -231,3 +231,15 @@ def test_registry_models_are_checked_too(tmp_path, capsys, monkeypatch):
     assert "no input convention gives a plausible super-resolution" in err and "range 255" in err
     assert not (tmp_path / "o").exists()
     assert main(args + ["--allow-implausible"]) == 0
+
+
+def test_real_registry_checkpoints_pass_the_checks(ckpt_dir, set5_dir, tmp_path, capsys, monkeypatch):
+    """The behaviour checks accept real, correctly-conventioned checkpoints (ETDS repo, Set5)."""
+    monkeypatch.delenv("EDGESR_ALLOW_IMPLAUSIBLE", raising=False)
+    ckpt = ckpt_dir / "ECBSR" / "ECBSR_M4C16_x4.pth"
+    assert main(["eval", str(ckpt), "--testset", str(set5_dir), "--scale", "4", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["psnr_y"] > res["bicubic_psnr_y"] + 1.5
+    assert main(["convert", str(ckpt), "-o", str(tmp_path / "o"), "--no-bench", "--no-ort-format", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)["report"]
+    assert rep["conventions"]["plausible"] and rep["conventions"]["given"]

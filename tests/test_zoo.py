@@ -19,8 +19,23 @@ INDEX = Path(__file__).resolve().parents[1] / "export" / "zoo" / "ntire-esr.toml
 # the reason (none so far: every team's range is measured).
 ABSENT_WEIGHTS = {"2022-team12-hnct", "2024-team18-magicsr", "2024-team48-rrdbnet"}
 PARITY_TOL = 1e-4
-# Export failures edgesr names (operator + the team's source line) instead of converting.
-EXPORT_FAILURES = {"2024-team03-lkfn": ("aten::fft_rfftn", "team03_LKFN.py:")}
+# Failures edgesr names instead of converting (category, text the one-line reason must hold).
+KNOWN_FAILURES = {
+    # FFT has no ONNX conversion in torch's TorchScript exporter (operator + the team's line).
+    "2024-team03-lkfn": ("export", "aten::fft_rfftn at team03_LKFN.py:"),
+    # The constructor moves the model to CUDA and runs it there (warm-up): no GPU here.
+    "2022-team15-afdn": ("needs-cuda", "AFDN.py:48"),
+    "2024-team38-span30": ("needs-cuda", "team38_SPAN.py:494"),
+    "2024-team39-span30": ("needs-cuda", "team39_SPANtiny.py:495"),
+    # .view() of a non-contiguous tensor at every input size tried (PyTorch refuses it on CPU).
+    "2022-team42-rlcsr": ("user-code", "view size is not compatible"),
+}
+# Where behaviour contradicts test_demo.py's data_range. NTIRE 2022 team 08 (SFDN): test_demo.py
+# says 1.0 and never calls the team's reparameter(); on Set5 the model as loaded scores 27.6 dB
+# at range 1 (below bicubic's 28.9) and 30.9 dB at range 255, and with its reparameter() applied
+# (identity added to c1_r/c2_r/c3_r, done by hand on CPU: the hook itself calls .cuda()) 34.05 dB
+# at range 255 vs 27.0 dB at range 1. edgesr infers 255.
+RANGE_FINDINGS = {"2022-team08-rfdn": 255.0}
 
 
 def _entries():
@@ -50,7 +65,7 @@ def _third_party_imports(entry) -> set[str]:
     files = [code] + [p for p in code.parent.glob("*.py") if code.parent.name != "models"]
     names = set()
     for f in files:
-        for m in re.finditer(r"^\s*(?:from|import)\s+([A-Za-z_][\w]*)", f.read_text(errors="replace"), re.M):
+        for m in re.finditer(r"^(?:from|import)\s+([A-Za-z_][\w]*)", f.read_text(errors="replace"), re.M):
             names.add(m.group(1))
     local = {p.stem for p in code.parent.iterdir()} | {"models"}
     return {n for n in names - local if importlib.util.find_spec(n) is None}
@@ -78,9 +93,9 @@ def test_zoo_model(zoo, name, tmp_path):
         cat = category_of(e)
         msg = str(e)
         assert "\n" not in msg.strip() and msg, msg
-        if name in EXPORT_FAILURES:
-            op, where = EXPORT_FAILURES[name]
-            assert cat == "export" and op in msg and where in msg, msg
+        if name in KNOWN_FAILURES:
+            want, text = KNOWN_FAILURES[name]
+            assert cat == want and text in msg, msg
             pytest.skip(f"{cat}: {msg}")
         missing = _third_party_imports(entry)
         # The only acceptable failures: the team's code needs a package this environment lacks
@@ -88,8 +103,10 @@ def test_zoo_model(zoo, name, tmp_path):
         assert missing and cat in ("missing-import", "user-code"), f"{name}: {cat}: {msg}"
         assert any(m in msg for m in missing) and re.search(r"\.py:\d+", msg), msg
         pytest.skip(f"{cat}: {msg}")
-    assert res["inferred_input_range"] == entry.input_range or any(
-        lbl.startswith(f"range {entry.input_range:g},") for lbl in res["equivalent"]), json.dumps(res)
+    assert name not in KNOWN_FAILURES, f"{name} converts now: update KNOWN_FAILURES"
+    declared = RANGE_FINDINGS.get(name, entry.input_range)
+    assert res["inferred_input_range"] == declared or any(
+        lbl.startswith(f"range {declared:g},") for lbl in res["equivalent"]), json.dumps(res)
     assert res["psnr_y"] > res["bicubic_psnr_y"]
     assert res["parity_max_abs"] <= PARITY_TOL, json.dumps(res)
     if res["fixed_hw"] is not None:

@@ -107,22 +107,24 @@ def _traced_location(module, x, op: str | None) -> str:
     return ""
 
 
-def explain_export_failure(module, spec: Spec, sample_hw: tuple[int, int], opset: int = 17) -> str:
+def explain_export_failure(module, spec: Spec, sample_hw: tuple[int, int], opset: int = 17,
+                           dynamic: bool = False) -> str:
     """Re-run the exporter to get the exception with its traceback: 'operator X at file:line: msg'."""
     import torch
 
     roots = user_source_roots(module)
     x = torch.from_numpy(_sample((1, spec.in_channels, *sample_hw)))
+    axes = {"input": {0: "batch", 2: "height", 3: "width"}} if dynamic else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (x,), io.BytesIO(), dynamo=False, opset_version=opset,
-                              input_names=["input"], output_names=["output"])
+                              input_names=["input"], output_names=["output"], dynamic_axes=axes)
     except Exception as e:  # noqa: BLE001
         msg = _first_line(e)
         op = _operator(str(e))
         where = _where(e, roots) or _ir_location(str(e), op, roots) or _traced_location(module, x, op)
-        return (f"{'operator ' + op if op else type(e).__name__}{where}: {msg}")
+        return f"{'operator ' + op if op else type(e).__name__}{where}: {msg[:200]}"
     return "the exporter succeeded when re-run (the failure is in checking the exported graph)"
 
 
@@ -145,7 +147,7 @@ def explain_ort_failure(module, message: str) -> str:
             target = dotted
             break
     if target is None:
-        return f"{message} (node {node})"
+        return f"{message[:200]} (node {node})"
     cls = type(mods[target])
     try:
         file = Path(inspect.getsourcefile(cls) or "?").name
@@ -153,7 +155,7 @@ def explain_ort_failure(module, message: str) -> str:
         loc = f"{file}:{line} ({cls.__name__}.forward)"
     except (TypeError, OSError):
         loc = cls.__name__
-    return f"{message} (node {node}, module {target} = {loc})"
+    return f"{message[:200]} (node {node}, module {target} = {loc})"
 
 
 def trace_size_warnings(module, spec: Spec, sample_hw: tuple[int, int], limit: int = 3) -> list[str]:
@@ -183,38 +185,40 @@ def trace_size_warnings(module, spec: Spec, sample_hw: tuple[int, int], limit: i
 
 
 def export_user_model(module, spec: Spec, path: str | Path, *, source_checkpoint=None, opset: int = 17):
-    """export_onnx with dynamic H/W; on a dynamic-shape failure a fixed-size export (stated in
-    the metadata and the result); on any other failure an ExportError naming operator + line."""
+    """export_onnx with dynamic H/W; when that fails (the exporter refuses an operator under
+    dynamic shapes, or the graph does not reproduce PyTorch / does not run at another size), a
+    fixed-size export, stated in the metadata and the result with the reason (operator and the
+    user's source line, TracerWarning locations); when that fails too, an ExportError naming them."""
     from .onnx import export_onnx
 
-    m = max(1, spec.size_multiple)
     sample = (1, spec.in_channels, max(32, spec.min_size), max(40, spec.min_size))
     try:
         return export_onnx(module, spec, path, opset=opset, sample_shape=sample, source_checkpoint=source_checkpoint)
     except ExportError as e:
-        msg = str(e)
-        if msg.startswith("torch.onnx.export failed"):
-            raise ExportError("ONNX export of the model failed: "
-                              + explain_export_failure(module, spec, tuple(_fit(sample[2:], spec)), opset)) from None
-        if msg.startswith("ONNX Runtime cannot run"):
-            raise ExportError(explain_ort_failure(module, msg)) from None
-        if "differs from PyTorch" not in msg and "output shape" not in msg:
-            raise
-        dyn_error = msg
+        dyn_error = _describe(module, spec, str(e), tuple(_fit(sample[2:], spec)), opset, dynamic=True)
     hw = tuple(_fit(FIXED_HW, spec))
     where = trace_size_warnings(module, spec, hw)
-    reason = ("dynamic H/W export does not reproduce PyTorch at other sizes (" + dyn_error[:160] + ")"
+    reason = (f"dynamic H/W export failed ({dyn_error[:300]})"
               + ("; the trace fixed sizes at " + "; ".join(where) if where else ""))
     try:
         res = export_onnx(module, spec, path, opset=opset, dynamic=False, sample_shape=(1, spec.in_channels, *hw),
                           source_checkpoint=source_checkpoint,
                           metadata={"fixed_input_hw": list(hw), "fixed_reason": reason})
     except ExportError as e:
-        raise ExportError(f"ONNX export failed with dynamic H/W ({dyn_error[:160]}) and at fixed "
-                          f"{hw[0]}x{hw[1]} ({_first_line(e)})") from None
+        fixed_error = _describe(module, spec, str(e), hw, opset, dynamic=False)
+        raise ExportError(f"ONNX export failed: {fixed_error} (also with dynamic H/W: {dyn_error[:200]})") from None
     res.warnings.append(f"exported at a fixed {hw[0]}x{hw[1]} LR input (run larger images tile by tile): {reason}")
-    res.fixed_hw = list(hw)  # type: ignore[attr-defined]
     return _FixedResult(res, list(hw), reason)
+
+
+def _describe(module, spec: Spec, msg: str, hw, opset: int, dynamic: bool) -> str:
+    """One line naming what broke: the operator and source line for exporter failures, the owning
+    module for ONNX Runtime failures, the numbers otherwise."""
+    if msg.startswith("torch.onnx.export failed"):
+        return explain_export_failure(module, spec, hw, opset, dynamic=dynamic)
+    if msg.startswith("ONNX Runtime cannot run"):
+        return explain_ort_failure(module, msg)
+    return msg
 
 
 class _FixedResult:
