@@ -50,7 +50,22 @@ def main() -> int:
     threading.Thread(target=sample_load, daemon=True).start()
     t0 = time.perf_counter()
 
+    done: list[dict] = []
+
+    def record(results: list[dict], wall: float, complete: bool) -> dict:
+        srt = sorted(loads) or [os.getloadavg()[0]]
+        return {"command": "python benchmarks/zoo.py" + (f" --only {args.only}" if args.only else "")
+                + (" --no-bench" if args.no_bench else ""), "complete": complete,
+                "wall_seconds": round(wall, 1), "machine": machine_info(),
+                "loadavg_1min": {"median": srt[len(srt) // 2], "min": srt[0], "max": srt[-1], "samples": len(srt)},
+                "counts": counts(results), "results": [{k: v for k, v in r.items() if k != "steps"} for r in results]}
+
     def on_done(i, n, r):
+        done.append(r)
+        # Written after every model: an interrupted run still leaves what it measured.
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(record(done, time.perf_counter() - t0, False), indent=1,
+                                              default=str) + "\n")
         print(f"[{i + 1}/{n}] {r['name']}: {'ok' if r.get('ok') else 'FAILED ' + str(r.get('category'))} "
               f"({r.get('seconds')} s, {time.perf_counter() - t0:.0f} s total)", file=sys.stderr, flush=True)
 
@@ -62,14 +77,7 @@ def main() -> int:
     print(format_table(SUMMARY_HEADERS, summary_rows(results)))
     print(f"\n{c['ok']} of {c['models']} converted end to end; wall {wall:.0f} s; "
           f"load avg during the run: median {sorted(loads)[len(loads) // 2]:.1f}, max {max(loads):.1f}")
-    record = {"command": "python benchmarks/zoo.py" + (f" --only {args.only}" if args.only else "")
-              + (" --no-bench" if args.no_bench else ""),
-              "wall_seconds": round(wall, 1), "machine": machine_info(),
-              "loadavg_1min": {"median": sorted(loads)[len(loads) // 2], "min": min(loads), "max": max(loads),
-                               "samples": len(loads)},
-              "counts": c, "results": [{k: v for k, v in r.items() if k != "steps"} for r in results]}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(record, indent=1, default=str) + "\n")
+    Path(args.json).write_text(json.dumps(record(results, wall, True), indent=1, default=str) + "\n")
     (Path(args.json).with_suffix(".md")).write_text((out / "summary.md").read_text())
     if tmp is not None:
         tmp.cleanup()
