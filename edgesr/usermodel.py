@@ -95,7 +95,7 @@ def build_user_module(ref: ModelRef, kwargs: dict[str, Any] | None = None,
     from torch import nn
 
     roots = _roots(ref, extra_paths)
-    with _import_context(roots):
+    with _import_context(roots), cuda_calls_on_cpu() as redirected:
         module = _import_file(ref, roots)
         obj = module
         for part in ref.name.split("."):
@@ -118,7 +118,42 @@ def build_user_module(ref: ModelRef, kwargs: dict[str, Any] | None = None,
             raise _code_error(f"building {ref.name}", e, roots) from None
     if not isinstance(net, nn.Module):
         raise UserCodeError(f"{ref.file.name}:{ref.name}(...) returned a {type(net).__name__}, not a torch.nn.Module")
+    net.edgesr_cuda_calls_on_cpu = redirected[0]  # reported by load_user_model
     return net.eval()
+
+
+@contextlib.contextmanager
+def cuda_calls_on_cpu() -> Iterator[list[int]]:
+    """On a machine without CUDA, ``.cuda()`` on tensors and modules while the user's code is
+    imported and built returns them on the CPU instead of failing: research code warms its model
+    up on the GPU in ``__init__`` (NTIRE 2024 SPAN: ``self.cuda()(torch.randn(...).cuda())``) the
+    way checkpoints carry CUDA storages that ``torch.load(map_location="cpu")`` maps. The count of
+    redirected calls is yielded (and reported); nothing changes where CUDA exists."""
+    import torch
+
+    count = [0]
+    if torch.cuda.is_available():
+        yield count
+        return
+    saved = {cls: cls.__dict__.get("cuda") for cls in (torch.Tensor, torch.nn.Module)}
+
+    def tensor_cuda(self, *args, **kwargs):
+        count[0] += 1
+        return self
+
+    def module_cuda(self, *args, **kwargs):
+        count[0] += 1
+        return self
+
+    torch.Tensor.cuda, torch.nn.Module.cuda = tensor_cuda, module_cuda
+    try:
+        yield count
+    finally:
+        for cls, original in saved.items():
+            if original is None:
+                delattr(cls, "cuda")  # it was inherited (torch._C.TensorBase.cuda)
+            else:
+                setattr(cls, "cuda", original)
 
 
 def load_weights(net, weights: str | Path, key: str | None = None, strict: bool = True) -> LoadReport:
@@ -302,7 +337,8 @@ class LoadedUserModel:
 
     def report(self) -> dict[str, Any]:
         return {"model": str(self.ref), "load": self.load.to_dict(), "geometry": self.geometry.to_dict(),
-                "conventions": self.conventions.to_dict()}
+                "conventions": self.conventions.to_dict(),
+                "cuda_calls_on_cpu": int(getattr(self.raw, "edgesr_cuda_calls_on_cpu", 0))}
 
 
 def load_user_model(weights: str | Path, ref: ModelRef | str, kwargs: dict[str, Any] | None = None, *,

@@ -243,3 +243,15 @@ def test_real_registry_checkpoints_pass_the_checks(ckpt_dir, set5_dir, tmp_path,
     assert main(["convert", str(ckpt), "-o", str(tmp_path / "o"), "--no-bench", "--no-ort-format", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)["report"]
     assert rep["conventions"]["plausible"] and rep["conventions"]["given"]
+
+
+def test_cuda_calls_while_building_run_on_cpu():
+    from edgesr.usermodel import ModelRef, build_user_module
+
+    if torch.cuda.is_available():
+        pytest.skip("the redirect applies only without CUDA")
+    net = build_user_module(ModelRef.parse(f"{REPO / 'models' / 'broken.py'}:WarmsUpOnGPU"))
+    assert net.edgesr_cuda_calls_on_cpu == 2 and next(net.parameters()).device.type == "cpu"
+    assert "cuda" not in torch.Tensor.__dict__  # restored: outside the build .cuda() behaves as usual
+    with pytest.raises((AssertionError, RuntimeError)):
+        torch.zeros(1).cuda()

@@ -34,3 +34,15 @@ class NeedsArgs(nn.Module):
     def __init__(self, width):
         super().__init__()
         self.conv = nn.Conv2d(3, width, 3)
+
+
+class WarmsUpOnGPU(nn.Module):
+    """Research code that moves itself to CUDA and runs a warm-up pass in __init__."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.cuda()(torch.randn(1, 3, 8, 8).cuda())
+
+    def forward(self, x):
+        return self.conv(x)
