@@ -991,7 +991,8 @@ class TorchCudaRunner:
             self.name += ":channels-last"
         self._graphs: dict[tuple, tuple] = {}
 
-    def _to_device(self, x: np.ndarray):
+    def to_device(self, x: np.ndarray):
+        """Host NCHW float32 -> the runner's device, dtype and memory format."""
         t = self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
         return t.to(self.dtype).contiguous(memory_format=self.memory_format)
 
@@ -1015,9 +1016,9 @@ class TorchCudaRunner:
         torch = self.torch
         if self.cuda_graph:
             replay, static_in, _ = self._graph(tuple(x.shape))
-            static_in.copy_(self._to_device(x))
+            static_in.copy_(self.to_device(x))
             return replay
-        xd = self._to_device(x)
+        xd = self.to_device(x)
 
         def launch():
             with torch.inference_mode(), fp32_math(self.tf32):
@@ -1029,11 +1030,11 @@ class TorchCudaRunner:
         torch = self.torch
         if self.cuda_graph:
             replay, static_in, static_out = self._graph(tuple(x.shape))
-            static_in.copy_(self._to_device(x))
+            static_in.copy_(self.to_device(x))
             replay()
             return static_out.float().cpu().numpy()
         with torch.inference_mode(), fp32_math(self.tf32):
-            return self.module(self._to_device(x)).float().cpu().numpy()
+            return self.module(self.to_device(x)).float().cpu().numpy()
 
 
 def _rel(p: Path) -> str:
