@@ -835,7 +835,8 @@ def section_ntire(ctx: Ctx) -> None:
         "what": "test_demo.py's: fp32, cuDNN benchmark off, PyTorch's default TF32 settings, parameters without "
                 "grad, input moved to the GPU before the timed region, CUDA events around model(x), synchronize, "
                 "elapsed time per image; the challenge's 'average runtime' is the mean over all images, the first "
-                "(cold) one included",
+                "(cold) one included. The models run one after another in one process (the challenge starts one "
+                "process per model), so only the first model's first image pays for CUDA and cuDNN start-up",
         "not_loadable": ctx.manifest["ntire"]["not_loadable"]})
     items = [(e["path"], lambda e=e: ctx.emit.row(e["path"], ntire_one(ctx, e))) for e in ctx.manifest["ntire"]["loadable"]]
     run_items(items, ctx.deadline, ctx.emit)

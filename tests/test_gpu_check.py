@@ -208,3 +208,34 @@ def test_parse_pytest_summary():
 def test_markdown_of_an_empty_record_says_what_did_not_run():
     md = gc.render_markdown({"status": "running", "budget_s": 360.0, "sections": {"env": {"status": "pending"}}})
     assert "Not measured" in md and "TensorRT-RTX engines run only on RTX GPUs" in md
+
+
+def test_markdown_renders_the_gpu_only_rows():
+    """Rows only a GPU run produces (device properties, nvidia-smi, an fp16 overflow, an engine that ran)."""
+    tol = {"max_abs": 1e-5}
+    ok = {"ok": True, "failures": [], "tolerance": tol, "max_abs": 1e-6, "psnr": 90.0, "psnr_y_cpu": 31.4,
+          "psnr_y_gpu": 31.4}
+    bad = dict(ok, ok=False, failures=["output contains NaN/Inf"], max_abs="nan", psnr="nan", psnr_y_gpu=None)
+    rec = {
+        "status": "complete", "budget_s": 360.0, "elapsed_s": 351.0, "dry_run": False,
+        "machine": {"nvidia_smi_start": {"available": True, "at": "t", "gpus": [{
+            "name": "NVIDIA H200", "driver_version": "580.159.03", "clocks.sm": "1980 MHz", "pstate": "P0"}]}},
+        "sections": {
+            "env": {"status": "done", "info": {"torch": {
+                "gpu": "NVIDIA H200", "compute_capability": "9.0", "multiprocessors": 132, "gpu_memory_gib": 139.8,
+                "torch": "2.11.0+cu130", "cuda_build": "13.0", "cudnn": 91300}}},
+            "parity": {"status": "done", "rows": [{
+                "model": "m.pth", "source": "trained checkpoint", "arch": "x", "inputs": ["butterfly"],
+                "fp16_safe": True, "precisions": {"fp32": ok, "fp32-default": ok, "fp16": bad, "bf16": ok},
+                "overflow": {"fp16": {"module": "body.3", "type": "Conv2d", "input": "butterfly"}},
+                "activation_peak": {"module": "body.3", "max_abs": 7.1e4, "fp16_headroom": 0.92}}]},
+            "trt": {"status": "done", "rows": [{"backend": "trt", "runs_here": True, "version": "10.13",
+                                                "gpu": {"name": "NVIDIA H200", "compute_capability": "9.0"}}]},
+            "tests": {"status": "done", "rows": [{"command": "pytest -m gpu", "counts": {"failed": 1, "passed": 2},
+                                                  "returncode": 1, "seconds": 9.0,
+                                                  "failed": ["FAILED tests/test_bench.py::t - boom"]}]}}}
+    md = gc.render_markdown(rec)
+    assert "NVIDIA H200, compute capability 9.0, 132 SMs" in md and "driver 580.159.03" in md
+    assert "first in `body.3` (Conv2d) although its Spec says fp16_safe" in md
+    assert "nan (nan) **FAIL**" in md and "fp16: 0/1 within tolerance" in md
+    assert "trt 10.13: ran on NVIDIA H200" in md and "FAILED tests/test_bench.py::t" in md
