@@ -62,7 +62,7 @@ from typing import Any, Callable, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the working tree's edgesr (the GPU machine has no installed copy)
 
-from edgesr.fsutil import atomic_write_json, atomic_write_text  # noqa: E402  (no torch: the parent stays light)
+from edgesr.fsutil import atomic_write_json, atomic_write_text, json_safe, sha256_file  # noqa: E402  (no torch)
 
 SCHEMA = 1
 DEFAULT_PAYLOAD = ROOT / "benchmarks" / "gpu_payload"
@@ -134,14 +134,6 @@ def ntire_registry_loader(path: Path):
 NTIRE_LOADERS: dict[str, Callable[[Path], Any]] = {"registry": ntire_registry_loader}
 
 
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def prepare(shared: Path, payload: Path) -> dict:
     """Copy what the GPU run needs from `shared` into `payload` (replacing an earlier payload)."""
     from edgesr.errors import EdgesrError
@@ -200,7 +192,8 @@ def prepare(shared: Path, payload: Path) -> dict:
         readme = year_dir / "README.md"
         if readme.is_file():
             ntire["challenge"][year] = {"gpu": _challenge_gpu(readme.read_text(errors="replace"))}
-    files = [{"path": str(p.relative_to(payload)), "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in copied]
+    files = [{"path": str(p.relative_to(payload)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in copied]
     manifest = {"schema": SCHEMA, "created_utc": _now(), "source": str(shared), "models": models, "ntire": ntire,
                 "files": files, "total_bytes": sum(f["bytes"] for f in files)}
     atomic_write_json(payload / "manifest.json", manifest)
@@ -236,7 +229,7 @@ class Emitter:
         if self.path is None:
             self.events.append(ev)
             return
-        line = json.dumps(_json_safe(ev), allow_nan=False)
+        line = json.dumps(json_safe(ev), allow_nan=False, default=_scalar)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
             f.flush()
@@ -274,17 +267,12 @@ def _first_line(e: BaseException) -> str:
     return (s.splitlines()[0] if s else type(e).__name__)[:400]
 
 
-def _json_safe(v: Any) -> Any:
-    """NaN/Inf -> strings (strict JSON), tuples -> lists, numpy scalars -> Python numbers."""
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, float):
-        return v if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
-    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0:
-        return _json_safe(v.item())
-    return v
+def _scalar(v: Any) -> Any:
+    """numpy / torch scalars -> Python numbers (json.dumps' fallback); anything else -> its text."""
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        x = v.item()
+        return x if not isinstance(x, float) or math.isfinite(x) else str(x)
+    return str(v)
 
 
 def run_items(items: Sequence[tuple[str, Callable[[], None]]], deadline: float, emit: Emitter,
@@ -1075,7 +1063,7 @@ class Run:
 
     def write(self) -> None:
         self.record["elapsed_s"] = round(time.time() - self.t0, 1)
-        atomic_write_json(self.out / "gpu.json", _json_safe(self.record))
+        atomic_write_json(self.out / "gpu.json", self.record)
         atomic_write_text(self.out / "gpu.md", render_markdown(self.record))
 
     def say(self, msg: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from edgesr.fsutil import sha256_file
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 
@@ -51,7 +52,7 @@ def test_prepare_copies_a_small_verified_payload(payload, shared_dir):
     for f in m["files"]:
         p = payload / f["path"]
         assert p.is_file() and p.stat().st_size == f["bytes"]
-        assert f["sha256"] == gc._sha256(shared_dir / f["path"])  # byte for byte what ../shared holds
+        assert f["sha256"] == sha256_file(shared_dir / f["path"])  # byte for byte what ../shared holds
     assert m["total_bytes"] < 32 * 2**20  # travels with the working tree (64 MiB in all)
     loadable = {Path(n["path"]).name for n in m["ntire"]["loadable"]}
     assert {"team00_rlfn.pth", "team38_span_ch28_slim.pth"} <= loadable
