@@ -100,8 +100,8 @@ COMPILE_MODE = "max-autotune"
 NTIRE_LR = (339, 510)
 NTIRE_IMAGES = 100  # the DIV2K half of DIV2K_LSDIR_valid
 DRY_NTIRE_LR, DRY_NTIRE_IMAGES = (20, 30), 3
-# TensorRT-RTX support matrix (1.0-1.5): compute capabilities its engines run on (RTX GPUs).
 IMPLAUSIBLE_PSNR_Y = 20.0  # dB on Set5 (bicubic: ~28.6 at x4): below this the model as loaded is wrong
+# TensorRT-RTX support matrix (1.0-1.5): compute capabilities its engines run on (RTX GPUs).
 TRT_RTX_CCS = ("7.5", "8.6", "8.9", "12.0", "12.1")
 TRT_NOTE = ("TensorRT 10/11 is not installed on the lent GPU machine and cannot be installed in this "
             "environment (no package registry there; its CUDA libraries are far larger than the 64 MiB "
@@ -255,11 +255,21 @@ class Emitter:
 
     def error(self, item: str | None, exc: BaseException) -> None:
         tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        self._put({"t": "error", "item": item, "error": f"{type(exc).__name__}: {_first_line(exc)}",
-                   "trace": "".join(tb[-3:])[-1500:]})
+        self._put({"t": "error", "item": item, "error": scrub_paths(f"{type(exc).__name__}: {_first_line(exc)}"),
+                   "trace": scrub_paths("".join(tb[-3:]))[-1500:]})
 
     def fatal(self, message: str) -> None:
         self._put({"t": "fatal", "message": message})
+
+
+def scrub_paths(text: str) -> str:
+    """Error text as it may appear in a committed report: the checkout's and Python's folders on the
+    machine that ran it become relative or symbolic."""
+    import re
+
+    text = text.replace(str(ROOT) + os.sep, "")
+    text = re.sub(r"/[^\s\"']*/(?:site|dist)-packages/", "<site-packages>/", text)
+    return re.sub(r"/[^\s\"']*/lib/python3\.\d+/", "<python>/", text)
 
 
 def _first_line(e: BaseException) -> str:
@@ -919,7 +929,7 @@ def section_tests(ctx: Ctx) -> None:
         except subprocess.TimeoutExpired as e:
             text = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
             rc = None
-        lines = text.strip().splitlines()
+        lines = scrub_paths(text).strip().splitlines()
         ctx.emit.row("pytest -m gpu", {"command": " ".join(cmd[2:]), "returncode": rc,
                                        "seconds": round(time.perf_counter() - t0, 1),
                                        "counts": parse_pytest_summary(text),
@@ -1022,6 +1032,22 @@ def _git(*a: str) -> str | None:
         return None
 
 
+def _public_path(p: str | Path) -> str:
+    """A path as it may appear in a committed report: relative to the checkout, else only its name."""
+    q = Path(p)
+    if not q.is_absolute():
+        return str(q)
+    try:
+        return str(q.resolve().relative_to(ROOT))
+    except ValueError:
+        return f"<{q.name}>"
+
+
+def _public_command(argv: Sequence[str]) -> str:
+    return "python benchmarks/gpu_check.py " + " ".join(_public_path(a) if a.startswith("/") else a
+                                                        for a in argv[1:])
+
+
 def code_digest() -> str:
     h = hashlib.sha256()
     for p in sorted((ROOT / "edgesr").rglob("*.py")) + [Path(__file__).resolve()]:
@@ -1045,10 +1071,10 @@ class Run:
         manifest = load_manifest(Path(args.payload))
         self.record: dict[str, Any] = {
             "tool": "benchmarks/gpu_check.py", "schema": SCHEMA, "status": "running", "dry_run": bool(args.dry_run),
-            "started_utc": _now(), "budget_s": self.budget, "command": " ".join(sys.argv),
+            "started_utc": _now(), "budget_s": self.budget, "command": _public_command(sys.argv),
             "code": {"git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain")),
                      "edgesr_and_script_sha256_16": code_digest()},
-            "payload": {"path": str(args.payload), "total_bytes": manifest["total_bytes"],
+            "payload": {"path": _public_path(args.payload), "total_bytes": manifest["total_bytes"],
                         "files": len(manifest["files"]), "created_utc": manifest["created_utc"]},
             "machine": {"nvidia_smi_start": nvidia_smi()}, "trt_note": TRT_NOTE,
             "sections": {s: {"status": "pending"} for s in self.sections()}}
@@ -1489,10 +1515,13 @@ def _md_ntire(record: dict) -> list[str]:
               "| model | edgesr loader | mean (all) ms | mean (excl. first) | median | p90 | first | peak MiB | "
               "challenge valid avg ms | challenge DIV2K median ms | challenge valid MiB |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
+        wrong = {r["model"] for r in _secs(record, "parity").get("rows", []) if "precisions" in r
+                 and _num((r["precisions"].get("fp32") or {}).get("psnr_y_cpu")) < IMPLAUSIBLE_PSNR_Y}
         for r in rows:
             c = r.get("challenge") or {}
             s = r["stats_excluding_first"]
-            L.append(f"| `{r['model']}` ({r['variant'] or r['arch']}) | {r['loader']} | {r['mean_all_ms']:.2f} | "
+            flag = " **loaded wrongly (see parity)**" if r["model"] in wrong else ""
+            L.append(f"| `{r['model']}` ({r['variant'] or r['arch']}){flag} | {r['loader']} | {r['mean_all_ms']:.2f} | "
                      f"{r['mean_excluding_first_ms']:.2f} | {s['median_ms']:.2f} | {s['p90_ms']:.2f} | "
                      f"{r['first_ms']:.1f} | {_g(r.get('peak_memory_mib'), 1)} | "
                      f"{_g(c.get('valid_ave_runtime_ms'))} | {_g(c.get('valid_div2k_median_ms'))} | "
