@@ -879,11 +879,13 @@ def trt_engine_rows(ctx: Ctx, backend: str) -> dict:
     src = open_model(ctx.payload / "checkpoints/etds-repo/ETDS/ETDS_M6C32_x4.pth")
     try:
         lr = [lr_size(hw, src.spec) for hw in ctx.outputs.values()]
-        p = prepare_backend(src, backend, engine_sizes=lr)
+        samples = parity_samples(ctx, src.spec)
+        # one engine profile from the smallest parity input to the largest timed size
+        p = prepare_backend(src, backend, engine_sizes=lr + [tuple(s.lr.shape[2:]) for s in samples])
         try:
             res = [r.to_dict() for r in bench_prepared([p], lr, src.spec, timing_policy(ctx))]
-            rep = check_parity([TorchRunner(src.module, name="torch:cpu:fp32"), p.runner],
-                               parity_samples(ctx, src.spec), scale=src.spec.scale, localize=False)
+            rep = check_parity([TorchRunner(src.module, name="torch:cpu:fp32"), p.runner], samples,
+                               scale=src.spec.scale, localize=False)
         finally:
             if p.close:
                 p.close()
