@@ -36,7 +36,7 @@ from ..errors import BackendUnavailable, ExportError, QuantizationError
 from ..fsutil import atomic_path
 from ..spec import Spec
 from .mobile import MobileExport, calibration_inputs, channel_repeat_as_concat, compare_with_torch, judge, \
-    package_version, photo_crops, quiet_native
+    fixed_shape_form, package_version, photo_crops, quiet_native
 
 EXTRA = "pip install 'edgesr[tflite]'"
 
@@ -102,7 +102,7 @@ def convert_fp32_bytes(module, spec: Spec, hw: Sequence[int]) -> bytes:
     sample = torch.rand(1, h, w, spec.in_channels, generator=torch.Generator().manual_seed(0))
     try:
         with quiet_native(), channel_repeat_as_concat(), torch.no_grad():
-            edge = litert_torch.convert(_nhwc(module.eval().float().cpu()), (sample,))
+            edge = litert_torch.convert(_nhwc(fixed_shape_form(module.float().cpu())), (sample,))
         with tempfile.TemporaryDirectory(prefix="edgesr-litert-") as tmp:
             path = Path(tmp) / "model.tflite"
             with quiet_native():

@@ -176,6 +176,20 @@ def channel_repeat_as_concat() -> Iterator[None]:
         torch.Tensor.repeat_interleave = orig_method
 
 
+def fixed_shape_form(module):
+    """A copy of `module` for converters that trace one fixed input size (LiteRT, Core ML).
+
+    SAFMN's default pooling computes PyTorch's adaptive-max-pool windows from the dynamic input
+    size with Range/Gather (needed for dynamic ONNX); at a fixed size the reference
+    ``F.adaptive_max_pool2d`` computes the same values and lowers to a plain MAX_POOL. Other
+    models come back as they are (a copy)."""
+    import copy
+
+    from ..archs.safmn import set_pool
+
+    return set_pool(copy.deepcopy(module), "adaptive").eval()
+
+
 # --------------------------------------------------------------------------- inputs
 
 
