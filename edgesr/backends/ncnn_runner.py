@@ -77,11 +77,13 @@ class NcnnRunner:
         ncnn = _ncnn()
         a = np.ascontiguousarray(x[0], dtype=np.float32)  # referenced until the extractions are done
         ex = self.net.create_extractor()
+        if len(names) > 1:  # light mode frees intermediate blobs once consumed; keep them to read several
+            ex.set_light_mode(False)
         ex.input(self.inputs[0], ncnn.Mat(a))
         out = {}
         for n in names:
             rc, m = ex.extract(n)
-            if rc != 0:
+            if rc != 0 or m.empty():
                 raise ExportError(f"ncnn: cannot extract blob {n!r} from {self.source}")
             out[n] = np.array(m, dtype=np.float32)
         del a

@@ -58,8 +58,12 @@ def versions() -> dict[str, str | None]:
 
 
 def export_ncnn(module, spec: Spec, param_path: str | Path, *, precision: str = "fp32",
-                calib: str | Path | None = None, check: bool = True) -> MobileExport:
-    """Write `param_path` (.param) and its .bin beside it; see the module docstring."""
+                calib: str | Path | None = None, psnr_budget: float | None = 0.1,
+                check: bool = True) -> MobileExport:
+    """Write `param_path` (.param) and its .bin beside it; see the module docstring.
+
+    psnr_budget: INT8 only: the Y-PSNR drop (dB) vs fp32 allowed on the held-out sample photos;
+    the most sensitive convolutions stay float until it holds (None: all convolutions INT8)."""
     from ..backends.ncnn_runner import NcnnRunner
 
     _require()
@@ -74,7 +78,7 @@ def export_ncnn(module, spec: Spec, param_path: str | Path, *, precision: str = 
     details: dict[str, Any] = {"converter": "pnnx", "layers": _layer_types(param)}
     if precision == "int8":
         cal = calibration_inputs(spec, None, calib)
-        param, weights, info = quantize_int8(param, weights, cal)
+        param, weights, info = quantize_mixed(param, weights, spec, calibrate(param, weights, cal), psnr_budget)
         details |= info | {"calibration_inputs": len(cal),
                            "calibration": "edgesr.quant.calibration.CalibrationSource patches"}
     runner = NcnnRunner(param, weights, name=f"ncnn:{precision}", fp16=precision == "fp16")
@@ -267,24 +271,37 @@ def _read_weights(buf: bytes, span: tuple[int, int], count: int) -> np.ndarray:
 # --------------------------------------------------------------------------- INT8
 
 
-def quantize_int8(param: str, weights: bytes, calibration: Sequence[np.ndarray],
-                  skip: Sequence[str] = ()) -> tuple[str, bytes, dict[str, Any]]:
-    """ncnn2table + ncnn2int8 in Python: every Convolution / ConvolutionDepthWise (except the
-    layers named in `skip`) gets int8 weights with per-output-channel scales and an input scale
-    from the largest |input| seen on `calibration` (NCHW float32 arrays)."""
+def conv_layers(param: str) -> list[str]:
+    """Names of the layers ncnn can run in INT8 (Convolution, ConvolutionDepthWise)."""
+    return [la.name for la in parse_param(param)[1] if la.type in ("Convolution", "ConvolutionDepthWise")]
+
+
+def calibrate(param: str, weights: bytes, calibration: Sequence[np.ndarray]) -> dict[str, float]:
+    """ncnn2table in Python: the largest |input| of every convolution over `calibration`."""
     from ..backends.ncnn_runner import NcnnRunner
 
+    layers = parse_param(param)[1]
+    blobs = sorted({la.bottoms[0] for la in layers if la.type in ("Convolution", "ConvolutionDepthWise")})
+    runner = NcnnRunner(param, weights, name="ncnn:calibration")
+    amax = {b: 0.0 for b in blobs}
+    for x in calibration:
+        for blob, value in runner.blobs(x, blobs).items():
+            amax[blob] = max(amax[blob], float(np.abs(value).max()))
+    return amax
+
+
+def quantize_int8(param: str, weights: bytes, calibration: Sequence[np.ndarray] | dict[str, float],
+                  skip: Sequence[str] = ()) -> tuple[str, bytes, dict[str, Any]]:
+    """ncnn2int8 in Python: every Convolution / ConvolutionDepthWise (except the layers named in
+    `skip`) gets int8 weights with per-output-channel scales and an input scale from the largest
+    |input| seen on `calibration` (NCHW float32 arrays, or the result of :func:`calibrate`)."""
     header, layers = parse_param(param)
     spans = walk_bin(layers, weights)
     convs = [i for i, la in enumerate(layers) if la.type in ("Convolution", "ConvolutionDepthWise")
              and la.name not in skip and not int(la.get(8))]
     if not convs:
-        raise QuantizationError("ncnn INT8: the model has no convolution to quantize")
-    runner = NcnnRunner(param, weights, name="ncnn:calibration")
-    amax = {layers[i].bottoms[0]: 0.0 for i in convs}
-    for x in calibration:
-        for blob, value in runner.blobs(x, list(amax)).items():
-            amax[blob] = max(amax[blob], float(np.abs(value).max()))
+        raise QuantizationError("ncnn INT8: no convolution left to quantize")
+    amax = calibration if isinstance(calibration, dict) else calibrate(param, weights, calibration)
     out = bytearray()
     pos = 0
     table = {}
@@ -318,3 +335,44 @@ def quantize_int8(param: str, weights: bytes, calibration: Sequence[np.ndarray],
                                         "int8 input per tensor (127/max|x|, symmetric)",
                               "table": table}
 
+
+
+def quantize_mixed(param: str, weights: bytes, spec: Spec, amax: dict[str, float],
+                   psnr_budget: float | None) -> tuple[str, bytes, dict[str, Any]]:
+    """INT8 with every convolution quantized, then (greedy, like edgesr's ONNX INT8) the one whose
+    float version gains the most Y-PSNR kept float, until the drop vs fp32 on the held-out sample
+    photos (never the calibration photos) is within `psnr_budget` dB."""
+    from ..backends.ncnn_runner import NcnnRunner
+    from ..quant.calibration import held_out_eval_set
+
+    pairs = held_out_eval_set(spec.scale).pairs
+    ref = NcnnRunner(param, weights, name="ncnn:fp32")
+
+    def score(runner) -> float:
+        from ..metrics import psnr_y
+        from ..quant.calibration import from_model_output, to_model_input
+
+        vals = [psnr_y(np.clip(from_model_output(runner.run(to_model_input(p.lr, spec)[None])[0], spec), 0, 1),
+                       p.hr, spec.scale) for p in pairs]
+        return float(np.mean(vals))
+
+    base = score(ref)
+    skip: list[str] = []
+    q = quantize_int8(param, weights, amax, skip)
+    drop_all = drop = base - score(NcnnRunner(q[0], q[1]))
+    steps = [{"float_layers": [], "drop": round(drop, 4)}]
+    while psnr_budget is not None and drop > psnr_budget:
+        left = [n for n in conv_layers(param) if n not in skip]
+        if len(left) <= 1:
+            break
+        trials = []
+        for n in left:
+            t = quantize_int8(param, weights, amax, skip + [n])
+            trials.append((base - score(NcnnRunner(t[0], t[1])), n, t))
+        drop, name, q = min(trials, key=lambda r: r[0])
+        skip.append(name)
+        steps.append({"float_layers": list(skip), "drop": round(drop, 4)})
+    text, data, info = q
+    return text, data, info | {"eval_set": "sample-held-out", "psnr_fp32": round(base, 4),
+                               "drop_all_int8": round(drop_all, 4), "drop": round(drop, 4),
+                               "psnr_budget": psnr_budget, "search": steps}
