@@ -81,3 +81,27 @@ def export_mobile(deploy, spec: Spec, staging: Path, opts, artifacts: list, repo
         export_ncnn_step(deploy, spec, staging, opts, artifacts, report, done)
     if getattr(opts, "coreml", False):
         export_coreml_step(deploy, spec, staging, opts, artifacts, report, done)
+
+
+def render_mobile_md(report: dict) -> list[str]:
+    """report.md lines for the mobile sections (empty when none was asked for)."""
+    lines: list[str] = []
+    for key, title in (("tflite", "LiteRT (.tflite)"), ("ncnn", "ncnn (.param/.bin)"), ("coreml", "Core ML")):
+        sec = report.get(key)
+        if not sec:
+            continue
+        lines += [f"## {title}", "", "| precision | files | input | status | max abs vs torch | PSNR vs torch (dB) "
+                  "| static check |", "|---|---|---|---|---|---|---|"]
+        for prec, r in sec.items():
+            hw = "x".join(map(str, r["input_hw"])) + f" {r['layout']}" if r.get("input_hw") else f"any, {r['layout']}"
+            sc = r.get("static_check") or {}
+            note = (f"GPU delegate: rank <= 4 {sc['gpu_delegate']['rank_ok']}, ops outside list "
+                    f"{sc['gpu_delegate']['ops_outside_list'] or 'none'}" if "gpu_delegate" in sc else
+                    f"Neural Engine list: outside {sc.get('ops_outside_ane_list') or 'none'}; "
+                    f"{'; '.join(sc.get('concerns') or []) or 'no concerns'}" if "ops_outside_ane_list" in sc else
+                    f"layers {sc.get('layers')}")
+            mx = "-" if r.get("max_abs_vs_torch") is None else f"{r['max_abs_vs_torch']:.2e}"
+            lines.append(f"| {prec} | {', '.join(r['files'])} | {hw} | {r['status']} | {mx} | "
+                         f"{r.get('psnr_vs_torch') if r.get('psnr_vs_torch') is not None else '-'} | {note} |")
+        lines.append("")
+    return lines
