@@ -197,7 +197,10 @@ def readme_block(data: dict) -> str:
              f"paired per-round p10-p90). "
              "Parity: max |fp32 - PyTorch| over the Set5 x4 LR images; INT8 drop: Set5 Y-PSNR of fp32 minus "
              "all-INT8 in the same format (no float fallback). Core ML: converted and checked statically, "
-             "not run (no runtime on Linux).", "",
+             "not run (no runtime on Linux). 1-minute load average during the timed runs: "
+             + ", ".join(f"{m['latency']['loadavg_before'][0]:.0f}" for m in data["models"].values())
+             + f" on {data['machine'].get('logical_cpus')} CPUs: a shared, loaded machine, so only the same-run "
+             "ratios mean anything, and their spread is wide.", "",
              "| model | LiteRT fp32 parity | LiteRT INT8 drop dB | ncnn fp32 parity | ncnn INT8 drop dB | "
              "ORT fp32 ms | LiteRT fp32 ms (x vs ORT) | LiteRT INT8 ms (x) | ncnn fp32 ms (x) | ncnn INT8 ms (x) | "
              "Core ML |", "|---|---|---|---|---|---|---|---|---|---|---|"]
