@@ -37,6 +37,19 @@ def add_parser(sub):
     p.add_argument("--executorch", action="store_true",
                    help="also write ExecuTorch .pte files (XNNPACK; fp32, and int8 with --int8); needs "
                         "pip install 'edgesr[executorch]'")
+    m = p.add_argument_group("mobile formats (see docs/deploy.md)")
+    m.add_argument("--tflite", action="store_true",
+                   help="also write LiteRT .tflite files (NHWC, fixed input size; fp32, and full-integer int8 with "
+                        "--int8), checked with the LiteRT interpreter; needs pip install 'edgesr[tflite]'")
+    m.add_argument("--ncnn", action="store_true",
+                   help="also write ncnn .param/.bin (fp32, fp16 storage, and int8 with --int8), checked with the "
+                        "ncnn runtime; needs pip install 'edgesr[ncnn]'")
+    m.add_argument("--coreml", action="store_true",
+                   help="also write Core ML packages (.mlpackage.zip: fp32, fp16, int8 weights); converted and "
+                        "checked statically, not run (no Core ML runtime here); needs pip install 'edgesr[coreml]'")
+    m.add_argument("--mobile-size", metavar="HxW",
+                   help="fixed LR input size of the .tflite and Core ML files (default: one recommended tile, "
+                        "tile + 2 x overlap)")
     p.add_argument("--no-ort-format", action="store_true", help="skip the .ort (ONNX Runtime Mobile) files")
     p.add_argument("--no-bench", action="store_true", help="skip the CPU latency measurement")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads for the latency measurement")
@@ -108,6 +121,7 @@ def run(args) -> int:
         calib=Path(args.calib) if args.calib else None, psnr_budget=args.psnr_budget, fp16=args.fp16,
         ort_format=not args.no_ort_format, force=args.force, bench=not args.no_bench, threads=args.threads,
         engines=engines, testset=Path(args.testset) if args.testset else None, executorch=args.executorch,
+        tflite=args.tflite, ncnn=args.ncnn, coreml=args.coreml, mobile_size=_mobile_size(args.mobile_size),
         check_conventions=not args.allow_implausible and checks_enabled(), input_range=registry_input_range(args))
     if user is not None:
         if opts.checkpoint is None or opts.checkpoint.is_dir():
@@ -257,3 +271,19 @@ def _run_zoo(args) -> int:
               + (", ".join(f"{k} {v}" for k, v in sorted(c["failures_by_category"].items())) or "none")
               + f"; {c['seconds']:.0f} s; summary: {Path(args.outdir) / 'summary.md'}")
     return 0 if c["failed"] == 0 else 1
+
+
+def _mobile_size(text: str | None) -> tuple[int, int] | None:
+    """--mobile-size HxW (or one number for a square)."""
+    from ..errors import EdgesrError
+
+    if text is None:
+        return None
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
+    except ValueError:
+        h = w = 0
+    if h < 1 or w < 1:
+        raise EdgesrError(f"--mobile-size must be HxW with positive integers (e.g. 128x128), got {text!r}")
+    return h, w
