@@ -285,8 +285,11 @@ def test_sensitivity_chart_and_mixed_precision(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [r.layer for r in res.sensitivity] == res.layers and len(res.layers) == 7  # 6 convs + Add
     assert all(r.only_cost is not None and r.except_gain is not None for r in res.sensitivity)
-    # budget 0 dB cannot be met with 2 float layers: the search stops there and says so
-    assert len(res.float_layers) == 2 and not res.within_budget and res.warnings
+    # budget 0 dB cannot be met with 2 float layers: the search stops there, says so and
+    # returns the best graph it evaluated (all-int8 included), never a worse one
+    assert len(res.search_steps) == 3 and not res.within_budget and res.warnings
+    assert res.drop == pytest.approx(min(s["drop"] for s in res.search_steps), abs=1e-9)
+    assert res.psnr_int8 >= res.psnr_int8_all
     m = onnx.load(str(res.path))
     producers = {o: n for n in m.graph.node for o in n.output}
     inits = {i.name for i in m.graph.initializer}
@@ -382,3 +385,65 @@ def test_shared_input_and_scalar_constants(tmp_path, small_eval):
                    for n in q.graph.node)
     # Adds of two activations stay quantizable layers; the one adding a constant does not
     assert [name for name in res.layers if "Add" in name] == ["/Add", "/Add_2"]
+
+
+# --------------------------------------------------------------------------- search / float layers
+
+def test_search_returns_the_best_graph_it_evaluated():
+    from edgesr.quant.sensitivity import search
+
+    # keeping layers float makes it WORSE (interacting errors): all-int8 stays the answer
+    worse = {(): 30.0, ("a",): 29.8, ("a", "b"): 29.5}
+    r = search(["a", "b"], lambda fl, only: worse[tuple(fl)], 31.0, 30.0, 0.1)
+    assert not r.within_budget and r.float_layers == [] and r.psnr == 30.0 and len(r.steps) == 3
+    # the best of several misses, not the last one
+    mixed = {("a",): 30.6, ("a", "b"): 30.2, ("a", "b", "c"): 30.4}
+    r = search(["a", "b", "c"], lambda fl, only: mixed[tuple(fl)], 31.0, 30.0, 0.1)
+    assert r.float_layers == ["a"] and r.drop == pytest.approx(0.4) and not r.within_budget
+    # within budget: stops at the first graph that holds it
+    ok = {("a",): 30.95}
+    r = search(["a", "b"], lambda fl, only: ok[tuple(fl)], 31.0, 30.0, 0.1)
+    assert r.within_budget and r.float_layers == ["a"] and r.evaluations == 1
+    # max_float caps the search
+    r = search(["a", "b", "c"], lambda fl, only: mixed[tuple(fl)], 31.0, 30.0, 0.1, max_float=1)
+    assert len(r.steps) == 2
+
+
+class _Attention(torch.nn.Module):
+    """Conv -> Sigmoid gate (Mul) -> residual Add -> PixelShuffle: ops beyond Conv/Add that
+    ORT's quantizer would give Q/DQ pairs (as in RepRFN / SPAN / ESA blocks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.g = torch.nn.Conv2d(8, 8, 1)
+        self.b = torch.nn.Conv2d(8, 12, 3, padding=1)
+
+    def forward(self, x):
+        f = torch.relu(self.a(x))
+        f = f * torch.sigmoid(self.g(f)) + f
+        return torch.nn.functional.pixel_shuffle(self.b(f), 2)
+
+
+@pytest.mark.parametrize("profile", ["cpu", "trt"])
+def test_float_layers_carry_no_qdq(profile, tmp_path, small_eval):
+    from edgesr.quant import QuantSession
+
+    torch.manual_seed(0)
+    path = _export(_Attention(), SPEC2, tmp_path / "att.onnx")
+    cfg = QuantConfig(profile=profile, psnr_budget=None, **FAST)
+    with QuantSession(path, SPEC2, cfg, eval_set=small_eval) as qs:
+        names = [layer.name for layer in qs.layers]
+        ops = {layer.op_type for layer in qs.layers}
+        if profile == "cpu":
+            assert {"Mul", "Sigmoid"} <= ops  # ORT would quantize them: they are layers
+        all_float = qs.build(tmp_path / "all_float.onnx", names)
+        assert not _qdq_nodes(onnx.load(str(all_float)))
+        assert qs.score(names) == pytest.approx(qs.psnr_fp32, abs=1e-9)
+        one = qs.build(tmp_path / "one.onnx", names[:1])
+        m = onnx.load(str(one))
+        producers = {o: n for n in m.graph.node for o in n.output}
+        for node_name in qs.layer_nodes[names[0]].nodes:
+            node = next(n for n in m.graph.node if n.name == node_name)
+            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input)
+        assert _qdq_nodes(m)  # the other layers are int8

@@ -16,9 +16,10 @@ def add_parser(sub):
                     "held-out sample images is within --psnr-budget.")
     p.add_argument("model", help="fp32 ONNX model (edgesr export; its metadata gives scale and value range)")
     p.add_argument("-o", "--output", required=True, help="INT8 ONNX file to write")
-    p.add_argument("--profile", choices=["trt", "cpu"], default="trt",
+    p.add_argument("--profile", choices=["trt", "cpu", "openvino"], default="trt",
                    help="trt: symmetric int8, zero points 0, float biases (TensorRT); cpu: fastest+most "
-                        "accurate in ONNX Runtime on x86 without VNNI (see docs/int8.md)")
+                        "accurate in ONNX Runtime on x86 without VNNI; openvino: the trt graph scored and "
+                        "searched in OpenVINO (needs pip install 'edgesr[openvino]'; see docs/int8.md)")
     p.add_argument("--calib", help="folder of calibration images (default: bundled sample photos)")
     p.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax",
                    help="activation range calibration")

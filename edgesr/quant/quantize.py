@@ -56,6 +56,9 @@ class QuantResult:
     psnr_int8_all: float  # before mixed precision (every layer int8)
     within_budget: bool
     eval_set: str
+    budget: float | None = None  # dB; None: no search, no verdict
+    eval_images: list[str] = field(default_factory=list)
+    criterion: str = ""
     sensitivity: list[SensitivityRow] = field(default_factory=list)
     search_steps: list[dict] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)  # every quantizable layer, graph order
@@ -150,6 +153,13 @@ def calibrate(model_path: Path, source: CalibrationSource, config: QuantConfig, 
     return ranges
 
 
+def ort_quantizable_ops() -> list[str]:
+    """Every op type ONNX Runtime's QDQ quantizer can quantize (its default op list)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+
+
 def _op_counts(model) -> dict[str, int]:
     counts: dict[str, int] = {}
     for n in model.graph.node:
@@ -226,20 +236,27 @@ class _Session:
 
         act, wt = self.profile.ort_types()
         exclude = [n for name in float_layers for n in self.layers[name].nodes] + self.always_float
+        # Exactly the nodes of the int8 layers, never ORT's "every op it can": a float layer then
+        # carries no Q/DQ at all, and neither does any op that belongs to no layer.
         if only:
             quantize_ = list(self.layers[only].nodes)
-        elif self.profile.placement == "inputs":
-            # exactly the layers found by quantizable_layers (it leaves out Adds with a constant operand)
-            quantize_ = [n for layer in self.layers.values() for n in layer.nodes]
         else:
-            quantize_ = None
+            floats = set(float_layers)
+            quantize_ = [n for layer in self.layers.values() if layer.name not in floats for n in layer.nodes]
+        if not quantize_:  # every layer float: the fp32 graph itself (ORT reads [] as "no restriction")
+            import shutil
+
+            shutil.copyfile(self.fp32_path, out)
+            self.builds += 1
+            return
         extra = self.profile.extra_options()
         extra.update(self.config.extra)
         try:
             with _quiet():
                 quantize_static(
                     str(self.fp32_path), str(out), None, quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=self.profile.op_types(), per_channel=self.profile.per_channel,
+                    op_types_to_quantize=self.profile.op_types() or ort_quantizable_ops(),
+                    per_channel=self.profile.per_channel,
                     reduce_range=self.profile.reduce_range, activation_type=act, weight_type=wt,
                     nodes_to_quantize=quantize_, nodes_to_exclude=exclude,
                     calibrate_method=_method_enum(self.config.method),
@@ -259,7 +276,7 @@ class _Session:
         if key not in self._memo:
             out = self.workdir / "candidate.onnx"
             self.build(out, float_layers, only)
-            self._memo[key] = evaluate(out, self.spec, self.evalset, self.config.threads).psnr
+            self._memo[key] = evaluate(out, self.spec, self.evalset, self.config.threads, self.profile.runtime).psnr
         return self._memo[key]
 
 
@@ -360,7 +377,7 @@ class QuantSession:
         from .sensitivity import constant_operand_nodes
 
         skip = constant_operand_nodes(model) if profile.placement == "inputs" else []
-        layers = quantizable_layers(model, profile.op_types() or COMPUTE_OPS, skip)
+        layers = quantizable_layers(model, profile.op_types() or ort_quantizable_ops(), skip)
         if not layers:
             raise QuantizationError(f"{src_path}: no quantizable layer (Conv/Gemm/MatMul/Add) in the graph")
         self.layers = layers
@@ -382,7 +399,7 @@ class QuantSession:
             refiner = WeightRefiner(model, source.patches, gptq=config.gptq, bias_correction=config.bias_correction,
                                     color_permutations=perms, threads=config.threads)
         self._qs = _Session(self.fp32_path, spec, config, ranges_path, self.evalset, work, layers, refiner)
-        self.psnr_fp32 = evaluate(self.fp32_path, spec, self.evalset, config.threads).psnr
+        self.psnr_fp32 = evaluate(self.fp32_path, spec, self.evalset, config.threads, profile.runtime).psnr
         self.psnr_int8_all = self._qs.score([])
         self.workdir = work
 
@@ -431,11 +448,11 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
             rows = sensitivity(layers, qs.score, psnr_fp32, psnr_all, methods, config.progress)
         if need:
             order = ranking(rows, config.sensitivity)
-            result_search = search(order, qs.score, psnr_fp32, psnr_all, budget, config.max_float_layers)
+            result_search = search(order, qs.score, psnr_fp32, psnr_all, budget, max_float_layers(config, len(layers)))
             if not result_search.within_budget:
-                warnings.append(f"no mixed-precision choice held the {budget} dB budget on {evalset.name}: "
-                                f"best drop {result_search.drop:.3f} dB with {len(result_search.float_layers)} "
-                                "float layers")
+                warnings.append(f"no INT8 graph held the {budget} dB budget on {evalset.name}: the best one "
+                                f"evaluated loses {result_search.drop:.3f} dB with {len(result_search.float_layers)} "
+                                f"of {len(layers)} layers float (all-int8: {psnr_fp32 - psnr_all:.3f} dB)")
         float_layers = result_search.float_layers if result_search else []
         final_tmp = qs.build(qs.workdir / "final.onnx", float_layers)
         psnr_int8 = qs.score(float_layers)
@@ -447,14 +464,15 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
                 raise QuantizationError("trt profile produced a graph TensorRT would reject: " + "; ".join(problems[:5]))
         test_fp32 = test_int8 = None
         if test_set is not None:
-            test_fp32 = evaluate(qs.fp32_path, spec, test_set, config.threads).psnr
-            test_int8 = evaluate(final_tmp, spec, test_set, config.threads).psnr
+            test_fp32 = evaluate(qs.fp32_path, spec, test_set, config.threads, profile.runtime).psnr
+            test_int8 = evaluate(final_tmp, spec, test_set, config.threads, profile.runtime).psnr
         float_nodes = [n for name in float_layers for n in qs.layer_nodes[name].nodes]
         meta = dict(qs.src_meta)
         if "precision" in meta:
             meta["precision"] = "int8"
         meta.update({
             "edgesr.int8.profile": profile.name,
+            "edgesr.int8.runtime": profile.runtime,
             "edgesr.int8.method": config.method,
             "edgesr.int8.float_nodes": json.dumps(float_nodes),
             "edgesr.int8.eval_set": evalset.name,
@@ -474,6 +492,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         path=out, profile=profile.name, config=config.to_dict(), float_nodes=float_nodes,
         float_layers=float_layers, psnr_fp32=psnr_fp32, psnr_int8=psnr_int8, psnr_int8_all=psnr_all,
         within_budget=budget is None or psnr_fp32 - psnr_int8 <= budget, eval_set=evalset.name,
+        budget=budget, eval_images=[p.name for p in evalset.pairs], criterion=verdict_criterion(budget),
         sensitivity=rows, layers=[layer.name for layer in layers],
         search_steps=[asdict(s) for s in result_search.steps] if result_search else [],
         calibration=source.describe() | {"method": config.method}, equalization=reports[0],
@@ -487,6 +506,21 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
                          f"({profile.name}, {evalset.name})", float_layers=float_layers)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def verdict_criterion(budget: float | None) -> str:
+    """The one INT8 verdict, in words (report, manifest)."""
+    if budget is None:
+        return "none (no PSNR budget given)"
+    return (f"mean Y-PSNR drop vs fp32, both measured against the ground-truth HR images (BasicSR protocol: "
+            f"Y of YCbCr, border crop = scale) of the evaluation set, disjoint from the calibration images, "
+            f"<= {budget:g} dB")
+
+
+def max_float_layers(config: QuantConfig, n_layers: int) -> int:
+    """How many layers the search may keep float: an "INT8" graph that is mostly float is not one."""
+    cap = max(0, min(n_layers - 1, int(config.max_float_fraction * n_layers)))
+    return cap if config.max_float_layers is None else min(cap, config.max_float_layers)
 
 
 def _check_exact(change: float | None, what: str, option: str) -> None:

@@ -77,15 +77,17 @@ def quantizable_layers(model, op_types: Sequence[str], skip: Sequence[str] = ())
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     layers = []
+    claimed: set[str] = set()  # trailing activations already merged into the layer before them
     for n in model.graph.node:
-        if n.op_type not in op_types or DECOMPOSED_TAG in n.name or n.name in skip:
+        if n.op_type not in op_types or DECOMPOSED_TAG in n.name or n.name in skip or n.name in claimed:
             continue
         if n.op_type == "Add" and any(t in constants for t in n.input):
             continue
         nodes = [n.name]
         cons = consumers.get(n.output[0], [])
-        if len(cons) == 1 and cons[0].op_type in ACTIVATIONS:
+        if len(cons) == 1 and cons[0].op_type in ACTIVATIONS and DECOMPOSED_TAG not in cons[0].name:
             nodes.append(cons[0].name)
+            claimed.add(cons[0].name)
         layers.append(Layer(n.name, n.op_type, tuple(nodes)))
     names = [layer.name for layer in layers]
     if len(set(names)) != len(names) or any(not x for x in names):
@@ -130,9 +132,14 @@ def ranking(rows: Sequence[SensitivityRow], method: str) -> list[str]:
 
 def search(order: Sequence[str], score: ScoreFn, fp32: float, int8_all: float, budget: float,
            max_float: int | None = None) -> SearchResult:
-    """Keep layers float in `order` until fp32 - psnr <= budget."""
-    res = SearchResult([], int8_all, fp32 - int8_all, fp32 - int8_all <= budget,
-                       [SearchStep([], int8_all, fp32 - int8_all)])
+    """Keep layers float in `order` until fp32 - psnr <= budget.
+
+    Returns the first graph within the budget or, when none is (``max_float`` reached or
+    `order` exhausted), the BEST graph evaluated - all-int8 included - so the search never
+    ends worse than where it started (quantization errors interact: keeping one more layer
+    float can lower the PSNR)."""
+    start = SearchStep([], int8_all, fp32 - int8_all)
+    res = SearchResult([], int8_all, fp32 - int8_all, fp32 - int8_all <= budget, [start])
     chosen: list[str] = []
     for name in order:
         if res.within_budget or (max_float is not None and len(chosen) >= max_float):
@@ -141,8 +148,9 @@ def search(order: Sequence[str], score: ScoreFn, fp32: float, int8_all: float, b
         p = score(list(chosen), None)
         res.evaluations += 1
         res.steps.append(SearchStep(list(chosen), p, fp32 - p))
-        res.float_layers, res.psnr, res.drop = list(chosen), p, fp32 - p
-        res.within_budget = res.drop <= budget
+        res.within_budget = fp32 - p <= budget
+    best = res.steps[-1] if res.within_budget else max(res.steps, key=lambda s: (s.psnr, -len(s.float_layers)))
+    res.float_layers, res.psnr, res.drop = list(best.float_layers), best.psnr, best.drop
     return res
 
 
