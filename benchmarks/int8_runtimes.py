@@ -167,12 +167,69 @@ def verdict(e: dict) -> dict:
     return {"best": best, "met": not misses, "misses": misses}
 
 
+def etds_repo(args) -> int:
+    """`convert --int8 --openvino` then `bench -b ort ort-int8 openvino openvino-int8` for each ETDS-repo
+    checkpoint matching --etds-repo (a glob under checkpoints/etds-repo): is INT8 faster than fp32 in
+    both runtimes? Writes benchmarks/results/int8_etds_repo.json."""
+    from edgesr.bench import machine_info, open_model, prepare_backend, time_interleaved, TimingPolicy
+    from edgesr.cli.output import format_table
+    from edgesr.fsutil import atomic_write_json
+    from edgesr.pipeline import ConvertOptions, convert
+
+    root = SHARED / "checkpoints" / "etds-repo"
+    ckpts = sorted(p for p in root.glob(args.etds_repo) if p.suffix == ".pth" and "ablations" not in p.parts)
+    out = {"benchmark": "int8_etds_repo", "glob": args.etds_repo, "threads": args.threads, "lr_for_720p": True,
+           "machine": machine_info(), "models": {}}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgesr-int8-etds-") as tmp:
+        for i, ck in enumerate(ckpts):
+            log(f"[{i + 1}/{len(ckpts)}] {ck.name} (load {os.getloadavg()[0]:.1f})")
+            bundle = Path(tmp) / ck.stem
+            res = convert(ConvertOptions(outdir=bundle, checkpoint=ck, int8=True, openvino=True, bench=False,
+                                         ort_format=False, threads=args.threads), log=lambda m: None)
+            src = open_model(bundle)
+            try:
+                prepared = {b: prepare_backend(src, b, threads=args.threads, spinning=False)
+                            for b in ("ort", "ort-int8", "openvino", "openvino-int8")}
+                spec = src.spec
+                h, w = 720 // spec.scale, 1280 // spec.scale
+                x = np.random.default_rng(0).random((1, spec.in_channels, h, w), dtype=np.float32)
+                st = time_interleaved({b: (lambda r=p.runner: r.run(x)) for b, p in prepared.items()},
+                                      TimingPolicy(warmup_seconds=0.5, min_runs=args.runs, min_seconds=args.min_seconds))
+            finally:
+                src.close()
+            q = res.report["int8"]
+            e = {"int8": {p: {"heldout_drop": v["drop"], "within_budget": v["within_budget"],
+                              "float_layers": len(v["float_layers"]), "layers": len(v["layers"])} for p, v in q.items()},
+                 "latency_ms": {b: v.to_dict() for b, v in st.items()},
+                 "ort_speedup": st["ort"].median_ms / st["ort-int8"].median_ms,
+                 "openvino_speedup": st["openvino"].median_ms / st["openvino-int8"].median_ms,
+                 "load": os.getloadavg()}
+            out["models"][ck.stem] = e
+            rows.append([ck.stem, f"{st['ort'].median_ms:.1f}", f"{e['ort_speedup']:.2f}x",
+                         f"{q['cpu']['drop']:.3f}", f"{st['openvino'].median_ms:.1f}", f"{e['openvino_speedup']:.2f}x",
+                         f"{q['openvino']['drop']:.3f}", f"{e['load'][0]:.1f}"])
+    print(format_table(["checkpoint", "ORT fp32 ms", "ort-int8 x fp32", "held-out drop", "OV fp32 ms",
+                        "openvino-int8 x fp32", "held-out drop", "load"], rows))
+    slower = [k for k, e in out["models"].items() if e["ort_speedup"] <= 1 or e["openvino_speedup"] <= 1]
+    out["int8_not_faster"] = slower
+    print(f"\nINT8 faster than fp32 in both runtimes: {len(ckpts) - len(slower)} of {len(ckpts)}"
+          + (f"; not: {', '.join(slower)}" if slower else ""))
+    dest = Path(args.out).with_name("int8_etds_repo.json") if args.out == str(RESULTS) else Path(args.out)
+    atomic_write_json(dest, out)
+    print(f"wrote {dest}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads of every runtime (default 1)")
     ap.add_argument("--runs", type=int, default=10, help="minimum timed runs per candidate (default 10)")
     ap.add_argument("--min-seconds", type=float, default=2.0, help="minimum timed seconds per candidate")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
+    ap.add_argument("--etds-repo", metavar="GLOB", nargs="?", const="*/*.pth",
+                    help="instead: convert --int8 --openvino + bench every ETDS-repo checkpoint matching GLOB "
+                         "(default */*.pth: all ~50) and report whether INT8 is faster than fp32 in ORT and OpenVINO")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     try:
@@ -184,6 +241,8 @@ def main(argv=None) -> int:
     if not SET5.is_dir():
         print(f"needs Set5 and the checkpoints under {SHARED}", file=sys.stderr)
         return 2
+    if args.etds_repo:
+        return etds_repo(args)
     import logging
 
     logging.getLogger("nncf").setLevel(logging.ERROR)

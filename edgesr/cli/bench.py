@@ -171,7 +171,9 @@ def run(args) -> int:
             spread = (f" (per-round {s['paired_p10']:.2f}-{s['paired_p90']:.2f}, p10-p90, {s['rounds']} rounds)"
                       if "paired_p10" in s else "")
             print(f"{s['size']}: {s['backend']} is {s['ratio']:.2f}x as fast as {s['baseline']}{spread}")
-    if cost:
+    if cost and "params" not in cost:
+        print(f"\ncost: {cost.get('note')}")
+    elif cost:
         print()
         print(f"params {cost['params']:,}, {cost['macs_per_output_pixel']:.0f} MACs/output pixel")
         for c in cost["achieved"]:
