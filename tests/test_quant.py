@@ -325,6 +325,13 @@ def test_cli_quantize(tiny, tmp_path, capsys):
     rc = main(["quantize", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "x.onnx")])
     err = capsys.readouterr().err
     assert rc != 0 and err.startswith("edgesr: error:") and "missing.onnx" in err
+    # a budget no INT8 graph meets: the best graph is written, the exit status says it missed
+    strict = tmp_path / "strict.onnx"
+    rc = main(["quantize", str(path), "-o", str(strict), "--num-patches", "4", "--patch-size", "24",
+               "--psnr-budget", "0", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and strict.is_file() and "edgesr: error: no INT8 graph met the 0.0 dB budget" in err
+    assert "--psnr-budget" in err
 
 
 def test_trt_profile_builds_a_tensorrt_rtx_engine(tiny, small_eval, tmp_path):
