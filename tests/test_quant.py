@@ -454,3 +454,41 @@ def test_float_layers_carry_no_qdq(profile, tmp_path, small_eval):
             node = next(n for n in m.graph.node if n.name == node_name)
             assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input)
         assert _qdq_nodes(m)  # the other layers are int8
+
+
+class _CatFusion(torch.nn.Module):
+    """Conv(Concat(features, 20 x features')) as in SPAN's conv_cat: parts of very different range."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.b = torch.nn.Conv2d(6, 6, 3, padding=1)
+        self.cat = torch.nn.Conv2d(12, 12, 1)
+
+    def forward(self, x):
+        f = torch.relu(self.a(x))
+        g = 20.0 * torch.relu(self.b(f))
+        return torch.nn.functional.pixel_shuffle(self.cat(torch.cat([f, g], 1)), 2)
+
+
+def test_concat_split_is_exact_and_keeps_its_sums_float(tmp_path, small_eval):
+    from edgesr.quant import QuantSession
+    from edgesr.quant.concat import SPLIT_TAG, split_concat_convs
+
+    torch.manual_seed(0)
+    path = _export(_CatFusion(), SPEC2, tmp_path / "cat.onnx")
+    x = np.random.default_rng(0).random((2, 3, 16, 20), dtype=np.float32)
+    m, rep = split_concat_convs(onnx.load(str(path)), x)
+    assert len(rep.convs) == 1 and rep.convs[0]["parts"] == 2 and rep.max_abs_change < 1e-4
+    assert not any(n.op_type == "Concat" for n in m.graph.node)
+    np.testing.assert_allclose(_run(m, x), _run(onnx.load(str(path)), x), atol=1e-4)
+    cfg = QuantConfig(profile="trt", psnr_budget=None, **FAST)
+    with QuantSession(path, SPEC2, cfg, eval_set=small_eval) as qs:
+        assert qs.concat_report and all(SPLIT_TAG not in layer.name for layer in qs.layers)
+        q = onnx.load(str(qs.build(tmp_path / "q.onnx")))
+        producers = {o: n for n in q.graph.node for o in n.output}
+        adds = [n for n in q.graph.node if n.op_type == "Add" and SPLIT_TAG in n.name]
+        assert adds and all(producers[i].op_type == "Conv" for n in adds for i in n.input)  # float sums
+    off = QuantConfig(profile="trt", psnr_budget=None, split_concat=False, **FAST)
+    with QuantSession(path, SPEC2, off, eval_set=small_eval) as qs:
+        assert qs.concat_report is None

@@ -127,6 +127,8 @@ class QuantConfig:
     equalize_alpha exponent of the equalization scales (1: all channels span the tensor's range)
     center         exact zero-centring of conv inputs for symmetric activation profiles
                    (edgesr/quant/center.py): a [0, R] tensor gets the whole int8 range
+    split_concat   exact split of Conv(Concat(parts)) into a float sum of per-part convs, so each
+                   part gets its own int8 input scale (edgesr/quant/concat.py; SPAN's conv_cat)
     prelu          "keep" | "decompose" | "split" PRelu rewrite (None = the profile's)
     gptq           error-compensating rounding of int8 weights (edgesr/quant/refine.py)
     gptq_color_permutations  GPTQ statistics over all 6 RGB channel orders (robust to colours
@@ -154,6 +156,7 @@ class QuantConfig:
     equalize: bool = True
     equalize_alpha: float = 1.0
     center: bool = True
+    split_concat: bool = True
     prelu: str | None = None  # None: the profile's choice (QuantProfile.prelu)
     gptq: bool = True
     gptq_color_permutations: bool | None = None  # None: on for 7-bit (reduce_range) weights only

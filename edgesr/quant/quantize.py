@@ -66,6 +66,7 @@ class QuantResult:
     equalization: dict[str, Any] | None = None
     centering: dict[str, Any] | None = None
     prelu_rewrite: dict[str, Any] | None = None
+    concat_split: dict[str, Any] | None = None
     test_set: str | None = None
     test_psnr_fp32: float | None = None
     test_psnr_int8: float | None = None
@@ -220,12 +221,10 @@ class _Session:
         self.refiner = refiner
         import onnx
 
-        from .prelu import DECOMPOSED_TAG
-
-        from .sensitivity import constant_operand_nodes
+        from .sensitivity import FLOAT_TAGS, constant_operand_nodes
 
         m = onnx.load(str(fp32_path))
-        self.always_float = [n.name for n in m.graph.node if DECOMPOSED_TAG in n.name]
+        self.always_float = [n.name for n in m.graph.node if any(t in n.name for t in FLOAT_TAGS)]
         if self.profile.placement == "inputs":
             self.always_float += constant_operand_nodes(m)
         self._memo: dict[tuple, float] = {}
@@ -366,6 +365,14 @@ class QuantSession:
             model, prep = decompose_prelu(model, source.patches[: min(4, len(source.patches))])
             _check_exact(prep.max_abs_change, "the PRelu decomposition", "prelu='decompose'")
             self.prelu_report = prep.to_dict() | {"mode": "decompose"}
+        self.concat_report = None
+        if config.split_concat:
+            from .concat import split_concat_convs
+
+            model, srep = split_concat_convs(model, source.patches, threads=config.threads)
+            if srep.convs:
+                _check_exact(srep.max_abs_change, "the concat-conv split", "split_concat")
+                self.concat_report = srep.to_dict()
         if config.center and profile.activation_symmetric:
             from .center import center_conv_inputs
 
@@ -486,7 +493,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         with atomic_path(out) as tmp_out:
             onnx.save(qmodel, str(tmp_out))
         source = qs.source
-        reports = (qs.eq_report, qs.center_report, qs.prelu_report)
+        reports = (qs.eq_report, qs.center_report, qs.prelu_report, qs.concat_report)
 
     result = QuantResult(
         path=out, profile=profile.name, config=config.to_dict(), float_nodes=float_nodes,
@@ -496,7 +503,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         sensitivity=rows, layers=[layer.name for layer in layers],
         search_steps=[asdict(s) for s in result_search.steps] if result_search else [],
         calibration=source.describe() | {"method": config.method}, equalization=reports[0],
-        centering=reports[1], prelu_rewrite=reports[2],
+        centering=reports[1], prelu_rewrite=reports[2], concat_split=reports[3],
         test_set=test_set.name if test_set is not None else None, test_psnr_fp32=test_fp32,
         test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings)
     if sensitivity_png and rows:

@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 ACTIVATIONS = ("Relu", "PRelu", "LeakyRelu", "Clip")
+# Nodes made by exact rewrites that stay float: the PRelu decomposition (prelu.py) and the
+# sums of a split concat-conv (concat.py).
+FLOAT_TAGS = ("__prelu_", "__concat_split_")
 
 # score(float_layers, only) -> mean Y-PSNR; `only` (a layer) means "quantize only this one".
 ScoreFn = Callable[[Sequence[str], "str | None"], float]
@@ -70,8 +73,6 @@ def quantizable_layers(model, op_types: Sequence[str], skip: Sequence[str] = ())
     for n in model.graph.node:
         for t in n.input:
             consumers.setdefault(t, []).append(n)
-    from .prelu import DECOMPOSED_TAG
-
     # An elementwise Add with a constant operand (LayerNorm's eps, GELU's +1) gains nothing from
     # int8 and would quantize a scalar constant, which TensorRT refuses: only activation + activation.
     constants = {i.name for i in model.graph.initializer}
@@ -79,13 +80,13 @@ def quantizable_layers(model, op_types: Sequence[str], skip: Sequence[str] = ())
     layers = []
     claimed: set[str] = set()  # trailing activations already merged into the layer before them
     for n in model.graph.node:
-        if n.op_type not in op_types or DECOMPOSED_TAG in n.name or n.name in skip or n.name in claimed:
+        if n.op_type not in op_types or any(t in n.name for t in FLOAT_TAGS) or n.name in skip or n.name in claimed:
             continue
         if n.op_type == "Add" and any(t in constants for t in n.input):
             continue
         nodes = [n.name]
         cons = consumers.get(n.output[0], [])
-        if len(cons) == 1 and cons[0].op_type in ACTIVATIONS and DECOMPOSED_TAG not in cons[0].name:
+        if len(cons) == 1 and cons[0].op_type in ACTIVATIONS and not any(t in cons[0].name for t in FLOAT_TAGS):
             nodes.append(cons[0].name)
             claimed.add(cons[0].name)
         layers.append(Layer(n.name, n.op_type, tuple(nodes)))
