@@ -230,6 +230,8 @@ def main(argv=None) -> int:
     ap.add_argument("--etds-repo", metavar="GLOB", nargs="?", const="*/*.pth",
                     help="instead: convert --int8 --openvino + bench every ETDS-repo checkpoint matching GLOB "
                          "(default */*.pth: all ~50) and report whether INT8 is faster than fp32 in ORT and OpenVINO")
+    ap.add_argument("--keep-others", action="store_true",
+                    help="keep the models of an earlier run (in --out) that this run does not measure")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     try:
@@ -269,12 +271,21 @@ def main(argv=None) -> int:
         for i, name in enumerate(names):
             log(f"[{i + 1}/{len(names)}] {name} (load {os.getloadavg()[0]:.1f})")
             result["models"][name] = run_model(name, args, Path(tmp), set5)
+            result["models"][name]["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if args.keep_others and Path(args.out).is_file():  # models measured by an earlier run stay, marked so
+        import json
+
+        prev = json.loads(Path(args.out).read_text()).get("models", {})
+        for name, e in prev.items():
+            if name not in result["models"]:
+                result["models"][name] = e | {"from_earlier_run": True}
     rows, notes = [], []
     for name, e in result["models"].items():
         r = e["vs_ort_fp32"]
         cell = lambda k, q=None: (f"{r[k]['ratio']:.2f}x ({r[k]['paired_p10']:.2f}-{r[k]['paired_p90']:.2f})"  # noqa: E731
                                   + (f", {e['int8'][q]['set5_drop']:.3f} dB" if q else ""))
-        rows.append([name, f"{e['latency_ms']['ort fp32']['median_ms']:.1f} ms", cell("openvino fp32"),
+        rows.append([name + (" (earlier run)" if e.get("from_earlier_run") else ""),
+                     f"{e['latency_ms']['ort fp32']['median_ms']:.1f} ms", cell("openvino fp32"),
                      cell("edgesr cpu (ort)", "cpu"), cell("edgesr openvino (openvino)", "openvino"),
                      cell("nncf default (openvino)", "nncf_default"), "met" if e["verdict"]["met"] else "MISSED",
                      f"{e['load_before'][0]:.1f}/{e['load_after'][0]:.1f}"])
