@@ -421,6 +421,33 @@ class QuantSession:
         self._qs.build(Path(out), float_layers)
         return Path(out)
 
+    # The per-layer sensitivity only RANKS layers (the search then scores every step on the whole
+    # evaluation set): it is measured on centre crops of at most RANK_SIDE pixels, several times
+    # cheaper for models with many layers (attention blocks: every Mul/Sigmoid is one).
+    RANK_SIDE = 192
+
+    def _rank_session(self) -> "_Session":
+        if getattr(self, "_rank_qs", None) is None:
+            from .calibration import EvalPair, EvalSet
+
+            s = self.spec.scale
+            pairs = []
+            for p in self.evalset.pairs:
+                h = min(p.hr.shape[0], self.RANK_SIDE) // s * s
+                w = min(p.hr.shape[1], self.RANK_SIDE) // s * s
+                t, l = (p.hr.shape[0] - h) // 2 // s * s, (p.hr.shape[1] - w) // 2 // s * s
+                pairs.append(EvalPair(p.name, np.ascontiguousarray(p.lr[t // s:(t + h) // s, l // s:(l + w) // s]),
+                                      np.ascontiguousarray(p.hr[t:t + h, l:l + w])))
+            small = EvalSet(f"{self.evalset.name} (centre crops <= {self.RANK_SIDE} px)", s, pairs)
+            q = self._qs
+            self._rank_qs = _Session(q.fp32_path, q.spec, q.config, q.ranges_path, small, q.workdir,
+                                     list(q.layers.values()), q.refiner)
+            self.psnr_fp32_rank = evaluate(q.fp32_path, q.spec, small, q.config.threads, q.profile.runtime).psnr
+        return self._rank_qs
+
+    def score_rank(self, float_layers: Sequence[str] = (), only: str | None = None) -> float:
+        return self._rank_session().score(float_layers, only)
+
     @property
     def evaluations(self) -> int:
         return len(self._qs._memo)
@@ -452,7 +479,8 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         need = budget is not None and psnr_fp32 - psnr_all > budget
         if need or full_sensitivity or sensitivity_png:
             methods = ("only", "except") if (full_sensitivity or sensitivity_png) else (config.sensitivity,)
-            rows = sensitivity(layers, qs.score, psnr_fp32, psnr_all, methods, config.progress)
+            qs._rank_session()
+            rows = sensitivity(layers, qs.score_rank, qs.psnr_fp32_rank, qs.score_rank([]), methods, config.progress)
         if need:
             order = ranking(rows, config.sensitivity)
             result_search = search(order, qs.score, psnr_fp32, psnr_all, budget, max_float_layers(config, len(layers)))
