@@ -715,8 +715,11 @@ class SessionRunner:
         self.input_type = session.get_inputs()[0].type
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        from .backends.ort_runner import run_session
+
         dtype = np.float16 if "float16" in self.input_type else np.float32
-        y = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, dtype=dtype)})[0]
+        y = run_session(self.session, [self.output_name], {self.input_name: np.ascontiguousarray(x, dtype=dtype)},
+                        what=self.name)[0]
         return y.astype(np.float32, copy=False)
 
 

@@ -113,3 +113,17 @@ def load_json_bounded(text: str | bytes, what: str, max_depth: int = MAX_JSON_DE
     if json_depth(obj) > max_depth:
         raise ValueError(f"{what} is nested more than {max_depth} levels deep")
     return obj
+
+
+def check_inference_size(h: int, w: int, *, scale: int, channels: int = 3, batch: int = 1,
+                         what: str = "size") -> None:
+    """Refuse an input size whose float32 input and output alone need more than half of this
+    machine's RAM (the model's activations come on top), before anything is allocated."""
+    ram = physical_memory()
+    need = 4 * batch * channels * h * w * (1 + scale * scale)
+    if ram is not None and need > ram // 2:
+        from .errors import LimitExceeded
+
+        raise LimitExceeded(f"{what} {h}x{w}" + (f" x batch {batch}" if batch > 1 else "")
+                            + f" at x{scale} needs {need / GiB:.1f} GiB for its float32 input and output alone, "
+                            f"more than half of this machine's {ram / GiB:.1f} GiB; use a smaller size")

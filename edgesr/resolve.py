@@ -6,12 +6,11 @@ or an OUTDIR written by `edgesr convert` (holding manifest.json).
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError, ScaleMismatch
+from .errors import CheckpointError, ScaleMismatch, one_line, quoted
 from .spec import Spec
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".sft")
@@ -78,13 +77,27 @@ def _spec_from_onnx(path: Path, scale: int | None) -> Spec:
 
         meta = read_metadata(path)
     if "spec" in meta:
-        spec = Spec.from_dict(json.loads(meta["spec"]))
+        spec = _spec_from_metadata(meta["spec"], path)
         if scale is not None and spec.scale != scale:
-            raise ScaleMismatch(f"--scale {scale} does not match {path.name} (x{spec.scale} in its metadata)")
+            raise ScaleMismatch(f"--scale {scale} does not match {quoted(path.name)} (x{spec.scale} in its metadata)")
         return spec
     if scale is None:
-        raise ScaleMismatch(f"{path.name} carries no edgesr metadata: pass --scale")
+        raise ScaleMismatch(f"{quoted(path.name)} carries no edgesr metadata: pass --scale")
     return Spec(arch="unknown", scale=scale)
+
+
+def _spec_from_metadata(text: str, path: Path) -> Spec:
+    """The `spec` metadata entry of an ONNX file: bounded JSON, every field checked."""
+    from .errors import ExportError
+    from .limits import load_json_bounded
+    from .spec import spec_from_untrusted
+
+    where = f"{quoted(path.name)} metadata"
+    try:
+        return spec_from_untrusted(load_json_bounded(text, "its 'spec'"), where)
+    except ValueError as e:
+        msg = str(e) if str(e).startswith(where) else f"{where}: 'spec' is not valid JSON ({one_line(e)})"
+        raise ExportError(msg) from None
 
 
 def _from_bundle(path: Path, backend: str, scale, threads) -> ResolvedModel:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import args as argtypes
+
 
 def add_parser(sub):
     p = sub.add_parser(
@@ -25,16 +27,19 @@ def add_parser(sub):
     p.add_argument("--workload", action="extend", nargs="+", choices=["720p", "1080p"],
                    help="standard workload: LR size = output size / the model's scale (default 720p when no "
                         "--size is given)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads and torch threads "
-                                               "(default: each library's default)")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--warmup", type=float, default=0.5, metavar="S", help="warm-up seconds (default 0.5)")
-    p.add_argument("--min-runs", type=int, default=10, help="minimum timed runs (default 10)")
-    p.add_argument("--min-seconds", type=float, default=1.0, metavar="S",
+    p.add_argument("--threads", type=argtypes.threads,
+                   help="ONNX Runtime intra-op threads and torch threads (default: each library's default)")
+    p.add_argument("--batch", type=argtypes.int_range(1, 4096), default=1, help="batch size (default 1)")
+    p.add_argument("--warmup", type=argtypes.seconds, default=0.5, metavar="S", help="warm-up seconds (default 0.5)")
+    p.add_argument("--min-runs", type=argtypes.int_range(1, 1_000_000),
+                   default=10, help="minimum timed runs (default 10)")
+    p.add_argument("--min-seconds", type=argtypes.seconds, default=1.0, metavar="S",
                    help="minimum timed seconds per backend (default 1.0)")
-    p.add_argument("--max-runs", type=int, default=1000, help="maximum timed runs (default 1000)")
+    p.add_argument("--max-runs", type=argtypes.int_range(1, 10_000_000),
+                   default=1000, help="maximum timed runs (default 1000)")
     p.add_argument("--no-interleave", action="store_true", help="time backends one after another")
-    p.add_argument("--scale", type=int, help="upscale factor (checked; needed for ONNX files without metadata)")
+    p.add_argument("--scale", type=argtypes.scale,
+                   help="upscale factor (checked; needed for ONNX files without metadata)")
     p.add_argument("--arch", help="architecture name when detection from the checkpoint is not enough")
     p.add_argument("--form", choices=["deploy", "training"], default="deploy",
                    help="checkpoints: time the deploy form (default) or the training form as loaded")
@@ -73,6 +78,7 @@ def run(args) -> int:
         workload_lr_size,
     )
     from ..errors import BackendUnavailable, EdgesrError, ScaleMismatch
+    from ..limits import check_inference_size
     from .output import emit_json, print_table
 
     if args.scale is not None and args.scale < 1:
@@ -104,6 +110,7 @@ def run(args) -> int:
         for h, w in sizes:
             if h % m or w % m or min(h, w) < spec.min_size:
                 raise EdgesrError(f"--size {h}x{w}: {spec.arch} needs H and W multiples of {m} and >= {spec.min_size}")
+            check_inference_size(h, w, scale=spec.scale, channels=spec.in_channels, batch=args.batch, what="--size")
 
         n_ort = sum(b.startswith("ort") for b in backends)
         spinning = {"on": True, "off": False}.get(args.ort_spinning,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import args as argtypes
+
 
 def add_parser(sub):
     p = sub.add_parser(
@@ -22,13 +24,13 @@ def add_parser(sub):
                    help="output folder (refused if it exists, unless --force); in batch mode the root that "
                         "receives one folder per checkpoint")
     p.add_argument("--arch", help="architecture name when detection is not enough (see `edgesr list`)")
-    p.add_argument("--scale", type=int, help="expected upscaling factor (checked against the checkpoint)")
+    p.add_argument("--scale", type=argtypes.scale, help="expected upscaling factor (checked against the checkpoint)")
     p.add_argument("--int8", action="store_true", help="also write an INT8 QDQ model (model_int8.onnx)")
     p.add_argument("--int8-profile", choices=["trt", "cpu", "both"], default="trt",
                    help="QDQ profile: trt = symmetric int8, float bias (TensorRT parses it); cpu = fastest in "
                         "ONNX Runtime on x86; both")
     p.add_argument("--calib", help="folder of images for INT8 calibration (default: bundled sample photos)")
-    p.add_argument("--psnr-budget", type=float, default=0.1,
+    p.add_argument("--psnr-budget", type=argtypes.nonneg_finite, default=0.1,
                    help="max PSNR drop (dB) INT8 may cost; sensitive layers stay float until it holds")
     p.add_argument("--fp16", action="store_true", help="also write an fp16 ONNX (refused if a tensor overflows)")
     p.add_argument("--testset", metavar="DIR",
@@ -39,7 +41,7 @@ def add_parser(sub):
                         "pip install 'edgesr[executorch]'")
     p.add_argument("--no-ort-format", action="store_true", help="skip the .ort (ONNX Runtime Mobile) files")
     p.add_argument("--no-bench", action="store_true", help="skip the CPU latency measurement")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads for the latency measurement")
+    p.add_argument("--threads", type=argtypes.threads, help="ONNX Runtime threads for the latency measurement")
     p.add_argument("--force", action="store_true", help="replace OUTDIR if it exists")
     g = p.add_argument_group("TensorRT engines (see docs/tensorrt.md)")
     g.add_argument("--trt-rtx", action="store_true",
@@ -54,7 +56,8 @@ def add_parser(sub):
     g.add_argument("--trt-opt", metavar="HxW", help="LR size the engines are tuned for (default: the latency "
                                                     "workload, 720p output / scale)")
     g.add_argument("--trt-max", metavar="HxW", help="largest LR input the engines accept (default 1088x1920)")
-    g.add_argument("--trt-opt-level", type=int, metavar="N", help="builder optimization level 0..5 (default 3)")
+    g.add_argument("--trt-opt-level", type=argtypes.int_range(0, 5),
+                   metavar="N", help="builder optimization level 0..5 (default 3)")
     g.add_argument("--trt-cc", metavar="X.Y,...",
                    help="TensorRT-RTX target compute capabilities, e.g. 8.6,8.9,12.0 (default: its portable set, "
                         "Ampere and later)")

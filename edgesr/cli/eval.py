@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import args as argtypes
+
 
 def add_parser(sub):
     p = sub.add_parser(
@@ -11,10 +13,10 @@ def add_parser(sub):
                     "MATLAB rgb2ycbcr), SR rounded to 8 bits, border crop = scale, HR cropped to LR size * scale.")
     p.add_argument("model", help="checkpoint, .onnx/.ort file, or convert OUTDIR")
     p.add_argument("--testset", required=True, help="test set folder (HR/ and LR_bicubic/X<s>/)")
-    p.add_argument("--scale", type=int, required=True, help="upscaling factor (must match the model)")
+    p.add_argument("--scale", type=argtypes.scale, required=True, help="upscaling factor (must match the model)")
     p.add_argument("--backend", choices=["torch", "ort"], default="torch")
     p.add_argument("--arch", help="architecture name, when detection from the checkpoint is not enough")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=argtypes.threads, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
 

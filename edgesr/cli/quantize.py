@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from . import args as argtypes
+
 
 def add_parser(sub):
     p = sub.add_parser(
@@ -22,21 +24,23 @@ def add_parser(sub):
     p.add_argument("--calib", help="folder of calibration images (default: bundled sample photos)")
     p.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax",
                    help="activation range calibration")
-    p.add_argument("--percentile", type=float, default=99.999, help="for --method percentile")
-    p.add_argument("--num-patches", type=int, default=32, help="calibration LR patches")
-    p.add_argument("--patch-size", type=int, default=48, help="calibration patch side (LR pixels)")
-    p.add_argument("--seed", type=int, default=0, help="patch position seed")
-    p.add_argument("--psnr-budget", type=float, default=0.1,
+    p.add_argument("--percentile", type=argtypes.float_range(0.0, 100.0, lo_open=True),
+                   default=99.999, help="for --method percentile")
+    p.add_argument("--num-patches", type=argtypes.int_range(1, 100_000), default=32, help="calibration LR patches")
+    p.add_argument("--patch-size", type=argtypes.int_range(1, 4096),
+                   default=48, help="calibration patch side (LR pixels)")
+    p.add_argument("--seed", type=argtypes.int_range(0, 2**63 - 1), default=0, help="patch position seed")
+    p.add_argument("--psnr-budget", type=argtypes.nonneg_finite, default=0.1,
                    help="max Y-PSNR drop (dB) vs fp32 on the held-out sample images; a negative value "
                         "disables the mixed-precision search")
     p.add_argument("--test-set", help="also report fp32/int8 Y-PSNR on this test set (HR/ + LR_bicubic/X<s>/), "
                                       "for information only")
-    p.add_argument("--scale", type=int, help="upscaling factor, for ONNX files without edgesr metadata")
+    p.add_argument("--scale", type=argtypes.scale, help="upscaling factor, for ONNX files without edgesr metadata")
     p.add_argument("--sensitivity-png", help="write the per-layer sensitivity bar chart here (computes the table)")
     p.add_argument("--no-equalize", action="store_true", help="skip activation-range equalization")
     p.add_argument("--no-center", action="store_true", help="skip zero-centring (trt profile)")
     p.add_argument("--no-gptq", action="store_true", help="round weights to nearest (ORT default)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads")
+    p.add_argument("--threads", type=argtypes.threads, help="ONNX Runtime threads")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p

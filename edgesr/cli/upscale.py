@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import args as argtypes
+
 
 def add_parser(sub):
     p = sub.add_parser(
@@ -19,9 +21,9 @@ def add_parser(sub):
                    help="input pixels added on each side of a tile (default: the receptive field, which makes "
                         "tiled == untiled; smaller values may show seams)")
     p.add_argument("--backend", choices=["torch", "ort"], default="torch")
-    p.add_argument("--scale", type=int, help="expected upscaling factor (checked against the model)")
+    p.add_argument("--scale", type=argtypes.scale, help="expected upscaling factor (checked against the model)")
     p.add_argument("--arch", help="architecture name, when detection from the checkpoint is not enough")
-    p.add_argument("--threads", type=int, help="intra-op threads (torch and ONNX Runtime)")
+    p.add_argument("--threads", type=argtypes.threads, help="intra-op threads (torch and ONNX Runtime)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
