@@ -30,7 +30,8 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
-from .errors import BundleError
+from .errors import BundleError, one_line, quoted
+from .limits import MAX_MANIFEST_BYTES, load_json_bounded
 from .fsutil import json_safe  # noqa: F401  (re-exported: bundle.json_safe is public)
 from .spec import Spec
 
@@ -223,6 +224,74 @@ def _artifact(folder: Path, mpath: Path, a: dict[str, Any]) -> Artifact:
 def _spec(d: dict[str, Any]) -> Spec:
     names = {f.name for f in fields(Spec)}
     return Spec.from_dict({k: v for k, v in d.items() if k in names})
+
+
+# Files `edgesr convert` writes into OUTDIR besides the manifest's artifacts.
+AUXILIARY_FILES = (MANIFEST_NAME, "report.json", "report.md")
+AUXILIARY_GLOBS = ("sensitivity_*.png", "heatmaps/*.png")
+_MAX_OWNED_ENTRIES = 10_000
+
+
+def not_written_by_edgesr(folder: str | Path) -> str | None:
+    """Why `folder` is not a bundle edgesr wrote (so ``convert --force`` must not replace
+    it), or None when it is: a real folder (no symlink) holding a readable manifest.json of
+    format edgesr-bundle and nothing but its listed artifacts, report.json / report.md,
+    sensitivity plots and parity heatmaps (or nothing at all). Anything else in it (the
+    user's checkpoint, notes, a symlink, a sub-folder) is foreign: replacing it would lose it."""
+    import fnmatch
+    import os
+
+    folder = Path(folder)
+    if folder.is_symlink():
+        return "it is a symbolic link"
+    if not folder.is_dir():
+        return "it is not a folder"
+    try:
+        with os.scandir(folder) as it:
+            first = sorted(e.name for _, e in zip(range(4), it))
+    except OSError as e:
+        return f"it cannot be listed ({e.strerror or e})"
+    if not first:
+        return None  # an empty folder holds nothing to lose
+    mpath = folder / MANIFEST_NAME
+    if mpath.is_symlink() or not mpath.is_file():
+        shown = ", ".join(quoted(x) for x in first[:3]) + (" ..." if len(first) > 3 else "")
+        return (f"it is not an `edgesr convert` output (no {MANIFEST_NAME}) and holds files edgesr did not "
+                f"write ({shown})")
+    try:
+        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+            return f"its {MANIFEST_NAME} is not one edgesr writes (larger than {MAX_MANIFEST_BYTES} bytes)"
+        data = load_json_bounded(mpath.read_bytes(), MANIFEST_NAME)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return f"its {MANIFEST_NAME} is not readable JSON, so edgesr cannot tell it wrote the folder"
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return f"its {MANIFEST_NAME} is not an edgesr bundle manifest (format is not {FORMAT!r})"
+    arts = data.get("artifacts")
+    listed = {a["file"] for a in arts if isinstance(a, dict) and isinstance(a.get("file"), str)} \
+        if isinstance(arts, list) else set()
+    dirs_needed = {str(PurePosixPath(f).parent) for f in listed} | {"heatmaps"}
+    foreign: list[str] = []
+    count = 0
+    for root, dirnames, filenames in os.walk(folder):
+        rel_root = Path(root).relative_to(folder).as_posix()
+        for d in list(dirnames):
+            rel = d if rel_root == "." else f"{rel_root}/{d}"
+            if (Path(root) / d).is_symlink() or not any(x == rel or x.startswith(rel + "/") for x in dirs_needed):
+                foreign.append(rel + "/")
+                dirnames.remove(d)  # never descend into what is not ours
+        for f in filenames:
+            count += 1
+            if count > _MAX_OWNED_ENTRIES:
+                return f"it holds more than {_MAX_OWNED_ENTRIES} files (no bundle does)"
+            rel = f if rel_root == "." else f"{rel_root}/{f}"
+            p = Path(root) / f
+            own = (rel in listed or rel in AUXILIARY_FILES or any(fnmatch.fnmatchcase(rel, g) for g in AUXILIARY_GLOBS))
+            if p.is_symlink() or not own:
+                foreign.append(rel)
+    if foreign:
+        shown = ", ".join(quoted(x) for x in sorted(foreign)[:3]) + (" ..." if len(foreign) > 3 else "")
+        return f"it holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} edgesr did not write ({shown})"
+    return None
 
 
 # --------------------------------------------------------------------------- validation

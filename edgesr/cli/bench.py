@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import one_line
 from . import args as argtypes
 
 
@@ -123,7 +124,7 @@ def run(args) -> int:
                                                 engine_sizes=sizes, spinning=spinning))
             except BackendUnavailable as e:
                 skipped.append({"backend": b, "reason": str(e)})
-                print(f"edgesr: skipping {b}: {e}", file=sys.stderr)
+                print(one_line(f"edgesr: skipping {b}: {e}"), file=sys.stderr)
         if not prepared:
             raise BackendUnavailable("no requested backend can run here: "
                                      + "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped))
@@ -157,8 +158,8 @@ def run(args) -> int:
     if args.json:
         emit_json(out)
         return 0
-    print(f"{args.model}  ({spec.arch} {spec.variant or ''} x{spec.scale}; {info['cpu_model']}, "
-          f"{info.get('usable_cpus', info['logical_cpus'])} CPUs, load {info.get('loadavg', ['?'])[0]})")
+    print(one_line(f"{args.model}  ({spec.arch} {spec.variant or ''} x{spec.scale}; {info['cpu_model']}, "
+                   f"{info.get('usable_cpus', info['logical_cpus'])} CPUs, load {info.get('loadavg', ['?'])[0]})"))
     table = []
     for r in rows:
         g = r.get("gpu", {})
@@ -173,17 +174,18 @@ def run(args) -> int:
         for s in sp:
             spread = (f" (per-round {s['paired_p10']:.2f}-{s['paired_p90']:.2f}, p10-p90, {s['rounds']} rounds)"
                       if "paired_p10" in s else "")
-            print(f"{s['size']}: {s['backend']} is {s['ratio']:.2f}x as fast as {s['baseline']}{spread}")
+            print(one_line(f"{s['size']}: {s['backend']} is {s['ratio']:.2f}x as fast as {s['baseline']}{spread}"))
     if cost:
         print()
-        print(f"params {cost['params']:,}, {cost['macs_per_output_pixel']:.0f} MACs/output pixel")
+        print(one_line(f"params {cost['params']:,}, {cost['macs_per_output_pixel']:.0f} MACs/output pixel"))
         for c in cost["achieved"]:
-            print(f"  {c['backend']} {c['size']}: {c['gflops']} GFLOP/s")
+            print(one_line(f"  {c['backend']} {c['size']}: {c['gflops']} GFLOP/s"))
     for pr in profiles:
-        print(f"\nONNX Runtime profile, {pr['backend']} {pr['size']}:")
+        print()
+        print(one_line(f"ONNX Runtime profile, {pr['backend']} {pr['size']}:"))
         print_table(["op", "ms/run", "share"], [[o["op"], o["ms_per_run"], f"{o['share']:.1%}"] for o in pr["ops"][:8]])
     for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        print(one_line(f"warning: {w}"), file=sys.stderr)
     return 0
 
 

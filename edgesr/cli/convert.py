@@ -72,7 +72,7 @@ def run(args) -> int:
     import math
     import sys
 
-    from ..errors import EdgesrError, ScaleMismatch
+    from ..errors import EdgesrError, ScaleMismatch, one_line, quoted
     from ..pipeline import ConvertOptions, convert
     from .output import emit_json, print_table
 
@@ -95,13 +95,13 @@ def run(args) -> int:
         engines=engines, testset=Path(args.testset) if args.testset else None, executorch=args.executorch)
     if opts.checkpoint is not None and opts.checkpoint.is_dir():
         return _run_batch(args, opts)
-    result = convert(opts, log=(lambda m: print(m, file=sys.stderr)))
+    result = convert(opts, log=(lambda m: print(one_line(m), file=sys.stderr)))
     if args.json:
         emit_json({"outdir": str(result.outdir), "ok": result.ok, "manifest": result.manifest,
                    "report": result.report})
     else:
         m = result.manifest
-        print(f"\nwrote {result.outdir} ({'OK' if result.ok else 'PARITY FAILED'})")
+        print(f"\nwrote {quoted(result.outdir)} ({'OK' if result.ok else 'PARITY FAILED'})")
         print_table(["artifact", "format", "precision", "bytes"],
                     [[a["file"], a["format"], a["precision"], a["bytes"]] for a in m["artifacts"]])
         eng = result.report.get("engines")
@@ -160,14 +160,16 @@ def _run_batch(args, opts) -> int:
     import sys
 
     from ..batch import convert_many, exit_code
+    from ..errors import quoted
+    from .args import print_error
     from .output import emit_json, print_table
 
     def on_item(i, n, item):
         if item.error:
-            print(f"edgesr: error: {item.checkpoint.name}: {item.error}", file=sys.stderr)
+            print_error(f"{quoted(item.checkpoint.name)}: {item.error}")
         else:
-            print(f"edgesr: [{i + 1}/{n}] {item.checkpoint.name} -> {item.outdir} ({item.seconds:.1f} s)",
-                  file=sys.stderr)
+            print(f"edgesr: [{i + 1}/{n}] {quoted(item.checkpoint.name)} -> {quoted(item.outdir)} "
+                  f"({item.seconds:.1f} s)", file=sys.stderr)
 
     items = convert_many(opts.checkpoint, opts.outdir, opts, on_item=on_item)
     failed = [it for it in items if not it.ok]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import one_line
 from . import args as argtypes
 
 
@@ -40,6 +41,6 @@ def run(args) -> int:
         return 0
     rows = [[i.name, i.psnr_y, i.ssim_y] for i in result.images]
     rows.append(["mean", result.psnr_y, result.ssim_y])
-    print(f"{args.model}  ({resolved.spec.arch} x{args.scale}, backend {args.backend})")
+    print(one_line(f"{args.model}  ({resolved.spec.arch} x{args.scale}, backend {args.backend})"))
     print_table(["image", "PSNR-Y (dB)", "SSIM-Y"], rows)
     return 0

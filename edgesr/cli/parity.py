@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import one_line
 from . import args as argtypes
 
 FORMS = ("training", "deploy")
@@ -146,7 +147,7 @@ def run(args) -> int:
     elif args.markdown:
         print(report.to_markdown(), end="")
     else:
-        print(f"reference: {report.reference} (x{report.scale}); {len(report.samples)} inputs")
+        print(one_line(f"reference: {report.reference} (x{report.scale}); {len(report.samples)} inputs"))
         rows = []
         for c in report.comparisons:
             div = f"{c.divergence.node} ({c.divergence.op_type})" if c.divergence else ""
@@ -156,11 +157,11 @@ def run(args) -> int:
                      "GT drop dB", "first divergence"], rows)
         for c in report.comparisons:
             for f in c.failures:
-                print(f"FAIL {c.test}: {f}")
+                print(one_line(f"FAIL {c.test}: {f}"))
             if c.heatmap:
-                print(f"     heatmap: {c.heatmap}")
+                print(one_line(f"     heatmap: {c.heatmap}"))
             if c.failures and c.divergence_note:
-                print(f"     {c.divergence_note}")
+                print(one_line(f"     {c.divergence_note}"))
     return 0 if report.ok else 1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..errors import one_line
 from . import args as argtypes
 
 
@@ -75,8 +76,8 @@ def run(args) -> int:
     if args.json:
         emit_json(res.to_dict())
         return 0
-    print(f"wrote {res.path} ({res.profile} profile, {cfg.method} calibration, "
-          f"{res.calibration.get('num_patches')} patches)")
+    print(one_line(f"wrote {res.path} ({res.profile} profile, {cfg.method} calibration, "
+                   f"{res.calibration.get('num_patches')} patches)"))
     rows = [["fp32", res.eval_set, res.psnr_fp32, ""],
             ["int8 (all layers)", res.eval_set, res.psnr_int8_all, res.psnr_fp32 - res.psnr_int8_all],
             ["int8 (final)", res.eval_set, res.psnr_int8, res.drop]]
@@ -84,14 +85,14 @@ def run(args) -> int:
         rows += [["fp32", res.test_set, res.test_psnr_fp32, ""],
                  ["int8 (final)", res.test_set, res.test_psnr_int8, res.test_drop]]
     print_table(["model", "set", "Y-PSNR (dB)", "drop (dB)"], rows)
-    print(f"float layers: {', '.join(res.float_layers) if res.float_layers else 'none'}")
+    print(one_line(f"float layers: {', '.join(res.float_layers) if res.float_layers else 'none'}"))
     if res.sensitivity:
         print_table(["layer", "op", "cost if only it is int8", "gain if only it is float"],
                     [[r.layer, r.op_type, r.only_cost, r.except_gain] for r in res.sensitivity])
     if args.sensitivity_png:
-        print(f"sensitivity chart: {args.sensitivity_png}")
+        print(one_line(f"sensitivity chart: {args.sensitivity_png}"))
     for w in res.warnings:
-        print(f"edgesr: warning: {w}", file=sys.stderr)
+        print(one_line(f"edgesr: warning: {w}"), file=sys.stderr)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import one_line
 from . import args as argtypes
 
 
@@ -72,5 +73,5 @@ def run(args) -> int:
         json.dump(record, sys.stdout, indent=2)
         print()
     else:
-        print(f"wrote {out} ({cfg.steps} steps, {record['seconds']} s, final L1 {record['final_l1']:.4f})")
+        print(one_line(f"wrote {out} ({cfg.steps} steps, {record['seconds']} s, final L1 {record['final_l1']:.4f})"))
     return 0

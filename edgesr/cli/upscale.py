@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import one_line
 from . import args as argtypes
 
 
@@ -56,7 +57,7 @@ def run(args) -> int:
     def step(r):
         bar.update(1)
         if isinstance(r, UpscaleFailure):
-            bar.write(f"edgesr: error: {r.error}", file=sys.stderr)
+            bar.write(f"edgesr: error: {one_line(r.error)}", file=sys.stderr)
 
     try:
         results = upscale(args.model, args.input, args.output, tile=args.tile, overlap=args.overlap,
