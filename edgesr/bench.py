@@ -481,7 +481,7 @@ class ModelSource:
         if static_hw is None and self.onnx_path is not None:
             return self.onnx_path
         if self.kind == "bundle":
-            self.onnx_path = self.manifest.artifact("onnx_fp32").path
+            self.onnx_path = self.manifest.verified_path("onnx_fp32")  # the bytes whose sha256 was checked
             return self.onnx_path
         if self.kind == "onnx":
             return self.onnx_path
@@ -500,7 +500,7 @@ class ModelSource:
                     art = self.manifest.artifact(role)
                 except Exception:  # noqa: BLE001 - BundleError: role absent
                     continue
-                return art.path, f"bundle artifact {role}"
+                return self.manifest.verified_path(art), f"bundle artifact {role}"
             raise _unavailable(f"{self.ref} lists no INT8 ONNX artifact (convert with --int8)")
         if self.kind == "onnx" and onnx_is_quantized(self.fp32_onnx()):
             return self.fp32_onnx(), "the given ONNX file is already quantized"
@@ -556,7 +556,10 @@ def open_model(ref: str | Path, *, workdir: str | Path | None = None, scale: int
             art = man.artifact("torch_deploy")
             from .registry import load_model
 
-            src.module = load_model(art.path, arch=man.spec.arch, scale=man.spec.scale).module.eval()
+            from .checkpoint import load_state_dict_bytes
+
+            sd = load_state_dict_bytes(man.verified_bytes(art), art.file)
+            src.module = load_model(sd, arch=man.spec.arch, scale=man.spec.scale).module.eval()
         except Exception as e:  # noqa: BLE001 - torch backend then reports unavailable
             src.notes.append(f"no PyTorch deploy weights usable: {e}")
         return src
@@ -781,7 +784,7 @@ def _engine_for(src: ModelSource, flavour: str, sizes: Sequence[tuple[int, int]]
         for a in src.manifest.artifacts:
             is_rtx = "rtx" in a.backend.lower() or "rtx" in a.role.lower()
             if a.format == "engine" and is_rtx == (flavour == "rtx"):
-                return a.path
+                return src.manifest.verified_path(a)
         raise _unavailable(f"{src.ref} lists no {'TensorRT-RTX' if flavour == 'rtx' else 'TensorRT'} engine")
     from .backends.trt import ShapeProfile, build_engine
 

@@ -101,13 +101,23 @@ def _spec_from_metadata(text: str, path: Path) -> Spec:
 
 
 def _from_bundle(path: Path, backend: str, scale, threads) -> ResolvedModel:
+    """A bundle's model, loaded from the very bytes whose sha256 was checked (no second open)."""
     from .bundle import read_manifest
 
     manifest = read_manifest(path)  # validates the schema and every artifact's sha256
     art = manifest.artifact("onnx_fp32" if backend == "ort" else "torch_deploy")
+    data = manifest.verified_bytes(art)
+    spec = manifest.spec
+    if scale is not None and spec.scale != scale:
+        raise ScaleMismatch(f"--scale {scale} does not match {quoted(path)} (x{spec.scale} in its manifest)")
     if backend == "ort":
-        resolved = _from_onnx(art.path, "ort", scale, threads)
-    else:
-        resolved = _from_checkpoint(art.path, "torch", scale, manifest.spec.arch, "deploy", threads)
-    resolved.kind = "bundle"
-    return resolved
+        from .backends.ort_runner import OrtRunner
+
+        runner = OrtRunner(data, name=f"ort:{art.file}", threads=threads)
+        return ResolvedModel(runner, spec, "bundle", path)
+    from .backends.torch_runner import TorchRunner
+    from .checkpoint import load_state_dict_bytes
+    from .registry import load_model
+
+    loaded = load_model(load_state_dict_bytes(data, art.file), arch=spec.arch, scale=spec.scale)
+    return ResolvedModel(TorchRunner(loaded.module, name=f"torch:{loaded.spec.form}"), loaded.spec, "bundle", path)
