@@ -60,6 +60,12 @@ def atomic_write_text(final: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(final, text.encode("utf-8"))
 
 
+def text_name(name: str | os.PathLike) -> str:
+    """A file name as text that can be stored (JSON, ONNX metadata, Markdown: UTF-8 only): bytes
+    of the name that are not UTF-8 (Python keeps them as surrogates) become ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def json_safe(obj: Any) -> Any:
     """Replace NaN/Infinity (not JSON) by the strings "nan"/"inf"/"-inf", recursively."""
     if isinstance(obj, float) and not math.isfinite(obj):

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from .errors import OutputError, OutputExists, quoted
-from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file, text_name
 from .spec import Spec
 
 BUNDLED_CHECKPOINT = Path(__file__).parent / "assets" / "ecbsr_m4c16_x4_bundled.safetensors"
@@ -469,7 +469,7 @@ def _f(v) -> str:
 
 
 def _source_info(ckpt: Path, spec: Spec, bundled: bool) -> dict:
-    return {"checkpoint": ckpt.name, "sha256": sha256_file(ckpt), "bundled": bundled, "form": spec.form,
+    return {"checkpoint": text_name(ckpt.name), "sha256": sha256_file(ckpt), "bundled": bundled, "form": spec.form,
             "arch": spec.arch, "variant": spec.variant, "hyperparams": spec.hyperparams}
 
 
