@@ -489,15 +489,15 @@ def check_outdir(outdir: Path, force: bool, inputs: Sequence[Path | None] = ()) 
     out = _absolute(outdir)
     cwd = _absolute(Path.cwd())
     if not outdir.name or out == cwd or out in cwd.parents:
-        raise OutputError(f"-o {quoted(outdir)} is the current folder or one of its parents; convert writes a new "
-                          "folder and --force would replace it: name one, e.g. -o out/model")
+        raise OutputError(f"output folder {quoted(outdir)} is the current folder or one of its parents; convert "
+                          "writes a new folder and --force would replace it: name one, e.g. -o out/model")
     for p in inputs:
         if p is None:
             continue
         ip = _absolute(Path(p))
         if ip == out or out in ip.parents:
-            raise OutputError(f"-o {quoted(outdir)} holds the input {quoted(p)}; replacing it would delete that: "
-                              "choose another output folder")
+            raise OutputError(f"output folder {quoted(outdir)} holds the input {quoted(p)}; replacing it would "
+                              "delete that: choose another output folder")
     if not os.path.lexists(outdir):
         return
     if not force:
