@@ -262,7 +262,7 @@ def _scan_before_load(f: BinaryIO, size: int, kind: str, name: str, limits: Chec
         if kind == "zip":
             pkl = _check_zip(f, size, name, limits)
             if pkl is None:
-                return  # not readable as a zip: torch.load's own failure names the problem
+                return  # data.pkl cannot be opened: torch.load's own failure names the problem
             with pkl:
                 scans = [scan_pickle(pkl, **scan_kw)]
         else:
@@ -285,8 +285,9 @@ def _scan_before_load(f: BinaryIO, size: int, kind: str, name: str, limits: Chec
 
 def _check_zip(f: BinaryIO, size: int, name: str, limits: CheckpointLimits):
     """Refuse zip archives declaring more records or bytes than `limits`, or a record that
-    inflates far beyond its stored size (torch.save stores records uncompressed); return the
-    opened ``data.pkl`` record, or None when the archive cannot be read as a zip."""
+    inflates far beyond its stored size (torch.save stores records uncompressed); refuse an
+    archive that is not readable or holds no data.pkl; return the opened ``data.pkl`` record
+    (None if that one record cannot be opened: torch.load then names the problem)."""
     import zipfile
 
     entries = _zip_entry_count(f, size)
@@ -297,8 +298,11 @@ def _check_zip(f: BinaryIO, size: int, name: str, limits: CheckpointLimits):
     try:
         zf = zipfile.ZipFile(f)
         infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, struct.error):
-        return None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, struct.error) as e:
+        why = ("its end-of-archive record is missing: cut short?" if entries is None
+               else one_line(_first_line(e)))
+        raise CheckpointError(f"not a readable PyTorch checkpoint (corrupt or truncated zip archive?): {name} "
+                              f"({why})") from None
     total = 0
     for info in infos:
         total += info.file_size
@@ -312,7 +316,8 @@ def _check_zip(f: BinaryIO, size: int, name: str, limits: CheckpointLimits):
         raise LimitExceeded(f"{name}: its zip records hold {total / MiB:.0f} MiB; {limits.bytes_hint()}")
     pkl = [i for i in infos if i.filename == "data.pkl" or i.filename.endswith("/data.pkl")]
     if not pkl:
-        return None
+        raise CheckpointError(f"not a PyTorch checkpoint (a zip archive without data.pkl, which torch.save "
+                              f"writes): {name}")
     try:
         return zf.open(pkl[0])
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError):
