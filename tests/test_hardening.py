@@ -285,3 +285,66 @@ def test_convert_into_read_only_folder_is_one_line(tmp_path, read_only_folder):
     o = run_in_process(case, corpus)
     assert not problems(case, o), (problems(case, o), o.err[-1500:])
     assert list(read_only_folder.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- names and lines
+
+
+def test_quoted_and_one_line_escape_every_unprintable_character():
+    """Every character str.isprintable() rejects (C0/C1 controls, DEL, line and paragraph
+    separators, bidi and other format controls, unassigned, surrogates from undecodable bytes)
+    comes out escaped: the result is printable, one line, and distinct inputs stay distinct."""
+    from edgesr.errors import one_line, quoted
+
+    bad = "".join(chr(i) for i in range(0x110000) if not chr(i).isprintable())
+    assert "\n" in bad and "\x1b" in bad and "\u2028" in bad and "\u202e" in bad and "\udcff" in bad
+    for f in (quoted, one_line):
+        out = f("a" + bad + "b")
+        assert out.isprintable() and "\n" not in out and "\r" not in out
+    assert quoted("x'y") != quoted("x\\'y") and quoted("a\nb") != quoted("a\\nb")
+    assert quoted(os.fsdecode(b"bad\xff.pth")) == "'bad\\xff.pth'"
+
+
+@pytest.mark.parametrize("unit", ["a", "\u00e9", "\u4e2d", "\U0001f600"])  # 1-, 2-, 3- and 4-byte UTF-8
+def test_staging_and_temp_names_fit_the_name_limit(unit):
+    from edgesr.fsutil import temp_stem
+    from edgesr.pipeline import STAGING_PREFIX, _staging_name
+
+    n = 255 // len(unit.encode())
+    name = unit * n  # the longest legal name made of this character
+    other = unit * (n - 1) + "b"
+    for tag in ("", "old-"):
+        s = _staging_name(name, tag)
+        assert s.startswith(STAGING_PREFIX + tag) and s.rsplit("-", 1)[1] == str(os.getpid())
+        assert len(os.fsencode(s + ".lock")) <= 255
+        assert _staging_name(other, tag) != s
+    assert len(os.fsencode("." + temp_stem(name) + ".abcdefgh.tmp")) <= 255
+    assert _staging_name("short") == f"{STAGING_PREFIX}short-{os.getpid()}"  # unchanged for ordinary names
+
+
+def test_usage_errors_are_one_line(capsys):
+    from edgesr.cli import main
+
+    for argv in (["convert", "--threads", "x"], ["bench", "m.onnx", "--warmup", "1e999"], ["nosuchcommand"],
+                 ["eval", "m", "--scale", "2"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("edgesr: error: "), err
+
+
+def test_library_warnings_do_not_reach_stderr(capsys):
+    """Inside a CLI run a library's warning is not printed (it would come before, and look like
+    part of, edgesr's answer); edgesr's own warnings become one 'edgesr: note:' line each."""
+    import warnings
+
+    from edgesr.cli import _warnings_as_notes
+
+    with _warnings_as_notes(debug=False):
+        warnings.warn("Detected pickle protocol 5 in the checkpoint\nsecond line", UserWarning)
+        warnings.warn("edgesr export: simplify skipped\x1b[2K", UserWarning)
+    assert capsys.readouterr().err == "edgesr: note: export: simplify skipped\\x1b[2K\n"
+    with _warnings_as_notes(debug=True):
+        warnings.warn("from a library", UserWarning)
+    err = capsys.readouterr().err
+    assert err.startswith("edgesr: note: UserWarning from ") and err.count("\n") == 1
