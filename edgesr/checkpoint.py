@@ -255,6 +255,9 @@ def _load_pickle(f: BinaryIO, size: int, kind: str, name: str, limits: Checkpoin
 
 
 def _scan_before_load(f: BinaryIO, size: int, kind: str, name: str, limits: CheckpointLimits) -> None:
+    import zipfile
+    import zlib
+
     from .pickle_scan import ScanLimit, scan_pickle, scan_pickles, torch_allowed_globals
 
     scan_kw = dict(max_ops=64 * limits.max_tensors + 100_000, max_persistent_ids=limits.max_tensors)
@@ -263,8 +266,12 @@ def _scan_before_load(f: BinaryIO, size: int, kind: str, name: str, limits: Chec
             pkl = _check_zip(f, size, name, limits)
             if pkl is None:
                 return  # data.pkl cannot be opened: torch.load's own failure names the problem
-            with pkl:
-                scans = [scan_pickle(pkl, **scan_kw)]
+            try:
+                with pkl:
+                    scans = [scan_pickle(pkl, **scan_kw)]
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # bad CRC, bad deflate stream
+                raise CheckpointError(f"not a readable PyTorch checkpoint (corrupt zip archive): {name} "
+                                      f"({one_line(_first_line(e))})") from None
         else:
             f.seek(0)
             scans = scan_pickles(f, max_pickles=5, **scan_kw)  # torch's legacy format: 5 pickles

@@ -69,8 +69,7 @@ def add_parser(sub):
     g.add_argument("--trt-opt", metavar="HxW", help="LR size the engines are tuned for (default: the latency "
                                                     "workload, 720p output / scale)")
     g.add_argument("--trt-max", metavar="HxW", help="largest LR input the engines accept (default 1088x1920)")
-    g.add_argument("--trt-opt-level", type=argtypes.int_range(0, 5),
-                   metavar="N", help="builder optimization level 0..5 (default 3)")
+    g.add_argument("--trt-opt-level", type=int, metavar="N", help="builder optimization level 0..5 (default 3)")
     g.add_argument("--trt-cc", metavar="X.Y,...",
                    help="TensorRT-RTX target compute capabilities, e.g. 8.6,8.9,12.0 (default: its portable set, "
                         "Ampere and later)")

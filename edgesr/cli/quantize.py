@@ -31,7 +31,7 @@ def add_parser(sub):
     p.add_argument("--patch-size", type=argtypes.int_range(1, 4096),
                    default=48, help="calibration patch side (LR pixels)")
     p.add_argument("--seed", type=argtypes.int_range(0, 2**63 - 1), default=0, help="patch position seed")
-    p.add_argument("--psnr-budget", type=argtypes.nonneg_finite, default=0.1,
+    p.add_argument("--psnr-budget", type=argtypes.finite, default=0.1,
                    help="max Y-PSNR drop (dB) vs fp32 on the held-out sample images; a negative value "
                         "disables the mixed-precision search")
     p.add_argument("--test-set", help="also report fp32/int8 Y-PSNR on this test set (HR/ + LR_bicubic/X<s>/), "
