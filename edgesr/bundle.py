@@ -159,9 +159,16 @@ class Manifest:
             if tmp is None:
                 tmp = self._copies[""] = tempfile.mkdtemp(prefix="edgesr-bundle-")
                 weakref.finalize(self, _remove_tree, tmp)
-            dest = Path(tmp) / f"{len(self._copies)}-{Path(a.file).name}"
+            dest = Path(tmp).joinpath(*PurePosixPath(a.file).parts)  # same layout: companions stay beside
+            dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(self.verified_bytes(a))
             self._copies[a.role] = dest
+            companion = a.extra.get("weights")  # e.g. an OpenVINO .xml's .bin, read by the runtime from beside it
+            if isinstance(companion, str):
+                rel = (PurePosixPath(a.file).parent / companion).as_posix()
+                for b in self.artifacts:
+                    if b.file == rel and b.role != a.role:
+                        self.verified_path(b)
         return self._copies[a.role]
 
     def select(self, *, format: str | None = None, precision: str | None = None,

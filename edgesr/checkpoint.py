@@ -62,10 +62,12 @@ SAFETENSORS_HINT = ("re-save the weights as safetensors in a trusted environment
                     "safetensors.torch.save_file(model.state_dict(), 'model.safetensors')")
 
 
-def load_state_dict(path: str | Path, check_finite: bool = True,
+def load_state_dict(path: str | Path, check_finite: bool = True, key: str | None = None,
                     limits: CheckpointLimits | None = None) -> StateDict:
     """Load a checkpoint file into ``{name: float tensor}``, unwrapped and prefix-stripped.
 
+    ``key``: the wrapper entry to take (e.g. ``params`` where a BasicSR file also holds
+    ``params_ema`` and the author's loader used ``params``); None picks by WRAPPER_KEYS.
     `limits` (default: :meth:`CheckpointLimits.from_env`) bound what the file may declare
     (tensor bytes, tensor count); they are checked from headers before anything is allocated.
     The file is opened once; every check and the load read that one open file.
@@ -86,6 +88,8 @@ def load_state_dict(path: str | Path, check_finite: bool = True,
     with f:
         size = os.fstat(f.fileno()).st_size
         raw = _load_from(f, size, path.suffix, name, limits)
+    if key is not None:
+        raw = _select_key(raw, key, name)
     sd = unwrap_state_dict(raw, source=name)
     validate_tensors(sd, source=name, check_finite=check_finite)
     return sd
@@ -413,6 +417,17 @@ def unwrap_state_dict(obj: object, source: object = "checkpoint") -> StateDict:
                 if len(stripped) == len(sd):
                     sd, changed = stripped, True
     return sd
+
+
+def _select_key(obj: object, key: str, source: object) -> object:
+    """``obj[key]`` for an explicitly named wrapper key ('a/b' descends)."""
+    for part in key.split("/"):
+        if not isinstance(obj, Mapping) or part not in obj:
+            have = ", ".join(sorted(str(k) for k in obj)[:10]) if isinstance(obj, Mapping) else type(obj).__name__
+            raise CheckpointError(f"{source}: no entry {quoted(part)} (state_dict key {quoted(key)}); it holds: "
+                                  f"{one_line(have)}")
+        obj = obj[part]
+    return obj
 
 
 def validate_tensors(sd: StateDict, source: object = "checkpoint", check_finite: bool = True) -> None:

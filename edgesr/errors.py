@@ -77,6 +77,25 @@ class BundleError(EdgesrError):
     """A bundle/manifest is invalid or its files do not match their hashes."""
 
 
+class UserCodeError(EdgesrError):
+    """The user's model code (``--model FILE.py:NAME``) cannot be imported, built or run.
+
+    ``category`` names the kind of failure for summaries (``missing-import``, ``user-code``)."""
+
+    category = "user-code"
+
+
+class MissingDependency(UserCodeError):
+    """The user's model code imports a package that is not installed."""
+
+    category = "missing-import"
+
+
+class ImplausibleOutput(EdgesrError):
+    """No input convention (range, mean shift, colour order) makes the model's output a
+    plausible super-resolution: refusing rather than reporting garbage."""
+
+
 class LimitExceeded(EdgesrError):
     """An input declares more than a configured limit allows (bytes, tensors, nesting, time)."""
 

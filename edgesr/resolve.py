@@ -15,7 +15,7 @@ from .spec import Spec
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".sft")
 ONNX_SUFFIXES = (".onnx", ".ort")
-BACKENDS = ("torch", "ort")
+BACKENDS = ("torch", "ort", "openvino", "ort-int8", "openvino-int8")
 
 
 @dataclass
@@ -31,6 +31,8 @@ def resolve_model(ref: str | Path, backend: str = "torch", scale: int | None = N
     path = Path(ref)
     if not path.exists():
         raise CheckpointError(f"model not found: {path}")
+    if backend not in ("torch", "ort"):
+        return _openvino_or_int8(path, backend, scale, arch, form, threads)
     if path.is_dir():
         return _from_bundle(path, backend, scale, threads)
     if path.suffix.lower() in ONNX_SUFFIXES:
@@ -121,3 +123,111 @@ def _from_bundle(path: Path, backend: str, scale, threads) -> ResolvedModel:
 
     loaded = load_model(load_state_dict_bytes(data, art.file), arch=spec.arch, scale=spec.scale)
     return ResolvedModel(TorchRunner(loaded.module, name=f"torch:{loaded.spec.form}"), loaded.spec, "bundle", path)
+
+
+def user_deploy_model(weights: str | Path, ref, kwargs: dict | None = None, *, strict: bool = True,
+                      key: str | None = None, extra_paths: tuple = (), input_range: float | None = None,
+                      scale: int | None = None):
+    """--model FILE.py:NAME + weights -> (deploy module in edgesr's [0, 1] RGB convention, Spec, LoadedUserModel).
+    Conventions are measured (the output must beat bicubic); author deploy hooks kept only when exact."""
+    from dataclasses import replace
+
+    from .pipeline import verification_inputs
+    from .reparam.author_hooks import deploy_form
+    from .usermodel import load_user_model
+
+    um = load_user_model(weights, ref, kwargs, strict=strict, key=key, extra_paths=tuple(Path(p) for p in extra_paths),
+                         input_range=input_range, scale=scale)
+    spec = replace(um.spec, form="deploy")
+    deploy, _ = deploy_form(um.module, verification_inputs(spec))
+    return deploy, spec, um
+
+
+def resolve_user_model(weights: str | Path, ref, kwargs: dict | None = None, *, backend: str = "torch",
+                       threads: int | None = None, scale: int | None = None, **user) -> ResolvedModel:
+    """A runnable model from the user's code + weights (torch, or ONNX Runtime on its export)."""
+    path = Path(weights)
+    if not path.is_file():
+        raise CheckpointError(f"weights not found: {path}")
+    module, spec, _ = user_deploy_model(path, ref, kwargs, scale=scale, **user)
+    if backend == "torch":
+        from .backends.torch_runner import TorchRunner
+
+        return ResolvedModel(TorchRunner(module, name="torch:user"), spec, "user", path)
+    from .backends.ort_runner import OrtRunner
+    from .export.diagnose import export_user_model
+
+    with tempfile.TemporaryDirectory(prefix="edgesr-") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export_user_model(module, spec, onnx_path, source_checkpoint=path)
+        runner = OrtRunner(onnx_path.read_bytes(), name="ort:fp32", threads=threads)
+    return ResolvedModel(runner, spec, "user", path)
+
+
+def _openvino_or_int8(path: Path, backend: str, scale, arch, form: str, threads) -> ResolvedModel:
+    """openvino: a bundle's OpenVINO IR (or its fp32 ONNX), an .onnx / .xml file, or a checkpoint
+    exported to ONNX, run by OpenVINO. ort-int8 / openvino-int8: the INT8 graph a bundle holds for
+    that runtime (edgesr.bench.INT8_ROLES) - never a graph made for another runtime."""
+    from .bench import INT8_ROLES
+
+    if backend not in BACKENDS:
+        raise CheckpointError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if backend == "ort-int8":
+        if path.is_dir():
+            from .bundle import read_manifest
+
+            from .backends.ort_runner import OrtRunner
+
+            manifest = read_manifest(path)
+            art = _int8_artifact(manifest, path, backend, INT8_ROLES[backend])
+            if scale is not None and manifest.spec.scale != scale:
+                raise ScaleMismatch(f"--scale {scale} does not match {quoted(path)} (x{manifest.spec.scale})")
+            runner = OrtRunner(manifest.verified_bytes(art), name=f"ort:{art.file}", threads=threads)
+            return ResolvedModel(runner, manifest.spec, "bundle", path)
+        raise CheckpointError(f"{path.name}: --backend ort-int8 runs a bundle's INT8 graph; convert with --int8 "
+                              "first, or give a quantized .onnx with --backend ort")
+    from .backends.openvino_runner import IR_SUFFIXES, OpenVinoRunner
+
+    if path.is_dir():
+        from .bundle import read_manifest
+
+        manifest = read_manifest(path)
+        if scale is not None and manifest.spec.scale != scale:
+            raise ScaleMismatch(f"--scale {scale} does not match {path} (x{manifest.spec.scale})")
+        if backend == "openvino-int8":
+            art = _int8_artifact(manifest, path, backend, INT8_ROLES[backend])
+        else:
+            roles = {a.role for a in manifest.artifacts}
+            art = manifest.artifact("openvino_fp32" if "openvino_fp32" in roles else "onnx_fp32")
+        # a private copy of the verified bytes (an IR's .bin beside its .xml): never the file checked earlier
+        return ResolvedModel(OpenVinoRunner(manifest.verified_path(art), name=f"openvino:{art.role}", threads=threads),
+                             manifest.spec, "bundle", path)
+    if backend == "openvino-int8":
+        raise CheckpointError(f"{path.name}: --backend openvino-int8 runs a bundle's OpenVINO INT8 graph; convert "
+                              "with --int8 --openvino first, or give the .xml with --backend openvino")
+    suffix = path.suffix.lower()
+    if suffix in IR_SUFFIXES:
+        if scale is None:
+            raise ScaleMismatch(f"{path.name} (OpenVINO IR) carries no edgesr metadata: pass --scale")
+        return ResolvedModel(OpenVinoRunner(path, threads=threads), Spec(arch="unknown", scale=scale), "openvino", path)
+    if suffix in ONNX_SUFFIXES:
+        spec = _spec_from_onnx(path, scale)
+        return ResolvedModel(OpenVinoRunner(path, threads=threads), spec, "onnx", path)
+    resolved = _from_checkpoint(path, "torch", scale, arch, form, threads)
+    from .export.onnx import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="edgesr-") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export_onnx(resolved.runner.module, resolved.spec, onnx_path, source_checkpoint=path)
+        runner = OpenVinoRunner(onnx_path.read_bytes(), name="openvino:fp32", threads=threads)
+    return ResolvedModel(runner, resolved.spec, "checkpoint", path)
+
+
+def _int8_artifact(manifest, path: Path, backend: str, role: str):
+    roles = [a.role for a in manifest.artifacts]
+    if role in roles:
+        return manifest.artifact(role)
+    others = [r for r in roles if "int8" in r and not r.endswith("_weights")]
+    raise CheckpointError(f"{path} has no INT8 graph made for {backend} ({role})"
+                          + (f"; its INT8 graphs ({', '.join(others)}) are made for other runtimes" if others else "")
+                          + f"; convert with --int8{' --openvino' if backend == 'openvino-int8' else ''}")

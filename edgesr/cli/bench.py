@@ -17,10 +17,12 @@ def add_parser(sub):
                     "GPU backends (torch-cuda, trt, trt-rtx) report host latency (copies included) and GPU "
                     "compute time from CUDA events separately from H2D/D2H copies; without CUDA they are "
                     "skipped with the reason. From an OUTDIR each backend uses its manifest artifact: "
-                    "ort -> onnx_fp32, ort-int8 -> onnx_int8_*, torch -> torch_deploy, trt/trt-rtx -> engines.")
+                    "ort -> onnx_fp32, ort-int8 -> onnx_int8_cpu (the graph made for ONNX Runtime CPU), openvino -> "
+                    "openvino_fp32 (or the fp32 ONNX), openvino-int8 -> openvino_int8, torch -> torch_deploy, "
+                    "trt/trt-rtx -> engines. OpenVINO needs pip install 'edgesr[openvino]'.")
     p.add_argument("model", help="checkpoint, .onnx/.ort file, or convert OUTDIR")
-    p.add_argument("--backend", "-b", action="extend", nargs="+", choices=["ort", "ort-int8", "torch", "torch-cuda",
-                                                                          "trt", "trt-rtx"],
+    p.add_argument("--backend", "-b", action="extend", nargs="+", choices=["ort", "ort-int8", "openvino", "openvino-int8",
+                                                                          "torch", "torch-cuda", "trt", "trt-rtx"],
                    help="backend(s) to time (several values or repeated; default: ort). The first is the ratio "
                         "baseline")
     p.add_argument("--size", action="extend", nargs="+", metavar="HxW",
@@ -45,7 +47,8 @@ def add_parser(sub):
     p.add_argument("--form", choices=["deploy", "training"], default="deploy",
                    help="checkpoints: time the deploy form (default) or the training form as loaded")
     p.add_argument("--int8-profile", choices=["cpu", "trt"], default="cpu",
-                   help="ort-int8 from a checkpoint/fp32 ONNX: QDQ profile to quantize with (default cpu)")
+                   help="ort-int8 from a checkpoint/fp32 ONNX: QDQ profile to quantize with (default cpu; "
+                        "openvino-int8 always uses the openvino profile)")
     p.add_argument("--graph-opt", choices=["basic", "extended", "all"],
                    help="ONNX Runtime graph optimization level (default: edgesr's OrtRunner default)")
     p.add_argument("--ort-spinning", choices=["auto", "on", "off"], default="auto",
@@ -61,6 +64,9 @@ def add_parser(sub):
                    help="also profile ONNX Runtime backends (per-operator time share)")
     p.add_argument("--samples", action="store_true", help="include every timed sample in --json output")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    from .model_args import add_model_args
+
+    add_model_args(p)
     return p
 
 
@@ -95,7 +101,10 @@ def run(args) -> int:
         raise EdgesrError(str(e)) from None
     backends = list(dict.fromkeys(args.backend or ["ort"]))
 
-    src = open_model(args.model, workdir=args.work, scale=args.scale, arch=args.arch, form=args.form)
+    from .model_args import user_options
+
+    src = open_model(args.model, workdir=args.work, scale=args.scale, arch=args.arch, form=args.form,
+                     user=user_options(args))
     try:
         spec = src.spec
         sizes: list[tuple[int, int]] = []
@@ -113,9 +122,10 @@ def run(args) -> int:
                 raise EdgesrError(f"--size {h}x{w}: {spec.arch} needs H and W multiples of {m} and >= {spec.min_size}")
             check_inference_size(h, w, scale=spec.scale, channels=spec.in_channels, batch=args.batch, what="--size")
 
-        n_ort = sum(b.startswith("ort") for b in backends)
+        # an idle ORT pool spinning while another ORT session or OpenVINO is timed competes for the cores
+        n_cpu = sum(b.startswith(("ort", "openvino")) for b in backends)
         spinning = {"on": True, "off": False}.get(args.ort_spinning,
-                                                  False if n_ort > 1 and not args.no_interleave else None)
+                                                  False if n_cpu > 1 and not args.no_interleave else None)
         prepared, skipped = [], []
         for b in backends:
             try:
@@ -175,7 +185,10 @@ def run(args) -> int:
             spread = (f" (per-round {s['paired_p10']:.2f}-{s['paired_p90']:.2f}, p10-p90, {s['rounds']} rounds)"
                       if "paired_p10" in s else "")
             print(one_line(f"{s['size']}: {s['backend']} is {s['ratio']:.2f}x as fast as {s['baseline']}{spread}"))
-    if cost:
+    if cost and "params" not in cost:
+        print()
+        print(one_line(f"cost: {cost.get('note')}"))
+    elif cost:
         print()
         print(one_line(f"params {cost['params']:,}, {cost['macs_per_output_pixel']:.0f} MACs/output pixel"))
         for c in cost["achieved"]:

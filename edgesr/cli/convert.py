@@ -25,10 +25,15 @@ def add_parser(sub):
                         "receives one folder per checkpoint")
     p.add_argument("--arch", help="architecture name when detection is not enough (see `edgesr list`)")
     p.add_argument("--scale", type=argtypes.scale, help="expected upscaling factor (checked against the checkpoint)")
-    p.add_argument("--int8", action="store_true", help="also write an INT8 QDQ model (model_int8.onnx)")
-    p.add_argument("--int8-profile", choices=["trt", "cpu", "both"], default="trt",
-                   help="QDQ profile: trt = symmetric int8, float bias (TensorRT parses it); cpu = fastest in "
-                        "ONNX Runtime on x86; both")
+    p.add_argument("--int8", action="store_true",
+                   help="also write INT8 graphs, one per runtime the bundle targets (model_int8.onnx = ONNX Runtime "
+                        "CPU; with --openvino an OpenVINO INT8 IR; with --trt-rtx/--trt a TensorRT QDQ graph). Each "
+                        "must keep the Y-PSNR drop vs fp32 on held-out photos within --psnr-budget, or the exit "
+                        "status is 1")
+    p.add_argument("--int8-profile", choices=["auto", "trt", "cpu", "openvino", "both"], default="auto",
+                   help="auto (default): one graph per target runtime (see --int8); trt = symmetric int8, float "
+                        "bias (TensorRT); cpu = fastest in ONNX Runtime on x86; openvino = scored in OpenVINO; "
+                        "both = trt + cpu")
     p.add_argument("--calib", help="folder of images for INT8 calibration (default: bundled sample photos)")
     p.add_argument("--psnr-budget", type=argtypes.nonneg_finite, default=0.1,
                    help="max PSNR drop (dB) INT8 may cost; sensitive layers stay float until it holds")
@@ -39,6 +44,9 @@ def add_parser(sub):
     p.add_argument("--executorch", action="store_true",
                    help="also write ExecuTorch .pte files (XNNPACK; fp32, and int8 with --int8); needs "
                         "pip install 'edgesr[executorch]'")
+    p.add_argument("--openvino", action="store_true",
+                   help="also write OpenVINO IR (model.xml/.bin; with --int8 model_int8_openvino.xml/.bin), verified "
+                        "and timed in OpenVINO; needs pip install 'edgesr[openvino]'")
     m = p.add_argument_group("mobile formats (see docs/deploy.md)")
     m.add_argument("--tflite", action="store_true",
                    help="also write LiteRT .tflite files (NHWC, fixed input size; fp32, and full-integer int8 with "
@@ -77,6 +85,19 @@ def add_parser(sub):
                    help="engine cache folder (default: $EDGESR_ENGINE_CACHE or the per-user cache, "
                         "e.g. ~/.cache/edgesr/engines)")
     p.add_argument("--json", action="store_true", help="print one JSON object (manifest + report) on stdout")
+    p.add_argument("--allow-implausible", action="store_true",
+                   help="convert even when no input convention makes the output beat bicubic (untrained or test "
+                        "weights); default: refuse, naming what was tried")
+    from .model_args import add_model_args
+
+    add_model_args(p)
+    z = p.add_argument_group("many models at once")
+    z.add_argument("--zoo", metavar="INDEX", help="TOML zoo index (code + weights per model, see "
+                   "export/zoo/ntire-esr.toml): convert each into OUTDIR/<name>/ in its own process, continue past "
+                   "failures, write OUTDIR/summary.{md,txt,json} and OUTDIR/results/<name>.json")
+    z.add_argument("--zoo-only", metavar="NAME,...", help="convert only these index entries")
+    z.add_argument("--zoo-timeout", type=argtypes.positive_seconds, default=1200, metavar="S",
+                   help="seconds per model (default 1200)")
     return p
 
 
@@ -90,6 +111,12 @@ def run(args) -> int:
 
     if args.scale is not None and args.scale < 1:
         raise ScaleMismatch(f"--scale must be a positive integer, got {args.scale}")
+    if args.zoo:
+        return _run_zoo(args)
+    from ..conventions import checks_enabled
+    from .model_args import registry_input_range, user_options
+
+    user = user_options(args)
     if args.threads is not None and args.threads < 1:
         raise EdgesrError(f"--threads must be a positive integer, got {args.threads}")
     if not (args.psnr_budget >= 0 and math.isfinite(args.psnr_budget)):
@@ -99,22 +126,36 @@ def run(args) -> int:
     if args.int8 and args.calib:
         _check_calib(Path(args.calib))  # fail before minutes of work, not after
     engines = _engine_request(args)
+    if args.openvino or (args.int8 and args.int8_profile == "openvino"):
+        from ..backends.openvino_runner import openvino_module
+
+        openvino_module()  # missing extra: one line now, not after minutes of work
     opts = ConvertOptions(
         outdir=Path(args.outdir), checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         arch=args.arch, scale=args.scale, int8=args.int8, int8_profile=args.int8_profile,
         calib=Path(args.calib) if args.calib else None, psnr_budget=args.psnr_budget, fp16=args.fp16,
         ort_format=not args.no_ort_format, force=args.force, bench=not args.no_bench, threads=args.threads,
         engines=engines, testset=Path(args.testset) if args.testset else None, executorch=args.executorch,
-        tflite=args.tflite, ncnn=args.ncnn, coreml=args.coreml, mobile_size=_mobile_size(args.mobile_size))
+        openvino=args.openvino,
+        tflite=args.tflite, ncnn=args.ncnn, coreml=args.coreml, mobile_size=_mobile_size(args.mobile_size),
+        check_conventions=not args.allow_implausible and checks_enabled(), input_range=registry_input_range(args))
+    if user is not None:
+        if opts.checkpoint is None or opts.checkpoint.is_dir():
+            raise EdgesrError("--model needs the weights file as CKPT")
+        opts.model, opts.model_kwargs, opts.strict = str(user["ref"]), user["kwargs"], user["strict"]
+        opts.weights_key, opts.import_paths = user["key"], user["extra_paths"]
     if opts.checkpoint is not None and opts.checkpoint.is_dir():
         return _run_batch(args, opts)
     result = convert(opts, log=(lambda m: print(one_line(m), file=sys.stderr)))
+    int8_problems = (result.report.get("int8_verdict") or {}).get("problems", [])
     if args.json:
         emit_json({"outdir": str(result.outdir), "ok": result.ok, "manifest": result.manifest,
                    "report": result.report})
     else:
         m = result.manifest
-        print(f"\nwrote {quoted(result.outdir)} ({'OK' if result.ok else 'PARITY FAILED'})")
+        status = "OK" if result.ok else ("INT8 OVER BUDGET" if int8_problems and result.report["parity"]["ok"]
+                                         else "PARITY FAILED")
+        print(f"\nwrote {quoted(result.outdir)} ({status})")
         print_table(["artifact", "format", "precision", "bytes"],
                     [[a["file"], a["format"], a["precision"], a["bytes"]] for a in m["artifacts"]])
         eng = result.report.get("engines")
@@ -127,7 +168,17 @@ def run(args) -> int:
             print()
             print_table(["reference", "candidate", "max abs", "PSNR (dB)", "ok"],
                         [[c.get("reference"), c.get("test"), c.get("max_abs"), c.get("psnr"),
-                          "yes" if c.get("ok") else "NO"] for c in comps])
+                          "info" if c.get("gate") is False else "yes" if c.get("ok") else "NO"] for c in comps])
+        verdict = result.report.get("int8_verdict")
+        if verdict:
+            print()
+            print_table(["INT8 graph", "runtime", "drop dB", "budget dB", "eval set", "float layers", "x fp32",
+                         "default"],
+                        [[p, g["runtime"], g["drop_db"], g["budget_db"], g["eval_set"],
+                          f"{g['float_layers']}/{g['layers']}", g.get("speedup", "-"), "yes" if g["default"] else "no"]
+                         for p, g in verdict["graphs"].items()])
+    for line in int8_problems:
+        print(one_line(f"edgesr: error: INT8 {line}"), file=sys.stderr)
     return 0 if result.ok else 1
 
 
@@ -199,6 +250,58 @@ def _run_batch(args, opts) -> int:
         print_table(["checkpoint", "status", "arch", "scale", "outdir / error", "s"], rows)
         print(f"\n{len(items) - len(failed)} of {len(items)} converted" + (f", {len(failed)} failed" if failed else ""))
     return exit_code(items)
+
+
+def _run_zoo(args) -> int:
+    """`edgesr convert --zoo INDEX -o OUTROOT`: progress bar (plain lines when not a TTY), summary table."""
+    import sys
+
+    from ..errors import EdgesrError, one_line
+    from ..zoo import counts, run_zoo, summary_rows, SUMMARY_HEADERS
+    from .output import emit_json, print_table
+
+    if args.checkpoint or getattr(args, "user_model", None):
+        raise EdgesrError("--zoo takes its models from the index: give no CKPT or --model")
+    only = [n.strip() for n in args.zoo_only.split(",") if n.strip()] if args.zoo_only else None
+    tty = sys.stderr.isatty()
+    bar = None
+    if tty:
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="model", file=sys.stderr, desc="zoo")
+
+    def on_start(i, n, entry):
+        if bar is not None:
+            bar.total = n
+            bar.set_postfix_str(entry.name)
+            bar.refresh()
+        else:
+            print(one_line(f"edgesr: [{i + 1}/{n}] {entry.name} ..."), file=sys.stderr, flush=True)
+
+    def on_done(i, n, res):
+        line = (f"{res['name']}: {'ok' if res.get('ok') else 'FAILED ' + str(res.get('category'))} "
+                f"({res.get('seconds')} s)" + ("" if res.get("ok") else f": {str(res.get('reason'))[:160]}"))
+        if bar is not None:
+            bar.update(1)
+            bar.write(one_line(line), file=sys.stderr)
+        else:
+            print(one_line(f"edgesr: {line}"), file=sys.stderr, flush=True)
+
+    try:
+        results = run_zoo(args.zoo, args.outdir, force=args.force, only=only, timeout=args.zoo_timeout,
+                          int8=True, bench=not args.no_bench, on_start=on_start, on_done=on_done)
+    finally:
+        if bar is not None:
+            bar.close()
+    c = counts(results)
+    if args.json:
+        emit_json({"outroot": str(args.outdir), "counts": c, "results": results})
+    else:
+        print_table(SUMMARY_HEADERS, summary_rows(results))
+        print(f"\n{c['ok']} of {c['models']} converted end to end ({100 * c['ok_share']:.1f}%); failures: "
+              + (", ".join(f"{k} {v}" for k, v in sorted(c["failures_by_category"].items())) or "none")
+              + f"; {c['seconds']:.0f} s; summary: {Path(args.outdir) / 'summary.md'}")
+    return 0 if c["failed"] == 0 else 1
 
 
 def _mobile_size(text: str | None) -> tuple[int, int] | None:

@@ -15,10 +15,17 @@ def add_parser(sub):
     p.add_argument("model", help="checkpoint, .onnx/.ort file, or convert OUTDIR")
     p.add_argument("--testset", required=True, help="test set folder (HR/ and LR_bicubic/X<s>/)")
     p.add_argument("--scale", type=argtypes.scale, required=True, help="upscaling factor (must match the model)")
-    p.add_argument("--backend", choices=["torch", "ort"], default="torch")
+    p.add_argument("--backend", choices=["torch", "ort", "openvino", "ort-int8", "openvino-int8"], default="torch",
+                   help="torch (default), ort (ONNX Runtime CPU), openvino (needs pip install 'edgesr[openvino]'); "
+                        "ort-int8 / openvino-int8 run the INT8 graph a convert OUTDIR holds for that runtime")
     p.add_argument("--arch", help="architecture name, when detection from the checkpoint is not enough")
     p.add_argument("--threads", type=argtypes.threads, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--allow-below-bicubic", action="store_true",
+                   help="report the scores even when they are below bicubic's (default: refuse, non-zero exit)")
+    from .model_args import add_model_args
+
+    add_model_args(p)
     return p
 
 
@@ -31,10 +38,36 @@ def run(args) -> int:
         from ..errors import ScaleMismatch
 
         raise ScaleMismatch(f"--scale must be a positive integer, got {args.scale}")
-    resolved = resolve_model(args.model, backend=args.backend, scale=args.scale, arch=args.arch,
-                             threads=args.threads)
+    from .model_args import registry_input_range, user_options
+
+    user = user_options(args)
+    if user is not None:
+        from ..resolve import resolve_user_model
+
+        resolved = resolve_user_model(args.model, backend=args.backend, threads=args.threads, scale=args.scale,
+                                      **user)
+    else:
+        resolved = resolve_model(args.model, backend=args.backend, scale=args.scale, arch=args.arch,
+                                 threads=args.threads)
+        if registry_input_range(args) is not None:
+            from ..conventions import Convention, make_adapter, native_range_of
+
+            module = resolved.runner.module
+            from ..backends.torch_runner import TorchRunner
+
+            resolved.runner = TorchRunner(make_adapter(module, Convention(registry_input_range(args)),
+                                                       native_range_of(module)), name=resolved.runner.name)
     result = evaluate(resolved.runner, args.testset, args.scale, backend=args.backend)
+    bicubic = None
+    from ..conventions import checks_enabled
+
+    if not args.allow_below_bicubic and checks_enabled():
+        from ..conventions import require_beats_bicubic
+
+        bicubic = require_beats_bicubic(result.psnr_y, args.testset, args.scale,
+                                        f"{args.model} ({resolved.spec.arch} x{args.scale})")
     out = result.to_dict()
+    out["bicubic_psnr_y"] = round(bicubic, 4) if bicubic is not None else None
     out.update(model=str(args.model), architecture=resolved.spec.arch, variant=resolved.spec.variant)
     if args.json:
         emit_json(out)

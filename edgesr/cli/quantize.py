@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import one_line
 from . import args as argtypes
+from .args import print_error
 
 
 def add_parser(sub):
@@ -19,9 +20,10 @@ def add_parser(sub):
                     "held-out sample images is within --psnr-budget.")
     p.add_argument("model", help="fp32 ONNX model (edgesr export; its metadata gives scale and value range)")
     p.add_argument("-o", "--output", required=True, help="INT8 ONNX file to write")
-    p.add_argument("--profile", choices=["trt", "cpu"], default="trt",
+    p.add_argument("--profile", choices=["trt", "cpu", "openvino"], default="trt",
                    help="trt: symmetric int8, zero points 0, float biases (TensorRT); cpu: fastest+most "
-                        "accurate in ONNX Runtime on x86 without VNNI (see docs/int8.md)")
+                        "accurate in ONNX Runtime on x86 without VNNI; openvino: the trt graph scored and "
+                        "searched in OpenVINO (needs pip install 'edgesr[openvino]'; see docs/int8.md)")
     p.add_argument("--calib", help="folder of calibration images (default: bundled sample photos)")
     p.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax",
                    help="activation range calibration")
@@ -44,22 +46,41 @@ def add_parser(sub):
     p.add_argument("--threads", type=argtypes.threads, help="ONNX Runtime threads")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    from .model_args import add_model_args
+
+    add_model_args(p)
     return p
 
 
 def run(args) -> int:
+    import math
+
     from ..errors import OutputExists, QuantizationError
     from ..quant import QuantConfig, quantize_model
     from .output import emit_json, print_table
 
+    from .model_args import user_options
+
+    user = user_options(args)
     model = Path(args.model)
     if not model.is_file():
-        raise QuantizationError(f"{model}: no such ONNX file")
+        raise QuantizationError(f"{model}: no such {'weights' if user else 'ONNX'} file")
     out = Path(args.output)
     if out.exists() and not args.force:
         raise OutputExists(f"{out} exists; pass --force to overwrite it")
     if out.resolve() == model.resolve():
         raise QuantizationError("the output would overwrite the fp32 input model; choose another -o")
+    if user is not None:  # MODEL is the weights: export the user's model first (checked), then quantize it
+        import tempfile
+
+        from ..export.diagnose import export_user_model
+        from ..resolve import user_deploy_model
+
+        module, spec, _ = user_deploy_model(model, scale=args.scale, **user)
+        tmp = tempfile.TemporaryDirectory(prefix="edgesr-quantize-")
+        fp32 = Path(tmp.name) / "model.onnx"
+        export_user_model(module, spec, fp32, source_checkpoint=model)
+        model = fp32
     spec = spec_from_onnx(model, args.scale)
     budget = None if args.psnr_budget is not None and args.psnr_budget < 0 else args.psnr_budget
     cfg = QuantConfig(profile=args.profile, method=args.method, percentile=args.percentile,
@@ -73,9 +94,15 @@ def run(args) -> int:
         test_set = testset_eval_set(args.test_set, spec.scale)
     res = quantize_model(model, out, spec, cfg, calibration=args.calib, test_set=test_set,
                          sensitivity_png=args.sensitivity_png)
+    over = [] if res.within_budget else [
+        f"no INT8 graph met the {res.budget} dB budget on {res.eval_set}: {res.path.name} is the best one evaluated "
+        f"({res.drop:.3f} dB, {len(res.float_layers)} of {len(res.layers)} layers float); accept the drop with "
+        f"--psnr-budget {math.ceil(res.drop * 100) / 100:.2f}"]
     if args.json:
         emit_json(res.to_dict())
-        return 0
+        for line in over:
+            print_error(line)
+        return 1 if over else 0
     print(one_line(f"wrote {res.path} ({res.profile} profile, {cfg.method} calibration, "
                    f"{res.calibration.get('num_patches')} patches)"))
     rows = [["fp32", res.eval_set, res.psnr_fp32, ""],
@@ -92,8 +119,11 @@ def run(args) -> int:
     if args.sensitivity_png:
         print(one_line(f"sensitivity chart: {args.sensitivity_png}"))
     for w in res.warnings:
-        print(one_line(f"edgesr: warning: {w}"), file=sys.stderr)
-    return 0
+        if not over:
+            print(one_line(f"edgesr: warning: {w}"), file=sys.stderr)
+    for line in over:
+        print_error(line)
+    return 1 if over else 0
 
 
 def spec_from_onnx(path: Path, scale: int | None):

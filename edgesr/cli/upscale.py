@@ -21,12 +21,17 @@ def add_parser(sub):
     p.add_argument("--overlap", type=int, default=None,
                    help="input pixels added on each side of a tile (default: the receptive field, which makes "
                         "tiled == untiled; smaller values may show seams)")
-    p.add_argument("--backend", choices=["torch", "ort"], default="torch")
+    p.add_argument("--backend", choices=["torch", "ort", "openvino", "ort-int8", "openvino-int8"], default="torch",
+                   help="torch (default), ort (ONNX Runtime CPU), openvino (needs pip install 'edgesr[openvino]'); "
+                        "ort-int8 / openvino-int8 run the INT8 graph a convert OUTDIR holds for that runtime")
     p.add_argument("--scale", type=argtypes.scale, help="expected upscaling factor (checked against the model)")
     p.add_argument("--arch", help="architecture name, when detection from the checkpoint is not enough")
     p.add_argument("--threads", type=argtypes.threads, help="intra-op threads (torch and ONNX Runtime)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    from .model_args import add_model_args
+
+    add_model_args(p)
     return p
 
 
@@ -48,6 +53,14 @@ def run(args) -> int:
 
         torch.set_num_threads(args.threads)
     jobs, folder = plan_jobs(args.input, args.output, force=args.force)  # fail fast, before loading the model
+    from .model_args import user_options
+
+    user = user_options(args)
+    model = args.model
+    if user is not None:
+        from ..resolve import resolve_user_model
+
+        model = resolve_user_model(args.model, backend=args.backend, threads=args.threads, scale=args.scale, **user)
 
     from tqdm import tqdm
 
@@ -60,7 +73,7 @@ def run(args) -> int:
             bar.write(f"edgesr: error: {one_line(r.error)}", file=sys.stderr)
 
     try:
-        results = upscale(args.model, args.input, args.output, tile=args.tile, overlap=args.overlap,
+        results = upscale(model, args.input, args.output, tile=args.tile, overlap=args.overlap,
                           backend=args.backend, scale=args.scale, arch=args.arch, threads=args.threads,
                           force=args.force, on_image=step)
     finally:

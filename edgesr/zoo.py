@@ -1,0 +1,435 @@
+"""`edgesr convert --zoo INDEX -o OUTROOT`: many user models (code + weights) at once.
+
+INDEX is a TOML file (see export/zoo/ntire-esr.toml)::
+
+    root = "../../../shared/ntire-esr"   # resolved against INDEX's folder; $EDGESR_ZOO_ROOT replaces it
+    scale = 4                            # optional default for every entry
+    [[model]]
+    name = "2024-team16-lightrlfn"
+    code = "2024/models/team16_LightRLFN.py:LightRLFN"   # FILE.py:NAME, FILE relative to root
+    paths = ["2024"]                     # extra sys.path folders (relative to root)
+    kwargs = { }                         # NAME(**kwargs)
+    weights = "2024/model_zoo/team16_LightRLFN.pth"
+    key = "params_ema"                   # optional state_dict entry the author's loader took
+    strict = true                        # as the author's load_state_dict
+    input_range = 1                      # the author's data_range: checked against the inferred one
+
+Each model runs in its own subprocess (``python -m edgesr.zoo``): its code is imported in
+isolation (teams ship clashing ``models``/``block`` modules), a crash or a hang is that
+model's failure only, and its memory is returned when it ends. Each model goes through
+:func:`edgesr.pipeline.convert` with the zoo's settings (cheap INT8: the `trt` QDQ graph with
+calibration, no sensitivity search; latency at one small size) into OUTROOT/<name>/, and
+its result - stages, failure category and one-line reason - into OUTROOT/results/<name>.json;
+OUTROOT/summary.json and summary.md hold the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import DatasetError, EdgesrError
+
+ENV_ROOT = "EDGESR_ZOO_ROOT"
+DEFAULT_TIMEOUT_S = 1200
+# Failure categories, in pipeline order (each result has exactly one, or none when ok).
+CATEGORIES = {
+    "weights-absent": "the weights file is not there",
+    "missing-import": "the model code imports a package that is not installed (or needs CUDA)",
+    "needs-cuda": "the model code calls CUDA (e.g. .cuda() while building); this machine has no GPU",
+    "user-code": "the model code fails to import, build or run",
+    "weights": "the weights cannot be loaded safely or do not fit the code",
+    "implausible": "no input convention gives a plausible super-resolution",
+    "range-mismatch": "the inferred input range differs from the index's",
+    "export": "ONNX export failed",
+    "parity": "ONNX Runtime differs from the author's PyTorch module by more than 1e-4",
+    "int8": "INT8 QDQ graph could not be built",
+    "timeout": "the model did not finish in time",
+    "crash": "the model's process died",
+    "internal": "an unexpected error in edgesr",
+}
+
+
+@dataclass
+class ZooEntry:
+    name: str
+    code: str  # absolute FILE.py:NAME
+    weights: Path
+    paths: list[Path] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    key: str | None = None
+    strict: bool = True
+    input_range: float | None = None
+    scale: int | None = None
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["weights"] = str(self.weights)
+        d["paths"] = [str(p) for p in self.paths]
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ZooEntry":
+        d = json.loads(text)
+        d["weights"] = Path(d["weights"])
+        d["paths"] = [Path(p) for p in d["paths"]]
+        return cls(**d)
+
+
+def read_index(index: str | Path) -> list[ZooEntry]:
+    """Parse and check a zoo index (paths resolved; a missing weights file is not an error here)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    index = Path(index)
+    if not index.is_file():
+        raise DatasetError(f"zoo index {index} not found")
+    try:
+        data = tomllib.loads(index.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"zoo index {index} is not valid TOML: {e}") from None
+    root_text = os.environ.get(ENV_ROOT) or data.get("root", ".")
+    root = (index.parent / root_text).resolve() if not Path(root_text).is_absolute() else Path(root_text)
+    if not root.is_dir():
+        raise DatasetError(f"zoo index {index}: root {root} is not a folder (set {ENV_ROOT} to where the zoo is)")
+    models = data.get("model")
+    if not isinstance(models, list) or not models:
+        raise DatasetError(f"zoo index {index} has no [[model]] entries")
+    out, seen = [], set()
+    for i, m in enumerate(models):
+        where = f"zoo index {index.name}, model #{i + 1}"
+        for k in ("name", "code", "weights"):
+            if not isinstance(m.get(k), str) or not m[k]:
+                raise DatasetError(f"{where}: '{k}' must be a non-empty string")
+        name = m["name"]
+        if name in seen or "/" in name or name.startswith("."):
+            raise DatasetError(f"{where}: name {name!r} is repeated or not a plain folder name")
+        seen.add(name)
+        file, sep, attr = m["code"].rpartition(":")
+        if not sep:
+            raise DatasetError(f"{where} ({name}): code must be FILE.py:NAME, got {m['code']!r}")
+        kwargs = m.get("kwargs", {})
+        if not isinstance(kwargs, dict):
+            raise DatasetError(f"{where} ({name}): kwargs must be a table")
+        out.append(ZooEntry(
+            name=name, code=f"{root / file}:{attr}", weights=root / m["weights"],
+            paths=[root / p for p in m.get("paths", [])], kwargs=kwargs, key=m.get("key"),
+            strict=bool(m.get("strict", True)),
+            input_range=float(m["input_range"]) if m.get("input_range") is not None else None,
+            scale=m.get("scale", data.get("scale"))))
+    return out
+
+
+# ---- one model (runs in its own process) -------------------------------------------------------------
+
+def category_of(e: BaseException) -> str:
+    from . import errors as E
+
+    if isinstance(e, E.UserCodeError) and ("not compiled with CUDA" in str(e) or "CUDA driver" in str(e)
+                                          or "no NVIDIA driver" in str(e)):
+        return "needs-cuda"
+    for cls, cat in ((E.MissingDependency, "missing-import"), (E.UserCodeError, "user-code"),
+                     (E.CheckpointError, "weights"), (E.KeyMismatch, "weights"), (E.InvalidWeights, "weights"),
+                     (E.ImplausibleOutput, "implausible"), (E.ScaleMismatch, "user-code"),
+                     (E.ExportError, "export"), (E.QuantizationError, "int8"), (E.ParityError, "parity")):
+        if isinstance(e, cls):
+            return cat
+    return "internal"
+
+
+def convert_entry(entry: ZooEntry, outdir: Path, *, force: bool = False, int8: bool = True,
+                  bench: bool = True) -> dict[str, Any]:
+    """Convert one zoo model (in this process) and judge the result; never raises EdgesrError."""
+    from .pipeline import ConvertOptions, convert
+
+    t0 = time.perf_counter()
+    res: dict[str, Any] = {"name": entry.name, "model": entry.code, "weights": str(entry.weights),
+                           "declared_input_range": entry.input_range, "ok": False, "category": None,
+                           "reason": None, "steps": []}
+    if not entry.weights.is_file():
+        return res | {"category": "weights-absent", "reason": f"{entry.weights.name} is not in the snapshot",
+                      "seconds": 0.0}
+    opts = ConvertOptions(
+        outdir=outdir, checkpoint=entry.weights, scale=entry.scale, int8=int8, int8_profile="trt",
+        int8_search=False, ort_format=False, force=force, bench=bench, bench_output=(256, 256),
+        model=entry.code, model_kwargs=entry.kwargs, strict=entry.strict, weights_key=entry.key,
+        import_paths=tuple(entry.paths))
+    lines: list[str] = []
+    try:
+        result = convert(opts, log=lines.append)
+    except EdgesrError as e:
+        return res | {"category": category_of(e), "reason": str(e).splitlines()[0][:400],
+                      "failed_after": _last_step(lines), "steps": lines, "seconds": round(time.perf_counter() - t0, 1)}
+    except Exception as e:  # noqa: BLE001 - user code can raise anything at any stage
+        return res | {"category": "user-code" if _in_user_code(e, entry) else "internal",
+                      "reason": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}",
+                      "failed_after": _last_step(lines), "steps": lines, "seconds": round(time.perf_counter() - t0, 1)}
+    return res | judge(result.report, entry) | {"outdir": str(outdir), "steps": lines,
+                                                  "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def judge(report: dict[str, Any], entry: ZooEntry) -> dict[str, Any]:
+    """Stages + verdict from a convert report: fp32 parity <= 1e-4, INT8 graph built, range as declared."""
+    conv = report.get("conventions") or {}
+    chosen = (conv.get("chosen") or {}).get("input_range")
+    exp = report.get("export") or {}
+    comps = (report.get("parity") or {}).get("comparisons", [])
+    fp32 = [c for c in comps if c.get("precision") == "fp32"]
+    int8 = [c for c in comps if c.get("precision") == "int8"]
+    q = (report.get("int8") or {}).get("trt")
+    lat = {r["backend"]: r["median_ms"] for r in (report.get("latency") or {}).get("results", [])}
+    rep = report.get("reparameterization") or {}
+    out: dict[str, Any] = {
+        "inferred_input_range": chosen, "convention": conv.get("label"),
+        "equivalent_conventions": conv.get("equivalent", []),
+        "psnr_y": (conv.get("trials") or [{}])[0].get("psnr_y") if conv.get("given") else
+        next((t["psnr_y"] for t in conv.get("trials", []) if t.get("label") == conv.get("label")), None),
+        "bicubic_psnr_y": conv.get("bicubic_psnr_y"),
+        "reparam": {"hooks": rep.get("hooks"), "generic_applied": (rep.get("generic") or {}).get("applied"),
+                    "changed": rep.get("changed")},
+        "export": {"dynamic": exp.get("dynamic"), "fixed_input_hw": exp.get("fixed_input_hw"),
+                   "fixed_reason": exp.get("fixed_reason"), "ops": len(exp.get("op_counts") or {}),
+                   "max_abs_vs_torch": exp.get("max_abs_vs_torch")},
+        "parity_max_abs": max((c.get("max_abs") or 0.0 for c in fp32), default=None),
+        "parity_fp32_ok": bool(fp32) and all(c.get("ok") for c in fp32),
+        "int8_built": q is not None, "int8_psnr_drop": q.get("drop") if q else None,
+        "int8_psnr_vs_fp32": min((c.get("psnr") for c in int8 if c.get("psnr") is not None), default=None),
+        "latency_ms": lat,
+    }
+    declared = entry.input_range
+    same = chosen is not None and declared is not None and abs(chosen - declared) < 1e-6
+    equivalent = declared is not None and any(lbl.startswith(f"range {declared:g},") for lbl in out["equivalent_conventions"])
+    out["range_matches"] = None if declared is None else bool(same or equivalent)
+    if not out["parity_fp32_ok"]:
+        worst = max(fp32, key=lambda c: c.get("max_abs") or 0.0) if fp32 else {}
+        out |= {"category": "parity", "reason": f"{worst.get('test')} vs {worst.get('reference')}: max abs "
+                                                f"{worst.get('max_abs')} > 1e-4"}
+    elif out["range_matches"] is False:
+        out |= {"category": "range-mismatch",
+                "reason": f"inferred input range {chosen:g} ({conv.get('label')}), index says {declared:g}"}
+    elif not out["int8_built"]:
+        out |= {"category": "int8", "reason": "no INT8 graph"}
+    else:
+        out["ok"] = True
+    return out
+
+
+def _last_step(lines: list[str]) -> str | None:
+    return lines[-1].split(":")[0] if lines else None
+
+
+def _in_user_code(e: BaseException, entry: ZooEntry) -> bool:
+    from .usermodel import user_frame
+
+    roots = [Path(entry.code.rpartition(":")[0]).parent, *entry.paths]
+    return user_frame(e, [r.resolve() for r in roots]) is not None
+
+
+def quick_check(entry: ZooEntry, workdir: Path, *, int8: bool = False) -> dict[str, Any]:
+    """The CI-sized check of one entry, in this process: load, conventions (quick), verified deploy
+    hooks, ONNX export (dynamic or stated fixed), ORT vs the author's module on Set5 LR crops +
+    one odd random size (max abs), and optionally the INT8 `trt` QDQ graph. Raises EdgesrError."""
+    import numpy as np
+
+    from .backends.ort_runner import OrtRunner
+    from .export.diagnose import export_user_model, fixed_size_samples
+    from .parity import default_samples, random_samples
+    from .reparam.author_hooks import deploy_form
+    from .usermodel import load_user_model
+
+    from dataclasses import replace
+
+    um = load_user_model(entry.weights, entry.code, entry.kwargs, strict=entry.strict, key=entry.key,
+                         extra_paths=tuple(entry.paths), scale=entry.scale, quick=True)
+    spec = replace(um.spec, form="deploy")
+    samples = [s for s in default_samples(spec.scale, sizes=())[:2]]
+    crops = []
+    for s in samples:
+        _, _, h, w = s.lr.shape
+        c = max(spec.min_size, (32 // spec.size_multiple) * spec.size_multiple)
+        if h >= c and w >= c:
+            crops.append(np.ascontiguousarray(s.lr[:, :, :c, :c]))
+    m = spec.size_multiple
+    odd = random_samples([(max(spec.min_size, -(-17 // m) * m), max(spec.min_size, -(-23 // m) * m))])[0].lr
+    deploy, rep = deploy_form(um.module, crops[:1])
+    onnx_path = Path(workdir) / f"{entry.name}.onnx"
+    exported = export_user_model(deploy, spec, onnx_path, source_checkpoint=entry.weights)
+    fixed = getattr(exported, "fixed_hw", None)
+    inputs = [x.lr for x in fixed_size_samples(spec.scale, tuple(fixed))[:2]] if fixed else crops + [odd]
+    ort = OrtRunner(onnx_path, name="ort:fp32")
+    err = 0.0
+    import torch
+
+    for x in inputs:
+        with torch.inference_mode():
+            ref = um.module(torch.from_numpy(x)).numpy()
+        err = max(err, float(np.max(np.abs(ort.run(x).astype(np.float64) - ref))))
+    out = {"name": entry.name, "scale": spec.scale, "inferred_input_range": um.conventions.chosen.input_range,
+           "equivalent": um.conventions.equivalent, "psnr_y": um.conventions.best.psnr_y,
+           "bicubic_psnr_y": um.conventions.bicubic_psnr_y, "hooks": rep["hooks"], "dynamic": fixed is None,
+           "fixed_hw": fixed, "parity_max_abs": err, "parity_inputs": [list(x.shape) for x in inputs]}
+    if int8:
+        from .quant import QuantConfig, quantize_model
+
+        q = quantize_model(onnx_path, Path(workdir) / f"{entry.name}_int8.onnx", spec,
+                           QuantConfig(profile="trt", psnr_budget=None, num_patches=4, progress=False))
+        out["int8_drop"] = q.drop
+    return out
+
+
+# ---- many models ---------------------------------------------------------------------------------
+
+def run_zoo(index: str | Path, outroot: str | Path, *, force: bool = False, only: list[str] | None = None,
+            timeout: float = DEFAULT_TIMEOUT_S, int8: bool = True, bench: bool = True,
+            on_start: Callable[[int, int, ZooEntry], None] | None = None,
+            on_done: Callable[[int, int, dict], None] | None = None) -> list[dict[str, Any]]:
+    """Convert every entry (or those named in `only`), one subprocess each; continues past failures."""
+    entries = read_index(index)
+    if only:
+        unknown = sorted(set(only) - {e.name for e in entries})
+        if unknown:
+            raise DatasetError(f"not in the zoo index: {', '.join(unknown)}")
+        entries = [e for e in entries if e.name in only]
+    outroot = Path(outroot)
+    (outroot / "results").mkdir(parents=True, exist_ok=True)
+    (outroot / "logs").mkdir(exist_ok=True)
+    results = []
+    for i, entry in enumerate(entries):
+        if on_start:
+            on_start(i, len(entries), entry)
+        res = _run_one(entry, outroot, force=force, timeout=timeout, int8=int8, bench=bench)
+        from .fsutil import atomic_write_json
+
+        atomic_write_json(outroot / "results" / f"{entry.name}.json", res)
+        results.append(res)
+        if on_done:
+            on_done(i, len(entries), res)
+    write_summary(results, outroot)
+    return results
+
+
+def _run_one(entry: ZooEntry, outroot: Path, *, force: bool, timeout: float, int8: bool, bench: bool) -> dict:
+    out_json = outroot / "results" / f".{entry.name}.partial.json"
+    out_json.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "edgesr.zoo", entry.to_json(), str(outroot / entry.name), str(out_json),
+           json.dumps({"force": force, "int8": int8, "bench": bench})]
+    t0 = time.perf_counter()
+    base = {"name": entry.name, "model": entry.code, "weights": str(entry.weights),
+            "declared_input_range": entry.input_range, "ok": False}
+    log = outroot / "logs" / f"{entry.name}.log"
+    with open(log, "wb") as f:
+        try:
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return base | {"category": "timeout", "reason": f"no result after {timeout:.0f} s",
+                           "seconds": round(time.perf_counter() - t0, 1)}
+    if out_json.is_file():
+        res = json.loads(out_json.read_text())
+        out_json.unlink()
+        return res
+    tail = _tail(log)
+    return base | {"category": "crash", "reason": f"process exited with status {proc.returncode}"
+                   + (f": {tail}" if tail else ""), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _tail(log: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else ""
+
+
+# ---- summary -------------------------------------------------------------------------------------
+
+SUMMARY_HEADERS = ["model", "result", "range (inferred/index)", "PSNR-Y / bicubic", "reparam", "export",
+                   "parity max abs", "INT8 drop dB", "ORT ms", "s", "failure"]
+
+
+def summary_rows(results: list[dict]) -> list[list[Any]]:
+    rows = []
+    for r in results:
+        exp = r.get("export") or {}
+        rep = r.get("reparam") or {}
+        hooks = [h for h in rep.get("hooks") or [] if h.get("applied")]
+        reparam = ("hooks" if hooks else "") + ("+generic" if rep.get("generic_applied") else "")
+        lat = (r.get("latency_ms") or {}).get("ort:fp32")
+        rows.append([
+            r["name"], "ok" if r.get("ok") else "FAILED",
+            (f"{_g(r.get('inferred_input_range'))}/{_g(r.get('declared_input_range'))}"
+             if r.get("inferred_input_range") is not None else ""),
+            (f"{r['psnr_y']:.2f} / {r['bicubic_psnr_y']:.2f}" if r.get("psnr_y") is not None
+             and r.get("bicubic_psnr_y") is not None else ""),
+            reparam or ("-" if "reparam" in r else ""),
+            ("fixed " + "x".join(map(str, exp["fixed_input_hw"])) if exp.get("fixed_input_hw") else
+             ("dynamic" if exp.get("dynamic") else "")),
+            r.get("parity_max_abs"), r.get("int8_psnr_drop"), lat, r.get("seconds"),
+            "" if r.get("ok") else f"{r.get('category')}: {r.get('reason') or ''}"[:150]])
+    return rows
+
+
+def _g(v) -> str:
+    return "" if v is None else f"{v:g}"
+
+
+def counts(results: list[dict]) -> dict[str, Any]:
+    by_cat: dict[str, int] = {}
+    for r in results:
+        if not r.get("ok"):
+            by_cat[r.get("category") or "?"] = by_cat.get(r.get("category") or "?", 0) + 1
+    ok = sum(bool(r.get("ok")) for r in results)
+    return {"models": len(results), "ok": ok, "failed": len(results) - ok,
+            "ok_share": round(ok / len(results), 4) if results else 0.0, "failures_by_category": by_cat,
+            "range_matches": sum(r.get("range_matches") is True for r in results),
+            "range_checked": sum(r.get("range_matches") is not None for r in results),
+            "seconds": round(sum(r.get("seconds") or 0 for r in results), 1)}
+
+
+def write_summary(results: list[dict], outroot: Path) -> None:
+    from .cli.output import format_table
+    from .fsutil import atomic_write_json, atomic_write_text
+
+    c = counts(results)
+    atomic_write_json(outroot / "summary.json", {"counts": c, "categories": CATEGORIES, "results": results})
+    md = [f"# edgesr zoo conversion: {c['ok']} of {c['models']} converted end to end", "",
+          "ok = ONNX exported (dynamic H/W, or fixed with the reason stated), ONNX Runtime within 1e-4 of the "
+          "author's PyTorch module on Set5 LR + random inputs, INT8 `trt` QDQ graph built, inferred input "
+          "range equal to the index's.", "",
+          "| " + " | ".join(SUMMARY_HEADERS) + " |", "|" + "---|" * len(SUMMARY_HEADERS)]
+    for row in summary_rows(results):
+        md.append("| " + " | ".join(_md(v) for v in row) + " |")
+    md += ["", "Failures by category: " + (", ".join(f"{k} {v}" for k, v in sorted(c["failures_by_category"].items()))
+                                          or "none"), ""]
+    atomic_write_text(outroot / "summary.md", "\n".join(md))
+    atomic_write_text(outroot / "summary.txt", format_table(SUMMARY_HEADERS, summary_rows(results)) + "\n")
+
+
+def _md(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.2e}" if (v and abs(v) < 1e-2) else f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v).replace("|", "\\|")
+
+
+def _worker(argv: list[str]) -> int:
+    entry = ZooEntry.from_json(argv[0])
+    outdir, out_json = Path(argv[1]), Path(argv[2])
+    flags = json.loads(argv[3])
+    res = convert_entry(entry, outdir, force=flags["force"], int8=flags["int8"], bench=flags["bench"])
+    from .fsutil import atomic_write_json
+
+    atomic_write_json(out_json, res)
+    return 0
+
+
+if __name__ == "__main__":  # the per-model subprocess
+    sys.exit(_worker(sys.argv[1:]))
