@@ -61,10 +61,18 @@ def plan_outdirs(checkpoints: list[Path], outroot: Path) -> list[tuple[Path, Pat
     """(checkpoint, OUTROOT/<stem>) pairs; stems shared by several files get their suffix
     appended (``m.pth`` and ``m.safetensors`` -> ``m_pth``, ``m_safetensors``)."""
     stems = [c.stem for c in checkpoints]
+    names = [c.stem if stems.count(c.stem) == 1 else f"{c.stem}_{c.suffix.lstrip('.').lower()}"
+             for c in checkpoints]
+    # Still equal (``m.pth`` + ``m.safetensors`` next to ``m_pth.pt``; names differing in case
+    # on a case-insensitive disk): number them, so no conversion replaces another's OUTDIR.
+    seen: set[str] = set()
     out = []
-    for c in checkpoints:
-        name = c.stem if stems.count(c.stem) == 1 else f"{c.stem}_{c.suffix.lstrip('.').lower()}"
-        out.append((c, outroot / name))
+    for c, name in zip(checkpoints, names):
+        unique, i = name, 2
+        while unique.casefold() in seen:
+            unique, i = f"{name}-{i}", i + 1
+        seen.add(unique.casefold())
+        out.append((c, outroot / unique))
     return out
 
 

@@ -644,7 +644,7 @@ class ModelSource:
         if static_hw is None and self.onnx_path is not None:
             return self.onnx_path
         if self.kind == "bundle":
-            self.onnx_path = self.manifest.artifact("onnx_fp32").path
+            self.onnx_path = self.manifest.verified_path("onnx_fp32")  # the bytes whose sha256 was checked
             return self.onnx_path
         if self.kind == "onnx":
             return self.onnx_path
@@ -667,7 +667,7 @@ class ModelSource:
                     f"{self.ref} has no INT8 graph made for {backend} ({role})"
                     + (f"; its INT8 graphs ({', '.join(others)}) are made for other runtimes" if others else "")
                     + f"; convert with --int8{' --openvino' if backend == 'openvino-int8' else ''}") from None
-            return art.path, f"bundle artifact {role}"
+            return self.manifest.verified_path(art), f"bundle artifact {role}"  # the bytes whose sha256 was checked
         if self.kind == "onnx" and onnx_is_quantized(self.fp32_onnx()):
             return self.fp32_onnx(), "the given ONNX file is already quantized"
         ok, note = int8_available()
@@ -722,7 +722,10 @@ def open_model(ref: str | Path, *, workdir: str | Path | None = None, scale: int
             art = man.artifact("torch_deploy")
             from .registry import load_model
 
-            src.module = load_model(art.path, arch=man.spec.arch, scale=man.spec.scale).module.eval()
+            from .checkpoint import load_state_dict_bytes
+
+            sd = load_state_dict_bytes(man.verified_bytes(art), art.file)
+            src.module = load_model(sd, arch=man.spec.arch, scale=man.spec.scale).module.eval()
         except Exception as e:  # noqa: BLE001 - torch backend then reports unavailable
             src.notes.append(f"no PyTorch deploy weights usable: {e}")
         return src
@@ -886,8 +889,11 @@ class SessionRunner:
         self.input_type = session.get_inputs()[0].type
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        from .backends.ort_runner import run_session
+
         dtype = np.float16 if "float16" in self.input_type else np.float32
-        y = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, dtype=dtype)})[0]
+        y = run_session(self.session, [self.output_name], {self.input_name: np.ascontiguousarray(x, dtype=dtype)},
+                        what=self.name)[0]
         return y.astype(np.float32, copy=False)
 
 
@@ -957,12 +963,9 @@ def _prepare_openvino(src: ModelSource, backend: str, threads: int | None, int8_
     openvino_module()  # BackendUnavailable with the install line
     if backend == "openvino":
         p, notes = None, []
-        if src.kind == "bundle":
-            try:
-                p = src.manifest.artifact("openvino_fp32").path
-                notes = ["bundle artifact openvino_fp32"]
-            except Exception:  # noqa: BLE001 - no IR: OpenVINO reads the fp32 ONNX
-                pass
+        if src.kind == "bundle" and "openvino_fp32" in {a.role for a in src.manifest.artifacts}:
+            p = src.manifest.verified_path("openvino_fp32")  # (a hash mismatch is an error, not a fallback)
+            notes = ["bundle artifact openvino_fp32"]
         if p is None:
             p = src.fp32_onnx()
             notes = [f"{Path(p).name} read by OpenVINO"]
@@ -979,7 +982,7 @@ def _engine_for(src: ModelSource, flavour: str, sizes: Sequence[tuple[int, int]]
         for a in src.manifest.artifacts:
             is_rtx = "rtx" in a.backend.lower() or "rtx" in a.role.lower()
             if a.format == "engine" and is_rtx == (flavour == "rtx"):
-                return a.path
+                return src.manifest.verified_path(a)
         raise _unavailable(f"{src.ref} lists no {'TensorRT-RTX' if flavour == 'rtx' else 'TensorRT'} engine")
     from .backends.trt import ShapeProfile, build_engine
 

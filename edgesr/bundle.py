@@ -22,15 +22,20 @@ minimum, minLength, pattern, $ref into $defs), so both give the same one-line me
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
 import re
+import stat
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
-from .errors import BundleError
+from .errors import BundleError, one_line, quoted
+from .limits import MAX_MANIFEST_BYTES, load_json_bounded
 from .fsutil import json_safe  # noqa: F401  (re-exported: bundle.json_safe is public)
 from .spec import Spec
 
@@ -98,6 +103,7 @@ class Manifest:
     spec: Spec
     artifacts: tuple[Artifact, ...]
     hashes_verified: bool = True
+    _copies: dict = field(default_factory=dict, compare=False, repr=False)  # role -> verified private copy
 
     @property
     def path(self) -> Path:
@@ -132,13 +138,50 @@ class Manifest:
             if a.role == role:
                 return a
         roles = ", ".join(a.role for a in self.artifacts)
-        raise BundleError(f"{self.path}: no artifact with role {role!r} (roles: {roles})")
+        raise BundleError(f"{quoted(self.path)}: no artifact with role {quoted(role)} (roles: {one_line(roles)})")
+
+    def verified_bytes(self, artifact: Artifact | str) -> bytes:
+        """The artifact's bytes (by Artifact or role), read once and checked against the manifest's
+        size and sha256; load these bytes, never the file again (no check-then-use window)."""
+        a = self.artifact(artifact) if isinstance(artifact, str) else artifact
+        return read_verified(a, self.path)
+
+    def verified_path(self, artifact: Artifact | str) -> Path:
+        """A private copy of the artifact holding exactly the bytes that were verified, for
+        consumers that insist on a path (ORT sessions by file, TensorRT engines). The copies live
+        in a temporary folder only this process writes, removed when the Manifest is collected."""
+        import tempfile
+        import weakref
+
+        a = self.artifact(artifact) if isinstance(artifact, str) else artifact
+        if a.role not in self._copies:
+            tmp = self._copies.get("")
+            if tmp is None:
+                tmp = self._copies[""] = tempfile.mkdtemp(prefix="edgesr-bundle-")
+                weakref.finalize(self, _remove_tree, tmp)
+            dest = Path(tmp).joinpath(*PurePosixPath(a.file).parts)  # same layout: companions stay beside
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(self.verified_bytes(a))
+            self._copies[a.role] = dest
+            companion = a.extra.get("weights")  # e.g. an OpenVINO .xml's .bin, read by the runtime from beside it
+            if isinstance(companion, str):
+                rel = (PurePosixPath(a.file).parent / companion).as_posix()
+                for b in self.artifacts:
+                    if b.file == rel and b.role != a.role:
+                        self.verified_path(b)
+        return self._copies[a.role]
 
     def select(self, *, format: str | None = None, precision: str | None = None,
                backend: str | None = None) -> list[Artifact]:
         return [a for a in self.artifacts
                 if (format is None or a.format == format) and (precision is None or a.precision == precision)
                 and (backend is None or a.backend == backend)]
+
+
+def _remove_tree(folder: str) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- reading
@@ -148,81 +191,241 @@ def read_manifest(folder: str | Path, *, verify_hashes: bool = True) -> Manifest
     """Read and validate ``folder/manifest.json``; verify every artifact exists and matches its sha256.
 
     Raises BundleError (one line, naming the field or file) for: a missing folder or
-    manifest, invalid JSON (including NaN/Infinity, which C++/JS parsers reject), a
-    schema violation (e.g. a missing field), inconsistent values, a listed file that is
-    missing, escapes the folder, or whose size or sha256 does not match.
+    manifest, invalid JSON (including NaN/Infinity, which C++/JS parsers reject, and nesting
+    deeper than any manifest needs), a schema violation (e.g. a missing field), inconsistent
+    values, a listed file that is missing, escapes the folder, is (or lies under) a symbolic
+    link, is not a regular file, or whose size or sha256 does not match.
+
+    Verification proves the files were right when read; to *use* an artifact, take its bytes
+    from :meth:`Manifest.verified_bytes` (or a private copy from :meth:`Manifest.verified_path`),
+    which hash exactly the bytes they hand over: a file swapped after this check is caught.
     """
     folder = Path(folder)
     if not folder.exists():
-        raise BundleError(f"{folder}: no such bundle folder")
+        raise BundleError(f"{quoted(folder)}: no such bundle folder")
     if not folder.is_dir():
-        raise BundleError(f"{folder}: not a folder (a bundle is the OUTDIR of `edgesr convert`)")
+        raise BundleError(f"{quoted(folder)}: not a folder (a bundle is the OUTDIR of `edgesr convert`)")
     mpath = folder / MANIFEST_NAME
-    if not mpath.is_file():
-        raise BundleError(f"{folder}: missing {MANIFEST_NAME} (not an `edgesr convert` output, or an "
+    if not os.path.lexists(mpath):
+        raise BundleError(f"{quoted(folder)}: missing {MANIFEST_NAME} (not an `edgesr convert` output, or an "
                           "interrupted one)")
-    data = _load_json(mpath)
+    data = _load_json(mpath, _read_inside(folder, MANIFEST_NAME, quoted(mpath), max_bytes=MAX_MANIFEST_BYTES))
     problems = validate(data)
     if problems:
         more = f" (+{len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise BundleError(f"{mpath}: {problems[0]}{more}")
+        raise BundleError(f"{quoted(mpath)}: {one_line(problems[0])}{more}")
     artifacts = tuple(_artifact(folder, mpath, a) for a in data["artifacts"])
     if verify_hashes:
         for a in artifacts:
             verify_artifact(a, mpath)
-    return Manifest(folder=folder, data=data, spec=_spec(data["spec"]), artifacts=artifacts,
+    return Manifest(folder=folder, data=data, spec=_spec(data["spec"], mpath), artifacts=artifacts,
                     hashes_verified=verify_hashes)
 
 
 def verify_artifact(a: Artifact, manifest_path: Path | str = MANIFEST_NAME) -> None:
-    from .fsutil import sha256_file
+    """Check `a` is a regular file inside its bundle (no symlink on the way) with the listed
+    size and sha256, hashing what one open file descriptor reads."""
+    with _open_artifact(a, manifest_path) as f:
+        h = hashlib.sha256()
+        while block := f.read(1 << 20):
+            h.update(block)
+    _check_digest(a, h.hexdigest(), manifest_path)
 
-    if not a.path.is_file():
-        what = "is not a file" if a.path.exists() else "is missing"
-        raise BundleError(f"{a.file} (artifact {a.role!r}, listed in {manifest_path}) {what}")
-    size = a.path.stat().st_size
-    if size != a.bytes:
-        raise BundleError(f"{a.file} (artifact {a.role!r}) has {size} bytes, {manifest_path} says {a.bytes}: "
-                          "the file was modified or truncated; re-run `edgesr convert`")
-    digest = sha256_file(a.path)
+
+def read_verified(a: Artifact, manifest_path: Path | str = MANIFEST_NAME) -> bytes:
+    """The bytes of `a`, read through one open file descriptor and checked against the
+    manifest's size and sha256: the bytes returned are the bytes that were hashed."""
+    with _open_artifact(a, manifest_path) as f:
+        data = f.read(a.bytes + 1)
+    if len(data) != a.bytes:
+        raise BundleError(f"{quoted(a.file)} (artifact {quoted(a.role)}) changed size while being read; "
+                          "re-run `edgesr convert`")
+    _check_digest(a, hashlib.sha256(data).hexdigest(), manifest_path)
+    return data
+
+
+def _check_digest(a: Artifact, digest: str, manifest_path: Path | str) -> None:
     if digest != a.sha256:
-        raise BundleError(f"{a.file} (artifact {a.role!r}) sha256 {digest[:16]}... does not match "
-                          f"{manifest_path} ({a.sha256[:16]}...): the file was modified or corrupted; "
+        raise BundleError(f"{quoted(a.file)} (artifact {quoted(a.role)}) sha256 {digest[:16]}... does not match "
+                          f"{quoted(manifest_path)} ({a.sha256[:16]}...): the file was modified or corrupted; "
                           "re-run `edgesr convert`")
 
 
-def _load_json(mpath: Path) -> Any:
-    def bad_constant(name: str):
-        raise ValueError(f"non-standard JSON constant {name} (C++/JavaScript JSON parsers reject it)")
+def _open_artifact(a: Artifact, manifest_path: Path | str):
+    """A binary file object for `a`, opened without following any symlink below the bundle
+    folder, checked to be a regular file of the listed size (else a one-line BundleError)."""
+    where = f"{quoted(a.file)} (artifact {quoted(a.role)}, listed in {quoted(manifest_path)})"
+    fd = _open_inside(a.path.parents[len(PurePosixPath(a.file).parts) - 1], a.file, where)
+    f = os.fdopen(fd, "rb")
+    try:
+        size = os.fstat(fd).st_size
+        if size != a.bytes:
+            raise BundleError(f"{quoted(a.file)} (artifact {quoted(a.role)}) has {size} bytes, "
+                              f"{quoted(manifest_path)} says {a.bytes}: the file was modified or truncated; "
+                              "re-run `edgesr convert`")
+    except BaseException:
+        f.close()
+        raise
+    return f
 
+
+def _read_inside(folder: Path, rel: str, where: str, max_bytes: int) -> bytes:
+    fd = _open_inside(folder, rel, where)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise BundleError(f"{where}: larger than {max_bytes} bytes; no manifest is (refusing to read it)")
+    return data
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO must not wait for a writer
+
+
+def _open_inside(folder: Path, rel: str, where: str) -> int:
+    """fd of ``folder/rel`` (rel: '/'-separated, no '..'), opened component by component
+    with O_NOFOLLOW relative to the previous one, so no symlink (and nothing swapped in for a
+    checked component) can lead outside `folder`; the result must be a regular file."""
+    parts = PurePosixPath(rel).parts
+    use_dir_fd = os.open in os.supports_dir_fd and _NOFOLLOW
     try:
-        text = mpath.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise BundleError(f"{mpath}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        if not use_dir_fd:  # (no openat here: check each component by lstat, then open)
+            p = folder
+            for part in parts:
+                p = p / part
+                if p.is_symlink():
+                    raise BundleError(f"{where} is a symbolic link; bundles hold real files only")
+            fd = os.open(p, os.O_RDONLY | _NONBLOCK | getattr(os, "O_BINARY", 0))
+        else:
+            fd = os.open(folder, os.O_RDONLY | _DIRECTORY)
+            try:
+                for part in parts[:-1]:
+                    nxt = os.open(part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW, dir_fd=fd)
+                    os.close(fd)
+                    fd = nxt
+                leaf = os.open(parts[-1], os.O_RDONLY | _NOFOLLOW | _NONBLOCK, dir_fd=fd)
+            finally:
+                os.close(fd)
+            fd = leaf
+    except BundleError:
+        raise
+    except FileNotFoundError:
+        raise BundleError(f"{where} is missing") from None
     except OSError as e:
-        raise BundleError(f"{mpath}: cannot read ({e.strerror or e})") from None
+        if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+            raise BundleError(f"{where} is (or lies under) a symbolic link or a non-folder; bundles hold real "
+                              "files only") from None
+        raise BundleError(f"{where} cannot be opened ({e.strerror or e})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise BundleError(f"{where} is not a regular file")
+    if _NONBLOCK:
+        os.set_blocking(fd, True)
+    return fd
+
+
+def _load_json(mpath: Path, raw: bytes) -> Any:
     try:
-        return json.loads(text, parse_constant=bad_constant)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{quoted(mpath)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        return load_json_bounded(text, MANIFEST_NAME)
     except json.JSONDecodeError as e:
-        raise BundleError(f"{mpath}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        raise BundleError(f"{quoted(mpath)}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     except ValueError as e:
-        raise BundleError(f"{mpath}: invalid JSON ({e})") from None
+        raise BundleError(f"{quoted(mpath)}: invalid JSON ({one_line(e)})") from None
 
 
 def _artifact(folder: Path, mpath: Path, a: dict[str, Any]) -> Artifact:
     rel = a["file"]
     parts = PurePosixPath(rel).parts
-    if rel.startswith("/") or "\\" in rel or ".." in parts or not parts:
-        raise BundleError(f"{mpath}: artifact {a['role']!r} file {rel!r} must be a relative path inside the bundle")
+    if rel.startswith("/") or "\\" in rel or "\0" in rel or ".." in parts or not parts:
+        raise BundleError(f"{quoted(mpath)}: artifact {quoted(a['role'])} file {quoted(rel)} must be a relative "
+                          "path inside the bundle")
     known = {"role", "file", "sha256", "bytes", "format", "precision", "backend"}
     return Artifact(role=a["role"], file=rel, path=folder.joinpath(*parts), sha256=a["sha256"], bytes=int(a["bytes"]),
                     format=a["format"], precision=a["precision"], backend=a["backend"],
                     extra={k: v for k, v in a.items() if k not in known})
 
 
-def _spec(d: dict[str, Any]) -> Spec:
-    names = {f.name for f in fields(Spec)}
-    return Spec.from_dict({k: v for k, v in d.items() if k in names})
+def _spec(d: dict[str, Any], mpath: Path | None = None) -> Spec:
+    from .spec import spec_from_untrusted
+
+    try:
+        return spec_from_untrusted(d, quoted(mpath or MANIFEST_NAME))
+    except ValueError as e:
+        raise BundleError(one_line(e)) from None
+
+
+# Files `edgesr convert` writes into OUTDIR besides the manifest's artifacts.
+AUXILIARY_FILES = (MANIFEST_NAME, "report.json", "report.md")
+AUXILIARY_GLOBS = ("sensitivity_*.png", "heatmaps/*.png")
+_MAX_OWNED_ENTRIES = 10_000
+
+
+def not_written_by_edgesr(folder: str | Path) -> str | None:
+    """Why `folder` is not a bundle edgesr wrote (so ``convert --force`` must not replace
+    it), or None when it is: a real folder (no symlink) holding a readable manifest.json of
+    format edgesr-bundle and nothing but its listed artifacts, report.json / report.md,
+    sensitivity plots and parity heatmaps (or nothing at all). Anything else in it (the
+    user's checkpoint, notes, a symlink, a sub-folder) is foreign: replacing it would lose it."""
+    import fnmatch
+    import os
+
+    folder = Path(folder)
+    if folder.is_symlink():
+        return "it is a symbolic link"
+    if not folder.is_dir():
+        return "it is not a folder"
+    try:
+        with os.scandir(folder) as it:
+            first = sorted(e.name for _, e in zip(range(4), it))
+    except OSError as e:
+        return f"it cannot be listed ({e.strerror or e})"
+    if not first:
+        return None  # an empty folder holds nothing to lose
+    mpath = folder / MANIFEST_NAME
+    if mpath.is_symlink() or not mpath.is_file():
+        shown = ", ".join(quoted(x) for x in first[:3]) + (" ..." if len(first) > 3 else "")
+        return (f"it is not an `edgesr convert` output (no {MANIFEST_NAME}) and holds files edgesr did not "
+                f"write ({shown})")
+    try:
+        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+            return f"its {MANIFEST_NAME} is not one edgesr writes (larger than {MAX_MANIFEST_BYTES} bytes)"
+        data = load_json_bounded(mpath.read_bytes(), MANIFEST_NAME)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return f"its {MANIFEST_NAME} is not readable JSON, so edgesr cannot tell it wrote the folder"
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return f"its {MANIFEST_NAME} is not an edgesr bundle manifest (format is not {FORMAT!r})"
+    arts = data.get("artifacts")
+    listed = {a["file"] for a in arts if isinstance(a, dict) and isinstance(a.get("file"), str)} \
+        if isinstance(arts, list) else set()
+    dirs_needed = {str(PurePosixPath(f).parent) for f in listed} | {"heatmaps"}
+    foreign: list[str] = []
+    count = 0
+    for root, dirnames, filenames in os.walk(folder):
+        rel_root = Path(root).relative_to(folder).as_posix()
+        for d in list(dirnames):
+            rel = d if rel_root == "." else f"{rel_root}/{d}"
+            if (Path(root) / d).is_symlink() or not any(x == rel or x.startswith(rel + "/") for x in dirs_needed):
+                foreign.append(rel + "/")
+                dirnames.remove(d)  # never descend into what is not ours
+        for f in filenames:
+            count += 1
+            if count > _MAX_OWNED_ENTRIES:
+                return f"it holds more than {_MAX_OWNED_ENTRIES} files (no bundle does)"
+            rel = f if rel_root == "." else f"{rel_root}/{f}"
+            p = Path(root) / f
+            own = (rel in listed or rel in AUXILIARY_FILES or any(fnmatch.fnmatchcase(rel, g) for g in AUXILIARY_GLOBS))
+            if p.is_symlink() or not own:
+                foreign.append(rel)
+    if foreign:
+        shown = ", ".join(quoted(x) for x in sorted(foreign)[:3]) + (" ..." if len(foreign) > 3 else "")
+        return f"it holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} edgesr did not write ({shown})"
+    return None
 
 
 # --------------------------------------------------------------------------- validation

@@ -65,7 +65,11 @@ class EngineBuildError(EdgesrError):
     """TensorRT / TensorRT-RTX failed to parse or build."""
 
 
-class OutputExists(EdgesrError):
+class OutputError(EdgesrError):
+    """An output location cannot be used (not writable, or replacing it would lose data)."""
+
+
+class OutputExists(OutputError):
     """Refusing to overwrite an existing output without --force."""
 
 
@@ -90,3 +94,53 @@ class MissingDependency(UserCodeError):
 class ImplausibleOutput(EdgesrError):
     """No input convention (range, mean shift, colour order) makes the model's output a
     plausible super-resolution: refusing rather than reporting garbage."""
+
+
+class LimitExceeded(EdgesrError):
+    """An input declares more than a configured limit allows (bytes, tensors, nesting, time)."""
+
+
+class BackendRunError(EdgesrError):
+    """A backend failed while running a model, or was stopped (time limit)."""
+
+
+# ---------------------------------------------------------------------------- names in messages
+
+# Characters that would break "one message = one line" or fake terminal output, beyond what
+# str.isprintable() already rejects (it passes none of C0/C1 controls, line/paragraph
+# separators or bidi controls, which are categories Cc/Zl/Zp/Cf).
+_QUOTE_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(ch: str, quote: bool) -> str:
+    if quote and ch in _QUOTE_ESCAPES:
+        return _QUOTE_ESCAPES[ch]
+    if ch.isprintable():
+        return ch
+    if not quote and ch in _QUOTE_ESCAPES:
+        return _QUOTE_ESCAPES[ch]
+    o = ord(ch)
+    if 0xDC80 <= o <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
+        return f"\\x{o - 0xDC00:02x}"
+    return f"\\x{o:02x}" if o <= 0xFF else (f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")
+
+
+def quoted(name: object) -> str:
+    """A file name (or other untrusted text) as it appears in a message: in single quotes,
+    with quotes, backslashes, control characters, line separators, bidi controls and bytes
+    that are not UTF-8 escaped, so the message stays one honest line whatever the name holds."""
+    import os
+
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    elif isinstance(name, os.PathLike):
+        name = os.fspath(name)
+        if isinstance(name, bytes):
+            name = os.fsdecode(name)
+    return "'" + "".join(_escape_char(c, True) for c in str(name)) + "'"
+
+
+def one_line(text: object) -> str:
+    """`text` with every character that could start a new line or drive the terminal escaped
+    (the last line of defence before edgesr prints a message; names should already be quoted)."""
+    return "".join(_escape_char(c, False) for c in str(text))

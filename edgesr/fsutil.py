@@ -20,7 +20,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{temp_stem(final.name)}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; artifacts follow the umask
@@ -35,6 +35,21 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+# mkstemp adds "." + name + "." + 8 random characters + ".tmp" (14 bytes) to the final name;
+# a name this long or longer is shortened (keeping a hash) so the temporary name stays legal.
+_TEMP_STEM_MAX = 255 - 14
+
+
+def temp_stem(name: str) -> str:
+    """`name`, or for names near the file system's 255-byte limit a shortened form
+    ``<head>~<hash>`` that keeps the temporary file's name legal (and recognisable)."""
+    raw = os.fsencode(name)
+    if len(raw) <= _TEMP_STEM_MAX:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    return raw[: _TEMP_STEM_MAX - 13].decode("utf-8", "ignore") + "~" + digest
+
+
 def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(final) as tmp:
         tmp.write_bytes(data)
@@ -43,6 +58,12 @@ def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(final: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(final, text.encode("utf-8"))
+
+
+def text_name(name: str | os.PathLike) -> str:
+    """A file name as text that can be stored (JSON, ONNX metadata, Markdown: UTF-8 only): bytes
+    of the name that are not UTF-8 (Python keeps them as surrogates) become ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def json_safe(obj: Any) -> Any:

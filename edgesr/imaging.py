@@ -34,7 +34,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from edgesr.errors import DatasetError, ImageError
+from edgesr.errors import DatasetError, ImageError, one_line, quoted
 from edgesr.fsutil import atomic_path
 
 __all__ = [
@@ -124,13 +124,15 @@ def _pillow_quiet() -> Iterator[None]:
 
 
 def _open_pil(path: Path, max_pixels: int | None):
-    """Open (header only) with Pillow's bomb check lifted; apply ours instead."""
+    """Open (header only) with Pillow's bomb check lifted; apply ours instead. A PNG's text
+    and ICC-profile chunks are skipped (see `_png_without_metadata`)."""
     PILImage = _pil()
+    source = _png_without_metadata(path) or path
     with _PIL_LIMIT_LOCK:
         saved = PILImage.MAX_IMAGE_PIXELS
         PILImage.MAX_IMAGE_PIXELS = None
         try:
-            img = PILImage.open(path)
+            img = PILImage.open(source)
         finally:
             PILImage.MAX_IMAGE_PIXELS = saved
     w, h = img.size
@@ -144,6 +146,52 @@ def _open_pil(path: Path, max_pixels: int | None):
             "(possible decompression bomb); raise max_pixels if the image is genuine"
         )
     return img
+
+
+# Ancillary PNG chunks that carry no pixels: text (tEXt/zTXt/iTXt) and the ICC profile
+# (iCCP; edgesr works in the stored RGB values and does not colour-manage). Pillow refuses
+# a file whose compressed text or profile inflates past its safety limits (1 MiB a chunk,
+# 64 MiB in all) as if it were corrupt, although viewers show it; skipping these chunks
+# accepts such files and never inflates their payload.
+_PNG_SKIPPED_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt", b"iCCP"})
+
+
+def _png_without_metadata(path: Path) -> io.BytesIO | None:
+    """The PNG at `path` without its text / ICC chunks (in memory), or None when it is not a
+    PNG or has none of them (then Pillow reads the file itself). Only chunk headers are
+    parsed; a malformed chunk list is left for Pillow to report."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != _PNG_SIGNATURE:
+                return None
+            keep: list[tuple[int, int]] = []  # (offset, length) ranges of the file to keep
+            start, pos = 0, 8
+            skipped = False
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    break
+                length, kind = struct.unpack(">I4s", head)
+                end = pos + 12 + length
+                if kind in _PNG_SKIPPED_CHUNKS:
+                    keep.append((start, pos - start))
+                    start, skipped = end, True
+                pos = end
+                if kind == b"IEND":
+                    break
+                f.seek(pos)
+            if not skipped:
+                return None
+            size = os.fstat(f.fileno()).st_size
+            keep.append((start, max(0, min(pos, size) - start)))
+            out = io.BytesIO()
+            for off, n in keep:
+                f.seek(off)
+                out.write(f.read(n))
+    except OSError:
+        return None
+    out.seek(0)
+    return out
 
 
 def _png_ihdr(path: Path) -> tuple[int, int, int] | None:
@@ -169,7 +217,7 @@ def _decode_png16_color(path: Path, color_type: int, max_pixels: int | None) -> 
     with _open_pil(path, max_pixels) as img:
         tile = img.tile
         if len(tile) != 1 or tile[0].codec_name != "zip":
-            raise ImageError(f"{path}: unexpected 16-bit PNG layout; re-save it with a standard encoder")
+            raise ImageError(f"{quoted(path)}: unexpected 16-bit PNG layout; re-save it with a standard encoder")
         if color_type == 4:
             img.tile = [tile[0]._replace(args="RGBA")]
             b = np.asarray(img).astype(np.uint16)
@@ -182,7 +230,7 @@ def _decode_png16_color(path: Path, color_type: int, max_pixels: int | None) -> 
         img.tile = [img.tile[0]._replace(args=_PNG16_LOW_RAWMODE[color_type])]
         low = np.asarray(img).astype(np.uint16)
     if high.shape != low.shape:
-        raise ImageError(f"{path}: inconsistent 16-bit PNG decode; re-save the file")
+        raise ImageError(f"{quoted(path)}: inconsistent 16-bit PNG decode; re-save the file")
     return high * 256 + low, info, orientation
 
 
@@ -221,7 +269,7 @@ def _from_pil(img, path: Path) -> tuple[np.ndarray, np.ndarray | None, int, str]
         if mode == "I":
             # PNG 16-bit grey (older Pillow) or 32-bit integer TIFF
             if a.size and (a.min() < 0 or a.max() > 65535):
-                raise ImageError(f"{path}: 32-bit integer images are not supported; convert to 16-bit PNG")
+                raise ImageError(f"{quoted(path)}: 32-bit integer images are not supported; convert to 16-bit PNG")
         g = a.astype(np.float32) / np.float32(65535.0)
         alpha = None
         t = info.get("transparency")
@@ -229,7 +277,7 @@ def _from_pil(img, path: Path) -> tuple[np.ndarray, np.ndarray | None, int, str]
             alpha = (a != t).astype(np.float32)
         return np.repeat(g[..., None], 3, axis=2), alpha, 16, mode
     if mode == "F":
-        raise ImageError(f"{path}: 32-bit float images are not supported; convert to 8- or 16-bit PNG")
+        raise ImageError(f"{quoted(path)}: 32-bit float images are not supported; convert to 8- or 16-bit PNG")
 
     has_transparency = "transparency" in info
     if mode in ("1", "L"):
@@ -248,7 +296,7 @@ def _from_pil(img, path: Path) -> tuple[np.ndarray, np.ndarray | None, int, str]
     if mode in COLOR_MODES:
         rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
         return rgb, None, 8, mode
-    raise ImageError(f"{path}: unsupported image mode {mode!r}; convert it to RGB or grey PNG")
+    raise ImageError(f"{quoted(path)}: unsupported image mode {mode!r}; convert it to RGB or grey PNG")
 
 
 def read_image(
@@ -266,11 +314,11 @@ def read_image(
     """
     p = Path(path)
     if not p.exists():
-        raise ImageError(f"{p}: no such file")
+        raise ImageError(f"{quoted(p)}: no such file")
     if not p.is_file():
-        raise ImageError(f"{p}: not a regular file")
+        raise ImageError(f"{quoted(p)}: not a regular file")
     if p.stat().st_size == 0:
-        raise ImageError(f"{p}: file is empty (0 bytes)")
+        raise ImageError(f"{quoted(p)}: file is empty (0 bytes)")
     PILImage = _pil()
     try:
         with _pillow_quiet():
@@ -294,7 +342,7 @@ def read_image(
                 with _open_pil(p, max_pixels) as img:
                     if _is_16bit_color_tiff(img):
                         raise ImageError(
-                            f"{p}: 16-bit colour TIFF is not supported (Pillow reads it as 8 bit); "
+                            f"{quoted(p)}: 16-bit colour TIFF is not supported (Pillow reads it as 8 bit); "
                             "convert it to 16-bit PNG"
                         )
                     img.load()
@@ -303,14 +351,14 @@ def read_image(
     except ImageError:
         raise
     except PermissionError:
-        raise ImageError(f"{p}: permission denied") from None
+        raise ImageError(f"{quoted(p)}: permission denied") from None
     except PILImage.UnidentifiedImageError:
-        raise ImageError(f"{p}: not a recognised image format (or the file is corrupt)") from None
+        raise ImageError(f"{quoted(p)}: not a recognised image format (or the file is corrupt)") from None
     except MemoryError:
-        raise ImageError(f"{p}: out of memory while decoding; the image is too large") from None
+        raise ImageError(f"{quoted(p)}: out of memory while decoding; the image is too large") from None
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error, ...
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageError(f"{p}: cannot decode ({reason}); the file is truncated or corrupt") from None
+        reason = one_line(str(e).splitlines()[0]) if str(e) else type(e).__name__
+        raise ImageError(f"{quoted(p)}: cannot decode ({reason}); the file is truncated or corrupt") from None
 
     if orientation != 1:
         rgb = _orient(rgb, orientation)

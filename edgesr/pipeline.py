@@ -12,13 +12,13 @@ import shutil
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from . import __version__
-from .errors import OutputExists
-from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from .errors import OutputError, OutputExists, quoted
+from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file, text_name
 from .spec import Spec
 
 BUNDLED_CHECKPOINT = Path(__file__).parent / "assets" / "ecbsr_m4c16_x4_bundled.safetensors"
@@ -90,9 +90,9 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     outdir = Path(opts.outdir)
-    if outdir.exists() and not opts.force:
-        raise OutputExists(f"{outdir} exists; pass --force to replace it")
     ckpt = Path(opts.checkpoint) if opts.checkpoint else BUNDLED_CHECKPOINT
+    user_code = [Path(opts.model.rsplit(":", 1)[0]), *map(Path, opts.import_paths)] if opts.model else []
+    check_outdir(outdir, opts.force, inputs=[ckpt, opts.calib, opts.testset, *user_code])
     steps: list[Step] = []
     t = time.perf_counter()
 
@@ -802,7 +802,7 @@ def _f(v) -> str:
 
 
 def _source_info(ckpt: Path, spec: Spec, bundled: bool) -> dict:
-    return {"checkpoint": ckpt.name, "sha256": sha256_file(ckpt), "bundled": bundled, "form": spec.form,
+    return {"checkpoint": text_name(ckpt.name), "sha256": sha256_file(ckpt), "bundled": bundled, "form": spec.form,
             "arch": spec.arch, "variant": spec.variant, "hyperparams": spec.hyperparams}
 
 
@@ -811,15 +811,80 @@ def _artifact(path: Path, role: str, fmt: str, precision: str, backend: str, **e
             "format": fmt, "precision": precision, "backend": backend, **extra}
 
 
+def check_outdir(outdir: Path, force: bool, inputs: Sequence[Path | None] = ()) -> None:
+    """Refuse an OUTDIR whose replacement could lose data, before any work (and again just
+    before publishing): the current folder or one of its parents (`-o .`); a folder holding
+    (or being) one of `inputs` (the checkpoint, --calib, --testset, --model code), even with --force; an
+    existing OUTDIR without --force; and, with --force, anything but a bundle edgesr wrote
+    itself (a real folder with an edgesr manifest and only edgesr's files in it)."""
+    from .bundle import not_written_by_edgesr
+
+    out = _absolute(outdir)
+    cwd = _absolute(Path.cwd())
+    if not outdir.name or out == cwd or out in cwd.parents:
+        raise OutputError(f"output folder {quoted(outdir)} is the current folder or one of its parents; convert "
+                          "writes a new folder and --force would replace it: name one, e.g. -o out/model")
+    for p in inputs:
+        if p is None:
+            continue
+        ip = _absolute(Path(p))
+        if ip == out or out in ip.parents:
+            raise OutputError(f"output folder {quoted(outdir)} holds the input {quoted(p)}; replacing it would "
+                              "delete that: choose another output folder")
+    if not os.path.lexists(outdir):
+        return
+    if not force:
+        raise OutputExists(f"{quoted(outdir)} exists; pass --force to replace it")
+    why = not_written_by_edgesr(outdir)
+    if why is not None:
+        raise OutputError(f"refusing to replace {quoted(outdir)} even with --force: {why}; edgesr only replaces "
+                          "bundles it wrote. Move what you need out of it, or choose another -o")
+
+
+def _absolute(p: Path) -> Path:
+    """Absolute, symlinks resolved where they exist (a missing tail is kept as written)."""
+    try:
+        return p.expanduser().resolve(strict=False)
+    except (OSError, RuntimeError):  # e.g. a symlink loop
+        return Path(os.path.abspath(p))
+
+
+def _staging_name(outdir_name: str, tag: str = "") -> str:
+    """``.edgesr-partial-[tag]<name>-<pid>``, the name shortened (with a hash, so two long
+    names stay apart) when the result plus ``.lock`` would pass the file system's name limit:
+    a legal 250-character OUTDIR must not fail because its staging name is longer."""
+    import hashlib
+
+    pid = str(os.getpid())
+    budget = _name_max() - len(_LOCK_SUFFIX) - len(STAGING_PREFIX) - len(tag) - 1 - len(pid)
+    name = outdir_name
+    if len(os.fsencode(name)) > budget:
+        digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+        keep = os.fsencode(name)[: max(0, budget - len(digest) - 1)].decode("utf-8", "ignore")
+        name = f"{keep}~{digest}"
+    return f"{STAGING_PREFIX}{tag}{name}-{pid}"
+
+
+def _name_max() -> int:
+    return 255  # NAME_MAX of ext4, XFS, btrfs, APFS, NTFS (UTF-16 units there)
+
+
 def _make_staging(outdir: Path) -> Path:
     """A fresh hidden folder beside OUTDIR, owned by this process (see `_lock_staging`)."""
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_staging(outdir.parent)
-    staging = outdir.parent / f"{STAGING_PREFIX}{outdir.name}-{os.getpid()}"
-    _lock_staging(staging)  # before mkdir: a folder whose lock nobody holds is a stale leftover
-    if os.path.lexists(staging):
-        _remove_path(staging)
-    staging.mkdir()
+    try:
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale_staging(outdir.parent)
+        staging = outdir.parent / _staging_name(outdir.name)
+        _lock_staging(staging)  # before mkdir: a folder whose lock nobody holds is a stale leftover
+        if os.path.lexists(staging):
+            _remove_path(staging)
+        staging.mkdir()
+    except OSError as e:
+        blocker = next((a for a in [outdir.parent, *outdir.parent.parents] if os.path.lexists(a)), None)
+        if blocker is not None and not blocker.is_dir():
+            raise OutputError(f"cannot create the output folder {quoted(outdir)}: {quoted(blocker)} is a file, "
+                              "not a folder") from None
+        raise OutputError(f"cannot create the output folder {quoted(outdir)}: {e.strerror or e}") from None
     return staging
 
 
@@ -890,12 +955,13 @@ def _publish(staging: Path, outdir: Path, force: bool) -> None:
     try:
         if os.path.lexists(outdir):
             if not force:
-                raise OutputExists(f"{outdir} appeared while converting; pass --force to replace it")
+                raise OutputExists(f"{quoted(outdir)} appeared while converting; pass --force to replace it")
+            check_outdir(outdir, force)  # still a bundle edgesr wrote? (it may have changed meanwhile)
             if _rename2(staging, outdir, _RENAME_EXCHANGE):
                 _fsync_parent(outdir)
                 _remove_path(staging)  # now holds the previous OUTDIR
             else:
-                old = outdir.parent / f"{STAGING_PREFIX}old-{outdir.name}-{os.getpid()}"
+                old = outdir.parent / _staging_name(outdir.name, "old-")
                 os.replace(outdir, old)
                 os.replace(staging, outdir)
                 _fsync_parent(outdir)
@@ -905,7 +971,9 @@ def _publish(staging: Path, outdir: Path, force: bool) -> None:
                 os.rename(staging, outdir)
             _fsync_parent(outdir)
     except FileExistsError:
-        raise OutputExists(f"{outdir} appeared while converting; pass --force to replace it") from None
+        raise OutputExists(f"{quoted(outdir)} appeared while converting; pass --force to replace it") from None
+    except OSError as e:
+        raise OutputError(f"cannot publish {quoted(outdir)}: {e.strerror or e}") from None
     finally:
         _unlock_staging(staging)
 

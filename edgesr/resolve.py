@@ -6,12 +6,11 @@ or an OUTDIR written by `edgesr convert` (holding manifest.json).
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError, ScaleMismatch
+from .errors import CheckpointError, ScaleMismatch, one_line, quoted
 from .spec import Spec
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".sft")
@@ -80,26 +79,50 @@ def _spec_from_onnx(path: Path, scale: int | None) -> Spec:
 
         meta = read_metadata(path)
     if "spec" in meta:
-        spec = Spec.from_dict(json.loads(meta["spec"]))
+        spec = _spec_from_metadata(meta["spec"], path)
         if scale is not None and spec.scale != scale:
-            raise ScaleMismatch(f"--scale {scale} does not match {path.name} (x{spec.scale} in its metadata)")
+            raise ScaleMismatch(f"--scale {scale} does not match {quoted(path.name)} (x{spec.scale} in its metadata)")
         return spec
     if scale is None:
-        raise ScaleMismatch(f"{path.name} carries no edgesr metadata: pass --scale")
+        raise ScaleMismatch(f"{quoted(path.name)} carries no edgesr metadata: pass --scale")
     return Spec(arch="unknown", scale=scale)
 
 
+def _spec_from_metadata(text: str, path: Path) -> Spec:
+    """The `spec` metadata entry of an ONNX file: bounded JSON, every field checked."""
+    from .errors import ExportError
+    from .limits import load_json_bounded
+    from .spec import spec_from_untrusted
+
+    where = f"{quoted(path.name)} metadata"
+    try:
+        return spec_from_untrusted(load_json_bounded(text, "its 'spec'"), where)
+    except ValueError as e:
+        msg = str(e) if str(e).startswith(where) else f"{where}: 'spec' is not valid JSON ({one_line(e)})"
+        raise ExportError(msg) from None
+
+
 def _from_bundle(path: Path, backend: str, scale, threads) -> ResolvedModel:
+    """A bundle's model, loaded from the very bytes whose sha256 was checked (no second open)."""
     from .bundle import read_manifest
 
     manifest = read_manifest(path)  # validates the schema and every artifact's sha256
     art = manifest.artifact("onnx_fp32" if backend == "ort" else "torch_deploy")
+    data = manifest.verified_bytes(art)
+    spec = manifest.spec
+    if scale is not None and spec.scale != scale:
+        raise ScaleMismatch(f"--scale {scale} does not match {quoted(path)} (x{spec.scale} in its manifest)")
     if backend == "ort":
-        resolved = _from_onnx(art.path, "ort", scale, threads)
-    else:
-        resolved = _from_checkpoint(art.path, "torch", scale, manifest.spec.arch, "deploy", threads)
-    resolved.kind = "bundle"
-    return resolved
+        from .backends.ort_runner import OrtRunner
+
+        runner = OrtRunner(data, name=f"ort:{art.file}", threads=threads)
+        return ResolvedModel(runner, spec, "bundle", path)
+    from .backends.torch_runner import TorchRunner
+    from .checkpoint import load_state_dict_bytes
+    from .registry import load_model
+
+    loaded = load_model(load_state_dict_bytes(data, art.file), arch=spec.arch, scale=spec.scale)
+    return ResolvedModel(TorchRunner(loaded.module, name=f"torch:{loaded.spec.form}"), loaded.spec, "bundle", path)
 
 
 def user_deploy_model(weights: str | Path, ref, kwargs: dict | None = None, *, strict: bool = True,
@@ -153,10 +176,14 @@ def _openvino_or_int8(path: Path, backend: str, scale, arch, form: str, threads)
         if path.is_dir():
             from .bundle import read_manifest
 
-            art = _int8_artifact(read_manifest(path), path, backend, INT8_ROLES[backend])
-            resolved = _from_onnx(art.path, "ort", scale, threads)
-            resolved.kind = "bundle"
-            return resolved
+            from .backends.ort_runner import OrtRunner
+
+            manifest = read_manifest(path)
+            art = _int8_artifact(manifest, path, backend, INT8_ROLES[backend])
+            if scale is not None and manifest.spec.scale != scale:
+                raise ScaleMismatch(f"--scale {scale} does not match {quoted(path)} (x{manifest.spec.scale})")
+            runner = OrtRunner(manifest.verified_bytes(art), name=f"ort:{art.file}", threads=threads)
+            return ResolvedModel(runner, manifest.spec, "bundle", path)
         raise CheckpointError(f"{path.name}: --backend ort-int8 runs a bundle's INT8 graph; convert with --int8 "
                               "first, or give a quantized .onnx with --backend ort")
     from .backends.openvino_runner import IR_SUFFIXES, OpenVinoRunner
@@ -172,8 +199,9 @@ def _openvino_or_int8(path: Path, backend: str, scale, arch, form: str, threads)
         else:
             roles = {a.role for a in manifest.artifacts}
             art = manifest.artifact("openvino_fp32" if "openvino_fp32" in roles else "onnx_fp32")
-        return ResolvedModel(OpenVinoRunner(art.path, name=f"openvino:{art.role}", threads=threads), manifest.spec,
-                             "bundle", path)
+        # a private copy of the verified bytes (an IR's .bin beside its .xml): never the file checked earlier
+        return ResolvedModel(OpenVinoRunner(manifest.verified_path(art), name=f"openvino:{art.role}", threads=threads),
+                             manifest.spec, "bundle", path)
     if backend == "openvino-int8":
         raise CheckpointError(f"{path.name}: --backend openvino-int8 runs a bundle's OpenVINO INT8 graph; convert "
                               "with --int8 --openvino first, or give the .xml with --backend openvino")

@@ -61,8 +61,8 @@ def test_batch_continues_past_bad_files(tmp_path, capsys):
     assert rc == 2
     errors = _error_lines(err)
     assert len(errors) == 2, err
-    assert errors[0].startswith("edgesr: error: b_random.pth: ") and "not a PyTorch checkpoint" in errors[0]
-    assert errors[1].startswith("edgesr: error: c_evil.pth: ") and "would run code" in errors[1]
+    assert errors[0].startswith("edgesr: error: 'b_random.pth': ") and "not a PyTorch checkpoint" in errors[0]
+    assert errors[1].startswith("edgesr: error: 'c_evil.pth': ") and "would run code" in errors[1]
     assert "Traceback" not in err and "internal error" not in err
     assert not (tmp_path / "PWNED").exists()
     # stderr holds exactly one line per checkpoint (progress or error)
@@ -99,12 +99,24 @@ def test_batch_json_and_existing_outputs(tmp_path, capsys):
     assert (out / "good" / "keep.txt").read_text() == "precious"
     assert len(_error_lines(err)) == 2
 
+    # --force replaces only bundles edgesr wrote: a folder holding the user's file is refused
+    rc, stdout, err = _run(capsys, "convert", str(src), "-o", str(out), "--json", "--force", *FAST)
+    doc = json.loads(stdout)
+    by = {Path(r["checkpoint"]).name: r for r in doc["results"]}
+    assert rc == 2 and doc["converted"] == 0 and by["good.safetensors"]["error_type"] == "OutputError"
+    assert "did not write" in by["good.safetensors"]["error"] and "keep.txt" in by["good.safetensors"]["error"]
+    assert (out / "good" / "keep.txt").read_text() == "precious"
+
+    (out / "good" / "keep.txt").unlink()  # an empty folder holds nothing to lose
     rc, stdout, err = _run(capsys, "convert", str(src), "-o", str(out), "--json", "--force", *FAST)
     doc = json.loads(stdout)
     assert rc == 2 and doc["converted"] == 1 and doc["failed"] == 1
     good = next(r for r in doc["results"] if r["ok"])
     assert good["arch"] == "etds" and good["scale"] == 2 and good["variant"] == "etds-t-x2"
-    assert not (out / "good" / "keep.txt").exists()
+    read_manifest(out / "good")
+    # and a bundle edgesr wrote is replaced with --force
+    rc, stdout, err = _run(capsys, "convert", str(src), "-o", str(out), "--json", "--force", *FAST)
+    assert json.loads(stdout)["converted"] == 1
     read_manifest(out / "good")
     assert not [p for p in out.iterdir() if p.name.startswith(".edgesr-partial-")]
 

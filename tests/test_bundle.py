@@ -153,7 +153,7 @@ def test_hash_mismatch_is_named(bundle_copy, capsys):
     data = bytearray(p.read_bytes())
     data[-1] ^= 0xFF  # same size, different content
     p.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match=r"model\.onnx .*sha256"):
+    with pytest.raises(BundleError, match=r"'model\.onnx' .*sha256"):
         read_manifest(bundle_copy)
     rc, out, err = _cli(["info", bundle_copy], capsys)
     _one_line_error(rc, err, "model.onnx", "sha256")

@@ -179,11 +179,13 @@ def checkpoint_blobs() -> dict[str, bytes]:
     sd = {k: v.contiguous() for k, v in build_variant("etds-t-x2", "deploy").module.state_dict().items()}
     buf = io.BytesIO()
     torch.save({"params_ema": sd}, buf)
-    return {".pth": buf.getvalue(), ".safetensors": save(sd)}
+    legacy = io.BytesIO()  # torch's pre-zip format: five pickles, then raw storages (".pt" here)
+    torch.save({"params_ema": sd}, legacy, _use_new_zipfile_serialization=False)
+    return {".pth": buf.getvalue(), ".safetensors": save(sd), ".pt": legacy.getvalue()}
 
 
-@fuzz(120)
-@given(suffix=st.sampled_from([".pth", ".safetensors"]),
+@fuzz(150)
+@given(suffix=st.sampled_from([".pth", ".safetensors", ".pt"]),
        edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=8),
        cut=st.one_of(st.none(), st.floats(0, 1)))
 def test_checkpoint_byte_mutations(tmp_path_factory, suffix, edits, cut):

@@ -220,6 +220,8 @@ class Case:
     after: Callable[[Corpus], None] | None = None
     subprocess: bool = False  # also run through `python -m edgesr`
     marks: tuple = field(default_factory=tuple)
+    check: Callable[["Outcome"], list[str]] | None = None  # extra problems with the output itself
+    memory: bool = False  # a memory case: its peak RSS is measured in a child process
 
 
 def convert_argv(ckpt: str, *extra: str, out: str | None = None) -> list[str]:
@@ -584,6 +586,547 @@ def _tiff16(c: Corpus) -> str:
     return c.write("img/rgb16.tif", bytes(out))
 
 
+# --------------------------------------------------------------------------- round two (issue 14)
+#
+# One group per class of failure; each class is probed with several generated variants, so a
+# fix must cover the class, not one example: data loss through --force / -o, memory that grows
+# with what a file declares, runs that ignore Ctrl-C or never end, bundle files that are not
+# what was hashed, internal errors, forged output lines, valid input refused.
+
+EVIL_NAMES = {  # what a file name may hold to forge or garble edgesr's output
+    "newline": "x\nedgesr: wrote out (OK)",
+    "cr-ansi": "y\r\x1b[2K\x1b[32medgesr: ok\x1b[0m",
+    "bidi": "z\u202egnp.pth",
+    "control": "w\x07\x08\x7f",
+}
+
+
+def _ls(c: Corpus, rel: str) -> list[str]:
+    return sorted(p.name for p in c.abs(rel).iterdir())
+
+
+def _keeps(rel: str, *names: str) -> Callable[[Corpus], None]:
+    """After the case: `rel` still holds `names`, byte for byte as written."""
+    def check(c: Corpus) -> None:
+        for n in names:
+            p = c.abs(f"{rel}/{n}")
+            assert p.exists(), f"{p} was deleted"
+            assert p.read_bytes() == c._cache[f"content:{rel}/{n}"], f"{p} was modified"
+    return check
+
+
+def _user_folder(c: Corpus, rel: str, with_ckpt: bool = True) -> str:
+    """A folder of the user's: their only copy of a checkpoint and a notes file."""
+    d = c.mkdir(rel)
+    files = {"notes.txt": b"my notes\n"}
+    if with_ckpt:
+        files["only_copy.safetensors"] = c.abs(c.ckpt()).read_bytes()
+    for n, data in files.items():
+        c.write(f"{d}/{n}", data)
+        c._cache[f"content:{d}/{n}"] = data
+    return d
+
+
+def _bundle_with_foreign(c: Corpus) -> str:
+    b = c.bundle("out_foreign/b")
+    c.write(f"{b}/notes.txt", b"mine\n")
+    c._cache[f"content:{b}/notes.txt"] = b"mine\n"
+    return b
+
+
+def _symlink_to_bundle(c: Corpus) -> str:
+    b = c.bundle("out_link/real")
+    os.symlink("real", c.abs("out_link/link"))
+    return "out_link/link"
+
+
+def _file_as_outdir(c: Corpus) -> str:
+    c.write("out_file/precious.bin", b"\x01\x02")
+    c._cache["content:out_file/precious.bin"] = b"\x01\x02"
+    return "out_file/precious.bin"
+
+
+def _batch_into_input(c: Corpus) -> list[str]:
+    """`convert bdir -o .` where bdir holds bdir.safetensors: its OUTDIR would be bdir itself."""
+    d = c.mkdir("bdir")
+    data = c.abs(c.ckpt()).read_bytes()
+    c.write("bdir/bdir.safetensors", data)
+    c._cache["content:bdir/bdir.safetensors"] = data
+    return ["convert", d, "-o", ".", "--force", "--no-bench", "--no-ort-format"]
+
+
+# ---- memory: what a checkpoint declares, checked before allocating
+
+
+def _zip_records(data: bytes) -> list[tuple[str, bytes]]:
+    import zipfile
+
+    z = zipfile.ZipFile(io.BytesIO(data))
+    return [(i.filename, z.read(i.filename)) for i in z.infolist()]
+
+
+def _write_zip(path: Path, entries: list[tuple[str, int, bytes, int, int]]) -> None:
+    """A zip of (name, method, payload, crc32, uncompressed size) records, written by hand so a
+    record can carry a deflate stream that was built without inflating it in memory."""
+    with open(path, "wb") as f:
+        central = []
+        for name, method, payload, crc, usize in entries:
+            off = f.tell()
+            nb = name.encode()
+            f.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(payload), usize,
+                                len(nb), 0) + nb)
+            f.write(payload)
+            central.append(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21, crc,
+                                       len(payload), usize, len(nb), 0, 0, 0, 0, 0, off) + nb)
+        cd_off = f.tell()
+        for c_ in central:
+            f.write(c_)
+        f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(central), len(central), f.tell() - cd_off, cd_off, 0))
+
+
+def _zip_bomb(c: Corpus, gib: int = 1) -> str:
+    """A real torch.save zip whose tensor record is replaced by a deflate stream of `gib` GiB of
+    zeros (~5 MB on disk): torch would inflate it into memory before noticing the mismatch."""
+    co = zlib.compressobj(1, zlib.DEFLATED, -15)
+    block = co.compress(b"\0" * (1 << 24)) + co.flush(zlib.Z_FULL_FLUSH)  # 16 MiB, byte-aligned
+    n = 64 * gib
+    stream = block * n + co.flush()
+    crc, zeros = 0, b"\0" * (1 << 24)
+    for _ in range(n):
+        crc = zlib.crc32(zeros, crc)
+    entries = []
+    for name, data in _zip_records(c.torch_bytes({"w": torch.zeros(4)})):
+        if name.endswith("/data/0"):
+            entries.append((name, 8, stream, crc, n << 24))
+        else:
+            entries.append((name, 0, data, zlib.crc32(data), len(data)))
+    c.abs("mem").mkdir(exist_ok=True)
+    _write_zip(c.abs("mem/zipbomb.pth"), entries)
+    return "mem/zipbomb.pth"
+
+
+def _zip_many_records(c: Corpus, n: int = 60_000) -> str:
+    entries = [(name, 0, data, zlib.crc32(data), len(data))
+               for name, data in _zip_records(c.torch_bytes({"w": torch.zeros(4)}))]
+    entries += [(f"archive/data/x{i}", 0, b"", 0, 0) for i in range(n)]
+    c.abs("mem").mkdir(exist_ok=True)
+    _write_zip(c.abs("mem/many_records.pth"), entries)
+    return "mem/many_records.pth"
+
+
+def _safetensors_raw(header: dict | bytes) -> bytes:
+    h = header if isinstance(header, bytes) else json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h
+
+
+def _safetensors_sparse_huge(c: Corpus) -> str:
+    """Header declaring one 2^31-element float32 tensor (8 GiB) backed by a sparse file of that
+    size: every declaration is consistent, only the size is hostile."""
+    n = 1 << 31
+    head = _safetensors_raw({"conv_first.weight": {"dtype": "F32", "shape": [n], "data_offsets": [0, 4 * n]}})
+    c.abs("mem").mkdir(exist_ok=True)
+    with open(c.abs("mem/huge_sparse.safetensors"), "wb") as f:
+        f.write(head)
+        f.truncate(len(head) + 4 * n)
+    return "mem/huge_sparse.safetensors"
+
+
+def _safetensors_declares_huge(c: Corpus) -> str:
+    n = 1 << 31
+    return c.write("mem/huge_short.safetensors", _safetensors_raw(
+        {"conv_first.weight": {"dtype": "F32", "shape": [n], "data_offsets": [0, 4 * n]}}) + b"\0" * 64)
+
+
+def _safetensors_million_keys(c: Corpus, n: int = 1_000_000) -> str:
+    entries = ",".join(f'"k{i}":{{"dtype":"F32","shape":[1],"data_offsets":[{4 * i},{4 * i + 4}]}}' for i in range(n))
+    return c.write("mem/million_keys.safetensors", _safetensors_raw(("{" + entries + "}").encode()) + b"\0" * (4 * n))
+
+
+# ---- hangs and numbers
+
+
+def _onnx_model(c: Corpus, rel: str, nodes, inputs, outputs, inits=(), meta: dict | None = None) -> str:
+    import onnx
+    from onnx import helper
+
+    m = helper.make_model(helper.make_graph(nodes, "m", inputs, outputs, initializer=list(inits)),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    for k, v in (meta or {}).items():
+        m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    c.abs(rel).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(m, str(c.abs(rel)))
+    return rel
+
+
+def _io(name: str = "input", elem: int | None = None, shape=("N", 3, "H", "W")):
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT if elem is None else elem, list(shape))
+
+
+def _scales():
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+
+
+def _onnx_x2(c: Corpus, rel: str, meta: dict | None = None) -> str:
+    """A valid x2 nearest-neighbour 'SR model' carrying `meta` as metadata."""
+    from onnx import helper
+
+    return _onnx_model(c, rel, [helper.make_node("Resize", ["input", "", "scales"], ["output"], mode="nearest")],
+                       [_io()], [_io("output", shape=("N", 3, "H2", "W2"))], [_scales()], meta)
+
+
+def _onnx_endless_loop(c: Corpus) -> str:
+    """A Loop of 2^63 - 1 iterations (an identity body) in front of a x2 resize."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["x_in"], ["x_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []), _io("x_in")],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), _io("x_out")])
+    inits = [numpy_helper.from_array(np.array(2**63 - 1, dtype=np.int64), "M"),
+             numpy_helper.from_array(np.array(True), "C"), _scales()]
+    return _onnx_model(c, "onnx2/loop.onnx", [helper.make_node("Loop", ["M", "C", "input"], ["y"], body=body),
+                                               helper.make_node("Resize", ["y", "", "scales"], ["output"],
+                                                                mode="nearest")],
+                       [_io()], [_io("output", shape=("N", 3, "H2", "W2"))], inits)
+
+
+def _onnx_tile_fails_at_run(c: Corpus) -> str:
+    """Tile whose repeats (computed from the input's shape, so no load-time check sees them)
+    have the wrong length; the node's name tries to forge an output line."""
+    from onnx import helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array([0], np.int64), "st"), numpy_helper.from_array(np.array([3], np.int64), "en")]
+    nodes = [helper.make_node("Shape", ["input"], ["s"]), helper.make_node("Slice", ["s", "st", "en"], ["r3"]),
+             helper.make_node("Div", ["r3", "r3"], ["ones"]),
+             helper.make_node("Tile", ["input", "ones"], ["output"], name="tile\n\x1b[2Kedgesr: wrote out (OK)")]
+    from onnx import TensorProto
+
+    return _onnx_model(c, "onnx2/tile_run.onnx", nodes, [_io()],
+                       [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)], inits)
+
+
+def _onnx_two_inputs(c: Corpus) -> str:
+    from onnx import helper
+
+    return _onnx_model(c, "onnx2/two_inputs.onnx", [helper.make_node("Add", ["input", "extra"], ["t"]),
+                                                     helper.make_node("Resize", ["t", "", "scales"], ["output"],
+                                                                      mode="nearest")],
+                       [_io(), _io("extra", shape=(1,))], [_io("output", shape=("N", 3, "H2", "W2"))], [_scales()])
+
+
+def _onnx_uint8(c: Corpus, where: str) -> str:
+    from onnx import TensorProto, helper
+
+    if where == "input":
+        nodes = [helper.make_node("Cast", ["input"], ["f"], to=TensorProto.FLOAT),
+                 helper.make_node("Resize", ["f", "", "scales"], ["output"], mode="nearest")]
+        ios = [_io(elem=TensorProto.UINT8)], [_io("output", shape=("N", 3, "H2", "W2"))]
+    else:
+        nodes = [helper.make_node("Resize", ["input", "", "scales"], ["r"], mode="nearest"),
+                 helper.make_node("Cast", ["r"], ["output"], to=TensorProto.UINT8)]
+        ios = [_io()], [_io("output", elem=TensorProto.UINT8, shape=("N", 3, "H2", "W2"))]
+    return _onnx_model(c, f"onnx2/uint8_{where}.onnx", nodes, *ios, [_scales()])
+
+
+def _ort_case(id: str, what: str, build: Callable[[Corpus], str], *needles: str, extra: tuple = (),
+              **kw) -> Case:
+    return Case(id, "model", what, lambda c: ["upscale", build(c), c.write(f"img2/{id}.png", c.png_rgb(8, 8)),
+                                              f"img2_out/{id}.png", "--backend", "ort", "--scale", "2", *extra],
+                needles, **kw)
+
+
+# ---- bundle integrity
+
+
+def _manifest_entry_for(c: Corpus, bundle: str, role: str, data: bytes, file: str | None = None) -> None:
+    import hashlib
+
+    def fn(m: dict) -> None:
+        a = next(a for a in m["artifacts"] if a["role"] == role)
+        a["sha256"], a["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+        if file is not None:
+            a["file"] = file
+    _edit_manifest(c, bundle, fn)
+
+
+def _bundle_symlink_outside(c: Corpus) -> str:
+    """deploy.safetensors replaced by a symlink to a file outside the bundle whose sha256 and
+    size the manifest was edited to list (the check passes on the target's bytes)."""
+    b = c.bundle("bundles2/symlink")
+    outside = c.write("secret/outside.safetensors", c.abs(c.ckpt()).read_bytes())
+    target = c.abs(_artifact_file(c, b, "torch_deploy"))
+    target.unlink()
+    os.symlink(c.abs(outside), target)
+    _manifest_entry_for(c, b, "torch_deploy", c.abs(outside).read_bytes())
+    return b
+
+
+def _bundle_symlinked_folder(c: Corpus) -> str:
+    b = c.bundle("bundles2/symdir")
+    c.write("secret2/model.onnx", c.abs(_artifact_file(c, b, "onnx_fp32")).read_bytes())
+    os.symlink(c.abs("secret2"), c.abs(f"{b}/sub"))
+    _manifest_entry_for(c, b, "onnx_fp32", c.abs("secret2/model.onnx").read_bytes(), file="sub/model.onnx")
+    return b
+
+
+def _bundle_manifest_symlink(c: Corpus) -> str:
+    b = c.bundle("bundles2/mlink")
+    os.replace(c.abs(f"{b}/manifest.json"), c.abs("secret_manifest.json"))
+    os.symlink(c.abs("secret_manifest.json"), c.abs(f"{b}/manifest.json"))
+    return b
+
+
+def _bundle_fifo(c: Corpus) -> str:
+    b = c.bundle("bundles2/fifo")
+    p = c.abs(_artifact_file(c, b, "onnx_fp32"))
+    p.unlink()
+    os.mkfifo(p)  # opening a FIFO for reading would wait for a writer forever
+    return b
+
+
+def _bundle_manifest_text(c: Corpus, name: str, text: str) -> str:
+    b = c.bundle(f"bundles2/{name}")
+    c.abs(f"{b}/manifest.json").write_text(text)
+    return b
+
+
+def _bundle_scale(c: Corpus) -> str:
+    def fn(m: dict) -> None:
+        m["spec"]["scale"] = m["io"]["scale"] = 10**9
+    return _edit_manifest(c, c.bundle("bundles2/scale"), fn)
+
+
+# ---- names and pickles
+
+
+def _no_forged_line(o: "Outcome") -> list[str]:
+    """No output line may start like one of edgesr's own that the inputs tried to forge, and
+    no terminal escape (ESC) or carriage return may reach the terminal raw."""
+    lines = (o.out + "\n" + o.err).split("\n")
+    bad = [ln for ln in lines if ln.startswith(("edgesr: wrote", "edgesr: ok", "\x1b"))]
+    raw = [c for c in ("\x1b", "\r", "\u202e", "\x07") if c in o.out or c in o.err]
+    return ([f"forged line printed: {bad[0]!r}"] if bad else []) + ([f"raw control character {raw[0]!r} printed"]
+                                                                    if raw else [])
+
+
+def _evil_ckpt(c: Corpus, kind: str) -> str:
+    c.abs("names").mkdir(exist_ok=True)
+    if kind == "non-utf8":
+        name = os.fsdecode(b"names/bad\xff\xfe.pth")
+    else:
+        name = f"names/{EVIL_NAMES[kind]}.pth"
+    c.abs(name).write_bytes(_random(2048, 9))  # not a checkpoint: the error line must name it safely
+    return name
+
+
+class RunsViaStackGlobal:
+    """Protocol 4/5 pickle reaching os.system through STACK_GLOBAL (weights_only fails on the
+    opcode before it ever sees the global, so only a static scan can name it)."""
+
+    def __init__(self, marker: Path):
+        self.cmd = f"touch '{marker}'"
+
+    def __reduce__(self):
+        return (os.system, (self.cmd,))
+
+
+def _inst_pickle(marker: Path) -> bytes:
+    """Protocol 0 INST opcode: 'i' module name, the oldest way a pickle calls a function."""
+    return b"(S'touch " + str(marker).encode() + b"'\nios\nsystem\n."
+
+
+# ---- valid PNGs with large metadata
+
+
+def _png_with_chunk(c: Corpus, rel: str, kind: bytes, data: bytes, repeat: int = 1) -> str:
+    def chunk(k: bytes, d: bytes) -> bytes:
+        return struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d) & 0xFFFFFFFF)
+
+    png = c.png_rgb(12, 10)
+    i = 8 + 25  # after the signature and IHDR
+    return c.write(rel, png[:i] + b"".join(chunk(kind, data if repeat == 1 else b"k%d\0" % n + data)
+                                           for n in range(repeat)) + png[i:])
+
+
+_BIG_TEXT = b"A" * (8 << 20)  # inflates past Pillow's 1 MiB text / ICC chunk limit
+
+
+CASES += [
+    # ---- data loss: --force / -o replace only what edgesr wrote
+    Case("out-force-onto-input-folder", "output", "convert F/only_copy.safetensors -o F --force (F also holds notes)",
+         lambda c: ["convert", f"{_user_folder(c, 'mine1')}/only_copy.safetensors", "-o", "mine1", "--force",
+                    "--no-bench", "--no-ort-format"], ("holds the input", "mine1"),
+         after=_keeps("mine1", "only_copy.safetensors", "notes.txt"), subprocess=True),
+    Case("out-force-dot", "output", "convert CKPT -o . --force (the working folder holds the corpus)",
+         lambda c: ["convert", f"{_user_folder(c, 'mine2')}/only_copy.safetensors", "-o", ".", "--force",
+                    "--no-bench", "--no-ort-format"], ("current folder",),
+         after=_keeps("mine2", "only_copy.safetensors", "notes.txt")),
+    Case("out-force-parent-of-input", "output", "convert P/sub/only_copy.safetensors -o P --force",
+         lambda c: ["convert", f"{_user_folder(c, 'mine3/sub')}/only_copy.safetensors", "-o", "mine3", "--force",
+                    "--no-bench", "--no-ort-format"], ("holds the input",),
+         after=_keeps("mine3/sub", "only_copy.safetensors", "notes.txt")),
+    Case("out-force-dot-spelled-otherwise", "output", "convert F/x -o F/.. --force (the working folder, spelled "
+         "another way)",
+         lambda c: ["convert", f"{_user_folder(c, 'mine4')}/only_copy.safetensors", "-o", "mine4/..", "--force",
+                    "--no-bench", "--no-ort-format"], ("current folder",),
+         after=_keeps("mine4", "only_copy.safetensors", "notes.txt")),
+    Case("out-force-foreign-folder", "output", "--force onto a folder of the user's (no manifest)",
+         lambda c: convert_argv(c.ckpt(), "--force", out=_user_folder(c, "mine5", with_ckpt=False)),
+         ("did not write", "notes.txt"), after=_keeps("mine5", "notes.txt")),
+    Case("out-force-bundle-plus-foreign", "output", "--force onto a real bundle the user added notes.txt to",
+         lambda c: convert_argv(c.ckpt(), "--force", out=_bundle_with_foreign(c)), ("did not write", "notes.txt"),
+         after=_keeps("out_foreign/b", "notes.txt")),
+    Case("out-force-symlink", "output", "--force onto a symlink to a bundle",
+         lambda c: convert_argv(c.ckpt(), "--force", out=_symlink_to_bundle(c)), ("symbolic link",),
+         after=lambda c: read_manifest_ok(c, "out_link/real")),
+    Case("out-force-file", "output", "--force onto a regular file",
+         lambda c: convert_argv(c.ckpt(), "--force", out=_file_as_outdir(c)), ("not a folder",),
+         after=_keeps("out_file", "precious.bin")),
+    Case("out-batch-into-input", "output", "batch: convert DIR -o . --force where DIR/DIR.safetensors maps to DIR",
+         _batch_into_input, ("holds the input",), after=_keeps("bdir", "bdir.safetensors")),
+    Case("out-parent-is-file", "output", "-o FILE/out (a parent of OUTDIR is a file)",
+         lambda c: convert_argv(c.ckpt(), out=f"{c.write('plainfile', b'x')}/out"), ("is a file",)),
+    Case("out-name-250-chars", "output (valid)", "a legal 250-character OUTDIR name (its staging name is longer)",
+         lambda c: convert_argv(c.ckpt(), out="n" * 250), expect_ok=True),
+    Case("out-upscale-name-250-chars", "output (valid)", "upscale into a legal 250-character file name",
+         lambda c: ["upscale", c.ckpt(), c.write("img3/a.png", c.png_rgb(8, 8)), "img3_out/" + "u" * 246 + ".png"],
+         expect_ok=True),
+    # ---- memory: declared sizes checked before allocating (peak RSS measured in a child process)
+    Case("mem-zip-bomb", "memory", "5 MB torch zip whose tensor record inflates to 1 GiB",
+         lambda c: convert_argv(_zip_bomb(c)), ("zip bomb", "1073741824"), memory=True, subprocess=True),
+    Case("mem-zip-many-records", "memory", "torch zip declaring 60,000 records",
+         lambda c: convert_argv(_zip_many_records(c)), ("records", "EDGESR_MAX_TENSORS"), memory=True),
+    Case("mem-safetensors-8gib-sparse", "memory", "safetensors declaring one 2^31-element float32 tensor, backed by "
+         "an 8 GiB sparse file", lambda c: convert_argv(_safetensors_sparse_huge(c)),
+         ("8192 MiB", "EDGESR_MAX_CHECKPOINT_MB"), memory=True),
+    Case("mem-safetensors-8gib-declared", "memory", "safetensors declaring a 2^31-element tensor in a 200-byte file",
+         lambda c: convert_argv(_safetensors_declares_huge(c)), ("outside",), memory=True),
+    Case("mem-safetensors-million-keys", "memory", "safetensors with 1,000,000 tensors (70 MB header)",
+         lambda c: convert_argv(_safetensors_million_keys(c)), ("EDGESR_MAX_TENSORS",), memory=True),
+    Case("mem-bench-size", "memory", "bench --size 100000x100000 (a 120 GB input before the model runs)",
+         lambda c: ["bench", c.ckpt(), "--size", "100000x100000"], ("GiB",), memory=True),
+    # ---- hangs: every run interruptible, numeric options bounded
+    Case("hang-onnx-endless-loop", "hang", "ONNX Loop of 2^63 iterations, --time-limit 2",
+         lambda c: ["upscale", _onnx_endless_loop(c), c.write("img2/loop.png", c.png_rgb(8, 8)), "img2_out/loop.png",
+                    "--backend", "ort", "--scale", "2", "--time-limit", "2"], ("time limit",)),
+    Case("hang-bench-warmup-inf", "hang", "bench --warmup inf", lambda c: ["bench", c.ckpt(), "--warmup", "inf"],
+         ("--warmup",)),
+    Case("hang-bench-min-seconds-nan", "hang", "bench --min-seconds nan",
+         lambda c: ["bench", c.ckpt(), "--min-seconds", "nan"], ("--min-seconds",)),
+    Case("hang-bench-min-runs-huge", "hang", "bench --min-runs 10^12",
+         lambda c: ["bench", c.ckpt(), "--min-runs", "1000000000000"], ("--min-runs",)),
+    Case("num-threads-negative", "numbers", "eval --threads -1",
+         lambda c: ["eval", c.ckpt(), "--testset", c.testset(), "--scale", "2", "--threads", "-1"], ("--threads",)),
+    Case("num-threads-zero", "numbers", "convert --threads 0", lambda c: convert_argv(c.ckpt(), "--threads", "0"),
+         ("--threads",)),
+    Case("num-upscale-threads-huge", "numbers", "upscale --threads 10^9",
+         lambda c: ["upscale", c.ckpt(), "x.png", "y.png", "--threads", "1000000000"], ("--threads",)),
+    Case("num-bench-size-zero", "numbers", "bench --size 0x4", lambda c: ["bench", c.ckpt(), "--size", "0x4"],
+         ("positive",)),
+    Case("num-bench-batch-zero", "numbers", "bench --batch 0", lambda c: ["bench", c.ckpt(), "--batch", "0"],
+         ("--batch",)),
+    Case("num-parity-tol-nan", "numbers", "parity --tol-max-abs nan",
+         lambda c: ["parity", c.ckpt(), c.ckpt(), "--tol-max-abs", "nan"], ("--tol-max-abs",)),
+    Case("num-scale-negative", "numbers", "convert --scale -2", lambda c: convert_argv(c.ckpt(), "--scale", "-2"),
+         ("--scale",)),
+    Case("num-psnr-budget-inf", "numbers", "convert --psnr-budget inf",
+         lambda c: convert_argv(c.ckpt(), "--int8", "--psnr-budget", "inf"), ("--psnr-budget",)),
+    # ---- bundle integrity: the bytes used are the bytes hashed, inside the bundle
+    Case("bundle-artifact-symlink-outside", "bundle", "artifact is a symlink to an outside file whose hash the "
+         "manifest lists", lambda c: ["info", _bundle_symlink_outside(c)], ("symbolic link",), subprocess=True),
+    Case("bundle-artifact-under-symlinked-folder", "bundle", "artifact listed under a folder that is a symlink "
+         "leading outside", lambda c: ["eval", _bundle_symlinked_folder(c), "--testset", c.testset(), "--scale", "2"],
+         ("symbolic link",)),
+    Case("bundle-manifest-symlink", "bundle", "manifest.json is a symlink",
+         lambda c: ["info", _bundle_manifest_symlink(c)], ("symbolic link",)),
+    Case("bundle-artifact-fifo", "bundle", "model.onnx is a FIFO (a reader would block forever)",
+         lambda c: ["info", _bundle_fifo(c)], ("not a regular file",)),
+    Case("bundle-manifest-deep", "bundle", "manifest.json nested 100,000 levels deep",
+         lambda c: ["info", _bundle_manifest_text(c, "deep", "[" * 100_000 + "]" * 100_000)], ("nested",)),
+    Case("bundle-manifest-huge", "bundle", "manifest.json of 20 MB",
+         lambda c: ["info", _bundle_manifest_text(c, "huge", " " * (20 << 20) + "{}")], ("larger than",)),
+    Case("bundle-spec-scale-huge", "bundle", "manifest spec.scale 10^9",
+         lambda c: ["info", _bundle_scale(c)], ("scale",)),
+    # ---- internal errors -> one clear line (ONNX models from elsewhere)
+    _ort_case("model-meta-not-json", "ONNX metadata 'spec' that is not JSON",
+              lambda c: _onnx_x2(c, "onnx2/meta_notjson.onnx", {"spec": "{not json"}), "not valid JSON"),
+    _ort_case("model-meta-negative-scale", "ONNX metadata spec with scale -2",
+              lambda c: _onnx_x2(c, "onnx2/meta_neg.onnx", {"spec": json.dumps({"arch": "x", "scale": -2})}), "scale"),
+    _ort_case("model-meta-deep", "ONNX metadata spec nested 5000 levels",
+              lambda c: _onnx_x2(c, "onnx2/meta_deep.onnx", {"spec": "[" * 5000 + "]" * 5000}), "nested"),
+    _ort_case("model-meta-wrong-types", "ONNX metadata spec with value_range [1, 0] and a string min_size",
+              lambda c: _onnx_x2(c, "onnx2/meta_types.onnx", {"spec": json.dumps(
+                  {"arch": "x", "scale": 2, "value_range": [1, 0], "min_size": "big"})}), "value_range"),
+    _ort_case("model-meta-unknown-keys", "ONNX metadata spec with keys this edgesr does not know (accepted)",
+              lambda c: _onnx_x2(c, "onnx2/meta_unknown.onnx",
+                                 {"spec": json.dumps({"arch": "x", "scale": 2, "from_the_future": 1})}), expect_ok=True),
+    _ort_case("model-second-input", "ONNX model with a second required input", _onnx_two_inputs, "2 required inputs"),
+    _ort_case("model-uint8-input", "ONNX model taking uint8", lambda c: _onnx_uint8(c, "input"), "uint8"),
+    _ort_case("model-uint8-output", "ONNX model returning uint8", lambda c: _onnx_uint8(c, "output"), "uint8"),
+    _ort_case("model-tile-fails-at-run", "Tile that ORT refuses while running (node name holds a newline and an "
+              "escape sequence)", _onnx_tile_fails_at_run, "failed running", "Tile", check=_no_forged_line),
+    # ---- forged lines: every name escaped, no library warning before edgesr's line
+    *[Case(f"names-{k}-checkpoint", "names", f"bad checkpoint whose file name holds {k} characters",
+           lambda c, k=k: convert_argv(_evil_ckpt(c, k), out=f"names_out/{k}"), ("not a PyTorch checkpoint",),
+           check=_no_forged_line) for k in (*EVIL_NAMES, "non-utf8")],
+    Case("names-newline-outdir", "names (valid)", "convert into an OUTDIR whose name holds a newline and a fake "
+         "'edgesr: wrote' line", lambda c: convert_argv(c.ckpt(), out="names_out/o\nedgesr: wrote out (OK)"),
+         expect_ok=True, check=_no_forged_line),
+    Case("names-newline-upscale-output", "names (valid)", "upscale into a file whose name holds a newline and ANSI "
+         "escapes", lambda c: ["upscale", c.ckpt(), c.write("img3/b.png", c.png_rgb(8, 8)),
+                               "img3_out/p\n\x1b[2Kedgesr: wrote out (OK).png"], expect_ok=True, check=_no_forged_line),
+    ckpt_case("pickle-stack-global", "protocol-4 pickle reaching os.system via STACK_GLOBAL (torch warns about the "
+              "protocol, then fails on the opcode)",
+              lambda c: c.write("ckpt2/sg.pth", pickle.dumps(RunsViaStackGlobal(c.marker("sg")), protocol=4)),
+              "would run code", "system", after=_marker_absent("sg")),
+    ckpt_case("pickle-protocol5-in-dict", "protocol-5 pickle: a state_dict with one entry calling os.system",
+              lambda c: c.write("ckpt2/p5.pth", pickle.dumps({"w": RunsViaStackGlobal(c.marker("p5"))}, protocol=5)),
+              "would run code", after=_marker_absent("p5")),
+    ckpt_case("pickle-inst-opcode", "protocol-0 pickle calling os.system through the INST opcode",
+              lambda c: c.write("ckpt2/inst.pth", _inst_pickle(c.marker("inst"))), "would run code",
+              after=_marker_absent("inst")),
+    ckpt_case("pickle-protocol5-valid-torch", "a genuine torch.save(..., pickle_protocol=5) state_dict (torch's "
+              "safe loader cannot read it: refused with the reason)",
+              lambda c: c.write("ckpt2/z5.pth", _torch_bytes_protocol(c.state_dict(), 5)), "protocol 5",
+              "safetensors"),
+    # ---- valid input accepted: PNG metadata Pillow refuses but viewers show
+    Case("image-png-large-ztxt", "image (valid)", "PNG with a zTXt comment inflating to 8 MiB",
+         lambda c: ["upscale", c.ckpt(), _png_with_chunk(c, "img4/ztxt.png", b"zTXt", b"Comment\0\0"
+                                                         + zlib.compress(_BIG_TEXT)), "img4_out/ztxt.png"],
+         expect_ok=True),
+    Case("image-png-large-iccp", "image (valid)", "PNG with an 8 MiB ICC profile (iCCP)",
+         lambda c: ["upscale", c.ckpt(), _png_with_chunk(c, "img4/iccp.png", b"iCCP", b"profile\0\0"
+                                                         + zlib.compress(_BIG_TEXT)), "img4_out/iccp.png"],
+         expect_ok=True),
+    Case("image-png-large-itxt", "image (valid)", "PNG with a compressed iTXt inflating to 8 MiB",
+         lambda c: ["upscale", c.ckpt(), _png_with_chunk(c, "img4/itxt.png", b"iTXt", b"Comment\0\1\0en\0\0"
+                                                         + zlib.compress(_BIG_TEXT)), "img4_out/itxt.png"],
+         expect_ok=True),
+    Case("image-png-many-text", "image (valid)", "PNG with 70,000 tEXt chunks (70 MB of text in all)",
+         lambda c: ["upscale", c.ckpt(), _png_with_chunk(c, "img4/many.png", b"tEXt", b"v" * 1000, repeat=70_000),
+                    "img4_out/many.png"], expect_ok=True),
+]
+
+
+def _torch_bytes_protocol(obj, protocol: int) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf, pickle_protocol=protocol)
+    return buf.getvalue()
+
+
+def read_manifest_ok(c: Corpus, rel: str) -> None:
+    from edgesr.bundle import read_manifest
+
+    read_manifest(c.abs(rel))
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -619,7 +1162,7 @@ def run_in_process(case: Case, corpus: Corpus) -> Outcome:
 
 def problems(case: Case, o: Outcome) -> list[str]:
     """What is wrong with an outcome ([] when the case behaved)."""
-    bad = []
+    bad = list(case.check(o)) if case.check else []
     if "Traceback" in o.err or "Traceback" in o.out:
         bad.append("traceback printed")
     lines = [ln for ln in o.err.splitlines() if ln.strip()]

@@ -7,18 +7,23 @@ Each subcommand lives in its own module exposing ``add_parser(subparsers)`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+from typing import Iterator
 
 from .. import __version__
-from ..errors import EdgesrError
+from ..errors import EdgesrError, one_line, quoted
+from .args import Parser, positive_seconds, print_error
 
 # Explicit, ordered list of subcommand modules (edgesr/cli/<name>.py).
 COMMANDS = ["list", "convert", "eval", "parity", "bench", "quantize", "build_engine", "info", "upscale", "train"]
+# Subcommands that run models (they take --time-limit).
+RUNS_MODELS = ("convert", "eval", "parity", "bench", "quantize", "upscale")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="edgesr",
         description="Take efficient super-resolution models to the edge: reparameterize, export ONNX, "
                     "quantize INT8, build TensorRT engines, check parity, measure latency, bundle.")
@@ -35,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = mod.add_parser(sub)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show full tracebacks on errors")
+        if name in RUNS_MODELS:
+            p.add_argument("--time-limit", type=positive_seconds, metavar="S", default=argparse.SUPPRESS,
+                           help="stop with an error when one ONNX Runtime inference runs longer than S seconds "
+                                "(default: no limit; Ctrl-C and SIGTERM always stop it)")
         if name == "convert":
             p.add_argument("--recipe", metavar="FILE", help="TOML file of options (export/recipes/); options "
                            "given after it on the command line win")
@@ -51,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
         argv = expand_recipes(argv)
     except EdgesrError as e:
-        print(f"edgesr: error: {e}", file=sys.stderr)
+        print_error(e)
         return e.exit_code
     args = parser.parse_args(argv)
     _sigterm_as_interrupt()
@@ -60,11 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     debug = getattr(args, "debug", False)
     try:
-        return int(args._run(args) or 0)
+        with _warnings_as_notes(debug), _run_limits(args):
+            return int(args._run(args) or 0)
     except EdgesrError as e:
         if debug:
             raise
-        print(f"edgesr: error: {e}", file=sys.stderr)
+        print_error(e)
         return e.exit_code
     except KeyboardInterrupt:
         print("edgesr: interrupted", file=sys.stderr)
@@ -75,13 +85,56 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # the file system said no (permissions, full disk, name too long, ...)
+        if debug:
+            raise
+        where = f" {quoted(e.filename)}" if e.filename else ""
+        print_error(f"{e.strerror or type(e).__name__}:{where}" if e.strerror else f"{type(e).__name__}: {e}")
+        return 1
+    except MemoryError:
+        if debug:
+            raise
+        print_error("out of memory (the input needs more memory than this machine has; try smaller sizes)")
+        return 1
     except Exception as e:  # noqa: BLE001 - the CLI promises no traceback without --debug
         if debug:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"edgesr: internal error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
+        print(f"edgesr: internal error: {type(e).__name__}: {one_line(msg)} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _warnings_as_notes(debug: bool) -> Iterator[None]:
+    """edgesr's own warnings become one ``edgesr: note:`` line each; a library's warnings are
+    not shown (they would print before, and look like part of, edgesr's answer) unless --debug."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if text.startswith("edgesr"):
+            print(f"edgesr: note: {one_line(text.split(' ', 1)[-1] if text.startswith('edgesr ') else text)}",
+                  file=sys.stderr)
+        elif debug:
+            print(f"edgesr: note: {category.__name__} from {one_line(filename)}:{lineno}: {one_line(text)}",
+                  file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+@contextlib.contextmanager
+def _run_limits(args) -> Iterator[None]:
+    limit = getattr(args, "time_limit", None)
+    if limit is None:
+        yield
+        return
+    from ..backends.ort_runner import run_time_limit
+
+    with run_time_limit(limit):
+        yield
 
 
 def _sigterm_as_interrupt() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from ..errors import one_line
+from . import args as argtypes
+
 
 def add_parser(sub):
     p = sub.add_parser(
@@ -27,16 +30,19 @@ def add_parser(sub):
     p.add_argument("--workload", action="extend", nargs="+", choices=["720p", "1080p"],
                    help="standard workload: LR size = output size / the model's scale (default 720p when no "
                         "--size is given)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads and torch threads "
-                                               "(default: each library's default)")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--warmup", type=float, default=0.5, metavar="S", help="warm-up seconds (default 0.5)")
-    p.add_argument("--min-runs", type=int, default=10, help="minimum timed runs (default 10)")
-    p.add_argument("--min-seconds", type=float, default=1.0, metavar="S",
+    p.add_argument("--threads", type=argtypes.threads,
+                   help="ONNX Runtime intra-op threads and torch threads (default: each library's default)")
+    p.add_argument("--batch", type=argtypes.int_range(1, 4096), default=1, help="batch size (default 1)")
+    p.add_argument("--warmup", type=argtypes.seconds, default=0.5, metavar="S", help="warm-up seconds (default 0.5)")
+    p.add_argument("--min-runs", type=argtypes.int_range(1, 1_000_000),
+                   default=10, help="minimum timed runs (default 10)")
+    p.add_argument("--min-seconds", type=argtypes.seconds, default=1.0, metavar="S",
                    help="minimum timed seconds per backend (default 1.0)")
-    p.add_argument("--max-runs", type=int, default=1000, help="maximum timed runs (default 1000)")
+    p.add_argument("--max-runs", type=argtypes.int_range(1, 10_000_000),
+                   default=1000, help="maximum timed runs (default 1000)")
     p.add_argument("--no-interleave", action="store_true", help="time backends one after another")
-    p.add_argument("--scale", type=int, help="upscale factor (checked; needed for ONNX files without metadata)")
+    p.add_argument("--scale", type=argtypes.scale,
+                   help="upscale factor (checked; needed for ONNX files without metadata)")
     p.add_argument("--arch", help="architecture name when detection from the checkpoint is not enough")
     p.add_argument("--form", choices=["deploy", "training"], default="deploy",
                    help="checkpoints: time the deploy form (default) or the training form as loaded")
@@ -79,6 +85,7 @@ def run(args) -> int:
         workload_lr_size,
     )
     from ..errors import BackendUnavailable, EdgesrError, ScaleMismatch
+    from ..limits import check_inference_size
     from .output import emit_json, print_table
 
     if args.scale is not None and args.scale < 1:
@@ -113,6 +120,7 @@ def run(args) -> int:
         for h, w in sizes:
             if h % m or w % m or min(h, w) < spec.min_size:
                 raise EdgesrError(f"--size {h}x{w}: {spec.arch} needs H and W multiples of {m} and >= {spec.min_size}")
+            check_inference_size(h, w, scale=spec.scale, channels=spec.in_channels, batch=args.batch, what="--size")
 
         # an idle ORT pool spinning while another ORT session or OpenVINO is timed competes for the cores
         n_cpu = sum(b.startswith(("ort", "openvino")) for b in backends)
@@ -126,7 +134,7 @@ def run(args) -> int:
                                                 engine_sizes=sizes, spinning=spinning))
             except BackendUnavailable as e:
                 skipped.append({"backend": b, "reason": str(e)})
-                print(f"edgesr: skipping {b}: {e}", file=sys.stderr)
+                print(one_line(f"edgesr: skipping {b}: {e}"), file=sys.stderr)
         if not prepared:
             raise BackendUnavailable("no requested backend can run here: "
                                      + "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped))
@@ -160,8 +168,8 @@ def run(args) -> int:
     if args.json:
         emit_json(out)
         return 0
-    print(f"{args.model}  ({spec.arch} {spec.variant or ''} x{spec.scale}; {info['cpu_model']}, "
-          f"{info.get('usable_cpus', info['logical_cpus'])} CPUs, load {info.get('loadavg', ['?'])[0]})")
+    print(one_line(f"{args.model}  ({spec.arch} {spec.variant or ''} x{spec.scale}; {info['cpu_model']}, "
+                   f"{info.get('usable_cpus', info['logical_cpus'])} CPUs, load {info.get('loadavg', ['?'])[0]})"))
     table = []
     for r in rows:
         g = r.get("gpu", {})
@@ -176,19 +184,21 @@ def run(args) -> int:
         for s in sp:
             spread = (f" (per-round {s['paired_p10']:.2f}-{s['paired_p90']:.2f}, p10-p90, {s['rounds']} rounds)"
                       if "paired_p10" in s else "")
-            print(f"{s['size']}: {s['backend']} is {s['ratio']:.2f}x as fast as {s['baseline']}{spread}")
+            print(one_line(f"{s['size']}: {s['backend']} is {s['ratio']:.2f}x as fast as {s['baseline']}{spread}"))
     if cost and "params" not in cost:
-        print(f"\ncost: {cost.get('note')}")
+        print()
+        print(one_line(f"cost: {cost.get('note')}"))
     elif cost:
         print()
-        print(f"params {cost['params']:,}, {cost['macs_per_output_pixel']:.0f} MACs/output pixel")
+        print(one_line(f"params {cost['params']:,}, {cost['macs_per_output_pixel']:.0f} MACs/output pixel"))
         for c in cost["achieved"]:
-            print(f"  {c['backend']} {c['size']}: {c['gflops']} GFLOP/s")
+            print(one_line(f"  {c['backend']} {c['size']}: {c['gflops']} GFLOP/s"))
     for pr in profiles:
-        print(f"\nONNX Runtime profile, {pr['backend']} {pr['size']}:")
+        print()
+        print(one_line(f"ONNX Runtime profile, {pr['backend']} {pr['size']}:"))
         print_table(["op", "ms/run", "share"], [[o["op"], o["ms_per_run"], f"{o['share']:.1%}"] for o in pr["ops"][:8]])
     for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        print(one_line(f"warning: {w}"), file=sys.stderr)
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import args as argtypes
+
 
 def add_parser(sub):
     p = sub.add_parser(
@@ -22,7 +24,7 @@ def add_parser(sub):
                    help="output folder (refused if it exists, unless --force); in batch mode the root that "
                         "receives one folder per checkpoint")
     p.add_argument("--arch", help="architecture name when detection is not enough (see `edgesr list`)")
-    p.add_argument("--scale", type=int, help="expected upscaling factor (checked against the checkpoint)")
+    p.add_argument("--scale", type=argtypes.scale, help="expected upscaling factor (checked against the checkpoint)")
     p.add_argument("--int8", action="store_true",
                    help="also write INT8 graphs, one per runtime the bundle targets (model_int8.onnx = ONNX Runtime "
                         "CPU; with --openvino an OpenVINO INT8 IR; with --trt-rtx/--trt a TensorRT QDQ graph). Each "
@@ -33,7 +35,7 @@ def add_parser(sub):
                         "bias (TensorRT); cpu = fastest in ONNX Runtime on x86; openvino = scored in OpenVINO; "
                         "both = trt + cpu")
     p.add_argument("--calib", help="folder of images for INT8 calibration (default: bundled sample photos)")
-    p.add_argument("--psnr-budget", type=float, default=0.1,
+    p.add_argument("--psnr-budget", type=argtypes.nonneg_finite, default=0.1,
                    help="max PSNR drop (dB) INT8 may cost; sensitive layers stay float until it holds")
     p.add_argument("--fp16", action="store_true", help="also write an fp16 ONNX (refused if a tensor overflows)")
     p.add_argument("--testset", metavar="DIR",
@@ -60,7 +62,7 @@ def add_parser(sub):
                         "tile + 2 x overlap)")
     p.add_argument("--no-ort-format", action="store_true", help="skip the .ort (ONNX Runtime Mobile) files")
     p.add_argument("--no-bench", action="store_true", help="skip the CPU latency measurement")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads for the latency measurement")
+    p.add_argument("--threads", type=argtypes.threads, help="ONNX Runtime threads for the latency measurement")
     p.add_argument("--force", action="store_true", help="replace OUTDIR if it exists")
     g = p.add_argument_group("TensorRT engines (see docs/tensorrt.md)")
     g.add_argument("--trt-rtx", action="store_true",
@@ -94,7 +96,8 @@ def add_parser(sub):
                    "export/zoo/ntire-esr.toml): convert each into OUTDIR/<name>/ in its own process, continue past "
                    "failures, write OUTDIR/summary.{md,txt,json} and OUTDIR/results/<name>.json")
     z.add_argument("--zoo-only", metavar="NAME,...", help="convert only these index entries")
-    z.add_argument("--zoo-timeout", type=float, default=1200, metavar="S", help="seconds per model (default 1200)")
+    z.add_argument("--zoo-timeout", type=argtypes.positive_seconds, default=1200, metavar="S",
+                   help="seconds per model (default 1200)")
     return p
 
 
@@ -102,7 +105,7 @@ def run(args) -> int:
     import math
     import sys
 
-    from ..errors import EdgesrError, ScaleMismatch
+    from ..errors import EdgesrError, ScaleMismatch, one_line, quoted
     from ..pipeline import ConvertOptions, convert
     from .output import emit_json, print_table
 
@@ -143,7 +146,7 @@ def run(args) -> int:
         opts.weights_key, opts.import_paths = user["key"], user["extra_paths"]
     if opts.checkpoint is not None and opts.checkpoint.is_dir():
         return _run_batch(args, opts)
-    result = convert(opts, log=(lambda m: print(m, file=sys.stderr)))
+    result = convert(opts, log=(lambda m: print(one_line(m), file=sys.stderr)))
     int8_problems = (result.report.get("int8_verdict") or {}).get("problems", [])
     if args.json:
         emit_json({"outdir": str(result.outdir), "ok": result.ok, "manifest": result.manifest,
@@ -152,7 +155,7 @@ def run(args) -> int:
         m = result.manifest
         status = "OK" if result.ok else ("INT8 OVER BUDGET" if int8_problems and result.report["parity"]["ok"]
                                          else "PARITY FAILED")
-        print(f"\nwrote {result.outdir} ({status})")
+        print(f"\nwrote {quoted(result.outdir)} ({status})")
         print_table(["artifact", "format", "precision", "bytes"],
                     [[a["file"], a["format"], a["precision"], a["bytes"]] for a in m["artifacts"]])
         eng = result.report.get("engines")
@@ -175,7 +178,7 @@ def run(args) -> int:
                           f"{g['float_layers']}/{g['layers']}", g.get("speedup", "-"), "yes" if g["default"] else "no"]
                          for p, g in verdict["graphs"].items()])
     for line in int8_problems:
-        print(f"edgesr: error: INT8 {line}", file=sys.stderr)
+        print(one_line(f"edgesr: error: INT8 {line}"), file=sys.stderr)
     return 0 if result.ok else 1
 
 
@@ -221,14 +224,16 @@ def _run_batch(args, opts) -> int:
     import sys
 
     from ..batch import convert_many, exit_code
+    from ..errors import quoted
+    from .args import print_error
     from .output import emit_json, print_table
 
     def on_item(i, n, item):
         if item.error:
-            print(f"edgesr: error: {item.checkpoint.name}: {item.error}", file=sys.stderr)
+            print_error(f"{quoted(item.checkpoint.name)}: {item.error}")
         else:
-            print(f"edgesr: [{i + 1}/{n}] {item.checkpoint.name} -> {item.outdir} ({item.seconds:.1f} s)",
-                  file=sys.stderr)
+            print(f"edgesr: [{i + 1}/{n}] {quoted(item.checkpoint.name)} -> {quoted(item.outdir)} "
+                  f"({item.seconds:.1f} s)", file=sys.stderr)
 
     items = convert_many(opts.checkpoint, opts.outdir, opts, on_item=on_item)
     failed = [it for it in items if not it.ok]
@@ -251,7 +256,7 @@ def _run_zoo(args) -> int:
     """`edgesr convert --zoo INDEX -o OUTROOT`: progress bar (plain lines when not a TTY), summary table."""
     import sys
 
-    from ..errors import EdgesrError
+    from ..errors import EdgesrError, one_line
     from ..zoo import counts, run_zoo, summary_rows, SUMMARY_HEADERS
     from .output import emit_json, print_table
 
@@ -271,16 +276,16 @@ def _run_zoo(args) -> int:
             bar.set_postfix_str(entry.name)
             bar.refresh()
         else:
-            print(f"edgesr: [{i + 1}/{n}] {entry.name} ...", file=sys.stderr, flush=True)
+            print(one_line(f"edgesr: [{i + 1}/{n}] {entry.name} ..."), file=sys.stderr, flush=True)
 
     def on_done(i, n, res):
         line = (f"{res['name']}: {'ok' if res.get('ok') else 'FAILED ' + str(res.get('category'))} "
                 f"({res.get('seconds')} s)" + ("" if res.get("ok") else f": {str(res.get('reason'))[:160]}"))
         if bar is not None:
             bar.update(1)
-            bar.write(line, file=sys.stderr)
+            bar.write(one_line(line), file=sys.stderr)
         else:
-            print(f"edgesr: {line}", file=sys.stderr, flush=True)
+            print(one_line(f"edgesr: {line}"), file=sys.stderr, flush=True)
 
     try:
         results = run_zoo(args.zoo, args.outdir, force=args.force, only=only, timeout=args.zoo_timeout,

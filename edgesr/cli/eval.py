@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from ..errors import one_line
+from . import args as argtypes
+
 
 def add_parser(sub):
     p = sub.add_parser(
@@ -11,12 +14,12 @@ def add_parser(sub):
                     "MATLAB rgb2ycbcr), SR rounded to 8 bits, border crop = scale, HR cropped to LR size * scale.")
     p.add_argument("model", help="checkpoint, .onnx/.ort file, or convert OUTDIR")
     p.add_argument("--testset", required=True, help="test set folder (HR/ and LR_bicubic/X<s>/)")
-    p.add_argument("--scale", type=int, required=True, help="upscaling factor (must match the model)")
+    p.add_argument("--scale", type=argtypes.scale, required=True, help="upscaling factor (must match the model)")
     p.add_argument("--backend", choices=["torch", "ort", "openvino", "ort-int8", "openvino-int8"], default="torch",
                    help="torch (default), ort (ONNX Runtime CPU), openvino (needs pip install 'edgesr[openvino]'); "
                         "ort-int8 / openvino-int8 run the INT8 graph a convert OUTDIR holds for that runtime")
     p.add_argument("--arch", help="architecture name, when detection from the checkpoint is not enough")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=argtypes.threads, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--allow-below-bicubic", action="store_true",
                    help="report the scores even when they are below bicubic's (default: refuse, non-zero exit)")
@@ -71,6 +74,6 @@ def run(args) -> int:
         return 0
     rows = [[i.name, i.psnr_y, i.ssim_y] for i in result.images]
     rows.append(["mean", result.psnr_y, result.ssim_y])
-    print(f"{args.model}  ({resolved.spec.arch} x{args.scale}, backend {args.backend})")
+    print(one_line(f"{args.model}  ({resolved.spec.arch} x{args.scale}, backend {args.backend})"))
     print_table(["image", "PSNR-Y (dB)", "SSIM-Y"], rows)
     return 0

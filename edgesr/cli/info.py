@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import one_line
+
 
 def add_parser(sub):
     p = sub.add_parser(
@@ -27,25 +29,26 @@ def run(args) -> int:
         return 0
     spec, io, til, sr = d["spec"], d["io"], d["tiling"], d["shape_range"]
     inp, out = io["input"], io["output"]
-    print(f"{m.folder}: valid edgesr bundle (format {d['format_version']}, edgesr {d['edgesr_version']}, "
-          f"created {d['created']}){'' if m.hashes_verified else ' [hashes not verified]'}")
-    print(f"model: {spec['arch']} ({spec.get('variant') or 'custom'}) x{io['scale']}, from {d['source']['checkpoint']} "
-          f"({d['source']['form']} form)")
-    print(f"input:  {inp['name']} {inp['dtype']} {inp['layout']} {inp['shape']} range {inp['value_range']} "
-          f"{inp['color_order']}")
-    print(f"output: {out['name']} {out['dtype']} {out['layout']} {out['shape']} range {out['value_range']} "
-          f"{out['color_order']}")
-    print(f"sizes:  H in [{sr['height']['min']}, {sr['height']['max'] or 'any'}], W in [{sr['width']['min']}, "
-          f"{sr['width']['max'] or 'any'}], multiple of {sr['height'].get('multiple', 1)}; receptive field "
-          f"{io['receptive_field']} px")
-    print(f"tiling: tile {til['tile']} + overlap {til['overlap']} px per side "
-          f"({'exact: tiled == untiled' if til['exact'] else 'NOT exact: overlap < receptive field'})")
+    print(one_line(f"{m.folder}: valid edgesr bundle (format {d['format_version']}, edgesr {d['edgesr_version']}, "
+                   f"created {d['created']}){'' if m.hashes_verified else ' [hashes not verified]'}"))
+    print(one_line(f"model: {spec['arch']} ({spec.get('variant') or 'custom'}) x{io['scale']}, "
+                   f"from {d['source']['checkpoint']} ({d['source']['form']} form)"))
+    print(one_line(f"input:  {inp['name']} {inp['dtype']} {inp['layout']} {inp['shape']} range {inp['value_range']} "
+                   f"{inp['color_order']}"))
+    print(one_line(f"output: {out['name']} {out['dtype']} {out['layout']} {out['shape']} range {out['value_range']} "
+                   f"{out['color_order']}"))
+    print(one_line(f"sizes:  H in [{sr['height']['min']}, {sr['height']['max'] or 'any'}], W in [{sr['width']['min']}, "
+                   f"{sr['width']['max'] or 'any'}], multiple of {sr['height'].get('multiple', 1)}; receptive field "
+                   f"{io['receptive_field']} px"))
+    print(one_line(f"tiling: tile {til['tile']} + overlap {til['overlap']} px per side "
+                   f"({'exact: tiled == untiled' if til['exact'] else 'NOT exact: overlap < receptive field'})"))
     print()
     print_table(["role", "file", "format", "precision", "backend", "bytes", "sha256"],
                 [[a.role, a.file, a.format, a.precision, a.backend, a.bytes,
                   a.sha256[:12] + ("... ok" if m.hashes_verified else "...")] for a in m.artifacts])
     comps = d["parity"].get("comparisons", [])
-    print(f"\nparity: {'OK' if d['parity']['ok'] else 'FAILED'}")
+    print()
+    print(one_line(f"parity: {'OK' if d['parity']['ok'] else 'FAILED'}"))
     if comps:
         print_table(["reference", "candidate", "max abs", "PSNR (dB)", "ok"],
                     [[c.get("reference"), c.get("candidate"), c.get("max_abs"), c.get("psnr"),
@@ -53,8 +56,9 @@ def run(args) -> int:
     lat = d.get("latency")
     if lat:
         mach = lat.get("machine") or {}
-        print(f"\nlatency: input {lat.get('input')} -> output {lat.get('output')}, threads {lat.get('threads')}, "
-              f"{mach.get('cpu_model')}")
+        print()
+        print(one_line(f"latency: input {lat.get('input')} -> output {lat.get('output')}, "
+                       f"threads {lat.get('threads')}, {mach.get('cpu_model')}"))
         print_table(["backend", "median ms", "p90 ms", "CV"],
                     [[r.get("backend"), r.get("median_ms"), r.get("p90_ms"), r.get("cv")] for r in lat["results"]])
     v = d["versions"]

@@ -7,6 +7,7 @@ import math
 import sys
 from typing import Any, Sequence
 
+from ..errors import one_line
 from ..fsutil import json_safe
 
 
@@ -35,4 +36,5 @@ def _fmt(v: Any) -> str:
         if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
             return f"{v:.3e}"
         return f"{v:.4f}" if abs(v) < 100 else f"{v:.2f}"
-    return "" if v is None else str(v)
+    # a cell is one line whatever a file or tensor name holds (newlines, escape sequences)
+    return "" if v is None else one_line(v)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import one_line
+from . import args as argtypes
+
 FORMS = ("training", "deploy")
 ENGINE_SUFFIXES = (".engine", ".plan")
 
@@ -22,11 +25,12 @@ def add_parser(sub):
                    help="images to compare on: a test-set folder (HR/ + LR_bicubic/X<s>/) or a folder of LR images")
     p.add_argument("--sizes", default="17x23,32x32,31x100", metavar="HxW,...",
                    help="random input sizes, comma-separated (default: %(default)s; '' for none)")
-    p.add_argument("--limit", type=int, metavar="N", help="use at most N images")
-    p.add_argument("--scale", type=int, help="upscale factor (default: measured from the reference)")
-    p.add_argument("--tol-max-abs", type=float, metavar="X", help="max |difference| allowed (overrides the default)")
-    p.add_argument("--min-psnr", type=float, metavar="DB", help="minimum PSNR between outputs, dB")
-    p.add_argument("--max-gt-drop", type=float, metavar="DB",
+    p.add_argument("--limit", type=argtypes.positive_int, metavar="N", help="use at most N images")
+    p.add_argument("--scale", type=argtypes.scale, help="upscale factor (default: measured from the reference)")
+    p.add_argument("--tol-max-abs", type=argtypes.nonneg_finite,
+                   metavar="X", help="max |difference| allowed (overrides the default)")
+    p.add_argument("--min-psnr", type=argtypes.finite, metavar="DB", help="minimum PSNR between outputs, dB")
+    p.add_argument("--max-gt-drop", type=argtypes.finite, metavar="DB",
                    help="maximum PSNR-Y loss against ground truth relative to the reference, dB")
     p.add_argument("--heatmaps", metavar="DIR", help="write an error heatmap PNG per failing comparison")
     p.add_argument("--no-localize", action="store_true",
@@ -34,7 +38,7 @@ def add_parser(sub):
     p.add_argument("--backend", choices=["ort", "openvino"], default="ort",
                    help="runtime for .onnx MODELs (default ort; openvino needs pip install 'edgesr[openvino]'). "
                         "An OpenVINO IR (.xml) MODEL always runs in OpenVINO")
-    p.add_argument("--threads", type=int, help="ONNX Runtime / OpenVINO / PyTorch CPU threads")
+    p.add_argument("--threads", type=argtypes.threads, help="ONNX Runtime / OpenVINO / PyTorch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--markdown", action="store_true", help="print the report as Markdown")
     from .model_args import add_model_args
@@ -144,6 +148,7 @@ ENGINE_HOOK = _engine_runner
 
 def run(args) -> int:
     from ..errors import ParityError
+    from ..limits import check_inference_size
     from ..parity import check_parity, default_samples, detect_scale, folder_samples, random_samples
     from .output import emit_json, print_table
 
@@ -160,6 +165,8 @@ def run(args) -> int:
         if seen[r.name] > 1:
             r.name = f"{r.name} #{seen[r.name]}"
     scale = args.scale or detect_scale(runners[0])
+    for h, w in sizes:
+        check_inference_size(h, w, scale=scale, what="--sizes")
     if args.inputs:
         samples = folder_samples(args.inputs, scale, args.limit) + random_samples(sizes)
     else:
@@ -172,7 +179,7 @@ def run(args) -> int:
     elif args.markdown:
         print(report.to_markdown(), end="")
     else:
-        print(f"reference: {report.reference} (x{report.scale}); {len(report.samples)} inputs")
+        print(one_line(f"reference: {report.reference} (x{report.scale}); {len(report.samples)} inputs"))
         rows = []
         for c in report.comparisons:
             div = f"{c.divergence.node} ({c.divergence.op_type})" if c.divergence else ""
@@ -182,11 +189,11 @@ def run(args) -> int:
                      "GT drop dB", "first divergence"], rows)
         for c in report.comparisons:
             for f in c.failures:
-                print(f"FAIL {c.test}: {f}")
+                print(one_line(f"FAIL {c.test}: {f}"))
             if c.heatmap:
-                print(f"     heatmap: {c.heatmap}")
+                print(one_line(f"     heatmap: {c.heatmap}"))
             if c.failures and c.divergence_note:
-                print(f"     {c.divergence_note}")
+                print(one_line(f"     {c.divergence_note}"))
     return 0 if report.ok else 1
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..errors import one_line
+from . import args as argtypes
+from .args import print_error
+
 
 def add_parser(sub):
     p = sub.add_parser(
@@ -23,21 +27,23 @@ def add_parser(sub):
     p.add_argument("--calib", help="folder of calibration images (default: bundled sample photos)")
     p.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax",
                    help="activation range calibration")
-    p.add_argument("--percentile", type=float, default=99.999, help="for --method percentile")
-    p.add_argument("--num-patches", type=int, default=32, help="calibration LR patches")
-    p.add_argument("--patch-size", type=int, default=48, help="calibration patch side (LR pixels)")
-    p.add_argument("--seed", type=int, default=0, help="patch position seed")
-    p.add_argument("--psnr-budget", type=float, default=0.1,
+    p.add_argument("--percentile", type=argtypes.float_range(0.0, 100.0, lo_open=True),
+                   default=99.999, help="for --method percentile")
+    p.add_argument("--num-patches", type=argtypes.int_range(1, 100_000), default=32, help="calibration LR patches")
+    p.add_argument("--patch-size", type=argtypes.int_range(1, 4096),
+                   default=48, help="calibration patch side (LR pixels)")
+    p.add_argument("--seed", type=argtypes.int_range(0, 2**63 - 1), default=0, help="patch position seed")
+    p.add_argument("--psnr-budget", type=argtypes.finite, default=0.1,
                    help="max Y-PSNR drop (dB) vs fp32 on the held-out sample images; a negative value "
                         "disables the mixed-precision search")
     p.add_argument("--test-set", help="also report fp32/int8 Y-PSNR on this test set (HR/ + LR_bicubic/X<s>/), "
                                       "for information only")
-    p.add_argument("--scale", type=int, help="upscaling factor, for ONNX files without edgesr metadata")
+    p.add_argument("--scale", type=argtypes.scale, help="upscaling factor, for ONNX files without edgesr metadata")
     p.add_argument("--sensitivity-png", help="write the per-layer sensitivity bar chart here (computes the table)")
     p.add_argument("--no-equalize", action="store_true", help="skip activation-range equalization")
     p.add_argument("--no-center", action="store_true", help="skip zero-centring (trt profile)")
     p.add_argument("--no-gptq", action="store_true", help="round weights to nearest (ORT default)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads")
+    p.add_argument("--threads", type=argtypes.threads, help="ONNX Runtime threads")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     from .model_args import add_model_args
@@ -95,10 +101,10 @@ def run(args) -> int:
     if args.json:
         emit_json(res.to_dict())
         for line in over:
-            print(f"edgesr: error: {line}", file=sys.stderr)
+            print_error(line)
         return 1 if over else 0
-    print(f"wrote {res.path} ({res.profile} profile, {cfg.method} calibration, "
-          f"{res.calibration.get('num_patches')} patches)")
+    print(one_line(f"wrote {res.path} ({res.profile} profile, {cfg.method} calibration, "
+                   f"{res.calibration.get('num_patches')} patches)"))
     rows = [["fp32", res.eval_set, res.psnr_fp32, ""],
             ["int8 (all layers)", res.eval_set, res.psnr_int8_all, res.psnr_fp32 - res.psnr_int8_all],
             ["int8 (final)", res.eval_set, res.psnr_int8, res.drop]]
@@ -106,17 +112,17 @@ def run(args) -> int:
         rows += [["fp32", res.test_set, res.test_psnr_fp32, ""],
                  ["int8 (final)", res.test_set, res.test_psnr_int8, res.test_drop]]
     print_table(["model", "set", "Y-PSNR (dB)", "drop (dB)"], rows)
-    print(f"float layers: {', '.join(res.float_layers) if res.float_layers else 'none'}")
+    print(one_line(f"float layers: {', '.join(res.float_layers) if res.float_layers else 'none'}"))
     if res.sensitivity:
         print_table(["layer", "op", "cost if only it is int8", "gain if only it is float"],
                     [[r.layer, r.op_type, r.only_cost, r.except_gain] for r in res.sensitivity])
     if args.sensitivity_png:
-        print(f"sensitivity chart: {args.sensitivity_png}")
+        print(one_line(f"sensitivity chart: {args.sensitivity_png}"))
     for w in res.warnings:
         if not over:
-            print(f"edgesr: warning: {w}", file=sys.stderr)
+            print(one_line(f"edgesr: warning: {w}"), file=sys.stderr)
     for line in over:
-        print(f"edgesr: error: {line}", file=sys.stderr)
+        print_error(line)
     return 1 if over else 0
 
 

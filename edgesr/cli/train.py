@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import one_line
+from . import args as argtypes
+
 
 def add_parser(sub):
     p = sub.add_parser("train", help="train a named variant (training form) on HR images",
@@ -13,12 +16,13 @@ def add_parser(sub):
     p.add_argument("variant", help="named variant, e.g. ecbsr-m4c16-x4 (see `edgesr list`)")
     p.add_argument("-o", "--output", required=True, help="output .safetensors path")
     p.add_argument("--images", help="folder of HR images (default: the sample photos shipped with scikit-image)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--patch", type=int, default=48, help="LR patch size")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (cosine decay)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=argtypes.int_range(1, 10_000_000), default=3000)
+    p.add_argument("--batch-size", type=argtypes.int_range(1, 4096), default=16)
+    p.add_argument("--patch", type=argtypes.int_range(1, 1024), default=48, help="LR patch size")
+    p.add_argument("--lr", type=argtypes.float_range(0.0, 10.0, lo_open=True),
+                   default=5e-4, help="peak learning rate (cosine decay)")
+    p.add_argument("--seed", type=argtypes.int_range(0, 2**63 - 1), default=0)
+    p.add_argument("--threads", type=argtypes.threads, default=2)
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--json", action="store_true", help="print the training record as JSON")
     return p
@@ -69,5 +73,5 @@ def run(args) -> int:
         json.dump(record, sys.stdout, indent=2)
         print()
     else:
-        print(f"wrote {out} ({cfg.steps} steps, {record['seconds']} s, final L1 {record['final_l1']:.4f})")
+        print(one_line(f"wrote {out} ({cfg.steps} steps, {record['seconds']} s, final L1 {record['final_l1']:.4f})"))
     return 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from ..errors import one_line
+from . import args as argtypes
+
 
 def add_parser(sub):
     p = sub.add_parser(
@@ -21,9 +24,9 @@ def add_parser(sub):
     p.add_argument("--backend", choices=["torch", "ort", "openvino", "ort-int8", "openvino-int8"], default="torch",
                    help="torch (default), ort (ONNX Runtime CPU), openvino (needs pip install 'edgesr[openvino]'); "
                         "ort-int8 / openvino-int8 run the INT8 graph a convert OUTDIR holds for that runtime")
-    p.add_argument("--scale", type=int, help="expected upscaling factor (checked against the model)")
+    p.add_argument("--scale", type=argtypes.scale, help="expected upscaling factor (checked against the model)")
     p.add_argument("--arch", help="architecture name, when detection from the checkpoint is not enough")
-    p.add_argument("--threads", type=int, help="intra-op threads (torch and ONNX Runtime)")
+    p.add_argument("--threads", type=argtypes.threads, help="intra-op threads (torch and ONNX Runtime)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     from .model_args import add_model_args
@@ -67,7 +70,7 @@ def run(args) -> int:
     def step(r):
         bar.update(1)
         if isinstance(r, UpscaleFailure):
-            bar.write(f"edgesr: error: {r.error}", file=sys.stderr)
+            bar.write(f"edgesr: error: {one_line(r.error)}", file=sys.stderr)
 
     try:
         results = upscale(model, args.input, args.output, tile=args.tile, overlap=args.overlap,

@@ -126,10 +126,12 @@ def feed(sess, x: np.ndarray) -> dict[str, np.ndarray]:
 def run_tensors(model, names: Sequence[str], inputs: Iterable[np.ndarray], types=None,
                 threads: int | None = 1, graph_opt: str = "basic") -> list[dict[str, np.ndarray]]:
     """Values of `names` (as float32) for each input, from one session of an exposed copy."""
+    from ..backends.ort_runner import run_session
+
     sess = session(expose(model, names, types), threads, graph_opt)
     out = []
     for x in inputs:
-        vals = sess.run(list(names), feed(sess, x))
+        vals = run_session(sess, list(names), feed(sess, x))
         out.append({n: np.asarray(v).astype(np.float32, copy=False) for n, v in zip(names, vals)})
     return out
 

@@ -27,8 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import __version__
-from ..errors import ExportError
-from ..fsutil import atomic_path, sha256_file
+from ..errors import ExportError, one_line, quoted
+from ..fsutil import atomic_path, sha256_file, text_name
 from ..spec import Spec
 
 DEFAULT_OPSET = 17
@@ -157,7 +157,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     try:
         m = onnx.load_model(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - onnx raises DecodeError / OSError / ...
-        raise ExportError(f"cannot read ONNX file {path}: {str(e).splitlines()[0][:200]}") from None
+        raise ExportError(f"cannot read ONNX file {quoted(path)}: {one_line(str(e).splitlines()[0][:200])}") from None
     return {p.key: p.value for p in m.metadata_props}
 
 
@@ -304,7 +304,7 @@ def _metadata(spec: Spec, form: str, opset: int, dynamic: bool, simplified: bool
         p = Path(source_checkpoint)
         if not p.is_file():
             raise ExportError(f"source checkpoint {p} not found (needed for its sha256)")
-        meta["source_checkpoint"] = p.name
+        meta["source_checkpoint"] = text_name(p.name)
         meta["source_sha256"] = sha256_file(p)
     meta.update(extra or {})
     return {str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in meta.items()}
