@@ -79,6 +79,9 @@ class GraphLocality:
     scale: float | None = None
     nodes: int = 0
     analysed_sizes: tuple[int, ...] = ()
+    # peak bytes of activations alive at once, per input pixel (from the trial run, with the
+    # graph's own liveness); what one model call on an h x w box needs is about this x h x w
+    activation_bytes_per_pixel: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -170,7 +173,7 @@ class _Analysis:
         return GraphLocality(local=local, receptive_field=radius if local else None, alignment=alignment,
                              min_size=min_size, reasons=tuple(reasons[:8]),
                              scale=float(scale) if scale is not None else None, nodes=len(g.node),
-                             analysed_sizes=tuple(sizes))
+                             analysed_sizes=tuple(sizes), activation_bytes_per_pixel=self._activation_bytes())
 
     def _fail(self, why: str) -> GraphLocality:
         return GraphLocality(local=False, receptive_field=None, alignment=1, min_size=None, reasons=(why,),
@@ -212,6 +215,35 @@ class _Analysis:
         self.have = set(out_names)
         self.t[self.input] = _T("data", shapes=tuple((1, c, h, w) for h, w in self.trial_sizes), pos={"H": 2, "W": 3})
         del onnx
+
+    def _activation_bytes(self) -> float | None:
+        """Peak bytes of data tensors alive at once in the base trial, per input pixel."""
+        nodes = list(self.m.graph.node)
+        size = {}
+        run = self.runs[0]
+        for name, t in self.t.items():
+            if t.kind == "data" and name in run:
+                size[name] = int(np.asarray(run[name]).nbytes)
+        h, w = self.trial_sizes[0]
+        size[self.input] = 4 * self.t[self.input].shapes[0][1] * h * w
+        last = {name: -1 for name in size}
+        for i, node in enumerate(nodes):
+            for n in node.input:
+                if n in last:
+                    last[n] = i
+        for o in self.m.graph.output:
+            if o.name in last:
+                last[o.name] = len(nodes)
+        born = {self.input: -1}
+        for i, node in enumerate(nodes):
+            for o in node.output:
+                if o in size:
+                    born[o] = i
+        peak = 0
+        for i in range(len(nodes)):
+            live = sum(b for n, b in size.items() if born.get(n, len(nodes)) <= i <= max(last[n], born.get(n, -1)))
+            peak = max(peak, live)
+        return round(peak / (h * w), 1) if peak else None
 
     def _shapes(self, name: str) -> tuple[tuple[int, ...], ...] | None:
         if name in self.have:
@@ -289,9 +321,10 @@ class _Analysis:
             mode = a.get("coordinate_transformation_mode", "asymmetric" if op == "Upsample" else "half_pixel")
             for ax, fs in f.items():
                 if fs is None or len(set(fs)) > 1:
-                    shown = ", ".join(f"x{float(v):.3g}" for v in fs or ())
-                    self.reasons.append(f"{op} {name!r} resizes {ax} to a size that follows the input size "
-                                        f"({shown} at different sizes): its sampling grid moves with the image size")
+                    k = 0 if ax == "H" else 1
+                    shown = ", ".join(f"x{float(v):.3g} at {sz[k]} px" for v, sz in zip(fs or (), self.trial_sizes))
+                    self.reasons.append(f"{op} {name!r} resizes {ax} by a factor that depends on the image size "
+                                        f"({shown})")
                 elif mode in ("align_corners", "tf_crop_and_resize"):
                     self.reasons.append(f"{op} {name!r} uses {mode} (sampling grid depends on the size)")
         if op in ("Pad", "Slice"):
