@@ -322,7 +322,8 @@ class _Analysis:
             for ax, fs in f.items():
                 if fs is None or len(set(fs)) > 1:
                     k = 0 if ax == "H" else 1
-                    shown = ", ".join(f"x{float(v):.3g} at {sz[k]} px" for v, sz in zip(fs or (), self.trial_sizes))
+                    shown = ", ".join(dict.fromkeys(f"x{float(v):.3g} at {sz[k]} px"
+                                                    for v, sz in zip(fs or (), self.trial_sizes)))
                     self.reasons.append(f"{op} {name!r} resizes {ax} by a factor that depends on the image size "
                                         f"({shown})")
                 elif mode in ("align_corners", "tf_crop_and_resize"):

@@ -25,6 +25,8 @@ class ResolvedModel:
     spec: Spec
     kind: str  # "checkpoint" | "onnx" | "bundle"
     path: Path
+    onnx: bytes | Path | None = None  # the ONNX graph behind the runner, when there is one (tiling analysis)
+    tiling: dict | None = None  # a bundle manifest's "tiling" (with the measurement made at convert time)
 
 
 def resolve_model(ref: str | Path, backend: str = "torch", scale: int | None = None, arch: str | None = None,
@@ -58,8 +60,9 @@ def _from_checkpoint(path: Path, backend: str, scale, arch, form: str, threads) 
     with tempfile.TemporaryDirectory(prefix="edgesr-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(module, spec, onnx_path, source_checkpoint=path)
-        runner = OrtRunner(onnx_path.read_bytes(), name="ort:fp32", threads=threads)
-    return ResolvedModel(runner, spec, "checkpoint", path)
+        onnx_bytes = onnx_path.read_bytes()
+        runner = OrtRunner(onnx_bytes, name="ort:fp32", threads=threads)
+    return ResolvedModel(runner, spec, "checkpoint", path, onnx=onnx_bytes)
 
 
 def _from_onnx(path: Path, backend: str, scale, threads) -> ResolvedModel:
@@ -68,7 +71,8 @@ def _from_onnx(path: Path, backend: str, scale, threads) -> ResolvedModel:
     if backend != "ort":
         raise CheckpointError(f"{path.name} is an ONNX model: use --backend ort")
     spec = _spec_from_onnx(path, scale)
-    return ResolvedModel(OrtRunner(path, name=f"ort:{path.name}", threads=threads), spec, "onnx", path)
+    return ResolvedModel(OrtRunner(path, name=f"ort:{path.name}", threads=threads), spec, "onnx", path,
+                         onnx=path if path.suffix.lower() == ".onnx" else None)
 
 
 def _spec_from_onnx(path: Path, scale: int | None) -> Spec:
@@ -97,4 +101,7 @@ def _from_bundle(path: Path, backend: str, scale, threads) -> ResolvedModel:
     else:
         resolved = _from_checkpoint(art.path, "torch", scale, manifest.spec.arch, "deploy", threads)
     resolved.kind = "bundle"
+    resolved.onnx = manifest.artifact("onnx_fp32").path if any(a.role == "onnx_fp32" for a in manifest.artifacts) \
+        else resolved.onnx
+    resolved.tiling = manifest.data.get("tiling")
     return resolved

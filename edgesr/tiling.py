@@ -144,6 +144,24 @@ def plan_tiles(height: int, width: int, spec: Spec, tile: int | None = None, ove
     return TilePlan(height, width, 0 if single else tile, 0 if single else overlap, tiles, exact, m)
 
 
+def fit_size(h: int, w: int, min_size: int = 1, multiple: int = 1) -> tuple[int, int]:
+    """The smallest (H, W) >= (h, w) a model with these size rules accepts."""
+    m = max(1, int(multiple))
+    lo = _round_up(max(1, int(min_size)), m)
+    return max(lo, _round_up(h, m)), max(lo, _round_up(w, m))
+
+
+def pad_to_rules(rgb: np.ndarray, min_size: int = 1, multiple: int = 1) -> np.ndarray:
+    """HxWxC padded at the bottom/right to the model's size rules: reflect (edge for 1-px
+    images), the padding SR pipelines use; crop the output back to (h * s, w * s)."""
+    h, w = rgb.shape[:2]
+    ph, pw = fit_size(h, w, min_size, multiple)
+    if (ph, pw) == (h, w):
+        return rgb
+    pad = ((0, ph - h), (0, pw - w)) + ((0, 0),) * (rgb.ndim - 2)
+    return np.pad(rgb, pad, mode="reflect" if min(h, w) > 1 else "edge")
+
+
 # --------------------------------------------------------------------------- run
 
 

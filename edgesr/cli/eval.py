@@ -30,7 +30,7 @@ def run(args) -> int:
         raise ScaleMismatch(f"--scale must be a positive integer, got {args.scale}")
     resolved = resolve_model(args.model, backend=args.backend, scale=args.scale, arch=args.arch,
                              threads=args.threads)
-    result = evaluate(resolved.runner, args.testset, args.scale, backend=args.backend)
+    result = evaluate(resolved.runner, args.testset, args.scale, backend=args.backend, spec=resolved.spec)
     out = result.to_dict()
     out.update(model=str(args.model), architecture=resolved.spec.arch, variant=resolved.spec.variant)
     if args.json:

@@ -38,8 +38,8 @@ def run(args) -> int:
     print(f"sizes:  H in [{sr['height']['min']}, {sr['height']['max'] or 'any'}], W in [{sr['width']['min']}, "
           f"{sr['width']['max'] or 'any'}], multiple of {sr['height'].get('multiple', 1)}; receptive field "
           f"{io['receptive_field']} px")
-    print(f"tiling: tile {til['tile']} + overlap {til['overlap']} px per side "
-          f"({'exact: tiled == untiled' if til['exact'] else 'NOT exact: overlap < receptive field'})")
+    verdict = til.get("summary") or ("exact: tiled == untiled" if til["exact"] else "not exact")
+    print(f"tiling: tile {til['tile']} + overlap {til['overlap']} px per side: {verdict}")
     print()
     print_table(["role", "file", "format", "precision", "backend", "bytes", "sha256"],
                 [[a.role, a.file, a.format, a.precision, a.backend, a.bytes,

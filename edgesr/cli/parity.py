@@ -80,6 +80,13 @@ def make_runner(arg: str, threads: int | None = None, scale: int | None = None):
         from ..backends.ort_runner import OrtRunner
 
         runner = OrtRunner(path, name=arg, threads=threads)
+        if suffix == ".onnx":
+            from ..resolve import _spec_from_onnx
+
+            try:
+                runner.spec = _spec_from_onnx(path, scale)  # size rules, when the file carries them
+            except Exception:  # noqa: BLE001 - no edgesr metadata: the graph is analysed instead
+                pass
     else:
         from ..resolve import resolve_model
 
@@ -115,7 +122,8 @@ ENGINE_HOOK = _engine_runner
 
 def run(args) -> int:
     from ..errors import ParityError
-    from ..parity import check_parity, default_samples, detect_scale, folder_samples, random_samples
+    from ..parity import (check_parity, default_samples, detect_scale, fit_sizes, folder_samples, random_samples,
+                          size_rules)
     from .output import emit_json, print_table
 
     if len(args.models) < 2:
@@ -127,7 +135,9 @@ def run(args) -> int:
         seen[r.name] = seen.get(r.name, 0) + 1
         if seen[r.name] > 1:
             r.name = f"{r.name} #{seen[r.name]}"
-    scale = args.scale or detect_scale(runners[0])
+    min_size, multiple = size_rules(runners)  # every sample must be an input all models accept
+    sizes = fit_sizes(sizes, min_size, multiple)
+    scale = args.scale or detect_scale(runners[0], size=fit_sizes([(12, 12)], min_size, multiple)[0][0])
     if args.inputs:
         samples = folder_samples(args.inputs, scale, args.limit) + random_samples(sizes)
     else:
