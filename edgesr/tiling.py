@@ -50,7 +50,7 @@ EXACT_TOL = 1e-5  # max |tiled - untiled| (x value range) accepted as floating-p
 ERROR_BOUND_PSNR = 50.0
 MAX_APPROX_OVERLAP = DEFAULT_TILE // TILE_PER_OVERLAP  # overlap cap for models that never tile exactly
 APPROX_ALIGNMENT = 16
-MEASURE_TILES = (128, 256)
+MEASURE_TILES = (128, 256, 512)
 RULE = ("split the input into cores of at most tile x tile pixels, core starts on multiples of alignment; "
         "extend each core by overlap pixels on every side, clipped at the image border (never pad inside the "
         "image); run the model; keep only the core's region (x scale) of the output. exact = tiled == untiled "
@@ -291,8 +291,9 @@ class TilingMeasurement:
         if e is None:
             return f"approximate ({why}); error not measured"
         psnr = e.psnr if isinstance(e.psnr, str) else f"{e.psnr:.1f}"
-        return (f"approximate ({why}): max error {e.max_levels}/255, PSNR {psnr} dB vs untiled "
-                f"(measured at tile {e.tile}, overlap {e.overlap}, on a {e.image})")
+        bound = "within" if _psnr_value(e.psnr) >= self.bound_psnr else "NOT within"
+        return (f"approximate ({why}): max error {e.max_levels}/255, PSNR {psnr} dB vs untiled, {bound} the "
+                f"{self.bound_psnr:g} dB bound (measured at tile {e.tile}, overlap {e.overlap}, on a {e.image})")
 
 
 def sample_photo(height: int, width: int, index: int = 0) -> tuple[np.ndarray, str]:
@@ -353,10 +354,11 @@ def measure_tiling(runner, spec: Spec, onnx_model, *, image_size: int = 512, til
                    log: Callable[[str], None] | None = None) -> TilingMeasurement:
     """Measure tiling for the model behind `runner` (its ONNX graph: `onnx_model`).
 
-    ``image_size``: side of the natural image on which a model that does not tile exactly
-    is measured (one untiled run, then the largest tile in `tiles` first, down to the first
-    tile whose PSNR vs untiled falls below the bound); a local model is verified on a
-    smaller crop at two tile sizes. Never raises for an unanalysable graph: the
+    A model that does not tile exactly is measured on a natural image of side
+    ``max(image_size, 2 x tile)``: first at DEFAULT_TILE (or the largest of `tiles` below
+    it), then smaller `tiles` while PSNR vs untiled stays >= ERROR_BOUND_PSNR, or larger ones
+    until it does; the recommended tile is the first within the bound (else the largest
+    measured). A local model is verified on a smaller crop at two tile sizes. Never raises for an unanalysable graph: the
     result then says ``locality: unknown`` and reports the measured error.
     """
     from .errors import EdgesrError
@@ -413,31 +415,52 @@ def measure_tiling(runner, spec: Spec, onnx_model, *, image_size: int = 512, til
         log(f"tiling: {meas.summary()}")
         return meas
 
-    # Not proven local: measure the error of tiling on a natural image. The overlap follows
-    # the probe (how far a one-pixel change reaches), capped so boxes recompute <= ~56%.
+    # Not proven local: measure the error of tiling on natural images. The overlap follows
+    # the probe (how far a one-pixel change reaches), a power of two capped so that boxes of
+    # the default tile recompute <= ~56%. Tiles are tried from DEFAULT_TILE: smaller ones
+    # while the error stays within the bound (to find the smallest), else larger ones.
     reasons = list(graph.reasons) if graph else [unknown_reason]
     # Box origins on a 16-px grid keep window-partitioned models (windows of 4, 8 or 16 px)
     # aligned with the untiled run's windows; power-of-two overlaps keep them there.
     align = math.lcm(align, APPROX_ALIGNMENT)
-    side = fit(image_size)
     probe = probe_radius(runner, sample_photo(fit(128), fit(128))[0], spec)
     overlap = _round_up(min(MAX_APPROX_OVERLAP, 1 << max(3, probe - 1).bit_length()), align)
-    img, desc = sample_photo(side, side)
-    full = upscale_array(runner, img, spec, tile=0)
     checks: list[TileCheck] = []
-    for t in sorted({fit(t) for t in tiles if fit(t) < side} or {fit(side // 2)}, reverse=True):
-        plan = plan_tiles(side, side, spec, t, overlap)
-        tiled = upscale_array(runner, img, spec, plan=plan)
-        checks.append(TileCheck(tile=plan.tile, overlap=plan.overlap, image=desc, tiles=len(plan.tiles),
-                                **compare(tiled, full, spec.value_range)))
-        if _psnr_value(checks[-1].psnr) < ERROR_BOUND_PSNR:
-            break  # smaller tiles only have more seams
-    within = [c.tile for c in checks if _psnr_value(c.psnr) >= ERROR_BOUND_PSNR]
-    rec = checks[0]
+    images: dict[int, tuple[np.ndarray, str, np.ndarray]] = {}
+
+    def check(t: int) -> TileCheck:
+        side = fit(max(image_size, 2 * t))  # at least 2 x 2 tiles
+        if side not in images:
+            img, desc = sample_photo(side, side)
+            images.clear()  # one reference image in memory at a time
+            images[side] = (img, desc, upscale_array(runner, img, spec, tile=0))
+        img, desc, full = images[side]
+        plan = plan_tiles(side, side, spec, fit(t), overlap)
+        c = TileCheck(tile=plan.tile, overlap=plan.overlap, image=desc, tiles=len(plan.tiles),
+                      **compare(upscale_array(runner, img, spec, plan=plan), full, spec.value_range))
+        checks.append(c)
+        return c
+
+    def within(c: TileCheck) -> bool:
+        return _psnr_value(c.psnr) >= ERROR_BOUND_PSNR
+
+    order = sorted({fit(t) for t in tiles})
+    start = max([t for t in order if t <= DEFAULT_TILE] or order[:1])
+    rec = check(start)
+    if within(rec):
+        for t in reversed([t for t in order if t < start]):
+            if not within(check(t)):
+                break
+    else:
+        for t in [t for t in order if t > start]:
+            rec = check(t)
+            if within(rec):
+                break
+    ok = sorted(c.tile for c in checks if within(c))
     meas = TilingMeasurement(exact=False, tile=rec.tile, overlap=overlap, alignment=align,
                              locality="nonlocal" if graph else "unknown", receptive_field=None,
                              probe_radius=probe, reasons=reasons, min_size=min_size, error=rec,
-                             min_tile_within_bound=min(within) if within else None, checks=checks,
+                             min_tile_within_bound=ok[0] if ok else None, checks=checks,
                              activation_bytes_per_pixel=graph.activation_bytes_per_pixel if graph else None)
     meas.seconds = round(time.perf_counter() - t0, 2)
     log(f"tiling: {meas.summary()}")
