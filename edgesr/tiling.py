@@ -354,8 +354,8 @@ def measure_tiling(runner, spec: Spec, onnx_model, *, image_size: int = 512, til
                    log: Callable[[str], None] | None = None) -> TilingMeasurement:
     """Measure tiling for the model behind `runner` (its ONNX graph: `onnx_model`).
 
-    A model that does not tile exactly is measured on a natural image of side
-    ``max(image_size, 2 x tile)``: first at DEFAULT_TILE (or the largest of `tiles` below
+    A model that does not tile exactly is measured on a natural image of about
+    ``max(image_size, 2 x tile)`` per side (uneven: not a multiple of the tile): first at DEFAULT_TILE (or the largest of `tiles` below
     it), then smaller `tiles` while PSNR vs untiled stays >= ERROR_BOUND_PSNR, or larger ones
     until it does; the recommended tile is the first within the bound (else the largest
     measured). A local model is verified on a smaller crop at two tile sizes. Never raises for an unanalysable graph: the
@@ -426,16 +426,20 @@ def measure_tiling(runner, spec: Spec, onnx_model, *, image_size: int = 512, til
     probe = probe_radius(runner, sample_photo(fit(128), fit(128))[0], spec)
     overlap = _round_up(min(MAX_APPROX_OVERLAP, 1 << max(3, probe - 1).bit_length()), align)
     checks: list[TileCheck] = []
-    images: dict[int, tuple[np.ndarray, str, np.ndarray]] = {}
+    images: dict[tuple[int, int], tuple[np.ndarray, str, np.ndarray]] = {}
 
     def check(t: int) -> TileCheck:
-        side = fit(max(image_size, 2 * t))  # at least 2 x 2 tiles
-        if side not in images:
-            img, desc = sample_photo(side, side)
+        # at least 2 x 2 tiles, and sides that are not multiples of the tile: cores and boxes of
+        # uneven sizes, as real images give (box sizes matter to size-dependent layers)
+        # (sizes on no grid: multiples of 16 would align pooling windows by luck)
+        base = max(image_size, 2 * t)
+        h, w = fit_size(base - t // 4 + 3, base + t // 3 + 5, min_size, spec.size_multiple)
+        if (h, w) not in images:
+            img, desc = sample_photo(h, w)
             images.clear()  # one reference image in memory at a time
-            images[side] = (img, desc, upscale_array(runner, img, spec, tile=0))
-        img, desc, full = images[side]
-        plan = plan_tiles(side, side, spec, fit(t), overlap)
+            images[(h, w)] = (img, desc, upscale_array(runner, img, spec, tile=0))
+        img, desc, full = images[(h, w)]
+        plan = plan_tiles(h, w, spec, fit(t), overlap)
         c = TileCheck(tile=plan.tile, overlap=plan.overlap, image=desc, tiles=len(plan.tiles),
                       **compare(upscale_array(runner, img, spec, plan=plan), full, spec.value_range))
         checks.append(c)

@@ -136,6 +136,7 @@ class ModelTiling:
         self._graph = None
         self._graph_error: str | None = None
         self._measured: TilingMeasurement | None = None
+        self._probed: dict[int, int] = {}  # image side -> smallest size that ran, from there up
         self.source = "none"
         if manifest_tiling and manifest_tiling.get("measured"):
             self._measured = TilingMeasurement.from_dict(manifest_tiling["measured"])
@@ -183,8 +184,17 @@ class ModelTiling:
             self.source = f"measured now ({time.perf_counter() - t0:.1f} s)"
         return self._measured
 
-    def min_size(self) -> int:
+    def min_size(self, image_side: int | None = None) -> int:
+        """The smallest H/W the model accepts: declared, read from the graph, or (for an
+        opaque .ort file without metadata, and only for a small image) probed in a child
+        process, where a model that dies on a too-small input cannot take edgesr with it."""
         m = self._measured.min_size if self._measured else (self.graph.min_size if self.graph else None)
+        if m is None and self.spec.arch == "unknown" and image_side is not None and image_side < PROBE_BELOW:
+            path = getattr(self.runner, "path", None)
+            if path is not None:
+                if image_side not in self._probed:  # "n works" says nothing about sizes below n
+                    self._probed[image_side] = probe_min_size(Path(path), self.spec.in_channels, image_side)
+                m = self._probed[image_side]
         return max(1, int(self.spec.min_size), int(m or 1))
 
     def multiple(self) -> int:
@@ -213,6 +223,35 @@ class ModelTiling:
 
     def unverified_reason(self) -> str:
         return self._graph_error or "the model's graph could not be analysed"
+
+
+PROBE_BELOW = 64  # images smaller than this meet a model of unknown minimum size in a child process first
+_PROBE = r"""
+import sys
+import numpy as np
+import onnxruntime as ort
+so = ort.SessionOptions()
+so.log_severity_level = 3
+so.intra_op_num_threads = 1
+s = ort.InferenceSession(sys.argv[1], sess_options=so, providers=["CPUExecutionProvider"])
+n, c = int(sys.argv[2]), int(sys.argv[3])
+s.run(None, {s.get_inputs()[0].name: np.zeros((1, c, n, n), dtype=np.float32)})
+"""
+
+
+def probe_min_size(path: Path, channels: int, start: int) -> int:
+    """Smallest n in (start, 2 start, 4 start, ... PROBE_BELOW) at which ONNX Runtime runs
+    `path` on an n x n input without failing or dying (SIGFPE in a pooling kernel, ...)."""
+    import subprocess
+
+    n = max(1, start)
+    while n < PROBE_BELOW:
+        r = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(n), str(channels)], capture_output=True,
+                           timeout=120)
+        if r.returncode == 0:
+            return n
+        n *= 2
+    return PROBE_BELOW
 
 
 # --------------------------------------------------------------------------- results
@@ -429,7 +468,7 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
     # size rules: pad (reflect) up to the model's minimum and multiple, crop the output back
     multiple = mt.multiple()  # tile grid
     need = max(1, int(spec.size_multiple))  # what the model requires of H and W
-    min_size = mt.min_size()
+    min_size = mt.min_size(image_side=min(h, w))
     ph = max(-(-min_size // need) * need, -(-h // need) * need)
     pw = max(-(-min_size // need) * need, -(-w // need) * need)
     overlap_v = int(overlap) if overlap is not None else int(mt.default_overlap())
@@ -446,12 +485,17 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
         f" ({dst.suffix} is encoded whole: {w * s}x{h * s} in memory)" if whole else "")
     _check_budget(mp, src, what)
 
-    # the plan; a tiled plan needs the measurement (its overlap and what it verified)
+    # the plan; a tiled plan needs the measurement (its overlap and what it verified), after
+    # which the plan is made again from what is resident then
     measured = None
     if 0 < mp.tile < max(ph, pw):
         measured = mt.measured
-    if measured is not None and overlap is None:
-        overlap_v = measured.overlap
+        if measured is not None and overlap is None:
+            overlap_v = measured.overlap
+        mp = plan_memory(ph, pw, spec, tile=tile, overlap=overlap_v, multiple=multiple, min_tile=min_tile,
+                         bytes_per_pixel=mt.bytes_per_pixel(), input_bytes=input_bytes, out_channels=out_c,
+                         itemsize=itemsize, whole_output=whole, budget=budget, baseline=current_rss())
+        _check_budget(mp, src, what)
     plan = plan_tiles(ph, pw, spec, mp.tile, overlap_v, measured=measured)
     if len(plan.tiles) == 1:
         tiling_note = "untiled (exact)"
