@@ -118,7 +118,7 @@ def declared_tiling(spec: Spec) -> tuple[int, int]:
 
 
 def plan_tiles(height: int, width: int, spec: Spec, tile: int | None = None, overlap: int | None = None, *,
-               measured: "TilingMeasurement | None" = None) -> TilePlan:
+               measured: "TilingMeasurement | None" = None, alignment: int = 1) -> TilePlan:
     """The tiles for an image: ``tile=None`` / ``overlap=None`` take the measured recommendation
     (or :func:`declared_tiling` without one); ``tile=0`` means one untiled pass. Both are rounded
     up to the alignment grid (``spec.size_multiple`` x the measured alignment). ``exact`` is
@@ -132,7 +132,7 @@ def plan_tiles(height: int, width: int, spec: Spec, tile: int | None = None, ove
         raise ImageError(f"--tile must be >= 0 (0 = untiled), got {tile}")
     if overlap < 0:
         raise ImageError(f"--overlap must be >= 0, got {overlap}")
-    m = math.lcm(max(1, int(spec.size_multiple)), measured.alignment if measured else 1)
+    m = math.lcm(max(1, int(spec.size_multiple)), measured.alignment if measured else 1, max(1, int(alignment)))
     tile, overlap = _round_up(tile, m), _round_up(overlap, m)
     ys, xs = _split(height, tile, m), _split(width, tile, m)
     tiles = tuple(Tile((y0, y1, x0, x1), (max(0, y0 - overlap), min(height, y1 + overlap),
@@ -396,7 +396,7 @@ def measure_tiling(runner, spec: Spec, onnx_model, *, image_size: int = 512, til
         full = upscale_array(runner, img, spec, tile=0)
         checks = []
         for t in (t_small, fit(2 * t_small)):
-            plan = plan_tiles(h, w, spec, t, overlap)
+            plan = plan_tiles(h, w, spec, t, overlap, alignment=align)
             tiled = upscale_array(runner, img, spec, plan=plan)
             checks.append(TileCheck(tile=plan.tile, overlap=plan.overlap, image=desc, tiles=len(plan.tiles),
                                     **compare(tiled, full, spec.value_range)))
@@ -439,7 +439,7 @@ def measure_tiling(runner, spec: Spec, onnx_model, *, image_size: int = 512, til
             images.clear()  # one reference image in memory at a time
             images[(h, w)] = (img, desc, upscale_array(runner, img, spec, tile=0))
         img, desc, full = images[(h, w)]
-        plan = plan_tiles(h, w, spec, fit(t), overlap)
+        plan = plan_tiles(h, w, spec, fit(t), overlap, alignment=align)
         c = TileCheck(tile=plan.tile, overlap=plan.overlap, image=desc, tiles=len(plan.tiles),
                       **compare(upscale_array(runner, img, spec, plan=plan), full, spec.value_range))
         checks.append(c)
