@@ -50,7 +50,7 @@ EXACT_TOL = 1e-5  # max |tiled - untiled| (x value range) accepted as floating-p
 ERROR_BOUND_PSNR = 50.0
 MAX_APPROX_OVERLAP = DEFAULT_TILE // TILE_PER_OVERLAP  # overlap cap for models that never tile exactly
 APPROX_ALIGNMENT = 16
-MEASURE_TILES = (128, 256, 512)
+MEASURE_TILES = (128, 256, 384)
 RULE = ("split the input into cores of at most tile x tile pixels, core starts on multiples of alignment; "
         "extend each core by overlap pixels on every side, clipped at the image border (never pad inside the "
         "image); run the model; keep only the core's region (x scale) of the output. exact = tiled == untiled "
