@@ -45,8 +45,12 @@ def _int_option(name: str, text, minimum: int) -> int | None:
     return v
 
 
+PLAIN_PROGRESS_S = 30.0
+
+
 def run(args) -> int:
     import sys
+    import time
 
     from ..errors import ImageError, ScaleMismatch
     from ..upscale import UpscaleFailure, default_max_memory, parse_memory, parse_tile, plan_jobs, upscale
@@ -68,13 +72,18 @@ def run(args) -> int:
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), unit="img", disable=None if folder else True, file=sys.stderr, desc="upscale")
-    tiles_bar = {"bar": None}
+    tiles_bar = {"bar": None, "last": time.monotonic()}
 
     def on_tile(i, n):
         if folder or n < 4:
             return
+        if not sys.stderr.isatty():  # logs get a plain line every PLAIN_PROGRESS_S instead of a bar
+            if time.monotonic() - tiles_bar["last"] >= PLAIN_PROGRESS_S:
+                tiles_bar["last"] = time.monotonic()
+                print(f"edgesr: upscale: {i}/{n} tiles ({100 * i // n}%)", file=sys.stderr, flush=True)
+            return
         if tiles_bar["bar"] is None:
-            tiles_bar["bar"] = tqdm(total=n, unit="tile", disable=None, file=sys.stderr, desc="upscale")
+            tiles_bar["bar"] = tqdm(total=n, unit="tile", file=sys.stderr, desc="upscale")
         tiles_bar["bar"].update(1)
 
     def step(r):
