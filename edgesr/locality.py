@@ -36,8 +36,6 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ExportError
-
 BIG = 1 << 40  # "no dependency" sentinel for interval bounds
 MAX_ANALYSIS_SIZE = 4096  # 1-D propagation length limit when looking for a stable radius
 MIN_SIZE_SEARCH = 512  # min_size search range

@@ -43,7 +43,7 @@ import numpy as np
 from .errors import DatasetError, EdgesrError, ImageError, OutputExists, ScaleMismatch
 from .spec import Spec
 from .tiling import (APPROX_ALIGNMENT, MAX_APPROX_OVERLAP, Tile, TilePlan, TilingMeasurement, activation_bytes,
-                     declared_tiling, plan_tiles, run_plan, upscale_array)
+                     declared_tiling, fit_size, plan_tiles, run_plan, upscale_array)
 
 __all__ = ["Tile", "TilePlan", "plan_tiles", "upscale_array", "upscale_file", "upscale", "plan_jobs",
            "ModelTiling", "default_max_memory", "parse_memory", "parse_tile", "UpscaleResult", "UpscaleFailure"]
@@ -430,7 +430,7 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
                  on_tile: Callable[[int, int], None] | None = None) -> UpscaleResult:
     """Read `src`, upscale it tile by tile, stream the result into `dst` (refusing to
     overwrite unless `force`). ``tile``: 'auto' (from `max_memory`), 0 (untiled) or a size."""
-    from .imaging import clean_stale_temps, image_size, read_codes
+    from .imaging import _png_ihdr, clean_stale_temps, image_size, read_codes
 
     src, dst = Path(src), Path(dst)
     t0 = time.perf_counter()
@@ -452,9 +452,10 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
     h0, w0 = image_size(src)
     baseline = current_rss()
     if h0 and w0:
-        need = baseline + _decode_bytes(h0, w0, 3, 16 if src.suffix.lower() == ".png" else 8)
-        if need > budget and baseline + _decode_bytes(h0, w0, 3, 8) > budget:
-            raise ImageError(f"{src}: decoding {w0}x{h0} needs about {_mib(need - baseline)} beyond the "
+        ihdr = _png_ihdr(src) if src.is_file() else None
+        decode = _decode_bytes(h0, w0, 3, 16 if ihdr and ihdr[0] == 16 else 8)
+        if baseline + decode > budget:
+            raise ImageError(f"{src}: decoding {w0}x{h0} needs about {_mib(decode)} beyond the "
                              f"{_mib(baseline)} edgesr uses, over --max-memory {_mib(budget)}; raise --max-memory")
     img = read_codes(src)
     if img.alpha is not None and suffix in (".jpg", ".jpeg"):
@@ -467,10 +468,8 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
 
     # size rules: pad (reflect) up to the model's minimum and multiple, crop the output back
     multiple = mt.multiple()  # tile grid
-    need = max(1, int(spec.size_multiple))  # what the model requires of H and W
     min_size = mt.min_size(image_side=min(h, w))
-    ph = max(-(-min_size // need) * need, -(-h // need) * need)
-    pw = max(-(-min_size // need) * need, -(-w // need) * need)
+    ph, pw = fit_size(h, w, min_size, spec.size_multiple)  # what the model requires of H and W
     overlap_v = int(overlap) if overlap is not None else int(mt.default_overlap())
     min_tile = check_tile(tile, overlap_v, mt, image_side=max(ph, pw))
     itemsize = 2 if bit_depth == 16 else 1
@@ -523,7 +522,6 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
     except BaseException:
         writer.abort()
         raise
-    del img, samples
     return UpscaleResult(input=str(src), output=str(dst), input_size=[h, w], output_size=[h * s, w * s],
                          mode=src_mode, bit_depth=bit_depth, alpha=alpha_codes is not None,
                          tiles=len(plan.tiles), tile=plan.tile, overlap=plan.overlap, exact=plan.exact,
@@ -567,7 +565,7 @@ def _stream(runner, plan: TilePlan, spec: Spec, get_box, writer: "_OutputWriter"
         sub = TilePlan(plan.height, plan.width, plan.tile, plan.overlap, tuple(row), plan.exact, plan.multiple)
         run_plan(runner, sub, s, spec.out_channels, get_box, put_core, counted)
         writer.write(y0 * s, strip)
-        del strip
+        strip = None  # free before the next row's strip is allocated
 
 
 class _OutputWriter:

@@ -8,8 +8,6 @@ size, cropped back: what the model's own pipeline would compute if it ran at all
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
