@@ -50,6 +50,10 @@ EXACT_TOL = 1e-5  # max |tiled - untiled| (x value range) accepted as floating-p
 ERROR_BOUND_PSNR = 50.0
 MAX_APPROX_OVERLAP = DEFAULT_TILE // TILE_PER_OVERLAP  # overlap cap for models that never tile exactly
 APPROX_ALIGNMENT = 16
+LOCAL_MEMORY_FACTOR = 1.5  # runtime workspaces beyond the graph's live tensors (conv nets)
+# attention / global graphs: ELAN's ORT peak measured ~3x its liveness estimate (4.9 GiB at 0.6 MP)
+NONLOCAL_MEMORY_FACTOR = 3.0
+MEASURE_MEMORY = 1 << 30  # activation budget of the tiling measurement's untiled reference run
 MEASURE_TILES = (128, 256, 384)
 RULE = ("split the input into cores of at most tile x tile pixels, core starts on multiples of alignment; "
         "extend each core by overlap pixels on every side, clipped at the image border (never pad inside the "
@@ -350,7 +354,7 @@ def probe_radius(runner, img: np.ndarray, spec: Spec) -> int:
 
 
 def measure_tiling(runner, spec: Spec, onnx_model, *, image_size: int = 512, tiles: tuple[int, ...] = MEASURE_TILES,
-                   threads: int | None = None, graph=None,
+                   threads: int | None = None, graph=None, memory_budget: int = MEASURE_MEMORY,
                    log: Callable[[str], None] | None = None) -> TilingMeasurement:
     """Measure tiling for the model behind `runner` (its ONNX graph: `onnx_model`).
 
@@ -358,7 +362,9 @@ def measure_tiling(runner, spec: Spec, onnx_model, *, image_size: int = 512, til
     ``max(image_size, 2 x tile)`` per side (uneven: not a multiple of the tile): first at DEFAULT_TILE (or the largest of `tiles` below
     it), then smaller `tiles` while PSNR vs untiled stays >= ERROR_BOUND_PSNR, or larger ones
     until it does; the recommended tile is the first within the bound (else the largest
-    measured). A local model is verified on a smaller crop at two tile sizes. Never raises for an unanalysable graph: the
+    measured). Images (and so tiles) are kept to what an untiled run fits in `memory_budget`
+    by the graph's activation estimate; tiles below `tiles` are tried only when none fit.
+    A local model is verified on a smaller crop at two tile sizes. Never raises for an unanalysable graph: the
     result then says ``locality: unknown`` and reports the measured error.
     """
     from .errors import EdgesrError
@@ -427,13 +433,22 @@ def measure_tiling(runner, spec: Spec, onnx_model, *, image_size: int = 512, til
     overlap = _round_up(min(MAX_APPROX_OVERLAP, 1 << max(3, probe - 1).bit_length()), align)
     checks: list[TileCheck] = []
     images: dict[tuple[int, int], tuple[np.ndarray, str, np.ndarray]] = {}
+    bpp = (graph.activation_bytes_per_pixel if graph else None) or 4 * (3 * 64 + spec.out_channels * spec.scale ** 2)
+    max_pixels = memory_budget / (NONLOCAL_MEMORY_FACTOR * bpp)
+
+    def dims(t: int) -> tuple[int, int] | None:
+        # at least 2 x 2 tiles, and sides that are not multiples of the tile: cores and boxes of
+        # uneven sizes, as real images give (box sizes matter to size-dependent layers; sizes
+        # on a grid of 16 would align pooling windows by luck); as large as `image_size` asks
+        # when the untiled reference run fits the measurement's memory budget
+        for base in (max(image_size, 2 * t), 2 * t):
+            h, w = fit_size(base - t // 4 + 3, base + t // 3 + 5, min_size, spec.size_multiple)
+            if h * w <= max_pixels:
+                return h, w
+        return None
 
     def check(t: int) -> TileCheck:
-        # at least 2 x 2 tiles, and sides that are not multiples of the tile: cores and boxes of
-        # uneven sizes, as real images give (box sizes matter to size-dependent layers)
-        # (sizes on no grid: multiples of 16 would align pooling windows by luck)
-        base = max(image_size, 2 * t)
-        h, w = fit_size(base - t // 4 + 3, base + t // 3 + 5, min_size, spec.size_multiple)
+        h, w = dims(t)
         if (h, w) not in images:
             img, desc = sample_photo(h, w)
             images.clear()  # one reference image in memory at a time
@@ -448,7 +463,17 @@ def measure_tiling(runner, spec: Spec, onnx_model, *, image_size: int = 512, til
     def within(c: TileCheck) -> bool:
         return _psnr_value(c.psnr) >= ERROR_BOUND_PSNR
 
-    order = sorted({fit(t) for t in tiles})
+    order = [t for t in sorted({fit(t) for t in (*tiles, 64, 32)}) if dims(t) is not None]
+    if not order:  # not even 2 x 2 tiles of 32 px fit the budget: say so instead of measuring
+        meas = TilingMeasurement(exact=False, tile=fit(DEFAULT_TILE), overlap=overlap, alignment=align,
+                                 locality="nonlocal" if graph else "unknown", receptive_field=None,
+                                 probe_radius=probe, reasons=reasons + ["error not measured: the untiled "
+                                                                         "reference run exceeds the measurement's "
+                                                                         "memory budget"], min_size=min_size,
+                                 activation_bytes_per_pixel=bpp)
+        meas.seconds = round(time.perf_counter() - t0, 2)
+        return meas
+    order = [t for t in order if t >= min(fit(t) for t in tiles)] or order
     start = max([t for t in order if t <= DEFAULT_TILE] or order[:1])
     rec = check(start)
     if within(rec):
@@ -474,12 +499,13 @@ def measure_tiling(runner, spec: Spec, onnx_model, *, image_size: int = 512, til
 # --------------------------------------------------------------------------- memory
 
 
-def activation_bytes(box_h: int, box_w: int, bytes_per_pixel: float | None, spec: Spec) -> int:
-    """Estimated peak bytes of one model call on a box (graph liveness x a 1.5 safety factor
-    for runtime workspaces; without a graph estimate: 64 float32 channels + the output)."""
+def activation_bytes(box_h: int, box_w: int, bytes_per_pixel: float | None, spec: Spec,
+                     factor: float = LOCAL_MEMORY_FACTOR) -> int:
+    """Estimated peak bytes of one model call on a box (graph liveness x a safety factor for
+    runtime workspaces; without a graph estimate: 64 float32 channels + the output)."""
     if bytes_per_pixel is None:
         bytes_per_pixel = 4 * (3 * 64 + spec.out_channels * spec.scale ** 2)
-    return int(1.5 * bytes_per_pixel * box_h * box_w)
+    return int(factor * bytes_per_pixel * box_h * box_w)
 
 
 def iter_tiles_fitting(height: int, width: int, overlap: int, multiple: int, min_tile: int) -> Iterator[int]:

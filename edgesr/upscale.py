@@ -215,6 +215,12 @@ class ModelTiling:
             return g.receptive_field if g.local else MAX_APPROX_OVERLAP
         return declared_tiling(self.spec)[1]
 
+    def memory_factor(self) -> float:
+        from .tiling import LOCAL_MEMORY_FACTOR, NONLOCAL_MEMORY_FACTOR
+
+        local = self._measured.locality == "local" if self._measured else bool(self.graph and self.graph.local)
+        return LOCAL_MEMORY_FACTOR if local else NONLOCAL_MEMORY_FACTOR
+
     def bytes_per_pixel(self) -> float | None:
         if self._measured and self._measured.activation_bytes_per_pixel:
             return self._measured.activation_bytes_per_pixel
@@ -372,7 +378,7 @@ def _decode_bytes(h: int, w: int, channels: int, bit_depth: int) -> int:
 
 def plan_memory(h: int, w: int, spec: Spec, *, tile: int | str, overlap: int, multiple: int, min_tile: int,
                 bytes_per_pixel: float | None, input_bytes: int, out_channels: int, itemsize: int,
-                whole_output: bool, budget: int, baseline: int) -> MemoryPlan:
+                whole_output: bool, budget: int, baseline: int, factor: float = 1.5) -> MemoryPlan:
     """The tile to use (``tile='auto'``: the largest fitting `budget`) and its estimated peak."""
     s = spec.scale
     ow = w * s
@@ -382,7 +388,7 @@ def plan_memory(h: int, w: int, spec: Spec, *, tile: int | str, overlap: int, mu
         bh, bw = (h, w) if not t or t >= max(h, w) else (min(h, t + 2 * overlap), min(w, t + 2 * overlap))
         parts = {"baseline": baseline, "input": input_bytes,
                  "strip": core * s * ow * out_channels * itemsize + STRIP_BLOCK_BYTES * 3,
-                 "model": activation_bytes(bh, bw, bytes_per_pixel, spec),
+                 "model": activation_bytes(bh, bw, bytes_per_pixel, spec, factor),
                  "encoder": ENCODER_BYTES,
                  "whole_output": h * s * ow * out_channels * (itemsize + 4) if whole_output else 0}
         parts["total"] = sum(parts.values())
@@ -456,7 +462,8 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
         decode = _decode_bytes(h0, w0, 3, 16 if ihdr and ihdr[0] == 16 else 8)
         if baseline + decode > budget:
             raise ImageError(f"{src}: decoding {w0}x{h0} needs about {_mib(decode)} beyond the "
-                             f"{_mib(baseline)} edgesr uses, over --max-memory {_mib(budget)}; raise --max-memory")
+                             f"{_mib(baseline)} edgesr uses, over --max-memory {_mib(budget)} (possible "
+                             "decompression bomb); raise --max-memory if the image is genuine")
     img = read_codes(src)
     if img.alpha is not None and suffix in (".jpg", ".jpeg"):
         raise ImageError(f"{src} has transparency, which JPEG cannot store; write {dst.stem}.png or .webp")
@@ -479,7 +486,8 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
     whole = suffix != ".png"
     mp = plan_memory(ph, pw, spec, tile=tile, overlap=overlap_v, multiple=multiple, min_tile=min_tile,
                      bytes_per_pixel=mt.bytes_per_pixel(), input_bytes=input_bytes, out_channels=out_c,
-                     itemsize=itemsize, whole_output=whole, budget=budget, baseline=current_rss())
+                     itemsize=itemsize, whole_output=whole, budget=budget, baseline=current_rss(),
+                     factor=mt.memory_factor())
     what = ("untiled" if mp.tile == 0 or mp.tile >= max(ph, pw) else f"tile {mp.tile}") + (
         f" ({dst.suffix} is encoded whole: {w * s}x{h * s} in memory)" if whole else "")
     _check_budget(mp, src, what)
@@ -493,7 +501,8 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
             overlap_v = measured.overlap
         mp = plan_memory(ph, pw, spec, tile=tile, overlap=overlap_v, multiple=multiple, min_tile=min_tile,
                          bytes_per_pixel=mt.bytes_per_pixel(), input_bytes=input_bytes, out_channels=out_c,
-                         itemsize=itemsize, whole_output=whole, budget=budget, baseline=current_rss())
+                         itemsize=itemsize, whole_output=whole, budget=budget, baseline=current_rss(),
+                     factor=mt.memory_factor())
         _check_budget(mp, src, what)
     plan = plan_tiles(ph, pw, spec, mp.tile, overlap_v, measured=measured)
     if len(plan.tiles) == 1:
