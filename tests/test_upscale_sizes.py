@@ -114,3 +114,12 @@ def test_library_pads_below_minimum_for_eval_and_parity():
     assert float(np.abs(np.clip(y, 0, 1) - _expected(lm, rgb)).max()) <= 0.51 / 255
     assert fit_sizes([(12, 12), (17, 23), (1, 100)], 15, 1) == [(15, 15), (17, 23), (15, 100)]
     assert fit_sizes([(17, 23)], 1, 4) == [(20, 24)]
+
+
+def test_parity_needs_no_scale_for_esa_models(model, capsys):
+    """`edgesr parity CKPT ONNX` detects the scale and picks sample sizes the model accepts
+    (RLFN needs 15 px; parity's own scale probe used to be 12x12)."""
+    rc = main(["parity", str(model["ckpt"]), str(model["onnx"]), "--no-localize"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "internal error" not in err and f"(x{model['lm'].spec.scale})" in out
