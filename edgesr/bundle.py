@@ -12,7 +12,8 @@ parity and latency summaries, toolkit and library versions.
 - :func:`manifest_extras` computes the fields ``build_manifest`` adds from the spec and
   the conversion report (tiling, shape ranges, versions, latency summary);
   :func:`write_manifest` validates and writes a manifest atomically.
-- :func:`recommended_tiling` is the tiling rule shared with ``edgesr upscale``.
+- :func:`recommended_tiling` is the declared fallback when nothing was measured; bundles
+  carry the measured tiling of :func:`edgesr.tiling.measure_tiling`.
 
 Schema validation uses ``jsonschema`` when it is installed (an optional test dependency);
 otherwise a small built-in validator walks the same schema file (the keywords it uses:
@@ -44,32 +45,28 @@ FORMAT = "edgesr-bundle"
 FORMAT_VERSION = 1
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
 
-# Tiling defaults (input pixels). A tile core of at least TILE_PER_OVERLAP x overlap keeps the
-# recomputed margin below ~(1 + 2/8)^2 - 1 = 56% in the worst case and ~13% for 256 / 8.
+# Tiling fallbacks when nothing was measured (input pixels); see edgesr.tiling.
 DEFAULT_TILE = 256
 TILE_PER_OVERLAP = 8
 UNKNOWN_RF_OVERLAP = 16  # used when a model does not declare its receptive field
-TILING_RULE = ("split the input into cores of at most tile x tile pixels; extend each core by overlap pixels on "
-               "every side, clipped at the image border (never pad inside the image); run the model; keep only "
-               "the core's region (x scale) of the output. overlap >= receptive_field makes tiled == untiled.")
+TILING_RULE = ("split the input into cores of at most tile x tile pixels, core starts on multiples of alignment; "
+               "extend each core by overlap pixels on every side, clipped at the image border (never pad inside "
+               "the image); run the model; keep only the core's region (x scale) of the output. exact: true only "
+               "when measured (graph receptive field <= overlap and tiled == untiled up to float rounding); "
+               "otherwise measured.error holds the measured difference at this tile.")
 
 
 # --------------------------------------------------------------------------- tiling rule
 
 
 def recommended_tiling(spec: Spec) -> tuple[int, int]:
-    """(tile, overlap) in input pixels for `spec`.
+    """(tile, overlap) in input pixels from what `spec` *declares* (no measurement):
+    overlap = the declared receptive field, or UNKNOWN_RF_OVERLAP; tile = max(DEFAULT_TILE,
+    TILE_PER_OVERLAP * overlap); both rounded up to the size multiple. Bundles carry measured
+    values instead (:func:`edgesr.tiling.measure_tiling`)."""
+    from .tiling import declared_tiling
 
-    overlap = the receptive field (LR-pixel radius; the smallest overlap for which tiled
-    output equals untiled output), or UNKNOWN_RF_OVERLAP when the model does not declare
-    one; tile = max(DEFAULT_TILE, TILE_PER_OVERLAP * overlap). Both are rounded up to the
-    model's size multiple so every tile the model sees is a legal input size.
-    """
-    m = max(1, int(spec.size_multiple))
-    overlap = spec.receptive_field if spec.receptive_field is not None else UNKNOWN_RF_OVERLAP
-    overlap = _round_up(max(0, int(overlap)), m)
-    tile = _round_up(max(DEFAULT_TILE, TILE_PER_OVERLAP * overlap, spec.min_size), m)
-    return tile, overlap
+    return declared_tiling(spec)
 
 
 def _round_up(v: int, m: int) -> int:
@@ -611,10 +608,9 @@ def _consistency(d: dict[str, Any]) -> list[str]:
         out.append(f"field 'io.receptive_field' ({io['receptive_field']}) differs from 'spec.receptive_field' "
                    f"({spec['receptive_field']})")
     rf = io["receptive_field"]
-    exact = rf is not None and tiling["overlap"] >= rf
-    if bool(tiling["exact"]) != exact:
-        out.append(f"field 'tiling.exact' is {str(tiling['exact']).lower()} but overlap {tiling['overlap']} vs "
-                   f"receptive field {rf} makes it {str(exact).lower()}")
+    if tiling["exact"] and (rf is None or tiling["overlap"] < rf):
+        out.append(f"field 'tiling.exact' is true but overlap {tiling['overlap']} vs receptive field {rf} cannot "
+                   "make tiled == untiled")
     roles = [a["role"] for a in d["artifacts"]]
     dup = sorted({r for r in roles if roles.count(r) > 1})
     if dup:
@@ -631,18 +627,32 @@ def _consistency(d: dict[str, Any]) -> list[str]:
 
 def manifest_extras(spec: Spec, report: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fields ``pipeline.build_manifest`` adds to the manifest: ``tiling``, ``shape_range``,
-    ``versions`` (replacing the latency-only ones) and ``latency`` (null without --no-bench)."""
+    ``versions`` (replacing the latency-only ones) and ``latency`` (null without --no-bench).
+
+    ``tiling`` comes from ``report["tiling"]`` (an :class:`edgesr.tiling.TilingMeasurement`
+    as a dict); without one, the declared fallback with ``exact: false`` (nothing verified)."""
     report = report or {}
-    tile, overlap = recommended_tiling(spec)
-    rf = spec.receptive_field
+    meas = report.get("tiling")
     m = max(1, int(spec.size_multiple))
+    if meas:
+        tile, overlap, align = int(meas["tile"]), int(meas["overlap"]), int(meas.get("alignment") or 1)
+        from .tiling import TilingMeasurement
+
+        tiling = {"tile": tile, "overlap": overlap, "units": "input_pixels", "exact": bool(meas["exact"]),
+                  "alignment": align, "summary": TilingMeasurement.from_dict(meas).summary(), "rule": TILING_RULE,
+                  "measured": meas}
+        min_size = max(spec.min_size, int(meas.get("min_size") or 1))
+    else:
+        tile, overlap = recommended_tiling(spec)
+        tiling = {"tile": tile, "overlap": overlap, "units": "input_pixels", "exact": False, "alignment": m,
+                  "summary": "not measured", "rule": TILING_RULE}
+        min_size = spec.min_size
     opt = tile + 2 * overlap
     return {
-        "tiling": {"tile": tile, "overlap": overlap, "units": "input_pixels",
-                   "exact": rf is not None and overlap >= rf, "rule": TILING_RULE},
+        "tiling": tiling,
         "shape_range": {"batch": {"min": 1, "max": None, "opt": 1},
-                        "height": {"min": max(spec.min_size, m), "max": None, "opt": opt, "multiple": m},
-                        "width": {"min": max(spec.min_size, m), "max": None, "opt": opt, "multiple": m}},
+                        "height": {"min": max(min_size, m), "max": None, "opt": opt, "multiple": m},
+                        "width": {"min": max(min_size, m), "max": None, "opt": opt, "multiple": m}},
         "versions": library_versions(report),
         "latency": _latency_summary(report.get("latency")),
     }

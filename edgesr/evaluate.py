@@ -42,19 +42,29 @@ class EvalResult:
                 "images": [asdict(i) for i in self.images]}
 
 
-def super_resolve(runner, rgb: np.ndarray) -> np.ndarray:
-    """HxWx3 float [0,1] -> SR HxWx3 float (unclipped) through any Runner."""
+def super_resolve(runner, rgb: np.ndarray, spec=None) -> np.ndarray:
+    """HxWx3 float [0,1] -> SR HxWx3 float (unclipped) through any Runner. With a `spec`, an
+    image below the model's minimum size (or not a multiple it needs) is padded (reflect)
+    first and the output cropped back, so no backend sees an input it cannot take."""
+    h, w = rgb.shape[:2]
+    if spec is not None:
+        from .tiling import pad_to_rules
+
+        rgb = pad_to_rules(rgb, spec.min_size, spec.size_multiple)
     x = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32)
-    return runner.run(x)[0].transpose(1, 2, 0)
+    y = runner.run(x)[0].transpose(1, 2, 0)
+    if spec is not None and rgb.shape[:2] != (h, w):
+        y = y[: h * spec.scale, : w * spec.scale]
+    return y
 
 
 def evaluate(runner, testset: str | Path, scale: int, backend: str = "",
-             progress: Callable[[str], None] | None = None) -> EvalResult:
+             progress: Callable[[str], None] | None = None, spec=None) -> EvalResult:
     result = EvalResult(testset=str(testset), scale=scale, backend=backend or getattr(runner, "name", ""))
     for pair in load_testset(testset, scale):
         lr = read_image(pair.lr_path).rgb
         hr = read_image(pair.hr_path).rgb
-        sr = super_resolve(runner, lr)
+        sr = super_resolve(runner, lr, spec)
         if sr.shape[0] != lr.shape[0] * scale or sr.shape[1] != lr.shape[1] * scale:
             raise ImageError(f"model output {sr.shape[:2]} is not {scale}x the input {lr.shape[:2]}: "
                              f"wrong --scale for this model?")

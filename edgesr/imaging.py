@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import struct
 import threading
 import warnings
@@ -35,14 +36,19 @@ import numpy as np
 import torch
 
 from edgesr.errors import DatasetError, ImageError, one_line, quoted
-from edgesr.fsutil import atomic_path
 
 __all__ = [
     "Image",
+    "ImageCodes",
+    "PngWriter",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "read_image",
+    "read_codes",
+    "image_size",
     "write_image",
+    "streaming_output",
+    "clean_stale_temps",
     "quantize",
     "to_tensor",
     "from_tensor",
@@ -261,7 +267,8 @@ def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _from_pil(img, path: Path) -> tuple[np.ndarray, np.ndarray | None, int, str]:
-    """(rgb float32 HxWx3, alpha or None, bit_depth, source mode) from a Pillow image."""
+    """(samples HxWx1 (grey) or HxWx3 as uint8/uint16 codes, alpha codes HxW or None,
+    bit_depth, source mode) from a Pillow image."""
     mode = img.mode
     info = img.info
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
@@ -270,33 +277,91 @@ def _from_pil(img, path: Path) -> tuple[np.ndarray, np.ndarray | None, int, str]
             # PNG 16-bit grey (older Pillow) or 32-bit integer TIFF
             if a.size and (a.min() < 0 or a.max() > 65535):
                 raise ImageError(f"{quoted(path)}: 32-bit integer images are not supported; convert to 16-bit PNG")
-        g = a.astype(np.float32) / np.float32(65535.0)
+        g = a.astype(np.uint16)
         alpha = None
         t = info.get("transparency")
         if isinstance(t, int):
-            alpha = (a != t).astype(np.float32)
-        return np.repeat(g[..., None], 3, axis=2), alpha, 16, mode
+            alpha = np.where(a != t, np.uint16(65535), np.uint16(0))
+        return g[..., None], alpha, 16, mode
     if mode == "F":
         raise ImageError(f"{quoted(path)}: 32-bit float images are not supported; convert to 8- or 16-bit PNG")
 
     has_transparency = "transparency" in info
     if mode in ("1", "L"):
         if has_transparency:
-            la = np.asarray(img.convert("LA"), dtype=np.float32) / 255.0
-            g, alpha = la[..., 0], la[..., 1]
-        else:
-            g, alpha = np.asarray(img.convert("L"), dtype=np.float32) / 255.0, None
-        return np.repeat(g[..., None], 3, axis=2), alpha, 8, mode
+            la = np.asarray(img.convert("LA"))
+            return np.ascontiguousarray(la[..., :1]), np.ascontiguousarray(la[..., 1]), 8, mode
+        return np.asarray(img.convert("L"))[..., None], None, 8, mode
     if mode in ("LA", "La"):
-        la = np.asarray(img.convert("LA"), dtype=np.float32) / 255.0
-        return np.repeat(la[..., :1], 3, axis=2), np.ascontiguousarray(la[..., 1]), 8, mode
+        la = np.asarray(img.convert("LA"))
+        return np.ascontiguousarray(la[..., :1]), np.ascontiguousarray(la[..., 1]), 8, mode
     if mode in ("RGBA", "RGBa", "PA") or (mode in ("P", "RGB") and has_transparency):
-        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        rgba = np.asarray(img.convert("RGBA"))
         return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]), 8, mode
     if mode in COLOR_MODES:
-        rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-        return rgb, None, 8, mode
+        return np.asarray(img.convert("RGB")), None, 8, mode
     raise ImageError(f"{quoted(path)}: unsupported image mode {mode!r}; convert it to RGB or grey PNG")
+
+
+@dataclass(frozen=True)
+class ImageCodes:
+    """A decoded image as stored: integer codes, no float copy (what ``edgesr upscale`` streams from).
+
+    samples: uint8 / uint16 HxWx1 (grey sources) or HxWx3
+    alpha:   uint8 / uint16 HxW, or None
+    """
+
+    samples: np.ndarray
+    alpha: np.ndarray | None
+    bit_depth: int
+    mode: str
+    path: Path | None = None
+
+    @property
+    def peak(self) -> float:
+        return 255.0 if self.bit_depth == 8 else 65535.0
+
+    @property
+    def is_gray(self) -> bool:
+        return self.mode in GRAY_MODES or self.mode == "LA;16"
+
+    @property
+    def output_mode(self) -> str:
+        return "L" if self.is_gray else "RGB"
+
+    @property
+    def height(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.samples.shape[1])
+
+    def rgb_float(self, y0: int = 0, y1: int | None = None, x0: int = 0, x1: int | None = None) -> np.ndarray:
+        """float32 RGB in [0, 1] of a region (grey replicated to 3 channels)."""
+        a = self.samples[y0:y1, x0:x1]
+        f = a.astype(np.float32) / (np.float32(65535.0) if self.bit_depth == 16 else 255.0)
+        return np.repeat(f, 3, axis=2) if f.shape[2] == 1 else f
+
+    def alpha_float(self) -> np.ndarray | None:
+        if self.alpha is None:
+            return None
+        return self.alpha.astype(np.float32) / (np.float32(65535.0) if self.bit_depth == 16 else 255.0)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding (after EXIF rotation)."""
+    p = Path(path)
+    try:
+        with _pillow_quiet(), _open_pil(p, None) as img:
+            w, h = img.size
+            if _exif_orientation(img) in (5, 6, 7, 8):
+                w, h = h, w
+    except ImageError:
+        raise
+    except Exception:  # noqa: BLE001 - decoding reports the precise problem later
+        return (0, 0)
+    return h, w
 
 
 def read_image(
@@ -312,6 +377,22 @@ def read_image(
     exif_transpose: apply the EXIF orientation tag, as photo viewers do.
     Raises ImageError with a one-line message naming the file on any failure.
     """
+    c = read_codes(path, max_pixels=max_pixels, exif_transpose=exif_transpose)
+    rgb = np.ascontiguousarray(c.rgb_float(), dtype=np.float32)
+    alpha = c.alpha_float()
+    if alpha is not None:
+        alpha = np.ascontiguousarray(alpha, dtype=np.float32)
+    return Image(rgb=rgb, alpha=alpha, bit_depth=c.bit_depth, mode=c.mode, path=c.path)
+
+
+def read_codes(
+    path: str | os.PathLike,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    exif_transpose: bool = True,
+) -> ImageCodes:
+    """Decode an image file to its integer codes (see :class:`ImageCodes`); same checks
+    and errors as :func:`read_image`, without any float copy of the image."""
     p = Path(path)
     if not p.exists():
         raise ImageError(f"{quoted(p)}: no such file")
@@ -327,16 +408,16 @@ def read_image(
                 u16, info, orientation = _decode_png16_color(p, ihdr[1], max_pixels)
                 orientation = orientation if exif_transpose else 1
                 trns = info.get("transparency")
-                f = u16.astype(np.float32) / np.float32(65535.0)
                 if ihdr[1] == 4:  # grey + alpha
-                    rgb, alpha, mode = np.repeat(f[..., :1], 3, axis=2), f[..., 1], "LA;16"
+                    samples, alpha, mode = u16[..., :1], u16[..., 1], "LA;16"
                 elif ihdr[1] == 6:
-                    rgb, alpha, mode = f[..., :3], f[..., 3], "RGBA;16"
+                    samples, alpha, mode = u16[..., :3], u16[..., 3], "RGBA;16"
                 else:
-                    rgb, mode = f, "RGB;16"
+                    samples, mode = u16, "RGB;16"
                     alpha = None
                     if isinstance(trns, tuple) and len(trns) == 3:
-                        alpha = np.any(u16 != np.array(trns, dtype=np.uint16), axis=-1).astype(np.float32)
+                        alpha = np.where(np.any(u16 != np.array(trns, dtype=np.uint16), axis=-1),
+                                         np.uint16(65535), np.uint16(0))
                 bit_depth = 16
             else:
                 with _open_pil(p, max_pixels) as img:
@@ -347,7 +428,7 @@ def read_image(
                         )
                     img.load()
                     orientation = _exif_orientation(img) if exif_transpose else 1
-                    rgb, alpha, bit_depth, mode = _from_pil(img, p)
+                    samples, alpha, bit_depth, mode = _from_pil(img, p)
     except ImageError:
         raise
     except PermissionError:
@@ -361,13 +442,13 @@ def read_image(
         raise ImageError(f"{quoted(p)}: cannot decode ({reason}); the file is truncated or corrupt") from None
 
     if orientation != 1:
-        rgb = _orient(rgb, orientation)
+        samples = _orient(samples, orientation)
         if alpha is not None:
             alpha = _orient(alpha, orientation)
-    rgb = np.ascontiguousarray(rgb, dtype=np.float32)
+    samples = np.ascontiguousarray(samples)
     if alpha is not None:
-        alpha = np.ascontiguousarray(alpha, dtype=np.float32)
-    return Image(rgb=rgb, alpha=alpha, bit_depth=bit_depth, mode=mode, path=p)
+        alpha = np.ascontiguousarray(alpha)
+    return ImageCodes(samples=samples, alpha=alpha, bit_depth=bit_depth, mode=mode, path=p)
 
 
 def _is_16bit_color_tiff(img) -> bool:
@@ -413,25 +494,185 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
+_PNG_COLOR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> grey, grey+alpha, RGB, RGBA
+_IDAT_BYTES = 1 << 20  # compressed bytes per IDAT chunk
+_FILTER_BLOCK_BYTES = 8 << 20  # raw bytes filtered at once (bounds the filter's temporaries)
+
+
+class PngWriter:
+    """Streaming PNG encoder: rows in, IDAT chunks out, memory bounded by a block of rows.
+
+    ``write_rows`` takes uint8 (bit_depth 8) or uint16 (16) arrays of shape rows x width x
+    channels (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA), top to bottom; ``close`` checks that
+    exactly ``height`` rows came and writes the end of the stream. Every row uses the Paeth
+    filter (computed from the raw samples, so blocks are independent of each other).
+    """
+
+    def __init__(self, f, width: int, height: int, channels: int, bit_depth: int = 8, level: int = 6):
+        if channels not in _PNG_COLOR_TYPE or bit_depth not in (8, 16) or width < 1 or height < 1:
+            raise ImageError(f"cannot write a {width}x{height} PNG with {channels} channels at {bit_depth} bits")
+        if width >= 2 ** 31 or height >= 2 ** 31:
+            raise ImageError(f"a PNG cannot be {width}x{height} pixels (limit 2^31 - 1 per side)")
+        self.f, self.width, self.height, self.channels, self.bit_depth = f, width, height, channels, bit_depth
+        self.bpp = channels * bit_depth // 8
+        self.rows = 0
+        self._prev = np.zeros(width * self.bpp, dtype=np.uint8)  # the row above (raw bytes)
+        self._z = zlib.compressobj(level)
+        self._pending = bytearray()
+        ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, _PNG_COLOR_TYPE[channels], 0, 0, 0)
+        f.write(_PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr))
+
+    def write_rows(self, samples: np.ndarray) -> None:
+        a = np.asarray(samples)
+        if a.ndim == 2:
+            a = a[..., None]
+        want = np.uint8 if self.bit_depth == 8 else np.uint16
+        if a.dtype != want or a.shape[1:] != (self.width, self.channels):
+            raise ImageError(f"PNG rows must be {want.__name__} ?x{self.width}x{self.channels}, "
+                             f"got {a.dtype} {a.shape}")
+        if self.rows + a.shape[0] > self.height:
+            raise ImageError(f"more than {self.height} PNG rows written")
+        row_bytes = self.width * self.bpp
+        step = max(1, _FILTER_BLOCK_BYTES // row_bytes)
+        for i in range(0, a.shape[0], step):
+            block = a[i:i + step]
+            if self.bit_depth == 16:
+                block = block.astype(">u2")
+            raw = np.ascontiguousarray(block).view(np.uint8).reshape(block.shape[0], row_bytes)
+            self._compress(self._paeth(raw))
+            self._prev = raw[-1].copy()
+            self.rows += raw.shape[0]
+
+    def _paeth(self, raw: np.ndarray) -> bytes:
+        """Filter type 4 (Paeth) for every row of `raw`; returns the filtered scanlines."""
+        n, width = raw.shape
+        up = np.empty_like(raw)
+        up[0] = self._prev
+        up[1:] = raw[:-1]
+        left = np.zeros_like(raw)
+        left[:, self.bpp:] = raw[:, :-self.bpp]
+        upleft = np.zeros_like(raw)
+        upleft[:, self.bpp:] = up[:, :-self.bpp]
+        a, b, c = left.astype(np.int16), up.astype(np.int16), upleft.astype(np.int16)
+        p = a + b - c
+        pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+        pred = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+        out = np.empty((n, width + 1), dtype=np.uint8)
+        out[:, 0] = 4
+        out[:, 1:] = (raw.astype(np.int16) - pred).astype(np.uint8)  # wraps mod 256, as PNG requires
+        return out.tobytes()
+
+    def _compress(self, data: bytes) -> None:
+        self._pending += self._z.compress(data)
+        while len(self._pending) >= _IDAT_BYTES:
+            self.f.write(_png_chunk(b"IDAT", bytes(self._pending[:_IDAT_BYTES])))
+            del self._pending[:_IDAT_BYTES]
+
+    def close(self) -> None:
+        if self.rows != self.height:
+            raise ImageError(f"PNG stream ended after {self.rows} of {self.height} rows")
+        self._pending += self._z.flush()
+        if self._pending:
+            self.f.write(_png_chunk(b"IDAT", bytes(self._pending)))
+        self._pending = bytearray()
+        self.f.write(_png_chunk(b"IEND", b""))
+
+
 def _encode_png16(samples: np.ndarray, level: int = 6) -> bytes:
-    """16-bit PNG (grey / grey+alpha / RGB / RGBA) from uint16 HxW or HxWxC; 'Up' filter."""
+    """16-bit PNG (grey / grey+alpha / RGB / RGBA) from uint16 HxW or HxWxC."""
     if samples.ndim == 2:
         samples = samples[..., None]
     h, w, c = samples.shape
-    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    rows = np.ascontiguousarray(samples.astype(">u2")).view(np.uint8).reshape(h, w * c * 2)
-    up = rows.copy()
-    up[1:] = rows[1:] - rows[:-1]  # uint8 arithmetic wraps mod 256, as PNG requires
-    raw = np.empty((h, w * c * 2 + 1), dtype=np.uint8)
-    raw[:, 0] = 2  # filter type Up
-    raw[:, 1:] = up
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
-    return (
-        _PNG_SIGNATURE
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), level))
-        + _png_chunk(b"IEND", b"")
-    )
+    buf = io.BytesIO()
+    png = PngWriter(buf, w, h, c, 16, level)
+    png.write_rows(np.ascontiguousarray(samples, dtype=np.uint16))
+    png.close()
+    return buf.getvalue()
+
+
+# Temp files of streamed outputs: ".<name>.edgesr-XXXXXXXX.tmp" beside the output, held under an
+# exclusive flock while written, so a later run can tell a dead run's leftover from a live one.
+TEMP_MARK = ".edgesr-"
+_LEGACY_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # fsutil.atomic_path's mkstemp names
+
+
+def _temp_re(final_name: str) -> "re.Pattern[str]":
+    return re.compile("^" + re.escape(f".{final_name}{TEMP_MARK}") + r"[a-z0-9_]{8}\.tmp$")
+
+
+@contextlib.contextmanager
+def streaming_output(final: str | os.PathLike) -> Iterator[io.BufferedWriter]:
+    """A binary file to write `final` through: a locked temp file in the same folder, fsynced
+    and renamed onto `final` when the block succeeds, removed when it fails. A SIGKILL leaves
+    the temp file; :func:`clean_stale_temps` recognises and removes it on the next run."""
+    import tempfile
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}{TEMP_MARK}", suffix=".tmp", dir=final.parent)
+    tmp_path = Path(tmp)
+    try:
+        _lock(fd)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # mkstemp creates 0600; outputs follow the umask
+        with os.fdopen(os.dup(fd), "wb", buffering=1 << 20) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+        os.close(fd)
+
+
+def _lock(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; leftovers are then only removed with --force
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def clean_stale_temps(final: str | os.PathLike, *, legacy: bool = False) -> list[Path]:
+    """Remove temp files a killed edgesr run left beside `final` (never anything else).
+
+    Only names edgesr itself creates for `final` are considered: ``.<name>.edgesr-XXXXXXXX.tmp``
+    whose lock no live process holds, and with ``legacy=True`` (``--force``) also the
+    ``.<name>.XXXXXXXX.tmp`` names of earlier versions. Returns what was removed.
+    """
+    final = Path(final)
+    pat = _temp_re(final.name)
+    removed = []
+    try:
+        entries = list(final.parent.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _LEGACY_TEMP.match(p.name)
+        ours = bool(pat.match(p.name))
+        old = legacy and m is not None and m.group("name") == final.name
+        if not (ours or old) or p.is_symlink() or not p.is_file():
+            continue
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if not _lock(fd) and ours:
+                continue  # a live run is writing it
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def write_image(
@@ -446,7 +687,7 @@ def write_image(
     """Write floats in [0, 1] as PNG / JPEG / WebP (chosen by extension), atomically.
 
     rgb:   HxWx3 (or HxW / HxWx1 for grey); values are clipped to [0, 1] and quantized
-           with :func:`quantize` (round half up).
+           with :func:`quantize` (round half up), a block of rows at a time.
     alpha: optional HxW in [0, 1] (PNG and WebP only).
     bit_depth: 8, or 16 for PNG.
     mode:  'RGB' or 'L' (grey; RGB input is reduced with BT.601 luma weights). A source
@@ -458,12 +699,7 @@ def write_image(
     fmt = _WRITE_FORMATS.get(p.suffix.lower())
     if fmt is None:
         raise ImageError(f"{p}: cannot write {p.suffix or 'extensionless'} files; use .png, .jpg or .webp")
-    if mode in GRAY_MODES or mode == "LA;16":
-        gray = True
-    elif mode in COLOR_MODES or mode in ("RGB;16", "RGBA;16"):
-        gray = False
-    else:
-        raise ImageError(f"{p}: unknown output mode {mode!r}; use 'RGB' or 'L'")
+    gray = _is_gray_mode(p, mode)
     if bit_depth not in (8, 16):
         raise ImageError(f"{p}: bit depth must be 8 or 16, got {bit_depth}")
     if bit_depth == 16 and fmt != "PNG":
@@ -478,54 +714,80 @@ def write_image(
         raise ImageError(f"{p}: expected HxWx3 or HxW image data, got shape {a.shape}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ImageError(f"{p}: cannot write an empty {a.shape[0]}x{a.shape[1]} image")
-    if gray:
-        color = _gray_from(a.astype(np.float64))
-    else:
-        color = np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
-    try:
-        codes = quantize(color, bit_depth)
-        acodes = None
-        if alpha is not None:
-            if fmt == "JPEG":
-                raise ImageError(f"{p}: JPEG cannot store transparency; write .png or .webp")
-            al = np.asarray(alpha)
-            if al.ndim == 3 and al.shape[2] == 1:
-                al = al[..., 0]
-            if al.shape != a.shape[:2]:
-                raise ImageError(f"{p}: alpha is {al.shape}, image is {a.shape[:2]}")
-            acodes = quantize(al, bit_depth)
-    except ImageError as e:
-        msg = str(e)
-        raise ImageError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
+    al = None
+    if alpha is not None:
+        if fmt == "JPEG":
+            raise ImageError(f"{p}: JPEG cannot store transparency; write .png or .webp")
+        al = np.asarray(alpha)
+        if al.ndim == 3 and al.shape[2] == 1:
+            al = al[..., 0]
+        if al.shape != a.shape[:2]:
+            raise ImageError(f"{p}: alpha is {al.shape}, image is {a.shape[:2]}")
+    h, w = a.shape[:2]
+    channels = (1 if gray else 3) + (al is not None)
+    block = max(1, (16 << 20) // max(1, w * channels * 8))
 
-    if acodes is not None:
-        samples = np.concatenate([codes if codes.ndim == 3 else codes[..., None], acodes[..., None]], axis=2)
-    else:
-        samples = codes
+    def codes(y0: int, y1: int) -> np.ndarray:
+        return encode_rows(a[y0:y1], None if al is None else al[y0:y1], bit_depth=bit_depth, gray=gray, path=p)
 
-    if bit_depth == 16:
-        data = _encode_png16(samples)
-    else:
-        PILImage = _pil()
-        pil_mode = {(True, False): "L", (True, True): "LA", (False, False): "RGB", (False, True): "RGBA"}[
-            (gray, acodes is not None)
-        ]
-        if samples.ndim == 3 and samples.shape[2] == 1:
-            samples = samples[..., 0]
-        buf = io.BytesIO()
-        kwargs = {"quality": int(quality)} if fmt in ("JPEG", "WEBP") else {"compress_level": 6}
-        try:
-            with _pillow_quiet():
-                PILImage.fromarray(np.ascontiguousarray(samples), mode=pil_mode).save(buf, format=fmt, **kwargs)
-        except Exception as e:  # e.g. a Pillow built without WebP
-            raise ImageError(f"{p}: {fmt} encoder failed ({e})") from None
-        data = buf.getvalue()
     try:
-        with atomic_path(p) as tmp:
-            tmp.write_bytes(data)
+        with streaming_output(p) as f:
+            if fmt == "PNG":
+                png = PngWriter(f, w, h, channels, bit_depth)
+                for y0 in range(0, h, block):
+                    png.write_rows(codes(y0, min(h, y0 + block)))
+                png.close()
+            else:
+                samples = np.concatenate([codes(y0, min(h, y0 + block)) for y0 in range(0, h, block)])
+                save_pillow(f, samples, fmt, quality, p)
     except OSError as e:
         raise ImageError(f"{p}: cannot write ({e.strerror or e})") from None
     return p
+
+
+def _is_gray_mode(p: Path, mode: str) -> bool:
+    if mode in GRAY_MODES or mode == "LA;16":
+        return True
+    if mode in COLOR_MODES or mode in ("RGB;16", "RGBA;16"):
+        return False
+    raise ImageError(f"{p}: unknown output mode {mode!r}; use 'RGB' or 'L'")
+
+
+def encode_rows(rgb: np.ndarray, alpha: np.ndarray | None, *, bit_depth: int, gray: bool,
+                path: Path | None = None) -> np.ndarray:
+    """Float rows (HxWx1 / HxWx3, alpha HxW) -> integer samples HxWxC for the encoder:
+    grey by BT.601 luma when `gray`, then :func:`quantize` (round half up)."""
+    a = rgb if rgb.ndim == 3 else rgb[..., None]
+    try:
+        if gray:
+            color = quantize(_gray_from(a.astype(np.float64)), bit_depth)[..., None]
+        else:
+            color = quantize(np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a, bit_depth)
+        if alpha is None:
+            return color
+        return np.concatenate([color, quantize(alpha, bit_depth)[..., None]], axis=2)
+    except ImageError as e:
+        msg = str(e)
+        raise ImageError(msg if path is None or msg.startswith(str(path)) else f"{path}: {msg}") from None
+
+
+def save_pillow(f, samples: np.ndarray, fmt: str, quality: int, p: Path) -> None:
+    """JPEG / WebP of uint8 HxWxC samples (1-4 channels) with Pillow, into the open file `f`."""
+    PILImage = _pil()
+    c = samples.shape[2]
+    pil_mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[c]
+    if fmt == "JPEG" and max(samples.shape[:2]) > 65535:
+        raise ImageError(f"{p}: JPEG cannot be {samples.shape[1]}x{samples.shape[0]} (65535 px per side); "
+                         "write .png")
+    if fmt == "WEBP" and max(samples.shape[:2]) > 16383:
+        raise ImageError(f"{p}: WebP cannot be {samples.shape[1]}x{samples.shape[0]} (16383 px per side); "
+                         "write .png")
+    arr = samples[..., 0] if c == 1 else samples
+    try:
+        with _pillow_quiet():
+            PILImage.fromarray(np.ascontiguousarray(arr), mode=pil_mode).save(f, format=fmt, quality=int(quality))
+    except Exception as e:  # e.g. a Pillow built without WebP
+        raise ImageError(f"{p}: {fmt} encoder failed ({e})") from None
 
 
 # --------------------------------------------------------------------------- tensors, folders

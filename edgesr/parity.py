@@ -441,12 +441,42 @@ def judge(c: Comparison) -> list[str]:
     return f
 
 
-def detect_scale(runner, channels: int = 3) -> int:
-    x = random_image((1, channels, 12, 12), seed=99)
+def detect_scale(runner, channels: int = 3, size: int = 12) -> int:
+    """Upscaling factor of `runner`, from one `size` x `size` input (use one the model accepts:
+    :func:`size_rules`)."""
+    x = random_image((1, channels, size, size), seed=99)
     y = _run(runner, x)
-    if y.ndim != 4 or y.shape[2] % 12 or y.shape[2] // 12 != y.shape[3] // 12:
+    if y.ndim != 4 or y.shape[2] % size or y.shape[2] // size != y.shape[3] // size:
         raise ParityError(f"{runner.name}: output shape {y.shape} for input {x.shape} is not an integer upscale")
-    return y.shape[2] // 12
+    return y.shape[2] // size
+
+
+def size_rules(runners: Sequence[Any]) -> tuple[int, int]:
+    """(min_size, multiple) every runner accepts: from each runner's ``spec`` when it has one,
+    else from its ONNX graph (edgesr.locality); (1, 1) when neither says."""
+    min_size, multiple = 1, 1
+    for r in runners:
+        spec = getattr(r, "spec", None)
+        if spec is not None:
+            min_size, multiple = max(min_size, int(spec.min_size)), math.lcm(multiple, int(spec.size_multiple))
+            continue
+        path = getattr(r, "path", None)
+        if path is not None and Path(path).suffix.lower() == ".onnx":
+            from .errors import EdgesrError
+            from .locality import analyze_onnx
+
+            try:
+                g = analyze_onnx(path)
+            except EdgesrError:
+                continue
+            min_size = max(min_size, g.min_size or 1)
+    return min_size, multiple
+
+
+def fit_sizes(sizes: Sequence[tuple[int, int]], min_size: int, multiple: int) -> list[tuple[int, int]]:
+    from .tiling import fit_size
+
+    return [fit_size(h, w, min_size, multiple) for h, w in sizes]
 
 
 def check_parity(runners: Sequence[Any], samples: Sequence[Sample] | None = None, *,

@@ -152,6 +152,12 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
         done("export", f"opset {exported.opset}, {sum(exported.op_counts.values())} nodes "
                        f"{dict(exported.op_counts)}, max abs vs torch {exported.max_abs_vs_torch:.2e}")
 
+        tiling = measure_bundle_tiling(onnx_path, deploy_spec, opts)
+        report["tiling"] = tiling.to_dict()
+        deploy_spec = replace(deploy_spec, receptive_field=tiling.receptive_field,
+                              min_size=max(deploy_spec.min_size, tiling.min_size or 1))
+        done("tiling", tiling.summary())
+
         if opts.fp16:
             from .export.fp16 import export_fp16
 
@@ -204,7 +210,9 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
 
             report["executorch"] = {}
             for precision in ["fp32"] + (["int8"] if opts.int8 else []):
-                pte = export_executorch(deploy, deploy_spec, staging / f"model_{precision}.pte", precision=precision)
+                box = tiling.tile + 2 * tiling.overlap  # one recommended tile box (measured)
+                pte = export_executorch(deploy, deploy_spec, staging / f"model_{precision}.pte", precision=precision,
+                                        max_hw=(box, box))
                 art = pte.artifact()
                 report["executorch"][precision] = {k: art.get(k) for k in (
                     "file", "bytes", "shape_range", "max_abs_vs_torch", "psnr_vs_torch", "executorch_version")}
@@ -343,6 +351,15 @@ def _fit(x: np.ndarray, spec: Spec) -> np.ndarray:
         return x
     return np.pad(x, ((0, 0), (0, 0), (0, h - x.shape[2]), (0, w - x.shape[3])), mode="reflect" if
                   min(x.shape[2:]) > 1 else "edge")
+
+
+def measure_bundle_tiling(onnx_path: Path, spec: Spec, opts: ConvertOptions):
+    """Tiling measured on the exported fp32 ONNX with ONNX Runtime (see edgesr.tiling)."""
+    from .backends.ort_runner import OrtRunner
+    from .tiling import measure_tiling
+
+    return measure_tiling(OrtRunner(onnx_path, name="ort:fp32", threads=opts.threads), spec, onnx_path,
+                          threads=opts.threads)
 
 
 def check_reparameterization(training, deploy, inputs: list[np.ndarray], spec: Spec, tol: float = 1e-5) -> dict:

@@ -24,6 +24,8 @@ class ResolvedModel:
     spec: Spec
     kind: str  # "checkpoint" | "onnx" | "bundle"
     path: Path
+    onnx: bytes | Path | None = None  # the ONNX graph behind the runner, when there is one (tiling analysis)
+    tiling: dict | None = None  # a bundle manifest's "tiling" (with the measurement made at convert time)
 
 
 def resolve_model(ref: str | Path, backend: str = "torch", scale: int | None = None, arch: str | None = None,
@@ -59,8 +61,9 @@ def _from_checkpoint(path: Path, backend: str, scale, arch, form: str, threads) 
     with tempfile.TemporaryDirectory(prefix="edgesr-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(module, spec, onnx_path, source_checkpoint=path)
-        runner = OrtRunner(onnx_path.read_bytes(), name="ort:fp32", threads=threads)
-    return ResolvedModel(runner, spec, "checkpoint", path)
+        onnx_bytes = onnx_path.read_bytes()
+        runner = OrtRunner(onnx_bytes, name="ort:fp32", threads=threads)
+    return ResolvedModel(runner, spec, "checkpoint", path, onnx=onnx_bytes)
 
 
 def _from_onnx(path: Path, backend: str, scale, threads) -> ResolvedModel:
@@ -69,7 +72,8 @@ def _from_onnx(path: Path, backend: str, scale, threads) -> ResolvedModel:
     if backend != "ort":
         raise CheckpointError(f"{path.name} is an ONNX model: use --backend ort")
     spec = _spec_from_onnx(path, scale)
-    return ResolvedModel(OrtRunner(path, name=f"ort:{path.name}", threads=threads), spec, "onnx", path)
+    return ResolvedModel(OrtRunner(path, name=f"ort:{path.name}", threads=threads), spec, "onnx", path,
+                         onnx=path if path.suffix.lower() == ".onnx" else None)
 
 
 def _spec_from_onnx(path: Path, scale: int | None) -> Spec:
@@ -116,13 +120,20 @@ def _from_bundle(path: Path, backend: str, scale, threads) -> ResolvedModel:
         from .backends.ort_runner import OrtRunner
 
         runner = OrtRunner(data, name=f"ort:{art.file}", threads=threads)
-        return ResolvedModel(runner, spec, "bundle", path)
-    from .backends.torch_runner import TorchRunner
-    from .checkpoint import load_state_dict_bytes
-    from .registry import load_model
+        resolved = ResolvedModel(runner, spec, "bundle", path)
+    else:
+        from .backends.torch_runner import TorchRunner
+        from .checkpoint import load_state_dict_bytes
+        from .registry import load_model
 
-    loaded = load_model(load_state_dict_bytes(data, art.file), arch=spec.arch, scale=spec.scale)
-    return ResolvedModel(TorchRunner(loaded.module, name=f"torch:{loaded.spec.form}"), loaded.spec, "bundle", path)
+        loaded = load_model(load_state_dict_bytes(data, art.file), arch=spec.arch, scale=spec.scale)
+        resolved = ResolvedModel(TorchRunner(loaded.module, name=f"torch:{loaded.spec.form}"), loaded.spec, "bundle",
+                                 path)
+    # the graph for tiling analysis and the measurement made at convert time, from verified bytes only
+    if any(a.role == "onnx_fp32" for a in manifest.artifacts):
+        resolved.onnx = data if backend == "ort" else manifest.verified_bytes(manifest.artifact("onnx_fp32"))
+    resolved.tiling = manifest.data.get("tiling")
+    return resolved
 
 
 def user_deploy_model(weights: str | Path, ref, kwargs: dict | None = None, *, strict: bool = True,

@@ -50,6 +50,9 @@ def made_bundle(tmp_path_factory) -> Path:
               "latency": {"machine": {"cpu_model": "test cpu", "logical_cpus": 2}, "threads": 1,
                           "results": [{"backend": "ort:fp32", "size": "20x24", "output": "40x48",
                                        "median_ms": 1.5, "p90_ms": 1.7, "cv": 0.05, "mpix_per_s": 1.2}]}}
+    from edgesr.tiling import measure_tiling
+
+    report["tiling"] = measure_tiling(OrtRunner(folder / "model.onnx"), lm.spec, folder / "model.onnx").to_dict()
     arts = [_artifact(ckpt, "torch_deploy", "safetensors", "fp32", "torch"),
             _artifact(folder / "model.onnx", "onnx_fp32", "onnx", "fp32", "onnxruntime")]
     manifest = build_manifest(lm.spec, arts, folder, report) | manifest_extras(lm.spec, report)
@@ -106,6 +109,7 @@ def test_read_valid_bundle(made_bundle):
     assert (m.tile, m.overlap) == recommended_tiling(m.spec) == (256, 6)
     d = m.data
     assert d["tiling"]["exact"] and d["io"]["receptive_field"] == 6
+    assert d["tiling"]["measured"]["locality"] == "local" and d["tiling"]["measured"]["receptive_field"] == 6
     assert d["shape_range"]["height"]["min"] == 1 and d["shape_range"]["height"]["max"] is None
     from importlib.metadata import version
 

@@ -138,6 +138,34 @@ def test_cpp_runner_matches_python(model, pte_fp32, cpp_runner, tmp_path):
     assert float(np.abs(yt[0].transpose(1, 2, 0) - full).max()) < 1e-5
 
 
+def test_cpp_runner_follows_manifest_alignment_and_min_size(model, pte_fp32, cpp_runner, tmp_path):
+    """ALIGN (tiling.alignment) and MIN_SIZE (io.min_size) give what edgesr.upscale computes."""
+    from dataclasses import replace
+
+    from edgesr.tiling import pad_to_rules, plan_tiles
+
+    path, _ = pte_fp32
+    s = model.spec.scale
+    rng = np.random.default_rng(3)
+    rgb = rng.random((70, 90, 3), dtype=np.float32)
+    ov = model.spec.receptive_field
+    aligned = replace(model.spec, size_multiple=8)  # core starts on an 8-px grid
+    plan = plan_tiles(70, 90, aligned, 16, ov)
+    assert {t.core[0] % 8 for t in plan.tiles} == {0} and len(plan.tiles) > 4 and plan.max_box[0] <= MAX_HW[0]
+    py = upscale_array(TorchRunner(model.module), rgb, model.spec, plan=plan)
+    yc = _run_cpp(cpp_runner, path, rgb.transpose(2, 0, 1)[None].copy(), s, tmp_path, 16, ov, 8)
+    assert float(np.abs(yc[0].transpose(1, 2, 0) - py).max()) < 1e-5
+    # a 5x7 image below MIN_SIZE 15: padded by reflection, output cropped back
+    tiny = rng.random((5, 7, 3), dtype=np.float32)
+    padded = pad_to_rules(tiny, 15)
+    ref = TorchRunner(model.module).run(padded.transpose(2, 0, 1)[None].copy())[:, :, :5 * s, :7 * s]
+    yt = _run_cpp(cpp_runner, path, tiny.transpose(2, 0, 1)[None].copy(), s, tmp_path, 0, 0, 1, 15)
+    assert float(np.abs(yt - ref).max()) < 1e-5
+    r = subprocess.run([str(cpp_runner), str(path), str(tmp_path / "in.f32"), "3", "5", "7", "4",
+                        str(tmp_path / "o.f32"), "8", "8"], capture_output=True, text=True)
+    assert r.returncode != 0 and "must exceed OVERLAP" in r.stderr
+
+
 def test_cpp_runner_errors(pte_fp32, cpp_runner, tmp_path):
     path, _ = pte_fp32
     (tmp_path / "in.f32").write_bytes(b"\0" * 12)

@@ -85,14 +85,25 @@ def test_plan_covers_image_once_and_clips_at_borders(h, w, tile, overlap, mult):
     assert plan.tile % mult == 0 and plan.overlap % mult == 0
 
 
-def test_plan_defaults_and_untiled(models):
-    spec = models["etds-m-x4"].spec
-    plan = plan_tiles(1500, 2000, spec)
-    assert plan.overlap == spec.receptive_field == 8 and plan.exact
+def test_plan_defaults_and_untiled(models, tmp_path):
+    """Without a measurement nothing is called exact (except one untiled pass); with the
+    measurement the measured overlap makes the plan exact, one pixel less does not."""
+    from edgesr.export.onnx import export_onnx
+    from edgesr.tiling import measure_tiling
+
+    lm = models["etds-m-x4"]
+    spec = lm.spec
+    declared = plan_tiles(1500, 2000, spec)
+    assert declared.overlap == spec.receptive_field == 8 and not declared.exact
+    export_onnx(lm.module, spec, tmp_path / "m.onnx")
+    measured = measure_tiling(TorchRunner(lm.module), spec, tmp_path / "m.onnx")
+    assert measured.exact and measured.receptive_field == 8 and measured.locality == "local"
+    plan = plan_tiles(1500, 2000, spec, measured=measured)
+    assert plan.overlap == 8 and plan.exact
     assert len(plan.tiles) > 1 and plan.max_box[0] <= plan.tile + 2 * plan.overlap
     one = plan_tiles(1500, 2000, spec, tile=0)
     assert len(one.tiles) == 1 and one.tiles[0].box == (0, 1500, 0, 2000) and one.exact
-    assert not plan_tiles(100, 100, spec, tile=16, overlap=spec.receptive_field - 1).exact
+    assert not plan_tiles(100, 100, spec, tile=16, overlap=7, measured=measured).exact
     with pytest.raises(ImageError):
         plan_tiles(10, 10, spec, tile=-1)
 
@@ -216,7 +227,7 @@ def test_gray_in_gray_out(models, tmp_path):
     lm = models["ecbsr-m4c16-x2"]
     src = tmp_path / "g.png"
     write_image(src, _image(16, 20)[..., 0], mode="L")
-    upscale_file(TorchRunner(lm.module), lm.spec, src, tmp_path / "g2.png", tile=6)
+    upscale_file(TorchRunner(lm.module), lm.spec, src, tmp_path / "g2.png", tile=8)
     out = read_image(tmp_path / "g2.png")
     assert out.is_gray and out.rgb.shape == (32, 40, 3)
     from PIL import Image
@@ -264,7 +275,7 @@ def test_cli_folder(ckpt, tmp_path, capsys):
     write_image(src / "a.png", _image(12, 14))
     write_image(src / "b.jpg", _image(10, 9))
     write_image(src / "c.png", _image(9, 11)[..., 0], bit_depth=16, mode="L")
-    rc, out, err = _cli(["upscale", ckpt, src, tmp_path / "out", "--tile", "5", "--json"], capsys)
+    rc, out, err = _cli(["upscale", ckpt, src, tmp_path / "out", "--tile", "7", "--json"], capsys)
     assert rc == 0, err
     import json
 

@@ -57,7 +57,7 @@ def run(args) -> int:
 
             resolved.runner = TorchRunner(make_adapter(module, Convention(registry_input_range(args)),
                                                        native_range_of(module)), name=resolved.runner.name)
-    result = evaluate(resolved.runner, args.testset, args.scale, backend=args.backend)
+    result = evaluate(resolved.runner, args.testset, args.scale, backend=args.backend, spec=resolved.spec)
     bicubic = None
     from ..conventions import checks_enabled
 

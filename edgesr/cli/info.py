@@ -30,18 +30,18 @@ def run(args) -> int:
     spec, io, til, sr = d["spec"], d["io"], d["tiling"], d["shape_range"]
     inp, out = io["input"], io["output"]
     print(one_line(f"{m.folder}: valid edgesr bundle (format {d['format_version']}, edgesr {d['edgesr_version']}, "
-                   f"created {d['created']}){'' if m.hashes_verified else ' [hashes not verified]'}"))
-    print(one_line(f"model: {spec['arch']} ({spec.get('variant') or 'custom'}) x{io['scale']}, "
-                   f"from {d['source']['checkpoint']} ({d['source']['form']} form)"))
+          f"created {d['created']}){'' if m.hashes_verified else ' [hashes not verified]'}"))
+    print(one_line(f"model: {spec['arch']} ({spec.get('variant') or 'custom'}) x{io['scale']}, from {d['source']['checkpoint']} "
+          f"({d['source']['form']} form)"))
     print(one_line(f"input:  {inp['name']} {inp['dtype']} {inp['layout']} {inp['shape']} range {inp['value_range']} "
-                   f"{inp['color_order']}"))
+          f"{inp['color_order']}"))
     print(one_line(f"output: {out['name']} {out['dtype']} {out['layout']} {out['shape']} range {out['value_range']} "
-                   f"{out['color_order']}"))
+          f"{out['color_order']}"))
     print(one_line(f"sizes:  H in [{sr['height']['min']}, {sr['height']['max'] or 'any'}], W in [{sr['width']['min']}, "
-                   f"{sr['width']['max'] or 'any'}], multiple of {sr['height'].get('multiple', 1)}; receptive field "
-                   f"{io['receptive_field']} px"))
-    print(one_line(f"tiling: tile {til['tile']} + overlap {til['overlap']} px per side "
-                   f"({'exact: tiled == untiled' if til['exact'] else 'NOT exact: overlap < receptive field'})"))
+          f"{sr['width']['max'] or 'any'}], multiple of {sr['height'].get('multiple', 1)}; receptive field "
+          f"{io['receptive_field']} px"))
+    verdict = til.get("summary") or ("exact: tiled == untiled" if til["exact"] else "not exact")
+    print(one_line(f"tiling: tile {til['tile']} + overlap {til['overlap']} px per side: {verdict}"))
     print()
     print_table(["role", "file", "format", "precision", "backend", "bytes", "sha256"],
                 [[a.role, a.file, a.format, a.precision, a.backend, a.bytes,

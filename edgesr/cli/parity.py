@@ -106,6 +106,13 @@ def make_runner(arg: str, threads: int | None = None, scale: int | None = None, 
         from ..backends.ort_runner import OrtRunner
 
         runner = OrtRunner(path, name=arg, threads=threads)
+        if suffix == ".onnx":
+            from ..resolve import _spec_from_onnx
+
+            try:
+                runner.spec = _spec_from_onnx(path, scale)  # size rules, when the file carries them
+            except Exception:  # noqa: BLE001 - no edgesr metadata: the graph is analysed instead
+                pass
     elif user is not None:  # checkpoints are weights for the user's code: :training = the author's module as is
         from ..backends.torch_runner import TorchRunner
         from ..resolve import user_deploy_model
@@ -149,7 +156,8 @@ ENGINE_HOOK = _engine_runner
 def run(args) -> int:
     from ..errors import ParityError
     from ..limits import check_inference_size
-    from ..parity import check_parity, default_samples, detect_scale, folder_samples, random_samples
+    from ..parity import (check_parity, default_samples, detect_scale, fit_sizes, folder_samples, random_samples,
+                          size_rules)
     from .output import emit_json, print_table
 
     if len(args.models) < 2:
@@ -164,7 +172,9 @@ def run(args) -> int:
         seen[r.name] = seen.get(r.name, 0) + 1
         if seen[r.name] > 1:
             r.name = f"{r.name} #{seen[r.name]}"
-    scale = args.scale or detect_scale(runners[0])
+    min_size, multiple = size_rules(runners)  # every sample must be an input all models accept
+    sizes = fit_sizes(sizes, min_size, multiple)
+    scale = args.scale or detect_scale(runners[0], size=fit_sizes([(12, 12)], min_size, multiple)[0][0])
     for h, w in sizes:
         check_inference_size(h, w, scale=scale, what="--sizes")
     if args.inputs:

@@ -1,4 +1,4 @@
-"""edgesr upscale: super-resolve an image or a folder, tile by tile, seam-free."""
+"""edgesr upscale: super-resolve an image or a folder, tile by tile, in bounded memory."""
 
 from __future__ import annotations
 
@@ -8,19 +8,23 @@ from . import args as argtypes
 
 def add_parser(sub):
     p = sub.add_parser(
-        "upscale", help="upscale an image or a folder of images (seam-free tiling)",
+        "upscale", help="upscale an image or a folder of images (tiled, bounded memory)",
         description="Upscale INPUT (an image, or a folder of images) with MODEL (checkpoint, .onnx/.ort, or a "
-                    "`convert` OUTDIR) into OUTPUT (a file, or a folder for a folder INPUT). Large images are "
-                    "processed in tiles extended by the model's receptive field, so the result equals an "
-                    "untiled run. PNG keeps 8/16-bit depth; grey stays grey; alpha is upscaled with bicubic.")
+                    "`convert` OUTDIR) into OUTPUT (a file, or a folder for a folder INPUT). Images are processed "
+                    "in tiles sized to --max-memory and streamed to the output file; each result says what was "
+                    "verified about tiling (exact only when measured). PNG keeps 8/16-bit depth; grey stays "
+                    "grey; alpha is upscaled with bicubic.")
     p.add_argument("model", help="checkpoint, .onnx/.ort file, or convert OUTDIR")
     p.add_argument("input", help="image (.png/.jpg/.webp/...) or folder of images")
     p.add_argument("output", help="output image (.png/.jpg/.webp), or folder")
-    p.add_argument("--tile", type=int, default=None,
-                   help="tile core size in input pixels (default: from the model's receptive field; 0 = untiled)")
-    p.add_argument("--overlap", type=int, default=None,
-                   help="input pixels added on each side of a tile (default: the receptive field, which makes "
-                        "tiled == untiled; smaller values may show seams)")
+    p.add_argument("--tile", default="auto", metavar="N|auto",
+                   help="tile core size in input pixels: 'auto' (default: the largest that fits --max-memory, "
+                        "untiled when the image fits), 0 = untiled, or a size above the overlap")
+    p.add_argument("--overlap", default=None, metavar="N",
+                   help="input pixels added on each side of a tile (default: the measured receptive field, "
+                        "which makes tiled == untiled for local models)")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="peak memory budget, e.g. 1.5G or 800M (default: a quarter of RAM, at most 1.5G)")
     p.add_argument("--backend", choices=["torch", "ort", "openvino", "ort-int8", "openvino-int8"], default="torch",
                    help="torch (default), ort (ONNX Runtime CPU), openvino (needs pip install 'edgesr[openvino]'); "
                         "ort-int8 / openvino-int8 run the INT8 graph a convert OUTDIR holds for that runtime")
@@ -35,19 +39,38 @@ def add_parser(sub):
     return p
 
 
+def _int_option(name: str, text, minimum: int) -> int | None:
+    from ..errors import ImageError
+
+    if text is None:
+        return None
+    try:
+        v = int(str(text).strip())
+    except ValueError:
+        raise ImageError(f"{name} must be a whole number, got {text!r}") from None
+    if v < minimum:
+        raise ImageError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+PLAIN_PROGRESS_S = 30.0
+
+
 def run(args) -> int:
     import sys
+    import time
 
     from ..errors import ImageError, ScaleMismatch
-    from ..upscale import UpscaleFailure, plan_jobs, upscale
+    from ..upscale import UpscaleFailure, default_max_memory, parse_memory, parse_tile, plan_jobs, upscale
     from .output import emit_json, print_table
 
     if args.scale is not None and args.scale < 1:
         raise ScaleMismatch(f"--scale must be a positive integer, got {args.scale}")
-    if args.tile is not None and args.tile < 0:
-        raise ImageError(f"--tile must be >= 0 (0 = untiled), got {args.tile}")
-    if args.overlap is not None and args.overlap < 0:
-        raise ImageError(f"--overlap must be >= 0, got {args.overlap}")
+    tile = parse_tile(args.tile)
+    overlap = _int_option("--overlap", args.overlap, 0)
+    if args.threads is not None and args.threads < 1:
+        raise ImageError(f"--threads must be >= 1, got {args.threads}")
+    max_memory = parse_memory(args.max_memory) if args.max_memory is not None else default_max_memory()
     if args.threads:
         import torch
 
@@ -64,8 +87,20 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    bar = tqdm(total=len(jobs), unit="img", disable=None if folder else True, file=sys.stderr,
-               desc="upscale")
+    bar = tqdm(total=len(jobs), unit="img", disable=None if folder else True, file=sys.stderr, desc="upscale")
+    tiles_bar = {"bar": None, "last": time.monotonic()}
+
+    def on_tile(i, n):
+        if folder or n < 4:
+            return
+        if not sys.stderr.isatty():  # logs get a plain line every PLAIN_PROGRESS_S instead of a bar
+            if time.monotonic() - tiles_bar["last"] >= PLAIN_PROGRESS_S:
+                tiles_bar["last"] = time.monotonic()
+                print(f"edgesr: upscale: {i}/{n} tiles ({100 * i // n}%)", file=sys.stderr, flush=True)
+            return
+        if tiles_bar["bar"] is None:
+            tiles_bar["bar"] = tqdm(total=n, unit="tile", file=sys.stderr, desc="upscale")
+        tiles_bar["bar"].update(1)
 
     def step(r):
         bar.update(1)
@@ -73,27 +108,34 @@ def run(args) -> int:
             bar.write(f"edgesr: error: {one_line(r.error)}", file=sys.stderr)
 
     try:
-        results = upscale(model, args.input, args.output, tile=args.tile, overlap=args.overlap,
-                          backend=args.backend, scale=args.scale, arch=args.arch, threads=args.threads,
-                          force=args.force, on_image=step)
+        results = upscale(model, args.input, args.output, tile=tile, overlap=overlap, backend=args.backend,
+                          scale=args.scale, arch=args.arch, threads=args.threads, force=args.force,
+                          max_memory=max_memory, on_image=step, on_tile=on_tile)
     finally:
         bar.close()
+        if tiles_bar["bar"] is not None:
+            tiles_bar["bar"].close()
     failed = [r for r in results if isinstance(r, UpscaleFailure)]
     done = [r for r in results if not isinstance(r, UpscaleFailure)]
     if args.json:
         emit_json({"model": str(args.model), "backend": args.backend, "ok": not failed,
-                   "images": [r.to_dict() for r in results]})
+                   "max_memory": max_memory, "images": [r.to_dict() for r in results]})
     else:
         if done:
             print_table(["input", "output", "size", "tiles", "tile+overlap", "exact", "s"],
                         [[r.input, r.output, f"{r.input_size[1]}x{r.input_size[0]} -> "
                           f"{r.output_size[1]}x{r.output_size[0]}", r.tiles,
-                          f"{r.tile}+{r.overlap}" if r.tiles > 1 else "untiled", "yes" if r.exact else "NO",
+                          f"{r.tile}+{r.overlap}" if r.tiles > 1 else "untiled", "yes" if r.exact else "no",
                           r.seconds] for r in done])
-        inexact = [r for r in done if not r.exact]
-        if inexact:
-            print(f"edgesr: note: --overlap {inexact[0].overlap} is below the model's receptive field: "
-                  "tiles may show seams", file=sys.stderr)
+        notes = {}
+        for r in done:
+            notes.setdefault(f"tiling: {r.tiling}", []).append(r.input)
+            if r.padded:
+                notes.setdefault(f"padded (reflect) to {r.padded[1]}x{r.padded[0]}, the model's minimum size; "
+                                 "output cropped back", []).append(r.input)
+        for text, inputs in notes.items():
+            who = inputs[0] if len(inputs) == 1 else f"{len(inputs)} images"
+            print(f"edgesr: note: {who}: {text}", file=sys.stderr)
     if failed:
         first = failed[0].error
         raise ImageError(f"{len(failed)} of {len(results)} images failed; first: {first}")

@@ -1,16 +1,23 @@
 // edgesr ExecuTorch reference runner.
 //
-//   edgesr_et_runner MODEL.pte INPUT.f32 C H W SCALE OUTPUT.f32 [TILE OVERLAP]
+//   edgesr_et_runner MODEL.pte INPUT.f32 C H W SCALE OUTPUT.f32 [TILE OVERLAP [ALIGN [MIN_SIZE]]]
 //
 // INPUT.f32: raw little-endian float32, NCHW with N = 1 (C*H*W values, RGB, [0, 1]), i.e.
 // what numpy's `x.astype('<f4').tofile(path)` writes for a 1xCxHxW array.
 // OUTPUT.f32: the same layout, 1 x C x (H*SCALE) x (W*SCALE).
 //
-// Without TILE (or TILE = 0) the whole image is one model call. With TILE > 0 the image is
-// processed by the bundle's tiling rule (manifest.json "tiling"): cores of at most TILE x TILE
-// input pixels; each core extended by OVERLAP pixels on every side, clipped at the image
-// border (never padded inside the image); the model runs on that box and only the core's
-// region (x SCALE) of its output is kept. OVERLAP >= receptive field => tiled == untiled.
+// The bundle's manifest gives the arguments: TILE = tiling.tile, OVERLAP = tiling.overlap,
+// ALIGN = tiling.alignment, MIN_SIZE = io.min_size. Without TILE (or TILE = 0) the whole
+// image is one model call. With TILE > 0 the image is processed by the bundle's tiling
+// rule (manifest.json "tiling"): cores of at most TILE x TILE input pixels whose starts are
+// multiples of ALIGN (default 1); each core extended by OVERLAP pixels on every side,
+// clipped at the image border (never padded inside the image); the model runs on that box
+// and only the core's region (x SCALE) of its output is kept. tiling.exact == true means
+// this equals the untiled output (measured when the bundle was made); otherwise
+// tiling.measured.error says by how much it differs. TILE must exceed OVERLAP.
+// An image smaller than MIN_SIZE (default 1) in H or W is padded at the bottom/right by
+// reflection (edge for 1-pixel images) up to MIN_SIZE, and the output is cropped back, as
+// `edgesr upscale` does: no model call ever sees an input below the model's minimum.
 // A .pte exported with dynamic shapes accepts boxes up to its maximum size (the bundle's
 // artifact "shape_range"); pick TILE + 2 * OVERLAP within it.
 //
@@ -48,51 +55,83 @@ bool parse_int(const char* s, long& out) {
   return end && *end == '\0';
 }
 
-// Balanced split of [0, n) into ceil(n / tile) parts, as edgesr.upscale._split (size multiple 1).
-std::vector<std::pair<long, long>> split(long n, long tile) {
+// Balanced split of [0, n) into ceil(n / tile) parts whose starts are multiples of `multiple`,
+// as edgesr.tiling._split.
+std::vector<std::pair<long, long>> split(long n, long tile, long multiple) {
   std::vector<std::pair<long, long>> out;
   if (tile <= 0 || tile >= n) {
     out.emplace_back(0, n);
     return out;
   }
-  long k = (n + tile - 1) / tile;
-  long base = n / k, rem = n % k, start = 0;
+  const long units = (n + multiple - 1) / multiple;
+  const long k = std::min((n + tile - 1) / tile, units);
+  const long base = units / k, rem = units % k;
+  long start = 0;
   for (long i = 0; i < k; ++i) {
-    long end = start + base + (i < rem ? 1 : 0);
+    const long end = std::min(n, start + (base + (i < rem ? 1 : 0)) * multiple);
     out.emplace_back(start, end);
     start = end;
   }
   return out;
 }
 
+long round_up(long v, long m) { return (v + m - 1) / m * m; }
+
+// numpy.pad(mode="reflect") index for position i of a padded axis of original length n.
+long reflect(long i, long n) {
+  if (n == 1) return 0;
+  const long period = 2 * (n - 1), m = i % period;
+  return m < n ? m : period - m;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 8 && argc != 10) {
+  if (argc != 8 && (argc < 10 || argc > 12)) {
     std::fprintf(stderr,
-                 "usage: %s MODEL.pte INPUT.f32 C H W SCALE OUTPUT.f32 [TILE OVERLAP]\n"
+                 "usage: %s MODEL.pte INPUT.f32 C H W SCALE OUTPUT.f32 [TILE OVERLAP [ALIGN [MIN_SIZE]]]\n"
                  "  raw float32 NCHW (N=1) in and out; see the header of main.cpp\n",
                  argv[0]);
     return 2;
   }
   const std::string model_path = argv[1], in_path = argv[2], out_path = argv[7];
-  long c, h, w, s, tile = 0, overlap = 0;
+  long c, h, w, s, tile = 0, overlap = 0, align = 1, min_size = 1;
   if (!parse_int(argv[3], c) || !parse_int(argv[4], h) || !parse_int(argv[5], w) || !parse_int(argv[6], s) ||
       c < 1 || h < 1 || w < 1 || s < 1)
     return fail("C H W SCALE must be positive integers");
-  if (argc == 10 && (!parse_int(argv[8], tile) || !parse_int(argv[9], overlap) || tile < 0 || overlap < 0))
+  if (argc >= 10 && (!parse_int(argv[8], tile) || !parse_int(argv[9], overlap) || tile < 0 || overlap < 0))
     return fail("TILE and OVERLAP must be integers >= 0");
+  if (argc >= 11 && (!parse_int(argv[10], align) || align < 1)) return fail("ALIGN must be an integer >= 1");
+  if (argc >= 12 && (!parse_int(argv[11], min_size) || min_size < 1))
+    return fail("MIN_SIZE must be an integer >= 1");
+  tile = round_up(tile, align);
+  overlap = round_up(overlap, align);
+  if (tile > 0 && tile <= overlap)
+    return fail("TILE " + std::to_string(tile) + " must exceed OVERLAP " + std::to_string(overlap) +
+                " (boxes would be mostly overlap)");
 
-  std::vector<float> img(static_cast<size_t>(c * h * w));
+  std::vector<float> src(static_cast<size_t>(c * h * w));
   {
     std::ifstream f(in_path, std::ios::binary | std::ios::ate);
     if (!f) return fail("cannot open " + in_path);
     const auto bytes = static_cast<long>(f.tellg());
-    if (bytes != static_cast<long>(img.size() * sizeof(float)))
+    if (bytes != static_cast<long>(src.size() * sizeof(float)))
       return fail(in_path + " has " + std::to_string(bytes) + " bytes, expected C*H*W*4 = " +
-                  std::to_string(img.size() * sizeof(float)));
+                  std::to_string(src.size() * sizeof(float)));
     f.seekg(0);
-    f.read(reinterpret_cast<char*>(img.data()), bytes);
+    f.read(reinterpret_cast<char*>(src.data()), bytes);
+  }
+  // below the model's minimum: pad by reflection at the bottom/right, crop the output back
+  const long ph = std::max(h, min_size), pw = std::max(w, min_size);
+  std::vector<float> img;
+  if (ph == h && pw == w) {
+    img.swap(src);
+  } else {
+    img.resize(static_cast<size_t>(c * ph * pw));
+    for (long ch = 0; ch < c; ++ch)
+      for (long y = 0; y < ph; ++y)
+        for (long x = 0; x < pw; ++x)
+          img[(ch * ph + y) * pw + x] = src[(ch * h + reflect(y, h)) * w + reflect(x, w)];
   }
 
   Module module(model_path, Module::LoadMode::File);
@@ -100,20 +139,20 @@ int main(int argc, char** argv) {
     return fail("cannot load " + model_path + " (ExecuTorch error " + std::to_string(static_cast<int>(e)) +
                 "; is it a .pte with the XNNPACK delegate?)");
 
-  const long oh = h * s, ow = w * s;
+  const long oh = h * s, ow = w * s;  // output size (of the unpadded image)
   std::vector<float> out(static_cast<size_t>(c * oh * ow));
   std::vector<float> box;
-  const auto ys = split(h, tile), xs = split(w, tile);
+  const auto ys = split(ph, tile, align), xs = split(pw, tile, align);
   const auto t0 = std::chrono::steady_clock::now();
   for (const auto& [y0, y1] : ys) {
     for (const auto& [x0, x1] : xs) {
-      const long by0 = std::max(0L, y0 - overlap), by1 = std::min(h, y1 + overlap);
-      const long bx0 = std::max(0L, x0 - overlap), bx1 = std::min(w, x1 + overlap);
+      const long by0 = std::max(0L, y0 - overlap), by1 = std::min(ph, y1 + overlap);
+      const long bx0 = std::max(0L, x0 - overlap), bx1 = std::min(pw, x1 + overlap);
       const long bh = by1 - by0, bw = bx1 - bx0;
       box.resize(static_cast<size_t>(c * bh * bw));
       for (long ch = 0; ch < c; ++ch)
         for (long y = 0; y < bh; ++y)
-          std::copy_n(&img[(ch * h + by0 + y) * w + bx0], bw, &box[(ch * bh + y) * bw]);
+          std::copy_n(&img[(ch * ph + by0 + y) * pw + bx0], bw, &box[(ch * bh + y) * bw]);
       auto input = from_blob(box.data(), {1, static_cast<int>(c), static_cast<int>(bh), static_cast<int>(bw)},
                              ScalarType::Float);
       const auto result = module.forward(input);
@@ -126,9 +165,11 @@ int main(int argc, char** argv) {
         return fail("model output shape does not match SCALE " + std::to_string(s));
       const float* yp = y.const_data_ptr<float>();
       const long yh = bh * s, yw = bw * s;
+      const long cols = std::min(x1 * s, ow) - x0 * s;  // the padded part is cropped
+      if (cols <= 0) continue;
       for (long ch = 0; ch < c; ++ch)
-        for (long oy = y0 * s; oy < y1 * s; ++oy)
-          std::copy_n(&yp[(ch * yh + (oy - by0 * s)) * yw + (x0 - bx0) * s], (x1 - x0) * s,
+        for (long oy = y0 * s; oy < std::min(y1 * s, oh); ++oy)
+          std::copy_n(&yp[(ch * yh + (oy - by0 * s)) * yw + (x0 - bx0) * s], cols,
                       &out[(ch * oh + oy) * ow + x0 * s]);
     }
   }
