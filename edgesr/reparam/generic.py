@@ -89,7 +89,7 @@ def collapse_linear(module: nn.Module, example: torch.Tensor, *, tol: float = 1e
     example = example.detach()
     ctx = _Pass(tol=tol, only_if_cheaper=only_if_cheaper)
     try:
-        gm = fx.symbolic_trace(work)
+        gm = _trace(work)
     except Exception as e:  # noqa: BLE001 - any tracing failure means: try submodules instead
         capture = {"method": "fx-per-module", "whole_model_trace_error": _one_line(e)}
         new, traced, untraced = _collapse_per_module(work, example, ctx)
@@ -128,6 +128,29 @@ def _exact_twin(new: nn.Module, ctx: _Pass) -> nn.Module | None:
     return twin
 
 
+# ---- capture ------------------------------------------------------------------------------
+
+class _Tracer(fx.Tracer):
+    """torch.fx tracing that also follows modules the model calls without owning them.
+
+    Research code often keeps an activation in a module-level global (``act = nn.LeakyReLU()``)
+    and calls it from forward; plain symbolic_trace refuses such a call ("module is not
+    installed as a submodule"). Those modules are traced through instead (their forward
+    becomes functional calls), which is what they compute.
+    """
+
+    def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        try:
+            self.path_of_module(m)
+        except NameError:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+
+def _trace(module: nn.Module) -> fx.GraphModule:
+    return fx.GraphModule(module, _Tracer().trace(module), type(module).__name__)
+
+
 # ---- capture fallback: submodule by submodule ----------------------------------------------
 
 def _collapse_per_module(root: nn.Module, example: torch.Tensor, ctx: _Pass) -> tuple[nn.Module, list[str], list[dict]]:
@@ -148,7 +171,7 @@ def _collapse_per_module(root: nn.Module, example: torch.Tensor, ctx: _Pass) -> 
                 visit(child, path + ".")  # containers (ModuleList) are never called themselves
                 continue
             try:
-                gm = fx.symbolic_trace(child)
+                gm = _trace(child)
             except Exception as e:  # noqa: BLE001
                 untraced.append({"scope": path, "error": _one_line(e)})
                 visit(child, path + ".")
@@ -787,13 +810,17 @@ def _analyse(r: _Region) -> tuple[str, Any]:
     inp = r.inputs[0]
     if not r.g._is4d(inp) or any(not r.g._is4d(o) for o in r.outputs):
         return "fail", "region input or output is not an NCHW float tensor"
-    probed = _probe_region(r)
+    probed = _probe_region(r, r.outputs)  # the common case: exact, and only outputs matter
+    if isinstance(probed, str):
+        return "fail", probed
+    aff, worst = probed
+    if all(e <= EXACT_TOL64 for e in worst.values()):
+        return "exact", aff
+    probed = _probe_region(r, [n for n in r.nodes if r.g._is4d(n)])  # find where it breaks
     if isinstance(probed, str):
         return "fail", probed
     aff, worst = probed
     bad = {n for n, e in worst.items() if e > EXACT_TOL64}
-    if not bad:
-        return "exact", aff
     cuts: set[fx.Node] = set()
     doms = _dominators(r)
     for n in worst:
@@ -802,18 +829,17 @@ def _analyse(r: _Region) -> tuple[str, Any]:
     return "cut", cuts
 
 
-def _probe_region(r: _Region) -> tuple[dict[fx.Node, _Affine], dict[fx.Node, float]] | str:
-    """Probed conv form and float64 border error of every tensor node, or why not."""
+def _probe_region(r: _Region, nodes: list[fx.Node]) -> tuple[dict[fx.Node, _Affine], dict[fx.Node, float]] | str:
+    """Probed conv form and float64 border error of each of `nodes`, or why not."""
     wins = r.windows()
     if wins is None:
         return "branches with different spatial sizes"
-    tensors = [n for n in r.nodes if r.g._is4d(n)]
     cin = r.g.meta[r.inputs[0]].shape[1]
     try:
-        sub64 = copy.deepcopy(r.subgraph(tensors)).double()
+        sub64 = copy.deepcopy(r.subgraph(nodes)).double()
         with torch.no_grad():
-            aff = _probe(sub64, tensors, wins, cin)
-            worst, ran = _exactness(sub64, tensors, aff, cin, seed=len(r.nodes))
+            aff = _probe(sub64, nodes, wins, cin)
+            worst, ran = _exactness(sub64, nodes, aff, cin, seed=len(r.nodes))
     except Exception as e:  # noqa: BLE001 - user operators may refuse float64 etc.: region left as is
         return f"analysis failed: {_one_line(e)}"
     if not ran:
@@ -845,7 +871,7 @@ def _cut_for(r: _Region, n: fx.Node, doms: dict[fx.Node, set[fx.Node]]) -> fx.No
             continue
         inner = {m for m in r.nodes if d in doms[m] and m is not d and _reaches(m, n, r)}
         sub = _Region(r.g, sorted(inner, key=order.get), [d], [n])
-        probed = _probe_region(sub)
+        probed = _probe_region(sub, [m for m in sub.nodes if r.g._is4d(m)])
         if not isinstance(probed, str) and all(e <= EXACT_TOL64 for e in probed[1].values()):
             return d
     ins = [a for a in r.g.tensor_inputs(n) if a is not inp]
