@@ -105,6 +105,7 @@ def collapse_linear(module: nn.Module, example: torch.Tensor, *, tol: float = 1e
                 r["status"], r["reason"] = "reverted", "whole-model verification failed"
         new = copy.deepcopy(original)
     report = _report(original, new, example, ctx.reports, capture, whole, tol)
+    report["splits"] = ctx.splits
     return GenericReparamResult(module=new, report=report, regions=ctx.reports)
 
 
@@ -114,6 +115,7 @@ class _Pass:
     only_if_cheaper: bool
     reports: list[dict] = field(default_factory=list)
     exact64: dict[str, nn.Module] = field(default_factory=dict)  # module path -> float64 twin
+    splits: list[dict] = field(default_factory=list)  # where a region was split, and why
 
 
 def _exact_twin(new: nn.Module, ctx: _Pass) -> nn.Module | None:
@@ -367,6 +369,8 @@ class _Graph:
             if len(tensors) == 2:
                 return _Rule("add", tensors, lambda w: w[0].union(w[1]))
             other = b if tensors[0] is a else a
+            if isinstance(other, (int, float)) and other == 0 and tensors[0] is a:
+                return _Rule("move", tensors, same)  # x + 0 (e.g. an absent optional branch)
             return _Rule("scale", tensors, same) if self._uniform_const(other) else None
         if t in _MUL or name in ("mul", "div"):
             a, b = _arg(args, kw, 0, "input"), _arg(args, kw, 1, "other")
@@ -379,6 +383,8 @@ class _Graph:
             divides = t in (operator.truediv, torch.div, torch.true_divide) or name == "div"
             if divides and tensors[0] is not a:
                 return None  # constant / tensor is not affine
+            if isinstance(other, (int, float)) and other == 1:
+                return _Rule("move", tensors, same)
             return _Rule("scale", tensors, same) if self._uniform_const(other) else None
         if t in (operator.neg, torch.neg) or name == "neg" or t in (operator.pos,):
             return _Rule("scale", [args[0]], same) if self._is4d(args[0]) else None
@@ -618,15 +624,7 @@ class _Region:
         return fx.GraphModule(self.g.gm, g)
 
     def module_paths(self) -> list[str]:
-        paths = set()
-        for n in self.nodes:
-            if n.op == "call_module":
-                paths.add(str(n.target))
-            else:
-                stack = n.meta.get("nn_module_stack")
-                if stack:
-                    paths.add(str(list(stack.values())[-1][0]))
-        return sorted(paths)
+        return sorted({p for p in (_node_path(n) for n in self.nodes) if p})
 
     def params_used(self) -> int:
         seen: dict[int, int] = {}
@@ -653,6 +651,14 @@ class _Region:
                 w = self.g.meta[_arg(list(n.args), dict(n.kwargs), 1, "weight")].shape
                 total += w[0] * w[1] * w[2] * w[3]
         return total
+
+
+def _node_path(n: fx.Node) -> str:
+    """The model's module that `n` belongs to ("" for the root)."""
+    if n.op == "call_module":
+        return str(n.target)
+    stack = n.meta.get("nn_module_stack")
+    return str(list(stack.values())[-1][0]) if stack else ""
 
 
 def _const_ancestors(n: fx.Node, g: "_Graph") -> list[fx.Node]:
@@ -769,7 +775,8 @@ def _collapse_graph(gm: fx.GraphModule, inputs: tuple, ctx: _Pass, scope: str) -
                     analysed[key] = _analyse(r)
                 status, payload = analysed[key]
                 if status == "cut":
-                    new_cuts |= payload - mat
+                    new_cuts |= set(payload) - mat
+                    ctx.splits.extend(v for k, v in payload.items() if k not in mat and v not in ctx.splits)
         if not new_cuts:
             break
         cuts |= new_cuts
@@ -821,11 +828,14 @@ def _analyse(r: _Region) -> tuple[str, Any]:
         return "fail", probed
     aff, worst = probed
     bad = {n for n, e in worst.items() if e > EXACT_TOL64}
-    cuts: set[fx.Node] = set()
+    cuts: dict[fx.Node, dict] = {}
     doms = _dominators(r)
     for n in worst:
         if n in bad and not any(a in bad for a in r.g.tensor_inputs(n)):
-            cuts.add(_cut_for(r, n, doms))
+            d = _cut_for(r, n, doms)
+            cuts[d] = {"node": n.name, "module": _node_path(n), "split_at": d.name,
+                       "reason": f"{n.name} is not one zero-padded conv of {r.inputs[0].name} at the border "
+                                 f"(float64 rel. error {worst[n]:.1e})"}
     return "cut", cuts
 
 
@@ -1147,13 +1157,20 @@ def summary_lines(report: dict) -> list[str]:
                          f"fp32 max abs {r['max_abs_fp32']:.2e}")
         else:
             lines.append(f"{head} ({r.get('reason', '')})")
+    for sp in report.get("splits", []):
+        lines.append(f"  split     {sp['module'] or '(root)'}: {sp['reason']}; kept {sp['split_at']} as a tensor")
     v = report["verification"]
     lines.append(f"  {report['regions_collapsed']} regions collapsed, {report['regions_left']} left; params "
                  f"{report['params_before']} -> {report['params_after']}; MACs/output px "
-                 f"{report['macs_per_output_pixel_before']} -> {report['macs_per_output_pixel_after']}; whole model "
+                 f"{_fmt_n(report['macs_per_output_pixel_before'])} -> {_fmt_n(report['macs_per_output_pixel_after'])}; "
+                 f"whole model "
                  f"fp32 max abs {v['max_abs_fp32']:.2e} (fp64 rel {_fmt(v['max_rel_fp64'])}) at {', '.join('x'.join(map(str, s)) for s in v['sizes'])} "
                  f"(capture: {report['capture']['method']})")
     return lines
+
+
+def _fmt_n(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:g}"
 
 
 def _fmt(v: float | None) -> str:

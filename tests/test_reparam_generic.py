@@ -1,0 +1,328 @@
+"""Generic reparameterization (edgesr.reparam.generic) against the hand-written one, and its traps.
+
+Proof of generality: every registry training block and network (ECB, RepVGG, Conv3XC, RRRB +
+BatchNorm, SESR collapsible blocks, RepRFN RepBlock) with random weights and random BN
+statistics goes through `collapse_linear` untouched by any family knowledge; the result must
+compute what `reparameterize` computes (fp32, odd sizes incl. 1x1 and non-square, borders),
+with the same parameter count, the same number of convs and one collapsed region per fused
+conv of the hand-written form. Traps: zero padding after a biased 1x1 (not border exact),
+stacked padded 3x3s, spatially varying constants, strided convs, untraceable forwards.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_reparam_families import NETWORKS, image, randomize_, rel_err, snapshot
+from torch import nn
+
+from edgesr import registry
+from edgesr.archs.ecbsr import ECB, ECBSR
+from edgesr.archs.fmen import HFAB, RRRB
+from edgesr.archs.reprfn import RepBlock
+from edgesr.archs.repsr import RepVGGBlock
+from edgesr.archs.sesr import SESR, CollapsibleLinearBlock
+from edgesr.archs.span import Conv3XC
+from edgesr.checkpoint import load_state_dict
+from edgesr.pipeline import BUNDLED_CHECKPOINT
+from edgesr.reparam import TrainingBlock, reparameterize
+from edgesr.reparam.generic import GenericReparamError, collapse_linear, summary_lines
+
+TOL = 1e-5
+SIZES = [(1, 1), (17, 23), (2, 5), (6, 3)]
+
+
+def n_convs(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def tame_(model: nn.Module, seed: int) -> nn.Module:
+    """Random weights (randomize_) at half gain, so deep fp32 activations stay O(1-10)."""
+    randomize_(model, seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 4:
+                p.mul_(0.5)
+    return model
+
+
+def conv_calls(model: nn.Module, x: torch.Tensor) -> int:
+    """conv2d executions in one forward (modules and functional calls alike)."""
+    from torch.overrides import TorchFunctionMode
+
+    class Count(TorchFunctionMode):
+        n = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in (F.conv2d, torch.conv2d):
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Count():
+        model(x)
+    return Count.n
+
+
+def check_against_hand_written(model: nn.Module, cin: int, sizes=SIZES, seed: int = 0, example_hw=(9, 11),
+                               **kw) -> dict:
+    before = snapshot(model)
+    res = collapse_linear(model, image(seed, cin, example_hw, batch=1).abs(), **kw)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before), "the caller's module was modified"
+    assert res.module is not model
+    hand = reparameterize(model)
+    rep = res.report
+    assert rep["verification"]["ok"], rep["verification"]
+    assert rep["verification"]["max_rel_fp64"] < 1e-9
+    assert json.loads(json.dumps(rep, default=str))["regions_collapsed"] == len(res.collapsed)
+    worst = 0.0
+    for hw in sizes:
+        x = image(seed + 7, cin, hw)
+        with torch.no_grad():
+            err = rel_err(res.module(x), hand(x))
+        worst = max(worst, err)
+        assert err < TOL, (hw, err)
+    assert rep["params_after"] == n_params(hand)
+    x = image(seed + 9, cin, sizes[1])
+    assert conv_calls(res.module, x) == conv_calls(hand, x)
+    return {"res": res, "hand": hand, "worst": worst}
+
+
+# ---- every training block kind, fp32 ----------------------------------------------------------
+
+BLOCKS = {
+    "ecb-idt-prelu": (lambda: ECB(4, 4, "prelu", with_idt=True), 4),
+    "ecb-linear-3to5": (lambda: ECB(3, 5, "linear"), 3),
+    "repvgg-identity-bn": (lambda: RepVGGBlock(4, 4, "relu"), 4),
+    "repvgg-3to6-prelu": (lambda: RepVGGBlock(3, 6, "prelu"), 3),
+    "sesr-residual-3x3": (lambda: CollapsibleLinearBlock(4, 4, 16, 3, "prelu", residual=True), 4),
+    "sesr-5x5": (lambda: CollapsibleLinearBlock(3, 5, 24, 5, "relu"), 3),
+    "conv3xc": (lambda: Conv3XC(4, 6, gain=2), 4),
+    "conv3xc-relu": (lambda: Conv3XC(5, 5, gain=1, relu=True), 5),
+    "rrrb": (lambda: RRRB(4, 2), 4),
+    "hfab-bn": (lambda: HFAB(4, 1, 3, 2), 4),
+    "reprfn-repblock": (lambda: RepBlock(4), 4),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BLOCKS))
+def test_block_equals_hand_written(case):
+    make, cin = BLOCKS[case]
+    block = randomize_(make(), seed=len(case))
+    out = check_against_hand_written(block, cin, seed=len(case))
+    res, hand = out["res"], out["hand"]
+    assert len(res.collapsed) == n_convs(hand)  # one collapsed region per fused conv
+    assert res.left == []
+    for r in res.collapsed:
+        assert r["max_abs_fp32"] <= TOL * max(1.0, r["ref_max_fp32"])
+        assert [1, 1] in r["sizes"] and any(h != w for h, w in r["sizes"])  # 1x1 and non-square checked
+
+
+# ---- the registry's training-form networks ----------------------------------------------------
+
+NETS = dict(NETWORKS)
+NETS["ecbsr"] = lambda: ECBSR(colors=3, scale=2, num_block=2, num_feat=6, with_idt=True)
+NETS["ecbsr-relu-x3"] = lambda: ECBSR(colors=1, scale=3, num_block=1, num_feat=5, act_type="relu")
+
+
+def outer_training_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    found: dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, TrainingBlock) and not any(name.startswith(p + ".") for p in found):
+            found[name] = m
+    return found
+
+
+def inside(region: dict, scope: str) -> bool:
+    return all(p == scope or p.startswith(scope + ".") for p in region["modules"])
+
+
+@pytest.mark.parametrize("case", sorted(NETS))
+def test_network_equals_hand_written(case):
+    model = tame_(NETS[case](), seed=len(case))
+    cin = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+    kw = {"only_if_cheaper": False} if case == "sesr-concat-clip" else {}
+    sizes = SIZES
+    if case == "reprfn":  # RepRFN's ESA needs >= 15 pixels
+        sizes, kw["example_hw"] = [(17, 23), (15, 16), (19, 15)], (17, 16)
+    out = check_against_hand_written(model, cin, sizes=sizes, seed=3, **kw)
+    res = out["res"]
+    blocks = outer_training_blocks(model)
+    # the same blocks collapsed: each training block's fused convs are collapsed regions inside it
+    for scope, block in blocks.items():
+        mine = [r for r in res.collapsed if inside(r, scope)]
+        assert len(mine) == n_convs(block.reparameterize()), scope
+    # anything else collapsed only folded constants into a single conv (FMEN's x255 into its head)
+    for r in res.collapsed:
+        if not any(inside(r, s) for s in blocks):
+            assert r["ops"].get("conv") == 1 and r["macs_per_pixel_after"] == r["macs_per_pixel_before"], r
+    assert res.left == []
+
+
+def test_costlier_collapse_is_left_and_reported():
+    """SESR with a narrow expansion: 5x5 -> 1x1 as one 5x5 costs more; by default it stays."""
+    model = tame_(SESR(colors=1, scale=3, num_channels=4, num_lblocks=1, tmp_channels=8, concat_residual=True), 1)
+    res = collapse_linear(model, torch.rand(1, 1, 9, 10))
+    left = [r for r in res.left if r["scope"] == "conv_last"]
+    assert len(left) == 1 and "cost more" in left[0]["reason"]
+    assert res.report["verification"]["ok"]
+    assert any("conv_last" in line and "cost more" in line for line in summary_lines(res.report))
+
+
+def test_bundled_ecbsr_training_form_equals_hand_written():
+    lm = registry.load_model(load_state_dict(BUNDLED_CHECKPOINT))
+    assert lm.spec.form == "training"
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 21, 17, generator=g)
+    res = collapse_linear(lm.module, x)
+    hand = reparameterize(lm.module)
+    assert len(res.collapsed) == 6 and res.left == []
+    assert res.report["params_after"] == n_params(hand)
+    for hw in [(1, 1), (23, 19), (4, 9)]:
+        xx = torch.rand(2, 3, *hw, generator=g)
+        with torch.no_grad():
+            assert float((res.module(xx) - hand(xx)).abs().max()) < TOL
+
+
+# ---- borders and other traps ------------------------------------------------------------------
+
+class ZeroPadAfterBiased1x1(nn.Module):
+    """1x1 (biased) -> zero pad -> 3x3 valid: NOT one zero-padded 3x3 at the border."""
+
+    def __init__(self, c: int = 3, bias_pad: bool = False):
+        super().__init__()
+        self.a, self.b, self.bias_pad = nn.Conv2d(c, 2 * c, 1), nn.Conv2d(2 * c, c, 3), bias_pad
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.bias_pad:  # ECB / RRRB style: pad with the bias, border exact
+            b = self.a.bias.view(1, -1, 1, 1)
+            return torch.relu(self.b(F.pad(y - b, (1, 1, 1, 1)) + b))
+        return torch.relu(self.b(F.pad(y, (1, 1, 1, 1))))
+
+
+def test_zero_pad_after_biased_1x1_is_not_collapsed():
+    model = randomize_(ZeroPadAfterBiased1x1(), 1)
+    with torch.no_grad():
+        model.a.bias.add_(1.0)  # a bias well away from zero
+    res = collapse_linear(model, torch.rand(1, 3, 8, 9))
+    assert not any(r["ops"].get("conv", 0) == 2 for r in res.collapsed)  # the two convs stay two
+    assert conv_calls(res.module, torch.rand(1, 3, 5, 5)) == 2
+    x = torch.rand(2, 3, 1, 1)  # at 1x1 every output pixel is border
+    with torch.no_grad():
+        assert torch.allclose(res.module(x), model(x), atol=1e-6)
+
+
+def test_bias_padded_1x1_then_3x3_is_collapsed():
+    model = randomize_(ZeroPadAfterBiased1x1(bias_pad=True), 2)
+    res = collapse_linear(model, torch.rand(1, 3, 8, 9))
+    assert len(res.collapsed) == 1 and res.collapsed[0]["kernel"] == [3, 3]
+    assert conv_calls(res.module, torch.rand(1, 3, 5, 5)) == 1
+    for hw in [(1, 1), (2, 7), (9, 4)]:
+        x = torch.rand(2, 3, *hw)
+        with torch.no_grad():
+            assert rel_err(res.module(x), model(x)) < TOL
+
+
+class Mixed(nn.Module):
+    """Stacked padded 3x3s (not border exact), depthwise conv + BN + scaled identity (exact,
+    stays grouped), a spatially varying constant (not translation invariant) and a strided conv."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.s1, self.s2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+        self.dw, self.bn = nn.Conv2d(c, c, 3, padding=1, groups=c), nn.BatchNorm2d(c)
+        self.pos = nn.Parameter(torch.randn(1, c, 6, 7))
+        self.down = nn.Conv2d(c, c, 3, stride=2, padding=1)
+        self.after_down = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.s2(self.s1(x)))
+        y = torch.relu(self.bn(self.dw(y)) + 0.5 * y)
+        y = torch.sigmoid(self.s1(y) + self.pos)
+        return y, self.after_down(self.down(y))
+
+
+def test_traps_keep_the_function_and_collapse_only_what_is_exact():
+    model = randomize_(Mixed(), 4)
+    x = torch.rand(1, 4, 6, 7)
+    res = collapse_linear(model, x)
+    (dw,) = [r for r in res.collapsed if r["ops"].get("bn")]
+    assert dw["groups"] == 4 and dw["kernel"] == [3, 3]  # depthwise + BN + 0.5 x -> one depthwise conv
+    assert not any({"s1", "s2"} <= {m.split(".")[-1] for m in r["modules"]} for r in res.collapsed)
+    assert not any("down" in m for r in res.collapsed for m in r["modules"])
+    with torch.no_grad():
+        for a, b in zip(res.module(x), model(x)):
+            assert rel_err(a, b) < TOL
+
+
+class Untraceable(nn.Module):
+    """Python control flow on a tensor value at the top: torch.fx cannot trace the whole model."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(RepVGGBlock(3, 4), RepVGGBlock(4, 4))
+        self.tail = nn.Conv2d(4, 3, 3, padding=1)
+
+    def forward(self, x):
+        if x.mean() > 10:  # data-dependent branch
+            x = x / 255
+        return self.tail(self.body(x))
+
+
+def test_untraceable_model_falls_back_to_submodules():
+    model = randomize_(Untraceable(), 5)
+    res = collapse_linear(model, torch.rand(1, 3, 7, 8))
+    cap = res.report["capture"]
+    assert cap["method"] == "fx-per-module" and "body" in cap["traced"]
+    assert len(res.collapsed) == 2 and res.report["verification"]["ok"]
+    x = torch.rand(2, 3, 5, 9)
+    with torch.no_grad():
+        assert rel_err(res.module(x), model(x)) < TOL
+
+
+_GLOBAL_ACT = nn.LeakyReLU(0.1)
+
+
+class GlobalActivation(nn.Module):
+    """An activation module kept in a global, not a submodule (several NTIRE teams do this)."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = RepVGGBlock(3, 3)
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(_GLOBAL_ACT(self.block(x)))
+
+
+def test_modules_not_owned_by_the_model_are_traced_through():
+    model = randomize_(GlobalActivation(), 6)
+    res = collapse_linear(model, torch.rand(1, 3, 6, 6))
+    assert res.report["capture"]["method"] == "fx" and len(res.collapsed) == 1
+
+
+def test_example_must_be_nchw():
+    with pytest.raises(GenericReparamError):
+        collapse_linear(nn.Conv2d(3, 3, 1), torch.rand(3, 4, 4))
+
+
+# ---- real checkpoints --------------------------------------------------------------------------
+
+def test_etds_training_checkpoints_have_nothing_single_input_to_collapse(ckpt_dir):
+    """ETDS's reparameterization stacks two streams into one conv per layer; its linear parts all
+    read two tensors (backbone and residual stream), so the generic pass, which collapses
+    single-input regions, finds nothing there, and says so, with the function unchanged."""
+    paths = sorted((ckpt_dir / "ETDS" / "ablations").glob("*.pth"))
+    assert paths
+    lm = registry.load_model(load_state_dict(paths[0]))
+    res = collapse_linear(lm.module, torch.rand(1, 3, 12, 11))
+    assert res.report["regions_collapsed"] == 0
+    assert res.report["verification"]["ok"] and res.report["verification"]["max_abs_fp32"] == 0.0
