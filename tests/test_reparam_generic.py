@@ -73,7 +73,7 @@ def conv_calls(model: nn.Module, x: torch.Tensor) -> int:
 def check_against_hand_written(model: nn.Module, cin: int, sizes=SIZES, seed: int = 0, example_hw=(9, 11),
                                **kw) -> dict:
     before = snapshot(model)
-    res = collapse_linear(model, image(seed, cin, example_hw, batch=1).abs(), **kw)
+    res = collapse_linear(model, image(seed, cin, example_hw, batch=1).abs(), deploy_hooks=False, **kw)
     after = model.state_dict()
     assert all(torch.equal(after[k], before[k]) for k in before), "the caller's module was modified"
     assert res.module is not model
@@ -169,7 +169,7 @@ def test_network_equals_hand_written(case):
 def test_costlier_collapse_is_left_and_reported():
     """SESR with a narrow expansion: 5x5 -> 1x1 as one 5x5 costs more; by default it stays."""
     model = tame_(SESR(colors=1, scale=3, num_channels=4, num_lblocks=1, tmp_channels=8, concat_residual=True), 1)
-    res = collapse_linear(model, torch.rand(1, 1, 9, 10))
+    res = collapse_linear(model, torch.rand(1, 1, 9, 10), deploy_hooks=False)
     left = [r for r in res.left if r["scope"] == "conv_last"]
     assert len(left) == 1 and "cost more" in left[0]["reason"]
     assert res.report["verification"]["ok"]
@@ -181,7 +181,7 @@ def test_bundled_ecbsr_training_form_equals_hand_written():
     assert lm.spec.form == "training"
     g = torch.Generator().manual_seed(0)
     x = torch.rand(1, 3, 21, 17, generator=g)
-    res = collapse_linear(lm.module, x)
+    res = collapse_linear(lm.module, x, deploy_hooks=False)
     hand = reparameterize(lm.module)
     assert len(res.collapsed) == 6 and res.left == []
     assert res.report["params_after"] == n_params(hand)
@@ -279,7 +279,7 @@ class Untraceable(nn.Module):
 
 def test_untraceable_model_falls_back_to_submodules():
     model = randomize_(Untraceable(), 5)
-    res = collapse_linear(model, torch.rand(1, 3, 7, 8))
+    res = collapse_linear(model, torch.rand(1, 3, 7, 8), deploy_hooks=False)
     cap = res.report["capture"]
     assert cap["method"] == "fx-per-module" and "body" in cap["traced"]
     assert len(res.collapsed) == 2 and res.report["verification"]["ok"]
@@ -305,13 +305,65 @@ class GlobalActivation(nn.Module):
 
 def test_modules_not_owned_by_the_model_are_traced_through():
     model = randomize_(GlobalActivation(), 6)
-    res = collapse_linear(model, torch.rand(1, 3, 6, 6))
+    res = collapse_linear(model, torch.rand(1, 3, 6, 6), deploy_hooks=False)
     assert res.report["capture"]["method"] == "fx" and len(res.collapsed) == 1
 
 
 def test_example_must_be_nchw():
     with pytest.raises(GenericReparamError):
         collapse_linear(nn.Conv2d(3, 3, 1), torch.rand(3, 4, 4))
+
+
+# ---- the author's own deploy hooks -------------------------------------------------------------
+
+def test_hand_written_hooks_are_used_when_present_and_agree():
+    model = tame_(ECBSR(colors=3, scale=2, num_block=1, num_feat=4), 2)
+    res = collapse_linear(model, torch.rand(1, 3, 8, 9))
+    hooks = res.report["deploy_hooks"]
+    assert hooks["kept"] == hooks["found"] == 3 and {h["hook"] for h in hooks["hooks"]} == {"reparameterize"}
+    assert res.report["regions_collapsed"] == 0  # nothing linear left after the author's hooks
+    x = torch.rand(2, 3, 7, 5)
+    with torch.no_grad():
+        assert rel_err(res.module(x), reparameterize(model)(x)) < TOL
+
+
+class WrongHook(nn.Module):
+    """A hook meant for a checkpoint saved before conversion (it folds an identity the forward
+    does not have, as NTIRE 2022 team 08's switch_to_deploy does), and one that crashes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.tail = Crashing()
+
+    def forward(self, x):
+        return self.tail(torch.relu(self.conv(x)))
+
+    def switch_to_deploy(self):
+        with torch.no_grad():
+            self.conv.weight[:, :, 1, 1] += torch.eye(3)
+
+
+class Crashing(nn.Conv2d):
+    def __init__(self):
+        super().__init__(3, 3, 1)
+
+    def fuse(self):
+        return self.weight.cuda_only_attribute  # raises AttributeError
+
+
+def test_hooks_that_change_the_function_or_fail_are_undone_and_reported():
+    model = randomize_(WrongHook(), 3)
+    res = collapse_linear(model, torch.rand(1, 3, 8, 9))
+    hooks = {h["module"]: h for h in res.report["deploy_hooks"]["hooks"]}
+    assert hooks["(root)"]["status"] == "undone" and "changes the function" in hooks["(root)"]["reason"]
+    assert len(hooks) == 1  # the root's hook is the author's; submodule hooks are not called separately
+    only_tail = collapse_linear(model.tail, torch.rand(1, 3, 5, 5))
+    (h,) = only_tail.report["deploy_hooks"]["hooks"]
+    assert h["status"] == "failed" and "AttributeError" in h["reason"]
+    x = torch.rand(2, 3, 5, 6)
+    with torch.no_grad():
+        assert torch.equal(res.module(x), model(x))
 
 
 # ---- real checkpoints --------------------------------------------------------------------------

@@ -73,20 +73,29 @@ class GenericReparamResult:
 # ---- public entry point --------------------------------------------------------------------
 
 def collapse_linear(module: nn.Module, example: torch.Tensor, *, tol: float = 1e-5,
-                    only_if_cheaper: bool = True) -> GenericReparamResult:
+                    only_if_cheaper: bool = True, deploy_hooks: bool = True) -> GenericReparamResult:
     """Collapse every affine sub-graph of `module` into one conv, verified; see the module doc.
 
     `example` is one realistic input (NCHW); it fixes channel counts, gives activation
     statistics for the fp32 checks and is the input of the whole-model check. `tol` bounds
     fp32 max |difference| / max(1, max |reference|) of each collapsed region. With
     `only_if_cheaper`, a region whose single conv would need more MACs per pixel than the
-    original operators (e.g. a narrow 5x5 -> 1x1 pair) is left alone and reported.
+    original operators (e.g. a narrow 5x5 -> 1x1 pair) is left alone and reported. With
+    `deploy_hooks`, the author's own hooks (`switch_to_deploy`, `reparameterize`, ...; see
+    edgesr.reparam.hooks) run first and are kept only where they verify.
     """
     if not isinstance(example, torch.Tensor) or example.dim() != 4:
         raise GenericReparamError("collapse_linear needs an NCHW example tensor")
-    original = copy.deepcopy(module).eval()
-    work = copy.deepcopy(module).eval()
     example = example.detach()
+    original = copy.deepcopy(module).eval()
+    hooks = None
+    if deploy_hooks:
+        from .hooks import run_deploy_hooks
+
+        start, hooks = run_deploy_hooks(module, example, tol=tol)
+    else:
+        start = copy.deepcopy(module).eval()
+    work = copy.deepcopy(start)
     ctx = _Pass(tol=tol, only_if_cheaper=only_if_cheaper)
     try:
         gm = _trace(work)
@@ -97,15 +106,17 @@ def collapse_linear(module: nn.Module, example: torch.Tensor, *, tol: float = 1e
     else:
         capture = {"method": "fx"}
         new = _collapse_graph(gm, (example,), ctx, scope="")
-    whole = _verify_whole(original, new, _exact_twin(new, ctx), example, tol)
+    # the collapse is judged against the model it started from (the hooks were judged on their own)
+    whole = _verify_whole(start, new, _exact_twin(new, ctx), example, tol)
     if not whole["ok"]:
-        # Every region verified alone, yet the model disagrees: keep the original, say so.
+        # Every region verified alone, yet the model disagrees: keep the uncollapsed model, say so.
         for r in ctx.reports:
             if r["status"] == "collapsed":
                 r["status"], r["reason"] = "reverted", "whole-model verification failed"
-        new = copy.deepcopy(original)
+        new = start
     report = _report(original, new, example, ctx.reports, capture, whole, tol)
     report["splits"] = ctx.splits
+    report["deploy_hooks"] = hooks
     return GenericReparamResult(module=new, report=report, regions=ctx.reports)
 
 
@@ -1157,6 +1168,9 @@ def summary_lines(report: dict) -> list[str]:
                          f"fp32 max abs {r['max_abs_fp32']:.2e}")
         else:
             lines.append(f"{head} ({r.get('reason', '')})")
+    for h in (report.get("deploy_hooks") or {}).get("hooks", []):
+        lines.append(f"  hook      {h['module']}.{h['hook']}(): {h['status']}"
+                     + (f" ({h['reason']})" if h.get("reason") else f", max abs {h['max_abs']:.1e}"))
     for sp in report.get("splits", []):
         lines.append(f"  split     {sp['module'] or '(root)'}: {sp['reason']}; kept {sp['split_at']} as a tensor")
     v = report["verification"]
