@@ -86,7 +86,8 @@ def worker(year: str, model_id: int, size: int) -> dict:
         "params_before": rep["params_before"], "params_after": rep["params_after"],
         "macs_px_before": rep["macs_per_output_pixel_before"], "macs_px_after": rep["macs_per_output_pixel_after"],
         "fp32_max_abs": rep["verification"]["max_abs_fp32"], "fp64_max_rel": rep["verification"]["max_rel_fp64"],
-        "verified": rep["verification"]["ok"],
+        "verified": rep["verification"]["ok"], "splits": len(rep.get("splits", [])),
+        "hooks": (rep.get("deploy_hooks") or {}).get("hooks", []),
         "regions": [{k: r.get(k) for k in ("scope", "ops", "status", "reason", "kernel", "params_before",
                                            "params_after", "macs_per_pixel_before", "macs_per_pixel_after",
                                            "max_abs_fp32")} for r in res.regions],
@@ -130,6 +131,9 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         bar = jobs
     started = time.perf_counter()
+    partial = args.out.with_suffix(".partial.jsonl")  # one line per finished team, for long runs
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text("")
     for n, (year, mid) in enumerate(bar, 1):
         cmd = [sys.executable, __file__, "--worker", year, str(mid), "--size", str(args.size)]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
@@ -142,6 +146,8 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             row = {"year": year, "id": mid, "status": "timeout", "reason": f">{args.timeout:.0f}s"}
         rows.append(row)
+        with partial.open("a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
         if not sys.stderr.isatty():
             print(f"[{n}/{len(jobs)}] {year} team {mid}: {row['status']}", file=sys.stderr, flush=True)
     print(table(rows))
@@ -153,12 +159,13 @@ def main() -> None:
                                  "machine": machine_info(), "load_avg": os.getloadavg(),
                                  "seconds": round(time.perf_counter() - started, 1), "crop": args.size,
                                  "rows": rows})
+    partial.unlink()
     print(f"wrote {args.out}")
 
 
 def table(rows: list[dict]) -> str:
     head = (f"{'year':4} {'id':>3} {'model':24} {'status':11} {'coll':>4} {'left':>4} {'multi':>5} "
-            f"{'params':>17} {'MACs/out px':>17} {'fp32 abs':>8} {'fp64 rel':>8} {'capture':13} {'s':>5}")
+            f"{'params':>17} {'MACs/out px':>17} {'fp32 abs':>8} {'fp64 rel':>8} {'hooks':>5} {'capture':13} {'s':>5}")
     lines = [head, "-" * len(head)]
     for r in rows:
         name = str(r.get("name", ""))[:24]
@@ -170,7 +177,8 @@ def table(rows: list[dict]) -> str:
             f"{r['year']:4} {r['id']:>3} {name:24} {'ok' if r['verified'] else 'NOT VERIFIED':11} {r['collapsed']:>4} "
             f"{r['left']:>4} {r['multi_branch']:>5} {r['params_before']:>8}->{r['params_after']:<8} "
             f"{_n(r['macs_px_before']):>8}->{_n(r['macs_px_after']):<8} {r['fp32_max_abs']:8.1e} {fp64:>8} "
-            f"{r['capture']:13} {r['seconds']:5.1f}")
+            f"{sum(h['status'] == 'kept' for h in r['hooks'])}/{len(r['hooks']):<3} {r['capture']:13} "
+            f"{r['seconds']:5.1f}")
     multi = [r for r in rows if r.get("multi_branch")]
     lines.append("")
     lines.append(f"{len(multi)} team(s) with collapsed multi-branch blocks: " + "; ".join(
