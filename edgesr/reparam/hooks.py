@@ -32,13 +32,25 @@ def run_deploy_hooks(module: nn.Module, example: torch.Tensor, *, tol: float = 1
     measured fp32 max abs difference or the reason. A module's own hook is called instead of
     those of its submodules (the author's top-level hook is expected to recurse).
     """
-    original = copy.deepcopy(module).eval()
     work = copy.deepcopy(module).eval()
-    inputs = _inputs(example)
+    hooks = _find_hooks(work)
+    if not hooks:
+        return work, {"found": 0, "kept": 0, "hooks": []}
+    original = copy.deepcopy(module).eval()
+    inputs, refs = [], []
     with torch.no_grad():
-        refs = [_flat(original(x)) for x in inputs]
+        for x in _inputs(example):
+            try:
+                refs.append(_flat(original(x)))
+            except Exception:  # noqa: BLE001 - the model refuses this size (fixed-size parts): not a check
+                continue
+            inputs.append(x)
+    if not inputs:
+        return work, {"found": len(hooks), "kept": 0, "hooks": [
+            {"module": p or "(root)", "hook": n, "status": "failed", "reason": "the model does not run on the example"}
+            for p, n in hooks]}
     entries: list[dict] = []
-    for path, name in _find_hooks(work):
+    for path, name in hooks:
         entry: dict[str, Any] = {"module": path or "(root)", "hook": name}
         entries.append(entry)
         candidate = copy.deepcopy(work)
