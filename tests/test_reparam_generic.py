@@ -309,9 +309,11 @@ def test_modules_not_owned_by_the_model_are_traced_through():
     assert res.report["capture"]["method"] == "fx" and len(res.collapsed) == 1
 
 
-def test_example_must_be_nchw():
-    with pytest.raises(GenericReparamError):
+def test_example_must_be_nchw_and_run():
+    with pytest.raises(GenericReparamError, match="NCHW"):
         collapse_linear(nn.Conv2d(3, 3, 1), torch.rand(3, 4, 4))
+    with pytest.raises(GenericReparamError, match="does not run on the example"):
+        collapse_linear(nn.Conv2d(3, 3, 1), torch.rand(1, 4, 4, 4))
 
 
 # ---- the author's own deploy hooks -------------------------------------------------------------
@@ -378,3 +380,32 @@ def test_etds_training_checkpoints_have_nothing_single_input_to_collapse(ckpt_di
     res = collapse_linear(lm.module, torch.rand(1, 3, 12, 11))
     assert res.report["regions_collapsed"] == 0
     assert res.report["verification"]["ok"] and res.report["verification"]["max_abs_fp32"] == 0.0
+
+
+class SharedTrunk(nn.Module):
+    """One linear trunk read by two heads, and a chunk: regions with two outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Conv2d(3, 8, 1, bias=False)  # bias-free: its zero-padded output is exact
+        self.head_a, self.head_b = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 3, padding=1, bias=False)
+        self.split = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        t = self.trunk(x) * 2.0
+        a, b = self.split(x).chunk(2, dim=1)
+        return torch.relu(self.head_a(t)) + torch.sigmoid(self.head_b(t)) * torch.sigmoid(a) * torch.tanh(b + 1.0)
+
+
+def test_regions_with_several_outputs():
+    model = randomize_(SharedTrunk(), 8)
+    res = collapse_linear(model, torch.rand(1, 3, 9, 7), deploy_hooks=False)
+    (trunk,) = [r for r in res.collapsed if "trunk" in r["modules"]]
+    # trunk * 2 feeds head_a (1x1) and head_b (3x3, bias-free): one region, two convs out
+    assert trunk["kernel"] == [[1, 1], [3, 3]] and trunk["out_channels"] == [4, 4]
+    (split,) = [r for r in res.regions if "split" in r["modules"]]  # conv -> chunk -> (a, b + 1)
+    assert split["status"] == "left" and split["reason"].startswith("no gain")
+    for hw in [(1, 1), (4, 9)]:
+        x = torch.rand(2, 3, *hw)
+        with torch.no_grad():
+            assert rel_err(res.module(x), model(x)) < TOL

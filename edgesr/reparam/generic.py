@@ -88,6 +88,12 @@ def collapse_linear(module: nn.Module, example: torch.Tensor, *, tol: float = 1e
         raise GenericReparamError("collapse_linear needs an NCHW example tensor")
     example = example.detach()
     original = copy.deepcopy(module).eval()
+    try:
+        with torch.no_grad():
+            original(example)
+    except Exception as e:  # noqa: BLE001 - user code: say what failed, in one line
+        raise GenericReparamError(f"the model does not run on the example {tuple(example.shape)}: "
+                                  f"{_one_line(e)}") from None
     hooks = None
     if deploy_hooks:
         from .hooks import run_deploy_hooks
@@ -945,6 +951,10 @@ def _build_and_verify(r: _Region, aff: dict[fx.Node, _Affine], ctx: _Pass, entry
     if ctx.only_if_cheaper and macs_after > entry["macs_per_pixel_before"]:
         entry.update(status="left", reason=f"one conv would cost more ({macs_after} > "
                                            f"{entry['macs_per_pixel_before']} MACs per pixel)")
+        return None
+    n_convs = r.kinds.get("conv", 0)
+    if macs_after == entry["macs_per_pixel_before"] and len(mods) > n_convs:
+        entry.update(status="left", reason=f"no gain: {n_convs} conv(s) would become {len(mods)} of the same cost")
         return None
     # the collapsed convs in float64 (exactness) and in the model's dtype (deploy precision)
     check = _verify_region(r, mods, mods64, ctx.tol)
