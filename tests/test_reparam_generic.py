@@ -32,6 +32,7 @@ from edgesr.reparam import TrainingBlock, reparameterize
 from edgesr.reparam.generic import GenericReparamError, collapse_linear, summary_lines
 
 TOL = 1e-5
+REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 SIZES = [(1, 1), (17, 23), (2, 5), (6, 3)]
 
 
@@ -409,3 +410,55 @@ def test_regions_with_several_outputs():
         x = torch.rand(2, 3, *hw)
         with torch.no_grad():
             assert rel_err(res.module(x), model(x)) < TOL
+
+
+# ---- the NTIRE ESR zoo: a training-form block shipped by a team, loaded with its own code ----------
+
+ZOO_SCRIPT = r"""
+import json, sys, torch
+repo, module, cls, weights, data_range, lr = sys.argv[1:7]
+torch.set_num_threads(1)  # as conftest does: two shared cores
+sys.path.insert(0, repo)
+import importlib
+from edgesr.imaging import read_image, to_tensor
+from edgesr.reparam.generic import collapse_linear
+model = getattr(importlib.import_module(module), cls)()
+model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
+model.eval()
+x = to_tensor(read_image(lr).rgb) * float(data_range)
+res = collapse_linear(model, x[:, :, 20:52, 30:62].contiguous())
+worst, ref = 0.0, 0.0
+for top, left, h, w in [(0, 0, 17, 23), (5, 40, 31, 16), (60, 3, 15, 15)]:
+    xx = x[:, :, top:top + h, left:left + w].contiguous()
+    with torch.no_grad():
+        a, b = res.module(xx), model(xx)
+    worst, ref = max(worst, float((a - b).abs().max())), max(ref, float(b.abs().max()))
+print(json.dumps({"regions": res.regions, "verification": res.report["verification"],
+                  "params": [res.report["params_before"], res.report["params_after"]],
+                  "macs": [res.report["macs_per_output_pixel_before"], res.report["macs_per_output_pixel_after"]],
+                  "max_abs": worst, "ref_max": ref}))
+"""
+
+
+def test_zoo_rfdn_srb_blocks_collapse_with_the_teams_own_code(shared_dir, tmp_path):
+    """NTIRE 2022's RFDN baseline (the AIM 2020 winner, as test_demo.py builds it) ships its
+    shallow residual blocks in training form: conv3x3(x) + x, then LeakyReLU. The generic pass,
+    run on the module built by the authors' code, folds each identity branch into its conv."""
+    import subprocess
+    import sys
+
+    repo = shared_dir / "ntire-esr" / "2022"
+    if not (repo / "models" / "rfdn_baseline" / "RFDN.py").is_file():
+        pytest.skip("NTIRE 2022 RFDN baseline not in ../shared")
+    lr = shared_dir / "testsets" / "Set5" / "LR_bicubic" / "X4" / "babyx4.png"
+    p = subprocess.run([sys.executable, "-c", ZOO_SCRIPT, str(repo), "models.rfdn_baseline.RFDN", "RFDN",
+                        str(repo / "model_zoo" / "rfdn_baseline.pth"), "255", str(lr)],
+                       capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                       env={**__import__("os").environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    srb = [r for r in out["regions"] if r["status"] == "collapsed" and r["ops"].get("add") and r["ops"].get("conv")]
+    assert len(srb) == 12  # 4 RFDB x 3 SRB
+    assert all(r["kernel"] == [3, 3] and r["max_abs_fp32"] <= 1e-5 * max(1.0, r["ref_max_fp32"]) for r in srb)
+    assert out["verification"]["ok"] and out["verification"]["max_rel_fp64"] < 1e-9
+    assert out["max_abs"] <= 1e-5 * max(1.0, out["ref_max"])  # data range 255: relative to the output scale
