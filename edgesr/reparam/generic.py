@@ -12,9 +12,10 @@ whatever the wiring).
 
 Borders are where this can go wrong: a conv whose input was zero-padded *after* a biased op
 (e.g. a plain zero pad after a biased 1x1) is not one zero-padded conv of the region input.
-So every intermediate node is also checked, in float64, at tiny and odd sizes (1x1,
-non-square), against its own probed conv form; the first node whose border disagrees
-splits the region there (its input is kept as an explicit tensor), and the parts are
+So each region is checked in float64 at tiny and odd sizes (1x1, non-square) against its
+probed conv; where that fails, every intermediate node is checked the same way, and the
+region is split before the first node whose border disagrees, at the dominator of that node
+nearest the region input from which it is exact (that tensor is kept), and the parts are
 analysed again. Only regions that are exact at every size survive; each is then verified in
 fp32 against the original sub-graph, and the whole rewritten model against the original.
 A region that fails is left as it was and reported with the reason.
