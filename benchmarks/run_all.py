@@ -14,7 +14,8 @@ Writes into --out:
   resolution.json       latency vs resolution per backend + the standard workloads (x4 and x2, 720p/1080p)
   profiles.json         ORT per-operator profiles (so.enable_profiling) behind the targets
   reparam_gain.json     benchmarks/reparam_gain.py (ECBSR-M4C16 training -> deploy)
-  gpu.json              GPU rows (torch-cuda, trt) or why they were not measured
+  gpu_run_all.json      GPU rows (torch-cuda, trt) or why they were not measured (the full GPU check is
+                        benchmarks/gpu_check.py, which writes gpu.json + gpu.md)
   run_all.json          targets met/missed, phase durations, configuration
   README.md + *.png     summary, latency vs resolution, PSNR-vs-latency Pareto, roofline per model
 
@@ -84,7 +85,7 @@ ETDS_TRAINING = "ETDS/ablations/ETDS_M6C32_x4_normal_loss.pth"
 # what spinning itself costs or gains).
 SPIN = False
 OUR_FILES = ("machine.json", "models.json", "comparisons.json", "ort_settings.json", "resolution.json",
-             "profiles.json", "reparam_gain.json", "gpu.json", "run_all.json")
+             "profiles.json", "reparam_gain.json", "gpu_run_all.json", "run_all.json")
 
 TARGETS = {
     "ort_vs_torch_etds_m": ("ORT fp32 deploy form vs PyTorch eager CPU, ETDS-M x4 at 720p", 2.0),
@@ -778,7 +779,9 @@ def readme(run: Run, info: dict, roofs: dict | None, models: dict, comp: dict, s
             L.append(f"- skipped {s['backend']} (CUDA graph {s['cuda_graph']}): {s['reason']}")
     else:
         L.append(f"Not measured: {gpu.get('reason')}. `edgesr bench MODEL -b torch-cuda -b trt` measures host "
-                 "latency, GPU compute (CUDA events) and H2D/D2H separately on a GPU machine.")
+                 "latency, GPU compute (CUDA events) and H2D/D2H separately on a GPU machine; "
+                 "`benchmarks/gpu_check.py` is the whole GPU check (parity, latency, NTIRE protocol) in one "
+                 "command, writing gpu.json and gpu.md.")
     L += ["", "## Phases", "", "| phase | seconds | load before (1/5/15 min) | load after |", "|---|---|---|---|"]
     for ph in run.phases:
         L.append(f"| {ph['phase']} | {ph['seconds']} | {ph['load_before']} | {ph['load_after']} |"
@@ -826,7 +829,7 @@ def render_only(out: Path, work: Path) -> int:
     tg = targets(models, comp, reparam, run.quick)
     atomic_write_text(out / "README.md", readme(run, mach.get("machine", {}), roofs, models, comp,
                                                 load("ort_settings.json", {}), res, load("profiles.json", {}), reparam,
-                                                load("gpu.json", {}), tg, made, ra["total_seconds"],
+                                                load("gpu_run_all.json", {}), tg, made, ra["total_seconds"],
                                                 ra.get("load_end")))
     print(f"rendered {out / 'README.md'} and {len(made)} plots from the JSON files of the run")
     return 0
@@ -898,7 +901,7 @@ def main(argv=None) -> int:
     run.write("profiles.json", profs)
     with run.phase("GPU"):
         gpu = gpu_section(run, models)
-    run.write("gpu.json", gpu)
+    run.write("gpu_run_all.json", gpu)
     made = []
     with run.phase("plots"):
         made = plots(run, models, res, roofs)

@@ -17,6 +17,10 @@ Timers
     `time_cuda_events`   GPU compute time from CUDA events recorded around each launch on a
                          stream, launched back to back in chunks (no host sync in between,
                          like trtexec), copies timed separately (`time_cuda_copies`).
+    `CudaCalls`          the CUDA-only calls (device, events, streams, pinned memory, graph
+                         capture), one thin method each; `HostCalls` stands in for them on the
+                         CPU, so a dry run (benchmarks/gpu_check.py --dry-run) exercises the
+                         torch-cuda runner and these timers in CI, which has no GPU.
 
 Backends (`prepare_backend`, `bench_model`) turn a MODEL (checkpoint, .onnx, or `edgesr
 convert` OUTDIR) into timed runners for ``ort``, ``ort-int8``, ``torch``, ``torch-cuda``,
@@ -267,28 +271,184 @@ def _record(event, stream) -> None:
 
 
 def time_cuda_copies(in_shape: Sequence[int], out_shape: Sequence[int], policy: TimingPolicy,
-                     dtype: str = "float32", device: int = 0) -> dict[str, TimingStats]:
+                     dtype: str = "float32", device: int = 0, calls: "CudaCalls | HostCalls | None" = None
+                     ) -> dict[str, TimingStats]:
     """Host->device copy of an input and device->host copy of an output (pinned host
-    memory, CUDA events on a private stream), the `H2D` / `D2H` rows of trtexec."""
+    memory, CUDA events on a private stream), the `H2D` / `D2H` rows of trtexec.
+    `calls`: the CUDA calls to use (default `CudaCalls()`; `HostCalls()` for a CPU dry run)."""
     import torch
 
+    calls = calls if calls is not None else CudaCalls()
     tdt = getattr(torch, dtype)
-    dev = torch.device("cuda", device)
-    stream = torch.cuda.Stream(device=dev)
-    h_in = torch.empty(tuple(in_shape), dtype=tdt, pin_memory=True)
+    dev = calls.device(device)
+    stream = calls.new_stream(dev)
+    h_in = calls.pinned(torch.empty(tuple(in_shape), dtype=tdt))
     d_in = torch.empty(tuple(in_shape), dtype=tdt, device=dev)
     d_out = torch.empty(tuple(out_shape), dtype=tdt, device=dev)
-    h_out = torch.empty(tuple(out_shape), dtype=tdt, pin_memory=True)
+    h_out = calls.pinned(torch.empty(tuple(out_shape), dtype=tdt))
 
     def h2d():
-        with torch.cuda.stream(stream):
+        with calls.use_stream(stream):
             d_in.copy_(h_in, non_blocking=True)
 
     def d2h():
-        with torch.cuda.stream(stream):
+        with calls.use_stream(stream):
             h_out.copy_(d_out, non_blocking=True)
 
-    return {"h2d": time_cuda_events(h2d, policy, stream=stream), "d2h": time_cuda_events(d2h, policy, stream=stream)}
+    def sync():
+        calls.synchronize(stream)
+
+    return {k: time_cuda_events(fn, policy, stream=stream, event_factory=calls.event, synchronize=sync)
+            for k, fn in (("h2d", h2d), ("d2h", d2h))}
+
+
+class CudaCalls:
+    """Every CUDA-only call the torch-cuda runner and the CUDA timers make, one thin method each.
+
+    `HostCalls` has the same methods for a CPU dry run (benchmarks/gpu_check.py --dry-run), so
+    that everything around these calls runs in CI, where there is no GPU."""
+
+    kind = "cuda"
+
+    def device(self, index: int = 0):
+        import torch
+
+        return torch.device("cuda", index)
+
+    def event(self):
+        import torch
+
+        return torch.cuda.Event(enable_timing=True)
+
+    def new_stream(self, device):
+        import torch
+
+        return torch.cuda.Stream(device=device)
+
+    def current_stream(self, device=None):
+        import torch
+
+        return torch.cuda.current_stream(device)
+
+    def use_stream(self, stream):
+        import torch
+
+        return torch.cuda.stream(stream)
+
+    def synchronize(self, stream=None) -> None:
+        import torch
+
+        (stream if stream is not None else torch.cuda.current_stream()).synchronize()
+
+    def pinned(self, tensor):
+        return tensor.pin_memory()
+
+    def capture(self, fn: Callable[[], Any], device) -> tuple[Callable[[], Any], Any]:
+        """(replay, static output) of a CUDA graph of `fn` (warmed up on a side stream first,
+        as the torch docs prescribe). `fn` must read only static inputs."""
+        import torch
+
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            static_out = fn()
+        return g.replay, static_out
+
+
+class HostCalls:
+    """CPU stand-ins for `CudaCalls` (a dry run on a machine without a GPU). CPU work is
+    synchronous, so an 'event' reads the host clock when it is recorded and elapsed times are
+    real; there are no streams or pinned buffers; a 'graph' replays the captured call into the
+    same static output tensor (what a CUDA graph replay does, without the launch savings)."""
+
+    kind = "cpu"
+
+    class Event:
+        def __init__(self) -> None:
+            self.t: float | None = None
+
+        def record(self, stream=None) -> None:
+            self.t = time.perf_counter()
+
+        def elapsed_time(self, end: "HostCalls.Event") -> float:
+            if self.t is None or end.t is None:
+                raise RuntimeError("event not recorded")
+            return (end.t - self.t) * 1e3
+
+    def device(self, index: int = 0):
+        import torch
+
+        return torch.device("cpu")
+
+    def event(self) -> "HostCalls.Event":
+        return HostCalls.Event()
+
+    def new_stream(self, device):
+        return None
+
+    def current_stream(self, device=None):
+        return None
+
+    def use_stream(self, stream):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def synchronize(self, stream=None) -> None:
+        return None
+
+    def pinned(self, tensor):
+        return tensor
+
+    def capture(self, fn: Callable[[], Any], device) -> tuple[Callable[[], Any], Any]:
+        import torch
+
+        static_out = fn()
+
+        def replay():
+            with torch.no_grad():  # a CUDA graph replay records no autograd history either
+                static_out.copy_(fn())
+
+        return replay, static_out
+
+
+def fp32_math(tf32: bool | None):
+    """Context: fp32 convolutions and matmuls on the GPU in IEEE fp32 (tf32=False) or allowed
+    to use TF32 (True); None leaves PyTorch's settings (by default cuDNN convs may use TF32,
+    matmuls may not). Uses the `fp32_precision` API where torch has it (2.9+; mixing it with
+    the legacy `allow_tf32` flags raises) and the legacy flags otherwise."""
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def ctx():
+        if tf32 is None:
+            yield
+            return
+        conv = getattr(torch.backends.cudnn, "conv", None)
+        if conv is not None and hasattr(conv, "fp32_precision"):
+            mm = torch.backends.cuda.matmul
+            saved = (conv.fp32_precision, mm.fp32_precision)
+            conv.fp32_precision = mm.fp32_precision = "tf32" if tf32 else "ieee"
+            try:
+                yield
+            finally:
+                conv.fp32_precision, mm.fp32_precision = saved
+        else:  # pragma: no cover - torch < 2.9
+            saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+            try:
+                yield
+            finally:
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+    return ctx()
 
 
 # =========================================================================== machine
@@ -766,6 +926,9 @@ def prepare_backend(src: ModelSource, backend: str, *, threads: int | None = Non
                         f"{src.ref.name} ({src.form} form)", "fp32", gpu=True)
     # trt / trt-rtx
     flavour = "rtx" if backend == "trt-rtx" else "trt"
+    from .backends.trt_flavour import load_flavour
+
+    load_flavour(flavour)  # a missing TensorRT package is reported before any ONNX export or engine build
     engine = _engine_for(src, flavour, engine_sizes)
     from .backends.trt import TensorRTRunner
 
@@ -790,48 +953,75 @@ def _engine_for(src: ModelSource, flavour: str, sizes: Sequence[tuple[int, int]]
     return art.path
 
 
+TORCH_PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
 class TorchCudaRunner:
-    """PyTorch eager (or CUDA-graph replay) on the GPU; `run` is host numpy in/out."""
+    """PyTorch eager (or CUDA-graph replay) on the GPU; `run` is host numpy in/out.
 
-    def __init__(self, module, cuda_graph: bool = False, device: int = 0):
-        import torch
+    precision: "fp32" | "fp16" | "bf16" (weights and activations; input and output stay fp32
+    on the host). channels_last: NHWC memory format for weights and input. tf32: see
+    `fp32_math` (None: PyTorch's own settings). calls: `CudaCalls()` (default) or
+    `HostCalls()` to run the same code on the CPU (dry run; device is then the CPU)."""
 
+    def __init__(self, module, cuda_graph: bool = False, device: int = 0, *, precision: str = "fp32",
+                 channels_last: bool = False, tf32: bool | None = None, calls: CudaCalls | HostCalls | None = None):
         import copy
 
+        import torch
+
+        if precision not in TORCH_PRECISIONS:
+            raise ValueError(f"precision {precision!r}: one of {', '.join(TORCH_PRECISIONS)}")
         self.torch = torch
-        self.device = torch.device("cuda", device)
-        self.module = copy.deepcopy(module).eval().to(self.device)  # the caller's CPU module stays on the CPU
+        self.calls = calls if calls is not None else CudaCalls()
+        self.device = self.calls.device(device)
+        self.precision = precision
+        self.dtype = getattr(torch, TORCH_PRECISIONS[precision])
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.tf32 = tf32
+        # the caller's module stays where it is, in its dtype
+        self.module = copy.deepcopy(module).eval().to(self.device, self.dtype, memory_format=self.memory_format)
         self.cuda_graph = cuda_graph
         self.name = "torch-cuda:graph" if cuda_graph else "torch-cuda:eager"
+        if precision != "fp32":
+            self.name += f":{precision}"
+        elif tf32 is not None:
+            self.name += ":tf32" if tf32 else ":ieee"
+        if channels_last:
+            self.name += ":channels-last"
         self._graphs: dict[tuple, tuple] = {}
 
+    def to_device(self, x: np.ndarray):
+        """Host NCHW float32 -> the runner's device, dtype and memory format."""
+        t = self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        return t.to(self.dtype).contiguous(memory_format=self.memory_format)
+
     def _graph(self, shape: tuple):
+        """(replay, static input, static output) for one input shape, captured once."""
         torch = self.torch
         if shape not in self._graphs:
-            static_in = torch.zeros(shape, device=self.device)
-            side = torch.cuda.Stream(device=self.device)
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.no_grad(), torch.cuda.stream(side):
-                for _ in range(3):  # warm up on a side stream before capture (torch docs)
-                    self.module(static_in)
-            torch.cuda.current_stream().wait_stream(side)
-            g = torch.cuda.CUDAGraph()
-            with torch.no_grad(), torch.cuda.graph(g):
-                static_out = self.module(static_in)
-            self._graphs[shape] = (g, static_in, static_out)
+            static_in = torch.zeros(shape, device=self.device, dtype=self.dtype).contiguous(
+                memory_format=self.memory_format)
+
+            def forward():
+                return self.module(static_in)
+
+            with torch.no_grad(), fp32_math(self.tf32):
+                replay, static_out = self.calls.capture(forward, self.device)
+            self._graphs[shape] = (replay, static_in, static_out)
         return self._graphs[shape]
 
     def device_launch(self, x: np.ndarray) -> Callable[[], object]:
         """A launch function with the input already on the GPU (what GPU compute time times)."""
         torch = self.torch
         if self.cuda_graph:
-            g, static_in, _ = self._graph(tuple(x.shape))
-            static_in.copy_(torch.from_numpy(np.ascontiguousarray(x)))
-            return g.replay
-        xd = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+            replay, static_in, _ = self._graph(tuple(x.shape))
+            static_in.copy_(self.to_device(x))
+            return replay
+        xd = self.to_device(x)
 
         def launch():
-            with torch.inference_mode():
+            with torch.inference_mode(), fp32_math(self.tf32):
                 return self.module(xd)
 
         return launch
@@ -839,13 +1029,12 @@ class TorchCudaRunner:
     def run(self, x: np.ndarray) -> np.ndarray:
         torch = self.torch
         if self.cuda_graph:
-            g, static_in, static_out = self._graph(tuple(x.shape))
-            static_in.copy_(torch.from_numpy(np.ascontiguousarray(x)), non_blocking=False)
-            g.replay()
+            replay, static_in, static_out = self._graph(tuple(x.shape))
+            static_in.copy_(self.to_device(x))
+            replay()
             return static_out.float().cpu().numpy()
-        with torch.inference_mode():
-            t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
-            return self.module(t).float().cpu().numpy()
+        with torch.inference_mode(), fp32_math(self.tf32):
+            return self.module(self.to_device(x)).float().cpu().numpy()
 
 
 def _rel(p: Path) -> str:
@@ -918,8 +1107,12 @@ def _bench_gpu(p: Prepared, x: np.ndarray, out_hw: tuple[int, int], batch: int, 
                out_channels: int) -> BenchResult:
     host = time_callable(lambda: p.runner.run(x), policy)
     gpu: dict[str, Any] = {}
+    calls = None
     if isinstance(p.runner, TorchCudaRunner):
-        gpu["compute"] = time_cuda_events(p.runner.device_launch(x), policy)
+        calls = p.runner.calls
+        stream = calls.current_stream(p.runner.device)
+        gpu["compute"] = time_cuda_events(p.runner.device_launch(x), policy, stream=stream, event_factory=calls.event,
+                                          synchronize=lambda: calls.synchronize(stream))
         gpu["mode"] = "cuda-graph" if p.runner.cuda_graph else "eager"
     else:  # TensorRTRunner: its own stream and events; iterations from the policy
         per_run = max(host.median_ms, 1e-3)
@@ -927,7 +1120,7 @@ def _bench_gpu(p: Prepared, x: np.ndarray, out_hw: tuple[int, int], batch: int, 
         warm = max(policy.warmup_runs, int(policy.warmup_seconds * 1e3 / per_run))
         gpu["compute"] = stats_from_samples(p.runner.time_gpu(x, warmup=warm, iters=iters))
         gpu["mode"] = "cuda-graph" if getattr(p.runner, "cuda_graph", False) else "enqueue"
-    copies = time_cuda_copies(x.shape, (batch, out_channels, *out_hw), policy)
+    copies = time_cuda_copies(x.shape, (batch, out_channels, *out_hw), policy, calls=calls)
     gpu |= copies
     return BenchResult(p.backend, tuple(x.shape[2:]), out_hw, batch, host, p.artifact, p.precision, gpu=gpu,
                        notes=p.notes + ["median_ms is host latency (numpy in -> numpy out, H2D + compute + D2H + "
@@ -1033,7 +1226,8 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 __all__ = [
     "CV_WARN", "TimingPolicy", "TimingStats", "stats_from_samples", "time_callable", "time_interleaved",
     "interleaved_order", "ratio_summary", "megapixels_per_second", "time_cuda_events", "time_cuda_copies",
-    "cuda_status", "machine_info", "load_warning", "WORKLOADS", "BACKENDS", "GPU_BACKENDS", "parse_size",
+    "cuda_status", "CudaCalls", "HostCalls", "fp32_math", "TorchCudaRunner", "TORCH_PRECISIONS",
+    "machine_info", "load_warning", "WORKLOADS", "BACKENDS", "GPU_BACKENDS", "parse_size",
     "workload_lr_size", "standard_sizes", "open_model", "ModelSource", "prepare_backend", "Prepared",
     "bench_prepared", "BenchResult", "speedups", "profile_ort", "summarize_ort_profile", "optimized_ops",
     "ort_session", "SessionRunner", "int8_available", "int8_record", "cached_onnx_export", "cached_int8",

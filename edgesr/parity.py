@@ -15,8 +15,9 @@ against the first (the reference).
   border = scale).
 * Tolerances (:class:`Tolerance`) default by the test side's precision (``PRESETS``):
   fp32 max |diff| <= 1e-5; fp16 max |diff| <= 4e-3 (~8 fp16 steps at 1.0) and PSNR vs the
-  reference >= 50 dB; int8 PSNR vs the reference >= 40 dB and at most 0.3 dB lost against
-  ground truth.
+  reference >= 50 dB; bf16 (3 fewer mantissa bits than fp16: 8x the step, 18 dB) max |diff|
+  <= 3.2e-2 and PSNR >= 32 dB; int8 PSNR vs the reference >= 40 dB and at most 0.3 dB lost
+  against ground truth.
 * A failing comparison gets a heatmap (``heatmap_dir``) and, when both sides can be seen
   as ONNX graphs, the first diverging node (:func:`first_divergence`, a k-ary search over
   the test graph's topological order that exposes a few tensors per round).
@@ -37,7 +38,7 @@ import numpy as np
 from .errors import DatasetError, ParityError
 
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((17, 23), (32, 32), (31, 100))
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 # ---- tolerances ------------------------------------------------------------------------------
@@ -73,10 +74,11 @@ class Tolerance:
 PRESETS: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs=1e-5),
     "fp16": Tolerance(max_abs=4e-3, min_psnr=50.0),
+    "bf16": Tolerance(max_abs=3.2e-2, min_psnr=32.0),  # fp16's limits scaled by bf16's 8x coarser step
     "int8": Tolerance(min_psnr=40.0, max_gt_psnr_drop=0.3),
 }
 # Relative per-tensor error that counts as "diverged" when localising (see first_divergence).
-DIVERGENCE_RTOL = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.1}
+DIVERGENCE_RTOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 0.1, "int8": 0.1}
 
 
 # ---- inputs ----------------------------------------------------------------------------------
@@ -343,7 +345,7 @@ def _stats_dict(s: SampleStats) -> dict[str, Any]:
 # ---- comparison --------------------------------------------------------------------------------
 
 def runner_precision(runner) -> str:
-    """fp32 / fp16 / int8 of a runner: its ``precision`` attribute, model metadata, graph or name."""
+    """fp32 / fp16 / bf16 / int8 of a runner: its ``precision`` attribute, model metadata, graph or name."""
     p = getattr(runner, "precision", None)
     if p in PRECISIONS:
         return p
@@ -374,7 +376,9 @@ def runner_precision(runner) -> str:
     if sess is not None and "float16" in sess.get_inputs()[0].type:
         return "fp16"
     dtype = str(getattr(runner, "dtype", ""))
-    if "float16" in dtype or "bfloat16" in dtype:
+    if "bfloat16" in dtype:
+        return "bf16"
+    if "float16" in dtype:
         return "fp16"
     name = str(getattr(runner, "name", "")).lower()
     for p in ("int8", "fp16"):

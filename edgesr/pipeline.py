@@ -44,6 +44,10 @@ class ConvertOptions:
     testset: Path | None = None  # HR/LR folder for quality numbers (default: none)
     executorch: bool = False  # also .pte files (XNNPACK delegate)
     engines: object | None = None  # --trt-rtx / --trt: an edgesr.backends.trt_convert.EngineRequest
+    tflite: bool = False  # LiteRT .tflite (fp32, INT8 with --int8)
+    ncnn: bool = False  # ncnn .param/.bin (fp32, fp16, INT8 with --int8)
+    coreml: bool = False  # Core ML .mlpackage (zipped; converted, not run here)
+    mobile_size: tuple[int, int] | None = None  # fixed LR input of .tflite / Core ML (default: a tile box)
 
 
 @dataclass
@@ -175,6 +179,11 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
 
         report["parity"] = run_parity(training, deploy, deploy_spec, staging, int8_paths, opts)
         done("parity", "ok" if report["parity"]["ok"] else "FAILED")
+
+        if opts.tflite or opts.ncnn or opts.coreml:
+            from .export.mobile_convert import export_mobile
+
+            export_mobile(deploy, deploy_spec, staging, opts, artifacts, report, done)
 
         if opts.bench:
             report["latency"] = measure_latency(staging, deploy, deploy_spec, int8_paths, opts)
@@ -449,6 +458,10 @@ def render_report_md(report: dict, manifest: dict) -> str:
         for note in eng.get("skipped", []):
             lines.append(f"- skipped: {note}")
         lines.append("")
+    if any(k in report for k in ("tflite", "ncnn", "coreml")):
+        from .export.mobile_convert import render_mobile_md
+
+        lines += render_mobile_md(report)
     if "latency" in report:
         m = report["latency"]["machine"]
         lines += ["## CPU latency", "", f"{m.get('cpu_model')}, {m.get('logical_cpus')} logical CPUs, "

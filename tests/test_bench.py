@@ -227,6 +227,104 @@ def test_time_cuda_events_chunks_with_injected_events():
     assert st.median_ms == pytest.approx(2.0)
 
 
+# ---------------------------------------------------------------- torch-cuda runner on HostCalls (the GPU
+# check's dry run): everything but the CUDA calls themselves runs on the CPU
+
+def _tiny_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1),
+                         nn.PixelShuffle(2)).eval()
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-5), ("fp16", 1e-2), ("bf16", 6e-2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_torch_cuda_runner_on_host_calls_computes_the_model(graph, precision, tol, channels_last):
+    from edgesr.bench import TORCH_PRECISIONS, HostCalls, TorchCudaRunner
+
+    net = _tiny_net()
+    rng = np.random.default_rng(0)
+    x, x2 = (rng.random((1, 3, 9, 11), dtype=np.float32) for _ in range(2))
+    with torch.no_grad():
+        ref, ref2 = (net(torch.from_numpy(v)).numpy() for v in (x, x2))
+    r = TorchCudaRunner(net, cuda_graph=graph, precision=precision, channels_last=channels_last, calls=HostCalls())
+    y = r.run(x)
+    assert y.dtype == np.float32 and y.shape == ref.shape and np.abs(y - ref).max() <= tol
+    assert next(r.module.parameters()).dtype == getattr(torch, TORCH_PRECISIONS[precision])
+    assert next(net.parameters()).dtype == torch.float32  # the caller's module is left alone
+    assert np.abs(r.run(x2) - ref2).max() <= tol  # a captured graph replays on new input data
+    assert len(r._graphs) == (1 if graph else 0)
+    st = time_cuda_events(r.device_launch(x), TimingPolicy(warmup_seconds=0.0, warmup_runs=1, min_runs=2,
+                                                           min_seconds=0.0, max_runs=2),
+                          event_factory=r.calls.event, synchronize=r.calls.synchronize)
+    assert st.runs == 2 and st.min_ms >= 0
+
+
+def test_torch_cuda_runner_names_are_distinct_and_precision_is_known():
+    from edgesr.bench import HostCalls, TorchCudaRunner
+    from edgesr.parity import runner_precision
+
+    net = _tiny_net()
+    runners = [TorchCudaRunner(net, cuda_graph=g, precision=p, tf32=t, channels_last=c, calls=HostCalls())
+               for g in (False, True) for p in ("fp32", "fp16", "bf16") for t in (None, False, True)
+               for c in (False, True) if p == "fp32" or t is None]
+    assert len({r.name for r in runners}) == len(runners) == 2 * 2 * (3 + 2)
+    assert {runner_precision(r) for r in runners} == {"fp32", "fp16", "bf16"}
+    with pytest.raises(ValueError):
+        TorchCudaRunner(net, precision="int8", calls=HostCalls())
+
+
+def test_fp32_math_sets_and_restores_the_tf32_settings():
+    from edgesr.bench import fp32_math
+
+    conv, mm = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = (conv.fp32_precision, mm.fp32_precision)
+    with fp32_math(False):
+        assert (conv.fp32_precision, mm.fp32_precision) == ("ieee", "ieee")
+    with fp32_math(True):
+        assert (conv.fp32_precision, mm.fp32_precision) == ("tf32", "tf32")
+    with fp32_math(None):
+        assert (conv.fp32_precision, mm.fp32_precision) == before
+    with pytest.raises(KeyError), fp32_math(False):
+        raise KeyError("x")
+    assert (conv.fp32_precision, mm.fp32_precision) == before
+    assert isinstance(torch.backends.cudnn.allow_tf32, bool)  # the legacy flag still reads (no API mix-up)
+
+
+def test_bench_prepared_gpu_rows_on_host_calls():
+    from edgesr.bench import HostCalls, Prepared, TorchCudaRunner, bench_prepared
+    from edgesr.spec import Spec
+
+    p = Prepared("torch-cuda", TorchCudaRunner(_tiny_net(), cuda_graph=True, calls=HostCalls()), "net", "fp32",
+                 gpu=True)
+    res = bench_prepared([p], [(8, 10)], Spec(arch="tiny", scale=2),
+                         TimingPolicy(warmup_seconds=0.0, warmup_runs=1, min_runs=3, min_seconds=0.0, max_runs=3))
+    d = res[0].to_dict()
+    assert d["output"] == "16x20" and d["runs"] == 3 and d["gpu"]["mode"] == "cuda-graph"
+    for k in ("compute", "h2d", "d2h"):
+        assert d["gpu"][k]["runs"] == 3 and d["gpu"][k]["min_ms"] >= 0
+
+
+def test_trt_backend_reports_a_missing_package_before_exporting(monkeypatch, tmp_path):
+    import importlib.util
+
+    import edgesr.bench as bench
+    from edgesr.errors import BackendUnavailable
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here")
+
+    class Source:
+        kind, workdir = "checkpoint", tmp_path
+
+        def fp32_onnx(self, static_hw=None):
+            raise AssertionError("exported an ONNX model for a backend that cannot run")
+
+    monkeypatch.setattr(bench, "cuda_status", lambda: (True, "a GPU"))  # past the CUDA check, to the package check
+    with pytest.raises(BackendUnavailable, match="TensorRT is not available"):
+        bench.prepare_backend(Source(), "trt")
+
+
 # ---------------------------------------------------------------- workloads, profile summary
 
 @pytest.mark.parametrize("wl,scale,mult,expected", [("720p", 4, 1, (180, 320)), ("1080p", 4, 1, (270, 480)),

@@ -206,6 +206,17 @@ def test_fp16_runner_precision_and_parity(etds, tmp_path):
     assert rep.ok and rep.comparisons[0].tolerance == PRESETS["fp16"], rep.to_markdown()
 
 
+def test_bf16_runner_gets_the_bf16_tolerance():
+    module, spec = _deploy("etds-t-x3", seed=2)
+    r16 = TorchRunner(module, name="torch:bf16", dtype=torch.bfloat16)
+    assert runner_precision(r16) == "bf16"
+    rep = check_parity([TorchRunner(_deploy("etds-t-x3", seed=2)[0], name="torch:fp32"), r16], SMALL, scale=3)
+    c = rep.comparisons[0]
+    assert c.precision == "bf16" and c.tolerance == PRESETS["bf16"]
+    # bf16 keeps 8 significant bits: far coarser than fp16's limits, within its own
+    assert c.max_abs > PRESETS["fp16"].max_abs and rep.ok, rep.to_markdown()
+
+
 def test_real_checkpoint_against_ground_truth(ckpt_dir, set5_dir, tmp_path):
     lm = load_model(ckpt_dir / "ETDS" / "ETDS_M5C16_x4.pth")
     module = reparameterize(lm.module)

@@ -37,6 +37,19 @@ def add_parser(sub):
     p.add_argument("--executorch", action="store_true",
                    help="also write ExecuTorch .pte files (XNNPACK; fp32, and int8 with --int8); needs "
                         "pip install 'edgesr[executorch]'")
+    m = p.add_argument_group("mobile formats (see docs/deploy.md)")
+    m.add_argument("--tflite", action="store_true",
+                   help="also write LiteRT .tflite files (NHWC, fixed input size; fp32, and full-integer int8 with "
+                        "--int8), checked with the LiteRT interpreter; needs pip install 'edgesr[tflite]'")
+    m.add_argument("--ncnn", action="store_true",
+                   help="also write ncnn .param/.bin (fp32, fp16 storage, and int8 with --int8), checked with the "
+                        "ncnn runtime; needs pip install 'edgesr[ncnn]'")
+    m.add_argument("--coreml", action="store_true",
+                   help="also write Core ML packages (.mlpackage.zip: fp32, fp16, int8 weights); converted and "
+                        "checked statically, not run (no Core ML runtime here); needs pip install 'edgesr[coreml]'")
+    m.add_argument("--mobile-size", metavar="HxW",
+                   help="fixed LR input size of the .tflite and Core ML files (default: one recommended tile, "
+                        "tile + 2 x overlap)")
     p.add_argument("--no-ort-format", action="store_true", help="skip the .ort (ONNX Runtime Mobile) files")
     p.add_argument("--no-bench", action="store_true", help="skip the CPU latency measurement")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads for the latency measurement")
@@ -89,7 +102,8 @@ def run(args) -> int:
         arch=args.arch, scale=args.scale, int8=args.int8, int8_profile=args.int8_profile,
         calib=Path(args.calib) if args.calib else None, psnr_budget=args.psnr_budget, fp16=args.fp16,
         ort_format=not args.no_ort_format, force=args.force, bench=not args.no_bench, threads=args.threads,
-        engines=engines, testset=Path(args.testset) if args.testset else None, executorch=args.executorch)
+        engines=engines, testset=Path(args.testset) if args.testset else None, executorch=args.executorch,
+        tflite=args.tflite, ncnn=args.ncnn, coreml=args.coreml, mobile_size=_mobile_size(args.mobile_size))
     if opts.checkpoint is not None and opts.checkpoint.is_dir():
         return _run_batch(args, opts)
     result = convert(opts, log=(lambda m: print(m, file=sys.stderr)))
@@ -181,3 +195,19 @@ def _run_batch(args, opts) -> int:
         print_table(["checkpoint", "status", "arch", "scale", "outdir / error", "s"], rows)
         print(f"\n{len(items) - len(failed)} of {len(items)} converted" + (f", {len(failed)} failed" if failed else ""))
     return exit_code(items)
+
+
+def _mobile_size(text: str | None) -> tuple[int, int] | None:
+    """--mobile-size HxW (or one number for a square)."""
+    from ..errors import EdgesrError
+
+    if text is None:
+        return None
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
+    except ValueError:
+        h = w = 0
+    if h < 1 or w < 1:
+        raise EdgesrError(f"--mobile-size must be HxW with positive integers (e.g. 128x128), got {text!r}")
+    return h, w

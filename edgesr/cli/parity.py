@@ -13,7 +13,7 @@ def add_parser(sub):
         "parity", help="check that backends agree (PyTorch, ONNX, ORT, engines)",
         description="Run the same inputs through every MODEL and compare each with the first (the reference). "
                     "MODEL is a checkpoint (.pth/.safetensors; append :training or :deploy to pick the PyTorch "
-                    "form, default deploy), an .onnx / .ort file (ONNX Runtime, CPU) or a TensorRT engine "
+                    "form, default deploy), an .onnx / .ort file (ONNX Runtime, CPU), a .tflite (LiteRT) or .param (ncnn) file, or a TensorRT engine "
                     "(.engine, needs the TensorRT extra and a GPU). Inputs: Set5 from ../shared when present, else "
                     "the bundled sample images, plus random images of --sizes. Exit status 0 when every "
                     "comparison is within tolerance, 1 otherwise.")
@@ -70,7 +70,13 @@ def make_runner(arg: str, threads: int | None = None, scale: int | None = None):
     if not path.exists():
         raise CheckpointError(f"model not found: {path}")
     suffix = path.suffix.lower()
-    if suffix in ENGINE_SUFFIXES:
+    from ..backends.mobile import is_mobile_artifact, open_mobile_runner
+
+    if is_mobile_artifact(path):
+        if form:
+            raise KeyMismatch(f"{arg}: :{form} applies to checkpoints only")
+        runner = open_mobile_runner(path, threads)
+    elif suffix in ENGINE_SUFFIXES:
         if form:
             raise KeyMismatch(f"{arg}: :{form} applies to checkpoints only")
         runner = ENGINE_HOOK(path)

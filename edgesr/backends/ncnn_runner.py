@@ -1,0 +1,96 @@
+"""ncnn runner (the ``ncnn`` Python package, CPU) for .param/.bin pairs written by edgesr.
+
+Takes the edgesr convention (NCHW float32 batch); ncnn runs one CHW image at a time. Python
+ncnn's ``Mat(numpy_array)`` wraps the array's memory without owning it, so every array handed
+to ncnn is kept referenced until its extraction is done (freeing it early feeds garbage).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import BackendUnavailable, ExportError
+
+EXTRA = "pip install 'edgesr[ncnn]'"
+
+
+def _ncnn():
+    try:
+        import ncnn
+    except ImportError as e:
+        raise BackendUnavailable(f"the ncnn runtime is not installed ({e.name or e}): {EXTRA}") from None
+    return ncnn
+
+
+class NcnnRunner:
+    """Runner over an ncnn model: a .param path (its .bin beside it) or (param text, bin bytes)."""
+
+    def __init__(self, param: str | os.PathLike, weights: bytes | None = None, *, name: str | None = None,
+                 fp16: bool = False, threads: int | None = None):
+        from ..export.ncnn import io_names
+
+        ncnn = _ncnn()
+        if weights is None:
+            path = Path(param)
+            bin_path = path.with_suffix(".bin")
+            if not path.is_file() or not bin_path.is_file():
+                raise ExportError(f"ncnn model needs {path.name} and {bin_path.name} side by side")
+            text, weights = path.read_text(), bin_path.read_bytes()
+            self.source = path.name
+        else:
+            text, self.source = str(param), "memory"
+        self.name = name or f"ncnn:{self.source}"
+        self.param_text = text
+        self.inputs, self.outputs = io_names(text)
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            raise ExportError(f"{self.source}: expected one input and one output blob, found "
+                              f"{self.inputs} -> {self.outputs}")
+        self.net = ncnn.Net()
+        self.net.opt.use_vulkan_compute = False
+        for opt in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic"):
+            setattr(self.net.opt, opt, bool(fp16))
+        if threads:
+            self.net.opt.num_threads = int(threads)
+        # ncnn's Python load_*_mem return nothing checkable: load from files, whose return codes are
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="edgesr-ncnn-") as tmp:
+            p, b = Path(tmp) / "model.param", Path(tmp) / "model.bin"
+            p.write_text(text)
+            b.write_bytes(weights)
+            if self.net.load_param(str(p)) != 0:
+                raise ExportError(f"ncnn cannot parse {self.source} (.param)")
+            if self.net.load_model(str(b)) != 0:
+                raise ExportError(f"ncnn cannot load the weights of {self.source} (.bin does not match the .param)")
+
+    def io(self) -> dict[str, Any]:
+        return {"input": {"name": self.inputs[0], "dtype": "float32", "layout": "CHW", "shape": ["C", "H", "W"]},
+                "output": {"name": self.outputs[0], "dtype": "float32", "layout": "CHW",
+                           "shape": ["C", "H*scale", "W*scale"]}}
+
+    def blobs(self, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The named intermediate blobs for one NCHW (N=1) input (for calibration)."""
+        ncnn = _ncnn()
+        a = np.ascontiguousarray(x[0], dtype=np.float32)  # referenced until the extractions are done
+        ex = self.net.create_extractor()
+        if len(names) > 1:  # light mode frees intermediate blobs once consumed; keep them to read several
+            ex.set_light_mode(False)
+        ex.input(self.inputs[0], ncnn.Mat(a))
+        out = {}
+        for n in names:
+            rc, m = ex.extract(n)
+            if rc != 0 or m.empty():
+                raise ExportError(f"ncnn: cannot extract blob {n!r} from {self.source}")
+            out[n] = np.array(m, dtype=np.float32)
+        del a
+        return out
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        ys = []
+        for i in range(x.shape[0]):
+            ys.append(self.blobs(x[i:i + 1], self.outputs)[self.outputs[0]][None])
+        return np.concatenate(ys, axis=0)

@@ -1,0 +1,107 @@
+"""`edgesr convert --tflite / --ncnn / --coreml`: one function per format, called by the pipeline.
+
+Each writes its files into the staging folder, appends manifest artifacts, a report section
+and (for formats with a runtime here) parity rows: PyTorch deploy form vs the artifact run on
+this CPU, on real photo crops (the check the export already made, so it is measured, not
+assumed). Core ML has no runtime on Linux: its report says "converted, not run here" and
+carries the static op check instead of a parity row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from ..spec import Spec
+from .mobile import MobileExport
+
+
+def _row(res: MobileExport, name: str) -> dict[str, Any]:
+    ok = True  # export_* refuse artifacts beyond tolerance before writing them
+    return {"reference": "torch:deploy", "test": name, "precision": res.precision, "max_abs": res.max_abs_vs_torch,
+            "psnr": res.psnr_vs_torch, "ok": ok, "inputs": f"sample photo crops {res.checked_shapes}"}
+
+
+def _record(res: MobileExport, role: str, section: dict, artifacts: list, comparisons: list | None) -> None:
+    section[res.precision] = res.to_dict()
+    artifacts.extend(res.artifacts(role))
+    if comparisons is not None:
+        comparisons.append(_row(res, f"{res.backend}:{res.precision}"))
+
+
+def export_tflite_step(deploy, spec: Spec, staging: Path, opts, artifacts: list, report: dict,
+                       done: Callable[[str, str], None]) -> None:
+    from .litert import convert_fp32_bytes, default_hw, export_tflite
+
+    hw = tuple(opts.mobile_size) if opts.mobile_size else default_hw(spec)
+    section = report.setdefault("tflite", {})
+    fp32 = convert_fp32_bytes(deploy, spec, hw)
+    for precision in ["fp32"] + (["int8"] if opts.int8 else []):
+        res = export_tflite(deploy, spec, staging / f"model_{precision}.tflite", precision=precision, hw=hw,
+                            calib=opts.calib, fp32_bytes=fp32)
+        _record(res, f"tflite_{precision}", section, artifacts, report["parity"]["comparisons"])
+        done(f"tflite ({precision})", f"input {hw[0]}x{hw[1]} NHWC, vs PyTorch max abs {res.max_abs_vs_torch:.2e}, "
+                                      f"PSNR {res.psnr_vs_torch} dB, GPU-delegate rank ok "
+                                      f"{res.static_check['gpu_delegate']['rank_ok']}")
+
+
+def export_ncnn_step(deploy, spec: Spec, staging: Path, opts, artifacts: list, report: dict,
+                     done: Callable[[str, str], None]) -> None:
+    from .ncnn import export_ncnn
+
+    section = report.setdefault("ncnn", {})
+    for precision in ["fp32", "fp16"] + (["int8"] if opts.int8 else []):
+        res = export_ncnn(deploy, spec, staging / f"model_{precision}.ncnn.param", precision=precision,
+                          calib=opts.calib)
+        _record(res, f"ncnn_{precision}", section, artifacts, report["parity"]["comparisons"])
+        done(f"ncnn ({precision})", f"vs PyTorch max abs {res.max_abs_vs_torch:.2e}, PSNR {res.psnr_vs_torch} dB")
+
+
+def export_coreml_step(deploy, spec: Spec, staging: Path, opts, artifacts: list, report: dict,
+                       done: Callable[[str, str], None]) -> None:
+    from .coreml import export_coreml
+    from .litert import default_hw
+
+    hw = tuple(opts.mobile_size) if opts.mobile_size else default_hw(spec)
+    section = report.setdefault("coreml", {})
+    for precision in ["fp32", "fp16", "int8w"]:
+        res = export_coreml(deploy, spec, staging / f"model_{precision}.mlpackage.zip", precision=precision, hw=hw)
+        _record(res, f"coreml_{precision}", section, artifacts, None)
+        sc = res.static_check
+        done(f"coreml ({precision})", f"{res.status}; static check: {sum(sc['ops'].values())} ops, "
+                                      f"outside the Neural Engine list: {sc['ops_outside_ane_list'] or 'none'}")
+
+
+def export_mobile(deploy, spec: Spec, staging: Path, opts, artifacts: list, report: dict,
+                  done: Callable[[str, str], None]) -> None:
+    """The mobile formats asked for in `opts` (after parity, whose comparisons they extend)."""
+    if getattr(opts, "tflite", False):
+        export_tflite_step(deploy, spec, staging, opts, artifacts, report, done)
+    if getattr(opts, "ncnn", False):
+        export_ncnn_step(deploy, spec, staging, opts, artifacts, report, done)
+    if getattr(opts, "coreml", False):
+        export_coreml_step(deploy, spec, staging, opts, artifacts, report, done)
+
+
+def render_mobile_md(report: dict) -> list[str]:
+    """report.md lines for the mobile sections (empty when none was asked for)."""
+    lines: list[str] = []
+    for key, title in (("tflite", "LiteRT (.tflite)"), ("ncnn", "ncnn (.param/.bin)"), ("coreml", "Core ML")):
+        sec = report.get(key)
+        if not sec:
+            continue
+        lines += [f"## {title}", "", "| precision | files | input | status | max abs vs torch | PSNR vs torch (dB) "
+                  "| static check |", "|---|---|---|---|---|---|---|"]
+        for prec, r in sec.items():
+            hw = "x".join(map(str, r["input_hw"])) + f" {r['layout']}" if r.get("input_hw") else f"any, {r['layout']}"
+            sc = r.get("static_check") or {}
+            note = (f"GPU delegate: rank <= 4 {sc['gpu_delegate']['rank_ok']}, ops outside list "
+                    f"{sc['gpu_delegate']['ops_outside_list'] or 'none'}" if "gpu_delegate" in sc else
+                    f"Neural Engine list: outside {sc.get('ops_outside_ane_list') or 'none'}; "
+                    f"{'; '.join(sc.get('concerns') or []) or 'no concerns'}" if "ops_outside_ane_list" in sc else
+                    f"layers {sc.get('layers')}")
+            mx = "-" if r.get("max_abs_vs_torch") is None else f"{r['max_abs_vs_torch']:.2e}"
+            lines.append(f"| {prec} | {', '.join(r['files'])} | {hw} | {r['status']} | {mx} | "
+                         f"{r.get('psnr_vs_torch') if r.get('psnr_vs_torch') is not None else '-'} | {note} |")
+        lines.append("")
+    return lines
