@@ -412,17 +412,41 @@ def test_regions_with_several_outputs():
             assert rel_err(res.module(x), model(x)) < TOL
 
 
+class DilatedResidual(nn.Module):
+    """A dilated 3x3 plus identity (NTIRE 2022 team 13's blocks) and a non-leaf tensor attribute."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=2, dilation=2)
+        self.gain = nn.Parameter(torch.tensor(0.5))
+        self.scale = self.gain * 2  # computed from a parameter in __init__: deepcopy refuses it
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) + x * self.scale.detach())
+
+
+def test_dilated_conv_plus_identity_stays_dilated_and_non_leaf_attributes_are_copied():
+    model = randomize_(DilatedResidual(), 9)
+    res = collapse_linear(model, torch.rand(1, 4, 9, 8))
+    (r,) = res.collapsed
+    assert r["kernel"] == [3, 3] and r["dilation"] == [2, 2] and r["macs_per_pixel_after"] == r["macs_per_pixel_before"]
+    for hw in [(1, 1), (2, 7), (10, 5)]:
+        x = torch.rand(2, 4, *hw)
+        with torch.no_grad():
+            assert rel_err(res.module(x), model(x)) < TOL
+
+
 # ---- the NTIRE ESR zoo: a training-form block shipped by a team, loaded with its own code ----------
 
 ZOO_SCRIPT = r"""
 import json, sys, torch
-repo, module, cls, weights, data_range, lr = sys.argv[1:7]
+repo, module, cls, kwargs, weights, data_range, lr = sys.argv[1:8]
 torch.set_num_threads(1)  # as conftest does: two shared cores
 sys.path.insert(0, repo)
 import importlib
 from edgesr.imaging import read_image, to_tensor
 from edgesr.reparam.generic import collapse_linear
-model = getattr(importlib.import_module(module), cls)()
+model = getattr(importlib.import_module(module), cls)(**json.loads(kwargs))
 model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
 model.eval()
 x = to_tensor(read_image(lr).rgb) * float(data_range)
@@ -435,30 +459,43 @@ for top, left, h, w in [(0, 0, 17, 23), (5, 40, 31, 16), (60, 3, 15, 15)]:
     worst, ref = max(worst, float((a - b).abs().max())), max(ref, float(b.abs().max()))
 print(json.dumps({"regions": res.regions, "verification": res.report["verification"],
                   "params": [res.report["params_before"], res.report["params_after"]],
-                  "macs": [res.report["macs_per_output_pixel_before"], res.report["macs_per_output_pixel_after"]],
                   "max_abs": worst, "ref_max": ref}))
 """
 
+# (test_demo.py id, module, class, kwargs, weights, data range, what the team shipped in training form,
+#  (minimum number of branches a collapsed region joins, how many such regions))
+ZOO_CASES = {
+    "2022-team42-RLCSR": ("models.team42_rlcsr", "RLCSR", {"in_nc": 3, "nf": 32, "num_modules": 6, "out_nc": 3,
+                                                            "upscale": 4}, "team42_rlcsr.pt", 255,
+                          "ACNet-style parallel 1x3 + 3x1 + 3x3 convs (stem, tail, upsampler)", (3, 4)),
+    "2022-baseline-RFDN": ("models.rfdn_baseline.RFDN", "RFDN", {}, "rfdn_baseline.pth", 255,
+                           "shallow residual blocks conv3x3(x) + x (4 RFDB x 3)", (1, 12)),
+}
 
-def test_zoo_rfdn_srb_blocks_collapse_with_the_teams_own_code(shared_dir, tmp_path):
-    """NTIRE 2022's RFDN baseline (the AIM 2020 winner, as test_demo.py builds it) ships its
-    shallow residual blocks in training form: conv3x3(x) + x, then LeakyReLU. The generic pass,
-    run on the module built by the authors' code, folds each identity branch into its conv."""
+
+@pytest.mark.parametrize("case", sorted(ZOO_CASES))
+def test_zoo_training_form_blocks_collapse_with_the_teams_own_code(case, shared_dir, tmp_path):
+    """NTIRE 2022 models built by the authors' code as test_demo.py builds them, with blocks shipped
+    in training form; the generic pass collapses each into one verified conv."""
+    import os
     import subprocess
     import sys
 
+    module, cls, kwargs, weights, data_range, _what, (min_convs, count) = ZOO_CASES[case]
     repo = shared_dir / "ntire-esr" / "2022"
-    if not (repo / "models" / "rfdn_baseline" / "RFDN.py").is_file():
-        pytest.skip("NTIRE 2022 RFDN baseline not in ../shared")
+    if not (repo / "model_zoo" / weights).is_file():
+        pytest.skip(f"{weights} not in ../shared/ntire-esr/2022")
     lr = shared_dir / "testsets" / "Set5" / "LR_bicubic" / "X4" / "babyx4.png"
-    p = subprocess.run([sys.executable, "-c", ZOO_SCRIPT, str(repo), "models.rfdn_baseline.RFDN", "RFDN",
-                        str(repo / "model_zoo" / "rfdn_baseline.pth"), "255", str(lr)],
+    p = subprocess.run([sys.executable, "-c", ZOO_SCRIPT, str(repo), module, cls, json.dumps(kwargs),
+                        str(repo / "model_zoo" / weights), str(data_range), str(lr)],
                        capture_output=True, text=True, timeout=900, cwd=tmp_path,
-                       env={**__import__("os").environ, "PYTHONPATH": str(REPO_ROOT)})
+                       env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
-    srb = [r for r in out["regions"] if r["status"] == "collapsed" and r["ops"].get("add") and r["ops"].get("conv")]
-    assert len(srb) == 12  # 4 RFDB x 3 SRB
-    assert all(r["kernel"] == [3, 3] and r["max_abs_fp32"] <= 1e-5 * max(1.0, r["ref_max_fp32"]) for r in srb)
+    joined = [r for r in out["regions"] if r["status"] == "collapsed" and r["ops"].get("add")
+              and r["ops"].get("conv", 0) >= min_convs]
+    assert len(joined) == count, [(r["scope"], r["ops"]) for r in joined]
+    assert all(r["kernel"] == [3, 3] and r["max_abs_fp32"] <= 1e-5 * max(1.0, r["ref_max_fp32"]) for r in joined)
     assert out["verification"]["ok"] and out["verification"]["max_rel_fp64"] < 1e-9
+    assert out["params"][1] <= out["params"][0]  # identity branches fold for free, parallel convs shrink
     assert out["max_abs"] <= 1e-5 * max(1.0, out["ref_max"])  # data range 255: relative to the output scale

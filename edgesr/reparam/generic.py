@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EdgesrError
+from .copying import clone_module
 
 # float64 agreement (relative to max(1, |ref|)) that counts as "the same function". Not 1e-12: fx
 # snapshots buffer-derived values (e.g. sqrt(running_var + eps)) as constants at trace time, in the
@@ -88,7 +89,7 @@ def collapse_linear(module: nn.Module, example: torch.Tensor, *, tol: float = 1e
     if not isinstance(example, torch.Tensor) or example.dim() != 4:
         raise GenericReparamError("collapse_linear needs an NCHW example tensor")
     example = example.detach()
-    original = copy.deepcopy(module).eval()
+    original = clone_module(module).eval()
     try:
         with torch.no_grad():
             original(example)
@@ -101,8 +102,8 @@ def collapse_linear(module: nn.Module, example: torch.Tensor, *, tol: float = 1e
 
         start, hooks = run_deploy_hooks(module, example, tol=tol)
     else:
-        start = copy.deepcopy(module).eval()
-    work = copy.deepcopy(start)
+        start = clone_module(module).eval()
+    work = clone_module(start)
     ctx = _Pass(tol=tol, only_if_cheaper=only_if_cheaper)
     try:
         gm = _trace(work)
@@ -139,7 +140,7 @@ class _Pass:
 def _exact_twin(new: nn.Module, ctx: _Pass) -> nn.Module | None:
     """`new` in float64 with each collapsed conv holding its float64 (unrounded) kernel."""
     try:
-        twin = copy.deepcopy(new).double()
+        twin = clone_module(new).double()
         for path, m64 in ctx.exact64.items():
             parent, _, name = path.rpartition(".")
             setattr(twin.get_submodule(parent) if parent else twin, name, copy.deepcopy(m64))
@@ -864,7 +865,7 @@ def _probe_region(r: _Region, nodes: list[fx.Node]) -> tuple[dict[fx.Node, _Affi
         return "branches with different spatial sizes"
     cin = r.g.meta[r.inputs[0]].shape[1]
     try:
-        sub64 = copy.deepcopy(r.subgraph(nodes)).double()
+        sub64 = clone_module(r.subgraph(nodes)).double()
         with torch.no_grad():
             aff = _probe(sub64, nodes, wins, cin)
             worst, ran = _exactness(sub64, nodes, aff, cin, seed=len(r.nodes))
@@ -936,17 +937,21 @@ class _Built:
 
 def _build_and_verify(r: _Region, aff: dict[fx.Node, _Affine], ctx: _Pass, entry: dict) -> _Built | None:
     dtype = r.g.meta[r.inputs[0]].dtype
-    mods, mods64, kernels, groups = [], [], [], []
+    mods, mods64, kernels, groups, dilations = [], [], [], [], []
     for o in r.outputs:
         a = aff[o]
         g = _groups(a.kernel)
         mods64.append(_conv_module(a, g, torch.float64))
         mods.append(copy.deepcopy(mods64[-1]).to(dtype))
-        kernels.append(list(a.win.kernel))
+        conv = _conv_of(mods[-1])
+        kernels.append(list(conv.kernel_size))
         groups.append(g)
+        dilations.append(list(conv.dilation))
     macs_after = sum(_module_macs(m) for m in mods)
     params_after = sum(p.numel() for m in mods for p in m.parameters())
-    entry.update(kernel=kernels[0] if len(kernels) == 1 else kernels, groups=groups[0] if len(groups) == 1 else groups,
+    one = len(mods) == 1
+    entry.update(kernel=kernels[0] if one else kernels, groups=groups[0] if one else groups,
+                 dilation=dilations[0] if one else dilations,
                  out_channels=[r.g.meta[o].shape[1] for o in r.outputs], params_after=params_after,
                  macs_per_pixel_after=macs_after)
     if ctx.only_if_cheaper and macs_after > entry["macs_per_pixel_before"]:
@@ -973,7 +978,7 @@ def _verify_region(r: _Region, mods: list[nn.Module], mods64: list[nn.Module], t
     meta = r.g.meta[inp]
     cin = meta.shape[1]
     sub = r.subgraph(r.outputs)
-    sub64 = copy.deepcopy(sub).double()
+    sub64 = clone_module(sub).double()
     g = torch.Generator().manual_seed(1234)
     mean = (meta.mean if meta.mean is not None else torch.zeros(cin)).view(1, -1, 1, 1)
     std = (meta.std if meta.std is not None else torch.ones(cin)).clamp_min(1e-3).view(1, -1, 1, 1)
@@ -1016,17 +1021,32 @@ def _groups(k: torch.Tensor) -> int:
 
 
 def _conv_module(a: _Affine, groups: int, dtype: torch.dtype) -> nn.Module:
+    """The probed map as an nn.Conv2d (preceded by a ZeroPad2d when its padding is uneven).
+
+    All-zero outer rows/columns of the kernel are dropped and taps on a regular lattice
+    become a dilated conv (a dilated 3x3 plus an identity stays a dilated 3x3, not a dense 5x5).
+    """
     cout, cin = a.kernel.shape[:2]
-    kh, kw = a.win.kernel
     l, r, t, b = a.win.pads
+    k = a.kernel
     if groups > 1:
         oc, ic = cout // groups, cin // groups
-        k = torch.cat([a.kernel[j * oc:(j + 1) * oc, j * ic:(j + 1) * ic] for j in range(groups)])
-    else:
-        k = a.kernel
+        k = torch.cat([k[j * oc:(j + 1) * oc, j * ic:(j + 1) * ic] for j in range(groups)])
+    mag = k.abs().amax(dim=(0, 1))
+    live = mag > 1e-12 * float(mag.max()) if mag.numel() and float(mag.max()) > 0 else torch.ones_like(mag, dtype=torch.bool)
+    rows, cols = live.any(1).nonzero().flatten(), live.any(0).nonzero().flatten()
+    if rows.numel() and cols.numel():
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+        t, b = t - r0, b - (k.shape[2] - 1 - r1)
+        l, r = l - c0, r - (k.shape[3] - 1 - c1)
+        k = k[:, :, r0:r1 + 1, c0:c1 + 1]
+        live = live[r0:r1 + 1, c0:c1 + 1]
+    dh = _lattice(live.any(1).nonzero().flatten().tolist(), k.shape[2])
+    dw = _lattice(live.any(0).nonzero().flatten().tolist(), k.shape[3])
+    k = k[:, :, ::dh, ::dw]
     symmetric = l == r >= 0 and t == b >= 0
-    conv = nn.Conv2d(cin, cout, (kh, kw), padding=(t, l) if symmetric else 0, groups=groups, bias=True,
-                     dtype=torch.float64)
+    conv = nn.Conv2d(cin, cout, tuple(k.shape[2:]), padding=(t, l) if symmetric else 0, dilation=(dh, dw),
+                     groups=groups, bias=True, dtype=torch.float64)
     with torch.no_grad():
         conv.weight.copy_(k)
         conv.bias.copy_(a.bias)
@@ -1034,8 +1054,20 @@ def _conv_module(a: _Affine, groups: int, dtype: torch.dtype) -> nn.Module:
     return conv if symmetric else nn.Sequential(nn.ZeroPad2d((l, r, t, b)), conv).eval()
 
 
+def _lattice(taps: list[int], size: int) -> int:
+    """Largest d with every live tap index and the last index multiples of d (1: dense)."""
+    d = size - 1
+    for i in taps:
+        d = math.gcd(d, i)
+    return max(d, 1)
+
+
+def _conv_of(m: nn.Module) -> nn.Conv2d:
+    return m if isinstance(m, nn.Conv2d) else m[1]
+
+
 def _module_macs(m: nn.Module) -> int:
-    conv = m if isinstance(m, nn.Conv2d) else m[1]
+    conv = _conv_of(m)
     return conv.out_channels * (conv.in_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1]
 
 
@@ -1087,7 +1119,7 @@ def _verify_whole(original: nn.Module, new: nn.Module, twin64: nn.Module | None,
     orig64 = None
     if twin64 is not None:
         try:
-            orig64 = copy.deepcopy(original).double()
+            orig64 = clone_module(original).double()
         except Exception:  # noqa: BLE001
             orig64 = None
     worst32 = ref32 = 0.0

@@ -12,13 +12,14 @@ is undone and reported, never silently kept.
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import io
 from typing import Any
 
 import torch
 from torch import nn
+
+from .copying import clone_module
 
 HOOK_NAMES = ("switch_to_deploy", "reparameterize", "reparameterise", "reparameter", "reparam",
               "convert_to_deploy", "to_deploy", "fuse", "fuse_model", "update_params")
@@ -32,11 +33,11 @@ def run_deploy_hooks(module: nn.Module, example: torch.Tensor, *, tol: float = 1
     measured fp32 max abs difference or the reason. A module's own hook is called instead of
     those of its submodules (the author's top-level hook is expected to recurse).
     """
-    work = copy.deepcopy(module).eval()
+    work = clone_module(module).eval()
     hooks = _find_hooks(work)
     if not hooks:
         return work, {"found": 0, "kept": 0, "hooks": []}
-    original = copy.deepcopy(module).eval()
+    original = clone_module(module).eval()
     inputs, refs = [], []
     with torch.no_grad():
         for x in _inputs(example):
@@ -53,7 +54,7 @@ def run_deploy_hooks(module: nn.Module, example: torch.Tensor, *, tol: float = 1
     for path, name in hooks:
         entry: dict[str, Any] = {"module": path or "(root)", "hook": name}
         entries.append(entry)
-        candidate = copy.deepcopy(work)
+        candidate = clone_module(work)
         target = candidate.get_submodule(path) if path else candidate
         out = io.StringIO()
         try:
