@@ -169,7 +169,27 @@ class _Tracer(fx.Tracer):
 
 
 def _trace(module: nn.Module) -> fx.GraphModule:
-    return fx.GraphModule(module, _Tracer().trace(module), type(module).__name__)
+    """Trace a throwaway copy: a forward may assign attributes (``self.mean = self.mean.type_as(x)``),
+    which during tracing would leave proxies in the module the graph then reads from."""
+    traced_on = clone_module(module)
+    graph = _Tracer().trace(traced_on)
+    root = clone_module(module)
+    for n in graph.nodes:  # constants the tracer itself created (_tensor_constantN) live on traced_on
+        if n.op == "get_attr" and not isinstance(_fetch_attr_or_none(root, n.target), (torch.Tensor, nn.Module)):
+            _set_attr(root, n.target, _fetch_attr(traced_on, n.target))
+    return fx.GraphModule(root, graph, type(module).__name__)
+
+
+def _fetch_attr_or_none(root: nn.Module, target: str) -> Any:
+    try:
+        return _fetch_attr(root, target)
+    except AttributeError:
+        return None
+
+
+def _set_attr(root: nn.Module, target: str, value: Any) -> None:
+    parent, _, name = target.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, value)
 
 
 # ---- capture fallback: submodule by submodule ----------------------------------------------
