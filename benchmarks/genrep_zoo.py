@@ -7,7 +7,8 @@ builds it (`select_model`), in its own subprocess (the repo root on sys.path, cw
 with two shims that touch no model code: torch.load maps to the CPU and `.cuda()` is a no-op
 (some teams move the model to the GPU in `__init__`). Only test_demo.py's `select_model` is
 executed (the rest of that script needs OpenCV and fvcore for images and FLOP counts). `edgesr.reparam.generic.collapse_linear`
-then runs on a centred 48x48 crop of Set5 `baby` (x4 LR), scaled to the team's data_range.
+then runs on a centred 48x48 crop of Set5 `baby` (x4 LR), scaled to the team's data_range,
+with one torch thread.
 
 Prints one row per team (collapsed / left regions, multi-branch blocks, params and MACs per
 output pixel before -> after, whole-model fp32 / fp64 differences, capture method, seconds) and
@@ -48,6 +49,7 @@ def worker(year: str, model_id: int, size: int) -> dict:
     import torch
     from torch import nn
 
+    torch.set_num_threads(1)  # one team at a time on a shared machine: no thread oversubscription
     repo = ZOO / year
     os.chdir(repo)
     sys.path.insert(0, str(repo))
@@ -88,7 +90,7 @@ def worker(year: str, model_id: int, size: int) -> dict:
         "fp32_max_abs": rep["verification"]["max_abs_fp32"], "fp64_max_rel": rep["verification"]["max_rel_fp64"],
         "verified": rep["verification"]["ok"], "splits": len(rep.get("splits", [])),
         "hooks": (rep.get("deploy_hooks") or {}).get("hooks", []),
-        "regions": [{k: r.get(k) for k in ("scope", "ops", "status", "reason", "kernel", "params_before",
+        "regions": [{k: r.get(k) for k in ("scope", "ops", "status", "reason", "kernel", "dilation", "params_before",
                                            "params_after", "macs_per_pixel_before", "macs_per_pixel_after",
                                            "max_abs_fp32")} for r in res.regions],
     }
@@ -136,7 +138,7 @@ def main() -> None:
     partial.write_text("")
     for n, (year, mid) in enumerate(bar, 1):
         cmd = [sys.executable, __file__, "--worker", year, str(mid), "--size", str(args.size)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
             last = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
