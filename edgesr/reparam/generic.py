@@ -1065,11 +1065,13 @@ def _conv_module(a: _Affine, groups: int, dtype: torch.dtype) -> nn.Module:
     dw = _lattice(live.any(0).nonzero().flatten().tolist(), k.shape[3])
     k = k[:, :, ::dh, ::dw]
     symmetric = l == r >= 0 and t == b >= 0
+    biased = bool(a.bias.abs().max() > 0) if a.bias.numel() else False  # bias-free convs stay bias-free
     conv = nn.Conv2d(cin, cout, tuple(k.shape[2:]), padding=(t, l) if symmetric else 0, dilation=(dh, dw),
-                     groups=groups, bias=True, dtype=torch.float64)
+                     groups=groups, bias=biased, dtype=torch.float64)
     with torch.no_grad():
         conv.weight.copy_(k)
-        conv.bias.copy_(a.bias)
+        if biased:
+            conv.bias.copy_(a.bias)
     conv = conv.to(dtype).eval()
     return conv if symmetric else nn.Sequential(nn.ZeroPad2d((l, r, t, b)), conv).eval()
 

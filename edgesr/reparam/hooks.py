@@ -29,7 +29,7 @@ def run_deploy_hooks(module: nn.Module, example: torch.Tensor, *, tol: float = 1
     """Apply each deploy hook found in `module` (outermost first), keeping those that verify.
 
     Returns a new module (the caller's is untouched) and a JSON-safe report: one entry per
-    hook with its module path, method name, status ("kept" / "undone" / "failed") and the
+    hook with its module path, method name, status ("kept" / "no change" / "undone" / "failed") and the
     measured fp32 max abs difference or the reason. A module's own hook is called instead of
     those of its submodules (the author's top-level hook is expected to recurse).
     """
@@ -70,7 +70,9 @@ def run_deploy_hooks(module: nn.Module, example: torch.Tensor, *, tol: float = 1
             continue
         worst, scale = _compare(outs, refs)
         entry.update(max_abs=worst, ref_max=scale)
-        if worst <= tol * max(1.0, scale):
+        if worst == 0.0 and _same_state(candidate, work):
+            entry["status"] = "no change"  # e.g. switch_to_deploy on a module already in deploy form
+        elif worst <= tol * max(1.0, scale):
             entry["status"] = "kept"
             work = candidate
         else:
@@ -78,6 +80,11 @@ def run_deploy_hooks(module: nn.Module, example: torch.Tensor, *, tol: float = 1
                                                  f"(output max {scale:.3g})")
     kept = [e for e in entries if e["status"] == "kept"]
     return work, {"found": len(entries), "kept": len(kept), "hooks": entries}
+
+
+def _same_state(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def _find_hooks(root: nn.Module) -> list[tuple[str, str]]:
