@@ -105,7 +105,7 @@ def run(args) -> int:
     from ..conventions import checks_enabled
     from .model_args import registry_input_range, user_options
 
-    user = user_options(args)
+    user = user_options(args, registry_range_ok=True)
     if args.threads is not None and args.threads < 1:
         raise EdgesrError(f"--threads must be a positive integer, got {args.threads}")
     if not (args.psnr_budget >= 0 and math.isfinite(args.psnr_budget)):
