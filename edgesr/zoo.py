@@ -159,7 +159,7 @@ def convert_entry(entry: ZooEntry, outdir: Path, *, force: bool = False, int8: b
                       "seconds": 0.0}
     opts = ConvertOptions(
         outdir=outdir, checkpoint=entry.weights, scale=entry.scale, int8=int8, int8_profile="trt",
-        int8_search=False, ort_format=False, force=force, bench=bench, bench_output=(256, 256),
+        int8_search=False, light_checks=True, ort_format=False, force=force, bench=bench, bench_output=(256, 256),
         model=entry.code, model_kwargs=entry.kwargs, strict=entry.strict, weights_key=entry.key,
         import_paths=tuple(entry.paths))
     lines: list[str] = []
