@@ -35,6 +35,7 @@ def main() -> int:
     ap.add_argument("--out", help="OUTROOT (default: a temporary folder, removed)")
     ap.add_argument("--only", help="comma-separated entry names")
     ap.add_argument("--no-bench", action="store_true", help="skip the per-model latency step")
+    ap.add_argument("--jobs", type=int, default=1, help="models converted at once (default 1)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "zoo.json"))
     args = ap.parse_args()
     tmp = None if args.out else tempfile.TemporaryDirectory(prefix="edgesr-zoo-")
@@ -55,7 +56,8 @@ def main() -> int:
     def record(results: list[dict], wall: float, complete: bool) -> dict:
         srt = sorted(loads) or [os.getloadavg()[0]]
         return {"command": "python benchmarks/zoo.py" + (f" --only {args.only}" if args.only else "")
-                + (" --no-bench" if args.no_bench else ""), "complete": complete,
+                + (" --no-bench" if args.no_bench else "") + (f" --jobs {args.jobs}" if args.jobs > 1 else ""),
+                "complete": complete, "jobs": args.jobs,
                 "wall_seconds": round(wall, 1), "machine": machine_info(),
                 "loadavg_1min": {"median": srt[len(srt) // 2], "min": srt[0], "max": srt[-1], "samples": len(srt)},
                 "counts": counts(results), "results": [{k: v for k, v in r.items() if k != "steps"} for r in results]}
@@ -70,7 +72,8 @@ def main() -> int:
               f"({r.get('seconds')} s, {time.perf_counter() - t0:.0f} s total)", file=sys.stderr, flush=True)
 
     only = [s for s in args.only.split(",") if s] if args.only else None
-    results = run_zoo(args.index, out, force=True, only=only, bench=not args.no_bench, on_done=on_done)
+    results = run_zoo(args.index, out, force=True, only=only, bench=not args.no_bench, jobs=args.jobs,
+                      on_done=on_done)
     wall = time.perf_counter() - t0
     stop.set()
     c = counts(results)

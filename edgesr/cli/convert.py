@@ -87,6 +87,8 @@ def add_parser(sub):
                    "failures, write OUTDIR/summary.{md,txt,json} and OUTDIR/results/<name>.json")
     z.add_argument("--zoo-only", metavar="NAME,...", help="convert only these index entries")
     z.add_argument("--zoo-timeout", type=float, default=1200, metavar="S", help="seconds per model (default 1200)")
+    z.add_argument("--zoo-jobs", type=int, default=1, metavar="N",
+                   help="models converted at once, each in its own process (default 1; their latency rows share the CPU)")
     return p
 
 
@@ -258,7 +260,8 @@ def _run_zoo(args) -> int:
 
     try:
         results = run_zoo(args.zoo, args.outdir, force=args.force, only=only, timeout=args.zoo_timeout,
-                          int8=True, bench=not args.no_bench, on_start=on_start, on_done=on_done)
+                          int8=True, bench=not args.no_bench, jobs=args.zoo_jobs, on_start=on_start,
+                          on_done=on_done)
     finally:
         if bar is not None:
             bar.close()
