@@ -576,7 +576,7 @@ def _version(mod: str) -> str | None:
 
 # Output sizes of the standard workloads; the LR input is output // scale.
 WORKLOADS = {"720p": (720, 1280), "1080p": (1080, 1920)}
-BACKENDS = ("ort", "ort-int8", "torch", "torch-cuda", "trt", "trt-rtx")
+BACKENDS = ("ort", "ort-int8", "openvino", "openvino-int8", "torch", "torch-cuda", "trt", "trt-rtx")
 GPU_BACKENDS = ("torch-cuda", "trt", "trt-rtx")
 
 
@@ -607,7 +607,10 @@ def standard_sizes(scale: int, size_multiple: int = 1) -> list[tuple[int, int]]:
 
 # =========================================================================== model sources
 
-INT8_ROLES = ("onnx_int8_cpu", "onnx_int8", "onnx_int8_trt")  # preference order for ort-int8
+# Each INT8 backend runs the graph made for its runtime, never another runtime's: ORT running the
+# TensorRT graph is slower than fp32 (no QLinearConv), OpenVINO's int8 kernels differ from ORT's.
+INT8_ROLES = {"ort-int8": "onnx_int8_cpu", "openvino-int8": "openvino_int8"}
+INT8_PROFILE_OF = {"ort-int8": "cpu", "openvino-int8": "openvino"}
 
 
 def int8_available() -> tuple[bool, str]:
@@ -652,16 +655,19 @@ class ModelSource:
             self.onnx_path = p
         return p
 
-    def int8_onnx(self, profile: str = "cpu", config: Any = None) -> tuple[Path, str]:
-        """(path, how it was obtained)."""
+    def int8_onnx(self, profile: str = "cpu", config: Any = None, backend: str = "ort-int8") -> tuple[Path, str]:
+        """(path, how it was obtained) of the INT8 graph made for `backend`'s runtime."""
         if self.kind == "bundle":
-            for role in INT8_ROLES:
-                try:
-                    art = self.manifest.artifact(role)
-                except Exception:  # noqa: BLE001 - BundleError: role absent
-                    continue
-                return art.path, f"bundle artifact {role}"
-            raise _unavailable(f"{self.ref} lists no INT8 ONNX artifact (convert with --int8)")
+            role = INT8_ROLES[backend]
+            try:
+                art = self.manifest.artifact(role)
+            except Exception:  # noqa: BLE001 - BundleError: role absent
+                others = [a.role for a in self.manifest.artifacts if "int8" in a.role and not a.role.endswith("_weights")]
+                raise _unavailable(
+                    f"{self.ref} has no INT8 graph made for {backend} ({role})"
+                    + (f"; its INT8 graphs ({', '.join(others)}) are made for other runtimes" if others else "")
+                    + f"; convert with --int8{' --openvino' if backend == 'openvino-int8' else ''}") from None
+            return art.path, f"bundle artifact {role}"
         if self.kind == "onnx" and onnx_is_quantized(self.fp32_onnx()):
             return self.fp32_onnx(), "the given ONNX file is already quantized"
         ok, note = int8_available()
@@ -900,11 +906,13 @@ def prepare_backend(src: ModelSource, backend: str, *, threads: int | None = Non
         ok, why = cuda_status()
         if not ok:
             raise _unavailable(f"{backend}: {why}; GPU backends are skipped on this machine")
+    if backend in ("openvino", "openvino-int8"):
+        return _prepare_openvino(src, backend, threads, int8_config)
     if backend in ("ort", "ort-int8"):
         if backend == "ort":
             p, notes, prec = src.fp32_onnx(), [], "fp32"
         else:
-            p, how = src.int8_onnx(int8_profile, int8_config)
+            p, how = src.int8_onnx(int8_profile, int8_config, backend)
             notes, prec = [how], "int8"
         from .errors import ExportError
 
@@ -939,6 +947,31 @@ def prepare_backend(src: ModelSource, backend: str, *, threads: int | None = Non
 
     runner = TensorRTRunner(engine, flavour=flavour, cuda_graph=cuda_graph)
     return Prepared(backend, runner, _rel(engine), runner.name.split(":")[-1], gpu=True, close=runner.close)
+
+
+def _prepare_openvino(src: ModelSource, backend: str, threads: int | None, int8_config: Any) -> Prepared:
+    """OpenVINO on the CPU: the bundle's IR (openvino_fp32 / openvino_int8), else the fp32 ONNX read
+    by OpenVINO, or (openvino-int8 from a checkpoint/ONNX) the `openvino` profile's graph."""
+    from .backends.openvino_runner import OpenVinoRunner, openvino_module
+
+    openvino_module()  # BackendUnavailable with the install line
+    if backend == "openvino":
+        p, notes = None, []
+        if src.kind == "bundle":
+            try:
+                p = src.manifest.artifact("openvino_fp32").path
+                notes = ["bundle artifact openvino_fp32"]
+            except Exception:  # noqa: BLE001 - no IR: OpenVINO reads the fp32 ONNX
+                pass
+        if p is None:
+            p = src.fp32_onnx()
+            notes = [f"{Path(p).name} read by OpenVINO"]
+        prec = "fp32"
+    else:
+        p, how = src.int8_onnx("openvino", int8_config, backend)
+        notes, prec = [how], "int8"
+    runner = OpenVinoRunner(p, name=f"openvino:{prec}", threads=threads)
+    return Prepared(backend, runner, _rel(Path(p)), prec, notes=notes + ["OpenVINO CPU, f32 inference precision"])
 
 
 def _engine_for(src: ModelSource, flavour: str, sizes: Sequence[tuple[int, int]]) -> Path:

@@ -16,8 +16,10 @@ against the first (the reference).
 * Tolerances (:class:`Tolerance`) default by the test side's precision (``PRESETS``):
   fp32 max |diff| <= 1e-5; fp16 max |diff| <= 4e-3 (~8 fp16 steps at 1.0) and PSNR vs the
   reference >= 50 dB; bf16 (3 fewer mantissa bits than fp16: 8x the step, 18 dB) max |diff|
-  <= 3.2e-2 and PSNR >= 32 dB; int8 PSNR vs the reference >= 40 dB and at most 0.3 dB lost
-  against ground truth.
+  <= 3.2e-2 and PSNR >= 32 dB; int8: at most 0.3 dB of Y-PSNR lost against
+  ground truth (samples with ground truth only). For int8 the difference to the reference
+  (max abs, PSNR vs fp32) is information, not a gate: INT8 is judged by the one criterion its
+  quantizer uses (the drop against ground truth on natural images), see docs/int8.md.
 * A failing comparison gets a heatmap (``heatmap_dir``) and, when both sides can be seen
   as ONNX graphs, the first diverging node (:func:`first_divergence`, a k-ary search over
   the test graph's topological order that exposes a few tensors per round).
@@ -75,7 +77,7 @@ PRESETS: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs=1e-5),
     "fp16": Tolerance(max_abs=4e-3, min_psnr=50.0),
     "bf16": Tolerance(max_abs=3.2e-2, min_psnr=32.0),  # fp16's limits scaled by bf16's 8x coarser step
-    "int8": Tolerance(min_psnr=40.0, max_gt_psnr_drop=0.3),
+    "int8": Tolerance(max_gt_psnr_drop=0.3),
 }
 # Relative per-tensor error that counts as "diverged" when localising (see first_divergence).
 DIVERGENCE_RTOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 0.1, "int8": 0.1}

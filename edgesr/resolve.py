@@ -16,7 +16,7 @@ from .spec import Spec
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".sft")
 ONNX_SUFFIXES = (".onnx", ".ort")
-BACKENDS = ("torch", "ort")
+BACKENDS = ("torch", "ort", "openvino", "ort-int8", "openvino-int8")
 
 
 @dataclass
@@ -37,6 +37,11 @@ def resolve_model(ref: str | Path, backend: str = "torch", scale: int | None = N
     if input_range is not None and (path.is_dir() or path.suffix.lower() in ONNX_SUFFIXES):
         raise CheckpointError(f"--input-range applies to a checkpoint; {path.name} is a "
                               f"{'bundle' if path.is_dir() else 'ONNX model'}, which already takes [0, 1] input")
+    if backend not in ("torch", "ort"):
+        if input_range is not None:
+            raise CheckpointError(f"--input-range with --backend {backend}: convert the checkpoint with "
+                                  "--input-range first and evaluate its OUTDIR")
+        return _openvino_or_int8(path, backend, scale, arch, form, threads)
     if path.is_dir():
         return _from_bundle(path, backend, scale, threads)
     if path.suffix.lower() in ONNX_SUFFIXES:
@@ -147,3 +152,67 @@ def resolve_user_model(weights: str | Path, ref, kwargs: dict | None = None, *, 
         export_user_model(module, spec, onnx_path, source_checkpoint=path)
         runner = OrtRunner(onnx_path.read_bytes(), name="ort:fp32", threads=threads)
     return ResolvedModel(runner, spec, "user", path)
+
+
+def _openvino_or_int8(path: Path, backend: str, scale, arch, form: str, threads) -> ResolvedModel:
+    """openvino: a bundle's OpenVINO IR (or its fp32 ONNX), an .onnx / .xml file, or a checkpoint
+    exported to ONNX, run by OpenVINO. ort-int8 / openvino-int8: the INT8 graph a bundle holds for
+    that runtime (edgesr.bench.INT8_ROLES) - never a graph made for another runtime."""
+    from .bench import INT8_ROLES
+
+    if backend not in BACKENDS:
+        raise CheckpointError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if backend == "ort-int8":
+        if path.is_dir():
+            from .bundle import read_manifest
+
+            art = _int8_artifact(read_manifest(path), path, backend, INT8_ROLES[backend])
+            resolved = _from_onnx(art.path, "ort", scale, threads)
+            resolved.kind = "bundle"
+            return resolved
+        raise CheckpointError(f"{path.name}: --backend ort-int8 runs a bundle's INT8 graph; convert with --int8 "
+                              "first, or give a quantized .onnx with --backend ort")
+    from .backends.openvino_runner import IR_SUFFIXES, OpenVinoRunner
+
+    if path.is_dir():
+        from .bundle import read_manifest
+
+        manifest = read_manifest(path)
+        if scale is not None and manifest.spec.scale != scale:
+            raise ScaleMismatch(f"--scale {scale} does not match {path} (x{manifest.spec.scale})")
+        if backend == "openvino-int8":
+            art = _int8_artifact(manifest, path, backend, INT8_ROLES[backend])
+        else:
+            roles = {a.role for a in manifest.artifacts}
+            art = manifest.artifact("openvino_fp32" if "openvino_fp32" in roles else "onnx_fp32")
+        return ResolvedModel(OpenVinoRunner(art.path, name=f"openvino:{art.role}", threads=threads), manifest.spec,
+                             "bundle", path)
+    if backend == "openvino-int8":
+        raise CheckpointError(f"{path.name}: --backend openvino-int8 runs a bundle's OpenVINO INT8 graph; convert "
+                              "with --int8 --openvino first, or give the .xml with --backend openvino")
+    suffix = path.suffix.lower()
+    if suffix in IR_SUFFIXES:
+        if scale is None:
+            raise ScaleMismatch(f"{path.name} (OpenVINO IR) carries no edgesr metadata: pass --scale")
+        return ResolvedModel(OpenVinoRunner(path, threads=threads), Spec(arch="unknown", scale=scale), "openvino", path)
+    if suffix in ONNX_SUFFIXES:
+        spec = _spec_from_onnx(path, scale)
+        return ResolvedModel(OpenVinoRunner(path, threads=threads), spec, "onnx", path)
+    resolved = _from_checkpoint(path, "torch", scale, arch, form, threads)
+    from .export.onnx import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="edgesr-") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export_onnx(resolved.runner.module, resolved.spec, onnx_path, source_checkpoint=path)
+        runner = OpenVinoRunner(onnx_path.read_bytes(), name="openvino:fp32", threads=threads)
+    return ResolvedModel(runner, resolved.spec, "checkpoint", path)
+
+
+def _int8_artifact(manifest, path: Path, backend: str, role: str):
+    roles = [a.role for a in manifest.artifacts]
+    if role in roles:
+        return manifest.artifact(role)
+    others = [r for r in roles if "int8" in r and not r.endswith("_weights")]
+    raise CheckpointError(f"{path} has no INT8 graph made for {backend} ({role})"
+                          + (f"; its INT8 graphs ({', '.join(others)}) are made for other runtimes" if others else "")
+                          + f"; convert with --int8{' --openvino' if backend == 'openvino-int8' else ''}")

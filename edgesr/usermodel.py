@@ -219,10 +219,20 @@ def _import_context(roots: list[Path]) -> Iterator[None]:
         yield
     finally:
         sys.path[:] = saved_path
-        for name in [n for n in sys.modules if n not in before]:
-            if _top_is_local(name, roots) or _under(getattr(sys.modules[name], "__file__", None), roots):
+        new = [n for n in sys.modules if n not in before]
+        namespaces = {n for n in new if "." not in n and _is_namespace(sys.modules[n])}
+        for name in new:
+            if (_top_is_local(name, roots) or _under(getattr(sys.modules[name], "__file__", None), roots)
+                    or name.split(".")[0] in namespaces):
                 del sys.modules[name]
         sys.modules.update(shadowed)
+
+
+def _is_namespace(mod: object) -> bool:
+    """A namespace package (a bare `models/` folder somewhere on sys.path) that the user's imports
+    created, e.g. by a failed `from models.block import ...` without the repository root: left in
+    sys.modules it would make the next user's `models` resolve to the wrong folder."""
+    return getattr(mod, "__file__", None) is None and hasattr(mod, "__path__")
 
 
 def _top_is_local(name: str, roots: list[Path]) -> bool:

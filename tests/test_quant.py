@@ -285,8 +285,11 @@ def test_sensitivity_chart_and_mixed_precision(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [r.layer for r in res.sensitivity] == res.layers and len(res.layers) == 7  # 6 convs + Add
     assert all(r.only_cost is not None and r.except_gain is not None for r in res.sensitivity)
-    # budget 0 dB cannot be met with 2 float layers: the search stops there and says so
-    assert len(res.float_layers) == 2 and not res.within_budget and res.warnings
+    # budget 0 dB cannot be met with 2 float layers: the search stops there, says so and
+    # returns the best graph it evaluated (all-int8 included), never a worse one
+    assert len(res.search_steps) == 3 and not res.within_budget and res.warnings
+    assert res.drop == pytest.approx(min(s["drop"] for s in res.search_steps), abs=1e-9)
+    assert res.psnr_int8 >= res.psnr_int8_all
     m = onnx.load(str(res.path))
     producers = {o: n for n in m.graph.node for o in n.output}
     inits = {i.name for i in m.graph.initializer}
@@ -322,6 +325,13 @@ def test_cli_quantize(tiny, tmp_path, capsys):
     rc = main(["quantize", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "x.onnx")])
     err = capsys.readouterr().err
     assert rc != 0 and err.startswith("edgesr: error:") and "missing.onnx" in err
+    # a budget no INT8 graph meets: the best graph is written, the exit status says it missed
+    strict = tmp_path / "strict.onnx"
+    rc = main(["quantize", str(path), "-o", str(strict), "--num-patches", "4", "--patch-size", "24",
+               "--psnr-budget", "0", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and strict.is_file() and "edgesr: error: no INT8 graph met the 0.0 dB budget" in err
+    assert "--psnr-budget" in err
 
 
 def test_trt_profile_builds_a_tensorrt_rtx_engine(tiny, small_eval, tmp_path):
@@ -382,3 +392,103 @@ def test_shared_input_and_scalar_constants(tmp_path, small_eval):
                    for n in q.graph.node)
     # Adds of two activations stay quantizable layers; the one adding a constant does not
     assert [name for name in res.layers if "Add" in name] == ["/Add", "/Add_2"]
+
+
+# --------------------------------------------------------------------------- search / float layers
+
+def test_search_returns_the_best_graph_it_evaluated():
+    from edgesr.quant.sensitivity import search
+
+    # keeping layers float makes it WORSE (interacting errors): all-int8 stays the answer
+    worse = {(): 30.0, ("a",): 29.8, ("a", "b"): 29.5}
+    r = search(["a", "b"], lambda fl, only: worse[tuple(fl)], 31.0, 30.0, 0.1)
+    assert not r.within_budget and r.float_layers == [] and r.psnr == 30.0 and len(r.steps) == 3
+    # the best of several misses, not the last one
+    mixed = {("a",): 30.6, ("a", "b"): 30.2, ("a", "b", "c"): 30.4}
+    r = search(["a", "b", "c"], lambda fl, only: mixed[tuple(fl)], 31.0, 30.0, 0.1)
+    assert r.float_layers == ["a"] and r.drop == pytest.approx(0.4) and not r.within_budget
+    # within budget: stops at the first graph that holds it
+    ok = {("a",): 30.95}
+    r = search(["a", "b"], lambda fl, only: ok[tuple(fl)], 31.0, 30.0, 0.1)
+    assert r.within_budget and r.float_layers == ["a"] and r.evaluations == 1
+    # max_float caps the search
+    r = search(["a", "b", "c"], lambda fl, only: mixed[tuple(fl)], 31.0, 30.0, 0.1, max_float=1)
+    assert len(r.steps) == 2
+
+
+class _Attention(torch.nn.Module):
+    """Conv -> Sigmoid gate (Mul) -> residual Add -> PixelShuffle: ops beyond Conv/Add that
+    ORT's quantizer would give Q/DQ pairs (as in RepRFN / SPAN / ESA blocks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.g = torch.nn.Conv2d(8, 8, 1)
+        self.b = torch.nn.Conv2d(8, 12, 3, padding=1)
+
+    def forward(self, x):
+        f = torch.relu(self.a(x))
+        f = f * torch.sigmoid(self.g(f)) + f
+        return torch.nn.functional.pixel_shuffle(self.b(f), 2)
+
+
+@pytest.mark.parametrize("profile", ["cpu", "trt"])
+def test_float_layers_carry_no_qdq(profile, tmp_path, small_eval):
+    from edgesr.quant import QuantSession
+
+    torch.manual_seed(0)
+    path = _export(_Attention(), SPEC2, tmp_path / "att.onnx")
+    cfg = QuantConfig(profile=profile, psnr_budget=None, **FAST)
+    with QuantSession(path, SPEC2, cfg, eval_set=small_eval) as qs:
+        names = [layer.name for layer in qs.layers]
+        ops = {layer.op_type for layer in qs.layers}
+        if profile == "cpu":
+            assert {"Mul", "Sigmoid"} <= ops  # ORT would quantize them: they are layers
+        all_float = qs.build(tmp_path / "all_float.onnx", names)
+        assert not _qdq_nodes(onnx.load(str(all_float)))
+        assert qs.score(names) == pytest.approx(qs.psnr_fp32, abs=1e-9)
+        one = qs.build(tmp_path / "one.onnx", names[:1])
+        m = onnx.load(str(one))
+        producers = {o: n for n in m.graph.node for o in n.output}
+        for node_name in qs.layer_nodes[names[0]].nodes:
+            node = next(n for n in m.graph.node if n.name == node_name)
+            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input)
+        assert _qdq_nodes(m)  # the other layers are int8
+
+
+class _CatFusion(torch.nn.Module):
+    """Conv(Concat(features, 20 x features')) as in SPAN's conv_cat: parts of very different range."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.b = torch.nn.Conv2d(6, 6, 3, padding=1)
+        self.cat = torch.nn.Conv2d(12, 12, 1)
+
+    def forward(self, x):
+        f = torch.relu(self.a(x))
+        g = 20.0 * torch.relu(self.b(f))
+        return torch.nn.functional.pixel_shuffle(self.cat(torch.cat([f, g], 1)), 2)
+
+
+def test_concat_split_is_exact_and_keeps_its_sums_float(tmp_path, small_eval):
+    from edgesr.quant import QuantSession
+    from edgesr.quant.concat import SPLIT_TAG, split_concat_convs
+
+    torch.manual_seed(0)
+    path = _export(_CatFusion(), SPEC2, tmp_path / "cat.onnx")
+    x = np.random.default_rng(0).random((2, 3, 16, 20), dtype=np.float32)
+    m, rep = split_concat_convs(onnx.load(str(path)), x)
+    assert len(rep.convs) == 1 and rep.convs[0]["parts"] == 2 and rep.max_abs_change < 1e-4
+    assert not any(n.op_type == "Concat" for n in m.graph.node)
+    np.testing.assert_allclose(_run(m, x), _run(onnx.load(str(path)), x), atol=1e-4)
+    cfg = QuantConfig(profile="trt", psnr_budget=None, **FAST)
+    with QuantSession(path, SPEC2, cfg, eval_set=small_eval) as qs:
+        assert qs.concat_report and all(SPLIT_TAG not in layer.name for layer in qs.layers)
+        q = onnx.load(str(qs.build(tmp_path / "q.onnx")))
+        producers = {o: n for n in q.graph.node for o in n.output}
+        adds = [n for n in q.graph.node if n.op_type == "Add" and SPLIT_TAG in n.name]
+        assert adds and all(producers[i].op_type == "Conv" for n in adds for i in n.input)  # float sums
+    off = QuantConfig(profile="trt", psnr_budget=None, split_concat=False, **FAST)
+    with QuantSession(path, SPEC2, off, eval_set=small_eval) as qs:
+        assert qs.concat_report is None

@@ -14,10 +14,12 @@ def add_parser(sub):
                     "GPU backends (torch-cuda, trt, trt-rtx) report host latency (copies included) and GPU "
                     "compute time from CUDA events separately from H2D/D2H copies; without CUDA they are "
                     "skipped with the reason. From an OUTDIR each backend uses its manifest artifact: "
-                    "ort -> onnx_fp32, ort-int8 -> onnx_int8_*, torch -> torch_deploy, trt/trt-rtx -> engines.")
+                    "ort -> onnx_fp32, ort-int8 -> onnx_int8_cpu (the graph made for ONNX Runtime CPU), openvino -> "
+                    "openvino_fp32 (or the fp32 ONNX), openvino-int8 -> openvino_int8, torch -> torch_deploy, "
+                    "trt/trt-rtx -> engines. OpenVINO needs pip install 'edgesr[openvino]'.")
     p.add_argument("model", help="checkpoint, .onnx/.ort file, or convert OUTDIR")
-    p.add_argument("--backend", "-b", action="extend", nargs="+", choices=["ort", "ort-int8", "torch", "torch-cuda",
-                                                                          "trt", "trt-rtx"],
+    p.add_argument("--backend", "-b", action="extend", nargs="+", choices=["ort", "ort-int8", "openvino", "openvino-int8",
+                                                                          "torch", "torch-cuda", "trt", "trt-rtx"],
                    help="backend(s) to time (several values or repeated; default: ort). The first is the ratio "
                         "baseline")
     p.add_argument("--size", action="extend", nargs="+", metavar="HxW",
@@ -39,7 +41,8 @@ def add_parser(sub):
     p.add_argument("--form", choices=["deploy", "training"], default="deploy",
                    help="checkpoints: time the deploy form (default) or the training form as loaded")
     p.add_argument("--int8-profile", choices=["cpu", "trt"], default="cpu",
-                   help="ort-int8 from a checkpoint/fp32 ONNX: QDQ profile to quantize with (default cpu)")
+                   help="ort-int8 from a checkpoint/fp32 ONNX: QDQ profile to quantize with (default cpu; "
+                        "openvino-int8 always uses the openvino profile)")
     p.add_argument("--graph-opt", choices=["basic", "extended", "all"],
                    help="ONNX Runtime graph optimization level (default: edgesr's OrtRunner default)")
     p.add_argument("--ort-spinning", choices=["auto", "on", "off"], default="auto",
@@ -111,9 +114,10 @@ def run(args) -> int:
             if h % m or w % m or min(h, w) < spec.min_size:
                 raise EdgesrError(f"--size {h}x{w}: {spec.arch} needs H and W multiples of {m} and >= {spec.min_size}")
 
-        n_ort = sum(b.startswith("ort") for b in backends)
+        # an idle ORT pool spinning while another ORT session or OpenVINO is timed competes for the cores
+        n_cpu = sum(b.startswith(("ort", "openvino")) for b in backends)
         spinning = {"on": True, "off": False}.get(args.ort_spinning,
-                                                  False if n_ort > 1 and not args.no_interleave else None)
+                                                  False if n_cpu > 1 and not args.no_interleave else None)
         prepared, skipped = [], []
         for b in backends:
             try:
@@ -173,7 +177,9 @@ def run(args) -> int:
             spread = (f" (per-round {s['paired_p10']:.2f}-{s['paired_p90']:.2f}, p10-p90, {s['rounds']} rounds)"
                       if "paired_p10" in s else "")
             print(f"{s['size']}: {s['backend']} is {s['ratio']:.2f}x as fast as {s['baseline']}{spread}")
-    if cost:
+    if cost and "params" not in cost:
+        print(f"\ncost: {cost.get('note')}")
+    elif cost:
         print()
         print(f"params {cost['params']:,}, {cost['macs_per_output_pixel']:.0f} MACs/output pixel")
         for c in cost["achieved"]:

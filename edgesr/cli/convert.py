@@ -23,10 +23,15 @@ def add_parser(sub):
                         "receives one folder per checkpoint")
     p.add_argument("--arch", help="architecture name when detection is not enough (see `edgesr list`)")
     p.add_argument("--scale", type=int, help="expected upscaling factor (checked against the checkpoint)")
-    p.add_argument("--int8", action="store_true", help="also write an INT8 QDQ model (model_int8.onnx)")
-    p.add_argument("--int8-profile", choices=["trt", "cpu", "both"], default="trt",
-                   help="QDQ profile: trt = symmetric int8, float bias (TensorRT parses it); cpu = fastest in "
-                        "ONNX Runtime on x86; both")
+    p.add_argument("--int8", action="store_true",
+                   help="also write INT8 graphs, one per runtime the bundle targets (model_int8.onnx = ONNX Runtime "
+                        "CPU; with --openvino an OpenVINO INT8 IR; with --trt-rtx/--trt a TensorRT QDQ graph). Each "
+                        "must keep the Y-PSNR drop vs fp32 on held-out photos within --psnr-budget, or the exit "
+                        "status is 1")
+    p.add_argument("--int8-profile", choices=["auto", "trt", "cpu", "openvino", "both"], default="auto",
+                   help="auto (default): one graph per target runtime (see --int8); trt = symmetric int8, float "
+                        "bias (TensorRT); cpu = fastest in ONNX Runtime on x86; openvino = scored in OpenVINO; "
+                        "both = trt + cpu")
     p.add_argument("--calib", help="folder of images for INT8 calibration (default: bundled sample photos)")
     p.add_argument("--psnr-budget", type=float, default=0.1,
                    help="max PSNR drop (dB) INT8 may cost; sensitive layers stay float until it holds")
@@ -37,6 +42,9 @@ def add_parser(sub):
     p.add_argument("--executorch", action="store_true",
                    help="also write ExecuTorch .pte files (XNNPACK; fp32, and int8 with --int8); needs "
                         "pip install 'edgesr[executorch]'")
+    p.add_argument("--openvino", action="store_true",
+                   help="also write OpenVINO IR (model.xml/.bin; with --int8 model_int8_openvino.xml/.bin), verified "
+                        "and timed in OpenVINO; needs pip install 'edgesr[openvino]'")
     m = p.add_argument_group("mobile formats (see docs/deploy.md)")
     m.add_argument("--tflite", action="store_true",
                    help="also write LiteRT .tflite files (NHWC, fixed input size; fp32, and full-integer int8 with "
@@ -117,12 +125,17 @@ def run(args) -> int:
     if args.int8 and args.calib:
         _check_calib(Path(args.calib))  # fail before minutes of work, not after
     engines = _engine_request(args)
+    if args.openvino or (args.int8 and args.int8_profile == "openvino"):
+        from ..backends.openvino_runner import openvino_module
+
+        openvino_module()  # missing extra: one line now, not after minutes of work
     opts = ConvertOptions(
         outdir=Path(args.outdir), checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         arch=args.arch, scale=args.scale, int8=args.int8, int8_profile=args.int8_profile,
         calib=Path(args.calib) if args.calib else None, psnr_budget=args.psnr_budget, fp16=args.fp16,
         ort_format=not args.no_ort_format, force=args.force, bench=not args.no_bench, threads=args.threads,
         engines=engines, testset=Path(args.testset) if args.testset else None, executorch=args.executorch,
+        openvino=args.openvino,
         tflite=args.tflite, ncnn=args.ncnn, coreml=args.coreml, mobile_size=_mobile_size(args.mobile_size),
         check_conventions=not args.allow_implausible and checks_enabled(), input_range=registry_input_range(args))
     if user is not None:
@@ -133,12 +146,15 @@ def run(args) -> int:
     if opts.checkpoint is not None and opts.checkpoint.is_dir():
         return _run_batch(args, opts)
     result = convert(opts, log=(lambda m: print(m, file=sys.stderr)))
+    int8_problems = (result.report.get("int8_verdict") or {}).get("problems", [])
     if args.json:
         emit_json({"outdir": str(result.outdir), "ok": result.ok, "manifest": result.manifest,
                    "report": result.report})
     else:
         m = result.manifest
-        print(f"\nwrote {result.outdir} ({'OK' if result.ok else 'PARITY FAILED'})")
+        status = "OK" if result.ok else ("INT8 OVER BUDGET" if int8_problems and result.report["parity"]["ok"]
+                                         else "PARITY FAILED")
+        print(f"\nwrote {result.outdir} ({status})")
         print_table(["artifact", "format", "precision", "bytes"],
                     [[a["file"], a["format"], a["precision"], a["bytes"]] for a in m["artifacts"]])
         eng = result.report.get("engines")
@@ -151,7 +167,17 @@ def run(args) -> int:
             print()
             print_table(["reference", "candidate", "max abs", "PSNR (dB)", "ok"],
                         [[c.get("reference"), c.get("test"), c.get("max_abs"), c.get("psnr"),
-                          "yes" if c.get("ok") else "NO"] for c in comps])
+                          "info" if c.get("gate") is False else "yes" if c.get("ok") else "NO"] for c in comps])
+        verdict = result.report.get("int8_verdict")
+        if verdict:
+            print()
+            print_table(["INT8 graph", "runtime", "drop dB", "budget dB", "eval set", "float layers", "x fp32",
+                         "default"],
+                        [[p, g["runtime"], g["drop_db"], g["budget_db"], g["eval_set"],
+                          f"{g['float_layers']}/{g['layers']}", g.get("speedup", "-"), "yes" if g["default"] else "no"]
+                         for p, g in verdict["graphs"].items()])
+    for line in int8_problems:
+        print(f"edgesr: error: INT8 {line}", file=sys.stderr)
     return 0 if result.ok else 1
 
 

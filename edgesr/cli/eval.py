@@ -12,7 +12,9 @@ def add_parser(sub):
     p.add_argument("model", help="checkpoint, .onnx/.ort file, or convert OUTDIR")
     p.add_argument("--testset", required=True, help="test set folder (HR/ and LR_bicubic/X<s>/)")
     p.add_argument("--scale", type=int, required=True, help="upscaling factor (must match the model)")
-    p.add_argument("--backend", choices=["torch", "ort"], default="torch")
+    p.add_argument("--backend", choices=["torch", "ort", "openvino", "ort-int8", "openvino-int8"], default="torch",
+                   help="torch (default), ort (ONNX Runtime CPU), openvino (needs pip install 'edgesr[openvino]'); "
+                        "ort-int8 / openvino-int8 run the INT8 graph a convert OUTDIR holds for that runtime")
     p.add_argument("--arch", help="architecture name, when detection from the checkpoint is not enough")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -31,7 +31,10 @@ def add_parser(sub):
     p.add_argument("--heatmaps", metavar="DIR", help="write an error heatmap PNG per failing comparison")
     p.add_argument("--no-localize", action="store_true",
                    help="do not search the graph for the first diverging node on failure")
-    p.add_argument("--threads", type=int, help="ONNX Runtime / PyTorch CPU threads")
+    p.add_argument("--backend", choices=["ort", "openvino"], default="ort",
+                   help="runtime for .onnx MODELs (default ort; openvino needs pip install 'edgesr[openvino]'). "
+                        "An OpenVINO IR (.xml) MODEL always runs in OpenVINO")
+    p.add_argument("--threads", type=int, help="ONNX Runtime / OpenVINO / PyTorch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--markdown", action="store_true", help="print the report as Markdown")
     from .model_args import add_model_args
@@ -65,7 +68,8 @@ def split_model_arg(arg: str) -> tuple[Path, str | None]:
     return Path(arg), None
 
 
-def make_runner(arg: str, threads: int | None = None, scale: int | None = None, user: dict | None = None):
+def make_runner(arg: str, threads: int | None = None, scale: int | None = None, backend: str = "ort",
+                user: dict | None = None):
     """A Runner for one MODEL argument, named after the argument."""
     from ..errors import CheckpointError, KeyMismatch
 
@@ -83,6 +87,15 @@ def make_runner(arg: str, threads: int | None = None, scale: int | None = None, 
         if form:
             raise KeyMismatch(f"{arg}: :{form} applies to checkpoints only")
         runner = ENGINE_HOOK(path)
+    elif suffix == ".xml" or (suffix == ".onnx" and backend == "openvino"):
+        if form:
+            raise KeyMismatch(f"{arg}: :{form} applies to checkpoints only")
+        from ..backends.openvino_runner import OpenVinoRunner
+
+        runner = OpenVinoRunner(path, name=arg, threads=threads)
+        if suffix == ".xml":  # an IR with FakeQuantize / int8 constants is an INT8 model
+            text = path.read_text(errors="replace")
+            runner.precision = "int8" if ('type="FakeQuantize"' in text or 'element_type="i8"' in text) else "fp32"
     elif suffix in (".onnx", ".ort"):
         if form:
             raise KeyMismatch(f"{arg}: :{form} applies to checkpoints only")
@@ -140,7 +153,7 @@ def run(args) -> int:
     from .model_args import user_options
 
     user = user_options(args)
-    runners = [make_runner(m, args.threads, args.scale, user) for m in args.models]
+    runners = [make_runner(m, args.threads, args.scale, args.backend, user) for m in args.models]
     seen: dict[str, int] = {}
     for r in runners:  # the same MODEL twice (e.g. a determinism check): keep names distinct
         seen[r.name] = seen.get(r.name, 0) + 1

@@ -16,9 +16,10 @@ def add_parser(sub):
                     "held-out sample images is within --psnr-budget.")
     p.add_argument("model", help="fp32 ONNX model (edgesr export; its metadata gives scale and value range)")
     p.add_argument("-o", "--output", required=True, help="INT8 ONNX file to write")
-    p.add_argument("--profile", choices=["trt", "cpu"], default="trt",
+    p.add_argument("--profile", choices=["trt", "cpu", "openvino"], default="trt",
                    help="trt: symmetric int8, zero points 0, float biases (TensorRT); cpu: fastest+most "
-                        "accurate in ONNX Runtime on x86 without VNNI (see docs/int8.md)")
+                        "accurate in ONNX Runtime on x86 without VNNI; openvino: the trt graph scored and "
+                        "searched in OpenVINO (needs pip install 'edgesr[openvino]'; see docs/int8.md)")
     p.add_argument("--calib", help="folder of calibration images (default: bundled sample photos)")
     p.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax",
                    help="activation range calibration")
@@ -46,6 +47,8 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    import math
+
     from ..errors import OutputExists, QuantizationError
     from ..quant import QuantConfig, quantize_model
     from .output import emit_json, print_table
@@ -85,9 +88,15 @@ def run(args) -> int:
         test_set = testset_eval_set(args.test_set, spec.scale)
     res = quantize_model(model, out, spec, cfg, calibration=args.calib, test_set=test_set,
                          sensitivity_png=args.sensitivity_png)
+    over = [] if res.within_budget else [
+        f"no INT8 graph met the {res.budget} dB budget on {res.eval_set}: {res.path.name} is the best one evaluated "
+        f"({res.drop:.3f} dB, {len(res.float_layers)} of {len(res.layers)} layers float); accept the drop with "
+        f"--psnr-budget {math.ceil(res.drop * 100) / 100:.2f}"]
     if args.json:
         emit_json(res.to_dict())
-        return 0
+        for line in over:
+            print(f"edgesr: error: {line}", file=sys.stderr)
+        return 1 if over else 0
     print(f"wrote {res.path} ({res.profile} profile, {cfg.method} calibration, "
           f"{res.calibration.get('num_patches')} patches)")
     rows = [["fp32", res.eval_set, res.psnr_fp32, ""],
@@ -104,8 +113,11 @@ def run(args) -> int:
     if args.sensitivity_png:
         print(f"sensitivity chart: {args.sensitivity_png}")
     for w in res.warnings:
-        print(f"edgesr: warning: {w}", file=sys.stderr)
-    return 0
+        if not over:
+            print(f"edgesr: warning: {w}", file=sys.stderr)
+    for line in over:
+        print(f"edgesr: error: {line}", file=sys.stderr)
+    return 1 if over else 0
 
 
 def spec_from_onnx(path: Path, scale: int | None):

@@ -18,7 +18,9 @@ def add_parser(sub):
     p.add_argument("--overlap", type=int, default=None,
                    help="input pixels added on each side of a tile (default: the receptive field, which makes "
                         "tiled == untiled; smaller values may show seams)")
-    p.add_argument("--backend", choices=["torch", "ort"], default="torch")
+    p.add_argument("--backend", choices=["torch", "ort", "openvino", "ort-int8", "openvino-int8"], default="torch",
+                   help="torch (default), ort (ONNX Runtime CPU), openvino (needs pip install 'edgesr[openvino]'); "
+                        "ort-int8 / openvino-int8 run the INT8 graph a convert OUTDIR holds for that runtime")
     p.add_argument("--scale", type=int, help="expected upscaling factor (checked against the model)")
     p.add_argument("--arch", help="architecture name, when detection from the checkpoint is not enough")
     p.add_argument("--threads", type=int, help="intra-op threads (torch and ONNX Runtime)")

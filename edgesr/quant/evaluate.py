@@ -29,6 +29,34 @@ def make_session(model: str | os.PathLike | bytes, threads: int | None = None):
     return ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
 
 
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+class _RunnerSession:
+    """An edgesr Runner (``run(x) -> y``) behind the ORT session calls `run_sr` makes."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def get_inputs(self):
+        class _In:
+            name = "input"
+
+        return [_In()]
+
+    def run(self, _outputs, feed: dict) -> list[np.ndarray]:
+        return [self.runner.run(next(iter(feed.values())))]
+
+
+def runtime_session(model: str | os.PathLike | bytes, runtime: str = "onnxruntime", threads: int | None = None):
+    """Something `evaluate` can score: an ORT session, or an OpenVINO model behind the same calls."""
+    if runtime == "openvino":
+        from ..backends.openvino_runner import OpenVinoRunner
+
+        return _RunnerSession(OpenVinoRunner(model, threads=threads))
+    return make_session(model, threads)
+
+
 def run_sr(session, spec: Spec, lr_u8: np.ndarray) -> np.ndarray:
     """uint8 HxWx3 LR -> float HxWx3 SR in [0, 1] (not clipped; psnr_y clips when rounding)."""
     x = to_model_input(lr_u8, spec)[None]
@@ -38,11 +66,15 @@ def run_sr(session, spec: Spec, lr_u8: np.ndarray) -> np.ndarray:
 
 
 def evaluate(model: str | os.PathLike | bytes | object, spec: Spec, evalset: EvalSet,
-             threads: int | None = None) -> EvalScore:
-    """Mean Y-PSNR over `evalset`; `model` is a path, bytes or an ORT InferenceSession."""
+             threads: int | None = None, runtime: str = "onnxruntime") -> EvalScore:
+    """Mean Y-PSNR over `evalset`; `model` is a path, bytes or an ORT InferenceSession;
+    `runtime` says which runtime runs a path (the one the graph was made for)."""
     from ..metrics import psnr_y
 
-    sess = model if hasattr(model, "run") and hasattr(model, "get_inputs") else make_session(model, threads)
+    if hasattr(model, "run") and hasattr(model, "get_inputs"):
+        sess = model
+    else:
+        sess = runtime_session(model, runtime, threads)
     per = {}
     for p in evalset.pairs:
         sr = run_sr(sess, spec, p.lr)

@@ -42,6 +42,9 @@ class QuantProfile:
     # PRelu handling (edgesr/quant/prelu.py): "keep"; "decompose" (bit-exact Relu/Sub/Mul/Add,
     # float); "split" (Conv(2C) -> Relu -> Conv, int8-friendly, twice the channels)
     prelu: str = "keep"
+    # The runtime the graph is made for: every PSNR of the budget check and the search is
+    # measured by running the candidate there ("onnxruntime" | "openvino").
+    runtime: str = "onnxruntime"
     description: str = ""
 
     def ort_types(self):
@@ -84,7 +87,18 @@ CPU = QuantProfile(
                 "7-bit (reduce_range) int8 weights, int32 biases, PRelu decomposed into float "
                 "Relu/Sub/Mul/Add")
 
-PROFILES: dict[str, QuantProfile] = {p.name: p for p in (TRT, CPU)}
+# The trt graph read by OpenVINO (FakeQuantize -> int8 kernels): measured most accurate and fastest
+# there on Zen 3 without VNNI (docs/int8.md). Scored in OpenVINO itself: OpenVINO's int8 kernels
+# differ from ORT's emulation on some patterns (RLFN's ESA), and the search must see that.
+OPENVINO = QuantProfile(
+    name="openvino", activation_type="int8", weight_type="int8", activation_symmetric=True,
+    weight_symmetric=True, per_channel=True, reduce_range=False, quantize_bias=False, runtime="openvino",
+    description="OpenVINO CPU: the trt QDQ graph (symmetric int8, zero-centred inputs, float biases) "
+                "read by OpenVINO, evaluated and searched in OpenVINO")
+
+PROFILES: dict[str, QuantProfile] = {p.name: p for p in (TRT, CPU, OPENVINO)}
+# The runtime each profile's graph is made for (what bench/eval/upscale run it with).
+PROFILE_BACKEND = {"trt": "tensorrt", "cpu": "onnxruntime", "openvino": "openvino"}
 
 
 def get_profile(name: str | QuantProfile) -> QuantProfile:
@@ -100,7 +114,7 @@ def get_profile(name: str | QuantProfile) -> QuantProfile:
 class QuantConfig:
     """Everything `quantize_model` needs besides the model and data.
 
-    profile        "trt" | "cpu" (or a QuantProfile)
+    profile        "trt" | "cpu" | "openvino" (or a QuantProfile)
     method         calibration: "minmax" | "percentile" | "entropy"
     percentile     for method="percentile" (ORT keeps this percentile of |x|)
     num_patches    calibration LR patches; patch_size their side in LR pixels; seed
@@ -113,6 +127,8 @@ class QuantConfig:
     equalize_alpha exponent of the equalization scales (1: all channels span the tensor's range)
     center         exact zero-centring of conv inputs for symmetric activation profiles
                    (edgesr/quant/center.py): a [0, R] tensor gets the whole int8 range
+    split_concat   exact split of Conv(Concat(parts)) into a float sum of per-part convs, so each
+                   part gets its own int8 input scale (edgesr/quant/concat.py; SPAN's conv_cat)
     prelu          "keep" | "decompose" | "split" PRelu rewrite (None = the profile's)
     gptq           error-compensating rounding of int8 weights (edgesr/quant/refine.py)
     gptq_color_permutations  GPTQ statistics over all 6 RGB channel orders (robust to colours
@@ -121,6 +137,9 @@ class QuantConfig:
     bias_correction  remove the mean output shift of the weight error from the bias
     sensitivity    "only" (quantize only that layer) | "except" (everything but that layer)
     max_float_layers  stop the greedy search after this many float layers
+    max_float_fraction  ... and after this share of all layers (an INT8 graph that is mostly
+                   float is slower than fp32 and is not what was asked for; the search then
+                   reports the budget as missed)
     threads        ORT intra-op threads for calibration/evaluation (None = ORT default)
     progress       tqdm bars
     """
@@ -137,12 +156,14 @@ class QuantConfig:
     equalize: bool = True
     equalize_alpha: float = 1.0
     center: bool = True
+    split_concat: bool = True
     prelu: str | None = None  # None: the profile's choice (QuantProfile.prelu)
     gptq: bool = True
     gptq_color_permutations: bool | None = None  # None: on for 7-bit (reduce_range) weights only
     bias_correction: bool = True
     sensitivity: str = "only"
     max_float_layers: int | None = None
+    max_float_fraction: float = 0.5
     threads: int | None = None
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # passed to ORT's extra_options last
@@ -159,6 +180,8 @@ class QuantConfig:
             raise QuantizationError(f"psnr_budget must be >= 0 dB, got {self.psnr_budget}")
         if self.prelu not in (None, "keep", "decompose", "split"):
             raise QuantizationError(f"prelu must be keep, decompose or split, got {self.prelu!r}")
+        if not 0.0 <= self.max_float_fraction <= 1.0:
+            raise QuantizationError(f"max_float_fraction must be in [0, 1], got {self.max_float_fraction}")
         if self.sensitivity not in ("only", "except"):
             raise QuantizationError(f"sensitivity must be 'only' or 'except', got {self.sensitivity!r}")
 

@@ -56,6 +56,9 @@ class QuantResult:
     psnr_int8_all: float  # before mixed precision (every layer int8)
     within_budget: bool
     eval_set: str
+    budget: float | None = None  # dB; None: no search, no verdict
+    eval_images: list[str] = field(default_factory=list)
+    criterion: str = ""
     sensitivity: list[SensitivityRow] = field(default_factory=list)
     search_steps: list[dict] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)  # every quantizable layer, graph order
@@ -63,6 +66,7 @@ class QuantResult:
     equalization: dict[str, Any] | None = None
     centering: dict[str, Any] | None = None
     prelu_rewrite: dict[str, Any] | None = None
+    concat_split: dict[str, Any] | None = None
     test_set: str | None = None
     test_psnr_fp32: float | None = None
     test_psnr_int8: float | None = None
@@ -150,6 +154,13 @@ def calibrate(model_path: Path, source: CalibrationSource, config: QuantConfig, 
     return ranges
 
 
+def ort_quantizable_ops() -> list[str]:
+    """Every op type ONNX Runtime's QDQ quantizer can quantize (its default op list)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+
+
 def _op_counts(model) -> dict[str, int]:
     counts: dict[str, int] = {}
     for n in model.graph.node:
@@ -210,12 +221,10 @@ class _Session:
         self.refiner = refiner
         import onnx
 
-        from .prelu import DECOMPOSED_TAG
-
-        from .sensitivity import constant_operand_nodes
+        from .sensitivity import FLOAT_TAGS, constant_operand_nodes
 
         m = onnx.load(str(fp32_path))
-        self.always_float = [n.name for n in m.graph.node if DECOMPOSED_TAG in n.name]
+        self.always_float = [n.name for n in m.graph.node if any(t in n.name for t in FLOAT_TAGS)]
         if self.profile.placement == "inputs":
             self.always_float += constant_operand_nodes(m)
         self._memo: dict[tuple, float] = {}
@@ -226,20 +235,27 @@ class _Session:
 
         act, wt = self.profile.ort_types()
         exclude = [n for name in float_layers for n in self.layers[name].nodes] + self.always_float
+        # Exactly the nodes of the int8 layers, never ORT's "every op it can": a float layer then
+        # carries no Q/DQ at all, and neither does any op that belongs to no layer.
         if only:
             quantize_ = list(self.layers[only].nodes)
-        elif self.profile.placement == "inputs":
-            # exactly the layers found by quantizable_layers (it leaves out Adds with a constant operand)
-            quantize_ = [n for layer in self.layers.values() for n in layer.nodes]
         else:
-            quantize_ = None
+            floats = set(float_layers)
+            quantize_ = [n for layer in self.layers.values() if layer.name not in floats for n in layer.nodes]
+        if not quantize_:  # every layer float: the fp32 graph itself (ORT reads [] as "no restriction")
+            import shutil
+
+            shutil.copyfile(self.fp32_path, out)
+            self.builds += 1
+            return
         extra = self.profile.extra_options()
         extra.update(self.config.extra)
         try:
             with _quiet():
                 quantize_static(
                     str(self.fp32_path), str(out), None, quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=self.profile.op_types(), per_channel=self.profile.per_channel,
+                    op_types_to_quantize=self.profile.op_types() or ort_quantizable_ops(),
+                    per_channel=self.profile.per_channel,
                     reduce_range=self.profile.reduce_range, activation_type=act, weight_type=wt,
                     nodes_to_quantize=quantize_, nodes_to_exclude=exclude,
                     calibrate_method=_method_enum(self.config.method),
@@ -259,7 +275,7 @@ class _Session:
         if key not in self._memo:
             out = self.workdir / "candidate.onnx"
             self.build(out, float_layers, only)
-            self._memo[key] = evaluate(out, self.spec, self.evalset, self.config.threads).psnr
+            self._memo[key] = evaluate(out, self.spec, self.evalset, self.config.threads, self.profile.runtime).psnr
         return self._memo[key]
 
 
@@ -349,6 +365,14 @@ class QuantSession:
             model, prep = decompose_prelu(model, source.patches[: min(4, len(source.patches))])
             _check_exact(prep.max_abs_change, "the PRelu decomposition", "prelu='decompose'")
             self.prelu_report = prep.to_dict() | {"mode": "decompose"}
+        self.concat_report = None
+        if config.split_concat:
+            from .concat import split_concat_convs
+
+            model, srep = split_concat_convs(model, source.patches, threads=config.threads)
+            if srep.convs:
+                _check_exact(srep.max_abs_change, "the concat-conv split", "split_concat")
+                self.concat_report = srep.to_dict()
         if config.center and profile.activation_symmetric:
             from .center import center_conv_inputs
 
@@ -360,7 +384,7 @@ class QuantSession:
         from .sensitivity import constant_operand_nodes
 
         skip = constant_operand_nodes(model) if profile.placement == "inputs" else []
-        layers = quantizable_layers(model, profile.op_types() or COMPUTE_OPS, skip)
+        layers = quantizable_layers(model, profile.op_types() or ort_quantizable_ops(), skip)
         if not layers:
             raise QuantizationError(f"{src_path}: no quantizable layer (Conv/Gemm/MatMul/Add) in the graph")
         self.layers = layers
@@ -382,7 +406,7 @@ class QuantSession:
             refiner = WeightRefiner(model, source.patches, gptq=config.gptq, bias_correction=config.bias_correction,
                                     color_permutations=perms, threads=config.threads)
         self._qs = _Session(self.fp32_path, spec, config, ranges_path, self.evalset, work, layers, refiner)
-        self.psnr_fp32 = evaluate(self.fp32_path, spec, self.evalset, config.threads).psnr
+        self.psnr_fp32 = evaluate(self.fp32_path, spec, self.evalset, config.threads, profile.runtime).psnr
         self.psnr_int8_all = self._qs.score([])
         self.workdir = work
 
@@ -396,6 +420,33 @@ class QuantSession:
     def build(self, out: str | os.PathLike, float_layers: Sequence[str] = ()) -> Path:
         self._qs.build(Path(out), float_layers)
         return Path(out)
+
+    # The per-layer sensitivity only RANKS layers (the search then scores every step on the whole
+    # evaluation set): it is measured on centre crops of at most RANK_SIDE pixels, several times
+    # cheaper for models with many layers (attention blocks: every Mul/Sigmoid is one).
+    RANK_SIDE = 192
+
+    def _rank_session(self) -> "_Session":
+        if getattr(self, "_rank_qs", None) is None:
+            from .calibration import EvalPair, EvalSet
+
+            s = self.spec.scale
+            pairs = []
+            for p in self.evalset.pairs:
+                h = min(p.hr.shape[0], self.RANK_SIDE) // s * s
+                w = min(p.hr.shape[1], self.RANK_SIDE) // s * s
+                t, l = (p.hr.shape[0] - h) // 2 // s * s, (p.hr.shape[1] - w) // 2 // s * s
+                pairs.append(EvalPair(p.name, np.ascontiguousarray(p.lr[t // s:(t + h) // s, l // s:(l + w) // s]),
+                                      np.ascontiguousarray(p.hr[t:t + h, l:l + w])))
+            small = EvalSet(f"{self.evalset.name} (centre crops <= {self.RANK_SIDE} px)", s, pairs)
+            q = self._qs
+            self._rank_qs = _Session(q.fp32_path, q.spec, q.config, q.ranges_path, small, q.workdir,
+                                     list(q.layers.values()), q.refiner)
+            self.psnr_fp32_rank = evaluate(q.fp32_path, q.spec, small, q.config.threads, q.profile.runtime).psnr
+        return self._rank_qs
+
+    def score_rank(self, float_layers: Sequence[str] = (), only: str | None = None) -> float:
+        return self._rank_session().score(float_layers, only)
 
     @property
     def evaluations(self) -> int:
@@ -428,14 +479,15 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         need = budget is not None and psnr_fp32 - psnr_all > budget
         if need or full_sensitivity or sensitivity_png:
             methods = ("only", "except") if (full_sensitivity or sensitivity_png) else (config.sensitivity,)
-            rows = sensitivity(layers, qs.score, psnr_fp32, psnr_all, methods, config.progress)
+            qs._rank_session()
+            rows = sensitivity(layers, qs.score_rank, qs.psnr_fp32_rank, qs.score_rank([]), methods, config.progress)
         if need:
             order = ranking(rows, config.sensitivity)
-            result_search = search(order, qs.score, psnr_fp32, psnr_all, budget, config.max_float_layers)
+            result_search = search(order, qs.score, psnr_fp32, psnr_all, budget, max_float_layers(config, len(layers)))
             if not result_search.within_budget:
-                warnings.append(f"no mixed-precision choice held the {budget} dB budget on {evalset.name}: "
-                                f"best drop {result_search.drop:.3f} dB with {len(result_search.float_layers)} "
-                                "float layers")
+                warnings.append(f"no INT8 graph held the {budget} dB budget on {evalset.name}: the best one "
+                                f"evaluated loses {result_search.drop:.3f} dB with {len(result_search.float_layers)} "
+                                f"of {len(layers)} layers float (all-int8: {psnr_fp32 - psnr_all:.3f} dB)")
         float_layers = result_search.float_layers if result_search else []
         final_tmp = qs.build(qs.workdir / "final.onnx", float_layers)
         psnr_int8 = qs.score(float_layers)
@@ -447,14 +499,15 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
                 raise QuantizationError("trt profile produced a graph TensorRT would reject: " + "; ".join(problems[:5]))
         test_fp32 = test_int8 = None
         if test_set is not None:
-            test_fp32 = evaluate(qs.fp32_path, spec, test_set, config.threads).psnr
-            test_int8 = evaluate(final_tmp, spec, test_set, config.threads).psnr
+            test_fp32 = evaluate(qs.fp32_path, spec, test_set, config.threads, profile.runtime).psnr
+            test_int8 = evaluate(final_tmp, spec, test_set, config.threads, profile.runtime).psnr
         float_nodes = [n for name in float_layers for n in qs.layer_nodes[name].nodes]
         meta = dict(qs.src_meta)
         if "precision" in meta:
             meta["precision"] = "int8"
         meta.update({
             "edgesr.int8.profile": profile.name,
+            "edgesr.int8.runtime": profile.runtime,
             "edgesr.int8.method": config.method,
             "edgesr.int8.float_nodes": json.dumps(float_nodes),
             "edgesr.int8.eval_set": evalset.name,
@@ -468,16 +521,17 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         with atomic_path(out) as tmp_out:
             onnx.save(qmodel, str(tmp_out))
         source = qs.source
-        reports = (qs.eq_report, qs.center_report, qs.prelu_report)
+        reports = (qs.eq_report, qs.center_report, qs.prelu_report, qs.concat_report)
 
     result = QuantResult(
         path=out, profile=profile.name, config=config.to_dict(), float_nodes=float_nodes,
         float_layers=float_layers, psnr_fp32=psnr_fp32, psnr_int8=psnr_int8, psnr_int8_all=psnr_all,
         within_budget=budget is None or psnr_fp32 - psnr_int8 <= budget, eval_set=evalset.name,
+        budget=budget, eval_images=[p.name for p in evalset.pairs], criterion=verdict_criterion(budget),
         sensitivity=rows, layers=[layer.name for layer in layers],
         search_steps=[asdict(s) for s in result_search.steps] if result_search else [],
         calibration=source.describe() | {"method": config.method}, equalization=reports[0],
-        centering=reports[1], prelu_rewrite=reports[2],
+        centering=reports[1], prelu_rewrite=reports[2], concat_split=reports[3],
         test_set=test_set.name if test_set is not None else None, test_psnr_fp32=test_fp32,
         test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings)
     if sensitivity_png and rows:
@@ -487,6 +541,21 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
                          f"({profile.name}, {evalset.name})", float_layers=float_layers)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def verdict_criterion(budget: float | None) -> str:
+    """The one INT8 verdict, in words (report, manifest)."""
+    if budget is None:
+        return "none (no PSNR budget given)"
+    return (f"mean Y-PSNR drop vs fp32, both measured against the ground-truth HR images (BasicSR protocol: "
+            f"Y of YCbCr, border crop = scale) of the evaluation set, disjoint from the calibration images, "
+            f"<= {budget:g} dB")
+
+
+def max_float_layers(config: QuantConfig, n_layers: int) -> int:
+    """How many layers the search may keep float: an "INT8" graph that is mostly float is not one."""
+    cap = max(0, min(n_layers - 1, int(config.max_float_fraction * n_layers)))
+    return cap if config.max_float_layers is None else min(cap, config.max_float_layers)
 
 
 def _check_exact(change: float | None, what: str, option: str) -> None:

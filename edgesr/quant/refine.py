@@ -59,6 +59,25 @@ def _unfold(x: np.ndarray, kh: int, kw: int, pads: list[int]) -> np.ndarray:
     return cols.transpose(0, 3, 4, 1, 2).reshape(-1, c * kh * kw)
 
 
+def _unfold_rows(xp: np.ndarray, kh: int, kw: int, ho: int, wo: int, rows: np.ndarray) -> np.ndarray:
+    """The im2col rows `rows` (flat indices into N x H' x W') of the padded input `xp`, without
+    materializing the whole im2col matrix (ONNX weight order: channel, then kernel row/col)."""
+    n_i, rem = np.divmod(rows, ho * wo)
+    y, x = np.divmod(rem, wo)
+    taps = [xp[n_i, :, y + i, x + j] for i in range(kh) for j in range(kw)]  # each (R, C)
+    return np.stack(taps, axis=2).reshape(len(rows), -1)
+
+
+def _unfold_mean_sum(xp: np.ndarray, kh: int, kw: int, ho: int, wo: int) -> np.ndarray:
+    """Column sums of the im2col matrix of the padded input (ONNX weight order)."""
+    c = xp.shape[1]
+    out = np.empty((c, kh * kw), dtype=np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, i * kw + j] = xp[:, :, i:i + ho, j:j + wo].sum(axis=(0, 2, 3), dtype=np.float64)
+    return out.reshape(-1)
+
+
 def conv_input_stats(model, patches: np.ndarray, threads: int | None = None, batch: int = 8,
                      max_rows: int = 16384, seed: int = 0) -> dict[str, ConvStats]:
     """Second moments of every plain (group 1, stride 1) Conv's input, from the fp32 model.
@@ -99,13 +118,18 @@ def conv_input_stats(model, patches: np.ndarray, threads: int | None = None, bat
     for i in range(0, len(patches), batch):
         outs = dict(zip(names, sess.run(names, {inp: patches[i:i + batch]})))
         for n, shape, pads in convs:
-            X = _unfold(outs[n.input[0]], shape[2], shape[3], pads)
+            x = outs[n.input[0]]
+            kh, kw = shape[2], shape[3]
+            t, l, b, r_ = pads[0], pads[1], pads[2], pads[3]
+            xp = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r_))) if any(pads) else x
+            ho, wo = x.shape[2] + t + b - kh + 1, x.shape[3] + l + r_ - kw + 1
+            total = x.shape[0] * ho * wo
             H, s, c, r = acc.get(n.name, (0.0, 0.0, 0, 0))
-            s = s + X.sum(0, dtype=np.float64)
-            c += len(X)
-            take = min(len(X), max(1, max_rows // n_batches))
-            if take < len(X):
-                X = X[rng.choice(len(X), take, replace=False)]
+            s = s + _unfold_mean_sum(xp, kh, kw, ho, wo)
+            c += total
+            take = min(total, max(1, max_rows // n_batches))
+            rows = rng.choice(total, take, replace=False) if take < total else np.arange(total)
+            X = _unfold_rows(xp, kh, kw, ho, wo, rows)
             acc[n.name] = [H + (X.T @ X).astype(np.float64), s, c, r + len(X)]
     return {k: ConvStats(H / r, s / c, r) for k, (H, s, c, r) in acc.items()}
 

@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 ACTIVATIONS = ("Relu", "PRelu", "LeakyRelu", "Clip")
+# Nodes made by exact rewrites that stay float: the PRelu decomposition (prelu.py) and the
+# sums of a split concat-conv (concat.py).
+FLOAT_TAGS = ("__prelu_", "__concat_split_")
 
 # score(float_layers, only) -> mean Y-PSNR; `only` (a layer) means "quantize only this one".
 ScoreFn = Callable[[Sequence[str], "str | None"], float]
@@ -70,22 +73,22 @@ def quantizable_layers(model, op_types: Sequence[str], skip: Sequence[str] = ())
     for n in model.graph.node:
         for t in n.input:
             consumers.setdefault(t, []).append(n)
-    from .prelu import DECOMPOSED_TAG
-
     # An elementwise Add with a constant operand (LayerNorm's eps, GELU's +1) gains nothing from
     # int8 and would quantize a scalar constant, which TensorRT refuses: only activation + activation.
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     layers = []
+    claimed: set[str] = set()  # trailing activations already merged into the layer before them
     for n in model.graph.node:
-        if n.op_type not in op_types or DECOMPOSED_TAG in n.name or n.name in skip:
+        if n.op_type not in op_types or any(t in n.name for t in FLOAT_TAGS) or n.name in skip or n.name in claimed:
             continue
         if n.op_type == "Add" and any(t in constants for t in n.input):
             continue
         nodes = [n.name]
         cons = consumers.get(n.output[0], [])
-        if len(cons) == 1 and cons[0].op_type in ACTIVATIONS:
+        if len(cons) == 1 and cons[0].op_type in ACTIVATIONS and not any(t in cons[0].name for t in FLOAT_TAGS):
             nodes.append(cons[0].name)
+            claimed.add(cons[0].name)
         layers.append(Layer(n.name, n.op_type, tuple(nodes)))
     names = [layer.name for layer in layers]
     if len(set(names)) != len(names) or any(not x for x in names):
@@ -130,9 +133,14 @@ def ranking(rows: Sequence[SensitivityRow], method: str) -> list[str]:
 
 def search(order: Sequence[str], score: ScoreFn, fp32: float, int8_all: float, budget: float,
            max_float: int | None = None) -> SearchResult:
-    """Keep layers float in `order` until fp32 - psnr <= budget."""
-    res = SearchResult([], int8_all, fp32 - int8_all, fp32 - int8_all <= budget,
-                       [SearchStep([], int8_all, fp32 - int8_all)])
+    """Keep layers float in `order` until fp32 - psnr <= budget.
+
+    Returns the first graph within the budget or, when none is (``max_float`` reached or
+    `order` exhausted), the BEST graph evaluated - all-int8 included - so the search never
+    ends worse than where it started (quantization errors interact: keeping one more layer
+    float can lower the PSNR)."""
+    start = SearchStep([], int8_all, fp32 - int8_all)
+    res = SearchResult([], int8_all, fp32 - int8_all, fp32 - int8_all <= budget, [start])
     chosen: list[str] = []
     for name in order:
         if res.within_budget or (max_float is not None and len(chosen) >= max_float):
@@ -141,8 +149,9 @@ def search(order: Sequence[str], score: ScoreFn, fp32: float, int8_all: float, b
         p = score(list(chosen), None)
         res.evaluations += 1
         res.steps.append(SearchStep(list(chosen), p, fp32 - p))
-        res.float_layers, res.psnr, res.drop = list(chosen), p, fp32 - p
-        res.within_budget = res.drop <= budget
+        res.within_budget = fp32 - p <= budget
+    best = res.steps[-1] if res.within_budget else max(res.steps, key=lambda s: (s.psnr, -len(s.float_layers)))
+    res.float_layers, res.psnr, res.drop = list(best.float_layers), best.psnr, best.drop
     return res
 
 
