@@ -323,7 +323,8 @@ def run_zoo(index: str | Path, outroot: str | Path, *, force: bool = False, only
         unknown = sorted(set(only) - {e.name for e in entries})
         if unknown:
             raise DatasetError(f"not in the zoo index: {', '.join(unknown)}")
-        entries = [e for e in entries if e.name in only]
+        by_name = {e.name: e for e in entries}
+        entries = [by_name[n] for n in dict.fromkeys(only)]  # in the order given
     outroot = Path(outroot)
     (outroot / "results").mkdir(parents=True, exist_ok=True)
     (outroot / "logs").mkdir(exist_ok=True)
