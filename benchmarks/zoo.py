@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgesr.bench import machine_info  # noqa: E402
 from edgesr.cli.output import format_table  # noqa: E402
-from edgesr.zoo import SUMMARY_HEADERS, counts, run_zoo, summary_rows  # noqa: E402
+from edgesr.zoo import SUMMARY_HEADERS, counts, run_zoo, summary_rows, write_summary  # noqa: E402
 
 
 def main() -> int:
@@ -35,6 +35,7 @@ def main() -> int:
     ap.add_argument("--out", help="OUTROOT (default: a temporary folder, removed)")
     ap.add_argument("--only", help="comma-separated entry names")
     ap.add_argument("--no-bench", action="store_true", help="skip the per-model latency step")
+    ap.add_argument("--jobs", type=int, default=1, help="models converted at once (default 1)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "zoo.json"))
     args = ap.parse_args()
     tmp = None if args.out else tempfile.TemporaryDirectory(prefix="edgesr-zoo-")
@@ -55,30 +56,46 @@ def main() -> int:
     def record(results: list[dict], wall: float, complete: bool) -> dict:
         srt = sorted(loads) or [os.getloadavg()[0]]
         return {"command": "python benchmarks/zoo.py" + (f" --only {args.only}" if args.only else "")
-                + (" --no-bench" if args.no_bench else ""), "complete": complete,
+                + (" --no-bench" if args.no_bench else "") + (f" --jobs {args.jobs}" if args.jobs > 1 else ""),
+                "complete": complete, "jobs": args.jobs,
                 "wall_seconds": round(wall, 1), "machine": machine_info(),
                 "loadavg_1min": {"median": srt[len(srt) // 2], "min": srt[0], "max": srt[-1], "samples": len(srt)},
                 "counts": counts(results), "results": [{k: v for k, v in r.items() if k != "steps"} for r in results]}
+
+    def write_md(rec: dict) -> None:
+        """zoo.md: the summary table under a header saying how it was measured."""
+        write_summary([r for r in rec["results"]], out)
+        m, ld = rec["machine"], rec["loadavg_1min"]
+        head = [f"Measured by `{rec['command'][:120]}{'...' if len(rec['command']) > 120 else ''}` "
+                f"({'complete' if rec['complete'] else 'PARTIAL: the run was stopped before every model was done'}): "
+                f"{rec['counts']['models']} models in {rec['wall_seconds']:.0f} s wall, {rec['jobs']} at a time, on "
+                f"{m.get('cpu_model') or m.get('cpu') or '?'} ({m.get('logical_cpus') or '?'} cores); "
+                f"1-min load average during the run: median {ld['median']:.1f} (min {ld['min']:.1f}, max {ld['max']:.1f}) "
+                "- the machine was shared, so times are upper bounds of an idle machine's.", ""]
+        Path(args.json).with_suffix(".md").write_text("\n".join(head) + (out / "summary.md").read_text())
 
     def on_done(i, n, r):
         done.append(r)
         # Written after every model: an interrupted run still leaves what it measured.
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(record(done, time.perf_counter() - t0, False), indent=1,
-                                              default=str) + "\n")
+        rec = record(done, time.perf_counter() - t0, False)
+        Path(args.json).write_text(json.dumps(rec, indent=1, default=str) + "\n")
+        write_md(rec | {"results": done})
         print(f"[{i + 1}/{n}] {r['name']}: {'ok' if r.get('ok') else 'FAILED ' + str(r.get('category'))} "
               f"({r.get('seconds')} s, {time.perf_counter() - t0:.0f} s total)", file=sys.stderr, flush=True)
 
     only = [s for s in args.only.split(",") if s] if args.only else None
-    results = run_zoo(args.index, out, force=True, only=only, bench=not args.no_bench, on_done=on_done)
+    results = run_zoo(args.index, out, force=True, only=only, bench=not args.no_bench, jobs=args.jobs,
+                      on_done=on_done)
     wall = time.perf_counter() - t0
     stop.set()
     c = counts(results)
     print(format_table(SUMMARY_HEADERS, summary_rows(results)))
     print(f"\n{c['ok']} of {c['models']} converted end to end; wall {wall:.0f} s; "
           f"load avg during the run: median {sorted(loads)[len(loads) // 2]:.1f}, max {max(loads):.1f}")
-    Path(args.json).write_text(json.dumps(record(results, wall, True), indent=1, default=str) + "\n")
-    (Path(args.json).with_suffix(".md")).write_text((out / "summary.md").read_text())
+    rec = record(results, wall, True)
+    Path(args.json).write_text(json.dumps(rec, indent=1, default=str) + "\n")
+    write_md(rec | {"results": results})
     if tmp is not None:
         tmp.cleanup()
     return 0

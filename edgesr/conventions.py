@@ -93,6 +93,7 @@ def make_adapter(module, conv: Convention, native_range: float = 1.0):
             self.shift = mean is not None
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.contiguous()  # the layout authors feed (a channels-last input breaks some .view() calls)
             if self.bgr:
                 x = torch.cat([x[:, 2:3], x[:, 1:2], x[:, 0:1]], dim=1)
             if self.shift:

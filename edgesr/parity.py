@@ -119,7 +119,9 @@ def random_image(shape: Sequence[int], seed: int = 0, kind: str = "smooth",
     else:
         raise ParityError(f"unknown random image kind {kind!r} (smooth | uniform)")
     lo, hi = value_range
-    return (x * (hi - lo) + lo).astype(np.float32)
+    # C-contiguous NCHW: a transposed array would reach torch as a channels-last tensor, and some
+    # user code (.view() after convolutions) works only on the contiguous layout its authors fed it.
+    return np.ascontiguousarray((x * (hi - lo) + lo).astype(np.float32))
 
 
 def random_samples(sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES, channels: int = 3, seed: int = 0,

@@ -58,7 +58,10 @@ class ConvertOptions:
     input_range: float | None = None  # --input-range: skip the range search (still checked for plausibility)
     # refuse models whose output is no plausible SR (edgesr.conventions; $EDGESR_ALLOW_IMPLAUSIBLE=1 turns it off)
     check_conventions: bool = field(default_factory=lambda: __import__("edgesr.conventions").conventions.checks_enabled())
-    int8_search: bool = True  # False: all-int8 QDQ graph only (no sensitivity / mixed-precision search)
+    int8_search: bool = True  # False: all-int8 QDQ graph only (no sensitivity / mixed-precision search, no GPTQ)
+    # The zoo's light run (edgesr.zoo): a failed parity comparison is reported without localising the
+    # divergence or drawing heatmaps, and latency times the ONNX graphs only, briefly (not the torch module).
+    light_checks: bool = False
 
 
 @dataclass
@@ -428,9 +431,12 @@ def quantize_for(onnx_path: Path, out_path: Path, spec: Spec, profile: str, opts
 
     cfg = QuantConfig(profile=profile, psnr_budget=opts.psnr_budget if opts.int8_search else None,
                       progress=sys.stderr.isatty())
-    if not opts.int8_search:  # the zoo's cheap INT8: a calibrated QDQ graph, no search to feed
-        cfg = replace(cfg, num_patches=8)
     eval_set = None
+    if not opts.int8_search:  # the zoo's cheap INT8: a calibrated QDQ graph, no search to feed, no GPTQ
+        from .quant import held_out_eval_set
+
+        cfg = replace(cfg, num_patches=8, gptq=False)
+        eval_set = held_out_eval_set(spec.scale, max_side=256)
     fixed = opts_export_fixed_hw(onnx_path.parent) if onnx_path.name == "model.onnx" else None
     if fixed is not None:  # a fixed-shape graph: patches and evaluation images of exactly that size
         from .quant import held_out_eval_set
@@ -540,7 +546,8 @@ def run_parity(training, deploy, spec: Spec, staging: Path, int8_paths: dict[str
 
         samples = fixed_size_samples(spec.scale, fixed)
     report = check_parity(runners, samples, tolerances=tolerances or None, scale=spec.scale,
-                          heatmap_dir=staging / "heatmaps")
+                          heatmap_dir=None if opts.light_checks else staging / "heatmaps",
+                          localize=not opts.light_checks)
     d = report.to_dict()
     for c in d["comparisons"]:
         if c["test"] in info:
@@ -611,8 +618,10 @@ def measure_latency(staging: Path, deploy, spec: Spec, int8_paths: dict[str, Pat
         with torch.inference_mode():
             deploy(xt)
 
-    fns = {"torch:deploy": torch_fn} | {k: (lambda r=r: r.run(x)) for k, r in runners.items()}
-    stats = time_interleaved(fns, TimingPolicy(warmup_seconds=0.5, min_runs=5, min_seconds=1.0))
+    fns = ({} if opts.light_checks else {"torch:deploy": torch_fn}) | {k: (lambda r=r: r.run(x)) for k, r in runners.items()}
+    policy = (TimingPolicy(warmup_seconds=0.2, min_runs=3, min_seconds=0.3, max_runs=20) if opts.light_checks
+              else TimingPolicy(warmup_seconds=0.5, min_runs=5, min_seconds=1.0))
+    stats = time_interleaved(fns, policy)
     mpx = (h * spec.scale) * (w * spec.scale) / 1e6
     results = [{"backend": k, "size": f"{h}x{w}", "output": f"{h * spec.scale}x{w * spec.scale}",
                 **s.to_dict(), "mpix_per_s": round(mpx / (s.median_ms / 1e3), 2)} for k, s in stats.items()]

@@ -29,20 +29,29 @@ class ResolvedModel:
 
 
 def resolve_model(ref: str | Path, backend: str = "torch", scale: int | None = None, arch: str | None = None,
-                  form: str = "deploy", threads: int | None = None) -> ResolvedModel:
+                  form: str = "deploy", threads: int | None = None, input_range: float | None = None) -> ResolvedModel:
+    """`input_range` (--input-range): the range a registry checkpoint's weights expect, when it is not
+    its family's; the module is wrapped to take [0, 1] (before export, for the ort backend too)."""
     path = Path(ref)
     if not path.exists():
         raise CheckpointError(f"model not found: {path}")
+    if input_range is not None and (path.is_dir() or path.suffix.lower() in ONNX_SUFFIXES):
+        raise CheckpointError(f"--input-range applies to a checkpoint; {path.name} is a "
+                              f"{'bundle' if path.is_dir() else 'ONNX model'}, which already takes [0, 1] input")
     if backend not in ("torch", "ort"):
+        if input_range is not None:
+            raise CheckpointError(f"--input-range with --backend {backend}: convert the checkpoint with "
+                                  "--input-range first and evaluate its OUTDIR")
         return _openvino_or_int8(path, backend, scale, arch, form, threads)
     if path.is_dir():
         return _from_bundle(path, backend, scale, threads)
     if path.suffix.lower() in ONNX_SUFFIXES:
         return _from_onnx(path, backend, scale, threads)
-    return _from_checkpoint(path, backend, scale, arch, form, threads)
+    return _from_checkpoint(path, backend, scale, arch, form, threads, input_range)
 
 
-def _from_checkpoint(path: Path, backend: str, scale, arch, form: str, threads) -> ResolvedModel:
+def _from_checkpoint(path: Path, backend: str, scale, arch, form: str, threads,
+                     input_range: float | None = None) -> ResolvedModel:
     from .backends.torch_runner import TorchRunner
     from .registry import load_model
     from .reparam import reparameterize
@@ -53,6 +62,10 @@ def _from_checkpoint(path: Path, backend: str, scale, arch, form: str, threads) 
         from dataclasses import replace
 
         module, spec = reparameterize(module), replace(spec, form="deploy")
+    if input_range is not None:
+        from .conventions import Convention, make_adapter, native_range_of
+
+        module = make_adapter(module, Convention(input_range), native_range_of(module))
     if backend == "torch":
         return ResolvedModel(TorchRunner(module, name=f"torch:{spec.form}"), spec, "checkpoint", path)
     from .backends.ort_runner import OrtRunner

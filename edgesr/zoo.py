@@ -13,6 +13,8 @@ INDEX is a TOML file (see export/zoo/ntire-esr.toml)::
     key = "params_ema"                   # optional state_dict entry the author's loader took
     strict = true                        # as the author's load_state_dict
     input_range = 1                      # the author's data_range: checked against the inferred one
+    range_finding = 255                  # optional: where evidence contradicts input_range, the range
+    range_evidence = "..."               #   that must be found instead, and why (shown in the summary)
 
 Each model runs in its own subprocess (``python -m edgesr.zoo``): its code is imported in
 isolation (teams ship clashing ``models``/``block`` modules), a crash or a hang is that
@@ -67,6 +69,8 @@ class ZooEntry:
     strict: bool = True
     input_range: float | None = None
     scale: int | None = None
+    range_finding: float | None = None  # the range evidence says, where it contradicts input_range
+    range_evidence: str | None = None
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -124,7 +128,11 @@ def read_index(index: str | Path) -> list[ZooEntry]:
             paths=[root / p for p in m.get("paths", [])], kwargs=kwargs, key=m.get("key"),
             strict=bool(m.get("strict", True)),
             input_range=float(m["input_range"]) if m.get("input_range") is not None else None,
-            scale=m.get("scale", data.get("scale"))))
+            scale=m.get("scale", data.get("scale")),
+            range_finding=float(m["range_finding"]) if m.get("range_finding") is not None else None,
+            range_evidence=m.get("range_evidence")))
+        if (out[-1].range_finding is None) != (out[-1].range_evidence is None):
+            raise DatasetError(f"{where} ({name}): range_finding and range_evidence go together")
     return out
 
 
@@ -159,7 +167,7 @@ def convert_entry(entry: ZooEntry, outdir: Path, *, force: bool = False, int8: b
                       "seconds": 0.0}
     opts = ConvertOptions(
         outdir=outdir, checkpoint=entry.weights, scale=entry.scale, int8=int8, int8_profile="trt",
-        int8_search=False, ort_format=False, force=force, bench=bench, bench_output=(256, 256),
+        int8_search=False, light_checks=True, ort_format=False, force=force, bench=bench, bench_output=(256, 256),
         model=entry.code, model_kwargs=entry.kwargs, strict=entry.strict, weights_key=entry.key,
         import_paths=tuple(entry.paths))
     lines: list[str] = []
@@ -205,21 +213,31 @@ def judge(report: dict[str, Any], entry: ZooEntry) -> dict[str, Any]:
         "latency_ms": lat,
     }
     declared = entry.input_range
-    same = chosen is not None and declared is not None and abs(chosen - declared) < 1e-6
-    equivalent = declared is not None and any(lbl.startswith(f"range {declared:g},") for lbl in out["equivalent_conventions"])
-    out["range_matches"] = None if declared is None else bool(same or equivalent)
+    out["range_matches"] = _range_is(chosen, declared, out["equivalent_conventions"])
+    if entry.range_finding is not None:
+        out["range_finding"] = {"range": entry.range_finding, "evidence": entry.range_evidence,
+                                "confirmed": _range_is(chosen, entry.range_finding, out["equivalent_conventions"])}
+    expected = entry.range_finding if entry.range_finding is not None else declared
     if not out["parity_fp32_ok"]:
         worst = max(fp32, key=lambda c: c.get("max_abs") or 0.0) if fp32 else {}
         out |= {"category": "parity", "reason": f"{worst.get('test')} vs {worst.get('reference')}: max abs "
                                                 f"{worst.get('max_abs')} > 1e-4"}
-    elif out["range_matches"] is False:
+    elif expected is not None and not _range_is(chosen, expected, out["equivalent_conventions"]):
         out |= {"category": "range-mismatch",
-                "reason": f"inferred input range {chosen:g} ({conv.get('label')}), index says {declared:g}"}
+                "reason": f"inferred input range {_g(chosen)} ({conv.get('label')}), index says {expected:g}"}
     elif not out["int8_built"]:
         out |= {"category": "int8", "reason": "no INT8 graph"}
     else:
         out["ok"] = True
     return out
+
+
+def _range_is(chosen: float | None, want: float | None, equivalent: list[str]) -> bool | None:
+    """None when there is nothing to compare with; else whether `chosen` (or an equivalent) is `want`."""
+    if want is None:
+        return None
+    same = chosen is not None and abs(chosen - want) < 1e-6
+    return bool(same or any(lbl.startswith(f"range {want:g},") for lbl in equivalent))
 
 
 def _last_step(lines: list[str]) -> str | None:
@@ -288,32 +306,55 @@ def quick_check(entry: ZooEntry, workdir: Path, *, int8: bool = False) -> dict[s
 # ---- many models ---------------------------------------------------------------------------------
 
 def run_zoo(index: str | Path, outroot: str | Path, *, force: bool = False, only: list[str] | None = None,
-            timeout: float = DEFAULT_TIMEOUT_S, int8: bool = True, bench: bool = True,
+            timeout: float = DEFAULT_TIMEOUT_S, int8: bool = True, bench: bool = True, jobs: int = 1,
             on_start: Callable[[int, int, ZooEntry], None] | None = None,
             on_done: Callable[[int, int, dict], None] | None = None) -> list[dict[str, Any]]:
-    """Convert every entry (or those named in `only`), one subprocess each; continues past failures."""
+    """Convert every entry (or those named in `only`), one subprocess each, `jobs` at a time;
+    continues past failures. Results keep the index's order; callbacks come from one thread at a time."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .fsutil import atomic_write_json
+
+    if jobs < 1:
+        raise DatasetError(f"--zoo-jobs must be at least 1, got {jobs}")
     entries = read_index(index)
     if only:
         unknown = sorted(set(only) - {e.name for e in entries})
         if unknown:
             raise DatasetError(f"not in the zoo index: {', '.join(unknown)}")
-        entries = [e for e in entries if e.name in only]
+        by_name = {e.name: e for e in entries}
+        entries = [by_name[n] for n in dict.fromkeys(only)]  # in the order given
     outroot = Path(outroot)
     (outroot / "results").mkdir(parents=True, exist_ok=True)
     (outroot / "logs").mkdir(exist_ok=True)
-    results = []
-    for i, entry in enumerate(entries):
-        if on_start:
-            on_start(i, len(entries), entry)
-        res = _run_one(entry, outroot, force=force, timeout=timeout, int8=int8, bench=bench)
-        from .fsutil import atomic_write_json
+    lock = threading.Lock()
+    results: list[dict[str, Any] | None] = [None] * len(entries)
+    finished = [0]
 
+    def one(i: int) -> None:
+        entry = entries[i]
+        with lock:
+            if on_start:
+                on_start(i, len(entries), entry)
+        res = _run_one(entry, outroot, force=force, timeout=timeout, int8=int8, bench=bench)
         atomic_write_json(outroot / "results" / f"{entry.name}.json", res)
-        results.append(res)
-        if on_done:
-            on_done(i, len(entries), res)
-    write_summary(results, outroot)
-    return results
+        with lock:
+            results[i] = res
+            if on_done:
+                on_done(finished[0], len(entries), res)
+            finished[0] += 1
+
+    if jobs == 1:
+        for i in range(len(entries)):
+            one(i)
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for f in [pool.submit(one, i) for i in range(len(entries))]:
+                f.result()
+    done = [r for r in results if r is not None]
+    write_summary(done, outroot)
+    return done
 
 
 def _run_one(entry: ZooEntry, outroot: Path, *, force: bool, timeout: float, int8: bool, bench: bool) -> dict:
@@ -365,6 +406,7 @@ def summary_rows(results: list[dict]) -> list[list[Any]]:
         rows.append([
             r["name"], "ok" if r.get("ok") else "FAILED",
             (f"{_g(r.get('inferred_input_range'))}/{_g(r.get('declared_input_range'))}"
+             + (" (finding)" if (r.get("range_finding") or {}).get("confirmed") else "")
              if r.get("inferred_input_range") is not None else ""),
             (f"{r['psnr_y']:.2f} / {r['bicubic_psnr_y']:.2f}" if r.get("psnr_y") is not None
              and r.get("bicubic_psnr_y") is not None else ""),
@@ -390,6 +432,8 @@ def counts(results: list[dict]) -> dict[str, Any]:
             "ok_share": round(ok / len(results), 4) if results else 0.0, "failures_by_category": by_cat,
             "range_matches": sum(r.get("range_matches") is True for r in results),
             "range_checked": sum(r.get("range_matches") is not None for r in results),
+            "range_findings_confirmed": sorted(r["name"] for r in results
+                                               if (r.get("range_finding") or {}).get("confirmed")),
             "seconds": round(sum(r.get("seconds") or 0 for r in results), 1)}
 
 
@@ -408,6 +452,13 @@ def write_summary(results: list[dict], outroot: Path) -> None:
         md.append("| " + " | ".join(_md(v) for v in row) + " |")
     md += ["", "Failures by category: " + (", ".join(f"{k} {v}" for k, v in sorted(c["failures_by_category"].items()))
                                           or "none"), ""]
+    findings = [r for r in results if r.get("range_finding")]
+    if findings:
+        md += ["Input ranges where the evidence contradicts the author's test script (\"finding\" above; the "
+               "index entry holds the evidence):", ""]
+        md += [f"- {r['name']}: index {_g(r.get('declared_input_range'))}, edgesr infers "
+               f"{_g(r.get('inferred_input_range'))}, evidence says {_g(r['range_finding']['range'])}: "
+               f"{r['range_finding']['evidence']}" for r in findings] + [""]
     atomic_write_text(outroot / "summary.md", "\n".join(md))
     atomic_write_text(outroot / "summary.txt", format_table(SUMMARY_HEADERS, summary_rows(results)) + "\n")
 

@@ -123,7 +123,7 @@ def test_export_names_operator_and_line():
     with pytest.raises(ExportError) as e:
         export_user_model(net, Spec(arch="user:FFTNet", scale=4), Path("/nonexistent/x.onnx"))
     msg = str(e.value)
-    assert "fft" in msg and "broken.py:16" in msg, msg
+    assert "aten::fft_fft2" in msg and "broken.py:17" in msg, msg
 
 
 def test_fixed_size_fallback_is_stated(tmp_path):
@@ -137,7 +137,7 @@ def test_fixed_size_fallback_is_stated(tmp_path):
     res = export_user_model(net, Spec(arch="user:SizeBakedNet", scale=4), tmp_path / "m.onnx")
     d = res.to_dict()
     assert d["fixed_input_hw"] == [64, 64] and d["dynamic"] is False
-    assert "broken.py:29" in d["fixed_reason"], d["fixed_reason"]
+    assert "broken.py:30" in d["fixed_reason"], d["fixed_reason"]
     dims = [x.dim_value for x in onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 64, 64]
 
@@ -257,3 +257,24 @@ def test_cuda_calls_while_building_run_on_cpu():
     assert "cuda" not in torch.Tensor.__dict__  # restored: outside the build .cuda() behaves as usual
     with pytest.raises((AssertionError, RuntimeError)):
         torch.zeros(1).cuda()
+
+
+def test_eval_input_range_on_a_registry_checkpoint_with_ort(set5_dir, capsys, tmp_path):
+    """--input-range on a registry checkpoint: the convention wraps the module before export, so
+    --backend ort scores what --backend torch scores (it raised an internal error before)."""
+    from edgesr.pipeline import BUNDLED_CHECKPOINT
+
+    scores = {}
+    for backend in ("torch", "ort"):
+        rc = main(["eval", str(BUNDLED_CHECKPOINT), "--testset", str(set5_dir), "--scale", "4", "--backend", backend,
+                   "--input-range", "1", "--json"])
+        out = capsys.readouterr()
+        assert rc == 0, out.err
+        scores[backend] = json.loads(out.out)["psnr_y"]
+    assert abs(scores["torch"] - scores["ort"]) < 0.01 and scores["torch"] > 29.0, scores
+    # Where --input-range would be ignored it is refused instead, with one line saying what to do.
+    assert main(["bench", str(BUNDLED_CHECKPOINT), "--input-range", "255", "--size", "16x16"]) == 2
+    assert "honoured by convert and eval only" in capsys.readouterr().err
+    onnx = tmp_path / "m.onnx"
+    assert main(["quantize", str(BUNDLED_CHECKPOINT), "-o", str(onnx), "--input-range", "1"]) == 2
+    assert "--input-range" in capsys.readouterr().err

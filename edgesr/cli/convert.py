@@ -98,6 +98,8 @@ def add_parser(sub):
     z.add_argument("--zoo-only", metavar="NAME,...", help="convert only these index entries")
     z.add_argument("--zoo-timeout", type=argtypes.positive_seconds, default=1200, metavar="S",
                    help="seconds per model (default 1200)")
+    z.add_argument("--zoo-jobs", type=argtypes.int_range(1, 64, "a number of jobs"), default=1, metavar="N",
+                   help="models converted at once, each in its own process (default 1; their latency rows share the CPU)")
     return p
 
 
@@ -116,7 +118,7 @@ def run(args) -> int:
     from ..conventions import checks_enabled
     from .model_args import registry_input_range, user_options
 
-    user = user_options(args)
+    user = user_options(args, registry_range_ok=True)
     if args.threads is not None and args.threads < 1:
         raise EdgesrError(f"--threads must be a positive integer, got {args.threads}")
     if not (args.psnr_budget >= 0 and math.isfinite(args.psnr_budget)):
@@ -289,7 +291,8 @@ def _run_zoo(args) -> int:
 
     try:
         results = run_zoo(args.zoo, args.outdir, force=args.force, only=only, timeout=args.zoo_timeout,
-                          int8=True, bench=not args.no_bench, on_start=on_start, on_done=on_done)
+                          int8=True, bench=not args.no_bench, jobs=args.zoo_jobs, on_start=on_start,
+                          on_done=on_done)
     finally:
         if bar is not None:
             bar.close()

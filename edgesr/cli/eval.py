@@ -40,7 +40,7 @@ def run(args) -> int:
         raise ScaleMismatch(f"--scale must be a positive integer, got {args.scale}")
     from .model_args import registry_input_range, user_options
 
-    user = user_options(args)
+    user = user_options(args, registry_range_ok=True)
     if user is not None:
         from ..resolve import resolve_user_model
 
@@ -48,15 +48,7 @@ def run(args) -> int:
                                       **user)
     else:
         resolved = resolve_model(args.model, backend=args.backend, scale=args.scale, arch=args.arch,
-                                 threads=args.threads)
-        if registry_input_range(args) is not None:
-            from ..conventions import Convention, make_adapter, native_range_of
-
-            module = resolved.runner.module
-            from ..backends.torch_runner import TorchRunner
-
-            resolved.runner = TorchRunner(make_adapter(module, Convention(registry_input_range(args)),
-                                                       native_range_of(module)), name=resolved.runner.name)
+                                 threads=args.threads, input_range=registry_input_range(args))
     result = evaluate(resolved.runner, args.testset, args.scale, backend=args.backend, spec=resolved.spec)
     bicubic = None
     from ..conventions import checks_enabled

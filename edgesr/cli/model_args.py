@@ -27,8 +27,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "natural images (the output must still beat bicubic)")
 
 
-def user_options(args) -> dict | None:
-    """The --model options as keyword arguments of resolve_user_model, or None without --model."""
+def user_options(args, registry_range_ok: bool = False) -> dict | None:
+    """The --model options as keyword arguments of resolve_user_model, or None without --model.
+    registry_range_ok: the command applies --input-range to registry checkpoints too (convert, eval);
+    elsewhere --input-range without --model is refused rather than ignored."""
     from ..conventions import parse_input_range
     from ..errors import UserCodeError
     from ..usermodel import ModelRef, parse_kwargs
@@ -40,6 +42,9 @@ def user_options(args) -> dict | None:
                         ("--model-path", getattr(args, "model_path", None))):
             if v:
                 raise UserCodeError(f"{flag} needs --model FILE.py:NAME")
+        if not registry_range_ok and getattr(args, "input_range", None) is not None:
+            raise UserCodeError("--input-range without --model is honoured by convert and eval only: convert the "
+                                "checkpoint with --input-range and use its OUTDIR here, or pass --model FILE.py:NAME")
         return None
     return {"ref": ModelRef.parse(ref), "kwargs": parse_kwargs(args.model_kwargs), "strict": args.strict,
             "key": args.weights_key, "extra_paths": tuple(args.model_path or ()),

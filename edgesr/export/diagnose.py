@@ -108,15 +108,17 @@ def _traced_location(module, x, op: str | None) -> str:
 
 
 def explain_export_failure(module, spec: Spec, sample_hw: tuple[int, int], opset: int = 17,
-                           dynamic: bool = False) -> str:
+                           dynamic: bool = False, ctx=None) -> str:
     """Re-run the exporter to get the exception with its traceback: 'operator X at file:line: msg'."""
     import torch
+
+    from .rewrites import maybe
 
     roots = user_source_roots(module)
     x = torch.from_numpy(_sample((1, spec.in_channels, *sample_hw)))
     axes = {"input": {0: "batch", 2: "height", 3: "width"}} if dynamic else None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), maybe(ctx):
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (x,), io.BytesIO(), dynamo=False, opset_version=opset,
                               input_names=["input"], output_names=["output"], dynamic_axes=axes)
@@ -188,50 +190,64 @@ def export_user_model(module, spec: Spec, path: str | Path, *, source_checkpoint
     """export_onnx with dynamic H/W; when that fails (the exporter refuses an operator under
     dynamic shapes, or the graph does not reproduce PyTorch / does not run at another size), a
     fixed-size export, stated in the metadata and the result with the reason (operator and the
-    user's source line, TracerWarning locations); when that fails too, an ExportError naming them."""
+    user's source line, TracerWarning locations); when that fails too, an ExportError naming them.
+    Operations the exporter refuses but that have an exact exportable form (edgesr.export.rewrites:
+    Tensor.unfold, FFTs, kernels computed in forward) are rewritten during the trace; which ones
+    fired, and their eager check, are in the result's ``rewrites``."""
     from .onnx import export_onnx
+    from .rewrites import plan_rewrites
 
     sample = (1, spec.in_channels, max(32, spec.min_size), max(40, spec.min_size))
+    plan = plan_rewrites(module, [_sample((1, spec.in_channels, *_fit(sample[2:], spec))),
+                                  _sample((1, spec.in_channels, *_fit((17, 23), spec)))])
+    ctx = plan.context()
     try:
-        return export_onnx(module, spec, path, opset=opset, sample_shape=sample, source_checkpoint=source_checkpoint)
+        res = export_onnx(module, spec, path, opset=opset, sample_shape=sample, source_checkpoint=source_checkpoint,
+                          trace_context=ctx)
+        return _UserExport(res, plan)
     except ExportError as e:
-        dyn_error = _describe(module, spec, str(e), tuple(_fit(sample[2:], spec)), opset, dynamic=True)
+        dyn_error = _describe(module, spec, str(e), tuple(_fit(sample[2:], spec)), opset, dynamic=True, ctx=ctx)
     hw = tuple(_fit(FIXED_HW, spec))
     where = trace_size_warnings(module, spec, hw)
     reason = (f"dynamic H/W export failed ({dyn_error[:300]})"
               + ("; the trace fixed sizes at " + "; ".join(where) if where else ""))
     try:
         res = export_onnx(module, spec, path, opset=opset, dynamic=False, sample_shape=(1, spec.in_channels, *hw),
-                          source_checkpoint=source_checkpoint,
+                          source_checkpoint=source_checkpoint, trace_context=ctx,
                           metadata={"fixed_input_hw": list(hw), "fixed_reason": reason})
     except ExportError as e:
-        fixed_error = _describe(module, spec, str(e), hw, opset, dynamic=False)
-        raise ExportError(f"ONNX export failed: {fixed_error} (also with dynamic H/W: {dyn_error[:200]})") from None
+        fixed_error = _describe(module, spec, str(e), hw, opset, dynamic=False, ctx=ctx)
+        note = f"; {'; '.join(plan.notes)}" if plan.notes else ""
+        raise ExportError(f"ONNX export failed: {fixed_error} (also with dynamic H/W: {dyn_error[:200]}){note}") from None
     res.warnings.append(f"exported at a fixed {hw[0]}x{hw[1]} LR input (run larger images tile by tile): {reason}")
-    return _FixedResult(res, list(hw), reason)
+    return _UserExport(res, plan, list(hw), reason)
 
 
-def _describe(module, spec: Spec, msg: str, hw, opset: int, dynamic: bool) -> str:
+def _describe(module, spec: Spec, msg: str, hw, opset: int, dynamic: bool, ctx=None) -> str:
     """One line naming what broke: the operator and source line for exporter failures, the owning
     module for ONNX Runtime failures, the numbers otherwise."""
     if msg.startswith("torch.onnx.export failed"):
-        return explain_export_failure(module, spec, hw, opset, dynamic=dynamic)
+        return explain_export_failure(module, spec, hw, opset, dynamic=dynamic, ctx=ctx)
     if msg.startswith("ONNX Runtime cannot run"):
         return explain_ort_failure(module, msg)
     return msg
 
 
-class _FixedResult:
-    """An ExportResult whose to_dict() also says that (and why) the shape is fixed."""
+class _UserExport:
+    """An ExportResult whose to_dict() also says which export rewrites were applied and, for a
+    fixed-shape export, that (and why) the shape is fixed."""
 
-    def __init__(self, res, hw: list[int], reason: str):
-        self._res, self.fixed_hw, self.fixed_reason = res, hw, reason
+    def __init__(self, res, plan, hw: list[int] | None = None, reason: str | None = None):
+        self._res, self.rewrites, self.fixed_hw, self.fixed_reason = res, plan, hw, reason
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._res, name)
 
     def to_dict(self) -> dict[str, Any]:
-        return self._res.to_dict() | {"fixed_input_hw": self.fixed_hw, "fixed_reason": self.fixed_reason}
+        d = self._res.to_dict() | {"rewrites": self.rewrites.to_dict()}
+        if self.fixed_hw is not None:
+            d |= {"fixed_input_hw": self.fixed_hw, "fixed_reason": self.fixed_reason}
+        return d
 
 
 def fixed_size_samples(scale: int, hw: tuple[int, int]):

@@ -68,12 +68,14 @@ class ExportResult:
 def export_onnx(module, spec: Spec, path: str | Path, *, opset: int = DEFAULT_OPSET, dynamic: bool = True,
                 simplify: bool = True, check: bool = True, metadata: dict[str, Any] | None = None,
                 sample_shape: Sequence[int] = (1, 3, 32, 40), source_checkpoint: str | Path | None = None,
-                check_tol: float = CHECK_TOL) -> ExportResult:
+                check_tol: float = CHECK_TOL, trace_context=None) -> ExportResult:
     """Export `module` (normally the deploy form) to `path`; see the module docstring.
 
     ``metadata`` entries are added to ``metadata_props`` (values JSON-encoded unless str) and
     override the ones derived from `spec`. ``source_checkpoint`` (a path) is hashed into
     ``source_sha256``; a precomputed hash may also be passed as ``metadata["source_sha256"]``.
+    ``trace_context`` (a factory of context managers, e.g. edgesr.export.rewrites' mode) is
+    entered around the exporter's trace only: the checks compare with `module` as it is.
     """
     import onnx
     import torch
@@ -90,7 +92,11 @@ def export_onnx(module, spec: Spec, path: str | Path, *, opset: int = DEFAULT_OP
     sample = _random_input(sample_shape, spec, seed=0)
     notes: list[str] = []
 
-    model = _torch_export(module, sample, opset, dynamic)
+    if trace_context is None:
+        model = _torch_export(module, sample, opset, dynamic)
+    else:
+        with trace_context():
+            model = _torch_export(module, sample, opset, dynamic)
     _check_depth_to_space(model)
     _name_dims(model, spec, dynamic)
     _check(model, "exported")
