@@ -1,8 +1,9 @@
 """ncnn runner (the ``ncnn`` Python package, CPU) for .param/.bin pairs written by edgesr.
 
 Takes the edgesr convention (NCHW float32 batch); ncnn runs one CHW image at a time. Python
-ncnn's ``Mat(numpy_array)`` wraps the array's memory without owning it, so every array handed
-to ncnn is kept referenced until its extraction is done (freeing it early feeds garbage).
+ncnn's ``Mat(numpy_array)`` wraps the array's memory without owning it (and without a reference
+count), so the input is handed to ncnn as an owned clone: freeing a wrapped array early feeds
+garbage, and an in-place first layer dereferences the missing reference count (segfault).
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ class NcnnRunner:
         ex = self.net.create_extractor()
         if len(names) > 1:  # light mode frees intermediate blobs once consumed; keep them to read several
             ex.set_light_mode(False)
-        ex.input(self.inputs[0], ncnn.Mat(a))
+        # an owned copy: a Mat wrapping numpy memory has no reference count, and ncnn dereferences
+        # it when an in-place layer (BinaryOp, ReLU, ...) reads the input blob directly (segfault)
+        ex.input(self.inputs[0], ncnn.Mat(a).clone())
         out = {}
         for n in names:
             rc, m = ex.extract(n)

@@ -114,13 +114,20 @@ def convert_fp32_bytes(module, spec: Spec, hw: Sequence[int]) -> bytes:
         raise ExportError(f"LiteRT conversion failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
 
 
-def quantize_int8_bytes(fp32: bytes, calibration: Sequence[np.ndarray]) -> bytes:
-    """Full-integer INT8 (.tflite bytes) from fp32 .tflite bytes, calibrated on NCHW inputs."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-        from ai_edge_quantizer import quantizer, recipe
-    except ImportError as e:
-        raise BackendUnavailable(f"LiteRT INT8 needs ai-edge-quantizer ({e.name or e}): {EXTRA}") from None
+def calibration_ranges(fp32: bytes, calibration: Sequence[np.ndarray],
+                       input_range: tuple[float, float] | None = None) -> dict[str, Any]:
+    """ai-edge-quantizer calibration result ({tensor: {"min", "max"}}) with the true minimum and
+    maximum over `calibration` (NCHW inputs).
+
+    The quantizer's own ``calibrate`` keeps an exponential moving average of per-sample
+    min/max (smoothing 0.95), which clips: on ETDS-T it mapped the [0, 1] input to
+    [0.044, 0.957] and the clamped [0, 1] output to [0.033, 0.970], costing bright and dark
+    pictures up to 2 dB. `input_range` (the model's value range) is added to the input's range,
+    so the int8 input covers every legal value (scale 1/255 for [0, 1]: 8-bit pictures exactly)."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import calibrator, recipe, recipe_manager
+    from ai_edge_quantizer.utils import qsv_utils
+
     it = Interpreter(model_content=fp32)
     sigs = it.get_signature_list()
     if len(sigs) != 1:
@@ -128,11 +135,37 @@ def quantize_int8_bytes(fp32: bytes, calibration: Sequence[np.ndarray]) -> bytes
     sig = next(iter(sigs))
     name = sigs[sig]["inputs"][0]
     data = [{name: np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=np.float32)} for x in calibration]
+    rm = recipe_manager.RecipeManager()
+    rm.load_quantization_recipe(recipe.static_wi8_ai8())
+    with quiet_native():
+        cal = calibrator.Calibrator(fp32, num_threads=1, qsv_update_func=qsv_utils.min_max_update)
+        cal.calibrate({sig: data}, rm)
+    qsvs = cal.get_model_qsvs()
+    if input_range is not None:
+        tensor = it.get_input_details()[0]["name"]
+        q = qsvs.get(tensor)
+        if q:
+            q["min"] = np.minimum(q["min"], np.float32(input_range[0]))
+            q["max"] = np.maximum(q["max"], np.float32(input_range[1]))
+    return qsvs
+
+
+def quantize_int8_bytes(fp32: bytes, calibration: Sequence[np.ndarray],
+                        input_range: tuple[float, float] | None = None) -> bytes:
+    """Full-integer INT8 (.tflite bytes) from fp32 .tflite bytes, calibrated on NCHW inputs
+    (true min-max ranges, :func:`calibration_ranges`)."""
     try:
+        from ai_edge_quantizer import quantizer, recipe
+    except ImportError as e:
+        raise BackendUnavailable(f"LiteRT INT8 needs ai-edge-quantizer ({e.name or e}): {EXTRA}") from None
+    try:
+        ranges = calibration_ranges(fp32, calibration, input_range)
         with quiet_native():
             qt = quantizer.Quantizer(bytearray(fp32))
             qt.load_quantization_recipe(recipe.static_wi8_ai8())
-            result = qt.quantize(qt.calibrate({sig: data}))
+            result = qt.quantize(ranges)
+    except QuantizationError:
+        raise
     except Exception as e:  # noqa: BLE001 - the quantizer raises many types
         raise QuantizationError(f"LiteRT INT8 quantization failed: {type(e).__name__}: "
                                 f"{str(e).splitlines()[0][:300]}") from None

@@ -214,6 +214,7 @@ _WEIGHTED = {
     "MemoryData": lambda la: [("raw", max(1, int(la.get(0))) * max(1, int(la.get(1))) * max(1, int(la.get(11)))
                                * max(1, int(la.get(2))))],
     "LayerNorm": lambda la: [("raw", int(la.get(0))), ("raw", int(la.get(0)))] if int(la.get(2, 1)) else [],
+    "Padding": lambda la: [("raw", int(la.get(6)))] if int(la.get(6)) else [],
     "InnerProduct": lambda la: [("tagged", int(la.get(2)))] + ([("raw", int(la.get(0)))] if int(la.get(1)) else []),
 }
 _NO_WEIGHTS = {"Input", "Split", "Concat", "Crop", "Slice", "PixelShuffle", "BinaryOp", "UnaryOp", "ReLU", "Sigmoid",

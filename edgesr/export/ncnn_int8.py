@@ -1,0 +1,275 @@
+"""ncnn INT8 in ncnn's own scheme, done in Python (``ncnn2table`` + ``ncnn2int8`` do not ship in
+the ncnn wheel or in Debian 12), with the rewrites that keep SR pictures.
+
+ncnn quantizes what a Convolution reads: its input ("bottom blob") with one symmetric scale
+``127 / max|x|`` (no zero point), its weights per output channel ``127 / max|w|``; the int32 sum
+is dequantized to float, the bias and the fused activation run in float, and everything else
+(residual adds, PReLU, PixelShuffle) stays float. That is the placement of edgesr's ONNX
+``trt`` profile (:mod:`edgesr.quant.profiles`), so the same steps apply
+(see :mod:`edgesr.export.mobile_int8` for the ones done on the PyTorch module):
+
+* **zero-centring** (:func:`center_conv_inputs`, exact): a [0, R] conv input (a ReLU output,
+  the [0, 1] picture) quantized symmetrically wastes half of the int8 codes. The input is
+  shifted by ``c = (lo + hi) / 2`` before it is quantized: a producing Convolution with a fused
+  ReLU gets ``bias - c`` and a Clip(min=-c) activation (``max(z, 0) - c == max(z - c, -c)``),
+  any other producer gets a float ``BinaryOp`` subtracting ``c``; the consumer pads with ``-c``
+  (an explicit float ``Padding`` layer, its own padding set to 0, so the border still means 0)
+  and its bias gains ``c * sum(W)`` per output channel. Checked in fp32 on the calibration data.
+* **scales** from the calibrated range of each (centred) input (:func:`blob_ranges`).
+* **mixed precision** (:func:`quantize_mixed`): when the Y-PSNR drop on the held-out sample
+  photos exceeds the budget, the convolution whose float version gains the most stays float,
+  repeatedly, until it holds.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import QuantizationError
+from ..spec import Spec
+from .ncnn import TAG_FP32, TAG_INT8, Layer, _align4, _read_weights, parse_param, walk_bin
+
+CONV_TYPES = ("Convolution", "ConvolutionDepthWise")
+FLT_MAX = 3.4028234663852886e38
+CENTER_MIN_GAIN = 1.25  # centre when max(|lo|, |hi|) / ((hi - lo) / 2) reaches this
+EXACT_TOL = 1e-4
+
+
+# --------------------------------------------------------------------------- model editing
+
+
+class NcnnModel:
+    """A .param/.bin pair as editable layers, each with its raw weight chunk."""
+
+    def __init__(self, param: str, weights: bytes):
+        self.header, self.layers = parse_param(param)
+        spans = walk_bin(self.layers, weights)
+        self.chunks = [b"".join(weights[o:o + n] for o, n in s) for s in spans]
+
+    def text(self) -> str:
+        blobs = {b for la in self.layers for b in la.bottoms + la.tops}
+        head = [self.header[0], f"{len(self.layers)} {len(blobs)}"]
+        return "\n".join(head + [la.line() for la in self.layers]) + "\n"
+
+    def bin(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def index(self, name: str) -> int:
+        return next(i for i, la in enumerate(self.layers) if la.name == name)
+
+    def producer(self, blob: str) -> int | None:
+        return next((i for i, la in enumerate(self.layers) if blob in la.tops), None)
+
+    def consumers(self, blob: str) -> list[int]:
+        return [i for i, la in enumerate(self.layers) if blob in la.bottoms]
+
+    def conv_arrays(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(float weights O x rest, bias or None) of Convolution layer i (fp32/fp16 weights)."""
+        la, chunk = self.layers[i], self.chunks[i]
+        n_out, size = int(la.get(0)), int(la.get(6))
+        w = _read_weights(chunk, (0, 0), size).reshape(n_out, -1)
+        nw = 4 + (4 * size if struct.unpack_from("<I", chunk, 0)[0] == TAG_FP32 else _align4(2 * size))
+        bias = np.frombuffer(chunk, "<f4", n_out, nw).astype(np.float64) if int(la.get(5)) else None
+        return w.astype(np.float64), bias
+
+    def set_conv(self, i: int, w: np.ndarray, bias: np.ndarray | None) -> None:
+        """Store float32 weights (tag fp32) and bias of Convolution layer i (not yet INT8)."""
+        la = self.layers[i]
+        if int(la.get(8)):
+            raise QuantizationError(f"ncnn: {la.name} is already INT8")
+        data = struct.pack("<I", TAG_FP32) + np.ascontiguousarray(w, "<f4").tobytes()
+        if bias is not None:
+            la.params[5] = "1"
+            data += np.ascontiguousarray(bias, "<f4").tobytes()
+        self.chunks[i] = data
+
+    def insert(self, at: int, layer: Layer) -> None:
+        self.layers.insert(at, layer)
+        self.chunks.insert(at, b"")
+
+
+def _pads(la: Layer) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of a Convolution; None for 'same'-style negative pads."""
+    left = int(la.get(4))
+    right = int(la.get(15, left))
+    top = int(la.get(14, left))
+    bottom = int(la.get(16, top))
+    pads = (top, bottom, left, right)
+    return None if min(pads) < 0 else pads
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def conv_layers(param: str) -> list[str]:
+    """Names of the layers ncnn can run in INT8 (Convolution, ConvolutionDepthWise)."""
+    return [la.name for la in parse_param(param)[1] if la.type in CONV_TYPES]
+
+
+def blob_ranges(param: str, weights: bytes, calibration: Sequence[np.ndarray]) -> dict[str, tuple[float, float]]:
+    """ncnn2table in Python: (min, max) of every convolution input over `calibration`."""
+    from ..backends.ncnn_runner import NcnnRunner
+
+    layers = parse_param(param)[1]
+    blobs = sorted({la.bottoms[0] for la in layers if la.type in CONV_TYPES})
+    runner = NcnnRunner(param, weights, name="ncnn:calibration")
+    lo = {b: np.inf for b in blobs}
+    hi = {b: -np.inf for b in blobs}
+    for x in calibration:
+        for blob, value in runner.blobs(x, blobs).items():
+            lo[blob] = min(lo[blob], float(value.min()))
+            hi[blob] = max(hi[blob], float(value.max()))
+    for b in blobs:
+        if not (np.isfinite(lo[b]) and np.isfinite(hi[b])):
+            raise QuantizationError(f"ncnn INT8: blob {b} is not finite on the calibration patches")
+    return {b: (lo[b], hi[b]) for b in blobs}
+
+
+def calibrate(param: str, weights: bytes, calibration: Sequence[np.ndarray]) -> dict[str, float]:
+    """The largest |input| of every convolution over `calibration` (the INT8 input scale is 127 / it)."""
+    return {b: max(abs(lo), abs(hi)) for b, (lo, hi) in blob_ranges(param, weights, calibration).items()}
+
+
+# --------------------------------------------------------------------------- zero-centring
+
+
+def center_conv_inputs(param: str, weights: bytes, ranges: dict[str, tuple[float, float]],
+                       min_gain: float = CENTER_MIN_GAIN) -> tuple[str, bytes, list[dict[str, Any]]]:
+    """Shift every (group 1) Convolution input whose calibrated range [lo, hi] would waste
+    symmetric int8 codes; see the module docstring. Returns (param, bin, what was done)."""
+    model = NcnnModel(param, weights)
+    done = []
+    for name in [la.name for la in model.layers if la.type == "Convolution"]:
+        i = model.index(name)
+        b = model.layers[i]
+        if int(b.get(8)) or b.bottoms[0] not in ranges:
+            continue
+        pads = _pads(b)
+        if pads is None:
+            continue
+        t = b.bottoms[0]
+        lo, hi = ranges[t]
+        half = (hi - lo) / 2.0
+        if not half > 0 or max(abs(lo), abs(hi)) / half < min_gain:
+            continue
+        c = float(np.float32((hi + lo) / 2.0))
+        p = model.producer(t)
+        pl = model.layers[p] if p is not None else None
+        if (pl is not None and pl.type == "Convolution" and int(pl.get(9)) == 1 and not int(pl.get(8))
+                and model.consumers(t) == [i]):
+            w, bias = model.conv_arrays(p)
+            model.set_conv(p, w, (bias if bias is not None else np.zeros(w.shape[0])) - c)
+            pl.params[9] = "3"
+            pl.params.pop(10, None)
+            pl.params[-23310] = f"2,{-c:.9e},{FLT_MAX:.9e}"
+            shifted, how = t, "relu->clip"
+        else:
+            shifted = f"{t}_c_{name}"
+            model.insert(i, Layer("BinaryOp", f"{name}_center", [t], [shifted], {0: "1", 1: "1", 2: f"{c:.9e}"}))
+            i += 1
+            how = "sub"
+        if any(pads):
+            padded = f"{t}_p_{name}"
+            top, bottom, left, right = pads
+            model.insert(i, Layer("Padding", f"{name}_pad", [shifted], [padded],
+                                  {0: str(top), 1: str(bottom), 2: str(left), 3: str(right), 4: "0",
+                                   5: f"{-c:.9e}"}))
+            i += 1
+            for k in (4, 14, 15, 16):
+                b.params[k] = "0"
+            shifted = padded
+        b.bottoms[0] = shifted
+        w, bias = model.conv_arrays(i)
+        model.set_conv(i, w, (bias if bias is not None else np.zeros(w.shape[0])) + c * w.sum(axis=1))
+        done.append({"conv": name, "blob": t, "shift": c, "lo": lo, "hi": hi, "how": how})
+    return model.text(), model.bin(), done
+
+
+# --------------------------------------------------------------------------- quantization
+
+
+def quantize_int8(param: str, weights: bytes, amax: dict[str, float],
+                  skip: Sequence[str] = ()) -> tuple[str, bytes, dict[str, Any]]:
+    """ncnn2int8 in Python: every Convolution / ConvolutionDepthWise (except the layers named in
+    `skip`) gets int8 weights with per-output-channel scales ``127 / max|w|`` and an input scale
+    ``127 / amax[input blob]`` (``int8_scale_term=2``)."""
+    model = NcnnModel(param, weights)
+    convs = [i for i, la in enumerate(model.layers) if la.type in CONV_TYPES and la.name not in skip
+             and not int(la.get(8))]
+    if not convs:
+        raise QuantizationError("ncnn INT8: no convolution left to quantize")
+    table = {}
+    for i in convs:
+        la, chunk = model.layers[i], model.chunks[i]
+        groups = int(la.get(7, 1)) if la.type == "ConvolutionDepthWise" else 1
+        size = int(la.get(6))
+        w = _read_weights(chunk, (0, 0), size).reshape(int(la.get(0)) if groups == 1 else groups, -1)
+        wmax = np.abs(w).max(axis=1)
+        w_scale = np.where(wmax > 0, 127.0 / np.maximum(wmax, 1e-30), 1.0).astype(np.float32)
+        q = np.clip(np.round(w * w_scale[:, None]), -127, 127).astype(np.int8).reshape(-1)
+        blob_max = amax.get(la.bottoms[0])
+        if blob_max is None or not np.isfinite(blob_max):
+            raise QuantizationError(f"ncnn INT8: no finite calibrated range for the input of {la.name}")
+        in_scale = np.float32(127.0 / blob_max if blob_max > 0 else 1.0)
+        nw = 4 + (4 * size if struct.unpack_from("<I", chunk, 0)[0] == TAG_FP32 else _align4(2 * size))
+        model.chunks[i] = (struct.pack("<I", TAG_INT8) + q.tobytes() + b"\0" * (_align4(q.size) - q.size)
+                           + chunk[nw:] + w_scale.astype("<f4").tobytes() + np.array([in_scale], "<f4").tobytes())
+        la.params[8] = "2"
+        table[la.name] = {"input_max": round(float(blob_max), 6), "input_scale": float(in_scale)}
+    return model.text(), model.bin(), {
+        "quantized_layers": len(table), "float_layers": list(skip), "table": table,
+        "scheme": "ncnn int8_scale_term=2: int8 weights per output channel (127/max|w|), "
+                  "int8 input per tensor (127/max|x|, symmetric)"}
+
+
+def _score(param: str, weights: bytes, spec: Spec, pairs) -> float:
+    from ..backends.ncnn_runner import NcnnRunner
+    from ..metrics import psnr_y
+    from ..quant.calibration import from_model_output, to_model_input
+
+    runner = NcnnRunner(param, weights, name="ncnn:eval")
+    vals = [psnr_y(np.clip(from_model_output(runner.run(to_model_input(p.lr, spec)[None])[0], spec), 0, 1),
+                   p.hr, spec.scale) for p in pairs]
+    return float(np.mean(vals))
+
+
+def quantize_mixed(param: str, weights: bytes, spec: Spec, amax: dict[str, float], psnr_budget: float | None,
+                   reference: tuple[str, bytes] | None = None) -> tuple[str, bytes, dict[str, Any]]:
+    """INT8 with every convolution quantized, then (greedy) the one whose float version gains
+    the most Y-PSNR kept float, until the drop vs `reference` (the unprepared fp32 model;
+    default: `param`/`weights` themselves) on the held-out sample photos (never the calibration
+    photos) is within `psnr_budget` dB."""
+    from ..quant.calibration import held_out_eval_set
+
+    pairs = held_out_eval_set(spec.scale).pairs
+    base = _score(*(reference or (param, weights)), spec, pairs)
+    skip: list[str] = []
+    q = quantize_int8(param, weights, amax, skip)
+    drop_all = drop = base - _score(q[0], q[1], spec, pairs)
+    steps = [{"float_layers": [], "drop": round(drop, 4)}]
+    while psnr_budget is not None and drop > psnr_budget:
+        left = [n for n in conv_layers(param) if n not in skip]
+        if len(left) <= 1:
+            break
+        trials = []
+        for n in left:
+            t = quantize_int8(param, weights, amax, skip + [n])
+            trials.append((base - _score(t[0], t[1], spec, pairs), n, t))
+        drop, name, q = min(trials, key=lambda r: r[0])
+        skip.append(name)
+        steps.append({"float_layers": list(skip), "drop": round(drop, 4)})
+    text, data, info = q
+    return text, data, info | {"eval_set": "sample-held-out", "psnr_fp32": round(base, 4),
+                               "drop_all_int8": round(drop_all, 4), "drop": round(drop, 4),
+                               "within_budget": psnr_budget is None or drop <= psnr_budget,
+                               "psnr_budget": psnr_budget, "search": steps}
+
+
+def max_abs_change(a: tuple[str, bytes], b: tuple[str, bytes], inputs: Sequence[np.ndarray]) -> float:
+    from ..backends.ncnn_runner import NcnnRunner
+
+    ra, rb = NcnnRunner(*a, name="ncnn:a"), NcnnRunner(*b, name="ncnn:b")
+    return max(float(np.abs(ra.run(x) - rb.run(x)).max()) for x in inputs)
