@@ -1,7 +1,8 @@
 """Turn what a user names on the command line into a runnable model.
 
-A MODEL argument is a checkpoint (.pth/.pt/.ckpt/.safetensors), an ONNX / ORT file,
-or an OUTDIR written by `edgesr convert` (holding manifest.json).
+A MODEL argument is a checkpoint (.pth/.pt/.ckpt/.safetensors), an ONNX / ORT file, a mobile
+artifact (.tflite, ncnn .param; Core ML: "no runtime on this machine"), or an OUTDIR written by
+`edgesr convert` (holding manifest.json).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .spec import Spec
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".sft")
 ONNX_SUFFIXES = (".onnx", ".ort")
-BACKENDS = ("torch", "ort")
+BACKENDS = ("torch", "ort", "litert", "litert-int8", "ncnn", "ncnn-int8", "coreml")
 
 
 @dataclass
@@ -32,8 +33,17 @@ def resolve_model(ref: str | Path, backend: str = "torch", scale: int | None = N
     path = Path(ref)
     if not path.exists():
         raise CheckpointError(f"model not found: {path}")
+    from .backends.mobile import MOBILE_BACKENDS, is_mobile_artifact
+
     if path.is_dir():
+        if backend in MOBILE_BACKENDS:
+            return _from_mobile(path, backend, scale, threads)
         return _from_bundle(path, backend, scale, threads)
+    if is_mobile_artifact(path):
+        return _from_mobile(path, backend, scale, threads)
+    if backend in MOBILE_BACKENDS:
+        raise CheckpointError(f"--backend {backend} runs a mobile artifact: pass the .tflite / .param file or a "
+                              f"convert OUTDIR that holds one, not {path.name}")
     if path.suffix.lower() in ONNX_SUFFIXES:
         return _from_onnx(path, backend, scale, threads)
     return _from_checkpoint(path, backend, scale, arch, form, threads)
@@ -98,3 +108,33 @@ def _from_bundle(path: Path, backend: str, scale, threads) -> ResolvedModel:
         resolved = _from_checkpoint(art.path, "torch", scale, manifest.spec.arch, "deploy", threads)
     resolved.kind = "bundle"
     return resolved
+
+
+def _from_mobile(path: Path, backend: str, scale, threads) -> ResolvedModel:
+    """A .tflite / .param file (spec from the manifest.json beside it, else --scale), or the
+    artifact of a mobile `backend` in a convert OUTDIR. Fixed-size .tflite files tile with boxes
+    of exactly their size (:class:`edgesr.backends.mobile.FixedBoxRunner`)."""
+    from .backends.mobile import MOBILE_BACKENDS, coreml_unavailable, mobile_runner_for, spec_beside
+    from .bundle import read_manifest
+
+    spec = manifest = None
+    if path.is_dir():
+        manifest = read_manifest(path)
+        spec = manifest.spec
+        if scale is not None and spec.scale != scale:
+            raise ScaleMismatch(f"--scale {scale} does not match {path} (x{spec.scale})")
+        try:
+            path = manifest.artifact(MOBILE_BACKENDS[backend]).path
+        except Exception:  # noqa: BLE001 - BundleError: the role is absent
+            if backend == "coreml":
+                raise CheckpointError(f"{path} holds no Core ML package (convert with --coreml)") from None
+            flag = {"litert": "--tflite", "ncnn": "--ncnn"}[backend.split("-")[0]]
+            raise CheckpointError(f"{path} holds no {MOBILE_BACKENDS[backend]} artifact (convert with {flag}"
+                                  f"{' --int8' if backend.endswith('int8') else ''})") from None
+    if path.name.lower().endswith((".mlpackage", ".mlpackage.zip")):
+        raise coreml_unavailable(path)
+    if spec is None:
+        spec, manifest = spec_beside(path, scale)
+    runtime = "litert" if path.suffix.lower() == ".tflite" else "ncnn"
+    runner = mobile_runner_for(path, spec, threads, name=f"{runtime}:{path.name}")
+    return ResolvedModel(runner, spec, "mobile" if manifest is None else "bundle", path)

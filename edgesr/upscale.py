@@ -295,6 +295,8 @@ def upscale(model, input: str | Path, output: str | Path, *, tile: int | None = 
         model, backend=backend, scale=scale, arch=arch, threads=threads)
     if scale is not None and resolved.spec.scale != scale:
         raise ScaleMismatch(f"--scale {scale} does not match the model (x{resolved.spec.scale})")
+    if getattr(resolved.runner, "tiles_itself", False):  # a fixed-size .tflite: boxes of exactly its size
+        tile, overlap = 0, None
     if folder:
         jobs[0].dst.parent.mkdir(parents=True, exist_ok=True)
     results: list[UpscaleResult | UpscaleFailure] = []

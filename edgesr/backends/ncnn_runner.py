@@ -32,7 +32,7 @@ class NcnnRunner:
 
     def __init__(self, param: str | os.PathLike, weights: bytes | None = None, *, name: str | None = None,
                  fp16: bool = False, threads: int | None = None):
-        from ..export.ncnn import io_names
+        from ..export.ncnn import input_shape, io_names
 
         ncnn = _ncnn()
         if weights is None:
@@ -47,6 +47,7 @@ class NcnnRunner:
         self.name = name or f"ncnn:{self.source}"
         self.param_text = text
         self.inputs, self.outputs = io_names(text)
+        self.input_hw = input_shape(text)  # fixed-size model (declared by its Input layer), or None
         if len(self.inputs) != 1 or len(self.outputs) != 1:
             raise ExportError(f"{self.source}: expected one input and one output blob, found "
                               f"{self.inputs} -> {self.outputs}")
@@ -69,7 +70,8 @@ class NcnnRunner:
                 raise ExportError(f"ncnn cannot load the weights of {self.source} (.bin does not match the .param)")
 
     def io(self) -> dict[str, Any]:
-        return {"input": {"name": self.inputs[0], "dtype": "float32", "layout": "CHW", "shape": ["C", "H", "W"]},
+        shape = ["C", "H", "W"] if self.input_hw is None else ["C", *self.input_hw]
+        return {"input": {"name": self.inputs[0], "dtype": "float32", "layout": "CHW", "shape": shape},
                 "output": {"name": self.outputs[0], "dtype": "float32", "layout": "CHW",
                            "shape": ["C", "H*scale", "W*scale"]}}
 
@@ -93,6 +95,12 @@ class NcnnRunner:
         return out
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        if self.input_hw is not None and tuple(x.shape[2:]) != self.input_hw:
+            from ..errors import ImageError
+
+            h, w = self.input_hw
+            raise ImageError(f"{self.source} takes one fixed input size, {h}x{w} LR pixels; got "
+                             f"{'x'.join(map(str, x.shape))} (NCHW). Run tiles of {h}x{w}, or convert for this size")
         ys = []
         for i in range(x.shape[0]):
             ys.append(self.blobs(x[i:i + 1], self.outputs)[self.outputs[0]][None])

@@ -18,7 +18,10 @@ def add_parser(sub):
     p.add_argument("--overlap", type=int, default=None,
                    help="input pixels added on each side of a tile (default: the receptive field, which makes "
                         "tiled == untiled; smaller values may show seams)")
-    p.add_argument("--backend", choices=["torch", "ort"], default="torch")
+    p.add_argument("--backend", choices=["torch", "ort", "litert", "litert-int8", "ncnn", "ncnn-int8", "coreml"],
+                   default="torch", help="torch / ort; from a convert OUTDIR also its mobile artifacts (litert, "
+                                         "ncnn and their -int8; coreml: no runtime here). A .tflite / .param "
+                                         "MODEL runs on its own runtime")
     p.add_argument("--scale", type=int, help="expected upscaling factor (checked against the model)")
     p.add_argument("--arch", help="architecture name, when detection from the checkpoint is not enough")
     p.add_argument("--threads", type=int, help="intra-op threads (torch and ONNX Runtime)")

@@ -57,13 +57,32 @@ class PrepReport:
 
 
 @dataclass(frozen=True)
-class PrepOptions:
+class Int8Options:
+    """What the mobile INT8 paths do (every step on by default; off only to measure its effect).
+
+    equalize / alpha / max_scale, gptq, bias_correction, damp: PyTorch-level steps (module docstring);
+    center: ncnn zero-centring of conv inputs (symmetric activations; :mod:`edgesr.export.ncnn_int8`);
+    ranges: LiteRT activation ranges, "minmax" (true min/max over the calibration inputs) or
+        "moving-average" (ai-edge-quantizer's own default, which clips);
+    full_input_range: LiteRT input range covers the model's whole value range.
+    """
+
     equalize: bool = True
     alpha: float = 1.0
     max_scale: float = 64.0
     gptq: bool = True
     bias_correction: bool = True
     damp: float = 0.01
+    center: bool = True
+    ranges: str = "minmax"
+    full_input_range: bool = True
+
+    def __post_init__(self):
+        if self.ranges not in ("minmax", "moving-average"):
+            raise QuantizationError(f"ranges must be minmax or moving-average, got {self.ranges!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def conv_modules(module) -> dict[str, Any]:
@@ -282,14 +301,14 @@ def quantize_weights(module, inputs: Sequence[np.ndarray], *, gptq: bool = True,
     return report
 
 
-def prepare_int8(module, inputs: Sequence[np.ndarray], options: PrepOptions | None = None, *,
+def prepare_int8(module, inputs: Sequence[np.ndarray], options: Int8Options | None = None, *,
                  symmetric: bool = True) -> tuple[Any, PrepReport]:
     """(prepared copy of `module`, PrepReport). `inputs`: NCHW float32 calibration arrays.
     symmetric: equalize max|x| per channel (symmetric activations, ncnn) or max - min(min, 0)
     (asymmetric, LiteRT)."""
     import torch
 
-    opts = options or PrepOptions()
+    opts = options or Int8Options()
     if not inputs:
         raise QuantizationError("INT8 preparation needs calibration inputs")
     original = module.eval().float().cpu()
@@ -309,3 +328,20 @@ def prepare_int8(module, inputs: Sequence[np.ndarray], options: PrepOptions | No
         quantize_weights(prepared, inputs, gptq=opts.gptq, bias_correction=opts.bias_correction, damp=opts.damp,
                          report=report)
     return prepared, report
+
+
+def greedy_float_search(layers: Sequence[str], drop_of, budget: float | None,
+                        max_float: int | None = None) -> tuple[list[str], float, list[dict[str, Any]]]:
+    """Mixed precision: starting from every layer INT8, keep float the layer whose float version
+    lowers the drop most, one at a time, until ``drop_of(float_layers) <= budget`` (None: no
+    search). Returns (float layers, final drop, steps)."""
+    skip: list[str] = []
+    drop = drop_of(skip)
+    steps = [{"float_layers": [], "drop": round(drop, 4)}]
+    limit = len(layers) - 1 if max_float is None else min(max_float, len(layers) - 1)
+    while budget is not None and drop > budget and len(skip) < limit:
+        trials = [(drop_of(skip + [n]), n) for n in layers if n not in skip]
+        drop, name = min(trials)
+        skip.append(name)
+        steps.append({"float_layers": list(skip), "drop": round(drop, 4)})
+    return skip, drop, steps

@@ -225,6 +225,101 @@ def quantize_int8(param: str, weights: bytes, amax: dict[str, float],
                   "int8 input per tensor (127/max|x|, symmetric)"}
 
 
+def max_abs_change(a: tuple[str, bytes], b: tuple[str, bytes], inputs: Sequence[np.ndarray]) -> float:
+    from ..backends.ncnn_runner import NcnnRunner
+
+    ra, rb = NcnnRunner(*a, name="ncnn:a"), NcnnRunner(*b, name="ncnn:b")
+    return max(float(np.abs(ra.run(x) - rb.run(x)).max()) for x in inputs)
+
+
+Key = "tuple[int, int] | None"  # a fixed input size, or None for a dynamic-shape model
+
+
+class NcnnInt8:
+    """The INT8 recipe of one module: prepared once (:func:`edgesr.export.mobile_int8.prepare_int8`),
+    converted by pnnx (dynamic shapes, or one conversion per size for a fixed-size model),
+    zero-centred, calibrated, quantized; :meth:`verdict` scores it on the held-out photos."""
+
+    def __init__(self, module, spec: Spec, calib=None, options=None, fixed: bool = False):
+        from .mobile import calibration_inputs
+        from .mobile_int8 import Int8Options, prepare_int8
+
+        self.module, self.spec, self.calib, self.fixed = module, spec, calib, fixed
+        self.options = options or Int8Options()
+        self.prepared, self.prep = prepare_int8(module, calibration_inputs(spec, None, calib), self.options,
+                                                symmetric=True)
+        self._ready: dict = {}
+        self.centring: dict[str, Any] = {}
+
+    def _key(self, hw) -> Any:
+        return (int(hw[0]), int(hw[1])) if self.fixed else None
+
+    def reference(self, hw=None) -> tuple[str, bytes]:
+        """The unprepared fp32 model (at `hw` when fixed-size)."""
+        from .ncnn import convert_bytes
+
+        key = ("ref", self._key(hw) if hw is not None else None)
+        if key not in self._ready:
+            self._ready[key] = convert_bytes(self.module, self.spec, hw=key[1])
+        return self._ready[key]
+
+    def ready(self, hw=None) -> tuple[str, bytes, dict[str, float]]:
+        """(param, bin, input amax) of the prepared, centred fp32 model, ready to quantize."""
+        from .mobile import calibration_inputs
+        from .ncnn import convert_bytes
+
+        key = self._key(hw) if hw is not None else None
+        if key not in self._ready:
+            cal = calibration_inputs(self.spec, key, self.calib)
+            param, weights = convert_bytes(self.prepared, self.spec, hw=key)
+            if self.options.center:
+                p2, w2, done = center_conv_inputs(param, weights, blob_ranges(param, weights, cal))
+                if done:
+                    change = max_abs_change((param, weights), (p2, w2), cal[: min(4, len(cal))])
+                    if not change <= EXACT_TOL:
+                        raise QuantizationError(f"ncnn zero-centring changed the fp32 output by {change:.2e} "
+                                                f"(> {EXACT_TOL})")
+                    param, weights = p2, w2
+                    self.centring = {"inputs": done, "max_abs_change": change}
+            self._ready[key] = (param, weights, calibrate(param, weights, cal))
+        return self._ready[key]
+
+    def build(self, hw=None, skip: Sequence[str] = ()) -> tuple[str, bytes, dict[str, Any]]:
+        param, weights, amax = self.ready(hw)
+        return quantize_int8(param, weights, amax, skip)
+
+    def details(self) -> dict[str, Any]:
+        return {"calibration": "edgesr.quant.calibration.CalibrationSource patches"
+                               + (", mirrored to the input size" if self.fixed else ""),
+                "ranges": "min-max of each convolution input (after zero-centring)",
+                "options": self.options.to_dict(), "preparation": self.prep.to_dict(), "centring": self.centring}
+
+    def verdict(self, psnr_budget: float | None) -> tuple[list[str], dict[str, Any]]:
+        """(float layers, verdict record): the held-out Y-PSNR drop with every convolution INT8 and,
+        above `psnr_budget` dB, the convolution whose float version gains the most kept float,
+        repeatedly, until it holds."""
+        from ..quant.calibration import held_out_eval_set
+        from .mobile_int8 import greedy_float_search
+
+        pairs = held_out_eval_set(self.spec.scale).pairs
+        sizes = [p.lr.shape[:2] for p in pairs]
+        base = float(np.mean([_score(*self.reference(hw), self.spec, [p]) for hw, p in zip(sizes, pairs)]))
+        memo: dict[tuple[str, ...], float] = {}
+
+        def drop_of(skip: Sequence[str]) -> float:
+            key = tuple(sorted(skip))
+            if key not in memo:
+                vals = [_score(*self.build(hw, skip)[:2], self.spec, [p]) for hw, p in zip(sizes, pairs)]
+                memo[key] = base - float(np.mean(vals))
+            return memo[key]
+
+        skip, drop, steps = greedy_float_search(conv_layers(self.ready(sizes[0])[0]), drop_of, psnr_budget)
+        return skip, {"eval_set": "sample-held-out (" + ", ".join(p.name for p in pairs) + ")",
+                      "psnr_fp32": round(base, 4), "drop_all_int8": steps[0]["drop"], "drop": round(drop, 4),
+                      "psnr_budget": psnr_budget, "within_budget": psnr_budget is None or drop <= psnr_budget,
+                      "float_layers": skip, "search": steps}
+
+
 def _score(param: str, weights: bytes, spec: Spec, pairs) -> float:
     from ..backends.ncnn_runner import NcnnRunner
     from ..metrics import psnr_y
@@ -236,40 +331,15 @@ def _score(param: str, weights: bytes, spec: Spec, pairs) -> float:
     return float(np.mean(vals))
 
 
-def quantize_mixed(param: str, weights: bytes, spec: Spec, amax: dict[str, float], psnr_budget: float | None,
-                   reference: tuple[str, bytes] | None = None) -> tuple[str, bytes, dict[str, Any]]:
-    """INT8 with every convolution quantized, then (greedy) the one whose float version gains
-    the most Y-PSNR kept float, until the drop vs `reference` (the unprepared fp32 model;
-    default: `param`/`weights` themselves) on the held-out sample photos (never the calibration
-    photos) is within `psnr_budget` dB."""
-    from ..quant.calibration import held_out_eval_set
-
-    pairs = held_out_eval_set(spec.scale).pairs
-    base = _score(*(reference or (param, weights)), spec, pairs)
+def int8_ncnn(module, spec: Spec, *, calib=None, psnr_budget: float | None = 0.1, options=None,
+              hw: Sequence[int] | None = None) -> tuple[str, bytes, dict[str, Any]]:
+    """(INT8 .param text, .bin bytes, details) of `module` through :class:`NcnnInt8`, with the
+    held-out verdict and mixed precision when `psnr_budget` is not None. `hw`: a fixed input size
+    (for models pnnx cannot convert with dynamic shapes), None: dynamic."""
+    recipe = NcnnInt8(module, spec, calib, options, fixed=hw is not None)
     skip: list[str] = []
-    q = quantize_int8(param, weights, amax, skip)
-    drop_all = drop = base - _score(q[0], q[1], spec, pairs)
-    steps = [{"float_layers": [], "drop": round(drop, 4)}]
-    while psnr_budget is not None and drop > psnr_budget:
-        left = [n for n in conv_layers(param) if n not in skip]
-        if len(left) <= 1:
-            break
-        trials = []
-        for n in left:
-            t = quantize_int8(param, weights, amax, skip + [n])
-            trials.append((base - _score(t[0], t[1], spec, pairs), n, t))
-        drop, name, q = min(trials, key=lambda r: r[0])
-        skip.append(name)
-        steps.append({"float_layers": list(skip), "drop": round(drop, 4)})
-    text, data, info = q
-    return text, data, info | {"eval_set": "sample-held-out", "psnr_fp32": round(base, 4),
-                               "drop_all_int8": round(drop_all, 4), "drop": round(drop, 4),
-                               "within_budget": psnr_budget is None or drop <= psnr_budget,
-                               "psnr_budget": psnr_budget, "search": steps}
-
-
-def max_abs_change(a: tuple[str, bytes], b: tuple[str, bytes], inputs: Sequence[np.ndarray]) -> float:
-    from ..backends.ncnn_runner import NcnnRunner
-
-    ra, rb = NcnnRunner(*a, name="ncnn:a"), NcnnRunner(*b, name="ncnn:b")
-    return max(float(np.abs(ra.run(x) - rb.run(x)).max()) for x in inputs)
+    verdict = None
+    if psnr_budget is not None:
+        skip, verdict = recipe.verdict(psnr_budget)
+    text, data, info = recipe.build(hw, skip)
+    return text, data, info | recipe.details() | {"verdict": verdict}
