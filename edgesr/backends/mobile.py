@@ -80,8 +80,8 @@ class FixedBoxRunner:
         self.name = getattr(inner, "name", "fixed-box")
         if min(self.box) - 2 * self.overlap <= 0:
             raise ImageError(f"{self.name}: its fixed {self.box[0]}x{self.box[1]} input is too small to tile with "
-                             f"an overlap of {self.overlap} pixels (the receptive field); convert with a larger "
-                             "--mobile-size")
+                             f"an overlap of {self.overlap} pixels (the receptive field, or edgesr's default when the model "
+                             "declares none); convert with a larger --mobile-size")
 
     @property
     def input_hw(self) -> tuple[int, int]:

@@ -197,13 +197,13 @@ def adaptive_max_pool_static(x, output_size):
     oh, ow = h if oh is None else int(oh), w if ow is None else int(ow)
     if h % oh == 0 and w % ow == 0:
         return F.max_pool2d(x, (h // oh, w // ow))
-    for dim, n, out in ((-2, h, oh), (-1, w, ow)):
-        if n % out == 0:
-            k = (n // out, 1) if dim == -2 else (1, n // out)
-            x = F.max_pool2d(x, k)
-        else:
-            x = torch.cat([x.narrow(dim, a, b - a).amax(dim=dim, keepdim=True) for a, b in _windows(n, out)], dim=dim)
-    return x
+    if h % oh == 0:
+        x = F.max_pool2d(x, (h // oh, 1))
+    else:  # one pool per window (windows differ in length): slices + max_pool2d, which every converter lowers
+        x = torch.cat([F.max_pool2d(x[:, :, a:b], (b - a, 1)) for a, b in _windows(h, oh)], dim=2)
+    if w % ow == 0:
+        return F.max_pool2d(x, (1, w // ow))
+    return torch.cat([F.max_pool2d(x[:, :, :, a:b], (1, b - a)) for a, b in _windows(w, ow)], dim=3)
 
 
 @contextlib.contextmanager
