@@ -161,7 +161,7 @@ def quality(name: str, module, spec, pairs) -> dict:
             if float_ops:
                 out["litert_int8_all"].append(_psnr(LiteRtRunner(lr.build(hw)).run(x), p, spec))
             if p is pairs[0]:
-                out["kernels"]["litert"] = litert_kernel_check(q, x)
+                out["kernels"]["litert"] = litert_kernel_check(q, x, y)
         if "ncnn" in recipes:
             nc, skip = recipes["ncnn"]
             r32 = nc32_dyn or NcnnRunner(*nc.reference(hw))
@@ -187,8 +187,10 @@ def quality(name: str, module, spec, pairs) -> dict:
 # --------------------------------------------------------------------------- int8 kernels
 
 
-def litert_kernel_check(model: bytes, x: np.ndarray) -> dict:
-    """XNNPACK (the interpreter's default CPU path) vs LiteRT's reference kernels on one INT8 file."""
+def litert_kernel_check(model: bytes, x: np.ndarray, ref: np.ndarray) -> dict:
+    """XNNPACK (the interpreter's default CPU path) vs LiteRT's reference kernels (exact int32
+    accumulation) on one INT8 file, both also against the fp32 model's output `ref` (NCHW): a
+    saturating int8 kernel would fall far behind the reference kernels there."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     def run(**kw):
@@ -198,12 +200,19 @@ def litert_kernel_check(model: bytes, x: np.ndarray) -> dict:
         s, z = d["quantization"]
         it.set_tensor(d["index"], np.clip(np.round(x.transpose(0, 2, 3, 1) / s + z), -128, 127).astype(np.int8))
         it.invoke()
-        return it.get_tensor(o["index"]).astype(np.int32)
+        so, zo = o["quantization"]
+        q = it.get_tensor(o["index"]).astype(np.int32)
+        return q, (q - zo).astype(np.float64).transpose(0, 3, 1, 2) * so
 
-    fast, ref = run(), run(experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    d = np.abs(fast - ref)
-    return {"what": "int8 output codes, XNNPACK vs reference kernels (Set5 baby)", "max_code_diff": int(d.max()),
-            "share_differing": round(float((d > 0).mean()), 5)}
+    (fq, fy), (rq, ry) = run(), run(experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    d = np.abs(fq - rq)
+
+    def psnr(y):
+        return round(float(10 * np.log10(1.0 / np.mean((np.clip(y, 0, 1) - np.clip(ref, 0, 1)) ** 2))), 3)
+
+    return {"what": "int8 output codes, XNNPACK vs LiteRT reference kernels; PSNR of each vs the fp32 file "
+                    "(Set5 baby)", "max_code_diff": int(d.max()), "share_differing": round(float((d > 0).mean()), 5),
+            "psnr_xnnpack_vs_fp32": psnr(fy), "psnr_reference_vs_fp32": psnr(ry)}
 
 
 def ncnn_kernel_check(param: str, weights: bytes, x: np.ndarray) -> dict:

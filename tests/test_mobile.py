@@ -118,6 +118,8 @@ def test_litert_fp32_int8_and_fixed_size(bundled, tmp_path):
     q = export_tflite(module, spec, tmp_path / "q.tflite", precision="int8", hw=(32, 40), psnr_budget=None)
     assert q.io["input"]["dtype"] == "int8" and q.io["output"]["dtype"] == "int8"
     assert "quantization" in q.io["input"] and q.psnr_vs_torch >= 30
+    qi = q.io["input"]["quantization"]  # the whole [0, 1] range: an 8-bit pixel is q = pixel - 128
+    assert qi["zero_point"] == -128 and qi["scale"] == pytest.approx(1 / 255, rel=1e-6)
     x = np.random.default_rng(0).random((2, 3, 32, 40), dtype=np.float32)  # batch runs item by item
     assert LiteRtRunner(tmp_path / "q.tflite").run(x).shape == (2, 3, 128, 160)
 
@@ -277,14 +279,17 @@ def test_int8_preparation_is_exact_then_puts_weights_on_the_grid(bundled):
         assert torch.equal(p, dict(bundled[0].named_parameters())[name])
 
 
-def test_greedy_float_search_stops_at_the_budget():
-    from edgesr.export.mobile_int8 import greedy_float_search
+def test_float_layer_search_stops_at_the_budget():
+    from edgesr.export.mobile_int8 import float_layer_search
 
     cost = {"a": 0.05, "b": 0.3, "c": 0.1}
     drop_of = lambda skip: sum(v for k, v in cost.items() if k not in skip)  # noqa: E731
-    skip, drop, steps = greedy_float_search(list(cost), drop_of, 0.1)
+    skip, drop, steps = float_layer_search(list(cost), drop_of, 0.1)
     assert skip == ["b", "c"] and drop == pytest.approx(0.05) and len(steps) == 3
-    assert greedy_float_search(list(cost), drop_of, None)[0] == []  # no budget: no search
+    assert list(steps[0]["only_int8_drop"]) == ["b", "c", "a"]  # ranked by the cost of each layer alone
+    assert float_layer_search(list(cost), drop_of, 0.5) == ([], pytest.approx(0.45), [{"float_layers": [],
+                                                                                       "drop": 0.45}])
+    assert float_layer_search(list(cost), drop_of, None)[0] == []  # no budget: no search
 
 
 # --------------------------------------------------------------------------- fixed-size runners (no converter)

@@ -40,7 +40,7 @@ from ..fsutil import atomic_path
 from ..spec import Spec
 from .mobile import MobileExport, calibration_inputs, compare_with_torch, converter_rewrites, judge, \
     fixed_shape_form, package_version, photo_crops, quiet_native
-from .mobile_int8 import Int8Options, greedy_float_search, prepare_int8
+from .mobile_int8 import Int8Options, float_layer_search, prepare_int8
 
 EXTRA = "pip install 'edgesr[tflite]'"
 
@@ -261,7 +261,7 @@ class LiteRtInt8:
                                                        for hw, p in zip(sizes, pairs)]))
             return memo[key]
 
-        float_ops, drop, steps = greedy_float_search(conv_ops(self.fp32(sizes[0])), drop_of, psnr_budget)
+        float_ops, drop, steps = float_layer_search(conv_ops(self.fp32(sizes[0])), drop_of, psnr_budget)
         return float_ops, {"eval_set": "sample-held-out (" + ", ".join(p.name for p in pairs) + ")",
                            "psnr_fp32": round(psnr_fp32, 4), "drop_all_int8": steps[0]["drop"],
                            "drop": round(drop, 4), "psnr_budget": psnr_budget,

@@ -330,18 +330,28 @@ def prepare_int8(module, inputs: Sequence[np.ndarray], options: Int8Options | No
     return prepared, report
 
 
-def greedy_float_search(layers: Sequence[str], drop_of, budget: float | None,
+def float_layer_search(layers: Sequence[str], drop_of, budget: float | None,
                         max_float: int | None = None) -> tuple[list[str], float, list[dict[str, Any]]]:
-    """Mixed precision: starting from every layer INT8, keep float the layer whose float version
-    lowers the drop most, one at a time, until ``drop_of(float_layers) <= budget`` (None: no
-    search). Returns (float layers, final drop, steps)."""
-    skip: list[str] = []
-    drop = drop_of(skip)
-    steps = [{"float_layers": [], "drop": round(drop, 4)}]
+    """Mixed precision, as edgesr's ONNX INT8 search (:mod:`edgesr.quant.sensitivity`, "only"
+    ranking, the one that predicted the exhaustive greedy search best in docs/int8.md): with every
+    layer INT8 over `budget`, rank the layers by the drop each causes when it is the only INT8
+    layer, then keep float the most costly ones, one more at a time, until ``drop_of(float_layers)
+    <= budget`` (None: no search). len(layers) + k evaluations. Returns (float layers, final drop,
+    steps; the first step carries the ranking)."""
+    layers = list(layers)
+    drop = drop_of([])
+    steps: list[dict[str, Any]] = [{"float_layers": [], "drop": round(drop, 4)}]
+    if budget is None or drop <= budget or len(layers) < 2:
+        return [], drop, steps
+    only = {n: drop_of([m for m in layers if m != n]) for n in layers}
+    order = sorted(layers, key=lambda n: -only[n])
+    steps[0]["only_int8_drop"] = {n: round(only[n], 4) for n in order}
     limit = len(layers) - 1 if max_float is None else min(max_float, len(layers) - 1)
-    while budget is not None and drop > budget and len(skip) < limit:
-        trials = [(drop_of(skip + [n]), n) for n in layers if n not in skip]
-        drop, name = min(trials)
-        skip.append(name)
+    skip: list[str] = []
+    for n in order[:limit]:
+        skip.append(n)
+        drop = drop_of(skip)
         steps.append({"float_layers": list(skip), "drop": round(drop, 4)})
+        if drop <= budget:
+            break
     return skip, drop, steps

@@ -32,7 +32,9 @@ from ..errors import QuantizationError
 from ..spec import Spec
 from .ncnn import TAG_FP32, TAG_INT8, Layer, _align4, _read_weights, parse_param, walk_bin
 
-CONV_TYPES = ("Convolution", "ConvolutionDepthWise")
+# ConvolutionDepthWise stays float: its INT8 scale layout differs between ncnn versions (per-group
+# vs one weight scale per int8_scale_term value), and depthwise convs cost little
+CONV_TYPES = ("Convolution",)
 FLT_MAX = 3.4028234663852886e38
 CENTER_MIN_GAIN = 1.25  # centre when max(|lo|, |hi|) / ((hi - lo) / 2) reaches this
 EXACT_TOL = 1e-4
@@ -105,7 +107,7 @@ def _pads(la: Layer) -> tuple[int, int, int, int] | None:
 
 
 def conv_layers(param: str) -> list[str]:
-    """Names of the layers ncnn can run in INT8 (Convolution, ConvolutionDepthWise)."""
+    """Names of the layers edgesr runs in INT8 (Convolution; depthwise convolutions stay float)."""
     return [la.name for la in parse_param(param)[1] if la.type in CONV_TYPES]
 
 
@@ -193,8 +195,8 @@ def center_conv_inputs(param: str, weights: bytes, ranges: dict[str, tuple[float
 
 def quantize_int8(param: str, weights: bytes, amax: dict[str, float],
                   skip: Sequence[str] = ()) -> tuple[str, bytes, dict[str, Any]]:
-    """ncnn2int8 in Python: every Convolution / ConvolutionDepthWise (except the layers named in
-    `skip`) gets int8 weights with per-output-channel scales ``127 / max|w|`` and an input scale
+    """ncnn2int8 in Python: every Convolution (except the layers named in `skip`) gets int8
+    weights with per-output-channel scales ``127 / max|w|`` and an input scale
     ``127 / amax[input blob]`` (``int8_scale_term=2``)."""
     model = NcnnModel(param, weights)
     convs = [i for i, la in enumerate(model.layers) if la.type in CONV_TYPES and la.name not in skip
@@ -204,9 +206,8 @@ def quantize_int8(param: str, weights: bytes, amax: dict[str, float],
     table = {}
     for i in convs:
         la, chunk = model.layers[i], model.chunks[i]
-        groups = int(la.get(7, 1)) if la.type == "ConvolutionDepthWise" else 1
         size = int(la.get(6))
-        w = _read_weights(chunk, (0, 0), size).reshape(int(la.get(0)) if groups == 1 else groups, -1)
+        w = _read_weights(chunk, (0, 0), size).reshape(int(la.get(0)), -1)
         wmax = np.abs(w).max(axis=1)
         w_scale = np.where(wmax > 0, 127.0 / np.maximum(wmax, 1e-30), 1.0).astype(np.float32)
         q = np.clip(np.round(w * w_scale[:, None]), -127, 127).astype(np.int8).reshape(-1)
@@ -299,7 +300,7 @@ class NcnnInt8:
         above `psnr_budget` dB, the convolution whose float version gains the most kept float,
         repeatedly, until it holds."""
         from ..quant.calibration import held_out_eval_set
-        from .mobile_int8 import greedy_float_search
+        from .mobile_int8 import float_layer_search
 
         pairs = held_out_eval_set(self.spec.scale).pairs
         sizes = [p.lr.shape[:2] for p in pairs]
@@ -313,7 +314,7 @@ class NcnnInt8:
                 memo[key] = base - float(np.mean(vals))
             return memo[key]
 
-        skip, drop, steps = greedy_float_search(conv_layers(self.ready(sizes[0])[0]), drop_of, psnr_budget)
+        skip, drop, steps = float_layer_search(conv_layers(self.ready(sizes[0])[0]), drop_of, psnr_budget)
         return skip, {"eval_set": "sample-held-out (" + ", ".join(p.name for p in pairs) + ")",
                       "psnr_fp32": round(base, 4), "drop_all_int8": steps[0]["drop"], "drop": round(drop, 4),
                       "psnr_budget": psnr_budget, "within_budget": psnr_budget is None or drop <= psnr_budget,
