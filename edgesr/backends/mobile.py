@@ -211,15 +211,16 @@ def _convert_for_bench(src, fmt: str, precision: str, threads, sizes):
         path = work / f"bench_{precision}_{hw[0]}x{hw[1]}.tflite"
         path.write_bytes(data)
         return path, LiteRtRunner(path, name=f"litert:{precision}", threads=threads)
-    from ..export.ncnn import convert_bytes
+    from ..export.ncnn import convert_bytes, shape_mode
     from .ncnn_runner import NcnnRunner
 
+    hw, _ = shape_mode(module, spec, tuple(sizes[0]))  # fixed-size where pnnx cannot keep shapes dynamic
     if precision == "int8":
         from ..export.ncnn_int8 import int8_ncnn
 
-        param, weights, _ = int8_ncnn(module, spec, psnr_budget=None)
+        param, weights, _ = int8_ncnn(module, spec, psnr_budget=None, hw=hw)
     else:
-        param, weights = convert_bytes(module, spec)
+        param, weights = convert_bytes(module, spec, hw=hw)
     path = work / f"bench_{precision}.param"
     path.write_text(param)
     path.with_suffix(".bin").write_bytes(weights)

@@ -17,7 +17,7 @@ and output tensors with their scale/zero point in the file) from ai-edge-quantiz
 activation equalization, GPTQ weights on the int8 grid, bias correction) with true min-max
 activation ranges over edgesr's calibration source and the input range widened to the model's
 value range (:func:`calibration_ranges`). The verdict is edgesr's: the Y-PSNR drop on the
-held-out sample photos; above ``psnr_budget`` convolutions stay float (greedy) until it holds.
+held-out sample photos; above ``psnr_budget`` the costliest convolutions stay float until it holds.
 
 Every export is run with the LiteRT interpreter on this CPU before it is written: fp32 must
 match PyTorch within :data:`edgesr.export.mobile.FP32_TOL` on real photo crops; INT8 reports
@@ -245,7 +245,7 @@ class LiteRtInt8:
 
     def verdict(self, psnr_budget: float | None) -> tuple[list[str], dict[str, Any]]:
         """(float ops, verdict record): the held-out drop with every convolution INT8 and, above
-        `psnr_budget` dB, convolutions kept float (greedy) until it holds."""
+        `psnr_budget` dB, the costliest convolutions kept float until it holds (:func:`float_layer_search`)."""
         from ..quant.calibration import held_out_eval_set
 
         pairs = held_out_eval_set(self.spec.scale).pairs

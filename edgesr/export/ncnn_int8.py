@@ -16,9 +16,9 @@ is dequantized to float, the bias and the fused activation run in float, and eve
   (an explicit float ``Padding`` layer, its own padding set to 0, so the border still means 0)
   and its bias gains ``c * sum(W)`` per output channel. Checked in fp32 on the calibration data.
 * **scales** from the calibrated range of each (centred) input (:func:`blob_ranges`).
-* **mixed precision** (:func:`quantize_mixed`): when the Y-PSNR drop on the held-out sample
-  photos exceeds the budget, the convolution whose float version gains the most stays float,
-  repeatedly, until it holds.
+* **mixed precision** (:meth:`NcnnInt8.verdict`): when the Y-PSNR drop on the held-out sample
+  photos exceeds the budget, the costliest convolutions stay float until it holds
+  (:func:`edgesr.export.mobile_int8.float_layer_search`).
 """
 
 from __future__ import annotations
@@ -233,9 +233,6 @@ def max_abs_change(a: tuple[str, bytes], b: tuple[str, bytes], inputs: Sequence[
     return max(float(np.abs(ra.run(x) - rb.run(x)).max()) for x in inputs)
 
 
-Key = "tuple[int, int] | None"  # a fixed input size, or None for a dynamic-shape model
-
-
 class NcnnInt8:
     """The INT8 recipe of one module: prepared once (:func:`edgesr.export.mobile_int8.prepare_int8`),
     converted by pnnx (dynamic shapes, or one conversion per size for a fixed-size model),
@@ -297,8 +294,8 @@ class NcnnInt8:
 
     def verdict(self, psnr_budget: float | None) -> tuple[list[str], dict[str, Any]]:
         """(float layers, verdict record): the held-out Y-PSNR drop with every convolution INT8 and,
-        above `psnr_budget` dB, the convolution whose float version gains the most kept float,
-        repeatedly, until it holds."""
+        above `psnr_budget` dB, the costliest convolutions kept float until it holds
+        (:func:`edgesr.export.mobile_int8.float_layer_search`)."""
         from ..quant.calibration import held_out_eval_set
         from .mobile_int8 import float_layer_search
 
