@@ -92,8 +92,8 @@ def conv_modules(module) -> dict[str, Any]:
     return {n: m for n, m in module.named_modules() if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros"}
 
 
-def equalizable_pairs(module, sample) -> tuple[list[tuple[str, str]], str]:
-    """((producer conv, consumer conv) module names, note): chains ``Conv A -> f -> Conv B`` with
+def equalizable_pairs(module, sample) -> tuple[list[tuple[str, str, str]], str]:
+    """((producer conv, activation, consumer conv), note): chains ``Conv A -> f -> Conv B`` with
     ``f`` positively homogeneous (or absent), A's output read only by f (or B), both plain convs
     (groups 1) whose weights are used once. Read from ``torch.export``; note says why none."""
     import torch
@@ -131,16 +131,17 @@ def equalizable_pairs(module, sample) -> tuple[list[tuple[str, str]], str]:
             continue
         nxt = next(iter(node.users))
         op = getattr(nxt.target, "__name__", "").split(".")[0]
+        act = ""
         if op in HOMOGENEOUS:
             if len(nxt.users) != 1:
                 continue
-            nxt_in = nxt
+            nxt_in, act = nxt, op.strip("_").replace("_prelu_kernel", "prelu")
             nxt = next(iter(nxt.users))
         else:
             nxt_in = node
         b = conv_of(nxt)
         if b is not None and nxt.args[0] is nxt_in and a != b:
-            pairs.append((a, b))
+            pairs.append((a, act, b))
     return pairs, "" if pairs else "no Conv -> activation -> Conv chain"
 
 
@@ -158,7 +159,19 @@ class _InputStats:
         self.rows: dict[str, int] = {}
         self.rows_per_call = MAX_ROWS
         self.rng = np.random.default_rng(seed)
+        self.out_lo: dict[str, np.ndarray] = {}
+        self.out_hi: dict[str, np.ndarray] = {}
         self.handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in convs.items()]
+        self.handles += [m.register_forward_hook(self._out_hook(n)) for n, m in convs.items()]
+
+    def _out_hook(self, name: str):
+        def hook(mod, args, out):
+            y = out.detach().double()
+            lo, hi = y.amin(dim=(0, 2, 3)).numpy(), y.amax(dim=(0, 2, 3)).numpy()
+            self.out_lo[name] = lo if name not in self.out_lo else np.minimum(self.out_lo[name], lo)
+            self.out_hi[name] = hi if name not in self.out_hi else np.maximum(self.out_hi[name], hi)
+            return None
+        return hook
 
     def _hook(self, name: str):
         def hook(mod, args):
@@ -202,9 +215,15 @@ def _collect(module, inputs: Sequence[np.ndarray], moments: bool) -> _InputStats
     return stats
 
 
-def equalize(module, inputs: Sequence[np.ndarray], pairs: Sequence[tuple[str, str]], *, alpha: float = 1.0,
+def equalize(module, inputs: Sequence[np.ndarray], pairs: Sequence[tuple[str, str, str]], *, alpha: float = 1.0,
              max_scale: float = 64.0, symmetric: bool = True) -> list[dict[str, Any]]:
-    """Equalize `pairs` of `module` in place (see the module docstring); returns what was done."""
+    """Equalize `pairs` of `module` in place (see the module docstring); returns what was done.
+
+    The channel ranges equalized are those of the tensor the runtime quantizes first: B's input
+    (after the activation) for symmetric schemes that quantize only conv inputs (ncnn); for
+    LiteRT, which quantizes every tensor, A's output *before* a PReLU / LeakyReLU (a separate
+    op there, whose negative tails the post-activation range hides; measured: equalizing
+    ECBSR's post-PReLU ranges doubled its LiteRT drop), else after the (fused) ReLU."""
     import torch
 
     if not pairs or alpha <= 0:
@@ -213,10 +232,12 @@ def equalize(module, inputs: Sequence[np.ndarray], pairs: Sequence[tuple[str, st
     convs = conv_modules(module)
     done = []
     with torch.no_grad():
-        for a, b in pairs:
+        for a, act, b in pairs:
             lo, hi = stats.lo.get(b), stats.hi.get(b)
+            if not symmetric and act in ("prelu", "leaky_relu"):
+                lo, hi = stats.out_lo.get(a), stats.out_hi.get(a)
             if lo is None:
-                continue  # consumer never ran on these inputs
+                continue  # never ran on these inputs
             r = np.maximum(np.abs(lo), np.abs(hi)) if symmetric else hi - np.minimum(lo, 0.0)
             big = float(r.max())
             if not big > 0:
@@ -232,7 +253,8 @@ def equalize(module, inputs: Sequence[np.ndarray], pairs: Sequence[tuple[str, st
                 ca.bias.copy_((ca.bias.double() * st).to(ca.bias.dtype))
             cb.weight.copy_((cb.weight.double() / st.view(1, -1, 1, 1)).to(cb.weight.dtype))
             after = r * s
-            done.append({"producer": a, "consumer": b, "scale_min": round(float(s.min()), 4),
+            done.append({"producer": a, "activation": act or "none", "consumer": b,
+                         "scale_min": round(float(s.min()), 4),
                          "scale_max": round(float(s.max()), 4),
                          "range_ratio_before": round(float(big / r[live].min()), 3),
                          "range_ratio_after": round(float(after.max() / after[live].min()), 3)})
@@ -336,8 +358,8 @@ def float_layer_search(layers: Sequence[str], drop_of, budget: float | None,
     ranking, the one that predicted the exhaustive greedy search best in docs/int8.md): with every
     layer INT8 over `budget`, rank the layers by the drop each causes when it is the only INT8
     layer, then keep float the most costly ones, one more at a time, until ``drop_of(float_layers)
-    <= budget`` (None: no search). len(layers) + k evaluations. Returns (float layers, final drop,
-    steps; the first step carries the ranking)."""
+    <= budget`` (None: no search). len(layers) + k evaluations. Returns (float layers, drop, steps;
+    the first step carries the ranking): the first set within budget, else the best one seen."""
     layers = list(layers)
     drop = drop_of([])
     steps: list[dict[str, Any]] = [{"float_layers": [], "drop": round(drop, 4)}]
@@ -348,10 +370,14 @@ def float_layer_search(layers: Sequence[str], drop_of, budget: float | None,
     steps[0]["only_int8_drop"] = {n: round(only[n], 4) for n in order}
     limit = len(layers) - 1 if max_float is None else min(max_float, len(layers) - 1)
     skip: list[str] = []
+    best: tuple[float, list[str]] = (drop, [])
     for n in order[:limit]:
         skip.append(n)
-        drop = drop_of(skip)
-        steps.append({"float_layers": list(skip), "drop": round(drop, 4)})
-        if drop <= budget:
+        d = drop_of(skip)
+        steps.append({"float_layers": list(skip), "drop": round(d, 4)})
+        if d < best[0]:
+            best = (d, list(skip))
+        if d <= budget:
             break
-    return skip, drop, steps
+    # never end worse than a step already seen (more float layers can lower PSNR: errors cancel)
+    return best[1], best[0], steps
