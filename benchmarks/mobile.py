@@ -1,25 +1,36 @@
 """Mobile formats on this CPU: conversion, parity, INT8 quality and latency, side by side with ORT.
 
-For each model (the four ETDS-repo checkpoints of issue 18 and SAFMN with random weights):
+Models: the four ETDS-repo checkpoints of issue 18 and one attention family with real weights,
+SAFMN++ (NTIRE 2024 ESR, team 23: the organisers' code and weights, loaded as its test_demo.py
+does).
 
 * **parity**: LiteRT fp32 and ncnn fp32 vs PyTorch, max |diff| over the five Set5 x4 LR images.
-  LiteRT files are fixed-size, so one .tflite is converted per LR size; ncnn runs any size.
+  LiteRT files are fixed-size, so one .tflite is converted per LR size; ncnn runs any size unless
+  pnnx cannot keep the model's shapes dynamic (SAFMN++'s adaptive pooling: one .param per size).
 * **INT8**: Set5 x4 Y-PSNR (BasicSR protocol, edgesr.metrics.psnr_y) of LiteRT full-integer INT8
-  and ncnn INT8 (every convolution, no float fallback) against the same format's fp32; both
-  calibrated on edgesr's calibration source (never Set5).
+  and ncnn INT8 against the same format's fp32, with edgesr's recipes
+  (edgesr.export.litert.LiteRtInt8 / edgesr.export.ncnn_int8.NcnnInt8) and their verdict: the drop
+  on the held-out sample photos, convolutions kept float while it exceeds 0.1 dB. Set5 takes no
+  part in any choice. `--ablation` measures each step's effect with every convolution INT8.
+* **kernels**: does the runtime's int8 arithmetic saturate on this CPU (no VNNI)? LiteRT: the
+  XNNPACK output vs LiteRT's reference kernels (exact int32) on the same INT8 file; ncnn: each
+  INT8 convolution's output vs a float64 simulation of it from its own input blob, scales and
+  int8 weights.
 * **latency**: one LR workload (default 128x128 -> 512x512), all runtimes timed in ONE
   interleaved run (edgesr.bench.time_interleaved; ORT with intra-op spinning off), 1 thread each
   unless --threads; ratios are time / ORT fp32 time from the same run (< 1: faster; paired per-round
   ratios give the p10-p90 spread).
 * **Core ML**: converted (fp16) and checked statically; no runtime here.
 
-Prints a table; writes benchmarks/results/mobile.json; `--readme` rewrites the README block
-between <!-- mobile-coverage:start --> and <!-- mobile-coverage:end --> from that JSON.
+Prints a table; writes benchmarks/results/mobile.json (--ablation: mobile_int8_ablation.json);
+`--readme` rewrites the README block between <!-- mobile-coverage:start --> and
+<!-- mobile-coverage:end --> from mobile.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -31,14 +42,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "mobile.json"
+ABLATION = ROOT / "benchmarks" / "results" / "mobile_int8_ablation.json"
 SHARED = ROOT.parent / "shared"
-MODELS = {  # name -> checkpoint under shared/checkpoints/etds-repo (None: random weights of a variant)
+MODELS = {  # name -> checkpoint under shared/checkpoints/etds-repo, or a loader name
     "ETDS-T (ETDS_M5C16_x4)": "ETDS/ETDS_M5C16_x4.pth",
     "ETDS-M (ETDS_M6C32_x4)": "ETDS/ETDS_M6C32_x4.pth",
     "ECBSR_M4C16_x4": "ECBSR/ECBSR_M4C16_x4.pth",
     "ABPN_M4C28_x4": "ABPN/ABPN_M4C28_x4.pth",
-    "SAFMN x4 (random weights)": None,
+    "SAFMN++ (NTIRE 2024 team23)": "safmnpp",
 }
+BUDGET = 0.1  # held-out dB, edgesr convert's default
 START, END = "<!-- mobile-coverage:start -->", "<!-- mobile-coverage:end -->"
 
 
@@ -49,81 +62,257 @@ def log(msg: str) -> None:
 def load(name: str):
     import torch
 
-    from edgesr.registry import build_variant, load_model
+    from edgesr.registry import load_model
     from edgesr.reparam import reparameterize
+    from edgesr.spec import Spec
 
     rel = MODELS[name]
-    if rel is None:
-        torch.manual_seed(0)
-        lm = build_variant("safmn-x4", "deploy")
-    else:
-        lm = load_model(SHARED / "checkpoints" / "etds-repo" / rel)
+    if rel == "safmnpp":  # as ntire-esr/2024/test_demo.py builds and loads model 23
+        root = SHARED / "ntire-esr" / "2024"
+        spec_ = importlib.util.spec_from_file_location("team23_safmnpp", root / "models" / "team23_safmnpp.py")
+        mod = importlib.util.module_from_spec(spec_)
+        spec_.loader.exec_module(mod)
+        m = mod.SAFMNPP(dim=36, n_blocks=6, ffn_scale=1.5, upscaling_factor=4)
+        sd = torch.load(root / "model_zoo" / "team23_safmnpp.pth", map_location="cpu", weights_only=True)
+        m.load_state_dict(sd["params_ema"], strict=True)
+        return m.eval(), Spec(arch="safmnpp", scale=4)
+    lm = load_model(SHARED / "checkpoints" / "etds-repo" / rel)
     m = lm.module.eval()
     return (reparameterize(m) if lm.spec.form == "training" else m), lm.spec
 
 
-def set5() -> list[tuple[str, np.ndarray, np.ndarray]]:
+def set5():
     from edgesr.quant.calibration import testset_eval_set
 
-    return [(p.name, p.lr, p.hr) for p in testset_eval_set(SHARED / "testsets" / "Set5", 4).pairs]
+    return testset_eval_set(SHARED / "testsets" / "Set5", 4).pairs
 
 
-def _x(lr_u8: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray((lr_u8.astype(np.float32) / 255.0).transpose(2, 0, 1)[None])
+def _x(p, spec) -> np.ndarray:
+    from edgesr.quant.calibration import to_model_input
+
+    return to_model_input(p.lr, spec)[None]
 
 
-def _psnr(y: np.ndarray, hr: np.ndarray) -> float:
+def _psnr(y: np.ndarray, p, spec) -> float:
     from edgesr.metrics import psnr_y
+    from edgesr.quant.calibration import from_model_output
 
-    return psnr_y(np.clip(y[0].transpose(1, 2, 0), 0, 1), hr, 4)
+    return psnr_y(np.clip(from_model_output(y[0], spec), 0, 1), p.hr, spec.scale)
+
+
+def _drop(a: list[float], b: list[float]) -> float:
+    return round(float(np.mean(a) - np.mean(b)), 4)
+
+
+def _ncnn_mode(module, spec):
+    from edgesr.export.ncnn import shape_mode
+
+    hw, why = shape_mode(module, spec, (64, 64))
+    return hw is not None, why
 
 
 def quality(name: str, module, spec, pairs) -> dict:
-    """Per format: max |fp32 - torch| over Set5, mean Y-PSNR of torch / fp32 / int8."""
+    """Per format: max |fp32 - torch| over Set5; Set5 Y-PSNR of torch / fp32 / INT8 (edgesr's
+    recipe with its held-out verdict) and of all-INT8 when the verdict kept layers float."""
     import torch
 
     from edgesr.backends.litert_runner import LiteRtRunner
     from edgesr.backends.ncnn_runner import NcnnRunner
-    from edgesr.export.litert import convert_fp32_bytes, quantize_int8_bytes
-    from edgesr.export.mobile import calibration_inputs
-    from edgesr.export.ncnn import calibrate, convert_bytes, quantize_int8
+    from edgesr.export.litert import LiteRtInt8, convert_fp32_bytes
+    from edgesr.export.ncnn import convert_bytes
+    from edgesr.export.ncnn_int8 import NcnnInt8
 
-    out: dict = {"torch": [], "litert_fp32": [], "litert_int8": [], "ncnn_fp32": [], "ncnn_int8": [],
-                 "max_abs": {"litert_fp32": 0.0, "ncnn_fp32": 0.0}, "errors": {}}
+    out: dict = {k: [] for k in ("torch", "litert_fp32", "litert_int8", "litert_int8_all", "ncnn_fp32",
+                                 "ncnn_int8", "ncnn_int8_all")}
+    out |= {"max_abs": {"litert_fp32": 0.0, "ncnn_fp32": 0.0}, "errors": {}, "verdict": {}, "kernels": {}}
+    fixed, why = _ncnn_mode(module, spec)
+    out["ncnn_shapes"] = "one .param per LR size: " + why if fixed else "dynamic (one .param for every size)"
+    recipes = {}
     try:
-        param, weights = convert_bytes(module, spec)
-        nc32 = NcnnRunner(param, weights)
-        amax = calibrate(param, weights, calibration_inputs(spec, None))
-        nc8 = NcnnRunner(*quantize_int8(param, weights, amax)[:2])
+        t0 = time.time()
+        lr = LiteRtInt8(module, spec)
+        float_ops, out["verdict"]["litert"] = lr.verdict(BUDGET)
+        recipes["litert"] = (lr, float_ops)
+        log(f"  {name}: LiteRT INT8 verdict {out['verdict']['litert']['drop']:.3f} dB ({time.time() - t0:.0f} s)")
     except Exception as e:  # noqa: BLE001 - reported, not fatal
+        out["errors"]["litert"] = f"{type(e).__name__}: {e}"[:300]
+    try:
+        t0 = time.time()
+        nc = NcnnInt8(module, spec, fixed=fixed)
+        skip, out["verdict"]["ncnn"] = nc.verdict(BUDGET)
+        recipes["ncnn"] = (nc, skip)
+        nc32_dyn = None if fixed else NcnnRunner(*convert_bytes(module, spec))
+        log(f"  {name}: ncnn INT8 verdict {out['verdict']['ncnn']['drop']:.3f} dB ({time.time() - t0:.0f} s)")
+    except Exception as e:  # noqa: BLE001
         out["errors"]["ncnn"] = f"{type(e).__name__}: {e}"[:300]
-        nc32 = nc8 = None
-    for img, lr, hr in pairs:
-        x = _x(lr)
+    for p in pairs:
+        x = _x(p, spec)
+        hw = x.shape[2:]
         with torch.inference_mode():
             ref = module(torch.from_numpy(x)).numpy()
-        out["torch"].append(_psnr(ref, hr))
-        if "litert" not in out["errors"]:
-            try:
-                fp32 = convert_fp32_bytes(module, spec, x.shape[2:])
-                y = LiteRtRunner(fp32).run(x)
-                out["max_abs"]["litert_fp32"] = max(out["max_abs"]["litert_fp32"], float(np.abs(y - ref).max()))
-                out["litert_fp32"].append(_psnr(y, hr))
-                q = quantize_int8_bytes(fp32, calibration_inputs(spec, x.shape[2:]))
-                out["litert_int8"].append(_psnr(LiteRtRunner(q).run(x), hr))
-            except Exception as e:  # noqa: BLE001
-                out["errors"]["litert"] = f"{type(e).__name__}: {e}"[:300]
-        if nc32 is not None:
-            y = nc32.run(x)
+        out["torch"].append(_psnr(ref, p, spec))
+        if "litert" in recipes:
+            lr, float_ops = recipes["litert"]
+            y = LiteRtRunner(convert_fp32_bytes(module, spec, hw)).run(x)
+            out["max_abs"]["litert_fp32"] = max(out["max_abs"]["litert_fp32"], float(np.abs(y - ref).max()))
+            out["litert_fp32"].append(_psnr(y, p, spec))
+            q = lr.build(hw, float_ops)
+            out["litert_int8"].append(_psnr(LiteRtRunner(q).run(x), p, spec))
+            if float_ops:
+                out["litert_int8_all"].append(_psnr(LiteRtRunner(lr.build(hw)).run(x), p, spec))
+            if p is pairs[0]:
+                out["kernels"]["litert"] = litert_kernel_check(q, x, y)
+        if "ncnn" in recipes:
+            nc, skip = recipes["ncnn"]
+            r32 = nc32_dyn or NcnnRunner(*nc.reference(hw))
+            y = r32.run(x)
             out["max_abs"]["ncnn_fp32"] = max(out["max_abs"]["ncnn_fp32"], float(np.abs(y - ref).max()))
-            out["ncnn_fp32"].append(_psnr(y, hr))
-            out["ncnn_int8"].append(_psnr(nc8.run(x), hr))
-        log(f"  {name} {img}: done")
+            out["ncnn_fp32"].append(_psnr(y, p, spec))
+            param, weights, _ = nc.build(hw, skip)
+            out["ncnn_int8"].append(_psnr(NcnnRunner(param, weights).run(x), p, spec))
+            if skip:
+                out["ncnn_int8_all"].append(_psnr(NcnnRunner(*nc.build(hw)[:2]).run(x), p, spec))
+            if p is pairs[0]:
+                out["kernels"]["ncnn"] = ncnn_kernel_check(param, weights, x)
+        log(f"  {name} {p.name}: done")
     mean = {k: (round(float(np.mean(v)), 4) if v else None) for k, v in out.items() if isinstance(v, list)}
-    drop = {f: (round(mean[f"{f}_fp32"] - mean[f"{f}_int8"], 4) if mean[f"{f}_int8"] is not None else None)
-            for f in ("litert", "ncnn")}
-    return {"set5_psnr_y": mean, "int8_drop_db": drop, "fp32_max_abs_vs_torch": out["max_abs"],
-            "errors": out["errors"]}
+    drop = {f: (_drop(out[f"{f}_fp32"], out[f"{f}_int8"]) if out[f"{f}_int8"] else None) for f in ("litert", "ncnn")}
+    drop_all = {f: (_drop(out[f"{f}_fp32"], out[f"{f}_int8_all"]) if out[f"{f}_int8_all"] else drop[f])
+                for f in ("litert", "ncnn")}
+    return {"set5_psnr_y": mean, "int8_drop_db": drop, "int8_drop_all_int8_db": drop_all,
+            "fp32_max_abs_vs_torch": out["max_abs"], "verdict": out["verdict"], "kernels": out["kernels"],
+            "ncnn_shapes": out["ncnn_shapes"], "errors": out["errors"]}
+
+
+# --------------------------------------------------------------------------- int8 kernels
+
+
+def litert_kernel_check(model: bytes, x: np.ndarray, ref: np.ndarray) -> dict:
+    """XNNPACK (the interpreter's default CPU path) vs LiteRT's reference kernels (exact int32
+    accumulation) on one INT8 file, both also against the fp32 model's output `ref` (NCHW): a
+    saturating int8 kernel would fall far behind the reference kernels there."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    def run(**kw):
+        it = Interpreter(model_content=model, **kw)
+        it.allocate_tensors()
+        d, o = it.get_input_details()[0], it.get_output_details()[0]
+        s, z = d["quantization"]
+        it.set_tensor(d["index"], np.clip(np.round(x.transpose(0, 2, 3, 1) / s + z), -128, 127).astype(np.int8))
+        it.invoke()
+        so, zo = o["quantization"]
+        q = it.get_tensor(o["index"]).astype(np.int32)
+        return q, (q - zo).astype(np.float64).transpose(0, 3, 1, 2) * so
+
+    (fq, fy), (rq, ry) = run(), run(experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    d = np.abs(fq - rq)
+
+    def psnr(y):
+        return round(float(10 * np.log10(1.0 / np.mean((np.clip(y, 0, 1) - np.clip(ref, 0, 1)) ** 2))), 3)
+
+    return {"what": "int8 output codes, XNNPACK vs LiteRT reference kernels; PSNR of each vs the fp32 file "
+                    "(Set5 baby)", "max_code_diff": int(d.max()), "share_differing": round(float((d > 0).mean()), 5),
+            "psnr_xnnpack_vs_fp32": psnr(fy), "psnr_reference_vs_fp32": psnr(ry)}
+
+
+def ncnn_kernel_check(param: str, weights: bytes, x: np.ndarray) -> dict:
+    """Each INT8 Convolution's output vs float64 arithmetic on its own input blob: quantize with
+    the layer's input scale, exact int32 conv with its int8 weights, dequantize, bias, activation."""
+    from edgesr.backends.ncnn_runner import NcnnRunner
+    from edgesr.export.ncnn_int8 import NcnnModel, _pads
+
+    model = NcnnModel(param, weights)
+    runner = NcnnRunner(param, weights, name="ncnn:check")
+    worst = []
+    for i, la in enumerate(model.layers):
+        if la.type != "Convolution" or int(la.get(8)) != 2:
+            continue
+        blobs = runner.blobs(x, [la.bottoms[0], la.tops[0]])
+        xin, yout = blobs[la.bottoms[0]].astype(np.float64), blobs[la.tops[0]].astype(np.float64)
+        n_out, k = int(la.get(0)), int(la.get(1))
+        chunk = model.chunks[i]
+        size = int(la.get(6))
+        w8 = np.frombuffer(chunk, np.int8, size, 4).astype(np.float64).reshape(n_out, -1, k, k)
+        off = 4 + (size + 3) // 4 * 4
+        bias = np.frombuffer(chunk, "<f4", n_out, off).astype(np.float64) if int(la.get(5)) else np.zeros(n_out)
+        off += 4 * n_out if int(la.get(5)) else 0
+        w_scale = np.frombuffer(chunk, "<f4", n_out, off).astype(np.float64)
+        in_scale = float(np.frombuffer(chunk, "<f4", 1, off + 4 * n_out)[0])
+        q = np.clip(np.round(xin * in_scale), -127, 127)
+        t, b, l, r = _pads(la)
+        q = np.pad(q, ((0, 0), (t, b), (l, r)))
+        c, h, w = q.shape
+        ho, wo = h - k + 1, w - k + 1
+        acc = np.zeros((n_out, ho, wo))
+        for dy in range(k):
+            for dx in range(k):
+                acc += np.einsum("oc,chw->ohw", w8[:, :, dy, dx], q[:, dy:dy + ho, dx:dx + wo])
+        y = acc / (in_scale * w_scale[:, None, None]) + bias[:, None, None]
+        act = int(la.get(9))
+        if act == 1:
+            y = np.maximum(y, 0)
+        elif act == 3:
+            lo, hi = (float(v) for v in la.params[-23310].split(",")[1:3])
+            y = np.clip(y, lo, hi)
+        worst.append(float(np.abs(y - yout).max() / max(1e-12, np.abs(yout).max())))
+    return {"what": "max |ncnn - float64 simulation| / max |output| per INT8 convolution (Set5 baby)",
+            "layers": len(worst), "max_relative_diff": max(worst) if worst else None}
+
+
+# --------------------------------------------------------------------------- ablation
+
+LITERT_STEPS = [  # (label, Int8Options overrides) - cumulative
+    ("first pass: ai-edge-quantizer defaults (moving-average ranges)",
+     dict(equalize=False, bias_correction=False, gptq=False, ranges="moving-average", full_input_range=False)),
+    ("+ true min-max ranges, input range = [0, 1]", dict(equalize=False, bias_correction=False, gptq=False)),
+    ("+ activation equalization", dict(bias_correction=False, gptq=False)),
+    ("+ bias correction", dict(gptq=False)),
+    ("+ GPTQ weight rounding = edgesr default", {}),
+]
+NCNN_STEPS = [
+    ("first pass: min-max, no rewrites", dict(equalize=False, bias_correction=False, gptq=False, center=False)),
+    ("+ activation equalization", dict(bias_correction=False, gptq=False, center=False)),
+    ("+ bias correction", dict(gptq=False, center=False)),
+    ("+ GPTQ weight rounding", dict(center=False)),
+    ("+ zero-centring = edgesr default", {}),
+]
+
+
+def ablation(name: str, module, spec, pairs) -> dict:
+    """Set5 and held-out drops of all-INT8 models (no float layers) for each cumulative step."""
+    from edgesr.backends.litert_runner import LiteRtRunner
+    from edgesr.backends.ncnn_runner import NcnnRunner
+    from edgesr.export.litert import LiteRtInt8, convert_fp32_bytes
+    from edgesr.export.mobile_int8 import Int8Options
+    from edgesr.export.ncnn_int8 import NcnnInt8
+    from edgesr.quant.calibration import held_out_eval_set
+
+    sets = {"set5": pairs, "held_out": held_out_eval_set(spec.scale).pairs}
+    fixed, _ = _ncnn_mode(module, spec)
+    out: dict = {"litert": [], "ncnn": []}
+    base_lt = {k: [_psnr(LiteRtRunner(convert_fp32_bytes(module, spec, _x(p, spec).shape[2:])).run(_x(p, spec)),
+                         p, spec) for p in v] for k, v in sets.items()}
+    for label, kw in LITERT_STEPS:
+        t0 = time.time()
+        r = LiteRtInt8(module, spec, options=Int8Options(**kw))
+        q = {k: [_psnr(LiteRtRunner(r.build(_x(p, spec).shape[2:])).run(_x(p, spec)), p, spec) for p in v]
+             for k, v in sets.items()}
+        out["litert"].append({"step": label, **{f"{k}_drop": _drop(base_lt[k], q[k]) for k in sets}})
+        log(f"  {name} LiteRT {label}: {out['litert'][-1]} ({time.time() - t0:.0f} s)")
+    nc0 = NcnnInt8(module, spec, fixed=fixed)
+    base_nc = {k: [_psnr(NcnnRunner(*nc0.reference(_x(p, spec).shape[2:])).run(_x(p, spec)), p, spec) for p in v]
+               for k, v in sets.items()}
+    for label, kw in NCNN_STEPS:
+        t0 = time.time()
+        r = NcnnInt8(module, spec, options=Int8Options(**kw), fixed=fixed)
+        q = {k: [_psnr(NcnnRunner(*r.build(_x(p, spec).shape[2:])[:2]).run(_x(p, spec)), p, spec) for p in v]
+             for k, v in sets.items()}
+        out["ncnn"].append({"step": label, **{f"{k}_drop": _drop(base_nc[k], q[k]) for k in sets}})
+        log(f"  {name} ncnn {label}: {out['ncnn'][-1]} ({time.time() - t0:.0f} s)")
+    return out
+
+
+# --------------------------------------------------------------------------- latency
 
 
 def latency(module, spec, hw: tuple[int, int], threads: int, policy) -> dict:
@@ -132,31 +321,34 @@ def latency(module, spec, hw: tuple[int, int], threads: int, policy) -> dict:
     from edgesr.backends.litert_runner import LiteRtRunner
     from edgesr.backends.ncnn_runner import NcnnRunner
     from edgesr.bench import SessionRunner, ort_session, ratio_summary, time_interleaved
-    from edgesr.export.litert import convert_fp32_bytes, quantize_int8_bytes
-    from edgesr.export.mobile import calibration_inputs
-    from edgesr.export.ncnn import calibrate, convert_bytes, quantize_int8
+    from edgesr.export.litert import LiteRtInt8, convert_fp32_bytes
+    from edgesr.export.ncnn import convert_bytes
+    from edgesr.export.ncnn_int8 import NcnnInt8
     from edgesr.export.onnx import export_onnx
 
     x = np.random.default_rng(0).random((1, spec.in_channels, *hw), dtype=np.float32)
     xt = torch.from_numpy(x)
     torch.set_num_threads(threads)
     runners: dict = {}
+    errors = {}
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "m.onnx"
-        export_onnx(module, spec, onnx_path)
+        try:
+            export_onnx(module, spec, onnx_path)
+            note = "dynamic"
+        except Exception:  # noqa: BLE001 - SAFMN++'s pooling: a fixed-size graph
+            export_onnx(module, spec, onnx_path, dynamic=False, sample_shape=(1, spec.in_channels, *hw))
+            note = f"fixed {hw[0]}x{hw[1]}"
         runners["ort:fp32"] = SessionRunner(ort_session(onnx_path, threads=threads, spinning=False), "ort:fp32")
-    errors = {}
+    fixed, _ = _ncnn_mode(module, spec)
     try:
-        fp32 = convert_fp32_bytes(module, spec, hw)
-        runners["litert:fp32"] = LiteRtRunner(fp32, threads=threads)
-        runners["litert:int8"] = LiteRtRunner(quantize_int8_bytes(fp32, calibration_inputs(spec, hw)), threads=threads)
+        runners["litert:fp32"] = LiteRtRunner(convert_fp32_bytes(module, spec, hw), threads=threads)
+        runners["litert:int8"] = LiteRtRunner(LiteRtInt8(module, spec).build(hw), threads=threads)
     except Exception as e:  # noqa: BLE001
         errors["litert"] = f"{type(e).__name__}: {e}"[:300]
     try:
-        param, weights = convert_bytes(module, spec)
-        runners["ncnn:fp32"] = NcnnRunner(param, weights, threads=threads)
-        amax = calibrate(param, weights, calibration_inputs(spec, None))
-        runners["ncnn:int8"] = NcnnRunner(*quantize_int8(param, weights, amax)[:2], threads=threads)
+        runners["ncnn:fp32"] = NcnnRunner(*convert_bytes(module, spec, hw=hw if fixed else None), threads=threads)
+        runners["ncnn:int8"] = NcnnRunner(*NcnnInt8(module, spec, fixed=fixed).build(hw)[:2], threads=threads)
     except Exception as e:  # noqa: BLE001
         errors["ncnn"] = f"{type(e).__name__}: {e}"[:300]
 
@@ -172,7 +364,8 @@ def latency(module, spec, hw: tuple[int, int], threads: int, policy) -> dict:
     rows = {k: {"median_ms": round(s.median_ms, 3), "p10_ms": round(float(np.percentile(s.samples_ms, 10)), 3),
                 "p90_ms": round(s.p90_ms, 3), "runs": s.runs, "vs_ort_fp32": ratio_summary(s, base)}
             for k, s in stats.items()}
-    return {"lr_hw": list(hw), "threads": threads, "results": rows, "errors": errors,
+    return {"lr_hw": list(hw), "threads": threads, "results": rows, "errors": errors, "ort_graph": note,
+            "int8_note": "all-INT8 builds (the verdict's float layers, if any, change little of the time)",
             "loadavg_before": load_before, "loadavg_after": load_after}
 
 
@@ -188,19 +381,23 @@ def coreml_check(module, spec, hw) -> dict:
         return {"status": f"does not convert: {type(e).__name__}: {e}"[:300]}
 
 
+# --------------------------------------------------------------------------- README
+
+
 def readme_block(data: dict) -> str:
     lat_hw = data["latency_lr_hw"]
+    loads = ", ".join(f"{m['latency']['loadavg_before'][0]:.0f}" for m in data["models"].values())
     lines = [START, "",
              f"Generated by `python benchmarks/mobile.py --readme` from `benchmarks/results/mobile.json` "
              f"({data['machine'].get('cpu_model')}, {data['threads']} thread(s), one interleaved run per model; "
              f"latency at {lat_hw[0]}x{lat_hw[1]} LR -> x4; (x) = format time / ORT fp32 time, < 1 is faster, "
-             f"paired per-round p10-p90). "
-             "Parity: max |fp32 - PyTorch| over the Set5 x4 LR images; INT8 drop: Set5 Y-PSNR of fp32 minus "
-             "all-INT8 in the same format (no float fallback). Core ML: converted and checked statically, "
-             "not run (no runtime on Linux). 1-minute load average during the timed runs: "
-             + ", ".join(f"{m['latency']['loadavg_before'][0]:.0f}" for m in data["models"].values())
-             + f" on {data['machine'].get('logical_cpus')} CPUs: a shared, loaded machine, so only the same-run "
-             "ratios mean anything, and their spread is wide.", "",
+             f"paired per-round p10-p90). Parity: max |fp32 - PyTorch| over the Set5 x4 LR images (LiteRT: one "
+             f"fixed-size file per image size). INT8 drop: Set5 x4 Y-PSNR of fp32 minus INT8 in the same format, "
+             f"edgesr's recipe (docs/deploy.md section 7) with its verdict on the held-out sample photos "
+             f"({BUDGET} dB budget; float layers kept, if any, in brackets with the all-INT8 drop). Core ML: "
+             f"converted and checked statically, not run (no runtime on Linux). 1-minute load average when each "
+             f"model was timed: {loads} on {data['machine'].get('logical_cpus')} CPUs: a shared, heavily loaded "
+             "machine, so only the same-run ratios mean anything, and their spread is wide.", "",
              "| model | LiteRT fp32 parity | LiteRT INT8 drop dB | ncnn fp32 parity | ncnn INT8 drop dB | "
              "ORT fp32 ms | LiteRT fp32 ms (x vs ORT) | LiteRT INT8 ms (x) | ncnn fp32 ms (x) | ncnn INT8 ms (x) | "
              "Core ML |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -220,11 +417,16 @@ def readme_block(data: dict) -> str:
         def par(fmt):
             if fmt in q["errors"]:
                 return "does not convert"
-            return f"{mx[f'{fmt}_fp32']:.1e} ({'ok' if mx[f'{fmt}_fp32'] <= 1e-4 else 'FAIL'})"
+            note = " (per size)" if fmt == "ncnn" and q["ncnn_shapes"].startswith("one") else ""
+            return f"{mx[f'{fmt}_fp32']:.1e} ({'ok' if mx[f'{fmt}_fp32'] <= 1e-4 else 'FAIL'}){note}"
 
         def drop(fmt):
             d = q["int8_drop_db"][fmt]
-            return "-" if d is None else f"{d:.3f}"
+            if d is None:
+                return "-"
+            v = q["verdict"].get(fmt) or {}
+            fl = v.get("float_layers") or []
+            return f"{d:.3f}" + (f" ({len(fl)} float; all-INT8 {q['int8_drop_all_int8_db'][fmt]:.3f})" if fl else "")
 
         cm = m["coreml"]
         cml = ("converted, not run; ANE list: " + ("ok" if cm.get("ane_likely") else
@@ -246,6 +448,11 @@ def write_readme(data: dict) -> None:
     readme.write_text(text[:a] + readme_block(data) + text[b:])
 
 
+def _save(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+
+
 def main(argv=None) -> int:
     from edgesr.bench import TimingPolicy, machine_info
 
@@ -254,6 +461,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=128, help="LR side of the latency workload")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per runtime")
+    ap.add_argument("--ablation", action="store_true", help="INT8 step-by-step ablation instead (all-INT8 models)")
+    ap.add_argument("--update", action="store_true", help="keep the other models' entries of the saved JSON")
     ap.add_argument("--readme", action="store_true", help="only rewrite README's block from the saved JSON")
     args = ap.parse_args(argv)
     if args.readme:
@@ -264,25 +473,38 @@ def main(argv=None) -> int:
         raise SystemExit(f"needs {SHARED} (checkpoints + Set5)")
     names = [n for n in MODELS if n in args.models.split(",")] or list(MODELS)
     pairs = set5()
-    policy = TimingPolicy(warmup_seconds=0.5, min_runs=10, min_seconds=args.seconds)
+    target = ABLATION if args.ablation else RESULTS
     data = {"machine": machine_info(), "threads": args.threads, "latency_lr_hw": [args.size, args.size],
             "command": "python benchmarks/mobile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "models": {}}
+    if args.update and target.is_file():
+        data["models"] = json.loads(target.read_text()).get("models", {})
+    policy = TimingPolicy(warmup_seconds=0.5, min_runs=10, min_seconds=args.seconds)
     for name in names:
         t0 = time.time()
         module, spec = load(name)
-        log(f"{name}: quality on Set5 ...")
-        q = quality(name, module, spec, pairs)
-        log(f"{name}: latency ...")
-        lat = latency(module, spec, (args.size, args.size), args.threads, policy)
-        log(f"{name}: Core ML ...")
-        cm = coreml_check(module, spec, (args.size, args.size))
-        data["models"][name] = {"quality": q, "latency": lat, "coreml": cm, "seconds": round(time.time() - t0, 1)}
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    block = readme_block(data)
-    print(block)
-    print(f"\nwrote {RESULTS}")
+        if args.ablation:
+            log(f"{name}: INT8 ablation ...")
+            data["models"][name] = ablation(name, module, spec, pairs) | {"seconds": round(time.time() - t0, 1),
+                                                                          "loadavg": os.getloadavg()}
+        else:
+            log(f"{name}: quality on Set5 ...")
+            q = quality(name, module, spec, pairs)
+            log(f"{name}: latency ...")
+            lat = latency(module, spec, (args.size, args.size), args.threads, policy)
+            log(f"{name}: Core ML ...")
+            cm = coreml_check(module, spec, (args.size, args.size))
+            data["models"][name] = {"quality": q, "latency": lat, "coreml": cm,
+                                    "seconds": round(time.time() - t0, 1)}
+        _save(target, data)
+    if args.ablation:
+        for name, m in data["models"].items():
+            for fmt in ("litert", "ncnn"):
+                for row in m[fmt]:
+                    print(f"{name} | {fmt} | {row['step']} | {row['set5_drop']:.3f} | {row['held_out_drop']:.3f}")
+    else:
+        print(readme_block(data))
+    print(f"\nwrote {target}")
     return 0
 
 

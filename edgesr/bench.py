@@ -576,7 +576,8 @@ def _version(mod: str) -> str | None:
 
 # Output sizes of the standard workloads; the LR input is output // scale.
 WORKLOADS = {"720p": (720, 1280), "1080p": (1080, 1920)}
-BACKENDS = ("ort", "ort-int8", "openvino", "openvino-int8", "torch", "torch-cuda", "trt", "trt-rtx")
+BACKENDS = ("ort", "ort-int8", "openvino", "openvino-int8", "torch", "torch-cuda", "trt", "trt-rtx", "litert",
+            "litert-int8", "ncnn", "ncnn-int8", "coreml")
 GPU_BACKENDS = ("torch-cuda", "trt", "trt-rtx")
 
 
@@ -627,7 +628,7 @@ class ModelSource:
     """What a MODEL argument points at, and lazily-made artifacts (cached in `workdir`)."""
 
     ref: Path
-    kind: str  # "checkpoint" | "onnx" | "bundle"
+    kind: str  # "checkpoint" | "onnx" | "bundle" | "mobile" (a .tflite / .param / Core ML file)
     spec: Any  # edgesr.spec.Spec (deploy form unless form="training" was asked for)
     workdir: Path
     module: Any = None  # PyTorch module (checkpoint / bundle torch_deploy)
@@ -635,6 +636,7 @@ class ModelSource:
     manifest: Any = None
     form: str = "deploy"
     notes: list[str] = field(default_factory=list)
+    default_backend: str = "ort"  # what `edgesr bench` times when no --backend is given
     _tmp: Any = None
 
     # ---- artifacts
@@ -728,6 +730,13 @@ def open_model(ref: str | Path, *, workdir: str | Path | None = None, scale: int
             src.module = load_model(sd, arch=man.spec.arch, scale=man.spec.scale).module.eval()
         except Exception as e:  # noqa: BLE001 - torch backend then reports unavailable
             src.notes.append(f"no PyTorch deploy weights usable: {e}")
+        return src
+    from .backends.mobile import file_backend, is_mobile_artifact, spec_beside
+
+    if is_mobile_artifact(path):
+        spec, _ = spec_beside(path, scale)
+        src = ModelSource(path, "mobile", spec, workdir, _tmp=tmp)
+        src.default_backend = file_backend(path)
         return src
     if path.suffix.lower() in ONNX_SUFFIXES:
         from .resolve import _spec_from_onnx
@@ -914,6 +923,13 @@ def prepare_backend(src: ModelSource, backend: str, *, threads: int | None = Non
             raise _unavailable(f"{backend}: {why}; GPU backends are skipped on this machine")
     if backend in ("openvino", "openvino-int8"):
         return _prepare_openvino(src, backend, threads, int8_config)
+    from .backends.mobile import MOBILE_BACKENDS, prepare_mobile
+
+    if backend in MOBILE_BACKENDS:
+        runner, artifact, precision, notes = prepare_mobile(src, backend, threads, engine_sizes)
+        return Prepared(backend, runner, _rel(Path(artifact)), precision, notes=notes)
+    if src.kind == "mobile":
+        raise _unavailable(f"{src.ref.name} is a mobile artifact: time it with --backend {src.default_backend}")
     if backend in ("ort", "ort-int8"):
         if backend == "ort":
             p, notes, prec = src.fp32_onnx(), [], "fp32"

@@ -1,7 +1,8 @@
 """Turn what a user names on the command line into a runnable model.
 
-A MODEL argument is a checkpoint (.pth/.pt/.ckpt/.safetensors), an ONNX / ORT file,
-or an OUTDIR written by `edgesr convert` (holding manifest.json).
+A MODEL argument is a checkpoint (.pth/.pt/.ckpt/.safetensors), an ONNX / ORT file, a mobile
+artifact (.tflite, ncnn .param; Core ML: "no runtime on this machine"), or an OUTDIR written by
+`edgesr convert` (holding manifest.json).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from .spec import Spec
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".sft")
 ONNX_SUFFIXES = (".onnx", ".ort")
-BACKENDS = ("torch", "ort", "openvino", "ort-int8", "openvino-int8")
+BACKENDS = ("torch", "ort", "openvino", "ort-int8", "openvino-int8", "litert", "litert-int8", "ncnn", "ncnn-int8",
+            "coreml")
 
 
 @dataclass
@@ -38,6 +40,16 @@ def resolve_model(ref: str | Path, backend: str = "torch", scale: int | None = N
     if input_range is not None and (path.is_dir() or path.suffix.lower() in ONNX_SUFFIXES):
         raise CheckpointError(f"--input-range applies to a checkpoint; {path.name} is a "
                               f"{'bundle' if path.is_dir() else 'ONNX model'}, which already takes [0, 1] input")
+    from .backends.mobile import MOBILE_BACKENDS, is_mobile_artifact
+
+    if is_mobile_artifact(path) or (path.is_dir() and backend in MOBILE_BACKENDS):
+        if input_range is not None:
+            raise CheckpointError(f"--input-range applies to a checkpoint; {path.name} is a mobile model, which "
+                                  "already takes [0, 1] input")
+        return _from_mobile(path, backend, scale, threads)
+    if backend in MOBILE_BACKENDS:
+        raise CheckpointError(f"--backend {backend} runs a mobile artifact: pass the .tflite / .param file or a "
+                              f"convert OUTDIR that holds one, not {path.name}")
     if backend not in ("torch", "ort"):
         if input_range is not None:
             raise CheckpointError(f"--input-range with --backend {backend}: convert the checkpoint with "
@@ -255,3 +267,33 @@ def _int8_artifact(manifest, path: Path, backend: str, role: str):
     raise CheckpointError(f"{path} has no INT8 graph made for {backend} ({role})"
                           + (f"; its INT8 graphs ({', '.join(others)}) are made for other runtimes" if others else "")
                           + f"; convert with --int8{' --openvino' if backend == 'openvino-int8' else ''}")
+
+
+def _from_mobile(path: Path, backend: str, scale, threads) -> ResolvedModel:
+    """A .tflite / .param file (spec from the manifest.json beside it, else --scale), or the
+    artifact of a mobile `backend` in a convert OUTDIR. Fixed-size .tflite files tile with boxes
+    of exactly their size (:class:`edgesr.backends.mobile.FixedBoxRunner`)."""
+    from .backends.mobile import MOBILE_BACKENDS, coreml_unavailable, mobile_runner_for, spec_beside
+    from .bundle import read_manifest
+
+    spec = manifest = None
+    if path.is_dir():
+        manifest = read_manifest(path)
+        spec = manifest.spec
+        if scale is not None and spec.scale != scale:
+            raise ScaleMismatch(f"--scale {scale} does not match {path} (x{spec.scale})")
+        try:
+            path = manifest.artifact(MOBILE_BACKENDS[backend]).path
+        except Exception:  # noqa: BLE001 - BundleError: the role is absent
+            if backend == "coreml":
+                raise CheckpointError(f"{path} holds no Core ML package (convert with --coreml)") from None
+            flag = {"litert": "--tflite", "ncnn": "--ncnn"}[backend.split("-")[0]]
+            raise CheckpointError(f"{path} holds no {MOBILE_BACKENDS[backend]} artifact (convert with {flag}"
+                                  f"{' --int8' if backend.endswith('int8') else ''})") from None
+    if path.name.lower().endswith((".mlpackage", ".mlpackage.zip")):
+        raise coreml_unavailable(path)
+    if spec is None:
+        spec, manifest = spec_beside(path, scale)
+    runtime = "litert" if path.suffix.lower() == ".tflite" else "ncnn"
+    runner = mobile_runner_for(path, spec, threads, name=f"{runtime}:{path.name}")
+    return ResolvedModel(runner, spec, "mobile" if manifest is None else "bundle", path)

@@ -706,6 +706,8 @@ def upscale(model, input: str | Path, output: str | Path, *, tile: int | str | N
         model, backend=backend, scale=scale, arch=arch, threads=threads)
     if scale is not None and resolved.spec.scale != scale:
         raise ScaleMismatch(f"--scale {scale} does not match the model (x{resolved.spec.scale})")
+    if getattr(resolved.runner, "tiles_itself", False):  # a fixed-size .tflite: boxes of exactly its size
+        tile, overlap = 0, None
     mt = ModelTiling(resolved.runner, resolved.spec, onnx=getattr(resolved, "onnx", None),
                      manifest_tiling=getattr(resolved, "tiling", None), threads=threads)
     if isinstance(tile, int) and tile > 0:  # an option error is one error, not one per image

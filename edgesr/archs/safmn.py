@@ -80,7 +80,7 @@ class SAFM(nn.Module):
             k = 2 ** i
             if self.pool == "exact":
                 s = adaptive_max_pool_exact(xc[i], k)
-            elif torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            elif torch.onnx.is_in_onnx_export():  # fixed-size converters (jit / torch.export) may trace it
                 raise UnsupportedOperator(
                     "aten::adaptive_max_pool2d with an output size that follows the input size has no ONNX "
                     "equivalent (backend: ONNX export / ONNX Runtime, dynamic H/W); build SAFMN with "

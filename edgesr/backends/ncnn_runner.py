@@ -1,8 +1,9 @@
 """ncnn runner (the ``ncnn`` Python package, CPU) for .param/.bin pairs written by edgesr.
 
 Takes the edgesr convention (NCHW float32 batch); ncnn runs one CHW image at a time. Python
-ncnn's ``Mat(numpy_array)`` wraps the array's memory without owning it, so every array handed
-to ncnn is kept referenced until its extraction is done (freeing it early feeds garbage).
+ncnn's ``Mat(numpy_array)`` wraps the array's memory without owning it (and without a reference
+count), so the input is handed to ncnn as an owned clone: freeing a wrapped array early feeds
+garbage, and an in-place first layer dereferences the missing reference count (segfault).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class NcnnRunner:
 
     def __init__(self, param: str | os.PathLike, weights: bytes | None = None, *, name: str | None = None,
                  fp16: bool = False, threads: int | None = None):
-        from ..export.ncnn import io_names
+        from ..export.ncnn import input_shape, io_names
 
         ncnn = _ncnn()
         if weights is None:
@@ -46,6 +47,7 @@ class NcnnRunner:
         self.name = name or f"ncnn:{self.source}"
         self.param_text = text
         self.inputs, self.outputs = io_names(text)
+        self.input_hw = input_shape(text)  # fixed-size model (declared by its Input layer), or None
         if len(self.inputs) != 1 or len(self.outputs) != 1:
             raise ExportError(f"{self.source}: expected one input and one output blob, found "
                               f"{self.inputs} -> {self.outputs}")
@@ -68,7 +70,8 @@ class NcnnRunner:
                 raise ExportError(f"ncnn cannot load the weights of {self.source} (.bin does not match the .param)")
 
     def io(self) -> dict[str, Any]:
-        return {"input": {"name": self.inputs[0], "dtype": "float32", "layout": "CHW", "shape": ["C", "H", "W"]},
+        shape = ["C", "H", "W"] if self.input_hw is None else ["C", *self.input_hw]
+        return {"input": {"name": self.inputs[0], "dtype": "float32", "layout": "CHW", "shape": shape},
                 "output": {"name": self.outputs[0], "dtype": "float32", "layout": "CHW",
                            "shape": ["C", "H*scale", "W*scale"]}}
 
@@ -79,7 +82,9 @@ class NcnnRunner:
         ex = self.net.create_extractor()
         if len(names) > 1:  # light mode frees intermediate blobs once consumed; keep them to read several
             ex.set_light_mode(False)
-        ex.input(self.inputs[0], ncnn.Mat(a))
+        # an owned copy: a Mat wrapping numpy memory has no reference count, and ncnn dereferences
+        # it when an in-place layer (BinaryOp, ReLU, ...) reads the input blob directly (segfault)
+        ex.input(self.inputs[0], ncnn.Mat(a).clone())
         out = {}
         for n in names:
             rc, m = ex.extract(n)
@@ -90,6 +95,12 @@ class NcnnRunner:
         return out
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        if self.input_hw is not None and tuple(x.shape[2:]) != self.input_hw:
+            from ..errors import ImageError
+
+            h, w = self.input_hw
+            raise ImageError(f"{self.source} takes one fixed input size, {h}x{w} LR pixels; got "
+                             f"{'x'.join(map(str, x.shape))} (NCHW). Run tiles of {h}x{w}, or convert for this size")
         ys = []
         for i in range(x.shape[0]):
             ys.append(self.blobs(x[i:i + 1], self.outputs)[self.outputs[0]][None])

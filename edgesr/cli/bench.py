@@ -9,7 +9,7 @@ from . import args as argtypes
 def add_parser(sub):
     p = sub.add_parser(
         "bench", help="latency of a model on ONNX Runtime / PyTorch / TensorRT (CPU and GPU)",
-        description="Measure MODEL (checkpoint, .onnx/.ort, or a `convert` OUTDIR) on each --backend at each "
+        description="Measure MODEL (checkpoint, .onnx/.ort, .tflite, ncnn .param, or a `convert` OUTDIR) on each --backend at each "
                     "input size: warm-up by time, then at least --min-runs runs and --min-seconds; reports "
                     "min/median/mean/p90/p95/p99/max, the coefficient of variation (warning when > 10%%) and "
                     "output megapixels/s. CPU backends at one size are timed in ONE run with interleaved "
@@ -19,12 +19,16 @@ def add_parser(sub):
                     "skipped with the reason. From an OUTDIR each backend uses its manifest artifact: "
                     "ort -> onnx_fp32, ort-int8 -> onnx_int8_cpu (the graph made for ONNX Runtime CPU), openvino -> "
                     "openvino_fp32 (or the fp32 ONNX), openvino-int8 -> openvino_int8, torch -> torch_deploy, "
-                    "trt/trt-rtx -> engines. OpenVINO needs pip install 'edgesr[openvino]'.")
-    p.add_argument("model", help="checkpoint, .onnx/.ort file, or convert OUTDIR")
-    p.add_argument("--backend", "-b", action="extend", nargs="+", choices=["ort", "ort-int8", "openvino", "openvino-int8",
-                                                                          "torch", "torch-cuda", "trt", "trt-rtx"],
-                   help="backend(s) to time (several values or repeated; default: ort). The first is the ratio "
-                        "baseline")
+                    "trt/trt-rtx -> engines, litert(-int8) -> tflite_fp32/int8, ncnn(-int8) -> ncnn_fp32/int8. "
+                    "OpenVINO needs pip install 'edgesr[openvino]'. A fixed-size .tflite times larger inputs tiled "
+                    "with boxes of its size.")
+    p.add_argument("model", help="checkpoint, .onnx/.ort, .tflite or .param file, or convert OUTDIR")
+    p.add_argument("--backend", "-b", action="extend", nargs="+",
+                   choices=["ort", "ort-int8", "openvino", "openvino-int8", "torch", "torch-cuda", "trt", "trt-rtx",
+                            "litert", "litert-int8", "ncnn", "ncnn-int8", "coreml"],
+                   help="backend(s) to time (several values or repeated; default: ort, or the runtime of a "
+                        ".tflite / .param MODEL). The first is the ratio baseline. litert/ncnn(-int8) take the "
+                        "OUTDIR's artifact or convert the checkpoint here; coreml has no runtime on this machine")
     p.add_argument("--size", action="extend", nargs="+", metavar="HxW",
                    help="LR input size(s), e.g. 180x320 (x4 -> 720x1280)")
     p.add_argument("--workload", action="extend", nargs="+", choices=["720p", "1080p"],
@@ -99,12 +103,11 @@ def run(args) -> int:
                               max_runs=max(args.max_runs, args.min_runs))
     except ValueError as e:
         raise EdgesrError(str(e)) from None
-    backends = list(dict.fromkeys(args.backend or ["ort"]))
-
     from .model_args import user_options
 
     src = open_model(args.model, workdir=args.work, scale=args.scale, arch=args.arch, form=args.form,
                      user=user_options(args))
+    backends = list(dict.fromkeys(args.backend or [src.default_backend]))
     try:
         spec = src.spec
         sizes: list[tuple[int, int]] = []

@@ -25,9 +25,12 @@ def add_parser(sub):
                         "which makes tiled == untiled for local models)")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="peak memory budget, e.g. 1.5G or 800M (default: a quarter of RAM, at most 1.5G)")
-    p.add_argument("--backend", choices=["torch", "ort", "openvino", "ort-int8", "openvino-int8"], default="torch",
+    p.add_argument("--backend", choices=["torch", "ort", "openvino", "ort-int8", "openvino-int8", "litert", "litert-int8",
+                                         "ncnn", "ncnn-int8", "coreml"], default="torch",
                    help="torch (default), ort (ONNX Runtime CPU), openvino (needs pip install 'edgesr[openvino]'); "
-                        "ort-int8 / openvino-int8 run the INT8 graph a convert OUTDIR holds for that runtime")
+                        "ort-int8 / openvino-int8 run the INT8 graph a convert OUTDIR holds for that runtime; from "
+                        "an OUTDIR also its mobile artifacts (litert, ncnn and their -int8; coreml: no runtime "
+                        "here). A .tflite / .param MODEL runs on its own runtime")
     p.add_argument("--scale", type=argtypes.scale, help="expected upscaling factor (checked against the model)")
     p.add_argument("--arch", help="architecture name, when detection from the checkpoint is not enough")
     p.add_argument("--threads", type=argtypes.threads, help="intra-op threads (torch and ONNX Runtime)")

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from ..errors import BackendUnavailable, ExportError
 from ..fsutil import atomic_path
 from ..spec import Spec
-from .mobile import MobileExport, channel_repeat_as_concat, fixed_shape_form, package_version, quiet_native
+from .mobile import MobileExport, converter_rewrites, fixed_shape_form, package_version, quiet_native
 
 EXTRA = "pip install 'edgesr[coreml]'"
 PRECISIONS = ("fp32", "fp16", "int8w")
@@ -84,7 +84,7 @@ def export_coreml(module, spec: Spec, path: str | Path, *, precision: str = "fp1
                         ("torch.export", lambda: torch.export.export(fixed_shape_form(module), (sample,))
                          .run_decompositions({}))):
         try:
-            with quiet_native(), channel_repeat_as_concat(), torch.no_grad():
+            with quiet_native(), converter_rewrites(fixed_size=True), torch.no_grad():
                 model = ct.convert(make(), inputs=[ct.TensorType(name="input", shape=tuple(sample.shape))],
                                    outputs=[ct.TensorType(name="output")], convert_to="mlprogram",
                                    compute_precision=target, minimum_deployment_target=ct.target.iOS16)

@@ -13,8 +13,11 @@ size; :class:`edgesr.backends.litert_runner.LiteRtRunner` refuses other sizes wi
 
 **INT8** is full-integer (int8 weights per channel, int8 activations per tensor, int8 input
 and output tensors with their scale/zero point in the file) from ai-edge-quantizer's static
-``a8w8`` recipe with min-max ranges, calibrated on edgesr's calibration source
-(:func:`edgesr.export.mobile.calibration_inputs`).
+``a8w8`` recipe, applied to a *prepared* module (:mod:`edgesr.export.mobile_int8`: exact
+activation equalization, GPTQ weights on the int8 grid, bias correction) with true min-max
+activation ranges over edgesr's calibration source and the input range widened to the model's
+value range (:func:`calibration_ranges`). The verdict is edgesr's: the Y-PSNR drop on the
+held-out sample photos; above ``psnr_budget`` the costliest convolutions stay float until it holds.
 
 Every export is run with the LiteRT interpreter on this CPU before it is written: fp32 must
 match PyTorch within :data:`edgesr.export.mobile.FP32_TOL` on real photo crops; INT8 reports
@@ -35,8 +38,9 @@ import numpy as np
 from ..errors import BackendUnavailable, ExportError, QuantizationError
 from ..fsutil import atomic_path
 from ..spec import Spec
-from .mobile import MobileExport, calibration_inputs, channel_repeat_as_concat, compare_with_torch, judge, \
+from .mobile import MobileExport, calibration_inputs, compare_with_torch, converter_rewrites, judge, \
     fixed_shape_form, package_version, photo_crops, quiet_native
+from .mobile_int8 import Int8Options, float_layer_search, prepare_int8
 
 EXTRA = "pip install 'edgesr[tflite]'"
 
@@ -101,7 +105,7 @@ def convert_fp32_bytes(module, spec: Spec, hw: Sequence[int]) -> bytes:
                           f"multiple of {spec.size_multiple})")
     sample = torch.rand(1, h, w, spec.in_channels, generator=torch.Generator().manual_seed(0))
     try:
-        with quiet_native(), channel_repeat_as_concat(), torch.no_grad():
+        with quiet_native(), converter_rewrites(fixed_size=True), torch.no_grad():
             edge = litert_torch.convert(_nhwc(fixed_shape_form(module.float().cpu())), (sample,))
         with tempfile.TemporaryDirectory(prefix="edgesr-litert-") as tmp:
             path = Path(tmp) / "model.tflite"
@@ -114,13 +118,20 @@ def convert_fp32_bytes(module, spec: Spec, hw: Sequence[int]) -> bytes:
         raise ExportError(f"LiteRT conversion failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
 
 
-def quantize_int8_bytes(fp32: bytes, calibration: Sequence[np.ndarray]) -> bytes:
-    """Full-integer INT8 (.tflite bytes) from fp32 .tflite bytes, calibrated on NCHW inputs."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-        from ai_edge_quantizer import quantizer, recipe
-    except ImportError as e:
-        raise BackendUnavailable(f"LiteRT INT8 needs ai-edge-quantizer ({e.name or e}): {EXTRA}") from None
+def calibration_ranges(fp32: bytes, calibration: Sequence[np.ndarray], input_range: tuple[float, float] | None = None,
+                       method: str = "minmax") -> dict[str, Any]:
+    """ai-edge-quantizer calibration result ({tensor: {"min", "max"}}) over `calibration` (NCHW).
+
+    method "minmax": the true minimum and maximum. The quantizer's own ``calibrate``
+    ("moving-average") keeps an exponential moving average of per-sample min/max (smoothing
+    0.95), which clips: on ETDS-T it mapped the [0, 1] input to [0.044, 0.957] and the clamped
+    [0, 1] output to [0.033, 0.970]. `input_range` (the model's value range) is added to the
+    input's range, so the int8 input covers every legal value (scale 1/255 for [0, 1]: 8-bit
+    pictures are represented exactly)."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import calibrator, recipe, recipe_manager
+    from ai_edge_quantizer.utils import qsv_utils
+
     it = Interpreter(model_content=fp32)
     sigs = it.get_signature_list()
     if len(sigs) != 1:
@@ -128,25 +139,169 @@ def quantize_int8_bytes(fp32: bytes, calibration: Sequence[np.ndarray]) -> bytes
     sig = next(iter(sigs))
     name = sigs[sig]["inputs"][0]
     data = [{name: np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=np.float32)} for x in calibration]
+    rm = recipe_manager.RecipeManager()
+    rm.load_quantization_recipe(recipe.static_wi8_ai8())
+    update = qsv_utils.min_max_update if method == "minmax" else qsv_utils.moving_average_update
+    with quiet_native():
+        cal = calibrator.Calibrator(fp32, num_threads=1, qsv_update_func=update)
+        cal.calibrate({sig: data}, rm)
+    qsvs = cal.get_model_qsvs()
+    if input_range is not None:
+        q = qsvs.get(it.get_input_details()[0]["name"])
+        if q:
+            q["min"] = np.minimum(q["min"], np.float32(input_range[0]))
+            q["max"] = np.maximum(q["max"], np.float32(input_range[1]))
+    return qsvs
+
+
+def conv_ops(fp32: bytes) -> list[str]:
+    """Output tensor names of the convolutions of a .tflite, graph order (the names the
+    quantizer's recipe scopes match; used to keep layers float)."""
+    from ..backends.litert_runner import interpreter
+
+    it = interpreter(fp32)
+    names = {t["index"]: t["name"] for t in it.get_tensor_details()}
+    return [names[o["outputs"][0]] for o in it._get_ops_details()  # noqa: SLF001 - the only op listing API
+            if o["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")]
+
+
+def quantize_int8_bytes(fp32: bytes, calibration: Sequence[np.ndarray] | dict[str, Any],
+                        input_range: tuple[float, float] | None = None, *, ranges: str = "minmax",
+                        float_ops: Sequence[str] = ()) -> bytes:
+    """Full-integer INT8 (.tflite bytes) from fp32 .tflite bytes: ai-edge-quantizer's static
+    a8w8 recipe (int8 weights per output channel, int8 activations per tensor) with the ranges
+    of :func:`calibration_ranges` (or a precomputed calibration result). `float_ops`: output
+    tensor names (see :func:`conv_ops`) of ops kept float (mixed precision)."""
     try:
+        import re
+
+        from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
+    except ImportError as e:
+        raise BackendUnavailable(f"LiteRT INT8 needs ai-edge-quantizer ({e.name or e}): {EXTRA}") from None
+    try:
+        qsvs = calibration if isinstance(calibration, dict) else calibration_ranges(fp32, calibration, input_range,
+                                                                                    ranges)
         with quiet_native():
             qt = quantizer.Quantizer(bytearray(fp32))
             qt.load_quantization_recipe(recipe.static_wi8_ai8())
-            result = qt.quantize(qt.calibrate({sig: data}))
+            for name in float_ops:
+                qt.update_quantization_recipe(f"^{re.escape(name)}$", qtyping.TFLOperationName.ALL_SUPPORTED,
+                                              algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+            result = qt.quantize(qsvs)
+    except QuantizationError:
+        raise
     except Exception as e:  # noqa: BLE001 - the quantizer raises many types
         raise QuantizationError(f"LiteRT INT8 quantization failed: {type(e).__name__}: "
                                 f"{str(e).splitlines()[0][:300]}") from None
     return bytes(result.quantized_model)
 
 
+class LiteRtInt8:
+    """The INT8 recipe of one module: prepared once (:func:`edgesr.export.mobile_int8.prepare_int8`
+    on the calibration patches), then built at any fixed size; :meth:`verdict` scores it.
+
+    The verdict is edgesr's (:mod:`edgesr.quant`): the Y-PSNR drop vs fp32 on the held-out sample
+    photos (never calibration, never a test set). A .tflite is fixed-size, so the recipe (same
+    prepared weights, calibration patches mirrored to that size) is converted once per held-out
+    image size; each candidate set of float layers is then only re-quantized."""
+
+    def __init__(self, module, spec: Spec, calib: str | Path | None = None, options: Int8Options | None = None):
+        self.module, self.spec, self.calib = module, spec, calib
+        self.options = options or Int8Options()
+        self.prepared, self.prep = prepare_int8(module, calibration_inputs(spec, None, calib), self.options,
+                                                symmetric=False)
+        self._fp32: dict[tuple[int, int], bytes] = {}
+        self._ranges: dict[tuple[int, int], dict[str, Any]] = {}
+
+    @property
+    def input_range(self) -> tuple[float, float] | None:
+        return self.spec.value_range if self.options.full_input_range else None
+
+    def fp32(self, hw: Sequence[int]) -> bytes:
+        """The prepared module converted at `hw` (fp32; the quantizer's input)."""
+        key = (int(hw[0]), int(hw[1]))
+        if key not in self._fp32:
+            self._fp32[key] = convert_fp32_bytes(self.prepared, self.spec, key)
+        return self._fp32[key]
+
+    def ranges(self, hw: Sequence[int]) -> dict[str, Any]:
+        key = (int(hw[0]), int(hw[1]))
+        if key not in self._ranges:
+            self._ranges[key] = calibration_ranges(self.fp32(key), calibration_inputs(self.spec, key, self.calib),
+                                                   self.input_range, self.options.ranges)
+        return self._ranges[key]
+
+    def build(self, hw: Sequence[int], float_ops: Sequence[str] = ()) -> bytes:
+        """Full-integer INT8 .tflite bytes at `hw` (`float_ops`: convolutions kept float)."""
+        return quantize_int8_bytes(self.fp32(hw), self.ranges(hw), float_ops=float_ops)
+
+    def details(self) -> dict[str, Any]:
+        return {"quantizer": "ai-edge-quantizer static_wi8_ai8 (int8 weights per output channel, int8 "
+                             "activations per tensor, int8 input/output)",
+                "ranges": f"{self.options.ranges} over the calibration inputs"
+                          + (f", input range widened to {list(self.spec.value_range)}" if self.input_range else ""),
+                "calibration": "edgesr.quant.calibration.CalibrationSource patches, mirrored to the input size",
+                "options": self.options.to_dict(), "preparation": self.prep.to_dict()}
+
+    def verdict(self, psnr_budget: float | None) -> tuple[list[str], dict[str, Any]]:
+        """(float ops, verdict record): the held-out drop with every convolution INT8 and, above
+        `psnr_budget` dB, the costliest convolutions kept float until it holds (:func:`float_layer_search`)."""
+        from ..quant.calibration import held_out_eval_set
+
+        pairs = held_out_eval_set(self.spec.scale).pairs
+        sizes = [p.lr.shape[:2] for p in pairs]
+        psnr_fp32 = float(np.mean([self._psnr(convert_fp32_bytes(self.module, self.spec, hw), p)
+                                   for hw, p in zip(sizes, pairs)]))
+        memo: dict[tuple[str, ...], float] = {}
+
+        def drop_of(float_ops: Sequence[str]) -> float:
+            key = tuple(sorted(float_ops))
+            if key not in memo:
+                memo[key] = psnr_fp32 - float(np.mean([self._psnr(self.build(hw, float_ops), p)
+                                                       for hw, p in zip(sizes, pairs)]))
+            return memo[key]
+
+        float_ops, drop, steps = float_layer_search(conv_ops(self.fp32(sizes[0])), drop_of, psnr_budget)
+        return float_ops, {"eval_set": "sample-held-out (" + ", ".join(p.name for p in pairs) + ")",
+                           "psnr_fp32": round(psnr_fp32, 4), "drop_all_int8": steps[0]["drop"],
+                           "drop": round(drop, 4), "psnr_budget": psnr_budget,
+                           "within_budget": psnr_budget is None or drop <= psnr_budget, "float_layers": float_ops,
+                           "search": steps, "how": "one conversion per held-out image size (the .tflite is "
+                                                   "fixed-size)"}
+
+    def _psnr(self, model: bytes, p) -> float:
+        from ..backends.litert_runner import LiteRtRunner
+        from ..metrics import psnr_y
+        from ..quant.calibration import from_model_output, to_model_input
+
+        y = LiteRtRunner(model, name="litert:eval").run(to_model_input(p.lr, self.spec)[None])
+        return psnr_y(np.clip(from_model_output(y[0], self.spec), 0, 1), p.hr, self.spec.scale)
+
+
+def int8_tflite_bytes(module, spec: Spec, hw: Sequence[int], *, calib: str | Path | None = None,
+                      options: Int8Options | None = None, psnr_budget: float | None = 0.1
+                      ) -> tuple[bytes, dict[str, Any]]:
+    """(full-integer INT8 .tflite bytes at `hw`, details) through :class:`LiteRtInt8`, with the
+    held-out verdict and mixed precision when `psnr_budget` is not None."""
+    recipe = LiteRtInt8(module, spec, calib, options)
+    details = recipe.details()
+    float_ops: list[str] = []
+    if psnr_budget is not None:
+        float_ops, details["verdict"] = recipe.verdict(psnr_budget)
+    return recipe.build(hw, float_ops), details
+
+
 def export_tflite(module, spec: Spec, path: str | Path, *, precision: str = "fp32",
                   hw: Sequence[int] | None = None, calib: str | Path | None = None,
-                  fp32_bytes: bytes | None = None, check: bool = True) -> MobileExport:
+                  fp32_bytes: bytes | None = None, check: bool = True, psnr_budget: float | None = 0.1,
+                  options: Int8Options | None = None) -> MobileExport:
     """Convert `module` (deploy form) to a .tflite at `path`; see the module docstring.
 
     hw: the fixed LR input (H, W) (default: one recommended tile box).
     calib: calibration images (folder) for INT8 (default: the bundled sample photos).
-    fp32_bytes: an fp32 conversion of the same module at `hw`, reused for INT8.
+    fp32_bytes: an fp32 conversion of the same module at `hw` (fp32 only).
+    psnr_budget: INT8: allowed Y-PSNR drop on the held-out sample photos (None: no verdict, no
+    mixed precision).
     """
     from ..backends.litert_runner import LiteRtRunner
 
@@ -156,13 +311,12 @@ def export_tflite(module, spec: Spec, path: str | Path, *, precision: str = "fp3
     t0 = time.perf_counter()
     path = Path(path)
     hw = tuple(int(v) for v in (hw or default_hw(spec)))
-    data = fp32_bytes if fp32_bytes is not None else convert_fp32_bytes(module, spec, hw)
     details: dict[str, Any] = {"converter": "litert-torch", "io_layout": "NHWC"}
     if precision == "int8":
-        cal = calibration_inputs(spec, hw, calib)
-        details |= {"quantizer": "ai-edge-quantizer static_wi8_ai8 (min-max)", "calibration_inputs": len(cal),
-                    "calibration": "edgesr.quant.calibration.CalibrationSource patches, mirrored to the input size"}
-        data = quantize_int8_bytes(data, cal)
+        data, more = int8_tflite_bytes(module, spec, hw, calib=calib, options=options, psnr_budget=psnr_budget)
+        details |= more
+    else:
+        data = fp32_bytes if fp32_bytes is not None else convert_fp32_bytes(module, spec, hw)
     runner = LiteRtRunner(data, name=f"litert:{precision}")
     result = MobileExport(files=[path], format="tflite", precision=precision, backend="litert", input_hw=hw,
                           layout="NHWC", io=runner.io(), static_check=static_check(data), details=details,

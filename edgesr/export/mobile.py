@@ -8,6 +8,10 @@ Rewrites (each exact, proven in tests/test_mobile_rewrites.py):
   (:func:`channel_repeat_as_concat`): pnnx has no ncnn layer for ``torch.repeat_interleave``
   and litert-torch lowers it to BROADCAST_TO; slices + concatenation are pure data movement
   that every runtime and delegate supports.
+- ``F.adaptive_max_pool2d`` at a fixed input size becomes a plain max pool (windows of one size)
+  or per-window slices + max (:func:`adaptive_pool_as_slices`, bit-identical: max is exact):
+  litert-torch 0.10 has no lowering for ``aten.adaptive_max_pool2d`` and pnnx freezes its output
+  size anyway. Used only by fixed-size conversions.
 - PixelShuffle and PReLU for LiteRT are rewritten by litert-torch itself (PixelShuffle as
   rank-4 reshapes/transposes, PReLU as ``relu(x) - a * relu(-x)``, both GPU-delegate forms);
   edgesr checks the result statically (:func:`edgesr.export.litert.static_check`) and proves
@@ -176,13 +180,73 @@ def channel_repeat_as_concat() -> Iterator[None]:
         torch.Tensor.repeat_interleave = orig_method
 
 
+def _windows(n: int, out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling windows along one axis: [floor(i*n/out), ceil((i+1)*n/out))."""
+    return [(i * n // out, -(-(i + 1) * n // out)) for i in range(out)]
+
+
+def adaptive_max_pool_static(x, output_size):
+    """== F.adaptive_max_pool2d(x, output_size) for the (static) size of `x`, from ops every
+    converter lowers: one max_pool2d when the windows along both axes have one size, else the
+    max over each window's slice (max pooling is separable: rows, then columns)."""
+    import torch
+    from torch.nn import functional as F
+
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+    oh, ow = h if oh is None else int(oh), w if ow is None else int(ow)
+    if h % oh == 0 and w % ow == 0:
+        return F.max_pool2d(x, (h // oh, w // ow))
+    if h % oh == 0:
+        x = F.max_pool2d(x, (h // oh, 1))
+    else:  # one pool per window (windows differ in length): slices + max_pool2d, which every converter lowers
+        x = torch.cat([F.max_pool2d(x[:, :, a:b], (b - a, 1)) for a, b in _windows(h, oh)], dim=2)
+    if w % ow == 0:
+        return F.max_pool2d(x, (1, w // ow))
+    return torch.cat([F.max_pool2d(x[:, :, :, a:b], (1, b - a)) for a, b in _windows(w, ow)], dim=3)
+
+
+@contextlib.contextmanager
+def adaptive_pool_as_slices() -> Iterator[None]:
+    """While active, ``F.adaptive_max_pool2d`` (and nn.AdaptiveMaxPool2d, which calls it) runs as
+    :func:`adaptive_max_pool_static`, so a fixed-size converter records plain pools / slices.
+    Calls asking for indices are left alone."""
+    from torch.nn import functional as F
+
+    orig = F.adaptive_max_pool2d
+
+    def adaptive_max_pool2d(x, output_size, return_indices=False):
+        if return_indices:
+            return orig(x, output_size, return_indices)
+        return adaptive_max_pool_static(x, output_size)
+
+    F.adaptive_max_pool2d = adaptive_max_pool2d
+    try:
+        yield
+    finally:
+        F.adaptive_max_pool2d = orig
+
+
+@contextlib.contextmanager
+def converter_rewrites(fixed_size: bool) -> Iterator[None]:
+    """The exact rewrites a converter traces through: the channel repeat always, the adaptive
+    pooling for fixed-size conversions."""
+    with channel_repeat_as_concat():
+        if fixed_size:
+            with adaptive_pool_as_slices():
+                yield
+        else:
+            yield
+
+
 def fixed_shape_form(module):
     """A copy of `module` for converters that trace one fixed input size (LiteRT, Core ML).
 
     SAFMN's default pooling computes PyTorch's adaptive-max-pool windows from the dynamic input
     size with Range/Gather (needed for dynamic ONNX); at a fixed size the reference
-    ``F.adaptive_max_pool2d`` computes the same values and lowers to a plain MAX_POOL. Other
-    models come back as they are (a copy)."""
+    ``F.adaptive_max_pool2d`` computes the same values and, traced inside
+    :func:`adaptive_pool_as_slices`, lowers to plain pools / slices. Other models come back as
+    they are (a copy)."""
     import copy
 
     from ..archs.safmn import set_pool

@@ -29,6 +29,23 @@ def _record(res: MobileExport, role: str, section: dict, artifacts: list, compar
         comparisons.append(_row(res, f"{res.backend}:{res.precision}"))
 
 
+def _int8_note(res: MobileExport) -> str:
+    v = res.details.get("verdict")
+    if not v:
+        return ""
+    fl = ", ".join(v["float_layers"]) or "none"
+    over = "" if v["within_budget"] else f" - OVER the {v['psnr_budget']} dB budget"
+    return f", held-out drop {v['drop']:.3f} dB (all-int8 {v['drop_all_int8']:.3f}), float layers: {fl}{over}"
+
+
+def _warn_over_budget(res: MobileExport, what: str, report: dict) -> None:
+    v = res.details.get("verdict")
+    if v and not v["within_budget"]:
+        report.setdefault("warnings", []).append(
+            f"{what}: no mixed-precision choice held the {v['psnr_budget']} dB budget on {v['eval_set']}: "
+            f"best drop {v['drop']:.3f} dB with {len(v['float_layers'])} float layers")
+
+
 def export_tflite_step(deploy, spec: Spec, staging: Path, opts, artifacts: list, report: dict,
                        done: Callable[[str, str], None]) -> None:
     from .litert import convert_fp32_bytes, default_hw, export_tflite
@@ -38,23 +55,29 @@ def export_tflite_step(deploy, spec: Spec, staging: Path, opts, artifacts: list,
     fp32 = convert_fp32_bytes(deploy, spec, hw)
     for precision in ["fp32"] + (["int8"] if opts.int8 else []):
         res = export_tflite(deploy, spec, staging / f"model_{precision}.tflite", precision=precision, hw=hw,
-                            calib=opts.calib, fp32_bytes=fp32)
+                            calib=opts.calib, fp32_bytes=fp32, psnr_budget=opts.psnr_budget)
         _record(res, f"tflite_{precision}", section, artifacts, report["parity"]["comparisons"])
+        _warn_over_budget(res, "LiteRT INT8", report)
         done(f"tflite ({precision})", f"input {hw[0]}x{hw[1]} NHWC, vs PyTorch max abs {res.max_abs_vs_torch:.2e}, "
                                       f"PSNR {res.psnr_vs_torch} dB, GPU-delegate rank ok "
-                                      f"{res.static_check['gpu_delegate']['rank_ok']}")
+                                      f"{res.static_check['gpu_delegate']['rank_ok']}{_int8_note(res)}")
 
 
 def export_ncnn_step(deploy, spec: Spec, staging: Path, opts, artifacts: list, report: dict,
                      done: Callable[[str, str], None]) -> None:
-    from .ncnn import export_ncnn
+    from .litert import default_hw
+    from .ncnn import export_ncnn, shape_mode
 
+    hw, why = shape_mode(deploy, spec, tuple(opts.mobile_size) if opts.mobile_size else default_hw(spec))
     section = report.setdefault("ncnn", {})
     for precision in ["fp32", "fp16"] + (["int8"] if opts.int8 else []):
         res = export_ncnn(deploy, spec, staging / f"model_{precision}.ncnn.param", precision=precision,
-                          calib=opts.calib)
+                          calib=opts.calib, psnr_budget=opts.psnr_budget, hw=hw, shape_note=why)
         _record(res, f"ncnn_{precision}", section, artifacts, report["parity"]["comparisons"])
-        done(f"ncnn ({precision})", f"vs PyTorch max abs {res.max_abs_vs_torch:.2e}, PSNR {res.psnr_vs_torch} dB")
+        _warn_over_budget(res, "ncnn INT8", report)
+        shapes = "any input size" if hw is None else f"fixed input {hw[0]}x{hw[1]} ({why})"
+        done(f"ncnn ({precision})", f"{shapes}, vs PyTorch max abs {res.max_abs_vs_torch:.2e}, "
+                                    f"PSNR {res.psnr_vs_torch} dB{_int8_note(res)}")
 
 
 def export_coreml_step(deploy, spec: Spec, staging: Path, opts, artifacts: list, report: dict,
@@ -104,4 +127,10 @@ def render_mobile_md(report: dict) -> list[str]:
             lines.append(f"| {prec} | {', '.join(r['files'])} | {hw} | {r['status']} | {mx} | "
                          f"{r.get('psnr_vs_torch') if r.get('psnr_vs_torch') is not None else '-'} | {note} |")
         lines.append("")
+        for prec, r in sec.items():
+            v = (r.get("details") or {}).get("verdict")
+            if v:
+                lines += [f"{title} {prec} verdict on {v['eval_set']}: fp32 {v['psnr_fp32']:.3f} dB, all-int8 drop "
+                          f"{v['drop_all_int8']:.3f} dB, final drop {v['drop']:.3f} dB (budget {v['psnr_budget']}, "
+                          f"within: {v['within_budget']}), float layers: {', '.join(v['float_layers']) or 'none'}.", ""]
     return lines

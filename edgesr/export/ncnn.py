@@ -5,17 +5,22 @@
 - **fp16**: fp16 weights in the .bin; apps enable ``opt.use_fp16_storage`` (and on ARM
   ``use_fp16_arithmetic``). Judged by PSNR vs PyTorch fp32.
 - **INT8**: ncnn's own INT8 scheme (``ncnn2table`` + ``ncnn2int8``; neither tool ships in the
-  ncnn wheel or in Debian 12, so edgesr does what they do, in Python): per-output-channel weight
-  scales ``127 / max|w|`` and one input ("bottom blob") scale per convolution, ``127 / max|x|``
-  over edgesr's calibration patches (:func:`edgesr.export.mobile.calibration_inputs`), written as
-  ``int8_scale_term`` convolutions with int8 weights. ncnn then quantizes each convolution's
-  input on the fly and dequantizes its output; everything else stays float.
+  ncnn wheel or in Debian 12, so edgesr does what they do, in Python): int8 weights per output
+  channel and one symmetric input scale per convolution, written as ``int8_scale_term``
+  convolutions; ncnn quantizes each convolution's input on the fly and dequantizes its output,
+  everything else stays float. Before that the PyTorch module is prepared
+  (:mod:`edgesr.export.mobile_int8`) and the conv inputs are zero-centred; see
+  :mod:`edgesr.export.ncnn_int8`.
 
-Shapes are dynamic: pnnx traces at two sizes and ncnn layers are shape-agnostic, so any H/W runs.
-The exported pair is checked with the ``ncnn`` Python runtime before it is written.
+Shapes are dynamic: pnnx traces at two sizes and ncnn layers are shape-agnostic, so any H/W runs
+- when the result matches PyTorch at other sizes (:func:`shape_mode` checks). Models whose
+converted graph freezes a size (SAFMN's adaptive pooling) are converted for one input size
+instead, which the Input layer declares and the runner enforces. The exported pair is checked
+with the ``ncnn`` Python runtime before it is written.
 
 Python ncnn keeps a pointer, not a copy, of the numpy array an ``ncnn.Mat`` wraps: freeing the
-array before ``extract`` returns feeds garbage (black or noisy frames). The runner keeps it alive.
+array before ``extract`` returns feeds garbage (black or noisy frames). The runner hands ncnn an
+owned clone (see :mod:`edgesr.backends.ncnn_runner`).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import numpy as np
 from ..errors import BackendUnavailable, ExportError, QuantizationError
 from ..fsutil import atomic_path
 from ..spec import Spec
-from .mobile import MobileExport, calibration_inputs, channel_repeat_as_concat, compare_with_torch, judge, \
+from .mobile import FP32_TOL, MobileExport, compare_with_torch, converter_rewrites, fixed_shape_form, judge, \
     package_version, photo_crops, quiet_native
 
 EXTRA = "pip install 'edgesr[ncnn]'"
@@ -59,11 +64,15 @@ def versions() -> dict[str, str | None]:
 
 def export_ncnn(module, spec: Spec, param_path: str | Path, *, precision: str = "fp32",
                 calib: str | Path | None = None, psnr_budget: float | None = 0.1,
-                check: bool = True) -> MobileExport:
+                check: bool = True, options=None, hw: Sequence[int] | None = None,
+                shape_note: str = "") -> MobileExport:
     """Write `param_path` (.param) and its .bin beside it; see the module docstring.
 
     psnr_budget: INT8 only: the Y-PSNR drop (dB) vs fp32 allowed on the held-out sample photos;
-    the most sensitive convolutions stay float until it holds (None: all convolutions INT8)."""
+    the most sensitive convolutions stay float until it holds (None: all convolutions INT8, no verdict).
+    options: INT8 steps (:class:`edgesr.export.mobile_int8.Int8Options`; default all on).
+    hw: None for a dynamic-shape model, or one fixed input size (see :func:`shape_mode`, which
+    decides; `shape_note` says why it was fixed)."""
     from ..backends.ncnn_runner import NcnnRunner
 
     _require()
@@ -74,19 +83,25 @@ def export_ncnn(module, spec: Spec, param_path: str | Path, *, precision: str = 
     if param_path.suffix != ".param":
         raise ExportError(f"{param_path.name}: an ncnn model is a .param file (its weights go to .bin beside it)")
     bin_path = param_path.with_suffix(".bin")
-    param, weights = convert_bytes(module, spec, fp16=precision == "fp16")
-    details: dict[str, Any] = {"converter": "pnnx", "layers": _layer_types(param)}
+    hw = None if hw is None else (int(hw[0]), int(hw[1]))
+    details: dict[str, Any] = {"converter": "pnnx", "shapes": "dynamic" if hw is None else f"fixed {hw[0]}x{hw[1]}"}
+    if shape_note:
+        details["shape_note"] = shape_note
     if precision == "int8":
-        cal = calibration_inputs(spec, None, calib)
-        param, weights, info = quantize_mixed(param, weights, spec, calibrate(param, weights, cal), psnr_budget)
-        details |= info | {"calibration_inputs": len(cal),
-                           "calibration": "edgesr.quant.calibration.CalibrationSource patches"}
+        from .ncnn_int8 import int8_ncnn
+
+        param, weights, info = int8_ncnn(module, spec, calib=calib, psnr_budget=psnr_budget, options=options, hw=hw)
+        details |= info
+    else:
+        param, weights = convert_bytes(module, spec, fp16=precision == "fp16", hw=hw)
+    details["layers"] = _layer_types(param)
     runner = NcnnRunner(param, weights, name=f"ncnn:{precision}", fp16=precision == "fp16")
     result = MobileExport(files=[param_path, bin_path], format="ncnn", precision=precision, backend="ncnn",
-                          input_hw=None, layout="CHW", io=runner.io(), details=details, versions=versions(),
+                          input_hw=hw, layout="CHW", io=runner.io(), details=details, versions=versions(),
                           static_check={"layers": details["layers"]})
     if check:
-        inputs = [x for hw in CHECK_SIZES for x in photo_crops(spec, _fit(hw, spec), n=1, offset=len(hw))]
+        inputs = ([x for s in CHECK_SIZES for x in photo_crops(spec, _fit(s, spec), n=1, offset=len(s))]
+                  if hw is None else photo_crops(spec, hw, n=2))
         result.max_abs_vs_torch, result.psnr_vs_torch, result.checked_shapes = compare_with_torch(
             module, runner, inputs)
         judge(result, "ncnn")
@@ -106,8 +121,11 @@ def _fit(hw: Sequence[int], spec: Spec) -> tuple[int, int]:
     return tuple(max(spec.min_size, -(-int(v) // m) * m) for v in hw)  # type: ignore[return-value]
 
 
-def convert_bytes(module, spec: Spec, *, fp16: bool = False) -> tuple[str, bytes]:
-    """(.param text, .bin bytes) of `module` through pnnx (dynamic H/W)."""
+def convert_bytes(module, spec: Spec, *, fp16: bool = False, hw: Sequence[int] | None = None) -> tuple[str, bytes]:
+    """(.param text, .bin bytes) of `module` through pnnx: dynamic H/W (traced at two sizes), or
+    for `hw` one fixed size (the fixed-shape form traced once, with the fixed-size rewrites; the
+    Input layer then declares its W, H, C, which :class:`edgesr.backends.ncnn_runner.NcnnRunner`
+    enforces: ncnn layers would otherwise run other sizes with sizes frozen at trace time)."""
     import torch
 
     _require()
@@ -115,12 +133,16 @@ def convert_bytes(module, spec: Spec, *, fp16: bool = False) -> tuple[str, bytes
 
     module = module.eval().float().cpu()
     gen = torch.Generator().manual_seed(0)
-    a, b = (torch.rand(1, spec.in_channels, *_fit(hw, spec), generator=gen) for hw in TRACE_SIZES)
+    if hw is None:
+        traces = [(torch.rand(1, spec.in_channels, *_fit(s, spec), generator=gen),) for s in TRACE_SIZES]
+    else:
+        module = fixed_shape_form(module)
+        traces = [(torch.rand(1, spec.in_channels, int(hw[0]), int(hw[1]), generator=gen),)]
     with tempfile.TemporaryDirectory(prefix="edgesr-pnnx-") as tmp:
         pt = Path(tmp) / "model.pt"
         try:
-            with quiet_native(), channel_repeat_as_concat(), torch.no_grad():
-                pnnx.export(module, str(pt), (a,), (b,), fp16=fp16)
+            with quiet_native(), converter_rewrites(fixed_size=hw is not None), torch.no_grad():
+                pnnx.export(module, str(pt), *traces, fp16=fp16)
         except Exception as e:  # noqa: BLE001 - tracing and pnnx raise many types
             raise ExportError(f"pnnx (PyTorch -> ncnn) failed: {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:300] if str(e) else ''}") from None
@@ -131,7 +153,44 @@ def convert_bytes(module, spec: Spec, *, fp16: bool = False) -> tuple[str, bytes
         bad = [t for t in _layer_types(text) if "." in t]  # pnnx leaves unconvertible ops as torch.xxx layers
         if bad:
             raise ExportError(f"ncnn has no layer for {', '.join(sorted(set(bad)))} (pnnx left them unconverted)")
+        if hw is not None:
+            text = declare_input_shape(text, (int(hw[0]), int(hw[1])), spec.in_channels)
         return text, weights.read_bytes()
+
+
+def declare_input_shape(text: str, hw: tuple[int, int], channels: int) -> str:
+    """The .param with its Input layer declaring ``0=W 1=H 2=C`` (a fixed-size model)."""
+    header, layers = parse_param(text)
+    for la in layers:
+        if la.type == "Input":
+            la.params.update({0: str(hw[1]), 1: str(hw[0]), 2: str(channels)})
+    return "\n".join(header + [la.line() for la in layers]) + "\n"
+
+
+def input_shape(text: str) -> tuple[int, int] | None:
+    """The fixed (H, W) an Input layer declares, None for a dynamic model."""
+    for la in parse_param(text)[1]:
+        if la.type == "Input" and int(la.get(0)) > 0 and int(la.get(1)) > 0:
+            return int(la.get(1)), int(la.get(0))
+    return None
+
+
+def shape_mode(module, spec: Spec, fixed_hw: Sequence[int]) -> tuple[tuple[int, int] | None, str]:
+    """(None, "") when pnnx converts `module` with dynamic shapes that match PyTorch within
+    FP32_TOL at two check sizes; else (fixed_hw, why) - the model is then converted at one size."""
+    from ..backends.ncnn_runner import NcnnRunner
+
+    try:
+        runner = NcnnRunner(*convert_bytes(module, spec), name="ncnn:dynamic-check")
+        inputs = [x for s in CHECK_SIZES for x in photo_crops(spec, _fit(s, spec), n=1)]
+        worst = compare_with_torch(module, runner, inputs)[0]
+        if worst <= FP32_TOL:
+            return None, ""
+        why = f"the dynamic-shape conversion differs from PyTorch by {worst:.2g} at other sizes"
+    except ExportError as e:
+        why = f"no dynamic-shape conversion ({e})"
+    hw = (int(fixed_hw[0]), int(fixed_hw[1]))
+    return hw, f"{why}; converted for one input size, {hw[0]}x{hw[1]}"
 
 
 # --------------------------------------------------------------------------- .param parsing
@@ -214,6 +273,7 @@ _WEIGHTED = {
     "MemoryData": lambda la: [("raw", max(1, int(la.get(0))) * max(1, int(la.get(1))) * max(1, int(la.get(11)))
                                * max(1, int(la.get(2))))],
     "LayerNorm": lambda la: [("raw", int(la.get(0))), ("raw", int(la.get(0)))] if int(la.get(2, 1)) else [],
+    "Padding": lambda la: [("raw", int(la.get(6)))] if int(la.get(6)) else [],
     "InnerProduct": lambda la: [("tagged", int(la.get(2)))] + ([("raw", int(la.get(0)))] if int(la.get(1)) else []),
 }
 _NO_WEIGHTS = {"Input", "Split", "Concat", "Crop", "Slice", "PixelShuffle", "BinaryOp", "UnaryOp", "ReLU", "Sigmoid",
@@ -266,113 +326,3 @@ def _read_weights(buf: bytes, span: tuple[int, int], count: int) -> np.ndarray:
     if tag == TAG_FP16:
         return np.frombuffer(buf, "<f2", count, off + 4).astype(np.float32)
     raise QuantizationError(f"ncnn INT8: weights are already quantized (tag 0x{tag:08x})")
-
-
-# --------------------------------------------------------------------------- INT8
-
-
-def conv_layers(param: str) -> list[str]:
-    """Names of the layers ncnn can run in INT8 (Convolution, ConvolutionDepthWise)."""
-    return [la.name for la in parse_param(param)[1] if la.type in ("Convolution", "ConvolutionDepthWise")]
-
-
-def calibrate(param: str, weights: bytes, calibration: Sequence[np.ndarray]) -> dict[str, float]:
-    """ncnn2table in Python: the largest |input| of every convolution over `calibration`."""
-    from ..backends.ncnn_runner import NcnnRunner
-
-    layers = parse_param(param)[1]
-    blobs = sorted({la.bottoms[0] for la in layers if la.type in ("Convolution", "ConvolutionDepthWise")})
-    runner = NcnnRunner(param, weights, name="ncnn:calibration")
-    amax = {b: 0.0 for b in blobs}
-    for x in calibration:
-        for blob, value in runner.blobs(x, blobs).items():
-            amax[blob] = max(amax[blob], float(np.abs(value).max()))
-    return amax
-
-
-def quantize_int8(param: str, weights: bytes, calibration: Sequence[np.ndarray] | dict[str, float],
-                  skip: Sequence[str] = ()) -> tuple[str, bytes, dict[str, Any]]:
-    """ncnn2int8 in Python: every Convolution / ConvolutionDepthWise (except the layers named in
-    `skip`) gets int8 weights with per-output-channel scales and an input scale from the largest
-    |input| seen on `calibration` (NCHW float32 arrays, or the result of :func:`calibrate`)."""
-    header, layers = parse_param(param)
-    spans = walk_bin(layers, weights)
-    convs = [i for i, la in enumerate(layers) if la.type in ("Convolution", "ConvolutionDepthWise")
-             and la.name not in skip and not int(la.get(8))]
-    if not convs:
-        raise QuantizationError("ncnn INT8: no convolution left to quantize")
-    amax = calibration if isinstance(calibration, dict) else calibrate(param, weights, calibration)
-    out = bytearray()
-    pos = 0
-    table = {}
-    for i, la in enumerate(layers):
-        if i not in convs:
-            continue
-        (w_off, w_len) = spans[i][0]
-        out += weights[pos:w_off]
-        n_out = int(la.get(0))
-        w = _read_weights(weights, spans[i][0], int(la.get(6))).reshape(n_out if la.type == "Convolution"
-                                                                          else int(la.get(7, 1)), -1)
-        wmax = np.abs(w).max(axis=1)
-        w_scale = np.where(wmax > 0, 127.0 / np.maximum(wmax, 1e-30), 1.0).astype(np.float32)
-        q = np.clip(np.round(w * w_scale[:, None]), -127, 127).astype(np.int8).reshape(-1)
-        blob_max = amax[la.bottoms[0]]
-        if not np.isfinite(blob_max):
-            raise QuantizationError(f"ncnn INT8: input of {la.name} is not finite on the calibration patches")
-        in_scale = np.float32(127.0 / blob_max if blob_max > 0 else 1.0)
-        out += struct.pack("<I", TAG_INT8) + q.tobytes() + b"\0" * (_align4(q.size) - q.size)
-        pos = w_off + w_len
-        for off, n in spans[i][1:]:  # bias (and nothing else: int8_scale_term was 0)
-            out += weights[off:off + n]
-            pos = off + n
-        out += w_scale.astype("<f4").tobytes() + np.array([in_scale], "<f4").tobytes()
-        la.params[8] = "2"
-        table[la.name] = {"input_max": round(blob_max, 6), "input_scale": float(in_scale)}
-    out += weights[pos:]
-    text = "\n".join(header + [la.line() for la in layers]) + "\n"
-    return text, bytes(out), {"quantized_layers": len(table), "float_layers": list(skip),
-                              "scheme": "ncnn int8_scale_term=2: int8 weights per output channel (127/max|w|), "
-                                        "int8 input per tensor (127/max|x|, symmetric)",
-                              "table": table}
-
-
-
-def quantize_mixed(param: str, weights: bytes, spec: Spec, amax: dict[str, float],
-                   psnr_budget: float | None) -> tuple[str, bytes, dict[str, Any]]:
-    """INT8 with every convolution quantized, then (greedy, like edgesr's ONNX INT8) the one whose
-    float version gains the most Y-PSNR kept float, until the drop vs fp32 on the held-out sample
-    photos (never the calibration photos) is within `psnr_budget` dB."""
-    from ..backends.ncnn_runner import NcnnRunner
-    from ..quant.calibration import held_out_eval_set
-
-    pairs = held_out_eval_set(spec.scale).pairs
-    ref = NcnnRunner(param, weights, name="ncnn:fp32")
-
-    def score(runner) -> float:
-        from ..metrics import psnr_y
-        from ..quant.calibration import from_model_output, to_model_input
-
-        vals = [psnr_y(np.clip(from_model_output(runner.run(to_model_input(p.lr, spec)[None])[0], spec), 0, 1),
-                       p.hr, spec.scale) for p in pairs]
-        return float(np.mean(vals))
-
-    base = score(ref)
-    skip: list[str] = []
-    q = quantize_int8(param, weights, amax, skip)
-    drop_all = drop = base - score(NcnnRunner(q[0], q[1]))
-    steps = [{"float_layers": [], "drop": round(drop, 4)}]
-    while psnr_budget is not None and drop > psnr_budget:
-        left = [n for n in conv_layers(param) if n not in skip]
-        if len(left) <= 1:
-            break
-        trials = []
-        for n in left:
-            t = quantize_int8(param, weights, amax, skip + [n])
-            trials.append((base - score(NcnnRunner(t[0], t[1])), n, t))
-        drop, name, q = min(trials, key=lambda r: r[0])
-        skip.append(name)
-        steps.append({"float_layers": list(skip), "drop": round(drop, 4)})
-    text, data, info = q
-    return text, data, info | {"eval_set": "sample-held-out", "psnr_fp32": round(base, 4),
-                               "drop_all_int8": round(drop_all, 4), "drop": round(drop, 4),
-                               "psnr_budget": psnr_budget, "search": steps}
