@@ -439,6 +439,67 @@ def readme_block(data: dict) -> str:
     return "\n".join(lines)
 
 
+DOCS = ROOT / "docs" / "mobile_int8.md"
+
+
+def _block(key: str) -> tuple[str, str]:
+    return f"<!-- mobile-int8:{key}:start -->", f"<!-- mobile-int8:{key}:end -->"
+
+
+def docs_blocks(data: dict, ablation_data: dict | None) -> dict[str, str]:
+    """The generated parts of docs/mobile_int8.md: what the shipped INT8 files lose, the ablation,
+    the kernel checks and the SAFMN++ row."""
+    shipped = ["| model | format | held-out drop, all INT8 | float convs kept | held-out drop, shipped | "
+               "Set5 drop, shipped | Set5 drop, all INT8 | within 0.15 dB on Set5 |", "|---|---|---|---|---|---|---|---|"]
+    kernels = ["| model | LiteRT: max code diff XNNPACK vs reference (share) | PSNR vs fp32: XNNPACK / reference dB | "
+               "ncnn: INT8 convs checked | max relative diff vs float64 |", "|---|---|---|---|---|"]
+    for name, m in data["models"].items():
+        q = m["quality"]
+        for fmt in ("litert", "ncnn"):
+            v = q["verdict"].get(fmt)
+            if v is None or q["int8_drop_db"].get(fmt) is None:
+                shipped.append(f"| {name} | {fmt} | {q['errors'].get(fmt, 'not measured')[:80]} | | | | | |")
+                continue
+            d, da = q["int8_drop_db"][fmt], q["int8_drop_all_int8_db"][fmt]
+            fl = v.get("float_layers") or []
+            shipped.append(f"| {name} | {fmt} | {v['drop_all_int8']:.3f} | {len(fl)} | {v['drop']:.3f}"
+                           f"{'' if v['within_budget'] else ' (over budget)'} | {d:.3f} | {da:.3f} | "
+                           f"{'yes' if d <= 0.15 else 'no'} |")
+        k = q.get("kernels") or {}
+        lt, nc = k.get("litert"), k.get("ncnn")
+        kernels.append(f"| {name} | " + (f"{lt['max_code_diff']} ({lt['share_differing']:.2%})" if lt else "-")
+                       + " | " + (f"{lt['psnr_xnnpack_vs_fp32']:.2f} / {lt['psnr_reference_vs_fp32']:.2f}" if lt else "-")
+                       + " | " + (str(nc["layers"]) if nc else "-") + " | "
+                       + (f"{nc['max_relative_diff']:.1e}" if nc and nc["max_relative_diff"] is not None else "-")
+                       + " |")
+    ev = next((m["quality"]["verdict"][f]["eval_set"] for m in data["models"].values()
+               for f in ("litert", "ncnn") if m["quality"]["verdict"].get(f)), "sample-held-out")
+    intro = (f"Generated from `benchmarks/results/mobile.json` (held-out = {ev}; budget {BUDGET} dB). Drops in dB, "
+             "fp32 minus INT8 in the same format; `shipped` = the file `convert --int8` writes (convolutions the "
+             "held-out verdict keeps float, if any).")
+    blocks = {"shipped": "\n".join([intro, ""] + shipped), "kernels": "\n".join(kernels)}
+    if ablation_data:
+        rows = ["| model | format | step (cumulative) | Set5 drop | held-out drop |", "|---|---|---|---|---|"]
+        for name, m in ablation_data["models"].items():
+            for fmt in ("litert", "ncnn"):
+                rows += [f"| {name} | {fmt} | {r['step']} | {r['set5_drop']:.3f} | {r['held_out_drop']:.3f} |"
+                         for r in m[fmt]]
+        blocks["ablation"] = "\n".join(rows + ["", f"Measured for: {', '.join(ablation_data['models'])}."])
+    return blocks
+
+
+def write_docs(data: dict) -> None:
+    text = DOCS.read_text()
+    abl = json.loads(ABLATION.read_text()) if ABLATION.is_file() else None
+    for key, body in docs_blocks(data, abl).items():
+        a, b = _block(key)
+        if a not in text or b not in text:
+            raise SystemExit(f"{DOCS} lacks the {a} ... {b} markers")
+        i, j = text.index(a), text.index(b) + len(b)
+        text = text[:i] + a + "\n\n" + body + "\n\n" + b + text[j:]
+    DOCS.write_text(text)
+
+
 def write_readme(data: dict) -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
@@ -464,16 +525,31 @@ def main(argv=None) -> int:
     ap.add_argument("--ablation", action="store_true", help="INT8 step-by-step ablation instead (all-INT8 models)")
     ap.add_argument("--update", action="store_true", help="keep the other models' entries of the saved JSON")
     ap.add_argument("--readme", action="store_true", help="only rewrite README's block from the saved JSON")
+    ap.add_argument("--out", type=Path, help="write here instead of benchmarks/results/ (e.g. one model per process)")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                    help="only merge the models of these result files into benchmarks/results/mobile.json")
     args = ap.parse_args(argv)
     if args.readme:
         write_readme(json.loads(RESULTS.read_text()))
-        print(f"README.md block rewritten from {RESULTS}")
+        write_docs(json.loads(RESULTS.read_text()))
+        print(f"README.md block and {DOCS.name}'s tables rewritten from {RESULTS}")
+        return 0
+    if args.merge:
+        data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        for part in args.merge:
+            extra = json.loads(part.read_text())
+            for name, m in extra["models"].items():  # each model keeps the command and load it was measured under
+                data.setdefault("models", {})[name] = m | {"command": extra["command"]}
+            data = {k: v for k, v in extra.items() if k != "models"} | data if "machine" not in data else data
+        data["models"] = {n: data["models"][n] for n in MODELS if n in data["models"]}
+        _save(RESULTS, data)
+        print(f"merged {len(args.merge)} file(s) into {RESULTS}")
         return 0
     if not (SHARED / "testsets" / "Set5").is_dir():
         raise SystemExit(f"needs {SHARED} (checkpoints + Set5)")
     names = [n for n in MODELS if n in args.models.split(",")] or list(MODELS)
     pairs = set5()
-    target = ABLATION if args.ablation else RESULTS
+    target = args.out or (ABLATION if args.ablation else RESULTS)
     data = {"machine": machine_info(), "threads": args.threads, "latency_lr_hw": [args.size, args.size],
             "command": "python benchmarks/mobile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "models": {}}

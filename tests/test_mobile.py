@@ -290,9 +290,13 @@ def test_float_layer_search_stops_at_the_budget():
     assert float_layer_search(list(cost), drop_of, 0.5) == ([], pytest.approx(0.45), [{"float_layers": [],
                                                                                        "drop": 0.45}])
     assert float_layer_search(list(cost), drop_of, None)[0] == []  # no budget: no search
-    table = {"": 0.5, "ac": 0.4, "bc": 0.3, "ab": 0.35, "b": 0.2}  # float layers -> drop
+    table = {"": 0.5, "ac": 0.4, "bc": 0.3, "ab": 0.35, "b": 0.2, "abc": 0.0}  # float layers -> drop
     worse = lambda skip: table["".join(sorted(skip))]  # noqa: E731
     assert float_layer_search(["a", "b", "c"], worse, 0.1)[:2] == (["b"], 0.2)  # [b, c] is worse: never kept
+    calls = []
+    floor = lambda skip: calls.append(skip) or 0.3 + drop_of(skip)  # noqa: E731 - non-conv ops cost 0.3 dB
+    skip, drop, steps = float_layer_search(list(cost), floor, 0.1)  # unreachable: 2 evaluations, no ranking
+    assert (skip, drop, len(calls)) == (["a", "b", "c"], pytest.approx(0.3), 2) and "no search" in steps[1]["note"]
 
 
 # --------------------------------------------------------------------------- fixed-size runners (no converter)
