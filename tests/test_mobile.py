@@ -337,6 +337,27 @@ def test_fixed_box_runner_tiles_with_boxes_of_exactly_its_size(bundled):
         FixedBoxRunner(inner, spec.scale, spec.receptive_field).run(x[:, :, :20])
 
 
+def test_fixed_box_upscale_plans_memory_for_one_box_not_the_whole_image(bundled, tmp_path):
+    """A fixed-size runner runs a whole image box by box, so upscale's memory plan counts its
+    float32 input and output, not a whole-image activation estimate: a 400x400 image under a
+    budget 200 MiB above what the process holds (the generic estimate asked ~540 MiB above it)."""
+    from edgesr.backends.mobile import FixedBoxRunner
+    from edgesr.imaging import read_image, write_image
+    from edgesr.upscale import current_rss, upscale_file
+
+    module, spec = bundled
+    rgb = np.random.default_rng(1).random((400, 400, 3)).astype(np.float32)
+    write_image(tmp_path / "in.png", rgb)
+    runner = FixedBoxRunner(_FixedTorch(module, (96, 96)), spec.scale, spec.receptive_field)
+    r = upscale_file(runner, spec, tmp_path / "in.png", tmp_path / "out.png", tile=0,
+                     max_memory=current_rss() + 200 * 2 ** 20)
+    assert r.tiles == 1 and r.output_size == [1600, 1600]
+    x = np.ascontiguousarray(read_image(tmp_path / "in.png").rgb.transpose(2, 0, 1)[None], dtype=np.float32)
+    with torch.no_grad():
+        ref = np.clip(module(torch.from_numpy(x)).numpy()[0].transpose(1, 2, 0), 0, 1)
+    assert np.abs(read_image(tmp_path / "out.png").rgb - ref).max() <= 1 / 255 + 1e-6
+
+
 @needs_ncnn
 def test_ncnn_runner_feeds_an_owned_input_and_enforces_a_declared_size():
     """An in-place first layer (BinaryOp on the input blob) used to segfault: ncnn dereferenced the

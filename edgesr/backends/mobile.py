@@ -90,6 +90,12 @@ class FixedBoxRunner:
     def io(self):
         return self.inner.io()
 
+    def whole_image_bytes_per_pixel(self, in_channels: int = 3, out_channels: int = 3) -> float:
+        """Bytes per LR pixel that :meth:`run` holds for a whole image, for `edgesr upscale`'s
+        memory plan: the float32 input and output. The boxes' activations do not grow with the
+        image (the interpreter allocated them for its one size when it was opened)."""
+        return 4.0 * (in_channels + out_channels * self.scale ** 2)
+
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         n, c, h, w = x.shape
