@@ -111,9 +111,10 @@ def _ncnn_mode(module, spec):
     return hw is not None, why
 
 
-def quality(name: str, module, spec, pairs) -> dict:
+def quality(name: str, module, spec, pairs, int8: bool = True) -> dict:
     """Per format: max |fp32 - torch| over Set5; Set5 Y-PSNR of torch / fp32 / INT8 (edgesr's
-    recipe with its held-out verdict) and of all-INT8 when the verdict kept layers float."""
+    recipe with its held-out verdict) and of all-INT8 when the verdict kept layers float
+    (`int8=False`: fp32 only, for a model whose INT8 runs in another process)."""
     import torch
 
     from edgesr.backends.litert_runner import LiteRtRunner
@@ -127,24 +128,27 @@ def quality(name: str, module, spec, pairs) -> dict:
     out |= {"max_abs": {"litert_fp32": 0.0, "ncnn_fp32": 0.0}, "errors": {}, "verdict": {}, "kernels": {}}
     fixed, why = _ncnn_mode(module, spec)
     out["ncnn_shapes"] = "one .param per LR size: " + why if fixed else "dynamic (one .param for every size)"
-    recipes = {}
-    try:
-        t0 = time.time()
-        lr = LiteRtInt8(module, spec)
-        float_ops, out["verdict"]["litert"] = lr.verdict(BUDGET)
-        recipes["litert"] = (lr, float_ops)
-        log(f"  {name}: LiteRT INT8 verdict {out['verdict']['litert']['drop']:.3f} dB ({time.time() - t0:.0f} s)")
-    except Exception as e:  # noqa: BLE001 - reported, not fatal
-        out["errors"]["litert"] = f"{type(e).__name__}: {e}"[:300]
-    try:
-        t0 = time.time()
-        nc = NcnnInt8(module, spec, fixed=fixed)
-        skip, out["verdict"]["ncnn"] = nc.verdict(BUDGET)
-        recipes["ncnn"] = (nc, skip)
-        nc32_dyn = None if fixed else NcnnRunner(*convert_bytes(module, spec))
-        log(f"  {name}: ncnn INT8 verdict {out['verdict']['ncnn']['drop']:.3f} dB ({time.time() - t0:.0f} s)")
-    except Exception as e:  # noqa: BLE001
-        out["errors"]["ncnn"] = f"{type(e).__name__}: {e}"[:300]
+    recipes: dict = {}  # format -> (INT8 recipe or None, float layers)
+    if int8:
+        try:
+            t0 = time.time()
+            lr = LiteRtInt8(module, spec)
+            float_ops, out["verdict"]["litert"] = lr.verdict(BUDGET)
+            recipes["litert"] = (lr, float_ops)
+            log(f"  {name}: LiteRT INT8 verdict {out['verdict']['litert']['drop']:.3f} dB ({time.time() - t0:.0f} s)")
+        except Exception as e:  # noqa: BLE001 - reported, not fatal
+            out["errors"]["litert"] = f"{type(e).__name__}: {e}"[:300]
+        try:
+            t0 = time.time()
+            nc = NcnnInt8(module, spec, fixed=fixed)
+            skip, out["verdict"]["ncnn"] = nc.verdict(BUDGET)
+            recipes["ncnn"] = (nc, skip)
+            log(f"  {name}: ncnn INT8 verdict {out['verdict']['ncnn']['drop']:.3f} dB ({time.time() - t0:.0f} s)")
+        except Exception as e:  # noqa: BLE001
+            out["errors"]["ncnn"] = f"{type(e).__name__}: {e}"[:300]
+    else:
+        recipes = {"litert": (None, []), "ncnn": (None, [])}
+    nc32_dyn = None if fixed or "ncnn" not in recipes else NcnnRunner(*convert_bytes(module, spec))
     for p in pairs:
         x = _x(p, spec)
         hw = x.shape[2:]
@@ -156,24 +160,26 @@ def quality(name: str, module, spec, pairs) -> dict:
             y = LiteRtRunner(convert_fp32_bytes(module, spec, hw)).run(x)
             out["max_abs"]["litert_fp32"] = max(out["max_abs"]["litert_fp32"], float(np.abs(y - ref).max()))
             out["litert_fp32"].append(_psnr(y, p, spec))
-            q = lr.build(hw, float_ops)
-            out["litert_int8"].append(_psnr(LiteRtRunner(q).run(x), p, spec))
-            if float_ops:
-                out["litert_int8_all"].append(_psnr(LiteRtRunner(lr.build(hw)).run(x), p, spec))
-            if p is pairs[0]:
-                out["kernels"]["litert"] = litert_kernel_check(q, x, y)
+            if lr is not None:
+                q = lr.build(hw, float_ops)
+                out["litert_int8"].append(_psnr(LiteRtRunner(q).run(x), p, spec))
+                if float_ops:
+                    out["litert_int8_all"].append(_psnr(LiteRtRunner(lr.build(hw)).run(x), p, spec))
+                if p is pairs[0]:
+                    out["kernels"]["litert"] = litert_kernel_check(q, x, y)
         if "ncnn" in recipes:
             nc, skip = recipes["ncnn"]
-            r32 = nc32_dyn or NcnnRunner(*nc.reference(hw))
+            r32 = nc32_dyn or NcnnRunner(*(nc.reference(hw) if nc else convert_bytes(module, spec, hw=hw)))
             y = r32.run(x)
             out["max_abs"]["ncnn_fp32"] = max(out["max_abs"]["ncnn_fp32"], float(np.abs(y - ref).max()))
             out["ncnn_fp32"].append(_psnr(y, p, spec))
-            param, weights, _ = nc.build(hw, skip)
-            out["ncnn_int8"].append(_psnr(NcnnRunner(param, weights).run(x), p, spec))
-            if skip:
-                out["ncnn_int8_all"].append(_psnr(NcnnRunner(*nc.build(hw)[:2]).run(x), p, spec))
-            if p is pairs[0]:
-                out["kernels"]["ncnn"] = ncnn_kernel_check(param, weights, x)
+            if nc is not None:
+                param, weights, _ = nc.build(hw, skip)
+                out["ncnn_int8"].append(_psnr(NcnnRunner(param, weights).run(x), p, spec))
+                if skip:
+                    out["ncnn_int8_all"].append(_psnr(NcnnRunner(*nc.build(hw)[:2]).run(x), p, spec))
+                if p is pairs[0]:
+                    out["kernels"]["ncnn"] = ncnn_kernel_check(param, weights, x)
         log(f"  {name} {p.name}: done")
     mean = {k: (round(float(np.mean(v)), 4) if v else None) for k, v in out.items() if isinstance(v, list)}
     drop = {f: (_drop(out[f"{f}_fp32"], out[f"{f}_int8"]) if out[f"{f}_int8"] else None) for f in ("litert", "ncnn")}
@@ -315,7 +321,7 @@ def ablation(name: str, module, spec, pairs) -> dict:
 # --------------------------------------------------------------------------- latency
 
 
-def latency(module, spec, hw: tuple[int, int], threads: int, policy) -> dict:
+def latency(module, spec, hw: tuple[int, int], threads: int, policy, int8: bool = True) -> dict:
     import torch
 
     from edgesr.backends.litert_runner import LiteRtRunner
@@ -343,12 +349,14 @@ def latency(module, spec, hw: tuple[int, int], threads: int, policy) -> dict:
     fixed, _ = _ncnn_mode(module, spec)
     try:
         runners["litert:fp32"] = LiteRtRunner(convert_fp32_bytes(module, spec, hw), threads=threads)
-        runners["litert:int8"] = LiteRtRunner(LiteRtInt8(module, spec).build(hw), threads=threads)
+        if int8:
+            runners["litert:int8"] = LiteRtRunner(LiteRtInt8(module, spec).build(hw), threads=threads)
     except Exception as e:  # noqa: BLE001
         errors["litert"] = f"{type(e).__name__}: {e}"[:300]
     try:
         runners["ncnn:fp32"] = NcnnRunner(*convert_bytes(module, spec, hw=hw if fixed else None), threads=threads)
-        runners["ncnn:int8"] = NcnnRunner(*NcnnInt8(module, spec, fixed=fixed).build(hw)[:2], threads=threads)
+        if int8:
+            runners["ncnn:int8"] = NcnnRunner(*NcnnInt8(module, spec, fixed=fixed).build(hw)[:2], threads=threads)
     except Exception as e:  # noqa: BLE001
         errors["ncnn"] = f"{type(e).__name__}: {e}"[:300]
 
@@ -525,6 +533,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ablation", action="store_true", help="INT8 step-by-step ablation instead (all-INT8 models)")
     ap.add_argument("--update", action="store_true", help="keep the other models' entries of the saved JSON")
     ap.add_argument("--readme", action="store_true", help="only rewrite README's block from the saved JSON")
+    ap.add_argument("--no-int8", action="store_true", help="fp32 parity, fp32 latency and Core ML only")
     ap.add_argument("--out", type=Path, help="write here instead of benchmarks/results/ (e.g. one model per process)")
     ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                     help="only merge the models of these result files into benchmarks/results/mobile.json")
@@ -565,9 +574,9 @@ def main(argv=None) -> int:
                                                                           "loadavg": os.getloadavg()}
         else:
             log(f"{name}: quality on Set5 ...")
-            q = quality(name, module, spec, pairs)
+            q = quality(name, module, spec, pairs, int8=not args.no_int8)
             log(f"{name}: latency ...")
-            lat = latency(module, spec, (args.size, args.size), args.threads, policy)
+            lat = latency(module, spec, (args.size, args.size), args.threads, policy, int8=not args.no_int8)
             log(f"{name}: Core ML ...")
             cm = coreml_check(module, spec, (args.size, args.size))
             data["models"][name] = {"quality": q, "latency": lat, "coreml": cm,
