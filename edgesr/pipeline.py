@@ -17,8 +17,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import __version__
+from .backends.base import BaseRunner
 from .errors import OutputError, OutputExists, quoted
 from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file, text_name
+from .probe_inputs import verification_inputs
 from .spec import Spec
 
 BUNDLED_CHECKPOINT = Path(__file__).parent / "assets" / "ecbsr_m4c16_x4_bundled.safetensors"
@@ -329,32 +331,6 @@ def _registry_conventions(module, spec: Spec, opts: ConvertOptions):
 
 # ---- steps ---------------------------------------------------------------------------------
 
-def verification_inputs(spec: Spec, seed: int = 0) -> list[np.ndarray]:
-    """Real images (bundled sample photos, center crops) + random inputs of odd sizes."""
-    from .imaging import read_image
-    from .sample_images import sample_images
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for p in sample_images()[:3]:
-        rgb = read_image(p).rgb
-        h, w = min(96, rgb.shape[0]), min(128, rgb.shape[1])
-        y0, x0 = (rgb.shape[0] - h) // 2, (rgb.shape[1] - w) // 2
-        out.append(np.ascontiguousarray(rgb[y0:y0 + h, x0:x0 + w].transpose(2, 0, 1)[None], dtype=np.float32))
-    for h, w in ((17, 23), (1, 1), (32, 7)):
-        out.append(rng.random((1, spec.in_channels, h, w), dtype=np.float32))
-    return [_fit(x, spec) for x in out]
-
-
-def _fit(x: np.ndarray, spec: Spec) -> np.ndarray:
-    m = max(1, spec.size_multiple)
-    h = max(spec.min_size, -(-x.shape[2] // m) * m)
-    w = max(spec.min_size, -(-x.shape[3] // m) * m)
-    if (h, w) == x.shape[2:]:
-        return x
-    return np.pad(x, ((0, 0), (0, 0), (0, h - x.shape[2]), (0, w - x.shape[3])), mode="reflect" if
-                  min(x.shape[2:]) > 1 else "edge")
-
 
 def measure_bundle_tiling(onnx_path: Path, spec: Spec, opts: ConvertOptions):
     """Tiling measured on the exported fp32 ONNX with ONNX Runtime (see edgesr.tiling)."""
@@ -572,10 +548,14 @@ def opts_export_fixed_hw(staging: Path) -> tuple[int, int] | None:
     return tuple(hw) if hw else None
 
 
-class _ClampedRunner:
+class _ClampedRunner(BaseRunner):
     def __init__(self, runner, lo: float, hi: float):
         self.runner, self.lo, self.hi = runner, lo, hi
         self.name = runner.name + "+clamp"
+        self.spec = getattr(runner, "spec", None)
+
+    def _detect_precision(self) -> str:
+        return str(getattr(self.runner, "precision", None) or super()._detect_precision())
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return np.clip(self.runner.run(x), self.lo, self.hi)
@@ -587,8 +567,8 @@ def measure_latency(staging: Path, deploy, spec: Spec, int8_paths: dict[str, Pat
     an idle session's spinning threads would compete with the one being timed)."""
     import torch
 
-    from .backends.ort_runner import OrtRunner
-    from .bench import TimingPolicy, machine_info, time_interleaved
+    from .machine import machine_info
+    from .timing import TimingPolicy, time_interleaved
 
     oh, ow = opts.bench_output
     h, w = max(1, oh // spec.scale), max(1, ow // spec.scale)
@@ -597,10 +577,11 @@ def measure_latency(staging: Path, deploy, spec: Spec, int8_paths: dict[str, Pat
         h, w = fixed
     x = np.random.default_rng(0).random((1, spec.in_channels, h, w), dtype=np.float32)
     xt = torch.from_numpy(x)
-    from .bench import SessionRunner, ort_session
+    from .backends.ort_runner import SessionRunner
+    from .backends.ort_session import ort_session
 
     def ort(p: Path):
-        return SessionRunner(ort_session(p, threads=opts.threads, spinning=False), p.name)
+        return SessionRunner(ort_session(p, threads=opts.threads, spinning=False), p.name, path=p)
 
     runners = {"ort:fp32": ort(staging / "model.onnx")}
     for profile, p in int8_paths.items():

@@ -18,6 +18,9 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".sft")
 ONNX_SUFFIXES = (".onnx", ".ort")
 BACKENDS = ("torch", "ort", "openvino", "ort-int8", "openvino-int8", "litert", "litert-int8", "ncnn", "ncnn-int8",
             "coreml")
+# Each INT8 backend runs the graph made for its runtime, never another runtime's: ORT running the
+# TensorRT graph is slower than fp32 (no QLinearConv), OpenVINO's int8 kernels differ from ORT's.
+INT8_ROLES = {"ort-int8": "onnx_int8_cpu", "openvino-int8": "openvino_int8"}
 
 
 @dataclass
@@ -28,6 +31,11 @@ class ResolvedModel:
     path: Path
     onnx: bytes | Path | None = None  # the ONNX graph behind the runner, when there is one (tiling analysis)
     tiling: dict | None = None  # a bundle manifest's "tiling" (with the measurement made at convert time)
+
+    def __post_init__(self) -> None:
+        # The runner carries the model's spec (the Runner contract): parity, upscale and eval read it there.
+        if getattr(self.runner, "spec", None) is None:
+            self.runner.spec = self.spec
 
 
 def resolve_model(ref: str | Path, backend: str = "torch", scale: int | None = None, arch: str | None = None,
@@ -168,7 +176,7 @@ def user_deploy_model(weights: str | Path, ref, kwargs: dict | None = None, *, s
     Conventions are measured (the output must beat bicubic); author deploy hooks kept only when exact."""
     from dataclasses import replace
 
-    from .pipeline import verification_inputs
+    from .probe_inputs import verification_inputs
     from .reparam.author_hooks import deploy_form
     from .usermodel import load_user_model
 
@@ -203,9 +211,7 @@ def resolve_user_model(weights: str | Path, ref, kwargs: dict | None = None, *, 
 def _openvino_or_int8(path: Path, backend: str, scale, arch, form: str, threads) -> ResolvedModel:
     """openvino: a bundle's OpenVINO IR (or its fp32 ONNX), an .onnx / .xml file, or a checkpoint
     exported to ONNX, run by OpenVINO. ort-int8 / openvino-int8: the INT8 graph a bundle holds for
-    that runtime (edgesr.bench.INT8_ROLES) - never a graph made for another runtime."""
-    from .bench import INT8_ROLES
-
+    that runtime (INT8_ROLES) - never a graph made for another runtime."""
     if backend not in BACKENDS:
         raise CheckpointError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if backend == "ort-int8":

@@ -96,38 +96,34 @@ def make_runner(arg: str, threads: int | None = None, scale: int | None = None, 
             raise KeyMismatch(f"{arg}: :{form} applies to checkpoints only")
         from ..backends.openvino_runner import OpenVinoRunner
 
-        runner = OpenVinoRunner(path, name=arg, threads=threads)
-        if suffix == ".xml":  # an IR with FakeQuantize / int8 constants is an INT8 model
-            text = path.read_text(errors="replace")
-            runner.precision = "int8" if ('type="FakeQuantize"' in text or 'element_type="i8"' in text) else "fp32"
+        runner = OpenVinoRunner(path, name=arg, threads=threads)  # (an IR with FakeQuantize / i8 constants: int8)
     elif suffix in (".onnx", ".ort"):
         if form:
             raise KeyMismatch(f"{arg}: :{form} applies to checkpoints only")
         from ..backends.ort_runner import OrtRunner
 
-        runner = OrtRunner(path, name=arg, threads=threads)
+        spec = None
         if suffix == ".onnx":
             from ..resolve import _spec_from_onnx
 
             try:
-                runner.spec = _spec_from_onnx(path, scale)  # size rules, when the file carries them
+                spec = _spec_from_onnx(path, scale)  # size rules, when the file carries them
             except Exception:  # noqa: BLE001 - no edgesr metadata: the graph is analysed instead
                 pass
+        runner = OrtRunner(path, name=arg, threads=threads, spec=spec)
     elif user is not None:  # checkpoints are weights for the user's code: :training = the author's module as is
         from ..backends.torch_runner import TorchRunner
         from ..resolve import user_deploy_model
 
         module, spec, um = user_deploy_model(path, scale=scale, **user)
-        runner = TorchRunner(um.module if form == "training" else module)
-        runner.spec = spec
+        runner = TorchRunner(um.module if form == "training" else module, spec=spec)
     else:
         from ..resolve import resolve_model
 
         resolved = resolve_model(path, backend="torch", scale=scale, form=form or "deploy", threads=threads)
         if form == "training" and resolved.spec.form != "training":
             raise KeyMismatch(f"{path.name} holds the deploy form only; there is no training form to run")
-        runner = resolved.runner
-        runner.spec = resolved.spec  # lets parity export it to localise a divergence
+        runner = resolved.runner  # carries resolved.spec: lets parity export it to localise a divergence
         if threads:
             import torch
 
