@@ -1,19 +1,17 @@
 """`edgesr bench`: one MODEL, several backends, timed side by side.
 
-Backends (`prepare_backend`, `bench_prepared`) turn a MODEL (checkpoint, .onnx, or `edgesr
-convert` OUTDIR) into timed runners for ``ort``, ``ort-int8``, ``openvino``, ``torch``,
-``torch-cuda``, ``trt``, ``trt-rtx`` and the mobile runtimes. The timers and statistics live in
-`edgesr.timing`, what the numbers were taken on in `edgesr.machine`, ONNX Runtime profiling in
-`edgesr.backends.ort_profile`; their names are re-exported here for existing callers.
+`prepare_backend` turns a `ModelSource` (`edgesr.resolve.open_model`: checkpoint, .onnx, mobile
+artifact or `edgesr convert` OUTDIR) into a timed runner for ``ort``, ``ort-int8``, ``openvino``,
+``torch``, ``torch-cuda``, ``trt``, ``trt-rtx`` or a mobile runtime; `bench_prepared` times them
+side by side. The timers and statistics live in `edgesr.timing`, what the numbers were taken on
+in `edgesr.machine`, ONNX Runtime profiling in `edgesr.backends.ort_profile`, cached exports in
+`edgesr.artifact_cache`; their names are re-exported here for existing callers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -24,8 +22,9 @@ from .backends.ort_runner import SessionRunner
 from .backends.ort_session import ort_session
 from .backends.torch_cuda import TORCH_PRECISIONS, TorchCudaRunner
 from .machine import load_warning, machine_info
-from .machine import package_version as _version
-from .resolve import INT8_ROLES
+from .artifact_cache import (DEFAULT_INT8, cached_int8, cached_onnx_export, int8_available,  # noqa: F401
+                             int8_record, onnx_is_quantized)
+from .resolve import INT8_PROFILE_OF, INT8_ROLES, ModelSource, _unavailable, open_model  # noqa: F401
 from .timing import (CV_WARN, CudaCalls, HostCalls, TimingPolicy, TimingStats, cuda_status, fp32_math,
                      interleaved_order, megapixels_per_second, ratio_summary, stats_from_samples, time_callable,
                      time_cuda_copies, time_cuda_events, time_interleaved)
@@ -66,248 +65,6 @@ def standard_sizes(scale: int, size_multiple: int = 1) -> list[tuple[int, int]]:
 
 
 # =========================================================================== model sources
-
-INT8_PROFILE_OF = {"ort-int8": "cpu", "openvino-int8": "openvino"}
-
-
-def int8_available() -> tuple[bool, str]:
-    """(importable, note): whether edgesr.quant (INT8) can be used in this build."""
-    try:
-        from .quant import QuantConfig, quantize_model  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - a half-landed package may raise anything
-        return False, f"INT8 not available: edgesr.quant cannot be imported ({type(e).__name__}: {e})"
-    return True, "edgesr.quant"
-
-
-@dataclass
-class ModelSource:
-    """What a MODEL argument points at, and lazily-made artifacts (cached in `workdir`)."""
-
-    ref: Path
-    kind: str  # "checkpoint" | "onnx" | "bundle" | "mobile" (a .tflite / .param / Core ML file)
-    spec: Any  # edgesr.spec.Spec (deploy form unless form="training" was asked for)
-    workdir: Path
-    module: Any = None  # PyTorch module (checkpoint / bundle torch_deploy)
-    onnx_path: Path | None = None
-    manifest: Any = None
-    form: str = "deploy"
-    notes: list[str] = field(default_factory=list)
-    default_backend: str = "ort"  # what `edgesr bench` times when no --backend is given
-    _tmp: Any = None
-
-    # ---- artifacts
-    def fp32_onnx(self, static_hw: tuple[int, int] | None = None) -> Path:
-        """The fp32 ONNX model: the given file, the bundle's onnx_fp32, or an export of the
-        module (dynamic N/H/W; `static_hw` exports a fixed 1x C x H x W graph instead)."""
-        if static_hw is None and self.onnx_path is not None:
-            return self.onnx_path
-        if self.kind == "bundle":
-            self.onnx_path = self.manifest.verified_path("onnx_fp32")  # the bytes whose sha256 was checked
-            return self.onnx_path
-        if self.kind == "onnx":
-            return self.onnx_path
-        if self.module is None:
-            raise _unavailable("no fp32 ONNX model and no PyTorch module to export one from")
-        p = cached_onnx_export(self.module, self.spec, self.workdir, key_hint=str(self.ref), static_hw=static_hw)
-        if static_hw is None:
-            self.onnx_path = p
-        return p
-
-    def int8_onnx(self, profile: str = "cpu", config: Any = None, backend: str = "ort-int8") -> tuple[Path, str]:
-        """(path, how it was obtained) of the INT8 graph made for `backend`'s runtime."""
-        if self.kind == "bundle":
-            role = INT8_ROLES[backend]
-            try:
-                art = self.manifest.artifact(role)
-            except Exception:  # noqa: BLE001 - BundleError: role absent
-                others = [a.role for a in self.manifest.artifacts if "int8" in a.role and not a.role.endswith("_weights")]
-                raise _unavailable(
-                    f"{self.ref} has no INT8 graph made for {backend} ({role})"
-                    + (f"; its INT8 graphs ({', '.join(others)}) are made for other runtimes" if others else "")
-                    + f"; convert with --int8{' --openvino' if backend == 'openvino-int8' else ''}") from None
-            return self.manifest.verified_path(art), f"bundle artifact {role}"  # the bytes whose sha256 was checked
-        if self.kind == "onnx" and onnx_is_quantized(self.fp32_onnx()):
-            return self.fp32_onnx(), "the given ONNX file is already quantized"
-        ok, note = int8_available()
-        if not ok:
-            raise _unavailable(note)
-        path = cached_int8(self.fp32_onnx(), self.spec, self.workdir, profile=profile, config=config)
-        return path, f"quantized here (edgesr.quant, profile {profile}; cached in {self.workdir})"
-
-    def torch_module(self):
-        if self.module is None:
-            raise _unavailable(f"{self.ref.name} holds no PyTorch weights (an ONNX model): use --backend ort")
-        return self.module
-
-    def close(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-
-def _unavailable(msg: str):
-    from .errors import BackendUnavailable
-
-    return BackendUnavailable(msg)
-
-
-def open_model(ref: str | Path, *, workdir: str | Path | None = None, scale: int | None = None,
-               arch: str | None = None, form: str = "deploy", user: dict | None = None) -> ModelSource:
-    """Resolve MODEL (checkpoint, .onnx/.ort, or convert OUTDIR). `workdir` caches exports
-    and INT8 models across runs (default: a temporary folder removed by `close()`)."""
-    from dataclasses import replace as dc_replace
-
-    from .errors import CheckpointError, ScaleMismatch
-    from .resolve import CHECKPOINT_SUFFIXES, ONNX_SUFFIXES
-
-    path = Path(ref)
-    if not path.exists():
-        raise CheckpointError(f"model not found: {path}")
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="edgesr-bench-")
-        workdir = tmp.name
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if path.is_dir():
-        from .bundle import read_manifest
-
-        man = read_manifest(path)
-        if scale is not None and man.spec.scale != scale:
-            raise ScaleMismatch(f"--scale {scale} does not match {path} (x{man.spec.scale})")
-        src = ModelSource(path, "bundle", man.spec, workdir, manifest=man, _tmp=tmp)
-        try:
-            art = man.artifact("torch_deploy")
-            from .registry import load_model
-
-            from .checkpoint import load_state_dict_bytes
-
-            sd = load_state_dict_bytes(man.verified_bytes(art), art.file)
-            src.module = load_model(sd, arch=man.spec.arch, scale=man.spec.scale).module.eval()
-        except Exception as e:  # noqa: BLE001 - torch backend then reports unavailable
-            src.notes.append(f"no PyTorch deploy weights usable: {e}")
-        return src
-    from .backends.mobile import file_backend, is_mobile_artifact, spec_beside
-
-    if is_mobile_artifact(path):
-        spec, _ = spec_beside(path, scale)
-        src = ModelSource(path, "mobile", spec, workdir, _tmp=tmp)
-        src.default_backend = file_backend(path)
-        return src
-    if path.suffix.lower() in ONNX_SUFFIXES:
-        from .resolve import _spec_from_onnx
-
-        spec = _spec_from_onnx(path, scale)
-        return ModelSource(path, "onnx", spec, workdir, onnx_path=path, _tmp=tmp)
-    if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
-        raise CheckpointError(f"{path.name}: not a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}), ONNX file "
-                              f"({', '.join(ONNX_SUFFIXES)}) or convert OUTDIR")
-    if user is not None:  # --model FILE.py:NAME: the user's code, conventions measured, deploy hooks verified
-        from .resolve import user_deploy_model
-
-        module, spec, _ = user_deploy_model(path, scale=scale, **user)
-        return ModelSource(path, "checkpoint", spec, workdir, module=module.eval(), form="deploy", _tmp=tmp)
-    from .registry import load_model
-    from .reparam import reparameterize
-
-    loaded = load_model(path, arch=arch, scale=scale)
-    module, spec = loaded.module.eval(), loaded.spec
-    if form == "deploy" and spec.form == "training":
-        module, spec = reparameterize(module).eval(), dc_replace(spec, form="deploy")
-    return ModelSource(path, "checkpoint", spec, workdir, module=module, form=spec.form, _tmp=tmp)
-
-
-def onnx_is_quantized(path: Path) -> bool:
-    import onnx
-
-    m = onnx.load_model(str(path), load_external_data=False)
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger")
-               for n in m.graph.node)
-
-
-def _digest(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode() if not isinstance(p, bytes) else p)
-        h.update(b"\0")
-    return h.hexdigest()[:16]
-
-
-def _module_digest(module) -> str:
-    h = hashlib.sha256()
-    h.update(type(module).__qualname__.encode())
-    h.update(repr(module).encode())
-    for k, v in module.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _code_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*.py")):
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def cached_onnx_export(module, spec, workdir: Path, key_hint: str = "",
-                       static_hw: tuple[int, int] | None = None) -> Path:
-    """ONNX export (edgesr.export.onnx.export_onnx, defaults: dynamic N/H/W, simplified, checked)
-    cached by module structure + weights, spec, shape mode and the versions of edgesr's
-    exporter, torch and onnx. `static_hw`: a fixed (1, C, H, W) graph instead."""
-    from .export.onnx import export_onnx
-
-    key = _digest(_module_digest(module), spec.to_dict(), _code_digest(Path(__file__).parent / "export"),
-                  _version("torch"), _version("onnx"), _version("onnxslim"), static_hw)
-    stem = Path(key_hint).stem or "model"
-    shape = f".static{static_hw[0]}x{static_hw[1]}" if static_hw else ""
-    out = Path(workdir) / f"{stem}.{spec.form}{shape}.{key}.onnx"
-    if not out.is_file():
-        if static_hw:
-            export_onnx(module, spec, out, dynamic=False, sample_shape=(1, spec.in_channels, *static_hw))
-        else:
-            export_onnx(module, spec, out)
-    return out
-
-
-DEFAULT_INT8 = {"progress": False}  # otherwise QuantConfig's defaults = `edgesr convert --int8` (0.1 dB budget)
-
-
-def cached_int8(fp32: Path, spec, workdir: Path, profile: str = "cpu", config: Any = None) -> Path:
-    """INT8 QDQ model from edgesr.quant.quantize_model, cached by the fp32 file, the config and
-    the quantizer's source code. The QuantResult is kept beside it as JSON."""
-    from .fsutil import atomic_write_json, sha256_file
-    from .quant import QuantConfig, quantize_model
-
-    cfg = config if config is not None else QuantConfig(profile=profile, **DEFAULT_INT8)
-    cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else asdict(cfg)
-    key = _digest(sha256_file(fp32), cfg_dict, _code_digest(Path(__file__).parent / "quant"),
-                  _version("onnxruntime"))
-    out = Path(workdir) / f"{fp32.stem}.int8-{profile}.{key}.onnx"
-    if not out.is_file():
-        import logging
-
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # onnxruntime.quantization's "consider pre-processing" notices
-        try:
-            res = quantize_model(fp32, out, spec, cfg)
-        finally:
-            root.setLevel(level)
-        d = res.to_dict() if hasattr(res, "to_dict") else {}
-        d.pop("sensitivity", None)
-        atomic_write_json(out.with_suffix(".json"), d)
-    return out
-
-
-def int8_record(path: Path) -> dict:
-    """The QuantResult stored beside a cached INT8 model ({} if none)."""
-    p = Path(path).with_suffix(".json")
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 # =========================================================================== runners
