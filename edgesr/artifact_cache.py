@@ -77,7 +77,7 @@ def cached_onnx_export(module, spec, workdir: Path, key_hint: str = "",
     return out
 
 
-DEFAULT_INT8 = {"progress": False}  # otherwise QuantConfig's defaults = `edgesr convert --int8` (0.1 dB budget)
+DEFAULT_INT8: dict[str, Any] = {"progress": False}  # otherwise QuantConfig's defaults = `edgesr convert --int8` (0.1 dB budget)
 
 
 def cached_int8(fp32: Path, spec, workdir: Path, profile: str = "cpu", config: Any = None) -> Path:

@@ -11,6 +11,7 @@ in `edgesr.machine`, ONNX Runtime profiling in `edgesr.backends.ort_profile`, ca
 from __future__ import annotations
 
 import math
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -238,7 +239,7 @@ def bench_prepared(prepared: Sequence[Prepared], sizes: Sequence[tuple[int, int]
         out_hw = (h * spec.scale, w * spec.scale)
         cpu = [p for p in prepared if not p.gpu]
         if cpu:
-            fns = {p.backend: (lambda r=p.runner: r.run(x)) for p in cpu}
+            fns: dict[str, Callable[[], object]] = {p.backend: partial(p.runner.run, x) for p in cpu}
             if interleave and len(cpu) > 1:
                 stats = time_interleaved(fns, policy)
             else:
@@ -282,7 +283,7 @@ def speedups(results: Sequence[BenchResult], baseline: str | None = None) -> lis
     for r in results:
         by_size.setdefault(r.size, []).append(r)
     for size, rs in by_size.items():
-        base = next((r for r in rs if r.backend == baseline), rs[0]) if rs else None
+        base = next((r for r in rs if r.backend == baseline), rs[0])  # (rs is never empty)
         for r in rs:
             if r is base:
                 continue

@@ -33,7 +33,7 @@ INT8_PROFILE_OF = {"ort-int8": "cpu", "openvino-int8": "openvino"}
 
 @dataclass
 class ResolvedModel:
-    runner: object  # a Runner (edgesr.backends)
+    runner: Any  # a Runner (edgesr.backends.base)
     spec: Spec
     kind: str  # "checkpoint" | "onnx" | "bundle"
     path: Path
@@ -269,8 +269,8 @@ def _openvino_or_int8(path: Path, backend: str, scale, arch, form: str, threads)
     with tempfile.TemporaryDirectory(prefix="edgesr-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(resolved.runner.module, resolved.spec, onnx_path, source_checkpoint=path)
-        runner = OpenVinoRunner(onnx_path.read_bytes(), name="openvino:fp32", threads=threads)
-    return ResolvedModel(runner, resolved.spec, "checkpoint", path)
+        ov_runner = OpenVinoRunner(onnx_path.read_bytes(), name="openvino:fp32", threads=threads)
+    return ResolvedModel(ov_runner, resolved.spec, "checkpoint", path)
 
 
 def _int8_artifact(manifest, path: Path, backend: str, role: str):
@@ -338,7 +338,7 @@ class ModelSource:
         if self.kind == "bundle":
             self.onnx_path = self.manifest.verified_path("onnx_fp32")  # the bytes whose sha256 was checked
             return self.onnx_path
-        if self.kind == "onnx":
+        if self.kind == "onnx" and self.onnx_path is not None:
             return self.onnx_path
         if self.module is None:
             raise _unavailable("no fp32 ONNX model and no PyTorch module to export one from")
@@ -423,7 +423,7 @@ def open_model(ref: str | Path, *, workdir: str | Path | None = None, scale: int
     if is_mobile_artifact(path):
         spec, _ = spec_beside(path, scale)
         src = ModelSource(path, "mobile", spec, workdir, _tmp=tmp)
-        src.default_backend = file_backend(path)
+        src.default_backend = file_backend(path) or src.default_backend
         return src
     if path.suffix.lower() in ONNX_SUFFIXES:
         spec = _spec_from_onnx(path, scale)

@@ -109,9 +109,11 @@ def precision_from_name(name: str) -> str:
     return "fp32"
 
 
-def onnx_precision(model: str | os.PathLike | bytes) -> str | None:
+def onnx_precision(model: str | os.PathLike | bytes | None) -> str | None:
     """fp32 / fp16 / int8 read from an ONNX graph (path or bytes); None when it cannot be read.
     The graph is authoritative: quantizers copy the fp32 model's metadata unchanged."""
+    if model is None:
+        return None
     try:
         import onnx
 

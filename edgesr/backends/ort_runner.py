@@ -58,8 +58,7 @@ class _SessionRunner(BaseRunner):
         return y.astype(np.float32, copy=False)
 
     def _detect_precision(self) -> str:
-        graph = onnx_precision(self._model_bytes if self._model_bytes is not None else self.path) \
-            if (self._model_bytes is not None or self.path is not None) else None
+        graph = onnx_precision(self._model_bytes if self._model_bytes is not None else self.path)
         if graph is not None:
             return graph
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -195,7 +194,8 @@ class _RunState:
     __slots__ = ("run_options", "deadline", "fired")
 
     def __init__(self, run_options: Any, deadline: float | None):
-        self.run_options, self.deadline, self.fired = run_options, deadline, None
+        self.run_options, self.deadline = run_options, deadline
+        self.fired: str | None = None
 
 
 class _Watchdog:
@@ -234,7 +234,7 @@ class _Watchdog:
             wake = state.deadline is not None and not self._ticking
         if wake:
             _send(self._ctl_w)
-        previous = None
+        previous = -1  # (restored only when set_wakeup_fd below succeeded)
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
             try:
