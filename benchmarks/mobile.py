@@ -245,8 +245,8 @@ def ncnn_kernel_check(param: str, weights: bytes, x: np.ndarray) -> dict:
         w_scale = np.frombuffer(chunk, "<f4", n_out, off).astype(np.float64)
         in_scale = float(np.frombuffer(chunk, "<f4", 1, off + 4 * n_out)[0])
         q = np.clip(np.round(xin * in_scale), -127, 127)
-        t, b, l, r = _pads(la)
-        q = np.pad(q, ((0, 0), (t, b), (l, r)))
+        top, bottom, left, right = _pads(la)
+        q = np.pad(q, ((0, 0), (top, bottom), (left, right)))
         c, h, w = q.shape
         ho, wo = h - k + 1, w - k + 1
         acc = np.zeros((n_out, ho, wo))
@@ -458,7 +458,8 @@ def docs_blocks(data: dict, ablation_data: dict | None) -> dict[str, str]:
     """The generated parts of docs/mobile_int8.md: what the shipped INT8 files lose, the ablation,
     the kernel checks and the SAFMN++ row."""
     shipped = ["| model | format | held-out drop, all INT8 | float convs kept | held-out drop, shipped | "
-               "Set5 drop, shipped | Set5 drop, all INT8 | within 0.15 dB on Set5 |", "|---|---|---|---|---|---|---|---|"]
+               "Set5 drop, shipped | Set5 drop, all INT8 | within 0.15 dB on Set5 |",
+               "|---|---|---|---|---|---|---|---|"]
     kernels = ["| model | LiteRT: max code diff XNNPACK vs reference (share) | PSNR vs fp32: XNNPACK / reference dB | "
                "ncnn: INT8 convs checked | max relative diff vs float64 |", "|---|---|---|---|---|"]
     for name, m in data["models"].items():
@@ -476,7 +477,8 @@ def docs_blocks(data: dict, ablation_data: dict | None) -> dict[str, str]:
         k = q.get("kernels") or {}
         lt, nc = k.get("litert"), k.get("ncnn")
         kernels.append(f"| {name} | " + (f"{lt['max_code_diff']} ({lt['share_differing']:.2%})" if lt else "-")
-                       + " | " + (f"{lt['psnr_xnnpack_vs_fp32']:.2f} / {lt['psnr_reference_vs_fp32']:.2f}" if lt else "-")
+                       + " | "
+                       + (f"{lt['psnr_xnnpack_vs_fp32']:.2f} / {lt['psnr_reference_vs_fp32']:.2f}" if lt else "-")
                        + " | " + (str(nc["layers"]) if nc else "-") + " | "
                        + (f"{nc['max_relative_diff']:.1e}" if nc and nc["max_relative_diff"] is not None else "-")
                        + " |")
