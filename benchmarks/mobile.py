@@ -402,10 +402,12 @@ def readme_block(data: dict) -> str:
              f"paired per-round p10-p90). Parity: max |fp32 - PyTorch| over the Set5 x4 LR images (LiteRT: one "
              f"fixed-size file per image size). INT8 drop: Set5 x4 Y-PSNR of fp32 minus INT8 in the same format, "
              f"edgesr's recipe (docs/deploy.md section 7) with its verdict on the held-out sample photos "
-             f"({BUDGET} dB budget; float layers kept, if any, in brackets with the all-INT8 drop). Core ML: "
+             f"({BUDGET} dB budget; float layers kept, if any, in brackets with the all-INT8 drop; '-': not "
+             f"measured in this run, see docs/mobile_int8.md). Core ML: "
              f"converted and checked statically, not run (no runtime on Linux). 1-minute load average when each "
              f"model was timed: {loads} on {data['machine'].get('logical_cpus')} CPUs: a shared, heavily loaded "
-             "machine, so only the same-run ratios mean anything, and their spread is wide.", "",
+             "machine where a process waits for a CPU most of the time, so medians measure the queue as much as "
+             "the runtime; only the same-run ratios mean anything, and their spread is wide.", "",
              "| model | LiteRT fp32 parity | LiteRT INT8 drop dB | ncnn fp32 parity | ncnn INT8 drop dB | "
              "ORT fp32 ms | LiteRT fp32 ms (x vs ORT) | LiteRT INT8 ms (x) | ncnn fp32 ms (x) | ncnn INT8 ms (x) | "
              "Core ML |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -434,7 +436,9 @@ def readme_block(data: dict) -> str:
                 return "-"
             v = q["verdict"].get(fmt) or {}
             fl = v.get("float_layers") or []
-            return f"{d:.3f}" + (f" ({len(fl)} float; all-INT8 {q['int8_drop_all_int8_db'][fmt]:.3f})" if fl else "")
+            over = "" if v.get("within_budget", True) else f" (over the budget: {v['drop']:.3f} held-out)"
+            return (f"{d:.3f}" + (f" ({len(fl)} float; all-INT8 {q['int8_drop_all_int8_db'][fmt]:.3f})" if fl else "")
+                    + over)
 
         cm = m["coreml"]
         cml = ("converted, not run; ANE list: " + ("ok" if cm.get("ane_likely") else
