@@ -426,7 +426,15 @@ def test_mobile_artifacts_in_bench_and_upscale(bundled, tmp_path, capsys):
         assert main(["upscale", str(tmp_path / model), str(tmp_path / "in.png"), str(tmp_path / f"{model}.png"),
                      "--scale", "4"]) == 0, capsys.readouterr().err[-1500:]
         assert np.abs(read_image(tmp_path / f"{model}.png").rgb - ref).max() <= 1 / 255 + 1e-6, model
+    ts = tmp_path / "set"  # eval names the runtime that ran (it said "torch" for a .param)
+    (ts / "LR_bicubic" / "X4").mkdir(parents=True)
+    (ts / "HR").mkdir()
+    write_image(ts / "LR_bicubic" / "X4" / "inx4.png", rgb)
+    write_image(ts / "HR" / "in.png", np.repeat(np.repeat(rgb, 4, 0), 4, 1))
     capsys.readouterr()
+    assert main(["eval", str(tmp_path / "m.param"), "--testset", str(ts), "--scale", "4", "--allow-below-bicubic",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["backend"] == "ncnn"
     assert main(["bench", str(tmp_path / "m.tflite"), "--scale", "4", "--size", "40x44", "48x56", "--min-runs", "2",
                  "--min-seconds", "0", "--warmup", "0", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["results"]
