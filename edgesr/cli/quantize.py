@@ -133,8 +133,10 @@ def run(args) -> int:
 
 def finetune_line(ft: dict, psnr_fp32: float) -> str:
     """What the quantization-aware fine-tune of the all-int8 graph did, in one line."""
-    if "psnr_int8_all_after" not in ft:
+    if "steps" not in ft:
         return f"fine-tuning: not run ({ft.get('reason', 'unknown reason')})"
+    if "psnr_int8_all_after" not in ft:
+        return f"fine-tuning ({ft['steps']} steps, {ft['seconds']:.0f} s): not kept ({ft.get('reason', '')})"
     before, after = psnr_fp32 - ft["psnr_int8_all_before"], psnr_fp32 - ft["psnr_int8_all_after"]
     return (f"fine-tuning ({ft['steps']} steps, {ft['seconds']:.0f} s): all-int8 drop {before:.3f} -> {after:.3f} dB, "
             + ("kept" if ft["applied"] else "not kept (no gain)"))

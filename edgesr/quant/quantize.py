@@ -443,12 +443,15 @@ class QuantSession:
                                     seed=config.seed, threads=config.threads, progress=config.progress)
         except QuantizationError as e:  # an op the PyTorch mirror lacks: plain PTQ goes on
             return {"applied": False, "reason": str(e)}
+        info: dict[str, Any] = rep.to_dict() | {"psnr_int8_all_before": before}
+        if not rep.loss_end < rep.loss_start:  # Adam on straight-through codes can wander: nothing learned
+            return info | {"applied": False, "reason": f"the error against fp32 on the calibration patches did not "
+                                                       f"decrease ({rep.loss_start:.3e} -> {rep.loss_end:.3e})"}
         q = self._qs
         tuned = _Session(q.fp32_path, q.spec, q.config, q.ranges_path, q.evalset, q.workdir, list(q.layers.values()),
                          _Refiners(q.refiner, learned))
         after = tuned.score([])
-        info: dict[str, Any] = rep.to_dict() | {"psnr_int8_all_before": before, "psnr_int8_all_after": after}
-        info["applied"] = after > before
+        info |= {"psnr_int8_all_after": after, "applied": after > before}
         if info["applied"]:
             self._qs, self.psnr_int8_all, self._rank_qs = tuned, after, None
         else:
