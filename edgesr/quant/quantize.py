@@ -425,6 +425,8 @@ class QuantSession:
         self.psnr_int8_all = self._qs.score([])
         self.workdir = work
 
+    _rank_qs: "_Session | None" = None  # the ranking session (centre crops), made on first use
+
     def finetune(self) -> dict[str, Any]:
         """Fine-tune the all-int8 graph's weight codes and biases (:mod:`edgesr.quant.finetune`).
 
@@ -475,7 +477,7 @@ class QuantSession:
     RANK_SIDE = 192
 
     def _rank_session(self) -> "_Session":
-        if getattr(self, "_rank_qs", None) is None:
+        if self._rank_qs is None:
             from .calibration import EvalPair, EvalSet
 
             s = self.spec.scale
