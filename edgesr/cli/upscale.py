@@ -70,7 +70,7 @@ def run(args) -> int:
     import time
 
     from ..errors import ImageError, ScaleMismatch
-    from ..upscale import UpscaleFailure, default_max_memory, parse_memory, parse_tile, plan_jobs, upscale
+    from ..upscale import UpscaleFailure, default_max_memory, parse_memory, parse_tile, plan_jobs
     from .output import emit_json, print_table
 
     if args.scale is not None and args.scale < 1:
@@ -95,7 +95,9 @@ def run(args) -> int:
 
     user = user_options(args)
     model = args.model
-    if user is not None:
+    from .executor_args import on_ray
+
+    if user is not None and not on_ray(args):  # on Ray each actor builds the user's model itself
         from ..resolve import resolve_user_model
 
         model = resolve_user_model(args.model, backend=args.backend, threads=args.threads, scale=args.scale, **user)

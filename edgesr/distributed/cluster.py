@@ -115,13 +115,20 @@ def cancel(ray, refs: list) -> None:
             ray.cancel(r, force=True, recursive=True)
 
 
-def die_with_parent() -> None:
-    """preexec_fn for a task's child process: it gets SIGKILL when the Ray worker that started it
-    dies (a killed or cancelled task must not leave its conversion running). Linux only; elsewhere
-    a no-op."""
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn for a task's child process: the child gets SIGKILL when the Ray worker that
+    started it dies (a killed or cancelled task must not leave its conversion running). libc is
+    looked up here, in the parent, so the child only makes one system call. None off Linux."""
     import ctypes
     import signal
+    import sys
 
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:
+        return None
     PR_SET_PDEATHSIG = 1
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    sig = int(signal.SIGKILL)
+    return lambda: prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)

@@ -63,7 +63,7 @@ def zoo_task(entry_json: str, outroot: str, flags: dict) -> dict:
     entry = ZooEntry.from_json(entry_json)
     root = Path(outroot)
     res = reuse_or_run(entry, root, force=flags["force"], timeout=flags["timeout"], int8=flags["int8"],
-                       bench=flags["bench"], preexec_fn=die_with_parent,
+                       bench=flags["bench"], preexec_fn=die_with_parent(),
                        measure=lambda r: _timed_in_bench_slot(r, root / entry.name))
     return res | {"executor": {"kind": "ray", "converted_on": node_info()}} if not res.get("reused") else res
 
