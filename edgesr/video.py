@@ -32,7 +32,7 @@ VIDEO_EXTRA = "pip install 'edgesr[video]'"
 # codecs tried in order per container (the first the installed FFmpeg can encode is used)
 DEFAULT_CODECS = {"mp4": ("libx264", "h264", "mpeg4"), "mov": ("libx264", "h264", "mpeg4"),
                   "matroska": ("ffv1",), "avi": ("ffv1",), "webm": ("libvpx-vp9", "libvpx")}
-LOSSLESS_PIX_FMT = {"ffv1": "gbrp", "png": "rgb24", "libx264rgb": "rgb24"}
+LOSSLESS_PIX_FMT = {"ffv1": "bgr0", "png": "rgb24", "libx264rgb": "rgb24"}
 
 
 def av_module():

@@ -92,7 +92,7 @@ def ray_cluster():
 
 def _stop_session(proc: subprocess.Popen) -> None:
     sid = proc.pid  # start_new_session: the session (and process group) id is the leader's pid
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
         try:
             os.killpg(sid, sig)
         except ProcessLookupError:
@@ -219,7 +219,7 @@ def test_sweep_on_ray_matches_local_survives_a_killed_worker_and_reruns_for_free
         assert a["key"] == b["key"]  # the same inputs and settings
         assert sorted(a.get("latency_ms") or {}) == sorted(b.get("latency_ms") or {})
     b = json.loads((remote / "results" / "tiny-b.json").read_text())
-    assert b["ok"] and b["bench"]["slot"] == "edgesr_bench_slot" and b["bench"]["node"]["node_ip"] == "127.0.0.1"
+    assert b["ok"] and b["bench"]["slot"] == "edgesr_bench_slot" and b["bench"]["node"].get("node_id")
     assert (remote / "tiny-b" / "manifest.json").is_file()
     leftovers = [p.name for p in remote.rglob("*") if p.name.startswith(".")]
     assert not leftovers, leftovers  # no staging folder, temp or partial result

@@ -72,7 +72,7 @@ def test_lossless_video_round_trip_equals_per_image_upscaling(tmp_path, capsys):
     from edgesr.video import probe
 
     src = tmp_path / "in.mkv"
-    frames = _clip(src, "ffv1", "gbrp")
+    frames = _clip(src, "ffv1", "bgr0")
     dst = tmp_path / "out.mkv"
     assert main(["upscale", str(BUNDLED), str(src), str(dst), "--threads", "1", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)["video"]

@@ -13,11 +13,12 @@ reasons). Inputs and outputs must be on a file system every node sees at the sam
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import EdgesrError, ImageError
+from ..errors import CheckpointError, EdgesrError, ImageError
 from .cluster import ray_session
 
 
@@ -31,7 +32,12 @@ class UpscaleActor:
 
         torch.set_num_threads(how.get("threads") or 1)
         self.settings = settings
-        self.resolved = resolve(model, how)
+        self.error: str | None = None  # a model that cannot be loaded fails every image with its reason
+        try:
+            self.resolved = resolve(model, how)
+        except EdgesrError as e:
+            self.error = str(e)
+            return
         r = self.resolved
         self.tiling = ModelTiling(r.runner, r.spec, onnx=getattr(r, "onnx", None),
                                   manifest_tiling=getattr(r, "tiling", None), threads=how.get("threads"))
@@ -45,6 +51,8 @@ class UpscaleActor:
         for src, dst in zip(batch["src"], batch["dst"]):
             s = self.settings
             try:
+                if self.error is not None:
+                    raise EdgesrError(self.error)
                 r = upscale_file(self.resolved.runner, self.resolved.spec, str(src), str(dst), tile=s["tile"],
                                  overlap=s["overlap"], force=s["force"], max_memory=s["max_memory"],
                                  model_tiling=self.tiling)
@@ -83,6 +91,8 @@ def upscale_ray(model: str | Path, input: str | Path, output: str | Path, *, til
     jobs, folder = plan_jobs(input, output, force=force)
     if folder:
         jobs[0].dst.parent.mkdir(parents=True, exist_ok=True)
+    if not Path(model).exists():
+        raise CheckpointError(f"model not found: {model}")
     model_path = str(Path(model).resolve())
     if user is not None:
         user = dict(user)
@@ -101,6 +111,7 @@ def upscale_ray(model: str | Path, input: str | Path, output: str | Path, *, til
 
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # edgesr shows its own bar (counts of images)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plan/progress lines are not edgesr's answer
         n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         n_workers = min(n_workers, len(jobs))
         ds = ray.data.from_items([{"i": i, "src": str(j.src.resolve()), "dst": str(j.dst.resolve())}
@@ -115,7 +126,9 @@ def upscale_ray(model: str | Path, input: str | Path, output: str | Path, *, til
             r = UpscaleFailure(**d) if "error" in d else UpscaleResult(**d)
             if rss is not None and isinstance(r, UpscaleResult):
                 r.memory["worker_peak_rss"] = rss
-            results[int(row["i"])] = r
+            i = int(row["i"])
+            r.input, r.output = str(jobs[i].src), str(jobs[i].dst)  # as given (workers had them absolute)
+            results[i] = r
             if on_image:
                 on_image(r)
     seconds = time.perf_counter() - t0
