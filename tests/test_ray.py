@@ -59,8 +59,16 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ray_cluster():
     """HOST:PORT of a head node (2 CPUs, one bench slot) in its own session; stopped at the end by
-    signalling that session only (never `ray stop`, which would stop every Ray on the machine)."""
+    signalling that session only (never `ray stop`, which would stop every Ray on the machine).
+    Token authentication with a token of its own (environment, inherited by the edgesr processes
+    the tests start), independent of any ~/.ray/auth_token."""
+    import secrets
+
     from edgesr.distributed.cluster import BENCH_SLOT
+
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
 
     exe = Path(sys.executable).parent / "ray"
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
@@ -88,6 +96,11 @@ def ray_cluster():
         _stop_session(proc)
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _stop_session(proc: subprocess.Popen) -> None:
