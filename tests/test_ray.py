@@ -182,7 +182,6 @@ def tiny_zoo(tmp_path_factory):
 name = "tiny-{n}"
 code = "code/tiny.py:TinySR"
 weights = "weights/tiny-{n}.pth"
-input_range = 1
 ''' for n in ("a", "b", "gone"))
     (root / "index.toml").write_text(f'root = "."\nscale = 2\n{entries}')
     return root / "index.toml"
