@@ -25,8 +25,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgesr.cli import main
-
 ray = pytest.importorskip("ray", reason="needs pip install 'edgesr[ray]'")
 
 BUNDLED = Path(__file__).resolve().parents[1] / "edgesr" / "assets" / "ecbsr_m4c16_x4_bundled.safetensors"
@@ -191,16 +189,16 @@ COMPARED = ("ok", "category", "reason", "inferred_input_range", "convention", "r
             "export", "reparam")
 
 
-def _sweep(index: Path, out: Path, *extra: str) -> tuple[int, str]:
+def _sweep(index: Path, out: Path, *extra: str) -> tuple[int, str, str]:
     proc = subprocess.run([sys.executable, "-m", "edgesr", "convert", "--zoo", str(index), "-o", str(out), *extra],
                           capture_output=True, text=True, timeout=900)
-    return proc.returncode, proc.stdout + proc.stderr
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_sweep_on_ray_matches_local_survives_a_killed_worker_and_reruns_for_free(ray_cluster, tiny_zoo, tmp_path):
     local, remote = tmp_path / "local", tmp_path / "ray"
-    rc, out = _sweep(tiny_zoo, local)
-    assert rc == 1, out  # tiny-gone has no weights
+    rc, out, err = _sweep(tiny_zoo, local)
+    assert rc == 1, out + err  # tiny-gone has no weights
     cmd = [sys.executable, "-m", "edgesr", "convert", "--zoo", str(tiny_zoo), "-o", str(remote), "--executor", "ray",
            "--ray-address", ray_cluster]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -237,10 +235,11 @@ def test_sweep_on_ray_matches_local_survives_a_killed_worker_and_reruns_for_free
     assert not leftovers, leftovers  # no staging folder, temp or partial result
     # a rerun does no work: every result reused, nothing written
     stamps = {p: p.stat().st_mtime_ns for p in remote.rglob("*") if p.is_file() and "summary" not in p.name}
-    rc, out = _sweep(tiny_zoo, remote, "--executor", "ray", "--ray-address", ray_cluster, "--json")
-    assert rc == 1, out
-    res = json.loads(out[out.index("{"):])["results"]
+    rc, out, err = _sweep(tiny_zoo, remote, "--executor", "ray", "--ray-address", ray_cluster, "--json")
+    assert rc == 1, out + err
+    res = json.loads(out)["results"]
     assert [r.get("reused") for r in res] == [True, True, True]
+    assert err.count("(reused") == 3, err
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
     assert not [pid for pid in _procs("edgesr.zoo") if str(remote) in _cmdline(pid)]
 
@@ -301,17 +300,22 @@ def _images(folder: Path) -> None:
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
 
 
-def test_bulk_upscale_on_ray_equals_local_byte_for_byte(ray_cluster, tmp_path, capsys):
+def _cli(*args: str) -> tuple[int, str, str]:
+    """edgesr in a child process (Ray reads its authentication settings once per process)."""
+    proc = subprocess.run([sys.executable, "-m", "edgesr", *args], capture_output=True, text=True, timeout=900)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_bulk_upscale_on_ray_equals_local_byte_for_byte(ray_cluster, tmp_path):
     src = tmp_path / "in"
     _images(src)
-    rc_local = main(["upscale", str(BUNDLED), str(src), str(tmp_path / "local"), "--threads", "1", "--json"])
-    local = json.loads(capsys.readouterr().out)
-    rc_ray = main(["upscale", str(BUNDLED), str(src), str(tmp_path / "ray"), "--threads", "1", "--json",
-                   "--executor", "ray", "--ray-address", ray_cluster, "--ray-workers", "2"])
-    captured = capsys.readouterr()
-    remote = json.loads(captured.out)
-    assert rc_local == rc_ray != 0  # the broken image fails in both
-    assert "4 images in" not in captured.err and "5 images in" in captured.err and "1 failed" in captured.err
+    rc_local, out, err = _cli("upscale", str(BUNDLED), str(src), str(tmp_path / "local"), "--threads", "1", "--json")
+    local = json.loads(out)
+    rc_ray, out, err = _cli("upscale", str(BUNDLED), str(src), str(tmp_path / "ray"), "--threads", "1", "--json",
+                            "--executor", "ray", "--ray-address", ray_cluster, "--ray-workers", "2")
+    remote = json.loads(out)
+    assert rc_local == rc_ray != 0, err  # the broken image fails in both
+    assert "5 images in" in err and "1 failed" in err and "2 workers" in err, err
     files = sorted(p.name for p in (tmp_path / "local").iterdir())
     assert files == sorted(p.name for p in (tmp_path / "ray").iterdir()) and len(files) == 4
     for name in files:
@@ -320,4 +324,26 @@ def test_bulk_upscale_on_ray_equals_local_byte_for_byte(ray_cluster, tmp_path, c
     assert fails == {Path(i["input"]).name: i["error"] for i in local["images"] if not i["ok"]}
     assert list(fails) == ["broken.png"]
     peaks = [i["memory"]["worker_peak_rss"] for i in remote["images"] if i["ok"]]
-    assert all(p < 4 << 30 for p in peaks)
+    assert len(peaks) == 4 and all(p < 4 << 30 for p in peaks)
+
+
+def test_convert_folder_on_ray_matches_local(ray_cluster, tmp_path):
+    """`convert DIR --executor ray`: one task per checkpoint, the same bundle as the local batch."""
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    shutil.copy(BUNDLED, folder / "ecbsr.safetensors")
+    (folder / "broken.pth").write_bytes(b"not a checkpoint")
+    common = ["--no-bench", "--no-ort-format", "--json"]
+    rc_local, out, err = _cli("convert", str(folder), "-o", str(tmp_path / "local"), *common)
+    local = json.loads(out)
+    rc_ray, out, err = _cli("convert", str(folder), "-o", str(tmp_path / "ray"), *common, "--executor", "ray",
+                            "--ray-address", ray_cluster)
+    remote = json.loads(out)
+    assert rc_local == rc_ray != 0, err  # the broken checkpoint fails in both
+    for a, b in zip(local["results"], remote["results"]):
+        keys = ("checkpoint", "ok", "converted", "error", "error_type", "arch", "scale")
+        assert {k: a.get(k) for k in keys} == {k: b.get(k) for k in keys}
+    ma = json.loads((tmp_path / "local" / "ecbsr" / "manifest.json").read_text())
+    mb = json.loads((tmp_path / "ray" / "ecbsr" / "manifest.json").read_text())
+    assert [x["file"] for x in ma["artifacts"]] == [x["file"] for x in mb["artifacts"]]
+    assert ma["spec"] == mb["spec"]

@@ -289,7 +289,8 @@ def _run_zoo(args) -> int:
 
     def on_done(i, n, res):
         line = (f"{res['name']}: {'ok' if res.get('ok') else 'FAILED ' + str(res.get('category'))} "
-                f"({res.get('seconds')} s)" + ("" if res.get("ok") else f": {str(res.get('reason'))[:160]}"))
+                f"({'reused, unchanged inputs; took ' if res.get('reused') else ''}{res.get('seconds')} s)"
+                + ("" if res.get("ok") else f": {str(res.get('reason'))[:160]}"))
         if bar is not None:
             bar.update(1)
             bar.write(one_line(line), file=sys.stderr)

@@ -119,10 +119,12 @@ def convert_many_ray(folder: str | Path, outroot: str | Path, base, *, address: 
             on_item(done[0], len(plan), item)
         done[0] += 1
 
+    # workers do not share this process's working folder: every path absolute
+    base = replace(base, checkpoint=None, outdir=outroot, calib=Path(base.calib).resolve() if base.calib else None,
+                   testset=Path(base.testset).resolve() if base.testset else None)
     with ray_session(address, need_bench_slot=base.bench) as ray:
         task = ray.remote(convert_task).options(**opts)
-        refs = [task.remote(str(Path(ckpt).resolve()), str(outdir), replace(base, checkpoint=None, outdir=outroot))
-                for ckpt, outdir in plan]
+        refs = [task.remote(str(Path(ckpt).resolve()), str(outdir), base) for ckpt, outdir in plan]
         return gather(ray, refs, finished)
 
 
