@@ -106,9 +106,11 @@ def upscale_video(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile:
                   overlap: int | None = None, max_memory: int | None = None, force: bool = False,
                   codec: str | None = None, model_tiling=None,
                   on_frame: Callable[[int, int | None], None] | None = None,
-                  before_encode: Callable[[int, np.ndarray], None] | None = None) -> VideoResult:
+                  before_encode: Callable[[int, np.ndarray], None] | None = None,
+                  frame_range: tuple[int, int] | None = None, copy_audio: bool = True) -> VideoResult:
     """Upscale every frame of SRC's first video stream into DST, copying its audio streams.
-    `before_encode(i, rgb)` sees each upscaled frame before the encoder does."""
+    `before_encode(i, rgb)` sees each upscaled frame before the encoder does. `frame_range` (a, b):
+    only decoded frames a..b-1, without audio (a segment of a video split over Ray workers)."""
     from .fsutil import atomic_path
     from .upscale import ModelTiling, plan_codes, upscale_codes
 
@@ -129,11 +131,12 @@ def upscale_video(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile:
         if not inp.streams.video:
             raise ImageError(f"{src}: no video stream")
         vin = inp.streams.video[0]
-        audio = list(inp.streams.audio)
+        audio = list(inp.streams.audio) if copy_audio and frame_range is None else []
         rate = vin.average_rate or vin.guessed_rate or Fraction(25)
         h, w = vin.codec_context.height, vin.codec_context.width
-        total = vin.frames or None
-        n = 0
+        total = (frame_range[1] - frame_range[0]) if frame_range else (vin.frames or None)
+        first, stop = frame_range or (0, None)
+        n = k = 0  # frames encoded, frames decoded
         cp = None
         with atomic_path(dst) as tmp:
             out = av.open(str(tmp), mode="w", format=fmt)
@@ -148,14 +151,19 @@ def upscale_video(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile:
                         packet.stream = aout[packet.stream.index]
                         out.mux(packet)
                         continue
+                    if stop is not None and k >= stop:
+                        break
                     for frame in packet.decode():
+                        k += 1
+                        if k <= first or (stop is not None and k > stop):
+                            continue
                         rgb = frame.to_ndarray(format="rgb24")
                         if cp is None:
                             h, w = rgb.shape[:2]
                             cp = plan_codes(mt, spec, h, w, tile=tile, overlap=overlap, max_memory=max_memory)
                         up = upscale_codes(runner, spec, rgb, cp)
                         if before_encode is not None:
-                            before_encode(n, up)
+                            before_encode(first + n, up)
                         of = av.VideoFrame.from_ndarray(up, format="rgb24")
                         of.pts, of.time_base = frame.pts, frame.time_base
                         out.mux(vout.encode(of))
@@ -187,3 +195,52 @@ def probe(path: str | Path) -> dict:
                                                          for a in c.streams.audio]}
         info["frames"] = sum(1 for _ in c.decode(v))
     return info
+
+
+def count_frames(path: str | Path) -> int:
+    """Frames of the first video stream, from its packets (no decoding)."""
+    av = av_module()
+    with av.open(str(path)) as c:
+        return sum(1 for p in c.demux(c.streams.video[0]) if p.size)
+
+
+def join_segments(segments: list[Path], src: str | Path, dst: str | Path) -> None:
+    """DST from encoded video segments (in order; each holds its frames' original timestamps) and
+    SRC's audio streams, packets copied in time order; written to a temporary file and renamed."""
+    import heapq
+
+    from .fsutil import atomic_path
+
+    av = av_module()
+    fmt = VIDEO_SUFFIXES[Path(dst).suffix.lower()]
+    opened = [av.open(str(p)) for p in segments]
+    inp = av.open(str(src))
+    try:
+        with atomic_path(dst) as tmp:
+            out = av.open(str(tmp), mode="w", format=fmt)
+            try:
+                vout = out.add_stream_from_template(opened[0].streams.video[0])
+                aout = {a.index: out.add_stream_from_template(a) for a in inp.streams.audio}
+
+                def video():
+                    for c in opened:
+                        for pkt in c.demux(c.streams.video[0]):
+                            if pkt.dts is not None:
+                                yield float(pkt.dts * pkt.time_base), 0, pkt, vout
+
+                def audio():
+                    if not aout:
+                        return
+                    for pkt in inp.demux(*inp.streams.audio):
+                        if pkt.dts is not None:
+                            yield float(pkt.dts * pkt.time_base), 1, pkt, aout[pkt.stream.index]
+
+                for _, _, pkt, stream in heapq.merge(video(), audio(), key=lambda t: (t[0], t[1])):
+                    pkt.stream = stream
+                    out.mux(pkt)
+            finally:
+                out.close()
+    finally:
+        inp.close()
+        for c in opened:
+            c.close()

@@ -347,3 +347,31 @@ def test_convert_folder_on_ray_matches_local(ray_cluster, tmp_path):
     mb = json.loads((tmp_path / "ray" / "ecbsr" / "manifest.json").read_text())
     assert [x["file"] for x in ma["artifacts"]] == [x["file"] for x in mb["artifacts"]]
     assert ma["spec"] == mb["spec"]
+
+
+def test_video_over_frame_ranges_on_ray_equals_local(ray_cluster, tmp_path):
+    """A lossless video split over two Ray workers decodes to the local run's frames, with the
+    same count, rate and audio."""
+    pytest.importorskip("av", reason="needs pip install 'edgesr[video]'")
+    import av
+    from test_video import FRAMES, RATE, _audio, _clip
+
+    from edgesr.video import probe
+
+    src = tmp_path / "in.mkv"
+    _clip(src, "ffv1", "bgr0")
+    rc, out, err = _cli("upscale", str(BUNDLED), str(src), str(tmp_path / "local.mkv"), "--threads", "1")
+    assert rc == 0, err
+    rc, out, err = _cli("upscale", str(BUNDLED), str(src), str(tmp_path / "ray.mkv"), "--threads", "1", "--json",
+                        "--executor", "ray", "--ray-address", ray_cluster, "--ray-workers", "2")
+    assert rc == 0, err
+    res = json.loads(out)["video"]
+    assert res["frames"] == FRAMES and res["segments"] == 4
+    info = probe(tmp_path / "ray.mkv")
+    assert info["frames"] == FRAMES and info["rate"] == RATE and _audio(tmp_path / "ray.mkv") == _audio(src)
+    frames = []
+    for name in ("local.mkv", "ray.mkv"):
+        with av.open(str(tmp_path / name)) as c:
+            frames.append([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    assert all(np.array_equal(a, b) for a, b in zip(*frames)) and len(frames[1]) == FRAMES
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mkv", "local.mkv", "ray.mkv"]  # segments removed

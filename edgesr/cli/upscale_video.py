@@ -7,13 +7,10 @@ def run_video(args, tile, overlap, max_memory: int) -> int:
     import sys
     import time
 
-    from ..errors import EdgesrError
     from ..video import av_module, check_video_paths, upscale_video
     from .executor_args import on_ray
     from .output import emit_json
 
-    if on_ray(args):
-        raise EdgesrError("--executor ray takes folders of images; a video runs here, frame by frame")
     av_module()  # missing extra: one line before the model loads
     from pathlib import Path
 
@@ -22,6 +19,8 @@ def run_video(args, tile, overlap, max_memory: int) -> int:
     from ..resolve import resolve_model, resolve_user_model
 
     user = user_options(args)
+    if on_ray(args):
+        return _run_video_ray(args, user, tile, overlap, max_memory)
     if user is not None:
         resolved = resolve_user_model(args.model, backend=args.backend, threads=args.threads, scale=args.scale, **user)
     else:
@@ -60,4 +59,29 @@ def run_video(args, tile, overlap, max_memory: int) -> int:
               f"{r.output_size[1]}x{r.output_size[0]}, {r.codec} ({r.pix_fmt}), audio copied: "
               f"{', '.join(r.audio) or 'none'}; {r.seconds} s ({r.frames_per_s:.2f} frames/s)")
         print(f"edgesr: note: tiling: {r.tiling}", file=sys.stderr)
+    return 0
+
+
+def _run_video_ray(args, user, tile, overlap, max_memory: int) -> int:
+    """The frames split over Ray workers (edgesr.distributed.frames)."""
+    import sys
+
+    from ..distributed.bulk import how_to_resolve
+    from ..distributed.frames import upscale_video_ray
+    from .output import emit_json
+
+    how = how_to_resolve(backend=args.backend, scale=args.scale, arch=args.arch, threads=args.threads, user=user)
+
+    def on_segment(i: int, n: int) -> None:
+        print(f"edgesr: upscale: segment {i}/{n} done", file=sys.stderr, flush=True)
+
+    r = upscale_video_ray(args.model, args.input, args.output, how=how, tile=tile, overlap=overlap,
+                          max_memory=max_memory, force=args.force, codec=args.video_codec, address=args.ray_address,
+                          workers=args.ray_workers, on_segment=on_segment)
+    if args.json:
+        emit_json({"model": str(args.model), "backend": args.backend, "ok": True, "video": r})
+    else:
+        print(f"{args.input} -> {args.output}: {r['frames']} frames at {r['rate']} fps in {r['segments']} segments on "
+              f"{r['workers']} Ray workers, {r['codec']}, audio copied: {', '.join(r['audio']) or 'none'}; "
+              f"{r['seconds']} s")
     return 0

@@ -73,6 +73,20 @@ def resolve(model: str, how: dict[str, Any]):
                          threads=how.get("threads"))
 
 
+def how_to_resolve(*, backend: str, scale: int | None, arch: str | None, threads: int | None,
+                   user: dict | None) -> dict[str, Any]:
+    """The model options a worker resolves the model with (paths absolute: workers do not share
+    this process's working folder)."""
+    if user is not None:
+        user = dict(user)
+        user["ref"] = str(user["ref"])
+        user["extra_paths"] = tuple(str(Path(p).resolve()) for p in user.get("extra_paths") or ())
+        ref_file, sep, name = user["ref"].rpartition(":")
+        if sep:
+            user["ref"] = f"{Path(ref_file).resolve()}:{name}"
+    return {"backend": backend, "scale": scale, "arch": arch, "threads": threads, "user": user}
+
+
 def _peak_rss() -> int:
     import resource
 
@@ -94,14 +108,7 @@ def upscale_ray(model: str | Path, input: str | Path, output: str | Path, *, til
     if not Path(model).exists():
         raise CheckpointError(f"model not found: {model}")
     model_path = str(Path(model).resolve())
-    if user is not None:
-        user = dict(user)
-        user["ref"] = str(user["ref"])
-        user["extra_paths"] = tuple(str(Path(p).resolve()) for p in user.get("extra_paths") or ())
-        ref_file, sep, name = user["ref"].rpartition(":")
-        if sep:
-            user["ref"] = f"{Path(ref_file).resolve()}:{name}"
-    how = {"backend": backend, "scale": scale, "arch": arch, "threads": threads, "user": user}
+    how = how_to_resolve(backend=backend, scale=scale, arch=arch, threads=threads, user=user)
     settings = {"tile": tile, "overlap": overlap, "force": force,
                 "max_memory": int(max_memory or default_max_memory())}
     results: list[Any] = [None] * len(jobs)
