@@ -220,6 +220,10 @@ def join_segments(segments: list[Path], src: str | Path, dst: str | Path) -> Non
             out = av.open(str(tmp), mode="w", format=fmt)
             try:
                 vout = out.add_stream_from_template(opened[0].streams.video[0])
+                vin = inp.streams.video[0]
+                rate = vin.average_rate or vin.guessed_rate
+                if rate:  # the container's frame rate is the input's, as in the local run
+                    vout.codec_context.framerate = rate
                 aout = {a.index: out.add_stream_from_template(a) for a in inp.streams.audio}
 
                 def video():
