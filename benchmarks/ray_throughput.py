@@ -93,6 +93,8 @@ def main() -> int:
     load.start()
     t_all = time.perf_counter()
     rows: dict[str, list[float]] = {"local": [], "ray x1": [], "ray x2": []}
+    steady: dict[str, list[float]] = {k: [] for k in rows}  # after the first result: no start-up
+    startup: dict[str, list[float]] = {k: [] for k in rows}
     peaks: dict[str, list[int]] = {"ray x1": [], "ray x2": []}
     mismatches = 0
     with ray_session(None, num_cpus=a.cpus):
@@ -107,22 +109,28 @@ def main() -> int:
         for rep in range(a.repeats):
             for name in rows:
                 out = tmp / f"{name.replace(' ', '')}-{rep}"
+                stamps: list[float] = []
                 t0 = time.perf_counter()
                 if name == "local":
-                    res = upscale(str(BUNDLED), src, out, backend=a.backend, threads=1, max_memory=budget)
+                    res = upscale(str(BUNDLED), src, out, backend=a.backend, threads=1, max_memory=budget,
+                                  on_image=lambda r: stamps.append(time.perf_counter()))
                     ref = out
                 else:
                     res, _ = upscale_ray(BUNDLED, src, out, backend=a.backend, threads=1, max_memory=budget,
-                                         workers=int(name[-1]))
+                                         workers=int(name[-1]), on_image=lambda r: stamps.append(time.perf_counter()))
                     peaks[name] += [r.memory.get("worker_peak_rss", 0) for r in res]
                 dt = time.perf_counter() - t0
+                startup[name].append(stamps[0] - t0)
+                steady[name].append((len(stamps) - 1) / (stamps[-1] - stamps[0]) if stamps[-1] > stamps[0] else 0.0)
                 assert all(getattr(r, "error", None) is None for r in res), res
                 rows[name].append(len(res) / dt)
                 if name != "local":
                     mismatches += sum((out / p.name).read_bytes() != p.read_bytes() for p in ref.iterdir())
-                print(f"run {rep + 1}/{a.repeats} {name}: {len(res) / dt:.2f} images/s", file=sys.stderr, flush=True)
+                print(f"run {rep + 1}/{a.repeats} {name}: {len(res) / dt:.2f} images/s, {steady[name][-1]:.2f} after the "
+                      f"first result ({startup[name][-1]:.1f} s to it)", file=sys.stderr, flush=True)
     load.stop.set()
     ratios = [b / a_ for a_, b in zip(rows["ray x1"], rows["ray x2"])]
+    steady_ratios = [b / a_ for a_, b in zip(steady["ray x1"], steady["ray x2"]) if a_ > 0]
     per_image_s = 1 / statistics.median(rows["local"])
     trip = statistics.median(trips)
     result = {
@@ -133,6 +141,9 @@ def main() -> int:
                      "model": BUNDLED.name},
         "images_per_s": {k: spread(v) for k, v in rows.items()},
         "ratio_2_vs_1_workers": spread(ratios),
+        "images_per_s_after_first_result": {k: spread(v) for k, v in steady.items()},
+        "ratio_2_vs_1_workers_after_first_result": spread(steady_ratios) if steady_ratios else None,
+        "seconds_to_first_result": {k: spread(v) for k, v in startup.items()},
         "ray_vs_local_1_worker": round(statistics.median(rows["ray x1"]) / statistics.median(rows["local"]), 3),
         "worker_peak_rss_mib": {k: round(max(v) / 2**20, 1) for k, v in peaks.items() if v},
         "memory_bound_mib": round(budget / 2**20, 1),
@@ -150,11 +161,16 @@ def main() -> int:
         "share 2 cores with everything else running, so the ratio above is bounded by the load shown.")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{'executor':10} {'images/s median':>16} {'min-max':>14}")
+    print(f"\n{'executor':10} {'images/s (wall)':>16} {'min-max':>14} {'after 1st result':>17} {'min-max':>14} "
+          f"{'s to 1st':>9}")
     for k, v in result["images_per_s"].items():
-        print(f"{k:10} {v['median']:16.2f} {v['min']:6.2f}-{v['max']:<6.2f}")
+        st, su = result["images_per_s_after_first_result"][k], result["seconds_to_first_result"][k]
+        print(f"{k:10} {v['median']:16.2f} {v['min']:6.2f}-{v['max']:<6.2f} {st['median']:17.2f} "
+              f"{st['min']:6.2f}-{st['max']:<6.2f} {su['median']:9.1f}")
     r = result["ratio_2_vs_1_workers"]
-    print(f"\n2 vs 1 Ray workers: x{r['median']:.2f} (min-max {r['min']:.2f}-{r['max']:.2f}); ray x1 / local: "
+    sr = result["ratio_2_vs_1_workers_after_first_result"] or {"median": float("nan"), "min": 0, "max": 0}
+    print(f"\n2 vs 1 Ray workers: x{r['median']:.2f} wall (min-max {r['min']:.2f}-{r['max']:.2f}), "
+          f"x{sr['median']:.2f} after the first result ({sr['min']:.2f}-{sr['max']:.2f}); ray x1 / local: "
           f"x{result['ray_vs_local_1_worker']:.2f}; worker peak RSS {result['worker_peak_rss_mib']} MiB "
           f"(bound {result['memory_bound_mib']} MiB: {'holds' if result['memory_bound_holds'] else 'EXCEEDED'}); "
           f"outputs differing from local: {mismatches}")

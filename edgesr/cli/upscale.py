@@ -41,7 +41,8 @@ def add_parser(sub):
     add_model_args(p)
     from .executor_args import add_executor_args
 
-    add_executor_args(p, "the images of a folder are spread over Ray Data actors, one model session each")
+    add_executor_args(p, "the images of a folder are spread over Ray Data actors (one model session each); a "
+                         "video's frames are split into ranges, one task each")
     p.add_argument("--video-codec", metavar="NAME",
                    help="video output codec (default by container: .mkv/.avi FFV1 lossless, .mp4/.mov H.264, "
                         ".webm VP9); a video INPUT needs pip install 'edgesr[video]'")
