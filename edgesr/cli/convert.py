@@ -232,7 +232,7 @@ def _run_batch(args, opts) -> int:
     """`edgesr convert DIR -o OUTROOT`: one line per checkpoint on stderr, a table (or JSON) on stdout."""
     import sys
 
-    from ..batch import convert_many, exit_code
+    from ..batch import exit_code
     from ..errors import quoted
     from .args import print_error
     from .output import emit_json, print_table
@@ -266,7 +266,7 @@ def _run_zoo(args) -> int:
     import sys
 
     from ..errors import EdgesrError, one_line
-    from ..zoo import counts, run_zoo, summary_rows, SUMMARY_HEADERS
+    from ..zoo import counts, summary_rows, SUMMARY_HEADERS
     from .output import emit_json, print_table
 
     if args.checkpoint or getattr(args, "user_model", None):
