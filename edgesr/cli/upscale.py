@@ -177,6 +177,7 @@ def _upscale(args, model, user, tile, overlap, max_memory, step, on_tile) -> lis
                                    force=args.force, max_memory=max_memory, user=user, address=args.ray_address,
                                    workers=args.ray_workers, on_image=step)
     print(f"edgesr: upscale on Ray: {summary['images']} images in {summary['seconds']} s "
-          f"({summary['images_per_s']} images/s, {summary['workers']} workers), {summary['failed']} failed",
+          f"({summary['images_per_s']} images/s, {summary['workers']} worker{'s' * (summary['workers'] != 1)}), "
+          f"{summary['failed']} failed",
           file=sys.stderr)
     return results
