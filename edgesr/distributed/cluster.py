@@ -90,10 +90,12 @@ def node_info() -> dict[str, Any]:
     return info
 
 
-def gather(ray, refs: list, on_result: Callable[[int, Any], None]) -> list[Any]:
+def gather(ray, refs: list, on_result: Callable[[int, Any], None],
+           on_failure: Callable[[int, BaseException], Any] | None = None) -> list[Any]:
     """Wait for every ref, calling ``on_result(i, value)`` as each finishes (in finishing order).
-    On Ctrl-C (or any error) the refs not finished yet are cancelled with force, which kills the
-    worker processes running them (and, through their parent-death signal, their children)."""
+    A task that failed for good (its retries used up) becomes ``on_failure(i, error)`` when given.
+    On Ctrl-C (or any other error) the refs not finished yet are cancelled with force, which kills
+    the worker processes running them (and, through their parent-death signal, their children)."""
     index = {r: i for i, r in enumerate(refs)}
     values: list[Any] = [None] * len(refs)
     pending = list(refs)
@@ -101,7 +103,12 @@ def gather(ray, refs: list, on_result: Callable[[int, Any], None]) -> list[Any]:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
             for r in ready:
-                values[index[r]] = ray.get(r)
+                try:
+                    values[index[r]] = ray.get(r)
+                except ray.exceptions.RayError as e:
+                    if on_failure is None:
+                        raise
+                    values[index[r]] = on_failure(index[r], e)
                 on_result(index[r], values[index[r]])
     except BaseException:
         cancel(ray, pending)
@@ -132,3 +139,13 @@ def die_with_parent() -> Callable[[], None] | None:
     PR_SET_PDEATHSIG = 1
     sig = int(signal.SIGKILL)
     return lambda: prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def failure_line(e: BaseException) -> str:
+    """One line for a Ray task that failed for good (its own error, a worker that kept dying, a lost
+    node)."""
+    cause = getattr(e, "cause", None)  # RayTaskError: the exception the task raised
+    if isinstance(cause, BaseException):
+        e = cause
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}".rstrip(": ")

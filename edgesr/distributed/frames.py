@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .cluster import gather, ray_session
+from .cluster import failure_line, gather, ray_session
 
 DEFAULT_RETRIES = 3
 
@@ -76,7 +76,10 @@ def upscale_video_ray(model: str | Path, src: str | Path, dst: str | Path, *, ho
                 if on_segment:
                     on_segment(done[0], k)
 
-            frames = gather(ray, refs, finished)
+            def failed(i: int, e: BaseException):
+                raise ImageError(f"{src}: frames {bounds[i]}-{bounds[i + 1] - 1} failed on Ray: {failure_line(e)}")
+
+            frames = gather(ray, refs, finished, on_failure=failed)
         join_segments(segs, src, dst)
     finally:
         shutil.rmtree(segdir, ignore_errors=True)

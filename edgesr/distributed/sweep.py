@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .cluster import BENCH_SLOT, die_with_parent, gather, node_info, ray_session
+from .cluster import BENCH_SLOT, die_with_parent, failure_line, gather, node_info, ray_session
 
 DEFAULT_RETRIES = 3
 ZOO_BENCH_OUTPUT = (256, 256)  # as the local zoo (edgesr.zoo.convert_entry)
@@ -50,9 +50,16 @@ def run_zoo_ray(index: str | Path, outroot: str | Path, *, force: bool = False, 
                                                           "bench": bench}) for e in entries]
         if on_submit:
             on_submit(len(refs))
-        results = gather(ray, refs, finished)
+        results = gather(ray, refs, finished, on_failure=lambda i, e: _crashed(entries[i], e))
     write_summary(results, outroot)
     return results
+
+
+def _crashed(entry, e: BaseException) -> dict:
+    """The result of a model whose task failed for good on Ray (not stored: a rerun tries again)."""
+    return {"name": entry.name, "model": entry.code, "weights": str(entry.weights),
+            "declared_input_range": entry.input_range, "ok": False, "category": "crash",
+            "reason": f"the Ray task failed after its retries: {failure_line(e)}", "seconds": 0.0}
 
 
 def zoo_task(entry_json: str, outroot: str, flags: dict) -> dict:
@@ -125,7 +132,15 @@ def convert_many_ray(folder: str | Path, outroot: str | Path, base, *, address: 
     with ray_session(address, need_bench_slot=base.bench) as ray:
         task = ray.remote(convert_task).options(**opts)
         refs = [task.remote(str(Path(ckpt).resolve()), str(outdir), base) for ckpt, outdir in plan]
-        return gather(ray, refs, finished)
+        return gather(ray, refs, finished, on_failure=lambda i, e: _crashed_item(plan[i], e))
+
+
+def _crashed_item(planned, e: BaseException):
+    from ..batch import BatchItem
+
+    ckpt, outdir = planned
+    return BatchItem(Path(ckpt), Path(outdir), error=f"the Ray task failed after its retries: {failure_line(e)}",
+                     error_type=type(e).__name__, exit_code=1)
 
 
 def convert_task(ckpt: str, outdir: str, base):
