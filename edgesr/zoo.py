@@ -22,7 +22,9 @@ model's failure only, and its memory is returned when it ends. Each model goes t
 :func:`edgesr.pipeline.convert` with the zoo's settings (cheap INT8: the `trt` QDQ graph with
 calibration, no sensitivity search; latency at one small size) into OUTROOT/<name>/, and
 its result - stages, failure category and one-line reason - into OUTROOT/results/<name>.json;
-OUTROOT/summary.json and summary.md hold the table.
+OUTROOT/summary.json and summary.md hold the table. Each result carries a content key
+(:mod:`edgesr.resume`): a rerun reuses the results whose inputs are unchanged. `--executor ray`
+runs the same per-model step as Ray tasks (:mod:`edgesr.distributed.sweep`).
 """
 
 from __future__ import annotations
