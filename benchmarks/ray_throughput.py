@@ -126,8 +126,8 @@ def main() -> int:
                 rows[name].append(len(res) / dt)
                 if name != "local":
                     mismatches += sum((out / p.name).read_bytes() != p.read_bytes() for p in ref.iterdir())
-                print(f"run {rep + 1}/{a.repeats} {name}: {len(res) / dt:.2f} images/s, {steady[name][-1]:.2f} after the "
-                      f"first result ({startup[name][-1]:.1f} s to it)", file=sys.stderr, flush=True)
+                print(f"run {rep + 1}/{a.repeats} {name}: {len(res) / dt:.2f} images/s, {steady[name][-1]:.2f} "
+                      f"after the first result ({startup[name][-1]:.1f} s to it)", file=sys.stderr, flush=True)
     load.stop.set()
     ratios = [b / a_ for a_, b in zip(rows["ray x1"], rows["ray x2"])]
     steady_ratios = [b / a_ for a_, b in zip(steady["ray x1"], steady["ray x2"]) if a_ > 0]

@@ -80,8 +80,9 @@ def choose_codec(av, fmt: str, codec: str | None) -> tuple[str, str]:
         except Exception:  # noqa: BLE001 - unknown or decode-only codec: try the next
             continue
         fmts = [f.name for f in (c.video_formats or [])]
-        pix = LOSSLESS_PIX_FMT.get(name) if LOSSLESS_PIX_FMT.get(name) in fmts else (
-            "yuv420p" if "yuv420p" in fmts else (fmts[0] if fmts else "yuv420p"))
+        lossless = LOSSLESS_PIX_FMT.get(name)
+        pix = lossless if lossless is not None and lossless in fmts else (
+            "yuv420p" if "yuv420p" in fmts or not fmts else fmts[0])
         return name, pix
     if codec:
         raise ImageError(f"--video-codec {codec}: this FFmpeg build (PyAV {av.__version__}) cannot encode it")

@@ -15,8 +15,8 @@ def run_video(args, tile, overlap, max_memory: int) -> int:
     from pathlib import Path
 
     check_video_paths(Path(args.input), Path(args.output), args.force)
-    from .model_args import user_options
     from ..resolve import resolve_model, resolve_user_model
+    from .model_args import user_options
 
     user = user_options(args)
     if on_ray(args):

@@ -45,11 +45,12 @@ class UpscaleActor:
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
-        from ..upscale import UpscaleFailure, upscale_file
+        from ..upscale import UpscaleFailure, UpscaleResult, upscale_file
 
         out = []
         for src, dst in zip(batch["src"], batch["dst"]):
             s = self.settings
+            r: UpscaleResult | UpscaleFailure
             try:
                 if self.error is not None:
                     raise EdgesrError(self.error)

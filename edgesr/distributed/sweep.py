@@ -97,8 +97,8 @@ def bench_task(outdir: str, bench_output: tuple[int, int]) -> dict:
     from ..pipeline import ConvertOptions, measure_latency
 
     m = read_manifest(outdir)
-    opts = ConvertOptions(outdir=Path(outdir), light_checks=True, bench_output=tuple(bench_output),
-                          check_conventions=False)
+    opts = ConvertOptions(outdir=Path(outdir), light_checks=True, check_conventions=False,
+                          bench_output=(int(bench_output[0]), int(bench_output[1])))
     lat = measure_latency(Path(outdir), None, m.spec, {}, opts)
     return {"latency_ms": {r["backend"]: r["median_ms"] for r in lat["results"]},
             "bench": {"node": node_info(), "slot": BENCH_SLOT, "machine": lat["machine"], "rows": lat["results"]}}
