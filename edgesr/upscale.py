@@ -729,3 +729,77 @@ def upscale(model, input: str | Path, output: str | Path, *, tile: int | str | N
         if on_image:
             on_image(r)
     return results
+
+
+# --------------------------------------------------------------------------- pictures in memory (video frames)
+
+
+@dataclass
+class CodesPlan:
+    """How every picture of one size is upscaled (made once for all frames of a video)."""
+
+    plan: TilePlan
+    padded: tuple[int, int]  # H, W the model sees (reflect-padded to its minimum / multiple)
+    tiling: str  # what was verified, in words
+    memory: dict
+
+
+def plan_codes(mt: ModelTiling, spec: Spec, h: int, w: int, *, tile: int | str | None = "auto",
+               overlap: int | None = None, max_memory: int | None = None) -> CodesPlan:
+    """The tile plan :func:`upscale_file` would use for an 8-bit RGB H x W picture whose output is
+    held in memory (a video frame), within `max_memory`."""
+    tile = parse_tile(tile)
+    budget = int(max_memory or default_max_memory())
+    min_size = mt.min_size(image_side=min(h, w))
+    ph, pw = fit_size(h, w, min_size, spec.size_multiple)
+    overlap_v = int(overlap) if overlap is not None else int(mt.default_overlap())
+    min_tile = check_tile(tile, overlap_v, mt, image_side=max(ph, pw))
+    held = h * w * 3 * (2 if (ph, pw) != (h, w) else 1) + h * spec.scale * w * spec.scale * 3  # in + out frame
+
+    def memory_plan(ov: int) -> MemoryPlan:
+        return plan_memory(ph, pw, spec, tile=tile, overlap=ov, multiple=mt.multiple(), min_tile=min_tile,
+                           bytes_per_pixel=mt.bytes_per_pixel(), input_bytes=held, out_channels=3, itemsize=1,
+                           whole_output=False, budget=budget, baseline=current_rss(), factor=mt.memory_factor())
+
+    mp = memory_plan(overlap_v)
+    _check_budget(mp, Path(f"{w}x{h} frame"), "untiled" if mp.tile == 0 or mp.tile >= max(ph, pw)
+                  else f"tile {mp.tile}")
+    measured = None
+    if 0 < mp.tile < max(ph, pw):
+        measured = mt.measured
+        if measured is not None and overlap is None:
+            overlap_v = measured.overlap
+        mp = memory_plan(overlap_v)
+    plan = plan_tiles(ph, pw, spec, mp.tile, overlap_v, measured=measured)
+    if len(plan.tiles) == 1:
+        note = "untiled (exact)"
+    elif measured is not None:
+        note = measured.summary(plan.tile, plan.overlap)
+    else:
+        note = f"not verified ({mt.unverified_reason()}); overlap {plan.overlap} px"
+    return CodesPlan(plan, (ph, pw), note, {"estimated_peak": mp.peak, "budget": budget})
+
+
+def upscale_codes(runner, spec: Spec, codes: np.ndarray, cp: CodesPlan) -> np.ndarray:
+    """An 8-bit RGB H x W x 3 picture -> the upscaled 8-bit codes: the same padding, tiles and
+    quantization as :func:`upscale_file` writing a PNG of the same picture."""
+    h, w = codes.shape[:2]
+    ph, pw = cp.padded
+    s = spec.scale
+    samples = codes if (ph, pw) == (h, w) else np.pad(
+        codes, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+
+    def get_box(b):
+        f = samples[b[0]:b[1], b[2]:b[3]].astype(np.float32) / 255.0
+        return np.ascontiguousarray(f.transpose(2, 0, 1)[None])
+
+    out = np.empty((h * s, w * s, 3), dtype=np.uint8)
+
+    class _Rows:
+        written = 0
+
+        def write(self, y0: int, color: np.ndarray) -> None:
+            out[y0:y0 + color.shape[0]] = color
+
+    _stream(runner, cp.plan, spec, get_box, _Rows(), gray=False, bit_depth=8, out_h=h * s, out_w=w * s)
+    return out
