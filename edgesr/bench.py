@@ -734,8 +734,8 @@ def open_model(ref: str | Path, *, workdir: str | Path | None = None, scale: int
     from .backends.mobile import file_backend, is_mobile_artifact, spec_beside
 
     if is_mobile_artifact(path):
-        spec, _ = spec_beside(path, scale)
-        src = ModelSource(path, "mobile", spec, workdir, _tmp=tmp)
+        spec, man = spec_beside(path, scale)  # the manifest beside it: its measured tiling sets the box overlap
+        src = ModelSource(path, "mobile", spec, workdir, manifest=man, _tmp=tmp)
         src.default_backend = file_backend(path)
         return src
     if path.suffix.lower() in ONNX_SUFFIXES:
