@@ -2,11 +2,12 @@
 model's output on the image padded to what that backend accepts (reflect, cropped back), never
 a signal or an internal error; larger images say what was verified for the runtime at hand.
 
-One bundle per model, converted with every runtime this machine has (OpenVINO, LiteRT and ncnn,
-each fp32 and INT8 without the precision search): the bundled ECBSR x4 (a plain net; exact
-tiling) and RLFN x2 with random weights (ESA: strided conv + max-pool + a size-dependent
-resize, minimum 15 px, approximate tiling). A .tflite takes one fixed size: smaller images are
-padded up to it, larger ones run in boxes of its size with the overlap measured at convert time.
+The bundled ECBSR x4 (a plain net; exact tiling) converted with every runtime this machine has
+(OpenVINO, LiteRT and ncnn, each fp32 and INT8 without the precision search). A .tflite takes
+one fixed size: smaller images are padded up to it, larger ones run in boxes of its size with the
+overlap measured at convert time. An ESA model (RLFN, minimum 15 px, approximate tiling) goes
+through OpenVINO from its checkpoint below; tests/test_upscale_sizes.py covers it with torch,
+ONNX Runtime, .onnx and .ort files.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ BACKENDS = ["torch", "ort", "openvino", "ort-int8", "openvino-int8", "litert", "
 MOBILE_SIZE = (40, 40)  # small boxes: cheap, and a 150x200 image needs many of them
 
 
-@pytest.fixture(scope="module", params=["ecbsr-bundled-x4", "rlfn-s-x2"])
+@pytest.fixture(scope="module", params=["ecbsr-bundled-x4"])
 def bundle(request, tmp_path_factory):
     from safetensors.torch import save_file
 
@@ -101,8 +102,6 @@ def test_tiled_runs_say_what_was_verified_for_the_runtime(bundle, backend, tmp_p
     ONNX Runtime fp32, made now on the runner at hand for other runtimes, and for a fixed-size
     .tflite the convert-time measurement of the boxes it runs. Where it says exact, the output
     equals the untiled ONNX Runtime output to 8-bit rounding."""
-    if bundle["name"].startswith("rlfn") and backend in ("ort-int8", "ncnn"):
-        pytest.skip("measured-now path covered by openvino (RLFN measurements take ~30 s each)")
     tiled = tmp_path / "tiled.png"
     args = ["upscale", str(bundle["out"]), str(bundle["mid"]), str(tiled), "--backend", backend, "--json"]
     rc = main(args + ["--tile", "64" if backend != "litert" else "32"])
@@ -132,3 +131,42 @@ def test_tiled_runs_say_what_was_verified_for_the_runtime(bundle, backend, tmp_p
         assert float(np.abs(a - b).max()) * 255 <= 1.01
     else:
         assert "approximate" in r["tiling"] or "not verified" in r["tiling"], r
+
+
+@pytest.mark.slow
+def test_esa_model_through_openvino_from_its_checkpoint(tmp_path, capsys):
+    """RLFN (random weights) via OpenVINO: tiny images padded to the graph's 15 px minimum; a
+    tiled run is measured now on the OpenVINO runner and reported as approximate."""
+    from safetensors.torch import save_file
+
+    from edgesr.registry import build_variant
+
+    torch.manual_seed(0)
+    lm = build_variant("rlfn-s-x2", "deploy")
+    ckpt = tmp_path / "rlfn.safetensors"
+    save_file({k: v.contiguous() for k, v in lm.module.state_dict().items()}, str(ckpt))
+    images = tmp_path / "tiny"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for h, w in SIZES:
+        write_image(images / f"i{h}x{w}.png", rng.random((h, w, 3)))
+    rc = main(["upscale", str(ckpt), str(images), str(tmp_path / "out"), "--backend", "openvino", "--json"])
+    stdout, err = capsys.readouterr()
+    assert rc == 0, err[-2000:]
+    for r in json.loads(stdout)["images"]:
+        h, w = r["input_size"]
+        rgb = read_image(r["input"]).rgb
+        padded = pad_to_rules(rgb, 15)
+        assert r["padded"] == (list(padded.shape[:2]) if padded.shape[:2] != (h, w) else None)
+        with torch.inference_mode():
+            y = lm.module(torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)[None]))).numpy()
+        want = _codes(y[0, :, : 2 * h, : 2 * w].transpose(1, 2, 0))
+        assert float(np.abs(read_image(r["output"]).rgb * 255 - want).max()) <= 1.01, r["input"]
+    write_image(tmp_path / "mid.png", sample_photo(150, 200, index=3)[0])
+    rc = main(["upscale", str(ckpt), str(tmp_path / "mid.png"), str(tmp_path / "mid_x2.png"), "--backend", "openvino",
+               "--tile", "64", "--json"])
+    stdout, err = capsys.readouterr()
+    assert rc == 0, err[-2000:]
+    r = json.loads(stdout)["images"][0]
+    assert r["tiles"] > 1 and r["exact"] is False and r["tiling"].startswith("approximate (Resize"), r
+    assert "measured at tile" in r["tiling"]
