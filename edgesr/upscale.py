@@ -293,7 +293,7 @@ class UpscaleResult:
     tiling: str = ""  # what was verified, in words
     padded: list[int] | None = None  # [H, W] the image was padded to (model minimum / multiple)
     memory: dict = field(default_factory=dict)  # estimated peak and budget (bytes)
-    boxes: list[int] | None = None  # [H, W] of the boxes a fixed-size file ran (it tiles itself)
+    boxes: list[int] | None = None  # [H, W, overlap] of the boxes a fixed-size file ran (it tiles itself)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"ok": True}
@@ -561,7 +561,7 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
                          tiles=len(plan.tiles), tile=plan.tile, overlap=plan.overlap, exact=exact,
                          seconds=round(time.perf_counter() - t0, 3), tiling=tiling_note,
                          padded=[ph, pw] if (ph, pw) != (h, w) else None,
-                         memory={"estimated_peak": mp.peak, "budget": budget}, boxes=list(box) if inner else None)
+                         memory={"estimated_peak": mp.peak, "budget": budget}, boxes=[*box, int(runner.overlap)] if inner else None)
 
 
 def _stream(runner, plan: TilePlan, spec: Spec, get_box, writer: "_OutputWriter", *, gray: bool, bit_depth: int,

@@ -112,6 +112,7 @@ def test_tiled_runs_say_what_was_verified_for_the_runtime(bundle, backend, tmp_p
     if backend == "litert":  # 150x200 > the 40x40 file: its own boxes, overlap from the manifest,
         # inside tiles that hold at least one box whole (--tile 32 raised to twice the box)
         assert r["tiles"] > 1 and r["tile"] >= 80, r
+        assert r["boxes"] == [*MOBILE_SIZE, bundle["manifest"]["tiling"]["overlap"]]
         assert "fixed-size file runs 40x40 boxes overlapping by" in r["tiling"], r
         assert f"overlapping by {bundle['manifest']['tiling']['overlap']} px" in r["tiling"]
         assert "bundle (measured at convert time)" in r["tiling"]

@@ -63,7 +63,7 @@ def _tiling_cell(r) -> str:
     """'tile+overlap', 'untiled', or the boxes a fixed-size file cut itself."""
     cell = f"{r.tile}+{r.overlap}" if r.tiles > 1 else "untiled"
     if r.boxes:
-        cell = f"{r.boxes[0]}x{r.boxes[1]} boxes+{r.overlap}" + (f" in {cell}" if r.tiles > 1 else "")
+        cell = f"{r.boxes[0]}x{r.boxes[1]} boxes+{r.boxes[2]}" + (f" in {cell}" if r.tiles > 1 else "")
     return cell
 
 
