@@ -42,8 +42,19 @@ import numpy as np
 
 from .errors import DatasetError, EdgesrError, ImageError, OutputExists, ScaleMismatch
 from .spec import Spec
-from .tiling import (APPROX_ALIGNMENT, MAX_APPROX_OVERLAP, Tile, TilePlan, TilingMeasurement, activation_bytes,
-                     declared_tiling, fit_size, plan_tiles, run_plan, upscale_array)
+from .tiling import (
+    APPROX_ALIGNMENT,
+    MAX_APPROX_OVERLAP,
+    Tile,
+    TilePlan,
+    TilingMeasurement,
+    activation_bytes,
+    declared_tiling,
+    fit_size,
+    plan_tiles,
+    run_plan,
+    upscale_array,
+)
 
 __all__ = ["Tile", "TilePlan", "plan_tiles", "upscale_array", "upscale_file", "upscale", "plan_jobs",
            "ModelTiling", "default_max_memory", "parse_memory", "parse_tile", "UpscaleResult", "UpscaleFailure"]
@@ -242,11 +253,8 @@ PROBE_BELOW = 64  # images smaller than this meet a model of unknown minimum siz
 _PROBE = r"""
 import sys
 import numpy as np
-import onnxruntime as ort
-so = ort.SessionOptions()
-so.log_severity_level = 3
-so.intra_op_num_threads = 1
-s = ort.InferenceSession(sys.argv[1], sess_options=so, providers=["CPUExecutionProvider"])
+from edgesr.backends.ort_session import ort_session
+s = ort_session(sys.argv[1], threads=1)
 n, c = int(sys.argv[2]), int(sys.argv[3])
 s.run(None, {s.get_inputs()[0].name: np.zeros((1, c, n, n), dtype=np.float32)})
 """
@@ -527,8 +535,10 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
         tiling_note = measured.summary(plan.tile, plan.overlap if len(plan.tiles) > 1 else overlap_v)
     else:
         tiling_note = f"not verified ({mt.unverified_reason()}); overlap {overlap_v} px"
-    if inner:  # what matters is the boxes the file runs (core = box - 2 x overlap)
+    boxes: list[int] | None = None
+    if box is not None and inner:  # what matters is the boxes the file runs (core = box - 2 x overlap)
         o = int(runner.overlap)
+        boxes = [*box, o]
         exact = bool(measured and measured.exact and measured.receptive_field is not None
                       and min(o, overlap_v) >= measured.receptive_field)
         if measured is not None:
@@ -561,7 +571,8 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
                          tiles=len(plan.tiles), tile=plan.tile, overlap=plan.overlap, exact=exact,
                          seconds=round(time.perf_counter() - t0, 3), tiling=tiling_note,
                          padded=[ph, pw] if (ph, pw) != (h, w) else None,
-                         memory={"estimated_peak": mp.peak, "budget": budget}, boxes=[*box, int(runner.overlap)] if inner else None)
+                         memory={"estimated_peak": mp.peak, "budget": budget},
+                         boxes=boxes)
 
 
 def _stream(runner, plan: TilePlan, spec: Spec, get_box, writer: "_OutputWriter", *, gray: bool, bit_depth: int,
