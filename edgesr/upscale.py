@@ -42,8 +42,19 @@ import numpy as np
 
 from .errors import DatasetError, EdgesrError, ImageError, OutputExists, ScaleMismatch
 from .spec import Spec
-from .tiling import (APPROX_ALIGNMENT, MAX_APPROX_OVERLAP, Tile, TilePlan, TilingMeasurement, activation_bytes,
-                     declared_tiling, fit_size, plan_tiles, run_plan, upscale_array)
+from .tiling import (
+    APPROX_ALIGNMENT,
+    MAX_APPROX_OVERLAP,
+    Tile,
+    TilePlan,
+    TilingMeasurement,
+    activation_bytes,
+    declared_tiling,
+    fit_size,
+    plan_tiles,
+    run_plan,
+    upscale_array,
+)
 
 __all__ = ["Tile", "TilePlan", "plan_tiles", "upscale_array", "upscale_file", "upscale", "plan_jobs",
            "ModelTiling", "default_max_memory", "parse_memory", "parse_tile", "UpscaleResult", "UpscaleFailure"]
@@ -195,7 +206,14 @@ class ModelTiling:
                 if image_side not in self._probed:  # "n works" says nothing about sizes below n
                     self._probed[image_side] = probe_min_size(Path(path), self.spec.in_channels, image_side)
                 m = self._probed[image_side]
-        return max(1, int(self.spec.min_size), int(m or 1))
+        return max(1, int(self.spec.min_size), int(m or 1), max(self.fixed_box() or (1,)))
+
+    def fixed_box(self) -> tuple[int, int] | None:
+        """(H, W) of a fixed-size file that tiles larger inputs with boxes of its own size
+        (:class:`edgesr.backends.mobile.FixedBoxRunner`); smaller images are padded up to it."""
+        if getattr(self.runner, "tiles_itself", False):
+            return tuple(int(v) for v in self.runner.input_hw)  # type: ignore[return-value]
+        return None
 
     def multiple(self) -> int:
         """Grid of core starts and overlaps (also the multiple the padded image must be)."""
@@ -287,6 +305,7 @@ class UpscaleResult:
     tiling: str = ""  # what was verified, in words
     padded: list[int] | None = None  # [H, W] the image was padded to (model minimum / multiple)
     memory: dict = field(default_factory=dict)  # estimated peak and budget (bytes)
+    boxes: list[int] | None = None  # [H, W, overlap] of the boxes a fixed-size file ran (it tiles itself)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"ok": True}
@@ -424,6 +443,9 @@ def check_tile(tile: int | str, overlap: int, mt: ModelTiling, image_side: int |
     """The smallest useful tile for this model; raises for an explicit tile below it
     (a box would be mostly overlap: ``--tile 1`` would run one model call per pixel)."""
     min_tile = max(mt.min_size(), overlap + 1, mt.multiple())
+    box = mt.fixed_box()
+    if box is not None:  # every tile box must hold at least one of the file's own boxes
+        return max(min_tile, 2 * max(box))
     if tile != "auto" and 0 < int(tile) < min_tile and (image_side is None or int(tile) < image_side):
         raise ImageError(f"--tile {tile} is below the useful minimum {min_tile} for this model (overlap {overlap}, "
                          f"minimum input {mt.min_size()}): boxes would be mostly overlap; use --tile {min_tile} or "
@@ -480,6 +502,9 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
     ph, pw = fit_size(h, w, min_size, spec.size_multiple)  # what the model requires of H and W
     overlap_v = int(overlap) if overlap is not None else int(mt.default_overlap())
     min_tile = check_tile(tile, overlap_v, mt, image_side=max(ph, pw))
+    box = mt.fixed_box()
+    if box is not None and tile != "auto" and 0 < int(tile) < min_tile:
+        tile = min_tile  # a fixed-size file's tiles hold its boxes (it cuts them itself)
     itemsize = 2 if bit_depth == 16 else 1
     input_bytes = img.samples.nbytes + (img.alpha.nbytes if img.alpha is not None else 0)
     if (ph, pw) != (h, w):
@@ -496,7 +521,8 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
     # the plan; a tiled plan needs the measurement (its overlap and what it verified), after
     # which the plan is made again from what is resident then
     measured = None
-    if 0 < mp.tile < max(ph, pw):
+    inner = box is not None and (ph, pw) != box  # the fixed-size file cuts boxes of its own
+    if inner or 0 < mp.tile < max(ph, pw):
         measured = mt.measured
         if measured is not None and overlap is None:
             overlap_v = measured.overlap
@@ -506,12 +532,24 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
                      factor=mt.memory_factor())
         _check_budget(mp, src, what)
     plan = plan_tiles(ph, pw, spec, mp.tile, overlap_v, measured=measured)
-    if len(plan.tiles) == 1:
+    exact = plan.exact
+    if len(plan.tiles) == 1 and not inner:
         tiling_note = "untiled (exact)"
     elif measured is not None:
-        tiling_note = measured.summary(plan.tile, plan.overlap)
+        tiling_note = measured.summary(plan.tile, plan.overlap if len(plan.tiles) > 1 else overlap_v)
     else:
-        tiling_note = f"not verified ({mt.unverified_reason()}); overlap {plan.overlap} px"
+        tiling_note = f"not verified ({mt.unverified_reason()}); overlap {overlap_v} px"
+    boxes: list[int] | None = None
+    if box is not None and inner:  # what matters is the boxes the file runs (core = box - 2 x overlap)
+        o = int(runner.overlap)
+        boxes = [*box, o]
+        exact = bool(measured and measured.exact and measured.receptive_field is not None
+                      and min(o, overlap_v) >= measured.receptive_field)
+        if measured is not None:
+            tiling_note = measured.summary(min(box) - 2 * o, min(o, overlap_v))
+        tiling_note = (f"the fixed-size file runs {box[0]}x{box[1]} boxes overlapping by {o} px"
+                       f"{'' if len(plan.tiles) == 1 else f' inside tiles of {plan.tile}'}: {tiling_note}"
+                       + (f"; {mt.source}, fp32 ONNX graph in ONNX Runtime" if measured is not None else ""))
 
     samples, alpha_codes, src_mode = img.samples, img.alpha, img.mode
     if (ph, pw) != (h, w):
@@ -534,10 +572,11 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
         raise
     return UpscaleResult(input=str(src), output=str(dst), input_size=[h, w], output_size=[h * s, w * s],
                          mode=src_mode, bit_depth=bit_depth, alpha=alpha_codes is not None,
-                         tiles=len(plan.tiles), tile=plan.tile, overlap=plan.overlap, exact=plan.exact,
+                         tiles=len(plan.tiles), tile=plan.tile, overlap=plan.overlap, exact=exact,
                          seconds=round(time.perf_counter() - t0, 3), tiling=tiling_note,
                          padded=[ph, pw] if (ph, pw) != (h, w) else None,
-                         memory={"estimated_peak": mp.peak, "budget": budget})
+                         memory={"estimated_peak": mp.peak, "budget": budget},
+                         boxes=boxes)
 
 
 def _stream(runner, plan: TilePlan, spec: Spec, get_box, writer: "_OutputWriter", *, gray: bool, bit_depth: int,
@@ -707,8 +746,15 @@ def upscale(model, input: str | Path, output: str | Path, *, tile: int | str | N
         model, backend=backend, scale=scale, arch=arch, threads=threads)
     if scale is not None and resolved.spec.scale != scale:
         raise ScaleMismatch(f"--scale {scale} does not match the model (x{resolved.spec.scale})")
-    if getattr(resolved.runner, "tiles_itself", False):  # a fixed-size .tflite: boxes of exactly its size
-        tile, overlap = 0, None
+    if getattr(resolved.runner, "tiles_itself", False):  # a fixed-size file: boxes of exactly its size
+        runner = resolved.runner
+        if overlap is not None and overlap != runner.overlap:
+            if min(runner.input_hw) - 2 * int(overlap) <= 0:
+                raise ImageError(f"--overlap {overlap} leaves no core in the fixed {runner.input_hw[0]}x"
+                                 f"{runner.input_hw[1]} boxes of {resolved.path.name}; use less than "
+                                 f"{min(runner.input_hw) // 2}")
+            runner.overlap = int(overlap)
+        overlap = runner.overlap  # the tiles edgesr cuts overlap like the file's own boxes
     mt = ModelTiling(resolved.runner, resolved.spec, onnx=getattr(resolved, "onnx", None),
                      manifest_tiling=getattr(resolved, "tiling", None), threads=threads)
     if isinstance(tile, int) and tile > 0:  # an option error is one error, not one per image

@@ -132,15 +132,23 @@ class FixedBoxRunner(BaseRunner):
         return out
 
 
-def mobile_runner_for(path: Path, spec, threads: int | None = None, name: str | None = None):
-    """A Runner for `path` that takes any input size the model allows: a fixed-size .tflite is
-    wrapped in :class:`FixedBoxRunner` (overlap = the model's receptive field, or edgesr's
-    default overlap when the model does not declare one)."""
+def box_overlap(spec, manifest=None) -> int:
+    """Overlap of a fixed-size file's boxes: the overlap measured at convert time (the bundle's
+    ``tiling``, for which the file's size was chosen), else what `spec` declares."""
+    tiling = getattr(manifest, "data", {}).get("tiling") if manifest is not None else None
+    if isinstance(tiling, dict) and tiling.get("measured") and isinstance(tiling.get("overlap"), int):
+        return int(tiling["overlap"])
     from ..bundle import recommended_tiling
 
+    return recommended_tiling(spec)[1]
+
+
+def mobile_runner_for(path: Path, spec, threads: int | None = None, name: str | None = None, manifest=None):
+    """A Runner for `path` that takes any input size the model allows: a fixed-size .tflite is
+    wrapped in :class:`FixedBoxRunner` (overlap: :func:`box_overlap`)."""
     runner = open_mobile_runner(path, threads, name)
     if getattr(runner, "input_hw", None) is not None:
-        runner = FixedBoxRunner(runner, spec.scale, recommended_tiling(spec)[1])
+        runner = FixedBoxRunner(runner, spec.scale, box_overlap(spec, manifest))
     return runner
 
 
@@ -181,8 +189,6 @@ def prepare_mobile(src, backend: str, threads: int | None, sizes) -> tuple[objec
     deploy module made here (LiteRT at the first size; INT8 without the held-out verdict, for
     timing). Fixed-size files run larger sizes tiled with boxes of their size; smaller sizes are
     refused (BackendUnavailable)."""
-    from ..bundle import recommended_tiling
-
     fmt = backend.split("-")[0]
     precision = "int8" if backend.endswith("-int8") else "fp32"
     notes: list[str] = []
@@ -215,7 +221,8 @@ def prepare_mobile(src, backend: str, threads: int | None, sizes) -> tuple[objec
             raise BackendUnavailable(f"{path.name} is fixed-size ({hw[0]}x{hw[1]}); it cannot run {', '.join(small)}")
         if any(tuple(s) != tuple(hw) for s in sizes):
             notes.append(f"fixed-size file: larger inputs run tiled with {hw[0]}x{hw[1]} boxes")
-        runner = FixedBoxRunner(runner, src.spec.scale, recommended_tiling(src.spec)[1])
+        overlap = box_overlap(src.spec, getattr(src, "manifest", None))
+        runner = FixedBoxRunner(runner, src.spec.scale, overlap)
     return runner, str(path), precision, notes
 
 

@@ -66,6 +66,14 @@ def _int_option(name: str, text, minimum: int) -> int | None:
 PLAIN_PROGRESS_S = 30.0
 
 
+def _tiling_cell(r) -> str:
+    """'tile+overlap', 'untiled', or the boxes a fixed-size file cut itself."""
+    cell = f"{r.tile}+{r.overlap}" if r.tiles > 1 else "untiled"
+    if r.boxes:
+        cell = f"{r.boxes[0]}x{r.boxes[1]} boxes+{r.boxes[2]}" + (f" in {cell}" if r.tiles > 1 else "")
+    return cell
+
+
 def run(args) -> int:
     import sys
     import time
@@ -141,7 +149,7 @@ def run(args) -> int:
             print_table(["input", "output", "size", "tiles", "tile+overlap", "exact", "s"],
                         [[r.input, r.output, f"{r.input_size[1]}x{r.input_size[0]} -> "
                           f"{r.output_size[1]}x{r.output_size[0]}", r.tiles,
-                          f"{r.tile}+{r.overlap}" if r.tiles > 1 else "untiled", "yes" if r.exact else "no",
+                          _tiling_cell(r), "yes" if r.exact else "no",
                           r.seconds] for r in done])
         notes = {}
         for r in done:
