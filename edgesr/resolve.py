@@ -283,7 +283,7 @@ def _from_mobile(path: Path, backend: str, scale, threads) -> ResolvedModel:
         if scale is not None and spec.scale != scale:
             raise ScaleMismatch(f"--scale {scale} does not match {path} (x{spec.scale})")
         try:
-            path = manifest.artifact(MOBILE_BACKENDS[backend]).path
+            path = manifest.artifact(MOBILE_BACKENDS[backend]).path  # loaded below from its verified bytes
         except Exception:  # noqa: BLE001 - BundleError: the role is absent
             if backend == "coreml":
                 raise CheckpointError(f"{path} holds no Core ML package (convert with --coreml)") from None
@@ -295,5 +295,5 @@ def _from_mobile(path: Path, backend: str, scale, threads) -> ResolvedModel:
     if spec is None:
         spec, manifest = spec_beside(path, scale)
     runtime = "litert" if path.suffix.lower() == ".tflite" else "ncnn"
-    runner = mobile_runner_for(path, spec, threads, name=f"{runtime}:{path.name}")
+    runner = mobile_runner_for(path, spec, threads, name=f"{runtime}:{path.name}", manifest=manifest)
     return ResolvedModel(runner, spec, "mobile" if manifest is None else "bundle", path)

@@ -231,6 +231,7 @@ class ModelTiling:
         return self._graph_error or "the model's graph could not be analysed"
 
 
+PROBE_TIMEOUT = 120.0  # seconds one probe may run without --time-limit
 PROBE_BELOW = 64  # images smaller than this meet a model of unknown minimum size in a child process first
 _PROBE = r"""
 import sys
@@ -250,10 +251,19 @@ def probe_min_size(path: Path, channels: int, start: int) -> int:
     `path` on an n x n input without failing or dying (SIGFPE in a pooling kernel, ...)."""
     import subprocess
 
+    from .backends.ort_runner import current_time_limit
+    from .errors import BackendRunError, quoted
+
+    limit = current_time_limit() or PROBE_TIMEOUT
     n = max(1, start)
     while n < PROBE_BELOW:
-        r = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(n), str(channels)], capture_output=True,
-                           timeout=120)
+        try:
+            r = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(n), str(channels)], capture_output=True,
+                               timeout=limit)
+        except subprocess.TimeoutExpired:
+            raise BackendRunError(f"{quoted(path)} ran longer than {limit:g} s on a {n}x{n} input (probing the "
+                                  "smallest input it accepts)" + ("; stopped (--time-limit)" if current_time_limit()
+                                                                  else "; pass --time-limit S to stop sooner")) from None
         if r.returncode == 0:
             return n
         n *= 2

@@ -127,6 +127,11 @@ def run_time_limit(seconds: float | None) -> Iterator[None]:
         _TIME_LIMIT.reset(token)
 
 
+def current_time_limit() -> float | None:
+    """The --time-limit in force (seconds), for runtimes other than ONNX Runtime too."""
+    return _TIME_LIMIT.get()
+
+
 def run_session(session: Any, output_names: list[str] | None, feed: dict[str, np.ndarray], *,
                 what: str = "model", time_limit: float | None = None) -> list[np.ndarray]:
     """``session.run`` that a signal (Ctrl-C, SIGTERM with a Python handler) or a wall-clock
