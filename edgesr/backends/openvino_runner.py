@@ -21,6 +21,7 @@ Settings, chosen so that numbers mean what they say:
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -95,33 +96,37 @@ def read_model(model: str | os.PathLike | bytes):
         raise ExportError(f"OpenVINO cannot read {name}: {openvino_reason(e)}") from None
 
 
+_DTD = re.compile(rb"<!DOCTYPE|<!ENTITY", re.IGNORECASE)
+
+
 def check_ir_xml(path: Path) -> None:
     """Refuse, with one line, an .xml that is no OpenVINO IR before a parser reads it: larger than
     any IR's layer list, not XML, or carrying a DTD (entity declarations expand without bound)."""
-    import re
-
     try:
         with open(path, "rb") as f:
-            head = f.read(MAX_IR_XML_BYTES + 1)
+            if os.fstat(f.fileno()).st_size > MAX_IR_XML_BYTES:
+                raise ExportError(f"{quoted(path.name)} is larger than {MAX_IR_XML_BYTES >> 20} MiB: not an OpenVINO "
+                                  "IR (an IR's .xml lists layers; its weights are in the .bin)")
+            head = f.read(1 << 20)
+            dtd, block, tail = _DTD.search(head), head, b""
+            while not dtd and block:  # a DTD anywhere (after a long comment, say) is refused too
+                tail = block[-16:]
+                block = f.read(1 << 20)
+                dtd = _DTD.search(tail + block)
     except OSError as e:
         raise ExportError(f"cannot read {quoted(path)}: {e.strerror or e}") from None
-    if len(head) > MAX_IR_XML_BYTES:
-        raise ExportError(f"{quoted(path.name)} is larger than {MAX_IR_XML_BYTES >> 20} MiB: not an OpenVINO IR "
-                          "(an IR's .xml lists layers; its weights are in the .bin)")
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if not text.startswith(b"<"):
         raise ExportError(f"{quoted(path.name)} is not an OpenVINO IR (not an XML file)")
-    if re.search(rb"<!DOCTYPE|<!ENTITY", head[:1 << 20], re.IGNORECASE):
+    if dtd:
         raise ExportError(f"{quoted(path.name)}: refusing an XML file with a DTD (<!DOCTYPE / <!ENTITY>); an "
                           "OpenVINO IR has none, and its entities could expand without bound")
-    if not re.search(rb"<net[\s>]", head[:1 << 20]):
+    if not re.search(rb"<net[\s>]", head):
         raise ExportError(f"{quoted(path.name)} is not an OpenVINO IR (no <net> element)")
 
 
 def openvino_reason(e: BaseException) -> str:
     """OpenVINO's message without its 'Exception from src/...cpp:N:' location lines, one line, bounded."""
-    import re
-
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     useful = [ln for ln in lines if not re.fullmatch(r"Exception from \S+:\d+:?", ln)]
     return one_line(" ".join(useful or lines)[:300]) or type(e).__name__
