@@ -1382,6 +1382,9 @@ CASES += [
          "changed (the manifest beside it lists it)",
          lambda c: ["upscale", _artifact_file(c, _mobile_tampered(c, "tflite_fp32", "direct"), "tflite_fp32"),
                     c.write("img8/direct.png", c.png_rgb(20, 20)), "img8_out/direct.png"], ("sha256",)),
+    Case("mem-bundle-artifact-8gib", "memory", "bundle whose model.onnx is an 8 GiB sparse file the manifest lists "
+         "(size and sha256 consistent: only the size is hostile)", lambda c: ["info", _bundle_huge_artifact(c)],
+         ("EDGESR_MAX_ARTIFACT_MB",), memory=True),
     _ov_case("random-bytes", "random bytes named .xml (OpenVINO's frontends would log to stderr)",
              lambda c: c.write("ov/r.xml", _random(3000, 13)), "not an OpenVINO IR", check=_no_forged_line),
     _ov_case("billion-laughs", "XML entity bomb named .xml (10^9 'lol's if expanded)",
@@ -1395,6 +1398,24 @@ CASES += [
              lambda c: _without_bin(c, _ov_ir(c, "nobin", _onnx_x2(c, "onnx2/x2_for_ov.onnx"))), "cannot read"),
 ]
 
+
+
+def _bundle_huge_artifact(c: Corpus) -> str:
+    b = c.bundle("bundles3/huge")
+    p = c.abs(_artifact_file(c, b, "onnx_fp32"))
+    n = 8 << 30
+    with open(p, "wb") as f:
+        f.truncate(n)
+
+    def fn(m: dict) -> None:
+        a = next(a for a in m["artifacts"] if a["role"] == "onnx_fp32")
+        a["bytes"], a["sha256"] = n, _SHA256_8GIB_ZEROS
+    _edit_manifest(c, b, fn)
+    return b
+
+
+# sha256 of 8 GiB of zero bytes (hashlib, computed once): the manifest entry is fully consistent
+_SHA256_8GIB_ZEROS = "ebfb4ef19ae410f190327b5ebd312711263bc7579970e87d9c1e2d84e06b3c25"
 
 
 def _sparse(c: Corpus, rel: str, size: int) -> str:
