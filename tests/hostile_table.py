@@ -54,6 +54,19 @@ NOTES = """## Rules behind the round-two cases
   and undecodable bytes escaped; every printed line passes the same escaping, so one error is
   one line. Library warnings are not printed (`--debug` shows them). A pickle that would
   import or call anything is named as code-running whatever opcode or protocol it uses.
+- **New surfaces.** `--model FILE.py:NAME`: code that calls `sys.exit()` (at import, while
+  building, in forward) is an error, never a silent exit 0; `--model-kwargs` is bounded JSON.
+  Zoo index: every field typed, model names plain folder names (no control characters, NUL,
+  `..`, at most 100 characters), size and nesting bounded. Mobile artifacts of a bundle load
+  from the bytes whose sha256 was checked (.tflite bytes; .param text + the .bin the manifest
+  links to it), also when the file is named by path beside its manifest.json; an ncnn .param
+  is parsed with its header counts checked before ncnn sizes tables from them. OpenVINO IR:
+  the .xml is checked before any parser (size, XML, no DTD: no entity expansion), the model
+  must take one float image; OpenVINO's and ncnn's native log lines are kept off stderr.
+  OpenVINO inferences are waited for in 100 ms steps, so Ctrl-C and `--time-limit` end
+  `edgesr` (OpenVINO cannot cancel a running node: the process exits without waiting for it).
+  Bundle artifacts listed above `EDGESR_MAX_ARTIFACT_MB` (default min(4 GiB, RAM/4)) are
+  refused before they are read.
 """
 
 

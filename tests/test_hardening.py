@@ -428,6 +428,25 @@ def test_staging_and_temp_names_fit_the_name_limit(unit):
     assert _staging_name("short") == f"{STAGING_PREFIX}short-{os.getpid()}"  # unchanged for ordinary names
 
 
+@pytest.mark.parametrize("unit", ["u", "\u00e9", "\U0001f600"])
+def test_streamed_output_temp_names_fit_and_are_cleaned(tmp_path, unit):
+    """upscale's streamed temp file (".<name>.edgesr-XXXXXXXX.tmp") of the longest legal output
+    name stays within 255 bytes, and a killed run's leftover of that name is found and removed."""
+    from edgesr.imaging import _temp_prefix, clean_stale_temps, streaming_output
+
+    name = unit * ((255 - 4) // len(unit.encode())) + ".png"
+    final = tmp_path / name
+    with streaming_output(final) as f:
+        f.write(b"x")
+    assert final.read_bytes() == b"x"
+    stale = tmp_path / (_temp_prefix(name) + "abcd1234.tmp")
+    assert len(os.fsencode(stale.name)) <= 255
+    stale.write_bytes(b"half")  # what a SIGKILL leaves
+    other = tmp_path / (_temp_prefix(unit * 3 + ".png") + "abcd1234.tmp")
+    other.write_bytes(b"not ours")
+    assert clean_stale_temps(final) == [stale] and other.exists() and final.exists()
+
+
 def test_usage_errors_are_one_line(capsys):
     from edgesr.cli import main
 
