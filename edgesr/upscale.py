@@ -241,9 +241,19 @@ so = ort.SessionOptions()
 so.log_severity_level = 3
 so.intra_op_num_threads = 1
 s = ort.InferenceSession(sys.argv[1], sess_options=so, providers=["CPUExecutionProvider"])
-n, c = int(sys.argv[2]), int(sys.argv[3])
-s.run(None, {s.get_inputs()[0].name: np.zeros((1, c, n, n), dtype=np.float32)})
+n, c, limit = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+ro = ort.RunOptions()
+if limit > 0:  # the run itself (not this interpreter's start) is held to --time-limit
+    import threading
+    t = threading.Timer(limit, setattr, (ro, "terminate", True))
+    t.daemon = True
+    t.start()
+try:
+    s.run(None, {s.get_inputs()[0].name: np.zeros((1, c, n, n), dtype=np.float32)}, ro)
+except Exception:
+    sys.exit(3 if ro.terminate else 1)
 """
+PROBE_TIMED_OUT = 3
 
 
 def probe_min_size(path: Path, channels: int, start: int) -> int:
@@ -254,16 +264,18 @@ def probe_min_size(path: Path, channels: int, start: int) -> int:
     from .backends.ort_runner import current_time_limit
     from .errors import BackendRunError, quoted
 
-    limit = current_time_limit() or PROBE_TIMEOUT
+    limit = current_time_limit()
     n = max(1, start)
     while n < PROBE_BELOW:
         try:
-            r = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(n), str(channels)], capture_output=True,
-                               timeout=limit)
+            r = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(n), str(channels), str(limit or 0)],
+                               capture_output=True, timeout=PROBE_TIMEOUT + (limit or 0))
         except subprocess.TimeoutExpired:
-            raise BackendRunError(f"{quoted(path)} ran longer than {limit:g} s on a {n}x{n} input (probing the "
-                                  "smallest input it accepts)" + ("; stopped (--time-limit)" if current_time_limit()
-                                                                  else "; pass --time-limit S to stop sooner")) from None
+            raise BackendRunError(f"{quoted(path)} ran longer than {PROBE_TIMEOUT:g} s on a {n}x{n} input (probing "
+                                  "the smallest input it accepts); pass --time-limit S to stop sooner") from None
+        if r.returncode == PROBE_TIMED_OUT:
+            raise BackendRunError(f"ONNX Runtime run of {quoted(path)} took longer than the time limit of {limit:g} s "
+                                  f"(--time-limit) on a {n}x{n} input (probing the smallest input it accepts); stopped")
         if r.returncode == 0:
             return n
         n *= 2

@@ -1359,6 +1359,15 @@ CASES += [
     *[_zoo_case(k) for k in ZOO_INDEX],
     *[_upscale_option_case(k) for k in UPSCALE_OPTIONS],
     *[_ncnn_case(k) for k in NCNN_PARAM],
+    Case("mem-ncnn-bin-8gib", "memory", "an ncnn .param whose .bin is an 8 GiB sparse file",
+         lambda c: ["upscale", _ncnn_with_sparse_bin(c), c.write("img7/big.png", c.png_rgb(8, 8)), "img7_out/big.png",
+                    "--scale", "2"],
+         ("EDGESR_MAX_ARTIFACT_MB",), memory=True),
+    Case("user-code-force-onto-code-folder", "user code", "convert W --model code/net.py:Net -o code --force (the "
+         "folder holds the user's code and notes)",
+         lambda c: ["convert", _user_weights(c), "--model", f"{_code_folder(c)}/net.py:Net", "-o", "code", "--force",
+                    "--no-bench", "--no-ort-format"], ("holds the input", "net.py"),
+         after=_keeps("code", "net.py", "notes.txt")),
     Case("tflite-random-bytes", "mobile", "random bytes named .tflite",
          lambda c: ["upscale", c.write("tflite/r.tflite", _random(3000, 12)), c.write("img7/tr.png", c.png_rgb(8, 8)),
                     "img7_out/tr.png", "--scale", "2"], ("LiteRT cannot load",)),
@@ -1416,6 +1425,20 @@ def _bundle_huge_artifact(c: Corpus) -> str:
 
 # sha256 of 8 GiB of zero bytes (hashlib, computed once): the manifest entry is fully consistent
 _SHA256_8GIB_ZEROS = "ebfb4ef19ae410f190327b5ebd312711263bc7579970e87d9c1e2d84e06b3c25"
+
+
+def _ncnn_with_sparse_bin(c: Corpus) -> str:
+    param = c.write("ncnn/big.param", NCNN_PARAM["weights-short"][1])
+    with open(c.abs("ncnn/big.bin"), "wb") as f:
+        f.truncate(8 << 30)
+    return param
+
+
+def _code_folder(c: Corpus) -> str:
+    for n, data in (("net.py", USER_NET.encode()), ("notes.txt", b"mine\n")):
+        c.write(f"code/{n}", data)
+        c._cache[f"content:code/{n}"] = data
+    return "code"
 
 
 def _sparse(c: Corpus, rel: str, size: int) -> str:

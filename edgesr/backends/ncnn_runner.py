@@ -70,6 +70,12 @@ class NcnnRunner:
             text = read_param(path)
             if not bin_path.is_file():
                 raise ExportError(f"ncnn model needs {quoted(path.name)} and {quoted(bin_path.name)} side by side")
+            from ..limits import max_artifact_bytes
+
+            limit = max_artifact_bytes()
+            if bin_path.stat().st_size > limit:  # it is read into memory whole
+                raise ExportError(f"{quoted(bin_path.name)} has {bin_path.stat().st_size} bytes; the limit is "
+                                  f"{limit >> 20} MiB; set EDGESR_MAX_ARTIFACT_MB to raise it")
             weights = bin_path.read_bytes()
             self.source = path.name
         else:
