@@ -40,7 +40,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import DatasetError, EdgesrError, ImageError, OutputExists, ScaleMismatch
+from .errors import DatasetError, EdgesrError, ImageError, OutputExists, RunStopped, ScaleMismatch
 from .spec import Spec
 from .tiling import (APPROX_ALIGNMENT, MAX_APPROX_OVERLAP, Tile, TilePlan, TilingMeasurement, activation_bytes,
                      declared_tiling, fit_size, plan_tiles, run_plan, upscale_array)
@@ -150,6 +150,8 @@ class ModelTiling:
             try:
                 self._graph = analyze_onnx(self._onnx_model(), min_size=self.spec.min_size,
                                            size_multiple=self.spec.size_multiple, threads=self.threads or 1)
+            except RunStopped:
+                raise
             except EdgesrError as e:
                 self._graph_error = str(e)
         return self._graph
@@ -262,7 +264,7 @@ def probe_min_size(path: Path, channels: int, start: int) -> int:
     import subprocess
 
     from .backends.ort_runner import current_time_limit
-    from .errors import BackendRunError, quoted
+    from .errors import BackendRunError, RunStopped, quoted
 
     limit = current_time_limit()
     n = max(1, start)
@@ -274,7 +276,7 @@ def probe_min_size(path: Path, channels: int, start: int) -> int:
             raise BackendRunError(f"{quoted(path)} ran longer than {PROBE_TIMEOUT:g} s on a {n}x{n} input (probing "
                                   "the smallest input it accepts); pass --time-limit S to stop sooner") from None
         if r.returncode == PROBE_TIMED_OUT:
-            raise BackendRunError(f"ONNX Runtime run of {quoted(path)} took longer than the time limit of {limit:g} s "
+            raise RunStopped(f"ONNX Runtime run of {quoted(path)} took longer than the time limit of {limit:g} s "
                                   f"(--time-limit) on a {n}x{n} input (probing the smallest input it accepts); stopped")
         if r.returncode == 0:
             return n

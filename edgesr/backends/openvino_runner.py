@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendRunError, BackendUnavailable, ExportError, one_line, quoted
+from ..errors import BackendRunError, BackendUnavailable, ExportError, RunStopped, one_line, quoted
 from .quiet import native_stderr_silenced
 
 INSTALL_HINT = "pip install 'edgesr[openvino]'"
@@ -238,7 +238,7 @@ def wait_interruptibly(request, what: str, owner: object = None) -> None:
                 raise BackendRunError(f"OpenVINO failed running {what}: {openvino_reason(e)}") from None
             if deadline is not None and time.monotonic() > deadline:
                 _abandon(request, what, owner)
-                raise BackendRunError(f"OpenVINO run of {what} took longer than the time limit of {limit:g} s "
+                raise RunStopped(f"OpenVINO run of {what} took longer than the time limit of {limit:g} s "
                                       "(--time-limit); stopped")
     except KeyboardInterrupt:
         _abandon(request, what, owner)

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import BackendRunError, EdgesrError, ExportError, one_line, quoted
+from ..errors import BackendRunError, EdgesrError, ExportError, RunStopped, one_line, quoted
 
 GRAPH_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                     "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -151,9 +151,9 @@ def run_session(session: Any, output_names: list[str] | None, feed: dict[str, np
             err = e
     if fired == "signal":
         _let_signal_handlers_run()
-        raise BackendRunError(f"ONNX Runtime run of {what} was stopped by a signal")
+        raise RunStopped(f"ONNX Runtime run of {what} was stopped by a signal")
     if fired == "timeout":
-        raise BackendRunError(f"ONNX Runtime run of {what} took longer than the time limit of {limit:g} s "
+        raise RunStopped(f"ONNX Runtime run of {what} took longer than the time limit of {limit:g} s "
                               "(--time-limit); stopped") from None
     raise BackendRunError(f"ONNX Runtime failed running {what}: {_ort_reason(err)}") from None
 
