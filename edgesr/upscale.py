@@ -238,11 +238,9 @@ PROBE_BELOW = 64  # images smaller than this meet a model of unknown minimum siz
 _PROBE = r"""
 import sys
 import numpy as np
+from edgesr.backends.ort_session import ort_session
 import onnxruntime as ort
-so = ort.SessionOptions()
-so.log_severity_level = 3
-so.intra_op_num_threads = 1
-s = ort.InferenceSession(sys.argv[1], sess_options=so, providers=["CPUExecutionProvider"])
+s = ort_session(sys.argv[1], threads=1)
 n, c, limit = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 ro = ort.RunOptions()
 if limit > 0:  # the run itself (not this interpreter's start) is held to --time-limit

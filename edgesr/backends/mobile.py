@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailable, ImageError
+from .base import BaseRunner, TensorMeta
 
 MOBILE_SUFFIXES = (".tflite", ".param", ".mlpackage")
 # bench / upscale backend name -> (manifest role of the artifact in a convert OUTDIR)
@@ -79,6 +80,20 @@ def open_bundle_mobile_runner(manifest, art, threads: int | None = None, name: s
     raise coreml_unavailable(Path(art.file))
 
 
+def open_mobile_file(path: Path, threads: int | None = None, name: str | None = None):
+    """A Runner for a mobile file named by path: when it lies in a bundle (manifest.json beside
+    it) that lists it, from the verified bytes, as :func:`open_bundle_mobile_runner`; otherwise
+    the file itself (a file of the user's, no integrity claim to keep)."""
+    if (path.parent / "manifest.json").is_file():
+        from ..bundle import read_manifest
+
+        manifest = read_manifest(path.parent)
+        art = listed_artifact(manifest, path)
+        if art is not None:
+            return open_bundle_mobile_runner(manifest, art, threads, name)
+    return open_mobile_runner(path, threads, name)
+
+
 def listed_artifact(manifest, path: Path):
     """The manifest's artifact that `path` (a file in the bundle's folder) is, or None."""
     import os
@@ -110,7 +125,7 @@ def tile_starts(n: int, box: int, overlap: int) -> list[tuple[int, int, int]]:
     return out
 
 
-class FixedBoxRunner:
+class FixedBoxRunner(BaseRunner):
     """Runs a fixed-size runner (``input_hw``) on any NCHW input at least that large; see the
     module docstring. ``tiles_itself`` tells `edgesr upscale` not to cut boxes of its own."""
 
@@ -131,6 +146,18 @@ class FixedBoxRunner:
 
     def io(self):
         return self.inner.io()
+
+    def _detect_precision(self) -> str:
+        return str(getattr(self.inner, "precision", None) or super()._detect_precision())
+
+    def input_metadata(self) -> tuple[TensorMeta, ...]:
+        return self.inner.input_metadata()
+
+    def output_metadata(self) -> tuple[TensorMeta, ...]:
+        return self.inner.output_metadata()
+
+    def close(self) -> None:
+        self.inner.close()
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
@@ -219,7 +246,7 @@ def prepare_mobile(src, backend: str, threads: int | None, sizes) -> tuple[objec
         own = file_backend(src.ref)
         if own != backend:
             raise BackendUnavailable(f"{src.ref.name} runs on --backend {own}, not {backend}")
-        path, runner = src.ref, open_mobile_runner(src.ref, threads, backend)
+        path, runner = src.ref, open_mobile_file(src.ref, threads, backend)
     elif src.kind == "bundle":
         role = MOBILE_BACKENDS[backend]
         try:

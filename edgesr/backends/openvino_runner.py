@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendRunError, BackendUnavailable, ExportError, RunStopped, one_line, quoted
+from .base import BaseRunner, onnx_precision
 from .quiet import native_stderr_silenced
 
 INSTALL_HINT = "pip install 'edgesr[openvino]'"
@@ -162,11 +163,13 @@ def convert_to_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike) -> 
     return xml
 
 
-class OpenVinoRunner:
+class OpenVinoRunner(BaseRunner):
     """Runs an .onnx or .xml model with OpenVINO on the CPU; `run` is NCHW float32 in/out."""
 
-    def __init__(self, model: str | os.PathLike | bytes, name: str | None = None, threads: int | None = None):
+    def __init__(self, model: str | os.PathLike | bytes, name: str | None = None, threads: int | None = None,
+                 spec=None):
         self.path = None if isinstance(model, bytes) else Path(model)
+        self.spec = spec
         self.name = name or f"openvino:{self.path.name if self.path else 'model'}"
         what = quoted(self.path) if self.path else "model"
         m = read_model(model)
@@ -178,6 +181,14 @@ class OpenVinoRunner:
             raise ExportError(f"OpenVINO cannot compile {what}: {openvino_reason(e)}") from None
         self.request = self.compiled.create_infer_request()
         self.threads = threads
+
+    def _detect_precision(self) -> str:
+        if self.path is not None and self.path.suffix.lower() == ".xml":  # an IR with FakeQuantize / int8 constants
+            text = self.path.read_text(errors="replace")
+            return "int8" if ('type="FakeQuantize"' in text or 'element_type="i8"' in text) else "fp32"
+        if self.path is not None:
+            return onnx_precision(self.path) or super()._detect_precision()
+        return super()._detect_precision()
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """One inference, started asynchronously and waited for in short steps so Ctrl-C,
