@@ -13,7 +13,7 @@ environment variable that raises (or lowers) it; the error naming a limit names 
 | inflation ratio of a compressed checkpoint record | 100 | (fixed: torch.save stores records uncompressed) |
 | JSON nesting depth (manifest, ONNX metadata, safetensors header) | 64 | (fixed) |
 | manifest.json size | 16 MiB | (fixed) |
-| bytes of one bundle artifact or ncnn .bin (read into memory to be hashed and loaded as one) | min(4 GiB, 1/4 of RAM) | ``EDGESR_MAX_ARTIFACT_MB`` |
+| bytes of one bundle artifact or ncnn .bin (held in memory) | min(4 GiB, 1/4 of RAM) | ``EDGESR_MAX_ARTIFACT_MB`` |
 """
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
     try:
         obj = load_json_bounded(text, "--model-kwargs")
     except json.JSONDecodeError as e:
-        raise UserCodeError(f"--model-kwargs is not valid JSON ({e.msg} at position {e.pos}): {quoted(text[:200])}") from None
+        raise UserCodeError(f"--model-kwargs is not valid JSON ({e.msg} at position {e.pos}): "
+                            f"{quoted(text[:200])}") from None
     except ValueError as e:  # NaN/Infinity, or nested deeper than any argument list
         raise UserCodeError(one_line(e)) from None
     if not isinstance(obj, dict):
