@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from .errors import BundleError, one_line, quoted
-from .limits import MAX_MANIFEST_BYTES, load_json_bounded
+from .limits import MAX_MANIFEST_BYTES, load_json_bounded, max_artifact_bytes
 from .fsutil import json_safe  # noqa: F401  (re-exported: bundle.json_safe is public)
 from .spec import Spec
 
@@ -342,6 +342,11 @@ def _artifact(folder: Path, mpath: Path, a: dict[str, Any]) -> Artifact:
     if rel.startswith("/") or "\\" in rel or "\0" in rel or ".." in parts or not parts:
         raise BundleError(f"{quoted(mpath)}: artifact {quoted(a['role'])} file {quoted(rel)} must be a relative "
                           "path inside the bundle")
+    limit = max_artifact_bytes()
+    if int(a["bytes"]) > limit:  # before anything is read or hashed: it is held in memory when loaded
+        raise BundleError(f"{quoted(mpath)}: artifact {quoted(a['role'])} ({quoted(rel)}) is listed with "
+                          f"{int(a['bytes'])} bytes; the limit is {limit >> 20} MiB; set EDGESR_MAX_ARTIFACT_MB to "
+                          "raise it")
     known = {"role", "file", "sha256", "bytes", "format", "precision", "backend"}
     return Artifact(role=a["role"], file=rel, path=folder.joinpath(*parts), sha256=a["sha256"], bytes=int(a["bytes"]),
                     format=a["format"], precision=a["precision"], backend=a["backend"],

@@ -104,6 +104,11 @@ class BackendRunError(EdgesrError):
     """A backend failed while running a model, or was stopped (time limit)."""
 
 
+class RunStopped(BackendRunError):
+    """A run stopped by --time-limit or a signal: the answer to the whole command, never a
+    fallback (an analysis that catches failures must let this one through)."""
+
+
 # ---------------------------------------------------------------------------- names in messages
 
 # Characters that would break "one message = one line" or fake terminal output, beyond what

@@ -40,14 +40,15 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
 _TEMP_STEM_MAX = 255 - 14
 
 
-def temp_stem(name: str) -> str:
+def temp_stem(name: str, max_bytes: int = _TEMP_STEM_MAX) -> str:
     """`name`, or for names near the file system's 255-byte limit a shortened form
-    ``<head>~<hash>`` that keeps the temporary file's name legal (and recognisable)."""
+    ``<head>~<hash>`` that keeps the temporary file's name legal (and recognisable);
+    `max_bytes`: what the temporary name's own additions leave of the 255 bytes."""
     raw = os.fsencode(name)
-    if len(raw) <= _TEMP_STEM_MAX:
+    if len(raw) <= max_bytes:
         return name
     digest = hashlib.sha256(raw).hexdigest()[:12]
-    return raw[: _TEMP_STEM_MAX - 13].decode("utf-8", "ignore") + "~" + digest
+    return raw[: max_bytes - 13].decode("utf-8", "ignore") + "~" + digest
 
 
 def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> Path:

@@ -596,8 +596,20 @@ TEMP_MARK = ".edgesr-"
 _LEGACY_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # fsutil.atomic_path's mkstemp names
 
 
+# "." + stem + TEMP_MARK + 8 random characters + ".tmp": 21 bytes on top of the stem
+_STREAM_STEM_MAX = 255 - 1 - len(TEMP_MARK) - 8 - 4
+
+
+def _temp_prefix(final_name: str) -> str:
+    """The temp name's prefix for `final_name`: a name near the 255-byte limit is shortened
+    (keeping a hash, edgesr.fsutil.temp_stem) so any legal output name can be written."""
+    from .fsutil import temp_stem
+
+    return f".{temp_stem(final_name, _STREAM_STEM_MAX)}{TEMP_MARK}"
+
+
 def _temp_re(final_name: str) -> "re.Pattern[str]":
-    return re.compile("^" + re.escape(f".{final_name}{TEMP_MARK}") + r"[a-z0-9_]{8}\.tmp$")
+    return re.compile("^" + re.escape(_temp_prefix(final_name)) + r"[a-z0-9_]{8}\.tmp$")
 
 
 @contextlib.contextmanager
@@ -609,7 +621,7 @@ def streaming_output(final: str | os.PathLike) -> Iterator[io.BufferedWriter]:
 
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}{TEMP_MARK}", suffix=".tmp", dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(final.name), suffix=".tmp", dir=final.parent)
     tmp_path = Path(tmp)
     try:
         _lock(fd)
@@ -646,6 +658,8 @@ def clean_stale_temps(final: str | os.PathLike, *, legacy: bool = False) -> list
     whose lock no live process holds, and with ``legacy=True`` (``--force``) also the
     ``.<name>.XXXXXXXX.tmp`` names of earlier versions. Returns what was removed.
     """
+    from .fsutil import temp_stem
+
     final = Path(final)
     pat = _temp_re(final.name)
     removed = []
@@ -656,7 +670,7 @@ def clean_stale_temps(final: str | os.PathLike, *, legacy: bool = False) -> list
     for p in entries:
         m = _LEGACY_TEMP.match(p.name)
         ours = bool(pat.match(p.name))
-        old = legacy and m is not None and m.group("name") == final.name
+        old = legacy and m is not None and m.group("name") in (final.name, temp_stem(final.name))
         if not (ours or old) or p.is_symlink() or not p.is_file():
             continue
         try:

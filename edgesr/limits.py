@@ -13,6 +13,7 @@ environment variable that raises (or lowers) it; the error naming a limit names 
 | inflation ratio of a compressed checkpoint record | 100 | (fixed: torch.save stores records uncompressed) |
 | JSON nesting depth (manifest, ONNX metadata, safetensors header) | 64 | (fixed) |
 | manifest.json size | 16 MiB | (fixed) |
+| bytes of one bundle artifact or ncnn .bin (held in memory) | min(4 GiB, 1/4 of RAM) | ``EDGESR_MAX_ARTIFACT_MB`` |
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ class CheckpointLimits:
 
     def tensors_hint(self) -> str:
         return f"the limit is {self.max_tensors}; set EDGESR_MAX_TENSORS to raise it"
+
+
+def max_artifact_bytes() -> int:
+    """Largest bundle artifact edgesr reads (its bytes are held in memory to be loaded as hashed)."""
+    mb = _env_number("EDGESR_MAX_ARTIFACT_MB")
+    return int(mb * MiB) if mb is not None else default_checkpoint_bytes()
 
 
 def _env_number(name: str) -> float | None:

@@ -198,15 +198,20 @@ class _Analysis:
                     names.append(o)
         exposed = G.expose(self.m, names, types)
         # outputs ORT could not be asked for (no inferred type) stay unknown
+        from .backends.ort_runner import run_session
+        from .errors import BackendRunError, RunStopped
+
         sess = G.session(exposed, threads=self.threads, graph_opt="disable")
         out_names = [o.name for o in sess.get_outputs()]
         runs = []
         rng = np.random.default_rng(0)
         for h, w in self.trial_sizes:
             x = rng.random((1, c, h, w), dtype=np.float32)
-            try:
-                vals = sess.run(out_names, G.feed(sess, x))
-            except Exception as e:  # noqa: BLE001 - ORT raises its own types
+            try:  # (run_session: Ctrl-C, SIGTERM and --time-limit stop a graph that never ends)
+                vals = run_session(sess, out_names, G.feed(sess, x), what="the model (analysing its receptive field)")
+            except RunStopped:
+                raise
+            except BackendRunError as e:
                 raise _NotLocal(f"the graph does not run at {h}x{w}: {str(e).splitlines()[0][:160]}") from None
             runs.append(dict(zip(out_names, vals)))
         self.runs = runs

@@ -304,7 +304,7 @@ def _from_mobile(path: Path, backend: str, scale, threads) -> ResolvedModel:
         if scale is not None and spec.scale != scale:
             raise ScaleMismatch(f"--scale {scale} does not match {path} (x{spec.scale})")
         try:
-            path = manifest.artifact(MOBILE_BACKENDS[backend]).path
+            path = manifest.artifact(MOBILE_BACKENDS[backend]).path  # loaded below from its verified bytes
         except Exception:  # noqa: BLE001 - BundleError: the role is absent
             if backend == "coreml":
                 raise CheckpointError(f"{path} holds no Core ML package (convert with --coreml)") from None
@@ -487,13 +487,13 @@ def runner_for(path: Path, *, form: str | None = None, backend: str = "ort", thr
     if not path.exists():
         raise CheckpointError(f"model not found: {path}")
     suffix = path.suffix.lower()
-    from .backends.mobile import is_mobile_artifact, open_mobile_runner
+    from .backends.mobile import is_mobile_artifact, open_mobile_file
 
     is_file_model = is_mobile_artifact(path) or suffix in ENGINE_SUFFIXES or suffix in (".xml", ".onnx", ".ort")
     if form and is_file_model:
         raise KeyMismatch(f"{label}: :{form} applies to checkpoints only")
     if is_mobile_artifact(path):
-        return open_mobile_runner(path, threads)
+        return open_mobile_file(path, threads)
     if suffix in ENGINE_SUFFIXES:
         return (engine_opener or open_engine)(path)
     if suffix == ".xml" or (suffix == ".onnx" and backend == "openvino"):

@@ -40,7 +40,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import DatasetError, EdgesrError, ImageError, OutputExists, ScaleMismatch
+from .errors import DatasetError, EdgesrError, ImageError, OutputExists, RunStopped, ScaleMismatch
 from .spec import Spec
 from .tiling import (
     APPROX_ALIGNMENT,
@@ -161,6 +161,8 @@ class ModelTiling:
             try:
                 self._graph = analyze_onnx(self._onnx_model(), min_size=self.spec.min_size,
                                            size_multiple=self.spec.size_multiple, threads=self.threads or 1)
+            except RunStopped:
+                raise
             except EdgesrError as e:
                 self._graph_error = str(e)
         return self._graph
@@ -253,15 +255,27 @@ class ModelTiling:
         return self._graph_error or "the model's graph could not be analysed"
 
 
+PROBE_TIMEOUT = 120.0  # seconds one probe may run without --time-limit
 PROBE_BELOW = 64  # images smaller than this meet a model of unknown minimum size in a child process first
 _PROBE = r"""
 import sys
 import numpy as np
 from edgesr.backends.ort_session import ort_session
+import onnxruntime as ort
 s = ort_session(sys.argv[1], threads=1)
-n, c = int(sys.argv[2]), int(sys.argv[3])
-s.run(None, {s.get_inputs()[0].name: np.zeros((1, c, n, n), dtype=np.float32)})
+n, c, limit = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+ro = ort.RunOptions()
+if limit > 0:  # the run itself (not this interpreter's start) is held to --time-limit
+    import threading
+    t = threading.Timer(limit, setattr, (ro, "terminate", True))
+    t.daemon = True
+    t.start()
+try:
+    s.run(None, {s.get_inputs()[0].name: np.zeros((1, c, n, n), dtype=np.float32)}, ro)
+except Exception:
+    sys.exit(3 if ro.terminate else 1)
 """
+PROBE_TIMED_OUT = 3
 
 
 def probe_min_size(path: Path, channels: int, start: int) -> int:
@@ -269,10 +283,21 @@ def probe_min_size(path: Path, channels: int, start: int) -> int:
     `path` on an n x n input without failing or dying (SIGFPE in a pooling kernel, ...)."""
     import subprocess
 
+    from .backends.ort_runner import current_time_limit
+    from .errors import BackendRunError, RunStopped, quoted
+
+    limit = current_time_limit()
     n = max(1, start)
     while n < PROBE_BELOW:
-        r = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(n), str(channels)], capture_output=True,
-                           timeout=120)
+        try:
+            r = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(n), str(channels), str(limit or 0)],
+                               capture_output=True, timeout=PROBE_TIMEOUT + (limit or 0))
+        except subprocess.TimeoutExpired:
+            raise BackendRunError(f"{quoted(path)} ran longer than {PROBE_TIMEOUT:g} s on a {n}x{n} input (probing "
+                                  "the smallest input it accepts); pass --time-limit S to stop sooner") from None
+        if r.returncode == PROBE_TIMED_OUT:
+            raise RunStopped(f"ONNX Runtime run of {quoted(path)} took longer than the time limit of {limit:g} s "
+                                  f"(--time-limit) on a {n}x{n} input (probing the smallest input it accepts); stopped")
         if r.returncode == 0:
             return n
         n *= 2

@@ -66,10 +66,16 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
     """--model-kwargs JSON -> dict."""
     if not text:
         return {}
+    from .errors import one_line, quoted
+    from .limits import load_json_bounded
+
     try:
-        obj = json.loads(text)
+        obj = load_json_bounded(text, "--model-kwargs")
     except json.JSONDecodeError as e:
-        raise UserCodeError(f"--model-kwargs is not valid JSON ({e.msg} at position {e.pos}): {text!r}") from None
+        raise UserCodeError(f"--model-kwargs is not valid JSON ({e.msg} at position {e.pos}): "
+                            f"{quoted(text[:200])}") from None
+    except ValueError as e:  # NaN/Infinity, or nested deeper than any argument list
+        raise UserCodeError(one_line(e)) from None
     if not isinstance(obj, dict):
         raise UserCodeError(f"--model-kwargs must be a JSON object such as '{{\"scale\": 4}}', got {text!r}")
     return obj
@@ -115,6 +121,8 @@ def build_user_module(ref: ModelRef, kwargs: dict[str, Any] | None = None,
         except TypeError as e:
             raise UserCodeError(f"{ref.name}(**{kwargs or {}}) failed: {_first_line(e)}"
                                 f"{_where(e, roots)}; check --model-kwargs") from None
+        except SystemExit as e:
+            raise _exit_error(f"building {ref.name}", e, roots) from None
         except Exception as e:  # noqa: BLE001 - user code may raise anything
             raise _code_error(f"building {ref.name}", e, roots) from None
     if not isinstance(net, nn.Module):
@@ -262,6 +270,8 @@ def _import_file(ref: ModelRef, roots: list[Path]):
         missing = getattr(e, "name", None)
         raise UserCodeError(f"importing {ref.file.name} failed: {_first_line(e)}{_where(e, roots)}"
                             + (f" (is {missing} installed and recent enough?)" if missing else "")) from None
+    except SystemExit as e:
+        raise _exit_error(f"importing {ref.file.name}", e, roots) from None
     except Exception as e:  # noqa: BLE001 - module-level user code may raise anything
         raise _code_error(f"importing {ref.file.name}", e, roots) from None
 
@@ -295,6 +305,14 @@ def _missing(e: ModuleNotFoundError, ref: ModelRef, roots: list[Path]) -> Edgesr
 
 def _code_error(what: str, e: BaseException, roots: list[Path]) -> UserCodeError:
     return UserCodeError(f"{what} failed: {type(e).__name__}: {_first_line(e)}{_where(e, roots)}")
+
+
+def _exit_error(what: str, e: SystemExit, roots: list[Path]) -> UserCodeError:
+    """The user's code called sys.exit() (a script's `if args...: sys.exit()` run at import, an
+    argparse error): that ends edgesr's work, not edgesr, which must not exit 0 having done nothing."""
+    return UserCodeError(f"{what} failed: the code called sys.exit({e.code!r}){_where(e, roots)}; code run by "
+                         "--model must define the model, not run a script (guard it with "
+                         "`if __name__ == '__main__':`)")
 
 
 def _where(e: BaseException, roots: list[Path]) -> str:

@@ -146,6 +146,61 @@ def test_signal_stops_endless_onnx_run(tmp_path, sig):
     assert not (corpus.root / "out.png").exists()
 
 
+_OV_CHILD = textwrap.dedent("""
+    import sys
+    import edgesr.backends.openvino_runner as ov
+
+    real = ov.wait_interruptibly
+
+    def announced(*a, **k):  # tells the parent the OpenVINO inference has started
+        print("RUNNING", flush=True)
+        return real(*a, **k)
+
+    ov.wait_interruptibly = announced
+    from edgesr.cli import main
+    sys.exit(main())  # argv None: the real command line, as `edgesr ...` runs it
+""")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("how", ["SIGINT", "time-limit"])
+def test_endless_openvino_run_ends(tmp_path, how):
+    """OpenVINO cannot cancel a running node (its CPU plugin finishes the Loop first): the run is
+    waited for in short steps, so Ctrl-C and --time-limit still end `edgesr` within seconds, with
+    one line, and the process exits although the inference thread is still busy."""
+    pytest.importorskip("openvino")
+    from test_hostile_inputs import _onnx_endless_loop
+
+    corpus = Corpus(tmp_path / "c")
+    model = _onnx_endless_loop(corpus)
+    img = corpus.write("a.png", corpus.png_rgb(64, 64))  # no min-size probe below 64 px: the run itself
+    extra = ["--time-limit", "2"] if how == "time-limit" else []
+    p = subprocess.Popen([sys.executable, "-c", _OV_CHILD, "upscale", model, img, "out.png", "--backend", "openvino",
+                          "--scale", "2", *extra], cwd=corpus.root, env=_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = p.stdout.readline()
+        assert line.strip() == "RUNNING", (line, p.stderr.read()[-2000:] if p.poll() is not None else "")
+        t0 = time.monotonic()
+        if how == "SIGINT":
+            time.sleep(1.0)
+            assert p.poll() is None, "the endless model finished?"
+            p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+        seconds = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    if how == "SIGINT":
+        assert p.returncode == 130 and lines == ["edgesr: interrupted"], (p.returncode, err[-2000:])
+    else:
+        assert p.returncode == 2 and len(lines) == 1 and "time limit of 2 s" in lines[0], (p.returncode, err[-2000:])
+    assert seconds < 30, f"took {seconds:.1f} s to end"  # a few seconds on an idle machine
+    assert not (corpus.root / "out.png").exists()
+
+
 def test_time_limit_stops_a_library_run(tmp_path):
     """run_session's own time limit (used by --time-limit) stops an endless run in the caller's thread."""
     from test_hostile_inputs import _onnx_endless_loop
@@ -238,6 +293,57 @@ def test_artifact_swapped_after_its_check_is_not_used(tmp_path, monkeypatch, bac
     assert not (corpus.root / "out.png").exists()
 
 
+@pytest.fixture(scope="module")
+def mobile_bundle(tmp_path_factory):
+    """One `convert --tflite --ncnn` output of the corpus's tiny model; tests copy it."""
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("ncnn")
+    corpus = Corpus(tmp_path_factory.mktemp("mobile"))
+    return corpus.abs(corpus.mobile_bundle_source())
+
+
+@pytest.mark.parametrize("backend", ["litert", "ncnn"])
+def test_mobile_artifact_swapped_after_its_check_is_not_used(tmp_path, monkeypatch, mobile_bundle, backend):
+    """A bundle's .tflite / ncnn .bin swapped for a valid all-zero-weights file (a black picture)
+    right after read_manifest verified it: upscale must refuse (sha256), not write the picture."""
+    import edgesr.bundle as bundle
+
+    b = tmp_path / "b"
+    shutil.copytree(mobile_bundle, b)
+    m = bundle.read_manifest(b)
+    role = "tflite_fp32" if backend == "litert" else "ncnn_fp32_weights"
+    victim = m.artifact(role).path
+    data = victim.read_bytes()
+    evil = tmp_path / "evil"
+    if backend == "ncnn":  # same size, every weight zero: a valid .bin (tags kept zero = fp32)
+        evil.write_bytes(bytes(len(data)))
+    else:  # same size, a flipped byte deep in the weights: the file still loads
+        mutated = bytearray(data)
+        mutated[len(data) // 2] ^= 0xFF
+        evil.write_bytes(bytes(mutated))
+    real = bundle.read_manifest
+
+    def read_then_swap(*a, **k):
+        man = real(*a, **k)
+        os.replace(evil, victim)  # after the check, before the load
+        return man
+
+    monkeypatch.setattr(bundle, "read_manifest", read_then_swap)
+    img = tmp_path / "a.png"
+    img.write_bytes(Corpus.png_rgb(20, 20))
+    from edgesr.cli import main
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["upscale", str(b), str(img), str(tmp_path / "out.png"), "--backend", backend])
+    msg = err.getvalue()
+    assert not evil.exists() and victim.read_bytes() != data  # the swap happened
+    assert rc != 0 and "sha256" in msg and "does not match" in msg and len(msg.strip().splitlines()) == 1, msg
+    assert not (tmp_path / "out.png").exists()
+
+
 def test_verified_path_is_a_private_copy_of_the_hashed_bytes(tmp_path):
     import edgesr.bundle as bundle
 
@@ -320,6 +426,25 @@ def test_staging_and_temp_names_fit_the_name_limit(unit):
         assert _staging_name(other, tag) != s
     assert len(os.fsencode("." + temp_stem(name) + ".abcdefgh.tmp")) <= 255
     assert _staging_name("short") == f"{STAGING_PREFIX}short-{os.getpid()}"  # unchanged for ordinary names
+
+
+@pytest.mark.parametrize("unit", ["u", "\u00e9", "\U0001f600"])
+def test_streamed_output_temp_names_fit_and_are_cleaned(tmp_path, unit):
+    """upscale's streamed temp file (".<name>.edgesr-XXXXXXXX.tmp") of the longest legal output
+    name stays within 255 bytes, and a killed run's leftover of that name is found and removed."""
+    from edgesr.imaging import _temp_prefix, clean_stale_temps, streaming_output
+
+    name = unit * ((255 - 4) // len(unit.encode())) + ".png"
+    final = tmp_path / name
+    with streaming_output(final) as f:
+        f.write(b"x")
+    assert final.read_bytes() == b"x"
+    stale = tmp_path / (_temp_prefix(name) + "abcd1234.tmp")
+    assert len(os.fsencode(stale.name)) <= 255
+    stale.write_bytes(b"half")  # what a SIGKILL leaves
+    other = tmp_path / (_temp_prefix(unit * 3 + ".png") + "abcd1234.tmp")
+    other.write_bytes(b"not ours")
+    assert clean_stale_temps(final) == [stale] and other.exists() and final.exists()
 
 
 def test_usage_errors_are_one_line(capsys):

@@ -154,6 +154,18 @@ class Corpus:
         shutil.copytree(self.abs(self._cache["bundle"]), self.abs(rel))
         return rel
 
+    def mobile_bundle_source(self) -> str:
+        """A real `edgesr convert --tflite --ncnn` output (converted once per corpus; cases copy it)."""
+        if "mobile" not in self._cache:
+            from edgesr.pipeline import ConvertOptions, convert
+
+            out = self.abs("base/mobile_bundle")
+            convert(ConvertOptions(outdir=out, checkpoint=self.abs(self.ckpt()), bench=False, ort_format=False,
+                                   tflite=True, ncnn=True, mobile_size=(16, 16), check_conventions=False),
+                    log=lambda m: None)
+            self._cache["mobile"] = "base/mobile_bundle"
+        return self._cache["mobile"]
+
     # ---- byte builders
     @staticmethod
     def torch_bytes(obj, legacy: bool = False) -> bytes:
@@ -1127,6 +1139,322 @@ def read_manifest_ok(c: Corpus, rel: str) -> None:
     read_manifest(c.abs(rel))
 
 
+# --------------------------------------------------------------------------- round two, new surfaces
+#
+# Surfaces added since the first hardening pass, probed by class: the user's model code
+# (--model FILE.py:NAME), the zoo TOML index, upscale's memory/tile options, mobile files
+# (.tflite, ncnn .param/.bin) given directly or inside a bundle, OpenVINO IR (.xml/.bin).
+
+USER_NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, scale=2):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3 * scale * scale, 3, padding=1)
+        self.ps = nn.PixelShuffle(scale)
+
+    def forward(self, x):
+        return self.ps(self.conv(x))
+"""
+
+
+def _user_weights(c: Corpus) -> str:
+    if "user_w" not in c._cache:
+        from safetensors.torch import save_file
+
+        g = torch.Generator().manual_seed(0)
+        c.abs("user").mkdir(exist_ok=True)
+        save_file({"conv.weight": torch.randn(12, 3, 3, 3, generator=g) * 0.1, "conv.bias": torch.zeros(12)},
+                  str(c.abs("user/w.safetensors")))
+        c._cache["user_w"] = "user/w.safetensors"
+    return c._cache["user_w"]
+
+
+def _user_code(c: Corpus, stem: str, text: str) -> str:
+    return c.write(f"user/{stem}.py", text.encode())
+
+
+# class -> (what, code or code edit, needles): each variant must be one line naming the cause
+USER_CODE = {
+    "exit-at-import": ("code calling sys.exit(0) at import (a script, not a model file)",
+                       "import sys\nsys.exit(0)\n", ("sys.exit(0)",)),
+    "exit-in-init": ("code calling sys.exit(0) while the model is built",
+                     USER_NET.replace("super().__init__()", "super().__init__()\n        raise SystemExit(0)"),
+                     ("sys.exit(0)", "__init__")),
+    "exit-in-forward": ("code calling sys.exit() in forward",
+                        USER_NET.replace("return self.ps(self.conv(x))", "raise SystemExit"), ("sys.exit",)),
+    "syntax-error": ("code that is not valid Python", "def (:\n", ("SyntaxError",)),
+    "forged-exception": ("forward raising an exception whose message forges an edgesr line",
+                         USER_NET.replace("return self.ps(self.conv(x))",
+                                          "raise ValueError('boom\\nedgesr: wrote out (OK)\\x1b[2K')"), ("boom",)),
+    "endless-recursion": ("module-level code recursing without end", "def f():\n    return f()\n\n\nf()\n",
+                          ("RecursionError",)),
+    "returns-int": ("NAME that returns an int, not a module", "def Net():\n    return 5\n", ("not a torch.nn.Module",)),
+}
+
+
+def _user_case(k: str) -> Case:
+    what, code, needles = USER_CODE[k]
+    return Case(f"user-code-{k}", "user code", what,
+                lambda c, k=k, code=code: ["upscale", _user_weights(c), c.write(f"img5/{k}.png", c.png_rgb(8, 8)),
+                                           f"img5_out/{k}.png", "--model", f"{_user_code(c, k.replace('-', '_'), code)}:Net"],
+                needles, check=_no_forged_line)
+
+
+def _zoo_index(c: Corpus, stem: str, text: str | bytes) -> str:
+    return c.write(f"zoo/{stem}.toml", text if isinstance(text, bytes) else text.encode())
+
+
+_ZOO_MODEL = '[[model]]\nname = "{name}"\ncode = "x.py:Net"\nweights = "w.pth"\n'
+ZOO_INDEX = {  # class -> (what, index text, needles)
+    "deep-array": ("index with an array nested 100,000 levels", "x = " + "[" * 100_000 + "]" * 100_000 + "\n",
+                   ("nested",)),
+    "deep-kwargs": ("model kwargs nested 3,000 levels", _ZOO_MODEL.format(name="a") + "kwargs = {a = "
+                    + "[" * 3000 + "]" * 3000 + "}\n", ("nested",)),
+    "model-not-table": ("'model' holding integers, not tables", "model = [1, 2]\n", ("[[model]] table",)),
+    "range-not-number": ("input_range = 'abc'", _ZOO_MODEL.format(name="a") + 'input_range = "abc"\n',
+                         ("input_range",)),
+    "scale-not-int": ("scale = 'x' for every model", 'scale = "x"\n' + _ZOO_MODEL.format(name="a"), ("scale",)),
+    "root-not-string": ("root = 5", "root = 5\n" + _ZOO_MODEL.format(name="a"), ("root",)),
+    "paths-string": ("paths = 'abc' (a string, iterated as letters)", _ZOO_MODEL.format(name="a") + 'paths = "abc"\n',
+                     ("paths",)),
+    "name-nul": ("a model name holding a NUL byte", _ZOO_MODEL.format(name="a\\u0000b"), ("plain folder name",)),
+    "name-newline": ("a model name forging an edgesr line", _ZOO_MODEL.format(name="a\\nedgesr: wrote out (OK)"),
+                     ("plain folder name",)),
+    "name-300-chars": ("a model name longer than a file name may be", _ZOO_MODEL.format(name="a" * 300),
+                       ("plain folder name",)),
+    "name-dotdot": ("a model name '..' (OUTROOT/.. would be replaced)", _ZOO_MODEL.format(name=".."),
+                    ("plain folder name",)),
+    "not-utf8": ("an index of binary bytes", b"\xff\xfe\x00garbage", ("not valid TOML",)),
+}
+
+
+def _zoo_case(k: str) -> Case:
+    what, text, needles = ZOO_INDEX[k]
+    return Case(f"zoo-{k}", "zoo index", what,
+                lambda c, k=k, text=text: ["convert", "--zoo", _zoo_index(c, k, text), "-o", f"zoo_out/{k}"],
+                needles, check=_no_forged_line)
+
+
+UPSCALE_OPTIONS = {  # class -> (what, extra argv, needles)
+    "max-memory-zero": ("--max-memory 0", ("--max-memory", "0"), ("--max-memory",)),
+    "max-memory-nan": ("--max-memory nan", ("--max-memory", "nan"), ("--max-memory",)),
+    "max-memory-inf": ("--max-memory inf", ("--max-memory", "inf"), ("--max-memory",)),
+    "max-memory-1e30": ("--max-memory 1e30", ("--max-memory", "1e30"), ("--max-memory",)),
+    "max-memory-word": ("--max-memory lots", ("--max-memory", "lots"), ("--max-memory",)),
+    "max-memory-1k": ("--max-memory 1K (below what any run needs)", ("--max-memory", "1K"), ("too small",)),
+    "max-memory-negative": ("--max-memory -5G", ("--max-memory", "-5G"), ("--max-memory",)),
+    "tile-negative": ("--tile -3", ("--tile", "-3"), ("--tile",)),
+    "tile-nan": ("--tile nan", ("--tile", "nan"), ("--tile",)),
+    "tile-one": ("--tile 1 (below the receptive field: minutes of overlap)", ("--tile", "1"), ("--tile 1",)),
+    "overlap-negative": ("--overlap -1", ("--overlap", "-1"), ("--overlap",)),
+    "overlap-over-tile": ("--tile 16 --overlap 100", ("--tile", "16", "--overlap", "100"), ("--tile 16",)),
+}
+
+
+def _upscale_option_case(k: str) -> Case:
+    what, extra, needles = UPSCALE_OPTIONS[k]
+    return Case(f"upscale-{k}", "upscale options", what,
+                lambda c, k=k, extra=extra: ["upscale", c.ckpt(), c.write(f"img6/{k}.png", c.png_rgb(8, 8)),
+                                             f"img6_out/{k}.png", *extra], needles)
+
+
+def _param(layers: list[str], counts: str | None = None) -> bytes:
+    return ("7767517\n" + (counts or f"{len(layers)} {len(layers)}") + "\n" + "\n".join(layers) + "\n").encode()
+
+
+NCNN_PARAM = {  # class -> (what, .param bytes, .bin bytes or None, needles)
+    "random-bytes": ("random bytes named .param (a .bin beside it)", _random(3000, 11), b"\0" * 64, ("not an ncnn",)),
+    "no-magic": ("a text file named .param", b"hello world\n", b"\0" * 64, ("magic",)),
+    "huge-layer-count": ("a header declaring 10^9 layers (ncnn sizes its tables from it)",
+                         _param(["Input in0 0 1 in0"], "1000000000 1000000000"), b"\0" * 64, ("header declares",)),
+    "short-line": ("a layer line with fewer blob names than it declares",
+                   _param(["Input in0 0 1 in0", "Convolution c 1 5 in0"]), b"\0" * 64, ("line 4",)),
+    "bad-number": ("an Input layer whose width is 'abc'", _param(["Input in0 0 1 in0 0=abc 1=8 2=3",
+                                                                 "ReLU r 1 1 in0 out0"]), b"", ("not a number",)),
+    "weights-short": ("a convolution whose .bin holds no weights", _param(
+        ["Input in0 0 1 in0", "Convolution c 1 1 in0 out0 0=12 1=3 4=1 6=324"]), b"", ("weights",)),
+    "no-output": ("a .param whose only layer is its input", _param(["Input in0 0 1 in0"]), b"", ("output",)),
+}
+
+
+def _ncnn_case(k: str) -> Case:
+    what, param, weights, needles = NCNN_PARAM[k]
+
+    def argv(c: Corpus, k=k, param=param, weights=weights) -> list[str]:
+        p = c.write(f"ncnn/{k}.param", param)
+        if weights is not None:
+            c.write(f"ncnn/{k}.bin", weights)
+        return ["upscale", p, c.write(f"img7/{k}.png", c.png_rgb(8, 8)), f"img7_out/{k}.png", "--scale", "2"]
+    return Case(f"ncnn-{k}", "mobile", what, argv, needles)
+
+
+def _tflite_truncated(c: Corpus) -> str:
+    m = c.mobile_bundle_source()
+    data = c.abs(_artifact_file(c, m, "tflite_fp32")).read_bytes()
+    return c.write("tflite/trunc.tflite", _half(data))
+
+
+def _mobile_bundle(c: Corpus, rel: str) -> str:
+    shutil.copytree(c.abs(c.mobile_bundle_source()), c.abs(rel))
+    return rel
+
+
+def _mobile_symlink_outside(c: Corpus, role: str) -> str:
+    """The artifact replaced by a symlink to an outside copy whose hash the manifest lists."""
+    b = _mobile_bundle(c, f"mbundles/link-{role}")
+    target = c.abs(_artifact_file(c, b, role))
+    outside = c.write(f"msecret/{role}-{target.name}", target.read_bytes())
+    target.unlink()
+    os.symlink(c.abs(outside), target)
+    return b
+
+
+def _mobile_tampered(c: Corpus, role: str, tag: str = "tampered") -> str:
+    b = _mobile_bundle(c, f"mbundles/{tag}-{role}")
+    _tamper_byte(c, _artifact_file(c, b, role))
+    return b
+
+
+def _mobile_upscale(bundle: Callable[[Corpus], str], backend: str, stem: str) -> Callable[[Corpus], list[str]]:
+    return lambda c: ["upscale", bundle(c), c.write(f"img8/{stem}.png", c.png_rgb(20, 20)), f"img8_out/{stem}.png",
+                      "--backend", backend]
+
+
+def _ov_ir(c: Corpus, stem: str, onnx_rel: str) -> str:
+    """An OpenVINO IR (.xml + .bin) saved by OpenVINO from one of the corpus's ONNX models."""
+    import openvino as ov
+
+    xml = c.abs(f"ov/{stem}.xml")
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov.convert_model(str(c.abs(onnx_rel))), str(xml), compress_to_fp16=False)
+    return f"ov/{stem}.xml"
+
+
+_LAUGHS = ('<?xml version="1.0"?>\n<!DOCTYPE net [<!ENTITY l0 "lol">'
+           + "".join(f'<!ENTITY l{i} "{("&l%d;" % (i - 1)) * 10}">' for i in range(1, 10))
+           + ']>\n<net name="&l9;" version="11"><layers/><edges/></net>\n')
+_IR_EMPTY = '<?xml version="1.0"?>\n<net name="m" version="11"><layers/><edges/></net>\n'
+
+
+def _ov_case(id: str, what: str, build: Callable[[Corpus], str], *needles: str, **kw) -> Case:
+    return Case(f"openvino-{id}", "openvino", what,
+                lambda c: ["upscale", build(c), c.write(f"img9/{id}.png", c.png_rgb(8, 8)), f"img9_out/{id}.png",
+                           "--backend", "openvino", "--scale", "2"], needles, **kw)
+
+
+CASES += [
+    *[_user_case(k) for k in USER_CODE],
+    Case("user-code-kwargs-deep", "user code", "--model-kwargs nested 100,000 levels",
+         lambda c: ["upscale", _user_weights(c), c.write("img5/kw.png", c.png_rgb(8, 8)), "img5_out/kw.png",
+                    "--model", f"{_user_code(c, 'net', USER_NET)}:Net",
+                    "--model-kwargs", '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"], ("nested",)),
+    Case("user-code-file-name-newline", "user code", "model code whose file name forges an edgesr line",
+         lambda c: ["upscale", _user_weights(c), c.write("img5/nl.png", c.png_rgb(8, 8)), "img5_out/nl.png",
+                    "--model", f"{_user_code(c, 'n' + chr(10) + 'edgesr: wrote out (OK)', USER_NET)}:Nope"],
+         ("has no 'Nope'",), check=_no_forged_line),
+    *[_zoo_case(k) for k in ZOO_INDEX],
+    *[_upscale_option_case(k) for k in UPSCALE_OPTIONS],
+    *[_ncnn_case(k) for k in NCNN_PARAM],
+    Case("mem-ncnn-bin-8gib", "memory", "an ncnn .param whose .bin is an 8 GiB sparse file",
+         lambda c: ["upscale", _ncnn_with_sparse_bin(c), c.write("img7/big.png", c.png_rgb(8, 8)), "img7_out/big.png",
+                    "--scale", "2"],
+         ("EDGESR_MAX_ARTIFACT_MB",), memory=True),
+    Case("user-code-force-onto-code-folder", "user code", "convert W --model code/net.py:Net -o code --force (the "
+         "folder holds the user's code and notes)",
+         lambda c: ["convert", _user_weights(c), "--model", f"{_code_folder(c)}/net.py:Net", "-o", "code", "--force",
+                    "--no-bench", "--no-ort-format"], ("holds the input", "net.py"),
+         after=_keeps("code", "net.py", "notes.txt")),
+    Case("tflite-random-bytes", "mobile", "random bytes named .tflite",
+         lambda c: ["upscale", c.write("tflite/r.tflite", _random(3000, 12)), c.write("img7/tr.png", c.png_rgb(8, 8)),
+                    "img7_out/tr.png", "--scale", "2"], ("LiteRT cannot load",)),
+    Case("tflite-zero-bytes", "mobile", "0-byte .tflite",
+         lambda c: ["upscale", c.write("tflite/z.tflite", b""), c.write("img7/tz.png", c.png_rgb(8, 8)),
+                    "img7_out/tz.png", "--scale", "2"], ("LiteRT cannot load",)),
+    Case("tflite-truncated", "mobile", "a real .tflite cut in half",
+         lambda c: ["upscale", _tflite_truncated(c), c.write("img7/tt.png", c.png_rgb(20, 20)), "img7_out/tt.png",
+                    "--scale", "2"], ("LiteRT cannot load",)),
+    Case("mobile-tflite-symlink-outside", "mobile bundle", "bundle .tflite replaced by a symlink to an outside copy "
+         "whose hash the manifest lists", _mobile_upscale(lambda c: _mobile_symlink_outside(c, "tflite_fp32"),
+                                                          "litert", "tls"), ("symbolic link",)),
+    Case("mobile-ncnn-bin-symlink-outside", "mobile bundle", "bundle ncnn .bin replaced by a symlink to an outside "
+         "copy", _mobile_upscale(lambda c: _mobile_symlink_outside(c, "ncnn_fp32_weights"), "ncnn", "nbs"),
+         ("symbolic link",)),
+    Case("mobile-tflite-tampered", "mobile bundle", "one byte of the bundle's .tflite flipped",
+         _mobile_upscale(lambda c: _mobile_tampered(c, "tflite_fp32"), "litert", "tlt"), ("sha256",)),
+    Case("mobile-ncnn-param-tampered", "mobile bundle", "one byte of the bundle's ncnn .param flipped",
+         _mobile_upscale(lambda c: _mobile_tampered(c, "ncnn_fp32"), "ncnn", "npt"), ("sha256",)),
+    Case("mobile-tflite-direct-tampered", "mobile bundle", "the bundle's .tflite given by path after one byte "
+         "changed (the manifest beside it lists it)",
+         lambda c: ["upscale", _artifact_file(c, _mobile_tampered(c, "tflite_fp32", "direct"), "tflite_fp32"),
+                    c.write("img8/direct.png", c.png_rgb(20, 20)), "img8_out/direct.png"], ("sha256",)),
+    Case("mem-bundle-artifact-8gib", "memory", "bundle whose model.onnx is an 8 GiB sparse file the manifest lists "
+         "(size and sha256 consistent: only the size is hostile)", lambda c: ["info", _bundle_huge_artifact(c)],
+         ("EDGESR_MAX_ARTIFACT_MB",), memory=True),
+    _ov_case("random-bytes", "random bytes named .xml (OpenVINO's frontends would log to stderr)",
+             lambda c: c.write("ov/r.xml", _random(3000, 13)), "not an OpenVINO IR", check=_no_forged_line),
+    _ov_case("billion-laughs", "XML entity bomb named .xml (10^9 'lol's if expanded)",
+             lambda c: c.write("ov/laughs.xml", _LAUGHS.encode()), "DTD", memory=True),
+    _ov_case("huge-xml", "a 300 MB (sparse) .xml", lambda c: _sparse(c, "ov/huge.xml", 300 << 20), "larger than"),
+    _ov_case("no-inputs", "an IR with no layers", lambda c: c.write("ov/empty.xml", _IR_EMPTY.encode()), "0 inputs"),
+    _ov_case("second-input", "an IR with a second required input",
+             lambda c: _ov_ir(c, "two", _onnx_two_inputs(c)), "2 inputs"),
+    _ov_case("uint8-input", "an IR taking uint8", lambda c: _ov_ir(c, "u8", _onnx_uint8(c, "input")), "u8"),
+    _ov_case("weights-missing", "an IR whose .bin is missing",
+             lambda c: _without_bin(c, _ov_ir(c, "nobin", _onnx_x2(c, "onnx2/x2_for_ov.onnx"))), "cannot read"),
+]
+
+
+
+def _bundle_huge_artifact(c: Corpus) -> str:
+    b = c.bundle("bundles3/huge")
+    p = c.abs(_artifact_file(c, b, "onnx_fp32"))
+    n = 8 << 30
+    with open(p, "wb") as f:
+        f.truncate(n)
+
+    def fn(m: dict) -> None:
+        a = next(a for a in m["artifacts"] if a["role"] == "onnx_fp32")
+        a["bytes"], a["sha256"] = n, _SHA256_8GIB_ZEROS
+    _edit_manifest(c, b, fn)
+    return b
+
+
+# sha256 of 8 GiB of zero bytes (hashlib, computed once): the manifest entry is fully consistent
+_SHA256_8GIB_ZEROS = "ebfb4ef19ae410f190327b5ebd312711263bc7579970e87d9c1e2d84e06b3c25"
+
+
+def _ncnn_with_sparse_bin(c: Corpus) -> str:
+    param = c.write("ncnn/big.param", NCNN_PARAM["weights-short"][1])
+    with open(c.abs("ncnn/big.bin"), "wb") as f:
+        f.truncate(8 << 30)
+    return param
+
+
+def _code_folder(c: Corpus) -> str:
+    for n, data in (("net.py", USER_NET.encode()), ("notes.txt", b"mine\n")):
+        c.write(f"code/{n}", data)
+        c._cache[f"content:code/{n}"] = data
+    return "code"
+
+
+def _sparse(c: Corpus, rel: str, size: int) -> str:
+    p = c.abs(rel)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "wb") as f:
+        f.write(b'<?xml version="1.0"?>\n<net name="m" version="11">')
+        f.truncate(size)
+    return rel
+
+
+def _without_bin(c: Corpus, xml: str) -> str:
+    c.abs(xml).with_suffix(".bin").unlink()
+    return xml
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -1236,3 +1564,4 @@ def test_hostile_inputs_subprocess(tmp_path):
             case.after(corpus)
     assert len(SUBPROCESS_CASES) >= 5
     assert not failures, failures
+

@@ -49,6 +49,62 @@ def open_mobile_runner(path: Path, threads: int | None = None, name: str | None 
     raise coreml_unavailable(path)
 
 
+def open_bundle_mobile_runner(manifest, art, threads: int | None = None, name: str | None = None):
+    """A Runner over a bundle's mobile artifact built from the bytes whose size and sha256 were
+    checked against the manifest, read through one open file each (never the file re-opened by
+    path: a file swapped after the check, or a symlink leading out of the bundle, is refused):
+    the .tflite bytes, or the .param text and the bytes of the .bin the manifest links to it."""
+    from ..errors import BundleError, quoted
+
+    name = name or f"{art.role}:{art.file}"
+    lower = art.file.lower()
+    if lower.endswith(".tflite"):
+        from .litert_runner import LiteRtRunner
+
+        return LiteRtRunner(manifest.verified_bytes(art), name=name, threads=threads)
+    if lower.endswith(".param"):
+        from pathlib import PurePosixPath
+
+        from .ncnn_runner import NcnnRunner, param_text
+
+        rel = art.extra.get("weights")
+        weights = None
+        if isinstance(rel, str):
+            rel = (PurePosixPath(art.file).parent / rel).as_posix()
+            weights = next((b for b in manifest.artifacts if b.file == rel and b.role != art.role), None)
+        if weights is None:
+            raise BundleError(f"{quoted(manifest.path)}: ncnn artifact {quoted(art.role)} lists no weights file "
+                              "(.bin) among the artifacts; re-run `edgesr convert`")
+        return NcnnRunner(param_text(manifest.verified_bytes(art), art.file), manifest.verified_bytes(weights),
+                          name=name, threads=threads)
+    raise coreml_unavailable(Path(art.file))
+
+
+def open_mobile_file(path: Path, threads: int | None = None, name: str | None = None):
+    """A Runner for a mobile file named by path: when it lies in a bundle (manifest.json beside
+    it) that lists it, from the verified bytes, as :func:`open_bundle_mobile_runner`; otherwise
+    the file itself (a file of the user's, no integrity claim to keep)."""
+    if (path.parent / "manifest.json").is_file():
+        from ..bundle import read_manifest
+
+        manifest = read_manifest(path.parent)
+        art = listed_artifact(manifest, path)
+        if art is not None:
+            return open_bundle_mobile_runner(manifest, art, threads, name)
+    return open_mobile_runner(path, threads, name)
+
+
+def listed_artifact(manifest, path: Path):
+    """The manifest's artifact that `path` (a file in the bundle's folder) is, or None."""
+    import os
+
+    want = os.path.normpath(path)
+    for a in manifest.artifacts:
+        if os.path.normpath(manifest.folder / a.file) == want:
+            return a
+    return None
+
+
 def tile_starts(n: int, box: int, overlap: int) -> list[tuple[int, int, int]]:
     """(box start, core start, core end) along one axis of length n >= box: boxes of exactly
     `box`, stepping by ``box - 2 * overlap``, the last one shifted to end at n. Every core
@@ -145,8 +201,11 @@ def box_overlap(spec, manifest=None) -> int:
 
 def mobile_runner_for(path: Path, spec, threads: int | None = None, name: str | None = None, manifest=None):
     """A Runner for `path` that takes any input size the model allows: a fixed-size .tflite is
-    wrapped in :class:`FixedBoxRunner` (overlap: :func:`box_overlap`)."""
-    runner = open_mobile_runner(path, threads, name)
+    wrapped in :class:`FixedBoxRunner` (overlap: :func:`box_overlap`). With the `manifest` of the
+    bundle `path` lies in, a file the manifest lists is loaded from its verified bytes."""
+    art = listed_artifact(manifest, path) if manifest is not None else None
+    runner = (open_bundle_mobile_runner(manifest, art, threads, name) if art is not None
+              else open_mobile_runner(path, threads, name))
     if getattr(runner, "input_hw", None) is not None:
         runner = FixedBoxRunner(runner, spec.scale, box_overlap(spec, manifest))
     return runner
@@ -177,7 +236,9 @@ def file_backend(path: Path) -> str | None:
 
         return "litert-int8" if LiteRtRunner(path).io()["input"]["dtype"] in ("int8", "uint8") else "litert"
     if lower.endswith(".param"):
-        return "ncnn-int8" if "8=2" in path.read_text() else "ncnn"
+        from .ncnn_runner import read_param
+
+        return "ncnn-int8" if "8=2" in read_param(path) else "ncnn"
     if lower.endswith((".mlpackage", ".mlpackage.zip")):
         return "coreml"
     return None
@@ -198,16 +259,16 @@ def prepare_mobile(src, backend: str, threads: int | None, sizes) -> tuple[objec
         own = file_backend(src.ref)
         if own != backend:
             raise BackendUnavailable(f"{src.ref.name} runs on --backend {own}, not {backend}")
-        path, runner = src.ref, open_mobile_runner(src.ref, threads, backend)
+        path, runner = src.ref, open_mobile_file(src.ref, threads, backend)
     elif src.kind == "bundle":
         role = MOBILE_BACKENDS[backend]
         try:
-            path = src.manifest.artifact(role).path
+            art = src.manifest.artifact(role)
         except Exception:  # noqa: BLE001 - BundleError: role absent
             flag = {"litert": "--tflite", "ncnn": "--ncnn"}[fmt]
             raise BackendUnavailable(f"{src.ref} lists no {role} artifact (convert with {flag}"
                                      f"{' --int8' if precision == 'int8' else ''})") from None
-        runner = open_mobile_runner(path, threads, backend)
+        path, runner = art.path, open_bundle_mobile_runner(src.manifest, art, threads, backend)
     else:
         if src.module is None:
             raise BackendUnavailable(f"{backend}: no PyTorch module to convert (pass a .tflite/.param or an OUTDIR)")

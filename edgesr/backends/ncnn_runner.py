@@ -28,6 +28,33 @@ def _ncnn():
     return ncnn
 
 
+MAX_PARAM_BYTES = 64 << 20  # a .param is the layer list as text: an SR model's is a few KiB
+
+
+def param_text(data: bytes, what: str) -> str:
+    """The text of a .param file's bytes (one-line ExportError when it is not a text .param)."""
+    from ..errors import quoted
+
+    if len(data) > MAX_PARAM_BYTES:
+        raise ExportError(f"{quoted(what)}: {len(data)} bytes is more than an ncnn .param holds (its layer list "
+                          f"as text; limit {MAX_PARAM_BYTES >> 20} MiB)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ExportError(f"{quoted(what)} is not an ncnn .param (not UTF-8 text; a binary .param.bin is not "
+                          "supported)") from None
+    if not text.lstrip().startswith("7767517"):
+        raise ExportError(f"{quoted(what)} is not an ncnn .param (it does not start with the magic number 7767517)")
+    return text
+
+
+def read_param(path: str | os.PathLike) -> str:
+    """The text of a .param file, read with a size bound."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_PARAM_BYTES + 1)
+    return param_text(data, Path(path).name)
+
+
 class NcnnRunner(BaseRunner):
     """Runner over an ncnn model: a .param path (its .bin beside it) or (param text, bin bytes)."""
 
@@ -37,11 +64,20 @@ class NcnnRunner(BaseRunner):
 
         ncnn = _ncnn()
         if weights is None:
+            from ..errors import quoted
+
             path = Path(param)
             bin_path = path.with_suffix(".bin")
-            if not path.is_file() or not bin_path.is_file():
-                raise ExportError(f"ncnn model needs {path.name} and {bin_path.name} side by side")
-            text, weights = path.read_text(), bin_path.read_bytes()
+            text = read_param(path)
+            if not bin_path.is_file():
+                raise ExportError(f"ncnn model needs {quoted(path.name)} and {quoted(bin_path.name)} side by side")
+            from ..limits import max_artifact_bytes
+
+            limit = max_artifact_bytes()
+            if bin_path.stat().st_size > limit:  # it is read into memory whole
+                raise ExportError(f"{quoted(bin_path.name)} has {bin_path.stat().st_size} bytes; the limit is "
+                                  f"{limit >> 20} MiB; set EDGESR_MAX_ARTIFACT_MB to raise it")
+            weights = bin_path.read_bytes()
             self.source = path.name
         else:
             text, self.source = str(param), "memory"
@@ -65,10 +101,17 @@ class NcnnRunner(BaseRunner):
             p, b = Path(tmp) / "model.param", Path(tmp) / "model.bin"
             p.write_text(text)
             b.write_bytes(weights)
-            if self.net.load_param(str(p)) != 0:
-                raise ExportError(f"ncnn cannot parse {self.source} (.param)")
-            if self.net.load_model(str(b)) != 0:
-                raise ExportError(f"ncnn cannot load the weights of {self.source} (.bin does not match the .param)")
+            from ..errors import quoted
+            from .quiet import native_stderr_silenced
+
+            with native_stderr_silenced():  # ncnn prints its own reason; edgesr's line names the failure
+                ok_param = self.net.load_param(str(p)) == 0
+                ok_model = ok_param and self.net.load_model(str(b)) == 0
+            if not ok_param:
+                raise ExportError(f"ncnn cannot parse {quoted(self.source)} (.param)")
+            if not ok_model:
+                raise ExportError(f"ncnn cannot load the weights of {quoted(self.source)} (.bin does not match the "
+                                  ".param)")
 
     def io(self) -> dict[str, Any]:
         shape = ["C", "H", "W"] if self.input_hw is None else ["C", *self.input_hw]

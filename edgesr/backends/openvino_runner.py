@@ -21,12 +21,15 @@ Settings, chosen so that numbers mean what they say:
 from __future__ import annotations
 
 import os
+import re
+import time
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendUnavailable, ExportError
+from ..errors import BackendRunError, BackendUnavailable, ExportError, RunStopped, one_line, quoted
 from .base import BaseRunner, onnx_precision
+from .quiet import native_stderr_silenced
 
 INSTALL_HINT = "pip install 'edgesr[openvino]'"
 IR_SUFFIXES = (".xml",)
@@ -67,23 +70,69 @@ def compile_config(threads: int | None = None) -> dict[str, object]:
     return cfg
 
 
-def read_model(model: str | os.PathLike | bytes):
-    """An openvino.Model from an .onnx / .xml path (or ONNX bytes)."""
-    ov = openvino_module()
-    try:
-        if isinstance(model, bytes):
-            import tempfile
+MAX_IR_XML_BYTES = 256 << 20  # an IR's .xml is its layer list (weights live in the .bin): an SR model's is KiB
 
-            with tempfile.TemporaryDirectory(prefix="edgesr-ov-") as tmp:
-                p = Path(tmp) / "model.onnx"
-                p.write_bytes(model)
-                return ov.convert_model(str(p))
-        return core().read_model(str(model))
+
+def read_model(model: str | os.PathLike | bytes):
+    """An openvino.Model from an .onnx / .xml path (or ONNX bytes). An .xml is checked to be an
+    IR before OpenVINO sees it (bounded size, XML, no DTD: no entity expansion); OpenVINO's own
+    log lines (its frontends write to the process's stderr) are kept off the terminal."""
+    ov = openvino_module()
+    name = "model" if isinstance(model, bytes) else quoted(Path(model).name)
+    if not isinstance(model, bytes) and Path(model).suffix.lower() in IR_SUFFIXES:
+        check_ir_xml(Path(model))
+    try:
+        with native_stderr_silenced():
+            if isinstance(model, bytes):
+                import tempfile
+
+                with tempfile.TemporaryDirectory(prefix="edgesr-ov-") as tmp:
+                    p = Path(tmp) / "model.onnx"
+                    p.write_bytes(model)
+                    return ov.convert_model(str(p))
+            return core().read_model(str(model))
     except BackendUnavailable:
         raise
     except Exception as e:  # noqa: BLE001 - OpenVINO raises its own exception types
-        name = "model" if isinstance(model, bytes) else Path(model).name
-        raise ExportError(f"OpenVINO cannot read {name}: {str(e).strip().splitlines()[0][:300]}") from None
+        raise ExportError(f"OpenVINO cannot read {name}: {openvino_reason(e)}") from None
+
+
+_DTD = re.compile(rb"<!DOCTYPE|<!ENTITY", re.IGNORECASE)
+
+
+def check_ir_xml(path: Path) -> None:
+    """Refuse, with one line, an .xml that is no OpenVINO IR before a parser reads it: larger than
+    any IR's layer list, not XML, or carrying a DTD (entity declarations expand without bound)."""
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_IR_XML_BYTES:
+                raise ExportError(f"{quoted(path.name)} is larger than {MAX_IR_XML_BYTES >> 20} MiB: not an OpenVINO "
+                                  "IR (an IR's .xml lists layers; its weights are in the .bin)")
+            head = f.read(1 << 20)
+            dtd, block, tail = _DTD.search(head), head, b""
+            while not dtd and block:  # a DTD anywhere (after a long comment, say) is refused too
+                tail = block[-16:]
+                block = f.read(1 << 20)
+                dtd = _DTD.search(tail + block)
+    except OSError as e:
+        raise ExportError(f"cannot read {quoted(path)}: {e.strerror or e}") from None
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not text.startswith(b"<"):
+        raise ExportError(f"{quoted(path.name)} is not an OpenVINO IR (not an XML file)")
+    if dtd:
+        raise ExportError(f"{quoted(path.name)}: refusing an XML file with a DTD (<!DOCTYPE / <!ENTITY>); an "
+                          "OpenVINO IR has none, and its entities could expand without bound")
+    if not re.search(rb"<net[\s>]", head):
+        raise ExportError(f"{quoted(path.name)} is not an OpenVINO IR (no <net> element)")
+
+
+def openvino_reason(e: BaseException) -> str:
+    """OpenVINO's message without its 'Exception from src/...cpp:N:' location lines, one line, bounded."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not re.fullmatch(r"Exception from \S+:\d+:?", ln)]
+    return one_line(" ".join(useful or lines)[:300]) or type(e).__name__
+
+
 
 
 def convert_to_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike) -> Path:
@@ -122,12 +171,14 @@ class OpenVinoRunner(BaseRunner):
         self.path = None if isinstance(model, bytes) else Path(model)
         self.spec = spec
         self.name = name or f"openvino:{self.path.name if self.path else 'model'}"
+        what = quoted(self.path) if self.path else "model"
         m = read_model(model)
+        check_image_io(m, what)
         try:
-            self.compiled = core().compile_model(m, "CPU", compile_config(threads))
+            with native_stderr_silenced():
+                self.compiled = core().compile_model(m, "CPU", compile_config(threads))
         except Exception as e:  # noqa: BLE001
-            raise ExportError(f"OpenVINO cannot compile {self.path or 'model'}: "
-                              f"{str(e).strip().splitlines()[0][:300]}") from None
+            raise ExportError(f"OpenVINO cannot compile {what}: {openvino_reason(e)}") from None
         self.request = self.compiled.create_infer_request()
         self.threads = threads
 
@@ -140,8 +191,77 @@ class OpenVinoRunner(BaseRunner):
         return super()._detect_precision()
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        y = self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})[self.compiled.output(0)]
+        """One inference, started asynchronously and waited for in short steps so Ctrl-C,
+        SIGTERM and --time-limit reach Python while it runs (see :func:`wait_interruptibly`)."""
+        what = quoted(self.path) if self.path else self.name
+        try:
+            self.request.start_async({0: np.ascontiguousarray(x, dtype=np.float32)})
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises its own exception types
+            raise BackendRunError(f"OpenVINO failed running {what}: {openvino_reason(e)}") from None
+        wait_interruptibly(self.request, what, owner=self)
+        y = self.request.get_output_tensor(0).data
         return np.array(y, dtype=np.float32, copy=True)
+
+
+def check_image_io(model, what: str) -> None:
+    """Refuse, with one line, a model edgesr cannot feed an image to (as the ONNX Runtime check):
+    exactly one float/float16 input of rank 4 (or dynamic rank), a float/float16 first output."""
+    ins, outs = list(model.inputs), list(model.outputs)
+    if len(ins) != 1:
+        names = ", ".join(f"{quoted(i.get_any_name() if i.get_names() else '?')} ({i.get_element_type()})"
+                          for i in ins[:4])
+        raise ExportError(f"{what} has {len(ins)} inputs{f' ({names})' if names else ''}; edgesr runs image "
+                          "models with exactly one (an NCHW float image)")
+    if not outs:
+        raise ExportError(f"{what} has no outputs")
+    floats = ("f32", "f16")
+    it, ot = ins[0].get_element_type().get_type_name(), outs[0].get_element_type().get_type_name()
+    if it not in floats:
+        raise ExportError(f"{what}: its input is {it}; edgesr feeds float32/float16 NCHW images")
+    if ot not in floats:
+        raise ExportError(f"{what}: its output is {ot}; edgesr reads float32/float16 images")
+    rank = ins[0].get_partial_shape().rank
+    if rank.is_static and rank.get_length() != 4:
+        raise ExportError(f"{what}: its input has rank {rank.get_length()}; edgesr feeds NCHW images (rank 4)")
+
+
+# Runs that could not be stopped (OpenVINO's CPU plugin cannot cancel a running node), with the
+# objects that own them: kept referenced, since releasing a running request waits for it to end;
+# the CLI ends the process without waiting for them (edgesr.cli.main).
+UNSTOPPED: list[tuple[str, object]] = []
+WAIT_STEP_MS = 100
+
+
+def wait_interruptibly(request, what: str, owner: object = None) -> None:
+    """Wait for a started request in steps of WAIT_STEP_MS: a pending signal handler
+    (KeyboardInterrupt) runs between steps, and --time-limit (edgesr.backends.ort_runner's) is
+    honoured. A request left running is cancelled and recorded in UNSTOPPED."""
+    from .ort_runner import current_time_limit
+
+    limit = current_time_limit()
+    deadline = time.monotonic() + limit if limit else None
+    try:
+        while True:
+            try:
+                if request.wait_for(WAIT_STEP_MS):
+                    return
+            except Exception as e:  # noqa: BLE001 - OpenVINO raises its own exception types
+                raise BackendRunError(f"OpenVINO failed running {what}: {openvino_reason(e)}") from None
+            if deadline is not None and time.monotonic() > deadline:
+                _abandon(request, what, owner)
+                raise RunStopped(f"OpenVINO run of {what} took longer than the time limit of {limit:g} s "
+                                      "(--time-limit); stopped")
+    except KeyboardInterrupt:
+        _abandon(request, what, owner)
+        raise
+
+
+def _abandon(request, what: str, owner: object) -> None:
+    try:
+        request.cancel()  # (the CPU plugin does not stop a node that is running)
+    except Exception:  # noqa: BLE001
+        pass
+    UNSTOPPED.append((what, owner if owner is not None else request))
 
 
 __all__ = ["OpenVinoRunner", "convert_to_ir", "read_model", "compile_config", "openvino_module",

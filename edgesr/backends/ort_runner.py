@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import BackendRunError, EdgesrError, ExportError, one_line, quoted
+from ..errors import BackendRunError, EdgesrError, ExportError, RunStopped, one_line, quoted
 from .base import PRECISIONS, BaseRunner, TensorMeta, onnx_precision
 from .ort_session import GRAPH_OPT_LEVELS, ORT_LOG_FATAL_ONLY, ort_session, session_options  # noqa: F401
 
@@ -158,6 +158,11 @@ def run_time_limit(seconds: float | None) -> Iterator[None]:
         _TIME_LIMIT.reset(token)
 
 
+def current_time_limit() -> float | None:
+    """The --time-limit in force (seconds), for runtimes other than ONNX Runtime too."""
+    return _TIME_LIMIT.get()
+
+
 def run_session(session: Any, output_names: list[str] | None, feed: dict[str, np.ndarray], *,
                 what: str = "model", time_limit: float | None = None) -> list[np.ndarray]:
     """``session.run`` that a signal (Ctrl-C, SIGTERM with a Python handler) or a wall-clock
@@ -177,9 +182,9 @@ def run_session(session: Any, output_names: list[str] | None, feed: dict[str, np
             err = e
     if fired == "signal":
         _let_signal_handlers_run()
-        raise BackendRunError(f"ONNX Runtime run of {what} was stopped by a signal")
+        raise RunStopped(f"ONNX Runtime run of {what} was stopped by a signal")
     if fired == "timeout":
-        raise BackendRunError(f"ONNX Runtime run of {what} took longer than the time limit of {limit:g} s "
+        raise RunStopped(f"ONNX Runtime run of {what} took longer than the time limit of {limit:g} s "
                               "(--time-limit); stopped") from None
     raise BackendRunError(f"ONNX Runtime failed running {what}: {_ort_reason(err)}") from None
 

@@ -47,6 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    rc = _main(argv)
+    if argv is None:  # the real command line (not a caller in this process)
+        _exit_past_unstopped_runs(rc)
+    return rc
+
+
+def _exit_past_unstopped_runs(rc: int) -> None:
+    """A backend run that could not be stopped (OpenVINO cannot cancel a running node) would keep
+    the interpreter from exiting: end the process now, the answer already printed."""
+    ov = sys.modules.get("edgesr.backends.openvino_runner")
+    if ov is not None and getattr(ov, "UNSTOPPED", None):
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # (not `list(...)`: importing the `list` subcommand binds that name in this module)
     argv = [*(sys.argv[1:] if argv is None else argv)]
@@ -74,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgesr: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:  # edgesr's commands return their status; only code it ran (--model) exits
+        if debug:
+            raise
+        print_error(f"code run by --model called sys.exit({e.code!r}) while edgesr was running it; nothing "
+                    "was finished")
+        return 1
     except BrokenPipeError:
         # stdout closed early (e.g. piped into `head`): not an error worth a message.
         import os

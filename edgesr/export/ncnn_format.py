@@ -44,7 +44,15 @@ class Layer:
 
     def get(self, key: int, default: float = 0) -> float:
         v = self.params.get(key)
-        return default if v is None else float(v)
+        if v is None:
+            return default
+        try:
+            return float(v)
+        except ValueError:
+            from ..errors import one_line
+
+            raise ExportError(f"ncnn .param: layer {one_line(self.name[:60])} ({one_line(self.type[:30])}) has "
+                              f"{key}={one_line(v[:40])}, not a number") from None
 
     def line(self) -> str:
         kv = " ".join(f"{k}={v}" for k, v in self.params.items())
@@ -55,19 +63,37 @@ class Layer:
 
 def parse_param(text: str) -> tuple[list[str], list[Layer]]:
     """(header lines, layers) of an ncnn .param text."""
+    from ..errors import one_line
+
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if len(lines) < 2 or lines[0].strip() != "7767517":
         raise ExportError("not an ncnn .param file (magic 7767517 missing)")
+    counts = lines[1].split()
+    n_layers = int(counts[0]) if len(counts) == 2 and all(c.isdigit() for c in counts) else -1
+    # ncnn sizes its layer and blob tables from this line before reading a layer: a count the file
+    # does not back would allocate whatever it declares
+    if n_layers != len(lines) - 2:
+        raise ExportError(f"not a consistent ncnn .param file: its header declares {one_line(lines[1][:60])} "
+                          f"(layer count, blob count) for {len(lines) - 2} layer lines")
     layers = []
-    for ln in lines[2:]:
+    for i, ln in enumerate(lines[2:], 3):
         tok = ln.split()
-        typ, name, nb, nt = tok[0], tok[1], int(tok[2]), int(tok[3])
-        bottoms, tops = tok[4:4 + nb], tok[4 + nb:4 + nb + nt]
-        params = {}
-        for kv in tok[4 + nb + nt:]:
-            k, _, v = kv.partition("=")
-            params[int(k)] = v
+        try:
+            typ, name, nb, nt = tok[0], tok[1], int(tok[2]), int(tok[3])
+            if nb < 0 or nt < 0 or len(tok) < 4 + nb + nt:
+                raise ValueError("fewer blob names than declared")
+            bottoms, tops = tok[4:4 + nb], tok[4 + nb:4 + nb + nt]
+            params = {}
+            for kv in tok[4 + nb + nt:]:
+                k, _, v = kv.partition("=")
+                params[int(k)] = v
+        except (IndexError, ValueError) as e:
+            raise ExportError(f"not a valid ncnn .param file: line {i} ({one_line(ln[:60])}) is not "
+                              f"'type name n_bottom n_top blobs... key=value...' ({one_line(e)})") from None
         layers.append(Layer(typ, name, bottoms, tops, params))
+    if int(counts[1]) > sum(len(la.tops) for la in layers):
+        raise ExportError(f"not a consistent ncnn .param file: its header declares {int(counts[1])} blobs, its "
+                          f"layers produce {sum(len(la.tops) for la in layers)}")
     return lines[:2], layers
 
 
