@@ -36,8 +36,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from .errors import BundleError, one_line, quoted
-from .limits import MAX_MANIFEST_BYTES, load_json_bounded
 from .fsutil import json_safe  # noqa: F401  (re-exported: bundle.json_safe is public)
+from .limits import MAX_MANIFEST_BYTES, load_json_bounded
 from .spec import Spec
 
 MANIFEST_NAME = "manifest.json"

@@ -304,7 +304,7 @@ class _Analysis:
         name = node.name or node.output[0]
         # position-dependent constants (masks, positional encodings) mixed into activations
         if op in ELEMENTWISE or op in ("Expand",):
-            for i, t in zip(node.input, ins):
+            for _i, t in zip(node.input, ins):
                 if t is None or t.kind == "data":
                     continue
                 values = t.values or ((t.value,) if t.value is not None else ())
@@ -339,7 +339,7 @@ class _Analysis:
         if out is None or not out.shapes or not t.shapes and t.value is None:
             return False
         shapes = t.shapes or (np.shape(t.value),) * 3
-        for k, (o, s) in enumerate(zip(out.shapes, shapes)):
+        for _k, (o, s) in enumerate(zip(out.shapes, shapes)):
             for ax in ("H", "W"):
                 p = out.pos.get(ax)
                 if p is None:

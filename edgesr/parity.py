@@ -42,9 +42,18 @@ import numpy as np
 from .divergence import Divergence, first_divergence, matched_tensors
 from .errors import ParityError
 from .heatmap import save_heatmap
-from .parity_samples import (DEFAULT_SIZES, Sample, default_samples, folder_samples, package_samples,  # noqa: F401
-                             random_samples, shared_dir, testset_samples)
+from .parity_samples import (  # noqa: F401
+    DEFAULT_SIZES,
+    Sample,
+    default_samples,
+    folder_samples,
+    package_samples,
+    random_samples,
+    shared_dir,
+    testset_samples,
+)
 from .probe_inputs import random_image
+
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 

@@ -224,9 +224,8 @@ def _openvino_or_int8(path: Path, backend: str, scale, arch, form: str, threads)
         raise CheckpointError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if backend == "ort-int8":
         if path.is_dir():
-            from .bundle import read_manifest
-
             from .backends.ort_runner import OrtRunner
+            from .bundle import read_manifest
 
             manifest = read_manifest(path)
             art = _int8_artifact(manifest, path, backend, INT8_ROLES[backend])
@@ -409,9 +408,8 @@ def open_model(ref: str | Path, *, workdir: str | Path | None = None, scale: int
         src = ModelSource(path, "bundle", man.spec, workdir, manifest=man, _tmp=tmp)
         try:
             art = man.artifact("torch_deploy")
-            from .registry import load_model
-
             from .checkpoint import load_state_dict_bytes
+            from .registry import load_model
 
             sd = load_state_dict_bytes(man.verified_bytes(art), art.file)
             src.module = load_model(sd, arch=man.spec.arch, scale=man.spec.scale).module.eval()

@@ -42,8 +42,19 @@ import numpy as np
 
 from .errors import DatasetError, EdgesrError, ImageError, OutputExists, ScaleMismatch
 from .spec import Spec
-from .tiling import (APPROX_ALIGNMENT, MAX_APPROX_OVERLAP, Tile, TilePlan, TilingMeasurement, activation_bytes,
-                     declared_tiling, fit_size, plan_tiles, run_plan, upscale_array)
+from .tiling import (
+    APPROX_ALIGNMENT,
+    MAX_APPROX_OVERLAP,
+    Tile,
+    TilePlan,
+    TilingMeasurement,
+    activation_bytes,
+    declared_tiling,
+    fit_size,
+    plan_tiles,
+    run_plan,
+    upscale_array,
+)
 
 __all__ = ["Tile", "TilePlan", "plan_tiles", "upscale_array", "upscale_file", "upscale", "plan_jobs",
            "ModelTiling", "default_max_memory", "parse_memory", "parse_tile", "UpscaleResult", "UpscaleFailure"]

@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,11 +75,11 @@ def test_litert_pixelshuffle_and_prelu_are_exact_gpu_forms():
     """litert-torch rewrites PixelShuffle (rank-4 reshapes) and PReLU (relu(x) - a*relu(-x)):
     alone in a model, the .tflite output equals PyTorch bit for bit and nothing exceeds rank 4
     or uses GREATER/SELECT (which the GPU delegate rejects)."""
+    import litert_torch
+
     from edgesr.backends.litert_runner import LiteRtRunner
     from edgesr.export.litert import _nhwc, static_check
     from edgesr.export.mobile import quiet_native
-
-    import litert_torch
 
     torch.manual_seed(0)
     prelu = nn.PReLU(16)

@@ -259,7 +259,7 @@ def _run_zoo(args) -> int:
     import sys
 
     from ..errors import EdgesrError, one_line
-    from ..zoo import counts, run_zoo, summary_rows, SUMMARY_HEADERS
+    from ..zoo import SUMMARY_HEADERS, counts, run_zoo, summary_rows
     from .output import emit_json, print_table
 
     if args.checkpoint or getattr(args, "user_model", None):

@@ -38,8 +38,17 @@ import numpy as np
 from ..errors import BackendUnavailable, ExportError, QuantizationError
 from ..fsutil import atomic_path
 from ..spec import Spec
-from .mobile import MobileExport, calibration_inputs, compare_with_torch, converter_rewrites, judge, \
-    fixed_shape_form, package_version, photo_crops, quiet_native
+from .mobile import (
+    MobileExport,
+    calibration_inputs,
+    compare_with_torch,
+    converter_rewrites,
+    fixed_shape_form,
+    judge,
+    package_version,
+    photo_crops,
+    quiet_native,
+)
 from .mobile_int8 import Int8Options, float_layer_search, prepare_int8
 
 EXTRA = "pip install 'edgesr[tflite]'"

@@ -472,7 +472,7 @@ def plan_rewrites(module, inputs: Sequence[np.ndarray], tol: float = 1e-4) -> Re
         plan.frozen = frozen
     # Which kinds fire, and is the rewritten forward the same?
     kinds = [k for k in KINDS if k != "frozen" or plan.frozen]
-    for attempt in range(len(KINDS) + 1):
+    for _attempt in range(len(KINDS) + 1):
         mode = rewrite_mode(kinds=kinds, frozen=plan.frozen, conv_calls=plan.conv_calls)
         try:
             err = 0.0

@@ -37,7 +37,7 @@ from ..fsutil import atomic_path
 from ..spec import Spec
 from .calibration import CalibrationSource, EvalSet, held_out_eval_set
 from .evaluate import evaluate, make_session
-from .profiles import COMPUTE_OPS, QuantConfig, QuantProfile
+from .profiles import QuantConfig, QuantProfile
 from .sensitivity import Layer, SearchResult, SensitivityRow, quantizable_layers, ranking, search, sensitivity
 
 EQUALIZE_TOL = 1e-4  # max |fp32 equalized - fp32 original| accepted (outputs in [0, 1])

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
 from ..architecture import Architecture, LoadedModel, match_variant, scale_from_channels
 from . import ReparamError, TrainingBlock
@@ -54,7 +54,6 @@ from . import ReparamError, TrainingBlock
 if TYPE_CHECKING:  # pragma: no cover
     from ..spec import Spec
 
-Tensor = torch.Tensor
 PADS = ("official", "none")
 
 

@@ -1243,7 +1243,8 @@ def summary_lines(report: dict) -> list[str]:
                  f"{report['params_before']} -> {report['params_after']}; MACs/output px "
                  f"{_fmt_n(report['macs_per_output_pixel_before'])} -> {_fmt_n(report['macs_per_output_pixel_after'])}; "
                  f"whole model "
-                 f"fp32 max abs {v['max_abs_fp32']:.2e} (fp64 rel {_fmt(v['max_rel_fp64'])}) at {', '.join('x'.join(map(str, s)) for s in v['sizes'])} "
+                 f"fp32 max abs {v['max_abs_fp32']:.2e} (fp64 rel {_fmt(v['max_rel_fp64'])}) at "
+                 f"{', '.join('x'.join(map(str, s)) for s in v['sizes'])} "
                  f"(capture: {report['capture']['method']})")
     return lines
 
