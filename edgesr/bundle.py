@@ -19,6 +19,9 @@ Schema validation uses ``jsonschema`` when it is installed (an optional test dep
 otherwise a small built-in validator walks the same schema file (the keywords it uses:
 type, required, properties, additionalProperties, items, minItems, maxItems, const, enum,
 minimum, minLength, pattern, $ref into $defs), so both give the same one-line messages.
+
+Over 500 lines on purpose: the manifest's reader, integrity checks and schema validation are one
+contract with applications; building the manifest lives in edgesr.manifest.
 """
 
 from __future__ import annotations

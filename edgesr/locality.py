@@ -25,6 +25,9 @@ Shapes and the values of shape arithmetic (Shape -> Gather -> Concat -> Reshape,
 from running the graph with ONNX Runtime at three small sizes (base, taller, wider), which
 also tells which axis of every tensor is H and which is W. The numbers this module gives
 are then *checked* numerically by :mod:`edgesr.tiling` (tiled == untiled on a natural image).
+
+Over 500 lines on purpose: one interval-propagation analysis with a transfer rule per ONNX operator;
+the rules share the propagation state and are read together.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ by `edgesr convert` (holding manifest.json). Two views of the same resolution:
 * `resolve_model` / `resolve_user_model` / `runner_for`: a Runner now (eval, upscale, parity);
 * `open_model`: a `ModelSource` whose artifacts (fp32 ONNX, INT8 graph for a runtime, engines) are
   made on demand and cached (bench), via `edgesr.artifact_cache`.
+
+Over 500 lines on purpose: it is the one seam that turns every kind of MODEL reference into a runner
+or a model source; keeping every kind in one place is the point.
 """
 
 from __future__ import annotations

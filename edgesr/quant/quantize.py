@@ -15,6 +15,9 @@ Pipeline (:func:`quantize_model`):
 6. profile checks (``trt``: every zero point 0, int8 only, no int32 bias), metadata,
    atomic write. Optionally the final model is also scored on a test set (e.g. Set5) for
    reporting only - it never influences a choice.
+
+Over 500 lines on purpose: the quantization pipeline's steps share one session (model, calibration
+data, verdict); the pieces that stand alone already live beside it in edgesr/quant/.
 """
 
 from __future__ import annotations

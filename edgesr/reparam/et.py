@@ -35,6 +35,9 @@ The model is read with ``torch.fx``; anything that is not such a chain is refuse
 a known source (ECBSR deploy, ABPN, Plain, the only_ET ablation) comes out as the
 module class of the official ET checkpoints (same state_dict keys); anything else
 comes out as a generic `ETNet`.
+
+Over 500 lines on purpose: one pass (extract the plain chain, transform, rebuild, self-check) whose
+steps share the chain representation; the family layouts it builds are registered here too.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ A region that fails is left as it was and reported with the reason.
 
 Nothing here looks at names: ECB, RepVGG, Conv3XC, RRRB, SESR and RepRFN blocks collapse
 because they are affine, not because they are recognised.
+
+Over 500 lines on purpose: one pass (capture, classify operators, collapse regions, verify) whose
+stages share the captured graph and region bookkeeping.
 """
 
 from __future__ import annotations
