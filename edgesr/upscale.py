@@ -232,10 +232,14 @@ class ModelTiling:
     def memory_factor(self) -> float:
         from .tiling import LOCAL_MEMORY_FACTOR, NONLOCAL_MEMORY_FACTOR
 
+        if getattr(self.runner, "tiles_itself", False):  # boxes of its own fixed size: a local run
+            return LOCAL_MEMORY_FACTOR
         local = self._measured.locality == "local" if self._measured else bool(self.graph and self.graph.local)
         return LOCAL_MEMORY_FACTOR if local else NONLOCAL_MEMORY_FACTOR
 
     def bytes_per_pixel(self) -> float | None:
+        if getattr(self.runner, "tiles_itself", False):  # a fixed-size .tflite: its activations are a box's
+            return self.runner.whole_image_bytes_per_pixel(self.spec.in_channels, self.spec.out_channels)
         if self._measured and self._measured.activation_bytes_per_pixel:
             return self._measured.activation_bytes_per_pixel
         g = self.graph

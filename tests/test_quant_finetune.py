@@ -108,7 +108,7 @@ def test_quantizer_finetunes_only_over_budget_and_keeps_only_a_gain(etds, tmp_pa
     path, spec = etds
     ev = held_out_eval_set(2, max_side=64)
     common = dict(profile="cpu", finetune_steps=30, max_float_fraction=0.0, **FAST)
-    r = quantize_model(path, tmp_path / "ft.onnx", spec, QuantConfig(psnr_budget=0.0, **common), eval_set=ev)
+    r = quantize_model(path, tmp_path / "ft.onnx", spec, QuantConfig(psnr_budget=0.0, finetune=True, **common), eval_set=ev)
     ft = r.finetune
     assert ft is not None and ft["steps"] == 30 and isinstance(ft["applied"], bool)
     # the all-int8 score the search starts from is the better of the two, never the worse
@@ -123,7 +123,8 @@ def test_quantizer_finetunes_only_over_budget_and_keeps_only_a_gain(etds, tmp_pa
     assert json.loads(meta["edgesr.int8.finetuned"]) == ft["applied"]
     assert r.to_dict()["finetune"] == ft
     # within budget (no budget at all) or switched off: no fine-tuning, the plain PTQ graph
-    plain = quantize_model(path, tmp_path / "plain.onnx", spec, QuantConfig(psnr_budget=None, **common), eval_set=ev)
+    plain = quantize_model(path, tmp_path / "plain.onnx", spec, QuantConfig(psnr_budget=None, finetune=True, **common),
+                           eval_set=ev)
     off = quantize_model(path, tmp_path / "off.onnx", spec, QuantConfig(psnr_budget=0.0, finetune=False, **common),
                          eval_set=ev)
     assert plain.finetune is None and off.finetune is None

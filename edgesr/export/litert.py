@@ -327,7 +327,8 @@ def export_tflite(module, spec: Spec, path: str | Path, *, precision: str = "fp3
     else:
         data = fp32_bytes if fp32_bytes is not None else convert_fp32_bytes(module, spec, hw)
     runner = LiteRtRunner(data, name=f"litert:{precision}")
-    result = MobileExport(files=[path], format="tflite", precision=precision, backend="litert", input_hw=hw,
+    result = MobileExport(files=[path], format="tflite", precision=precision, backend="litert",
+                          input_hw=(int(hw[0]), int(hw[1])),
                           layout="NHWC", io=runner.io(), static_check=static_check(data), details=details,
                           versions=versions())
     if check:

@@ -166,7 +166,7 @@ class QuantConfig:
     gptq: bool = True
     gptq_color_permutations: bool | None = None  # None: on for 7-bit (reduce_range) weights only
     bias_correction: bool = True
-    finetune: bool = True
+    finetune: bool = False  # opt-in: minutes of CPU per model, helped one of three measured cases (docs/int8.md)
     finetune_steps: int = 300
     sensitivity: str = "only"
     max_float_layers: int | None = None
