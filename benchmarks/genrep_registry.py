@@ -8,8 +8,8 @@ RepSR-M4C16, SPAN-48, FMEN, SESR-M5, RepRFN; all x4 except SESR x2) with random 
 checkpoints: the bundled training-form ECBSR-M4C16 x4 and (when ../shared is present) the
 training-form ETDS-M x4. `collapse_linear` runs on the training form with author hooks off;
 its output is compared with `reparameterize()`'s on random inputs in [0, 1] at odd sizes (1x1,
-non-square, borders) in fp32 (clamped to [0, 1] where the deploy form clamps, as ETDS's does). Prints a table (regions, params and MACs per output pixel
-before -> after, fp32 max abs vs hand-written, seconds) and writes
+non-square, borders) in fp32 (clamped to [0, 1] where the deploy form clamps, as ETDS's does).
+Prints a table (regions, params and MACs per output pixel before -> after, fp32 max abs vs hand-written, seconds) and writes
 benchmarks/results/genrep_registry.json with the machine and load.
 """
 

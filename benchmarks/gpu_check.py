@@ -743,7 +743,7 @@ def compile_cell(ctx: Ctx, entry: dict, out_name: str, out_hw: tuple[int, int], 
     row["mpix_per_s"] = megapixels_per_second(out_real, st.median_ms)
     row["speedup_vs_eager"] = st_eager.median_ms / st.median_ms if st.median_ms > 0 else None
     ctx.emit.row(item, row)
-    del compiled, module, eager
+    compiled = module = eager = None  # free the GPU copies before the next model
     torch._dynamo.reset()
     ctx.empty_cache()
 

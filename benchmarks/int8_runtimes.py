@@ -177,7 +177,7 @@ def etds_repo(args) -> int:
     """`convert --int8 --openvino` then `bench -b ort ort-int8 openvino openvino-int8` for each ETDS-repo
     checkpoint matching --etds-repo (a glob under checkpoints/etds-repo): is INT8 faster than fp32 in
     both runtimes? Writes benchmarks/results/int8_etds_repo.json."""
-    from edgesr.bench import machine_info, open_model, prepare_backend, time_interleaved, TimingPolicy
+    from edgesr.bench import TimingPolicy, machine_info, open_model, prepare_backend, time_interleaved
     from edgesr.cli.output import format_table
     from edgesr.fsutil import atomic_write_json
     from edgesr.pipeline import ConvertOptions, convert
@@ -254,8 +254,8 @@ def main(argv=None) -> int:
     import logging
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    from edgesr.bench import machine_info
     from edgesr.backends.openvino_runner import openvino_version
+    from edgesr.bench import machine_info
     from edgesr.cli.output import format_table
     from edgesr.fsutil import atomic_write_json
     from edgesr.quant import testset_eval_set

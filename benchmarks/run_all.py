@@ -657,13 +657,13 @@ def readme(run: Run, info: dict, roofs: dict | None, models: dict, comp: dict, s
               f"{roofs['memory']['bandwidth_gbs']} GB/s ({roofs['memory']['from']}, read+write)"]
     L += ["", "## Targets", "", "| target | goal | measured (median ratio) | per-round p10-p90 | status |",
           "|---|---|---|---|---|"]
-    for k, t in tg.items():
+    for t in tg.values():
         sp = t.get("spread_p10_p90") or [None, None]
         st = t["status"] + (f", short by {t['short_by']}" if t.get("short_by") else "")
         L.append(f"| {t['what']} | >= {t['target']}x | {_f(t.get('measured'))}x | {_f(sp[0])} - {_f(sp[1])} | {st} |")
     L += ["", "Targets are judged on library-default threads and the product INT8 graph (0.1 dB budget). "
           "The same interleaved runs under other conditions:", ""]
-    for k, t in tg.items():
+    for t in tg.values():
         for cond, r in (t.get("other_conditions") or {}).items():
             L.append(f"- {t['what']}, {cond}: {_ratio(r)}")
     L += ["", "Why a target is missed, from the ORT profiles below: see docs/benchmarks.md.", ""]
@@ -920,7 +920,7 @@ def main(argv=None) -> int:
     atomic_write_text(out / "README.md", readme(run, info, roofs, models, comp, settings, res, profs, reparam, gpu,
                                                 tg, made, total, _load()))
     print(f"done in {total / 60:.1f} min; results in {out}")
-    for k, t in tg.items():
+    for _k, t in tg.items():
         print(f"  {t['what']}: {t['status']} ({_f(t.get('measured'))}x, target {t['target']}x)")
     failed = [p for p in run.phases if "error" in p]
     return 1 if failed else 0

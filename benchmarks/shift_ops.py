@@ -5,8 +5,8 @@
 For each case (SCNet Shift8 on 64 channels, ELAN shift on 120 channels, a GhostSR-style single
 shift on 32 channels) and each form ("slice", "roll", "conv", "index"), a tiny graph is exported
 - the shift alone, and the shift between two 1x1 convs as the SCNet/ELAN blocks use it - and
-simplified with onnxslim (as edgesr.export does), timed with ONNX Runtime (CPU, all graph optimizations), interleaved so machine noise hits all
-forms alike. Writes benchmarks/results/shift_ops.json and shift_ops.md.
+simplified with onnxslim (as edgesr.export does), timed with ONNX Runtime (CPU, all graph
+optimizations), interleaved so machine noise hits all forms alike. Writes benchmarks/results/shift_ops.json and shift_ops.md.
 """
 
 from __future__ import annotations

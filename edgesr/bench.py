@@ -11,25 +11,44 @@ in `edgesr.machine`, ONNX Runtime profiling in `edgesr.backends.ort_profile`, ca
 from __future__ import annotations
 
 import math
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .artifact_cache import (  # noqa: F401
+    DEFAULT_INT8,
+    cached_int8,
+    cached_onnx_export,
+    int8_available,
+    int8_record,
+    onnx_is_quantized,
+)
 from .backends.ort_profile import optimized_ops, profile_ort, summarize_ort_profile
 from .backends.ort_runner import SessionRunner
 from .backends.ort_session import ort_session
 from .backends.torch_cuda import TORCH_PRECISIONS, TorchCudaRunner
 from .machine import load_warning, machine_info
-from .artifact_cache import (DEFAULT_INT8, cached_int8, cached_onnx_export, int8_available,  # noqa: F401
-                             int8_record, onnx_is_quantized)
 from .resolve import INT8_PROFILE_OF, INT8_ROLES, ModelSource, _unavailable, open_model  # noqa: F401
-from .timing import (CV_WARN, CudaCalls, HostCalls, TimingPolicy, TimingStats, cuda_status, fp32_math,
-                     interleaved_order, megapixels_per_second, ratio_summary, stats_from_samples, time_callable,
-                     time_cuda_copies, time_cuda_events, time_interleaved)
-
+from .timing import (
+    CV_WARN,
+    CudaCalls,
+    HostCalls,
+    TimingPolicy,
+    TimingStats,
+    cuda_status,
+    fp32_math,
+    interleaved_order,
+    megapixels_per_second,
+    ratio_summary,
+    stats_from_samples,
+    time_callable,
+    time_cuda_copies,
+    time_cuda_events,
+    time_interleaved,
+)
 
 # =========================================================================== workloads
 

@@ -19,6 +19,9 @@ Schema validation uses ``jsonschema`` when it is installed (an optional test dep
 otherwise a small built-in validator walks the same schema file (the keywords it uses:
 type, required, properties, additionalProperties, items, minItems, maxItems, const, enum,
 minimum, minLength, pattern, $ref into $defs), so both give the same one-line messages.
+
+Over 500 lines on purpose: the manifest's reader, integrity checks and schema validation are one
+contract with applications; building the manifest lives in edgesr.manifest.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from .errors import BundleError, one_line, quoted
-from .limits import MAX_MANIFEST_BYTES, load_json_bounded, max_artifact_bytes
 from .fsutil import json_safe  # noqa: F401  (re-exported: bundle.json_safe is public)
+from .limits import MAX_MANIFEST_BYTES, load_json_bounded, max_artifact_bytes
 from .spec import Spec
 
 MANIFEST_NAME = "manifest.json"

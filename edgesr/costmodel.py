@@ -248,6 +248,7 @@ def measure_stream_copy(threads: int | None = None, mbytes: int = 256, seconds: 
         torch.set_num_threads(threads)
     pol = TimingPolicy(warmup_seconds=0.1, min_runs=3, min_seconds=seconds, max_runs=100)
     rows = []
+    a = b = None
     try:
         a, b = torch.ones(n), torch.empty(n)
         an, bn = a.numpy(), b.numpy()
@@ -257,7 +258,7 @@ def measure_stream_copy(threads: int | None = None, mbytes: int = 256, seconds: 
                          "best_gbs": round(2 * 4 * n / (st.min_ms / 1e3) / 1e9, 2)})
     finally:
         torch.set_num_threads(old)
-        del a, b
+        a = b = None  # free the buffers (the closures above are done with them)
     best = max(rows, key=lambda r: r["best_gbs"])
     return {"bandwidth_gbs": best["best_gbs"], "from": f"{best['lib']} (fastest run)",
             "median_gbs": max(r["gbs"] for r in rows), "buffer_mb": mbytes, "rows": rows}

@@ -16,6 +16,9 @@ Writing (:func:`write_image`) picks PNG / JPEG / WebP from the extension, 8- or 
 PNG, grey or RGB, with or without alpha, atomically (temp file + rename). Quantization is
 ``floor(clip(x, 0, 1) * (2**bits - 1) + 0.5)``: round half *up*, as MATLAB's
 ``uint8(x * 255)`` does for non-negative values (``np.round`` would round half to even).
+
+Over 500 lines on purpose: every image mode, bit depth and the streaming PNG writer must round-trip
+through one representation (codes + mode); reading and writing are kept together for that.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ Shapes and the values of shape arithmetic (Shape -> Gather -> Concat -> Reshape,
 from running the graph with ONNX Runtime at three small sizes (base, taller, wider), which
 also tells which axis of every tensor is H and which is W. The numbers this module gives
 are then *checked* numerically by :mod:`edgesr.tiling` (tiled == untiled on a natural image).
+
+Over 500 lines on purpose: one interval-propagation analysis with a transfer rule per ONNX operator;
+the rules share the propagation state and are read together.
 """
 
 from __future__ import annotations
@@ -309,7 +312,7 @@ class _Analysis:
         name = node.name or node.output[0]
         # position-dependent constants (masks, positional encodings) mixed into activations
         if op in ELEMENTWISE or op in ("Expand",):
-            for i, t in zip(node.input, ins):
+            for _i, t in zip(node.input, ins):
                 if t is None or t.kind == "data":
                     continue
                 values = t.values or ((t.value,) if t.value is not None else ())
@@ -344,7 +347,7 @@ class _Analysis:
         if out is None or not out.shapes or not t.shapes and t.value is None:
             return False
         shapes = t.shapes or (np.shape(t.value),) * 3
-        for k, (o, s) in enumerate(zip(out.shapes, shapes)):
+        for _k, (o, s) in enumerate(zip(out.shapes, shapes)):
             for ax in ("H", "W"):
                 p = out.pos.get(ax)
                 if p is None:

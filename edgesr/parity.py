@@ -23,12 +23,17 @@ against the first (the reference).
 * A failing comparison gets a heatmap (``heatmap_dir``) and, when both sides can be seen
   as ONNX graphs, the first diverging node (:func:`first_divergence`, a k-ary search over
   the test graph's topological order that exposes a few tensors per round).
+
+The inputs live in `edgesr.parity_samples`, the graph search in `edgesr.divergence`, the heatmap
+in `edgesr.heatmap`; this module compares and judges, and re-exports their names.
+
+Over 500 lines on purpose: comparison and judging; inputs, graph divergence and heatmaps already
+live in their own modules.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
@@ -37,10 +42,21 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import DatasetError, ParityError
+from .divergence import Divergence, first_divergence, matched_tensors
+from .errors import ParityError
+from .heatmap import save_heatmap
+from .parity_samples import (  # noqa: F401
+    DEFAULT_SIZES,
+    Sample,
+    default_samples,
+    folder_samples,
+    package_samples,
+    random_samples,
+    shared_dir,
+    testset_samples,
+)
 from .probe_inputs import random_image
 
-DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((17, 23), (32, 32), (31, 100))
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
@@ -86,89 +102,6 @@ DIVERGENCE_RTOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 0.1, "int8": 0.1}
 
 # ---- inputs ----------------------------------------------------------------------------------
 
-@dataclass
-class Sample:
-    name: str
-    lr: np.ndarray  # 1xCxHxW float32
-    hr: np.ndarray | None = None  # HxWxC float32 in [0, 1], exactly LR size * scale
-    kind: str = "image"  # "image" | "random"
-
-
-def shared_dir() -> Path | None:
-    """``$EDGESR_SHARED`` or ``../shared`` beside the checkout, if it exists."""
-    env = os.environ.get("EDGESR_SHARED")
-    p = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
-    return p if p.is_dir() else None
-
-
-def random_samples(sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES, channels: int = 3, seed: int = 0,
-                   kind: str = "smooth") -> list[Sample]:
-    return [Sample(f"random:{h}x{w}", random_image((1, channels, h, w), seed + i, kind), None, "random")
-            for i, (h, w) in enumerate(sizes)]
-
-
-def testset_samples(root: str | Path, scale: int, limit: int | None = None) -> list[Sample]:
-    """LR/HR pairs of a test set laid out as DIR/HR + DIR/LR_bicubic/X<s> (see edgesr.datasets)."""
-    from .datasets import load_pair, load_testset
-
-    out = []
-    for pair in load_testset(root, scale)[:limit]:
-        lr, hr = load_pair(pair, scale)
-        out.append(Sample(pair.name, _nchw(lr), hr))
-    return out
-
-
-def folder_samples(folder: str | Path, scale: int, limit: int | None = None) -> list[Sample]:
-    """A test-set folder (HR/ + LR_bicubic/) with ground truth, else every image in it as LR only."""
-    from .imaging import list_images, read_image
-
-    d = Path(folder)
-    if (d / "HR").is_dir() and (d / "LR_bicubic").is_dir():
-        return testset_samples(d, scale, limit)
-    paths = list_images(d) if d.is_dir() else []
-    if not paths:
-        raise DatasetError(f"{d}: no images to compare on")
-    return [Sample(p.stem, _nchw(read_image(p).rgb)) for p in paths[:limit]]
-
-
-def package_samples(scale: int, limit: int = 3, hr_size: int = 48) -> list[Sample]:
-    """Center crops (hr_size*scale square) of the bundled sample photos + MATLAB-bicubic LR."""
-    from .imaging import read_image
-    from .resize import imresize
-    from .sample_images import sample_images
-
-    out = []
-    for p in sample_images()[:limit]:
-        rgb = read_image(p).rgb
-        side = min(hr_size * scale, (min(rgb.shape[:2]) // scale) * scale)
-        top, left = (rgb.shape[0] - side) // 2, (rgb.shape[1] - side) // 2
-        hr = np.ascontiguousarray(rgb[top:top + side, left:left + side])
-        lr = np.clip(imresize(hr, 1.0 / scale), 0.0, 1.0).astype(np.float32)
-        out.append(Sample(f"sample:{p.stem}", _nchw(lr), hr))
-    return out
-
-
-def default_samples(scale: int, sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES, channels: int = 3,
-                    limit: int | None = None, random_kind: str = "smooth") -> list[Sample]:
-    """Set5 (from ../shared) or the package sample images, plus random images of `sizes`."""
-    images: list[Sample] = []
-    if channels == 3:
-        root = shared_dir()
-        set5 = root / "testsets" / "Set5" if root else None
-        if set5 is not None and (set5 / "LR_bicubic" / f"X{scale}").is_dir():
-            images = testset_samples(set5, scale, limit)
-        else:
-            try:
-                images = package_samples(scale, limit or 3)
-            except DatasetError:
-                images = []
-    return images + random_samples(sizes, channels, kind=random_kind)
-
-
-def _nchw(rgb: np.ndarray) -> np.ndarray:
-    a = rgb if rgb.ndim == 3 else rgb[..., None]
-    return np.ascontiguousarray(a.transpose(2, 0, 1)[None], dtype=np.float32)
-
 
 # ---- results ---------------------------------------------------------------------------------
 
@@ -186,19 +119,6 @@ class SampleStats:
     test_psnr_gt: float | None = None
     ref_ssim_gt: float | None = None
     test_ssim_gt: float | None = None
-
-
-@dataclass
-class Divergence:
-    node: str
-    op_type: str
-    tensor: str
-    max_abs: float
-    rel: float  # max_abs / max |reference tensor|
-    sample: str
-    rounds: int
-    probed: int  # tensors exposed in total
-    candidates: int  # tensors both graphs share
 
 
 @dataclass
@@ -576,167 +496,7 @@ def localize_divergence(ref_runner, test_runner, x: np.ndarray, precision: str =
                                 sample=sample)
 
 
-def matched_tensors(ref_model, test_model) -> list[tuple[str, str]]:
-    """(test tensor, reference tensor) pairs in the test graph's topological order.
-
-    Names match directly when one model derives from the other (simplified / fp16 / int8 of
-    the same export); a QDQ model's ``DequantizeLinear(QuantizeLinear(X))`` output maps to X.
-    """
-    from .export import graph as G
-
-    ref_types = G.tensor_types(ref_model)
-    ref_acts = set(G.activation_names(ref_model, ref_types))
-    test_types = G.tensor_types(test_model)
-    prod = G.producers(test_model)
-    ref_shapes, test_shapes = G.static_dims(ref_model), G.static_dims(test_model)
-    # QDQ: X -> QuantizeLinear -> DequantizeLinear -> dq. Compare dq with the reference's X:
-    # X itself may differ on purpose (quantizers fold a following ReLU into the Q clamp).
-    dq_of = {}
-    for node in test_model.graph.node:
-        if node.op_type == "DequantizeLinear":
-            q = prod.get(node.input[0])
-            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in ref_acts:
-                dq_of.setdefault(q.input[0], node.output[0])
-    pairs, seen = [], set()
-    for t in G.activation_names(test_model, test_types):
-        node = prod.get(t)
-        r = None
-        if t in ref_acts and t not in dq_of:
-            r = t
-        elif node is not None and node.op_type == "DequantizeLinear":
-            q = prod.get(node.input[0])
-            if q is not None and q.op_type == "QuantizeLinear" and dq_of.get(q.input[0]) == t:
-                r = q.input[0]
-        if r is not None and not _compatible(ref_shapes.get(r), test_shapes.get(t)):
-            r = None  # same name, different tensor (graphs not derived from one another)
-        if r is not None and r not in seen:
-            seen.add(r)
-            pairs.append((t, r))
-    return pairs
-
-
-def _origin(prod: dict, tensor: str):
-    """The node that computes `tensor`, looking through QuantizeLinear/DequantizeLinear pairs."""
-    node = prod.get(tensor)
-    for _ in range(4):
-        if node is None or node.op_type not in ("DequantizeLinear", "QuantizeLinear"):
-            break
-        nxt = prod.get(node.input[0])
-        if nxt is None:
-            break
-        node = nxt
-    return node
-
-
-def _compatible(a: tuple | None, b: tuple | None) -> bool:
-    if a is None or b is None:
-        return True
-    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
-
-
-def first_divergence(ref_model, test_model, x: np.ndarray, *, rtol: float = 1e-4, atol: float = 1e-6,
-                     probe: int = 4, sample: str = "") -> Divergence | None:
-    """First tensor (in the test graph's topological order) whose value differs from the
-    reference's by more than ``atol + rtol * max|reference|`` on input `x`.
-
-    A k-ary search: each round exposes at most `probe` tensors on copies of both models,
-    assuming that once a tensor diverges, what is computed from it diverges too. Both run
-    with ORT "basic" optimizations, so QDQ graphs are evaluated as defined (float math on
-    dequantized values), not through fused integer kernels. Returns None when no shared
-    tensor diverges.
-    """
-    from .export import graph as G
-
-    ref_m, test_m = G.load(ref_model), G.load(test_model)
-    pairs = matched_tensors(ref_m, test_m)
-    if not pairs:
-        raise ParityError("the two graphs share no tensor names (not exported from one another); "
-                          "cannot localise the divergence")
-    ref_types, test_types = G.tensor_types(ref_m), G.tensor_types(test_m)
-    prod = G.producers(test_m)
-    cache: dict[int, tuple[bool, float, float]] = {}
-
-    def evaluate(idx: list[int]) -> None:
-        idx = [i for i in idx if i not in cache]
-        if not idx:
-            return
-        tv = G.run_tensors(test_m, [pairs[i][0] for i in idx], [x], test_types)[0]
-        rv = G.run_tensors(ref_m, [pairs[i][1] for i in idx], [x], ref_types)[0]
-        for i in idx:
-            a, b = rv[pairs[i][1]].astype(np.float64), tv[pairs[i][0]].astype(np.float64)
-            if a.shape != b.shape:
-                cache[i] = (True, math.inf, math.inf)
-                continue
-            err = float(np.max(np.abs(a - b))) if a.size else 0.0
-            peak = float(np.max(np.abs(a))) if a.size else 0.0
-            bad = not err <= atol + rtol * peak
-            cache[i] = (bad, err, err / peak if peak > 0 else math.inf)
-
-    rounds = [0]
-
-    def counted(idx: list[int]) -> None:
-        rounds[0] += 1
-        evaluate(idx)
-
-    hi = _search(0, len(pairs), counted, cache, probe)
-    if hi is None:
-        return None
-    t, r = pairs[hi]
-    node = _origin(prod, t)
-    _, err, rel = cache[hi]
-    return Divergence(node=node.name if node is not None else t, op_type=node.op_type if node is not None else "",
-                      tensor=t, max_abs=err, rel=rel, sample=sample, rounds=rounds[0], probed=len(cache),
-                      candidates=len(pairs))
-
-
-def _search(lo: int, hi: int, evaluate, cache, probe: int) -> int | None:
-    """Smallest diverging index in [lo, hi) (None if all agree), probing a few at a time."""
-    found = None
-    while lo < hi:
-        span = hi - lo
-        k = min(probe, span)
-        idx = sorted({lo + (span * j) // k for j in range(k)})
-        evaluate(idx)
-        bad = [i for i in idx if cache[i][0]]
-        if bad:
-            found = bad[0]
-            good_below = [i for i in idx if i < found]
-            lo = (max(good_below) + 1) if good_below else lo
-            hi = found
-        else:
-            lo = max(idx) + 1
-    return found
-
-
 # ---- heatmap -----------------------------------------------------------------------------------
-
-def save_heatmap(ref: np.ndarray, out: np.ndarray, path: str | Path, title: str = "", min_side: int = 256) -> Path:
-    """PNG of |ref - out| (mean over channels, first batch item), nearest-upscaled so the short
-    side is at least `min_side` pixels, with a colour bar."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    from .fsutil import atomic_path
-
-    d = np.abs(ref.astype(np.float64) - out.astype(np.float64))[0].mean(axis=0)
-    f = max(1, math.ceil(min_side / max(1, min(d.shape))))
-    big = np.repeat(np.repeat(d, f, axis=0), f, axis=1)
-    h, w = big.shape
-    fig = Figure(figsize=(min(12.0, 2.0 + w / 100), min(12.0, 1.0 + h / 100)), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(big, cmap="magma", interpolation="nearest", vmin=0.0, vmax=float(d.max()) or 1.0)
-    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    cb.set_label("|difference|, mean over channels")
-    ax.set_title((title + "\n" if title else "") + f"max {d.max():.3g}, mean {d.mean():.3g}"
-                 + (f", upscaled x{f}" if f > 1 else ""), fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    return path
 
 
 __all__ = [

@@ -23,8 +23,8 @@ from .backends.base import BaseRunner
 from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .manifest import artifact_entry, build_manifest, int8_manifest, source_info, state_fixed_shape  # noqa: F401
 from .probe_inputs import verification_inputs
-from .report import render_report_md
 from .publish import STAGING_PREFIX, check_outdir, discard_staging, make_staging, publish  # noqa: F401
+from .report import render_report_md
 from .spec import Spec
 
 BUNDLED_CHECKPOINT = Path(__file__).parent / "assets" / "ecbsr_m4c16_x4_bundled.safetensors"
@@ -291,7 +291,8 @@ def _load_user_model(ckpt: Path, opts: ConvertOptions, done) -> tuple:
               "user_model": um.report(), "conventions": conv.to_dict(), "reparameterization": rep}
     hooks = "; ".join(f"{', '.join(h['called'])}: {'applied' if h['applied'] else h.get('reason')}"
                       for h in rep["hooks"]) or "no author hooks"
-    done("reparameterize", f"{hooks}; generic: {'applied' if (rep['generic'] or {}).get('applied') else (rep['generic'] or {}).get('reason')}")
+    generic = rep["generic"] or {}
+    done("reparameterize", f"{hooks}; generic: {'applied' if generic.get('applied') else generic.get('reason')}")
     return (um.module if rep["changed"] else None), deploy, spec, inputs, report
 
 

@@ -14,8 +14,19 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .architecture import (FORMS, Architecture, Hyper, LoadedModel, Variant, _clip_list,  # noqa: F401
-                           count_3x3_convs, count_indexed, has_all, match_variant, scale_from_channels)
+from .architecture import (  # noqa: F401
+    FORMS,
+    Architecture,
+    Hyper,
+    LoadedModel,
+    Variant,
+    _clip_list,
+    count_3x3_convs,
+    count_indexed,
+    has_all,
+    match_variant,
+    scale_from_channels,
+)
 from .checkpoint import StateDict, load_state_dict
 from .errors import EdgesrError, KeyMismatch, ScaleMismatch, UnknownArchitecture
 from .spec import Spec

@@ -8,6 +8,9 @@ by `edgesr convert` (holding manifest.json). Two views of the same resolution:
 * `resolve_model` / `resolve_user_model` / `runner_for`: a Runner now (eval, upscale, parity);
 * `open_model`: a `ModelSource` whose artifacts (fp32 ONNX, INT8 graph for a runtime, engines) are
   made on demand and cached (bench), via `edgesr.artifact_cache`.
+
+Over 500 lines on purpose: it is the one seam that turns every kind of MODEL reference into a runner
+or a model source; keeping every kind in one place is the point.
 """
 
 from __future__ import annotations
@@ -224,9 +227,8 @@ def _openvino_or_int8(path: Path, backend: str, scale, arch, form: str, threads)
         raise CheckpointError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if backend == "ort-int8":
         if path.is_dir():
-            from .bundle import read_manifest
-
             from .backends.ort_runner import OrtRunner
+            from .bundle import read_manifest
 
             manifest = read_manifest(path)
             art = _int8_artifact(manifest, path, backend, INT8_ROLES[backend])
@@ -432,9 +434,8 @@ def open_model(ref: str | Path, *, workdir: str | Path | None = None, scale: int
         src = ModelSource(path, "bundle", man.spec, workdir, manifest=man, _tmp=tmp)
         try:
             art = man.artifact("torch_deploy")
-            from .registry import load_model
-
             from .checkpoint import load_state_dict_bytes
+            from .registry import load_model
 
             sd = load_state_dict_bytes(man.verified_bytes(art), art.file)
             src.module = load_model(sd, arch=man.spec.arch, scale=man.spec.scale).module.eval()

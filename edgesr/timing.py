@@ -31,7 +31,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-
 CV_WARN = 0.10  # coefficient of variation above which a measurement is flagged noisy
 
 

@@ -24,6 +24,9 @@ bit-identical to resizing the whole plane) and clipped to [0, 1]. JPEG output of
 with alpha is refused. Existing outputs are never replaced without ``force``; every file is
 written through a locked temp file and renamed, and temp files a killed run left behind
 for the same output name are removed on the next run.
+
+Over 500 lines on purpose: memory planning, tile planning and the streaming writer of one upscale
+share their state (budget, tile, rows in flight); the tiling rule itself is edgesr.tiling.
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ def cuda_calls_on_cpu() -> Iterator[list[int]]:
             if original is None:
                 delattr(cls, "cuda")  # it was inherited (torch._C.TensorBase.cuda)
             else:
-                setattr(cls, "cuda", original)
+                cls.cuda = original
 
 
 def load_weights(net, weights: str | Path, key: str | None = None, strict: bool = True) -> LoadReport:

@@ -304,6 +304,8 @@ def quick_check(entry: ZooEntry, workdir: Path, *, int8: bool = False) -> dict[s
     """The CI-sized check of one entry, in this process: load, conventions (quick), verified deploy
     hooks, ONNX export (dynamic or stated fixed), ORT vs the author's module on Set5 LR crops +
     one odd random size (max abs), and optionally the INT8 `trt` QDQ graph. Raises EdgesrError."""
+    from dataclasses import replace
+
     import numpy as np
 
     from .backends.ort_runner import OrtRunner
@@ -311,8 +313,6 @@ def quick_check(entry: ZooEntry, workdir: Path, *, int8: bool = False) -> dict[s
     from .parity import default_samples, random_samples
     from .reparam.author_hooks import deploy_form
     from .usermodel import load_user_model
-
-    from dataclasses import replace
 
     um = load_user_model(entry.weights, entry.code, entry.kwargs, strict=entry.strict, key=entry.key,
                          extra_paths=tuple(entry.paths), scale=entry.scale, quick=True)

@@ -24,7 +24,6 @@ sys.path.insert(0, str(HERE))
 from test_hardening import PEAK_RSS_BOUND, run_child_measured  # noqa: E402
 from test_hostile_inputs import CASES, Corpus, problems, run_in_process  # noqa: E402
 
-
 NOTES = """## Rules behind the round-two cases
 
 - **Outputs (`convert -o`, `--force`).** `--force` replaces only a bundle edgesr wrote: a real

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from edgesr import bundle
-from edgesr.bundle import (json_safe, manifest_extras, read_manifest, recommended_tiling, validate,
-                           write_manifest)
+from edgesr.bundle import json_safe, manifest_extras, read_manifest, recommended_tiling, validate, write_manifest
 from edgesr.cli import main
 from edgesr.errors import BundleError
 from edgesr.registry import build_variant

@@ -9,8 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from edgesr.checkpoint import (PREFIXES, WRAPPER_KEYS, load_state_dict, sniff_format, unwrap_state_dict,
-                               validate_tensors)
+from edgesr.checkpoint import PREFIXES, WRAPPER_KEYS, load_state_dict, sniff_format, unwrap_state_dict, validate_tensors
 from edgesr.errors import CheckpointError, EdgesrError, InvalidWeights, UnsafeCheckpoint
 from edgesr.registry import build_variant, load_model
 

@@ -19,8 +19,16 @@ from edgesr.archs.plain import ETDSOnlyET, Plain
 from edgesr.errors import EdgesrError
 from edgesr.registry import build_variant, can_equivalent_transform, et_target
 from edgesr.reparam import ReparamError, reparameterize
-from edgesr.reparam.et import (ETNet, NotTransformable, carried_extra, equivalent_transform,
-                               equivalent_transform_loaded, extract_chain, original_width, padded_out)
+from edgesr.reparam.et import (
+    ETNet,
+    NotTransformable,
+    carried_extra,
+    equivalent_transform,
+    equivalent_transform_loaded,
+    extract_chain,
+    original_width,
+    padded_out,
+)
 from edgesr.spec import Spec
 
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from edgesr.errors import ExportError
-from edgesr.parity import random_image
 from edgesr.export import export_onnx, read_metadata
+from edgesr.parity import random_image
 from edgesr.registry import architectures, build_variant, get_variant, load_model
 from edgesr.reparam import reparameterize
 from edgesr.spec import Spec

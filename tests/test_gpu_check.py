@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from edgesr.fsutil import sha256_file
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"

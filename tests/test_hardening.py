@@ -240,8 +240,9 @@ def test_normal_runs_unaffected_by_watchdog(tmp_path):
 def test_artifact_swapped_after_its_check_is_not_used(tmp_path, monkeypatch, backend):
     """Swap the model file for another valid one (all-zero weights: a black picture) right
     after read_manifest verified it: the run must refuse (sha256), not write a black image."""
-    import edgesr.bundle as bundle
     from safetensors.torch import load_file
+
+    import edgesr.bundle as bundle
 
     corpus = Corpus(tmp_path / "c")
     b = corpus.abs(corpus.bundle("b"))
@@ -276,9 +277,10 @@ def test_artifact_swapped_after_its_check_is_not_used(tmp_path, monkeypatch, bac
     cwd = os.getcwd()
     os.chdir(corpus.root)
     try:
-        from edgesr.cli import main
         import contextlib
         import io
+
+        from edgesr.cli import main
 
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):

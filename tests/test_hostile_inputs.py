@@ -647,7 +647,7 @@ def _bundle_with_foreign(c: Corpus) -> str:
 
 
 def _symlink_to_bundle(c: Corpus) -> str:
-    b = c.bundle("out_link/real")
+    c.bundle("out_link/real")
     os.symlink("real", c.abs("out_link/link"))
     return "out_link/link"
 

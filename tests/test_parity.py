@@ -13,9 +13,20 @@ from edgesr.backends.ort_runner import OrtRunner
 from edgesr.backends.torch_runner import TorchRunner
 from edgesr.errors import ParityError
 from edgesr.export import export_onnx
-from edgesr.parity import (PRESETS, ParityReport, Sample, Tolerance, check_parity, default_samples,
-                           first_divergence, matched_tensors, package_samples, random_image, random_samples,
-                           runner_precision, sample_stats)
+from edgesr.parity import (
+    PRESETS,
+    ParityReport,
+    Tolerance,
+    check_parity,
+    default_samples,
+    first_divergence,
+    matched_tensors,
+    package_samples,
+    random_image,
+    random_samples,
+    runner_precision,
+    sample_stats,
+)
 from edgesr.registry import architectures, build_variant, get_variant, load_model
 from edgesr.reparam import reparameterize
 

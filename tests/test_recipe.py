@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import REPO
+
 from edgesr.cli import main
 from edgesr.recipe import RecipeError, expand_recipes, recipe_argv
 

@@ -169,7 +169,7 @@ def test_etds_dual_stream(colors, extra, backbone, scale, num_block, add, advanc
     model = ETDS(colors, scale, num_block, fr + backbone, fr, add_residual=add, advanced_residual=advanced).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # perturb the identity-initialised model; keep outputs mostly inside [0, 1]
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
         model.conv_last.weight.mul_(0.2)
     deploy = reparam_checked(model)

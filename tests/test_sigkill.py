@@ -30,10 +30,10 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor

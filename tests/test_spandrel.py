@@ -15,8 +15,8 @@ import torch
 spandrel = pytest.importorskip("spandrel")
 
 from spandrel.architectures.Compact import Compact  # noqa: E402
-from spandrel.architectures.PLKSR import PLKSR, RealPLKSR  # noqa: E402
 from spandrel.architectures.OmniSR import OmniSR  # noqa: E402
+from spandrel.architectures.PLKSR import PLKSR, RealPLKSR  # noqa: E402
 from spandrel.architectures.SAFMN import SAFMN  # noqa: E402
 from spandrel.architectures.SPAN import SPAN  # noqa: E402
 from spandrel.architectures.SwinIR import SwinIR  # noqa: E402

@@ -93,7 +93,7 @@ def test_factory_function_and_weights_key(weights, wrapped_weights):
 
 
 def test_errors_name_what_broke(weights, tmp_path):
-    from edgesr.usermodel import build_user_module, ModelRef
+    from edgesr.usermodel import ModelRef, build_user_module
 
     before = {n: m for n, m in sys.modules.items() if n == "models" or n.startswith("models.")}
     with pytest.raises(MissingDependency) as e:

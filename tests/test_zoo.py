@@ -187,7 +187,7 @@ def test_convert_zoo_cli_summary(shared_dir, zoo, tmp_path, capsys, monkeypatch)
 def test_range_finding_is_judged_and_stated():
     """An index entry whose test script's range is contradicted by evidence (2022 team 08): the
     range that must be found is the finding's; the summary says so with the evidence."""
-    from edgesr.zoo import ZooEntry, judge, write_summary
+    from edgesr.zoo import ZooEntry, judge
 
     entry = ZooEntry(name="t", code="x.py:N", weights=Path("w.pth"), input_range=1.0, range_finding=255.0,
                      range_evidence="below bicubic at 1")

@@ -4,9 +4,31 @@
 ties. Families import `edgesr.architecture`, never the registry.
 """
 
-from . import ecbsr, etds, fmen, reprfn, repsr, rlfn, sesr, span
-from . import abpn, espcn, et_forms, fsrcnn, plain  # ETDS-repo families
-from . import elan, ghostsr, igconv, omnisr, rdbesa, recurrent, safmn, scnet, shufflemixer, swinir  # coverage
+from . import (  # ETDS-repo families  # coverage
+    abpn,
+    ecbsr,
+    elan,
+    espcn,
+    et_forms,
+    etds,
+    fmen,
+    fsrcnn,
+    ghostsr,
+    igconv,
+    omnisr,
+    plain,
+    rdbesa,
+    recurrent,
+    reprfn,
+    repsr,
+    rlfn,
+    safmn,
+    scnet,
+    sesr,
+    shufflemixer,
+    span,
+    swinir,
+)
 
 ARCHITECTURES = (
     ecbsr.ARCH, etds.ARCH, fmen.ARCH, rlfn.ARCH, reprfn.ARCH, repsr.ARCH, sesr.ARCH, span.ARCH,

@@ -18,8 +18,15 @@ from torch import nn
 
 from ..architecture import Architecture, Variant, scale_from_channels
 from ..reparam import TrainingBlock
-from ..reparam.et import (ETLayout, carried_extra, equivalent_transform, original_width, padded_out,
-                          register_et_layout, scale_from_et_channels)
+from ..reparam.et import (
+    ETLayout,
+    carried_extra,
+    equivalent_transform,
+    original_width,
+    padded_out,
+    register_et_layout,
+    scale_from_et_channels,
+)
 from ..spec import Spec
 from .common import conv3x3, repeat_shortcut
 

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from ..architecture import Architecture, Variant, count_indexed
-from ..reparam.et import (ETLayout, carried_extra, original_width, padded_out, register_et_layout,
-                          scale_from_et_channels)
+from ..reparam.et import ETLayout, carried_extra, original_width, padded_out, register_et_layout, scale_from_et_channels
 from ..spec import Spec
 from . import ecbsr
 from .common import activation, conv3x3

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from ..architecture import Architecture, Variant, count_indexed, scale_from_channels
 from ..reparam import TrainingBlock
 from ..spec import Spec
-from .common import conv3x3, conv_from_kernel
+from .common import conv3x3
 
 
 class ETDSForInference(nn.Module):

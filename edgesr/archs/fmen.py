@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import KeyMismatch
 from ..architecture import Architecture, Variant, count_indexed, scale_from_channels
+from ..errors import KeyMismatch
 from ..reparam import TrainingBlock
 from ..reparam import kernels as K
 from ..spec import Spec

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ScaleMismatch
 from ..architecture import Architecture, Variant, count_indexed
+from ..errors import ScaleMismatch
 from ..spec import Spec
 
 CANDIDATE_SCALES = (2, 3, 4)

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ScaleMismatch
 from ..architecture import Architecture, Variant, count_indexed
+from ..errors import ScaleMismatch
 from ..reparam import TrainingBlock
 from ..shift import DEFAULT_MODE, ChannelShift
 from ..spec import Spec

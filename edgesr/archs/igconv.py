@@ -31,8 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ExportError, ScaleMismatch
 from ..architecture import Architecture, Variant, count_indexed
+from ..errors import ExportError, ScaleMismatch
 from ..reparam import TrainingBlock
 from ..spec import Spec
 
@@ -222,8 +222,9 @@ def export_multiscale_onnx(model: IGConvSR, path: str | Path, *, opset: int = 17
     Checked with ORT against PyTorch at each of `check_scales` on an odd, non-square size;
     returns {"path", "op_counts", "max_abs_vs_torch": {scale: err}}. Raises ExportError when the
     exporter or ORT fails, naming the operator where ORT reports one."""
-    import onnx
     from collections import Counter
+
+    import onnx
 
     from ..fsutil import atomic_path
 

@@ -25,7 +25,6 @@ from ..architecture import Architecture, Variant, scale_from_channels
 from ..reparam import TrainingBlock
 from ..reparam import kernels as K
 from ..spec import Spec
-from .common import conv_from_kernel
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, padding: int | None = None) -> nn.Conv2d:

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import KeyMismatch
 from ..architecture import Architecture, Variant, scale_from_channels
+from ..errors import KeyMismatch
 from ..spec import Spec
 from .common import repeat_shortcut
 

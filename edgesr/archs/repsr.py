@@ -16,8 +16,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ..errors import KeyMismatch
 from ..architecture import Architecture, Variant, count_indexed, scale_from_channels
+from ..errors import KeyMismatch
 from ..reparam import TrainingBlock
 from ..reparam import kernels as K
 from ..spec import Spec

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import KeyMismatch
 from ..architecture import Architecture, Variant, scale_from_channels
+from ..errors import KeyMismatch
 from ..spec import Spec
 
 ESA_MIN_SIZE = 15

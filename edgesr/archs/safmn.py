@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ExportError
 from ..architecture import Architecture, Variant, count_indexed, scale_from_channels
+from ..errors import ExportError
 from ..spec import Spec
 
 POOLS = ("exact", "adaptive")

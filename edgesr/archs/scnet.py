@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ScaleMismatch
 from ..architecture import Architecture, Variant, count_indexed
+from ..errors import ScaleMismatch
 from ..shift import DEFAULT_MODE, ChannelShift, shift8_groups
 from ..spec import Spec
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import KeyMismatch
 from ..architecture import Architecture, Variant, count_indexed, scale_from_channels
+from ..errors import KeyMismatch
 from ..reparam import TrainingBlock
 from ..reparam import kernels as K
 from ..spec import Spec

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import KeyMismatch
 from ..architecture import Architecture, Variant, scale_from_channels
+from ..errors import KeyMismatch
 from ..reparam import TrainingBlock
 from ..reparam import kernels as K
 from ..spec import Spec

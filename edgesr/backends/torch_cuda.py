@@ -9,7 +9,6 @@ import numpy as np
 from ..timing import CudaCalls, HostCalls, fp32_math
 from .base import BaseRunner
 
-
 TORCH_PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 

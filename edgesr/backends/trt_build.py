@@ -7,6 +7,9 @@
 Precision is not a builder setting: it comes from the ONNX (fp32, fp16 tensors, INT8
 Q/DQ), is detected from the graph and recorded. Only TensorRT 10 still accepts FP16/INT8
 builder flags (`BuildOptions.precision_flags`), on a weakly typed network.
+
+Over 500 lines on purpose: one engine build (options, profile, cache key, sidecar, builder calls)
+for both TensorRT flavours; the parts that stand alone are trt_flavour, trt_onnx, engine_cache.
 """
 
 from __future__ import annotations

@@ -268,8 +268,8 @@ def verify_on_gpu(
     """With a CUDA GPU: parity of every engine against `reference` on the `inputs` that fit the
     engines' profile, and GPU latency at `bench_lr_hw`. Returns {"parity": ParityReport dict,
     "latency": [rows]}; None (report keeps "not verified") when no GPU / runtime is usable."""
-    from edgesr.timing import stats_from_samples
     from edgesr.parity import Sample, check_parity
+    from edgesr.timing import stats_from_samples
 
     gpu = res.report.get("gpu")
     if gpu is None:

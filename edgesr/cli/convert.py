@@ -266,7 +266,7 @@ def _run_zoo(args) -> int:
     import sys
 
     from ..errors import EdgesrError, one_line
-    from ..zoo import counts, summary_rows, SUMMARY_HEADERS
+    from ..zoo import SUMMARY_HEADERS, counts, summary_rows
     from .output import emit_json, print_table
 
     if args.checkpoint or getattr(args, "user_model", None):

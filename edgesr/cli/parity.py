@@ -15,7 +15,8 @@ def add_parser(sub):
         "parity", help="check that backends agree (PyTorch, ONNX, ORT, engines)",
         description="Run the same inputs through every MODEL and compare each with the first (the reference). "
                     "MODEL is a checkpoint (.pth/.safetensors; append :training or :deploy to pick the PyTorch "
-                    "form, default deploy), an .onnx / .ort file (ONNX Runtime, CPU), a .tflite (LiteRT) or .param (ncnn) file, or a TensorRT engine "
+                    "form, default deploy), an .onnx / .ort file (ONNX Runtime, CPU), a .tflite (LiteRT) or "
+                    ".param (ncnn) file, or a TensorRT engine "
                     "(.engine, needs the TensorRT extra and a GPU). Inputs: Set5 from ../shared when present, else "
                     "the bundled sample images, plus random images of --sizes. Exit status 0 when every "
                     "comparison is within tolerance, 1 otherwise.")
@@ -96,8 +97,15 @@ ENGINE_HOOK = _engine_runner
 def run(args) -> int:
     from ..errors import ParityError
     from ..limits import check_inference_size
-    from ..parity import (check_parity, default_samples, detect_scale, fit_sizes, folder_samples, random_samples,
-                          size_rules)
+    from ..parity import (
+        check_parity,
+        default_samples,
+        detect_scale,
+        fit_sizes,
+        folder_samples,
+        random_samples,
+        size_rules,
+    )
     from .output import emit_json, print_table
 
     if len(args.models) < 2:

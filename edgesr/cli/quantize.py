@@ -60,9 +60,8 @@ def run(args) -> int:
 
     from ..errors import OutputExists, QuantizationError
     from ..quant import QuantConfig, quantize_model
-    from .output import emit_json, print_table
-
     from .model_args import user_options
+    from .output import emit_json, print_table
 
     user = user_options(args)
     model = Path(args.model)

@@ -15,7 +15,6 @@ from ..spec import Spec
 from .mobile import converter_rewrites, fixed_shape_form, quiet_native
 from .ncnn_format import _layer_types, declare_input_shape
 
-
 EXTRA = "pip install 'edgesr[ncnn]'"
 
 

@@ -29,6 +29,9 @@ Rewrites (``KINDS``):
              is the same tensor value in every run, and is not a parameter or buffer, is frozen:
              during the trace its kernel is that eagerly computed value, a graph constant. Exact
              (the value PyTorch computes); a kernel that depends on the input is never frozen.
+
+Over 500 lines on purpose: each rewrite is an exact, self-contained formulation with its own check,
+and the set is applied as one tracing mode; splitting it would scatter one mechanism.
 """
 
 from __future__ import annotations
@@ -472,7 +475,7 @@ def plan_rewrites(module, inputs: Sequence[np.ndarray], tol: float = 1e-4) -> Re
         plan.frozen = frozen
     # Which kinds fire, and is the rewritten forward the same?
     kinds = [k for k in KINDS if k != "frozen" or plan.frozen]
-    for attempt in range(len(KINDS) + 1):
+    for _attempt in range(len(KINDS) + 1):
         mode = rewrite_mode(kinds=kinds, frozen=plan.frozen, conv_calls=plan.conv_calls)
         try:
             err = 0.0

@@ -141,7 +141,7 @@ def equalize(model, batch: np.ndarray, *, alpha: float = 1.0, symmetric: bool = 
     ranges = channel_ranges(model, tensors, batch, input_name, symmetric, threads)
     inits = {i.name: i for i in model.graph.initializer}
     arrays = {k: numpy_helper.to_array(v).astype(np.float64) for k, v in inits.items()}
-    for (a, act, b), t in zip(pairs, tensors):
+    for (a, _act, b), t in zip(pairs, tensors):
         r = ranges[t]
         big = float(r.max())
         if big <= 0:

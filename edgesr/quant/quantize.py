@@ -18,6 +18,9 @@ Pipeline (:func:`quantize_model`):
 6. profile checks (``trt``: every zero point 0, int8 only, no int32 bias), metadata,
    atomic write. Optionally the final model is also scored on a test set (e.g. Set5) for
    reporting only - it never influences a choice.
+
+Over 500 lines on purpose: the quantization pipeline's steps share one session (model, calibration
+data, verdict); the pieces that stand alone already live beside it in edgesr/quant/.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from ..fsutil import atomic_path
 from ..spec import Spec
 from .calibration import CalibrationSource, EvalSet, held_out_eval_set
 from .evaluate import evaluate, make_session
-from .profiles import COMPUTE_OPS, QuantConfig, QuantProfile
+from .profiles import QuantConfig, QuantProfile
 from .sensitivity import Layer, SearchResult, SensitivityRow, quantizable_layers, ranking, search, sensitivity
 
 EQUALIZE_TOL = 1e-4  # max |fp32 equalized - fp32 original| accepted (outputs in [0, 1])

@@ -35,6 +35,9 @@ The model is read with ``torch.fx``; anything that is not such a chain is refuse
 a known source (ECBSR deploy, ABPN, Plain, the only_ET ablation) comes out as the
 module class of the official ET checkpoints (same state_dict keys); anything else
 comes out as a generic `ETNet`.
+
+Over 500 lines on purpose: one pass (extract the plain chain, transform, rebuild, self-check) whose
+steps share the chain representation; the family layouts it builds are registered here too.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
 from ..architecture import Architecture, LoadedModel, match_variant, scale_from_channels
 from . import ReparamError, TrainingBlock
@@ -54,7 +57,6 @@ from . import ReparamError, TrainingBlock
 if TYPE_CHECKING:  # pragma: no cover
     from ..spec import Spec
 
-Tensor = torch.Tensor
 PADS = ("official", "none")
 
 
