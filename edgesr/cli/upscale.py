@@ -26,8 +26,10 @@ def add_parser(sub):
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="peak memory budget, e.g. 1.5G or 800M (default: a quarter of RAM, at most 1.5G)")
     p.add_argument("--backend", choices=["torch", "ort", "openvino", "ort-int8", "openvino-int8", "litert", "litert-int8",
-                                         "ncnn", "ncnn-int8", "coreml"], default="torch",
-                   help="torch (default), ort (ONNX Runtime CPU), openvino (needs pip install 'edgesr[openvino]'); "
+                                         "ncnn", "ncnn-int8", "coreml"], default=None,
+                   help="default: the runtime MODEL's file type implies (.onnx/.ort -> ort, .xml -> openvino, "
+                        ".tflite -> litert, .param -> ncnn), torch for a checkpoint or OUTDIR. "
+                        "torch, ort (ONNX Runtime CPU), openvino (needs pip install 'edgesr[openvino]'); "
                         "ort-int8 / openvino-int8 run the INT8 graph a convert OUTDIR holds for that runtime; from "
                         "an OUTDIR also its mobile artifacts (litert, ncnn and their -int8; coreml: no runtime "
                         "here). A .tflite / .param MODEL runs on its own runtime")
@@ -56,14 +58,13 @@ def _int_option(name: str, text, minimum: int) -> int | None:
     return v
 
 
-PLAIN_PROGRESS_S = 30.0
-
-
 def run(args) -> int:
     import sys
-    import time
 
     from ..errors import ImageError, ScaleMismatch
+    from ..file_types import implied_backend
+
+    args.backend = args.backend or implied_backend(args.model, "torch")
     from ..upscale import UpscaleFailure, default_max_memory, parse_memory, parse_tile, plan_jobs, upscale
     from .output import emit_json, print_table
 
@@ -88,36 +89,30 @@ def run(args) -> int:
 
         model = resolve_user_model(args.model, backend=args.backend, threads=args.threads, scale=args.scale, **user)
 
-    from tqdm import tqdm
+    from ..progress import Progress, progress
 
-    bar = tqdm(total=len(jobs), unit="img", disable=None if folder else True, file=sys.stderr, desc="upscale")
-    tiles_bar = {"bar": None, "last": time.monotonic()}
+    tiles: dict[str, Progress] = {}
 
     def on_tile(i, n):
-        if folder or n < 4:
+        if folder or n < 4:  # a folder counts images; a few tiles finish before a bar would help
             return
-        if not sys.stderr.isatty():  # logs get a plain line every PLAIN_PROGRESS_S instead of a bar
-            if time.monotonic() - tiles_bar["last"] >= PLAIN_PROGRESS_S:
-                tiles_bar["last"] = time.monotonic()
-                print(f"edgesr: upscale: {i}/{n} tiles ({100 * i // n}%)", file=sys.stderr, flush=True)
-            return
-        if tiles_bar["bar"] is None:
-            tiles_bar["bar"] = tqdm(total=n, unit="tile", file=sys.stderr, desc="upscale")
-        tiles_bar["bar"].update(1)
+        if "bar" not in tiles:
+            tiles["bar"] = Progress("upscale", n, "tiles")
+        tiles["bar"].update(i - tiles["bar"].n)
 
-    def step(r):
-        bar.update(1)
-        if isinstance(r, UpscaleFailure):
-            bar.write(f"edgesr: error: {one_line(r.error)}", file=sys.stderr)
+    with progress("upscale", len(jobs), "images", show=folder) as bar:
+        def step(r):
+            bar.update(1)
+            if isinstance(r, UpscaleFailure):
+                bar.write(f"edgesr: error: {one_line(r.error)}")
 
-    try:
-        results = upscale(model, args.input, args.output, tile=tile, overlap=overlap, backend=args.backend,
-                          scale=args.scale, arch=args.arch, threads=args.threads, force=args.force,
-                          max_memory=max_memory, on_image=step, on_tile=on_tile)
-    finally:
-        bar.close()
-        if tiles_bar["bar"] is not None:
-            tiles_bar["bar"].close()
+        try:
+            results = upscale(model, args.input, args.output, tile=tile, overlap=overlap, backend=args.backend,
+                              scale=args.scale, arch=args.arch, threads=args.threads, force=args.force,
+                              max_memory=max_memory, on_image=step, on_tile=on_tile)
+        finally:
+            if "bar" in tiles:
+                tiles["bar"].close()
     failed = [r for r in results if isinstance(r, UpscaleFailure)]
     done = [r for r in results if not isinstance(r, UpscaleFailure)]
     if args.json:
