@@ -322,7 +322,9 @@ class QuantSession:
     def __enter__(self) -> "QuantSession":
         self._tmp = tempfile.TemporaryDirectory(prefix="edgesr-int8-")
         try:
-            self._prepare(Path(self._tmp.name))
+            with progress("INT8 preparation (rewrites, calibration, weight rounding, fp32/all-int8 scores)",
+                          show=self.config.progress):
+                self._prepare(Path(self._tmp.name))
         except BaseException:
             self._tmp.cleanup()
             raise
@@ -427,9 +429,8 @@ class QuantSession:
             refiner = WeightRefiner(model, source.patches, gptq=config.gptq, bias_correction=config.bias_correction,
                                     color_permutations=perms, threads=config.threads)
         self._qs = _Session(self.fp32_path, spec, config, ranges_path, self.evalset, work, layers, refiner)
-        with progress(f"INT8 scoring fp32 and all-int8 on {self.evalset.name}", show=config.progress):
-            self.psnr_fp32 = evaluate(self.fp32_path, spec, self.evalset, config.threads, profile.runtime).psnr
-            self.psnr_int8_all = self._qs.score([])
+        self.psnr_fp32 = evaluate(self.fp32_path, spec, self.evalset, config.threads, profile.runtime).psnr
+        self.psnr_int8_all = self._qs.score([])
         self.workdir = work
 
     @property
@@ -561,7 +562,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
     if sensitivity_png and rows:
         from .sensitivity import plot_sensitivity
 
-        model_name = (f"{spec.variant or spec.arch} x{spec.scale}" if spec.arch != "unknown"
+        model_name = (spec.variant if spec.variant else f"{spec.arch} x{spec.scale}" if spec.arch != "unknown"
                       else f"{Path(onnx_fp32_path).name} x{spec.scale}")
         plot_sensitivity(rows, sensitivity_png, title=f"{model_name}: INT8 sensitivity, {profile.name} profile\n"
                          f"(Y-PSNR on {evalset.name})", float_layers=float_layers)

@@ -206,25 +206,32 @@ def plot_sensitivity(rows: Sequence[SensitivityRow], path: str | Path, title: st
 
     from ..fsutil import atomic_path
 
-    labels = [layer_label(r.layer) for r in rows]
-    y = range(len(rows))
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 2.2))
+    # layers whose INT8 form changes nothing (shape ops: Slice, Reshape, Concat, ...) would be
+    # empty rows; they are named under the axis instead
+    idle = [r for r in rows if not (r.only_cost or r.except_gain) and r.layer not in float_layers]
+    shown = [r for r in rows if r not in idle] or list(rows)
+    labels = [layer_label(r.layer) for r in shown]
+    y = range(len(shown))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(shown) + 2.0))
     h = 0.4
-    if any(r.only_cost is not None for r in rows):
-        ax.barh([i - h / 2 for i in y], [r.only_cost or 0.0 for r in rows], height=h,
-                label="cost when ONLY this layer is int8 (dB)", color="tab:red")
-    if any(r.except_gain is not None for r in rows):
-        ax.barh([i + h / 2 for i in y], [r.except_gain or 0.0 for r in rows], height=h,
-                label="gain when only this layer is float (dB)", color="tab:blue")
+    if any(r.only_cost is not None for r in shown):
+        ax.barh([i - h / 2 for i in y], [r.only_cost or 0.0 for r in shown], height=h,
+                label="PSNR cost when ONLY this layer is INT8 (dB)", color="tab:red")
+    if any(r.except_gain is not None for r in shown):
+        ax.barh([i + h / 2 for i in y], [r.except_gain or 0.0 for r in shown], height=h,
+                label="PSNR gain when only this layer stays float (dB)", color="tab:blue")
     ax.set_yticks(list(y))
-    ax.set_yticklabels([f"{lab} *" if r.layer in float_layers else lab for lab, r in zip(labels, rows)])
+    ax.set_yticklabels([f"{lab} *" if r.layer in float_layers else lab for lab, r in zip(labels, shown)])
     ax.invert_yaxis()
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("Y-PSNR (dB) on the evaluation set" + ("   (* kept float)" if float_layers else ""))
-    ax.set_title(title or "INT8 per-layer sensitivity", fontsize=10)
-    # below the axis, never over the bars (the longest bars end where an inner legend would sit)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.9 / (0.45 * len(rows) + 2.2) - 0.06), ncol=1,
-              fontsize=8, frameon=False)
+    xlabel = "Y-PSNR change (dB) on the evaluation set" + ("   (* kept float)" if float_layers else "")
+    if idle and len(shown) < len(rows):
+        names = ", ".join(layer_label(r.layer) for r in idle[:8]) + (", ..." if len(idle) > 8 else "")
+        xlabel += f"\nno measurable effect, not drawn: {names}"
+    ax.set_xlabel(xlabel, fontsize=9)
+    # the legend between title and bars: never over the bars (the longest end where an inner one sits)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=1, fontsize=8, frameon=False)
+    ax.set_title(title or "INT8 per-layer sensitivity", fontsize=10, pad=34)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
