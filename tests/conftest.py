@@ -82,8 +82,21 @@ def _module_topic(module: str) -> str:
         doc = ast.get_docstring(ast.parse(path.read_text()))
     except (OSError, SyntaxError, ValueError):
         doc = None
-    first = (doc or "").strip().split("\n")[0].split(". ")[0].rstrip(".:")
-    return f"{module}: {first[:80]}" if first else module
+    first = " ".join((doc or "").strip().split(". ")[0].split()).rstrip(".:")
+    if len(first) > 70:
+        first = first[:70].rsplit(" ", 1)[0].rstrip(",;:(") + " ..."
+    return f"{module} - {first}" if first else module
+
+
+def pytest_runtest_logreport(report):
+    """Every ../shared skip is reported where it happens (the fixture above), so pytest's -ra
+    summary folds them into one line instead of one line per test."""
+    if report.skipped and isinstance(report.longrepr, tuple) and _needs_shared(_skip_reason(report)):
+        reason = _skip_reason(report)
+        report.longrepr = (str(Path(__file__).relative_to(REPO)), _SKIP_LINE, reason)
+
+
+_SKIP_LINE = next(i for i, ln in enumerate(Path(__file__).read_text().splitlines(), 1) if "../shared not present" in ln)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

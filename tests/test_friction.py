@@ -104,13 +104,21 @@ def test_progress_off(monkeypatch):
     assert out.getvalue() == ""
 
 
-def test_quantize_shows_progress_on_stderr_and_keeps_stdout_json(bundled_onnx, tmp_path):
+@pytest.fixture(scope="module")
+def quantized(bundled_onnx, tmp_path_factory):
+    """`edgesr quantize --json` run as a script runs it: stderr is not a terminal."""
+    out = tmp_path_factory.mktemp("int8") / "q.onnx"
+    env = dict(os.environ, EDGESR_PROGRESS_S="0.2", EDGESR_PROGRESS="1")
+    proc = subprocess.run([sys.executable, "-m", "edgesr", "quantize", str(bundled_onnx), "-o", str(out),
+                           "--profile", "cpu", "--num-patches", "8", "--psnr-budget", "-1", "--threads", "1",
+                           "--json"], capture_output=True, text=True, env=env, timeout=600)
+    return proc, out
+
+
+def test_quantize_shows_progress_on_stderr_and_keeps_stdout_json(quantized):
     """A real non-TTY run: the long INT8 stages print periodic lines on stderr while they run;
     stdout is one JSON object (--json)."""
-    env = dict(os.environ, EDGESR_PROGRESS_S="0.2", EDGESR_PROGRESS="1")
-    proc = subprocess.run([sys.executable, "-m", "edgesr", "quantize", str(bundled_onnx), "-o",
-                           str(tmp_path / "q.onnx"), "--profile", "cpu", "--num-patches", "8", "--psnr-budget", "-1",
-                           "--threads", "1", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    proc, _ = quantized
     assert proc.returncode == 0, proc.stderr
     json.loads(proc.stdout)  # one JSON object, no progress mixed in
     stages = re.findall(r"^edgesr: (INT8 [a-z0-9 -]+?)(?: on [^:]+)?: .*, \d+ s$", proc.stderr, re.M)
@@ -210,11 +218,9 @@ def test_truncated_checkpoint_message_is_whole(tmp_path, capsys):
     assert line.endswith((")", ".", "?")), line  # ends where a sentence ends, not mid-word
 
 
-def test_quantize_refuses_an_int8_model(bundled_onnx, tmp_path, capsys):
-    q = tmp_path / "q.onnx"
-    rc, _, err = run_cli(capsys, "quantize", bundled_onnx, "-o", q, "--profile", "cpu", "--num-patches", "4",
-                         "--psnr-budget", "-1", "--threads", "1")
-    assert rc == 0, err
+def test_quantize_refuses_an_int8_model(quantized, tmp_path, capsys):
+    proc, q = quantized
+    assert proc.returncode == 0, proc.stderr
     rc, _, err = run_cli(capsys, "quantize", q, "-o", tmp_path / "qq.onnx", "--threads", "1")
     assert rc != 0 and len(err.strip().splitlines()) == 1
     assert "already INT8" in err and "QuantizeLinear" in err and "fp32 source" in err
