@@ -52,6 +52,20 @@ def plain_interval() -> float:
     return v if v > 0 else DEFAULT_PLAIN_INTERVAL_S
 
 
+# uncountable work: the stage name and a ticking clock (tqdm's default would say "0it ?it/s")
+SPINNER_FORMAT = "{desc}: running, {elapsed} elapsed{postfix}"
+
+
+def _terminal_size(stream: IO[str]) -> tuple[int | None, int | None]:
+    """(columns, rows) to give tqdm: None where the terminal reports its size (tqdm follows
+    it), 80 x 24 where it reports 0 (some pseudo-terminals), on which tqdm draws nothing."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, ValueError, OSError):
+        return 80, 24
+    return (80 if size.columns <= 0 else None), (24 if size.lines <= 0 else None)
+
+
 def _is_tty(stream: IO[str]) -> bool:
     try:
         return stream.isatty()
@@ -79,8 +93,10 @@ class Progress:
         if _is_tty(self._stream):
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, file=self._stream, leave=False,
-                             dynamic_ncols=True)
+            width, height = _terminal_size(self._stream)
+            self._bar = tqdm(total=total, desc=desc, unit=f" {unit}", file=self._stream, leave=False,
+                             dynamic_ncols=width is None, ncols=width, nrows=height,
+                             bar_format=None if total else SPINNER_FORMAT)
             interval = TTY_REFRESH_S
         else:
             interval = plain_interval()
@@ -100,6 +116,7 @@ class Progress:
             self.total = total
             if self._bar is not None:
                 self._bar.total = total
+                self._bar.bar_format = None if total else SPINNER_FORMAT
                 self._bar.refresh()
 
     def set_postfix(self, text: str) -> None:

@@ -322,8 +322,8 @@ class QuantSession:
     def __enter__(self) -> "QuantSession":
         self._tmp = tempfile.TemporaryDirectory(prefix="edgesr-int8-")
         try:
-            with progress("INT8 preparation (rewrites, calibration, weight rounding, fp32/all-int8 scores)",
-                          show=self.config.progress):
+            # (rewrites, calibration, weight rounding, fp32 / all-int8 scores)
+            with progress("INT8 preparation", show=self.config.progress):
                 self._prepare(Path(self._tmp.name))
         except BaseException:
             self._tmp.cleanup()
