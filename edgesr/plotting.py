@@ -28,7 +28,7 @@ def place_labels(ax, points: Sequence[tuple[float, float, str]], fontsize: float
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    placed = []
+    placed: list = []  # window extents of the labels drawn so far
     frame = ax.get_window_extent(renderer)
     scale = fig.dpi / 72.0  # display pixels per point
     for x, y, text in sorted(points, key=lambda p: (-p[1], p[0])):

@@ -194,8 +194,8 @@ def test_unknown_layout_points_to_user_code_and_spandrel(tmp_path, capsys):
     import torch
 
     p = tmp_path / "pan_like.pth"
-    torch.save({"conv_first.weight": torch.zeros(40, 3, 3, 3), "SCPA_trunk.0.conv1_a.weight": torch.zeros(20, 40, 1, 1)},
-               p)
+    torch.save({"conv_first.weight": torch.zeros(40, 3, 3, 3),
+                "SCPA_trunk.0.conv1_a.weight": torch.zeros(20, 40, 1, 1)}, p)
     rc, _, err = run_cli(capsys, "convert", p, "-o", tmp_path / "out")
     assert rc != 0 and len(err.strip().splitlines()) == 1
     assert "--model FILE.py:NAME" in err and "pip install 'edgesr[spandrel]'" in err and "--arch NAME" in err

@@ -10,7 +10,6 @@ from typing import Any, Sequence
 from ..errors import one_line
 from ..fsutil import json_safe
 
-
 _emitted = False  # one JSON object per run: an error after the answer is printed adds none
 
 

@@ -20,7 +20,8 @@ def add_parser(sub):
                    help="optimizer steps (default %(default)s)")
     p.add_argument("--batch-size", type=argtypes.int_range(1, 4096), default=16,
                    help="LR patches per step (default %(default)s)")
-    p.add_argument("--patch", type=argtypes.int_range(1, 1024), default=48, help="LR patch side in pixels (default %(default)s)")
+    p.add_argument("--patch", type=argtypes.int_range(1, 1024), default=48,
+                   help="LR patch side in pixels (default %(default)s)")
     p.add_argument("--lr", type=argtypes.float_range(0.0, 10.0, lo_open=True),
                    default=5e-4, help="peak learning rate of Adam, cosine-decayed over --steps (default %(default)s)")
     p.add_argument("--seed", type=argtypes.int_range(0, 2**63 - 1), default=0,
