@@ -575,8 +575,6 @@ def plots(run: Run, models: dict, res: dict, roofs: dict | None) -> list[str]:
         for prec, mk, col in (("fp32", "o", "tab:blue"), ("int8", "^", "tab:orange")):
             ps = [p for p in pts if p[1] == prec]
             ax.scatter([p[2] for p in ps], [p[3] for p in ps], marker=mk, c=col, label=f"ORT {prec}", zorder=3)
-            for p in ps:
-                ax.annotate(p[0], (p[2], p[3]), fontsize=6.5, xytext=(3, 2), textcoords="offset points")
         front = _pareto(pts)
         ax.plot([p[2] for p in front], [p[3] for p in front], "k--", lw=1, label="Pareto front")
         ax.set_xscale("log")
@@ -584,8 +582,12 @@ def plots(run: Run, models: dict, res: dict, roofs: dict | None) -> list[str]:
         ax.set_ylabel("Set5 x4 Y-PSNR, dB")
         ax.set_title("Quality vs latency, every x4 model in ../shared (fp32 and INT8)", fontsize=10)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
+        from edgesr.plotting import place_labels, plain_log_ticks
+
+        plain_log_ticks(ax, "x")
+        place_labels(ax, [(p[2], p[3], p[0]) for p in pts])
         fig.savefig(run.out / "pareto_psnr_latency.png", dpi=110)
         plt.close(fig)
         made.append("pareto_psnr_latency.png")

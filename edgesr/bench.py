@@ -124,8 +124,9 @@ def prepare_backend(src: ModelSource, backend: str, *, threads: int | None = Non
     if backend in MOBILE_BACKENDS:
         runner, artifact, precision, notes = prepare_mobile(src, backend, threads, engine_sizes)
         return Prepared(backend, runner, _rel(Path(artifact)), precision, notes=notes)
-    if src.kind == "mobile":
-        raise _unavailable(f"{src.ref.name} is a mobile artifact: time it with --backend {src.default_backend}")
+    if src.kind in ("mobile", "openvino-ir"):
+        raise _unavailable(f"{src.ref.name} is {'a mobile artifact' if src.kind == 'mobile' else 'an OpenVINO IR'}: "
+                           f"time it with --backend {src.default_backend}")
     if backend in ("ort", "ort-int8"):
         if backend == "ort":
             p, notes, prec = src.fp32_onnx(), [], "fp32"
@@ -172,15 +173,23 @@ def _prepare_openvino(src: ModelSource, backend: str, threads: int | None, int8_
     from .backends.openvino_runner import OpenVinoRunner, openvino_module
 
     openvino_module()  # BackendUnavailable with the install line
+    if src.kind == "openvino-ir" and backend == "openvino-int8":
+        raise _unavailable(f"{src.ref.name} is an OpenVINO IR: time it with --backend openvino (an INT8 IR "
+                           "is timed as it is)")
     if backend == "openvino":
         p, notes = None, []
-        if src.kind == "bundle" and "openvino_fp32" in {a.role for a in src.manifest.artifacts}:
+        if src.kind == "openvino-ir":
+            p, notes = src.ref, [f"{src.ref.name} (OpenVINO IR as given)"]
+        elif src.kind == "bundle" and "openvino_fp32" in {a.role for a in src.manifest.artifacts}:
             p = src.manifest.verified_path("openvino_fp32")  # (a hash mismatch is an error, not a fallback)
             notes = ["bundle artifact openvino_fp32"]
         if p is None:
             p = src.fp32_onnx()
             notes = [f"{Path(p).name} read by OpenVINO"]
         prec = "fp32"
+        if src.kind == "openvino-ir":  # an IR with FakeQuantize / i8 constants is an INT8 model
+            text = Path(p).read_text(errors="replace")
+            prec = "int8" if ('type="FakeQuantize"' in text or 'element_type="i8"' in text) else "fp32"
     else:
         p, how = src.int8_onnx("openvino", int8_config, backend)
         notes, prec = [how], "int8"
@@ -249,9 +258,19 @@ def bench_prepared(prepared: Sequence[Prepared], sizes: Sequence[tuple[int, int]
     (one run, `time_interleaved`) unless interleave=False; GPU backends are timed one by one:
     host latency (numpy in -> numpy out, copies included), GPU compute (CUDA events, input
     already on the device) and H2D / D2H copies."""
+    from .progress import progress
+
+    # progress counts sizes, never runs: nothing is added inside the timed calls
+    with progress(f"bench {', '.join(p.backend for p in prepared)}", len(sizes), "sizes") as bar:
+        return _bench_sizes(prepared, sizes, spec, policy, batch, interleave, seed, bar)
+
+
+def _bench_sizes(prepared, sizes, spec, policy: TimingPolicy, batch: int, interleave: bool, seed: int,
+                 bar) -> list[BenchResult]:
     results: list[BenchResult] = []
     rng = np.random.default_rng(seed)
     for h, w in sizes:
+        bar.set_postfix(f"{h}x{w}")
         x = rng.random((batch, spec.in_channels, h, w), dtype=np.float32)
         lo, hi = spec.value_range
         x = (lo + (hi - lo) * x).astype(np.float32)
@@ -268,6 +287,7 @@ def bench_prepared(prepared: Sequence[Prepared], sizes: Sequence[tuple[int, int]
                                            [q.backend for q in cpu if q is not p] if interleave else [], notes=p.notes))
         for p in (q for q in prepared if q.gpu):
             results.append(_bench_gpu(p, x, out_hw, batch, policy, spec.out_channels))
+        bar.update()
     return results
 
 

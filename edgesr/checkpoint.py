@@ -35,7 +35,7 @@ from typing import BinaryIO
 
 import torch
 
-from .errors import CheckpointError, InvalidWeights, LimitExceeded, UnsafeCheckpoint, one_line, quoted
+from .errors import CheckpointError, InvalidWeights, LimitExceeded, UnsafeCheckpoint, clipped, one_line, quoted
 from .limits import MAX_INFLATION_RATIO, CheckpointLimits, MiB, load_json_bounded
 
 StateDict = dict[str, torch.Tensor]
@@ -459,11 +459,11 @@ def _reason(e: BaseException) -> str:
     for ln in lines:
         if not ln.startswith(("Weights only load failed", "(1)", "(2)", "Check the documentation")):
             ln = ln.split(" was not an allowed global")[0].replace("WeightsUnpickler error: ", "")
-            ln = ln[:200].rstrip(".")
+            ln = clipped(ln).rstrip(".")
             return ln if len(ln) > 12 else f"{type(e).__name__}: {ln}"
     return type(e).__name__
 
 
 def _first_line(e: BaseException) -> str:
     s = str(e).strip().splitlines()
-    return s[0][:200] if s else type(e).__name__
+    return clipped(s[0]) if s else type(e).__name__

@@ -300,7 +300,7 @@ def plot_roofline(points: Sequence[dict], roofs: dict, path, title: str = "Roofl
     p8 = roofs["int8"]["peak_gops"]
     ais = [p["ai"] for p in points] or [1.0]
     x = np.logspace(np.log10(min(ais + [p32 / bw]) / 4), np.log10(max(ais + [p8 / bw]) * 4), 200)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(9.5, 5.5))
     ax.plot(x, np.minimum(p32, bw * x), "k-", lw=1.5, label=f"fp32 roof: GEMM {p32:.0f} GFLOP/s, copy {bw:.1f} GB/s")
     ax.plot(x, np.minimum(p8, bw * x), "k--", lw=1, label=f"int8 roof: MatMulInteger {p8:.0f} GOP/s")
     groups = sorted({p.get("group", "") for p in points})
@@ -308,17 +308,18 @@ def plot_roofline(points: Sequence[dict], roofs: dict, path, title: str = "Roofl
     for g in groups:
         ps = [p for p in points if p.get("group", "") == g]
         ax.scatter([p["ai"] for p in ps], [p["gflops"] for p in ps], marker=markers[g], s=36, label=g, zorder=3)
-        for p in ps:
-            if p.get("label"):
-                ax.annotate(p["label"], (p["ai"], p["gflops"]), fontsize=6.5, xytext=(3, 2),
-                            textcoords="offset points")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / byte, per-layer traffic model)")
     ax.set_ylabel("achieved GFLOP/s (int8: GOP/s)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    # beside the plot: inside it, the legend hides points near the roofs' corner
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from .plotting import place_labels, plain_log_ticks
+
+    plain_log_ticks(ax)
+    place_labels(ax, [(p["ai"], p["gflops"], p["label"]) for p in points if p.get("label")])
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -149,3 +149,15 @@ def one_line(text: object) -> str:
     """`text` with every character that could start a new line or drive the terminal escaped
     (the last line of defence before edgesr prints a message; names should already be quoted)."""
     return "".join(_escape_char(c, False) for c in str(text))
+
+
+def clipped(text: object, limit: int = 200) -> str:
+    """`text` shortened to about `limit` characters at a word boundary, ending in '...' when cut
+    (a library's long error quoted in a message must not stop mid-word)."""
+    t = " ".join(str(text).split())
+    if len(t) <= limit:
+        return t
+    cut = t[:limit]
+    if " " in cut[limit // 2:]:
+        cut = cut[:cut.rindex(" ")]
+    return cut.rstrip(" ,;:(") + " ..."

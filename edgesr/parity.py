@@ -389,6 +389,15 @@ def check_parity(runners: Sequence[Any], samples: Sequence[Sample] | None = None
     covered use ``PRESETS[runner_precision(runner)]``. overrides: Tolerance fields replaced
     in every test side's tolerance (e.g. ``{"max_abs": 1e-4}``).
     """
+    from .progress import progress
+
+    with progress("parity", None, "model runs") as bar:
+        return _check_parity(runners, samples, tolerances=tolerances, overrides=overrides, scale=scale, sizes=sizes,
+                             heatmap_dir=heatmap_dir, localize=localize, data_range=data_range, probe=probe, bar=bar)
+
+
+def _check_parity(runners: Sequence[Any], samples: Sequence[Sample] | None, *, tolerances, overrides, scale, sizes,
+                  heatmap_dir, localize: bool, data_range: float, probe: int, bar) -> ParityReport:
     if len(runners) < 2:
         raise ParityError("parity needs a reference and at least one runner to compare")
     names = [r.name for r in runners]
@@ -402,7 +411,8 @@ def check_parity(runners: Sequence[Any], samples: Sequence[Sample] | None = None
         raise ParityError("no inputs to compare on")
     comps = []
     gt_cache: dict = {}
-    ref_out = {s.name: _run(ref, s.lr) for s in samples}
+    bar.set_total(len(samples) * len(runners))
+    ref_out = {s.name: _run(ref, s.lr, bar) for s in samples}
     for r in runners[1:]:
         precision = runner_precision(r)
         if isinstance(tolerances, Tolerance):
@@ -414,7 +424,7 @@ def check_parity(runners: Sequence[Any], samples: Sequence[Sample] | None = None
         tol = tol.merged(**(overrides or {}))
         stats, worst = [], None
         for s in samples:
-            out = _run(r, s.lr)
+            out = _run(r, s.lr, bar)
             if out.shape != ref_out[s.name].shape:
                 raise ParityError(f"{r.name}: output shape {out.shape} != {ref.name} {ref_out[s.name].shape} "
                                   f"on {s.name}")
@@ -441,9 +451,11 @@ def check_parity(runners: Sequence[Any], samples: Sequence[Sample] | None = None
     return ParityReport(ref.name, comps, [s.name for s in samples], scale)
 
 
-def _run(runner, x: np.ndarray) -> np.ndarray:
+def _run(runner, x: np.ndarray, bar=None) -> np.ndarray:
     try:
         y = runner.run(x)
+        if bar is not None:
+            bar.update()
     except ParityError:
         raise
     except Exception as e:  # noqa: BLE001 - any backend failure is reported by runner name

@@ -410,7 +410,7 @@ def quantize_for(onnx_path: Path, out_path: Path, spec: Spec, profile: str, opts
     from .quant import QuantConfig, quantize_model, testset_eval_set
 
     cfg = QuantConfig(profile=profile, psnr_budget=opts.psnr_budget if opts.int8_search else None,
-                      progress=sys.stderr.isatty())
+                      progress=True)
     eval_set = None
     if not opts.int8_search:  # the zoo's cheap INT8: a calibrated QDQ graph, no search to feed, no GPTQ
         from .quant import held_out_eval_set
@@ -530,6 +530,8 @@ def run_parity(training, deploy, spec: Spec, staging: Path, int8_paths: dict[str
                           localize=not opts.light_checks)
     d = report.to_dict()
     for c in d["comparisons"]:
+        if c.get("heatmap"):  # relative to the OUTDIR (the staging folder it was drawn in is renamed)
+            c["heatmap"] = f"heatmaps/{Path(c['heatmap']).name}"
         if c["test"] in info:
             c["gate"] = False
             c["note"] = "information only: INT8 is judged by the budget check on ground truth (see int8_verdict)"

@@ -100,7 +100,10 @@ def detect(sd: StateDict, arch: str | None = None) -> tuple[Architecture, str]:
     if not hits:
         raise UnknownArchitecture(
             "no registered architecture matches this state_dict; " + _describe_keys(sd)
-            + ". Pass --arch NAME if it is a known family with renamed keys (see `edgesr list`).")
+            + ". Pass --arch NAME if it is a known family with renamed keys (see `edgesr list`); with the "
+            "model's own code, pass --model FILE.py:NAME (the file and class that build it, e.g. models/pan.py:PAN); "
+            "architectures spandrel knows load in Python through edgesr.spandrel_bridge "
+            "(pip install 'edgesr[spandrel]').")
     hits.sort(key=lambda h: -h[0].priority)
     return hits[0]
 

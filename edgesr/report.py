@@ -87,6 +87,9 @@ def render_report_md(report: dict, manifest: dict) -> str:
             lines.append(f"| {r['backend']} | {r['size']} | {r['output']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
                          f"{r['cv']:.2f} | {r['mpix_per_s']} |")
         lines.append("")
+    from .report_figures import figures_md
+
+    lines += figures_md(report)
     return "\n".join(lines) + "\n"
 
 

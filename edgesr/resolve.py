@@ -449,6 +449,11 @@ def open_model(ref: str | Path, *, workdir: str | Path | None = None, scale: int
         src = ModelSource(path, "mobile", spec, workdir, manifest=man, _tmp=tmp)
         src.default_backend = file_backend(path) or src.default_backend
         return src
+    if path.suffix.lower() == ".xml":  # an OpenVINO IR: timed by OpenVINO (spec from a manifest beside it, or --scale)
+        spec, _ = spec_beside(path, scale)
+        src = ModelSource(path, "openvino-ir", spec, workdir, _tmp=tmp)
+        src.default_backend = "openvino"
+        return src
     if path.suffix.lower() in ONNX_SUFFIXES:
         spec = _spec_from_onnx(path, scale)
         return ModelSource(path, "onnx", spec, workdir, onnx_path=path, _tmp=tmp)

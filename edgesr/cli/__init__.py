@@ -14,7 +14,7 @@ from typing import Iterator
 
 from .. import __version__
 from ..errors import EdgesrError, one_line, quoted
-from .args import Parser, positive_seconds, print_error
+from .args import Parser, positive_seconds, request_json_errors
 
 # Explicit, ordered list of subcommand modules (edgesr/cli/<name>.py).
 COMMANDS = ["list", "convert", "eval", "parity", "bench", "quantize", "info", "upscale", "train"]
@@ -69,13 +69,18 @@ def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # (not `list(...)`: importing the `list` subcommand binds that name in this module)
     argv = [*(sys.argv[1:] if argv is None else argv)]
+    from .output import reset_json_state
+
+    reset_json_state()
+    request_json_errors("--json" in argv)
     try:
         from ..recipe import expand_recipes
 
         argv = expand_recipes(argv)
     except EdgesrError as e:
-        print_error(e)
+        _fail(e, type(e).__name__, e.exit_code)
         return e.exit_code
+    request_json_errors("--json" in argv)
     args = parser.parse_args(argv)
     _sigterm_as_interrupt()
     if not getattr(args, "_run", None):
@@ -88,10 +93,10 @@ def _main(argv: list[str] | None = None) -> int:
     except EdgesrError as e:
         if debug:
             raise
-        print_error(e)
+        _fail(e, type(e).__name__, e.exit_code)
         return e.exit_code
     except KeyboardInterrupt:
-        print("edgesr: interrupted", file=sys.stderr)
+        _fail("interrupted", "KeyboardInterrupt", 130, prefix="edgesr: ")
         return 130
     except SystemExit as e:  # edgesr's commands return their status; only code it ran (--model) exits
         if debug:
@@ -109,20 +114,34 @@ def _main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         where = f" {quoted(e.filename)}" if e.filename else ""
-        print_error(f"{e.strerror or type(e).__name__}:{where}" if e.strerror else f"{type(e).__name__}: {e}")
+        _fail(f"{e.strerror or type(e).__name__}:{where}" if e.strerror else f"{type(e).__name__}: {e}",
+              type(e).__name__, 1)
         return 1
     except MemoryError:
         if debug:
             raise
-        print_error("out of memory (the input needs more memory than this machine has; try smaller sizes)")
+        _fail("out of memory (the input needs more memory than this machine has; try smaller sizes)",
+              "MemoryError", 1)
         return 1
     except Exception as e:  # noqa: BLE001 - the CLI promises no traceback without --debug
         if debug:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"edgesr: internal error: {type(e).__name__}: {one_line(msg)} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        _fail(f"{type(e).__name__}: {one_line(msg)} (rerun with --debug for the traceback)", "InternalError", 1,
+              prefix="edgesr: internal error: ")
         return 1
+
+
+def _fail(message: object, error_type: str, exit_code: int, prefix: str = "edgesr: error: ") -> None:
+    """The one line a failing run prints on stderr; under --json also one JSON object on stdout."""
+    from .args import json_errors_requested
+
+    line = one_line(message)
+    if json_errors_requested():
+        from .output import emit_json_error
+
+        emit_json_error(line, error_type, exit_code)
+    print(f"{prefix}{line}", file=sys.stderr)
 
 
 @contextlib.contextmanager

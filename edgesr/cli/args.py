@@ -26,7 +26,26 @@ class Parser(argparse.ArgumentParser):
         prog = self.prog
         sub = prog[len("edgesr"):].strip() if prog.startswith("edgesr") else prog
         where = f"{sub}: " if sub else ""
-        self.exit(2, f"edgesr: error: {where}{one_line(message)} (see `{prog} --help`)\n")
+        line = f"{where}{one_line(message)} (see `{prog} --help`)"
+        if json_errors_requested():
+            from .output import emit_json_error
+
+            emit_json_error(line, "UsageError", 2)
+        self.exit(2, f"edgesr: error: {line}\n")
+
+
+# Set by `edgesr.cli.main` for each run: --json was asked for, so a failure is also one JSON
+# object on stdout (scripts parse stdout; people read the stderr line).
+_json_errors = False
+
+
+def request_json_errors(on: bool) -> None:
+    global _json_errors
+    _json_errors = on
+
+
+def json_errors_requested() -> bool:
+    return _json_errors
 
 
 def int_range(lo: int | None = None, hi: int | None = None, what: str = "an integer") -> Callable[[str], int]:

@@ -11,7 +11,7 @@ def add_parser(sub):
         "bench", help="latency of a model on ONNX Runtime / PyTorch / TensorRT (CPU and GPU)",
         description="Measure MODEL (checkpoint, .onnx/.ort, .tflite, ncnn .param, or a `convert` OUTDIR) on each --backend at each "
                     "input size: warm-up by time, then at least --min-runs runs and --min-seconds; reports "
-                    "min/median/mean/p90/p95/p99/max, the coefficient of variation (warning when > 10%%) and "
+                    "min/median/mean/p90/p95/p99/max, the coefficient of variation (warning when > 10%) and "
                     "output megapixels/s. CPU backends at one size are timed in ONE run with interleaved "
                     "repetitions (order rotated every round) and compared as ratios to the first backend. "
                     "GPU backends (torch-cuda, trt, trt-rtx) report host latency (copies included) and GPU "
@@ -26,8 +26,9 @@ def add_parser(sub):
     p.add_argument("--backend", "-b", action="extend", nargs="+",
                    choices=["ort", "ort-int8", "openvino", "openvino-int8", "torch", "torch-cuda", "trt", "trt-rtx",
                             "litert", "litert-int8", "ncnn", "ncnn-int8", "coreml"],
-                   help="backend(s) to time (several values or repeated; default: ort, or the runtime of a "
-                        ".tflite / .param MODEL). The first is the ratio baseline. litert/ncnn(-int8) take the "
+                   help="backend(s) to time (several values or repeated; default: the runtime MODEL's file type "
+                        "implies - .onnx/.ort -> ort, .xml -> openvino, .tflite -> litert, .param -> ncnn - and ort "
+                        "for a checkpoint or OUTDIR). The first is the ratio baseline. litert/ncnn(-int8) take the "
                         "OUTDIR's artifact or convert the checkpoint here; coreml has no runtime on this machine")
     p.add_argument("--size", action="extend", nargs="+", metavar="HxW",
                    help="LR input size(s), e.g. 180x320 (x4 -> 720x1280)")
@@ -144,6 +145,9 @@ def run(args) -> int:
         results = bench_prepared(prepared, sizes, spec, policy, batch=args.batch,
                                  interleave=not args.no_interleave)
         rows = [r.to_dict(samples=args.samples) for r in results]
+        timed = _timed_artifacts(src, prepared)
+        for r in rows:
+            r["artifact"] = timed.get(r["backend"], r.get("artifact"))
         cost = None
         if args.cost:
             cost = _cost(src, sizes, results, args.threads)
@@ -173,6 +177,8 @@ def run(args) -> int:
         return 0
     print(one_line(f"{args.model}  ({spec.arch} {spec.variant or ''} x{spec.scale}; {info['cpu_model']}, "
                    f"{info.get('usable_cpus', info['logical_cpus'])} CPUs, load {info.get('loadavg', ['?'])[0]})"))
+    for backend, what in timed.items():
+        print(one_line(f"timed {backend}: {what}"))
     table = []
     for r in rows:
         g = r.get("gpu", {})
@@ -203,6 +209,31 @@ def run(args) -> int:
     for w in warnings:
         print(one_line(f"warning: {w}"), file=sys.stderr)
     return 0
+
+
+def _timed_artifacts(src, prepared) -> dict[str, str]:
+    """backend -> the file it timed, named as the user knows it: a bundle's file and role
+    (the runner reads a private verified copy in a temporary folder), else the path and how
+    it was obtained."""
+    from pathlib import Path
+
+    out = {}
+    for p in prepared:
+        what = str(p.artifact)
+        if src.kind == "bundle":
+            for a in src.manifest.artifacts:
+                if Path(what).as_posix().endswith("/" + a.file) or what == a.file:
+                    what = f"{Path(src.ref) / a.file} (bundle artifact {a.role})"
+                    break
+            else:
+                deploy = [a for a in src.manifest.artifacts if a.role == "torch_deploy"]
+                if p.backend.startswith("torch") and deploy:
+                    what = f"{Path(src.ref) / deploy[0].file} (bundle artifact torch_deploy)"
+        notes = [n for n in p.notes if not n.startswith("bundle artifact")]
+        if notes and not what.endswith(")"):
+            what = f"{what} ({notes[0]})"
+        out[p.backend] = what
+    return out
 
 
 def _cost(src, sizes, results, threads) -> dict | None:

@@ -263,8 +263,6 @@ def _run_batch(args, opts) -> int:
 
 def _run_zoo(args) -> int:
     """`edgesr convert --zoo INDEX -o OUTROOT`: progress bar (plain lines when not a TTY), summary table."""
-    import sys
-
     from ..errors import EdgesrError, one_line
     from ..zoo import SUMMARY_HEADERS, counts, summary_rows
     from .output import emit_json, print_table
@@ -272,36 +270,26 @@ def _run_zoo(args) -> int:
     if args.checkpoint or getattr(args, "user_model", None):
         raise EdgesrError("--zoo takes its models from the index: give no CKPT or --model")
     only = [n.strip() for n in args.zoo_only.split(",") if n.strip()] if args.zoo_only else None
-    tty = sys.stderr.isatty()
-    bar = None
-    if tty:
-        from tqdm import tqdm
+    from ..progress import Progress
 
-        bar = tqdm(total=0, unit="model", file=sys.stderr, desc="zoo")
+    bar = Progress("zoo", None, "models")
 
     def on_start(i, n, entry):
-        if bar is not None:
-            bar.total = n
-            bar.set_postfix_str(entry.name)
-            bar.refresh()
-        else:
-            print(one_line(f"edgesr: [{i + 1}/{n}] {entry.name} ..."), file=sys.stderr, flush=True)
+        bar.set_total(n)
+        bar.set_postfix(one_line(entry.name))
+        bar.write(one_line(f"edgesr: [{i + 1}/{n}] {entry.name} ..."))
 
     def on_done(i, n, res):
         line = (f"{res['name']}: {'ok' if res.get('ok') else 'FAILED ' + str(res.get('category'))} "
                 f"({'reused, unchanged inputs; took ' if res.get('reused') else ''}{res.get('seconds')} s)"
                 + ("" if res.get("ok") else f": {str(res.get('reason'))[:160]}"))
-        if bar is not None:
-            bar.update(1)
-            bar.write(one_line(line), file=sys.stderr)
-        else:
-            print(one_line(f"edgesr: {line}"), file=sys.stderr, flush=True)
+        bar.update(1)
+        bar.write(one_line(f"edgesr: {line}"))
 
     try:
         results = _zoo_results(args, only, on_start, on_done)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     c = counts(results)
     if args.json:
         emit_json({"outroot": str(args.outdir), "counts": c, "results": results})

@@ -16,8 +16,10 @@ def add_parser(sub):
     p.add_argument("--testset", required=True, help="test set folder (HR/ and LR_bicubic/X<s>/)")
     p.add_argument("--scale", type=argtypes.scale, required=True, help="upscaling factor (must match the model)")
     p.add_argument("--backend", choices=["torch", "ort", "openvino", "ort-int8", "openvino-int8", "litert", "litert-int8",
-                                         "ncnn", "ncnn-int8", "coreml"], default="torch",
-                   help="torch (default), ort (ONNX Runtime CPU), openvino (needs pip install 'edgesr[openvino]'); "
+                                         "ncnn", "ncnn-int8", "coreml"], default=None,
+                   help="default: the runtime MODEL's file type implies (.onnx/.ort -> ort, .xml -> openvino, "
+                        ".tflite -> litert, .param -> ncnn), torch for a checkpoint or OUTDIR. "
+                        "torch, ort (ONNX Runtime CPU), openvino (needs pip install 'edgesr[openvino]'); "
                         "ort-int8 / openvino-int8 run the INT8 graph a convert OUTDIR holds for that runtime; from "
                         "an OUTDIR also its mobile artifacts (litert, ncnn and their -int8; coreml: no runtime "
                         "here). A .tflite / .param MODEL runs on its own runtime")
@@ -34,8 +36,11 @@ def add_parser(sub):
 
 def run(args) -> int:
     from ..evaluate import evaluate
+    from ..file_types import implied_backend
     from ..resolve import resolve_model
     from .output import emit_json, print_table
+
+    args.backend = args.backend or implied_backend(args.model, "torch")
 
     if args.scale < 1:
         from ..errors import ScaleMismatch

@@ -10,10 +10,28 @@ from typing import Any, Sequence
 from ..errors import one_line
 from ..fsutil import json_safe
 
+_emitted = False  # one JSON object per run: an error after the answer is printed adds none
+
 
 def emit_json(obj: Any) -> None:
+    global _emitted
     json.dump(json_safe(obj), sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+    _emitted = True
+
+
+def reset_json_state() -> None:
+    global _emitted
+    _emitted = False
+
+
+def emit_json_error(message: str, error_type: str, exit_code: int) -> None:
+    """A failed `--json` run's stdout: one JSON object with the same line stderr gets
+    (nothing when the command already printed its object)."""
+    if _emitted:
+        return
+    emit_json({"ok": False, "error": {"type": error_type, "message": one_line(message), "exit_code": exit_code}})
+    sys.stdout.flush()
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -22,7 +40,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -83,13 +83,14 @@ def run(args) -> int:
         fp32 = Path(tmp.name) / "model.onnx"
         export_user_model(module, spec, fp32, source_checkpoint=model)
         model = fp32
+    else:
+        refuse_quantized(model)
     spec = spec_from_onnx(model, args.scale)
     budget = None if args.psnr_budget is not None and args.psnr_budget < 0 else args.psnr_budget
     cfg = QuantConfig(profile=args.profile, method=args.method, percentile=args.percentile,
                       num_patches=args.num_patches, patch_size=args.patch_size, seed=args.seed,
                       psnr_budget=budget, equalize=not args.no_equalize, center=not args.no_center,
-                      gptq=not args.no_gptq, finetune=args.finetune, threads=args.threads,
-                      progress=not args.json and sys.stderr.isatty())
+                      gptq=not args.no_gptq, finetune=args.finetune, threads=args.threads, progress=True)
     test_set = None
     if args.test_set:
         from ..quant import testset_eval_set
@@ -129,6 +130,35 @@ def run(args) -> int:
     for line in over:
         print_error(line)
     return 1 if over else 0
+
+
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                 "MatMulInteger", "DynamicQuantizeLinear")
+
+
+def refuse_quantized(path: Path) -> None:
+    """An INT8 graph given as the fp32 input: say so (quantizing it again would calibrate
+    ranges of already-rounded values and stack a second rounding on the first)."""
+    import onnx
+
+    from ..errors import QuantizationError, quoted
+
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not readable as ONNX: reported by the metadata read that follows
+        return
+    ops: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type in QUANTIZED_OPS:
+            ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    meta = {p.key: p.value for p in model.metadata_props}
+    if not ops and "edgesr.int8.profile" not in meta:
+        return
+    what = ", ".join(f"{c} {op}" for op, c in sorted(ops.items())) or "edgesr INT8 metadata"
+    profile = f", made by edgesr quantize with the {meta['edgesr.int8.profile']} profile" \
+        if "edgesr.int8.profile" in meta else ""
+    raise QuantizationError(f"{quoted(path.name)} is already INT8 ({what}{profile}); quantize its fp32 source "
+                            "instead (e.g. a convert OUTDIR's model.onnx)")
 
 
 def finetune_line(ft: dict, psnr_fp32: float) -> str:

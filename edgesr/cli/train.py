@@ -16,13 +16,17 @@ def add_parser(sub):
     p.add_argument("variant", help="named variant, e.g. ecbsr-m4c16-x4 (see `edgesr list`)")
     p.add_argument("-o", "--output", required=True, help="output .safetensors path")
     p.add_argument("--images", help="folder of HR images (default: the sample photos shipped with scikit-image)")
-    p.add_argument("--steps", type=argtypes.int_range(1, 10_000_000), default=3000)
-    p.add_argument("--batch-size", type=argtypes.int_range(1, 4096), default=16)
-    p.add_argument("--patch", type=argtypes.int_range(1, 1024), default=48, help="LR patch size")
+    p.add_argument("--steps", type=argtypes.int_range(1, 10_000_000), default=3000,
+                   help="optimizer steps (default %(default)s)")
+    p.add_argument("--batch-size", type=argtypes.int_range(1, 4096), default=16,
+                   help="LR patches per step (default %(default)s)")
+    p.add_argument("--patch", type=argtypes.int_range(1, 1024), default=48,
+                   help="LR patch side in pixels (default %(default)s)")
     p.add_argument("--lr", type=argtypes.float_range(0.0, 10.0, lo_open=True),
-                   default=5e-4, help="peak learning rate (cosine decay)")
-    p.add_argument("--seed", type=argtypes.int_range(0, 2**63 - 1), default=0)
-    p.add_argument("--threads", type=argtypes.threads, default=2)
+                   default=5e-4, help="peak learning rate of Adam, cosine-decayed over --steps (default %(default)s)")
+    p.add_argument("--seed", type=argtypes.int_range(0, 2**63 - 1), default=0,
+                   help="seed of weight init and patch sampling (default %(default)s)")
+    p.add_argument("--threads", type=argtypes.threads, default=2, help="PyTorch CPU threads (default %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--json", action="store_true", help="print the training record as JSON")
     return p

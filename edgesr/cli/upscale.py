@@ -26,8 +26,10 @@ def add_parser(sub):
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="peak memory budget, e.g. 1.5G or 800M (default: a quarter of RAM, at most 1.5G)")
     p.add_argument("--backend", choices=["torch", "ort", "openvino", "ort-int8", "openvino-int8", "litert", "litert-int8",
-                                         "ncnn", "ncnn-int8", "coreml"], default="torch",
-                   help="torch (default), ort (ONNX Runtime CPU), openvino (needs pip install 'edgesr[openvino]'); "
+                                         "ncnn", "ncnn-int8", "coreml"], default=None,
+                   help="default: the runtime MODEL's file type implies (.onnx/.ort -> ort, .xml -> openvino, "
+                        ".tflite -> litert, .param -> ncnn), torch for a checkpoint or OUTDIR. "
+                        "torch, ort (ONNX Runtime CPU), openvino (needs pip install 'edgesr[openvino]'); "
                         "ort-int8 / openvino-int8 run the INT8 graph a convert OUTDIR holds for that runtime; from "
                         "an OUTDIR also its mobile artifacts (litert, ncnn and their -int8; coreml: no runtime "
                         "here). A .tflite / .param MODEL runs on its own runtime")
@@ -79,6 +81,9 @@ def run(args) -> int:
     import time
 
     from ..errors import ImageError, ScaleMismatch
+    from ..file_types import implied_backend
+
+    args.backend = args.backend or implied_backend(args.model, "torch")
     from ..upscale import UpscaleFailure, default_max_memory, parse_memory, parse_tile, plan_jobs
     from .output import emit_json, print_table
 

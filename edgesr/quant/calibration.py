@@ -188,7 +188,7 @@ class CalibrationSource:
 
     # -- construction -------------------------------------------------------------------
     def _make(self, progress: bool) -> np.ndarray:
-        from tqdm.auto import tqdm
+        from ..progress import track
 
         s, p = self.spec.scale, self.patch_size
         hp = p * s
@@ -212,8 +212,7 @@ class CalibrationSource:
                 f"too small: {', '.join(self.skipped[:5])}. Use a smaller patch size or larger images")
         rng = np.random.default_rng(self.seed)
         out = np.empty((self.num_patches, self.spec.in_channels, p, p), dtype=np.float32)
-        for i in tqdm(range(self.num_patches), desc="calibration patches", unit="patch",
-                      disable=not progress, leave=False):
+        for i in track(range(self.num_patches), "INT8 calibration patches", unit="patches", show=progress):
             name, img = photos[i % len(photos)]
             top = int(rng.integers(0, img.shape[0] - hp + 1))
             left = int(rng.integers(0, img.shape[1] - hp + 1))

@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import DatasetError, QuantizationError
 from ..fsutil import atomic_path
+from ..progress import progress
 from ..spec import Spec
 from .calibration import CalibrationSource, EvalSet, held_out_eval_set
 from .evaluate import evaluate, make_session
@@ -154,11 +155,31 @@ def calibrate(model_path: Path, source: CalibrationSource, config: QuantConfig, 
                 model_path, list(op_types) if op_types else [],
                 augmented_model_path=str(workdir / "augmented.onnx"),
                 calibrate_method=_method_enum(config.method), extra_options=extra)
-            calibrator.collect_data(source)
-            ranges = calibrator.compute_data()
+            with progress("INT8 calibration", total=len(source), unit="batch", show=config.progress) as bar:
+                calibrator.collect_data(_CountingReader(source, bar))
+                ranges = calibrator.compute_data()
     finally:
         source.rewind()
     return ranges
+
+
+class _CountingReader:
+    """ORT's CalibrationDataReader over `source` that counts each batch handed out on `bar`."""
+
+    def __init__(self, source: CalibrationSource, bar) -> None:
+        self.source, self.bar = source, bar
+
+    def get_next(self):
+        batch = self.source.get_next()
+        if batch is not None:
+            self.bar.update()
+        return batch
+
+    def rewind(self) -> None:
+        self.source.rewind()
+
+    def __len__(self) -> int:
+        return len(self.source)
 
 
 def ort_quantizable_ops() -> list[str]:
@@ -319,7 +340,9 @@ class QuantSession:
     def __enter__(self) -> "QuantSession":
         self._tmp = tempfile.TemporaryDirectory(prefix="edgesr-int8-")
         try:
-            self._prepare(Path(self._tmp.name))
+            # (rewrites, calibration, weight rounding, fp32 / all-int8 scores)
+            with progress("INT8 preparation", show=self.config.progress):
+                self._prepare(Path(self._tmp.name))
         except BaseException:
             self._tmp.cleanup()
             raise
@@ -539,7 +562,8 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
             rows = sensitivity(layers, qs.score_rank, qs.psnr_fp32_rank, qs.score_rank([]), methods, config.progress)
         if need:
             order = ranking(rows, config.sensitivity)
-            result_search = search(order, qs.score, psnr_fp32, psnr_all, budget, max_float_layers(config, len(layers)))
+            result_search = search(order, qs.score, psnr_fp32, psnr_all, budget, max_float_layers(config, len(layers)),
+                                   progress=config.progress)
             if not result_search.within_budget:
                 warnings.append(f"no INT8 graph held the {budget} dB budget on {evalset.name}: the best one "
                                 f"evaluated loses {result_search.drop:.3f} dB with {len(result_search.float_layers)} "
@@ -555,8 +579,9 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
                 raise QuantizationError("trt profile produced a graph TensorRT would reject: " + "; ".join(problems[:5]))
         test_fp32 = test_int8 = None
         if test_set is not None:
-            test_fp32 = evaluate(qs.fp32_path, spec, test_set, config.threads, profile.runtime).psnr
-            test_int8 = evaluate(final_tmp, spec, test_set, config.threads, profile.runtime).psnr
+            with progress(f"INT8 scoring on {test_set.name}", show=config.progress):
+                test_fp32 = evaluate(qs.fp32_path, spec, test_set, config.threads, profile.runtime).psnr
+                test_int8 = evaluate(final_tmp, spec, test_set, config.threads, profile.runtime).psnr
         float_nodes = [n for name in float_layers for n in qs.layer_nodes[name].nodes]
         meta = dict(qs.src_meta)
         if "precision" in meta:
@@ -594,8 +619,10 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
     if sensitivity_png and rows:
         from .sensitivity import plot_sensitivity
 
-        plot_sensitivity(rows, sensitivity_png, title=f"{Path(onnx_fp32_path).stem}: INT8 sensitivity "
-                         f"({profile.name}, {evalset.name})", float_layers=float_layers)
+        model_name = (spec.variant if spec.variant else f"{spec.arch} x{spec.scale}" if spec.arch != "unknown"
+                      else f"{Path(onnx_fp32_path).name} x{spec.scale}")
+        plot_sensitivity(rows, sensitivity_png, title=f"{model_name}: INT8 sensitivity, {profile.name} profile\n"
+                         f"(Y-PSNR on {evalset.name})", float_layers=float_layers)
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -100,10 +100,10 @@ def quantizable_layers(model, op_types: Sequence[str], skip: Sequence[str] = ())
 
 def sensitivity(layers: Sequence[Layer], score: ScoreFn, fp32: float, int8_all: float,
                 methods: Sequence[str] = ("only", "except"), progress: bool = False) -> list[SensitivityRow]:
-    from tqdm.auto import tqdm
+    from ..progress import track
 
     rows = []
-    for layer in tqdm(layers, desc="sensitivity", unit="layer", disable=not progress, leave=False):
+    for layer in track(layers, "INT8 sensitivity", unit="layers", show=progress):
         row = SensitivityRow(layer.name, layer.op_type)
         if "only" in methods:
             row.only_cost = fp32 - score([], layer.name)
@@ -132,7 +132,7 @@ def ranking(rows: Sequence[SensitivityRow], method: str) -> list[str]:
 
 
 def search(order: Sequence[str], score: ScoreFn, fp32: float, int8_all: float, budget: float,
-           max_float: int | None = None) -> SearchResult:
+           max_float: int | None = None, progress: bool = False) -> SearchResult:
     """Keep layers float in `order` until fp32 - psnr <= budget.
 
     Returns the first graph within the budget or, when none is (``max_float`` reached or
@@ -142,14 +142,20 @@ def search(order: Sequence[str], score: ScoreFn, fp32: float, int8_all: float, b
     start = SearchStep([], int8_all, fp32 - int8_all)
     res = SearchResult([], int8_all, fp32 - int8_all, fp32 - int8_all <= budget, [start])
     chosen: list[str] = []
-    for name in order:
-        if res.within_budget or (max_float is not None and len(chosen) >= max_float):
-            break
-        chosen.append(name)
-        p = score(list(chosen), None)
-        res.evaluations += 1
-        res.steps.append(SearchStep(list(chosen), p, fp32 - p))
-        res.within_budget = fp32 - p <= budget
+    from ..progress import progress as live
+
+    most = len(order) if max_float is None else min(len(order), max_float)
+    with live("INT8 search (layers kept float)", most, "candidates", show=progress) as bar:
+        for name in order:
+            if res.within_budget or (max_float is not None and len(chosen) >= max_float):
+                break
+            chosen.append(name)
+            p = score(list(chosen), None)
+            res.evaluations += 1
+            res.steps.append(SearchStep(list(chosen), p, fp32 - p))
+            res.within_budget = fp32 - p <= budget
+            bar.update()
+            bar.set_postfix(f"drop {fp32 - p:.3f} dB (budget {budget})")
     best = res.steps[-1] if res.within_budget else max(res.steps, key=lambda s: (s.psnr, -len(s.float_layers)))
     res.float_layers, res.psnr, res.drop = list(best.float_layers), best.psnr, best.drop
     return res
@@ -174,6 +180,22 @@ def greedy_search(names: Sequence[str], score: ScoreFn, fp32: float, int8_all: f
     return res
 
 
+def layer_label(node: str) -> str:
+    """A readable layer label from an exported node name: ``/backbone/backbone.0/Conv`` ->
+    ``backbone.0`` (the exporter repeats each parent module's path in its child's name and
+    ends with the operator type)."""
+    parts = [p for p in node.strip("/").split("/") if p]
+    if len(parts) > 1 and parts[-1].split("_")[0].isalpha() and parts[-1][:1].isupper():
+        parts = parts[:-1]  # the operator (Conv, Conv_1, Add, ...)
+    kept: list[str] = []
+    for p in parts:
+        if kept and (p == kept[-1] or p.startswith(kept[-1] + ".")):
+            kept[-1] = p  # "backbone" then "backbone.0": keep the longer path once
+        else:
+            kept.append(p)
+    return ".".join(kept) or node
+
+
 def plot_sensitivity(rows: Sequence[SensitivityRow], path: str | Path, title: str = "",
                      float_layers: Sequence[str] = ()) -> Path:
     """Horizontal bar chart (PNG, written atomically) of both sensitivity measures."""
@@ -184,26 +206,35 @@ def plot_sensitivity(rows: Sequence[SensitivityRow], path: str | Path, title: st
 
     from ..fsutil import atomic_path
 
-    labels = [r.layer.strip("/").replace("/Conv", "").replace("/", ".") or r.layer for r in rows]
-    y = range(len(rows))
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.6))
+    # layers whose INT8 form changes nothing (shape ops: Slice, Reshape, Concat, ...) would be
+    # empty rows; they are named under the axis instead
+    idle = [r for r in rows if not (r.only_cost or r.except_gain) and r.layer not in float_layers]
+    shown = [r for r in rows if r not in idle] or list(rows)
+    labels = [layer_label(r.layer) for r in shown]
+    y = range(len(shown))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(shown) + 2.0))
     h = 0.4
-    if any(r.only_cost is not None for r in rows):
-        ax.barh([i - h / 2 for i in y], [r.only_cost or 0.0 for r in rows], height=h,
-                label="cost when ONLY this layer is int8 (dB)", color="tab:red")
-    if any(r.except_gain is not None for r in rows):
-        ax.barh([i + h / 2 for i in y], [r.except_gain or 0.0 for r in rows], height=h,
-                label="gain when only this layer is float (dB)", color="tab:blue")
+    if any(r.only_cost is not None for r in shown):
+        ax.barh([i - h / 2 for i in y], [r.only_cost or 0.0 for r in shown], height=h,
+                label="PSNR cost when ONLY this layer is INT8 (dB)", color="tab:red")
+    if any(r.except_gain is not None for r in shown):
+        ax.barh([i + h / 2 for i in y], [r.except_gain or 0.0 for r in shown], height=h,
+                label="PSNR gain when only this layer stays float (dB)", color="tab:blue")
     ax.set_yticks(list(y))
-    ax.set_yticklabels([f"{lab} *" if r.layer in float_layers else lab for lab, r in zip(labels, rows)])
+    ax.set_yticklabels([f"{lab} *" if r.layer in float_layers else lab for lab, r in zip(labels, shown)])
     ax.invert_yaxis()
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("Y-PSNR (dB) on the evaluation set" + ("   (* kept float)" if float_layers else ""))
-    ax.set_title(title or "INT8 per-layer sensitivity")
-    ax.legend(loc="lower right", fontsize=8)
+    xlabel = "Y-PSNR change (dB) on the evaluation set" + ("   (* kept float)" if float_layers else "")
+    if idle and len(shown) < len(rows):
+        names = ", ".join(layer_label(r.layer) for r in idle[:8]) + (", ..." if len(idle) > 8 else "")
+        xlabel += f"\nno measurable effect, not drawn: {names}"
+    ax.set_xlabel(xlabel, fontsize=9)
+    # the legend between title and bars: never over the bars (the longest end where an inner one sits)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=1, fontsize=8, frameon=False)
+    ax.set_title(title or "INT8 per-layer sensitivity", fontsize=10, pad=34)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
