@@ -202,6 +202,9 @@ def judge(report: dict[str, Any], entry: ZooEntry) -> dict[str, Any]:
         next((t["psnr_y"] for t in conv.get("trials", []) if t.get("label") == conv.get("label")), None),
         "bicubic_psnr_y": conv.get("bicubic_psnr_y"),
         "reparam": {"hooks": rep.get("hooks"), "generic_applied": (rep.get("generic") or {}).get("applied"),
+                    "generic_regions_collapsed": (rep.get("generic") or {}).get("regions_collapsed"),
+                    "generic_multi_branch": (rep.get("generic") or {}).get("multi_branch_scopes"),
+                    "params_before": rep.get("params_before"), "params_after": rep.get("params_after"),
                     "changed": rep.get("changed")},
         "export": {"dynamic": exp.get("dynamic"), "fixed_input_hw": exp.get("fixed_input_hw"),
                    "fixed_reason": exp.get("fixed_reason"), "ops": len(exp.get("op_counts") or {}),
@@ -401,7 +404,10 @@ def summary_rows(results: list[dict]) -> list[list[Any]]:
         exp = r.get("export") or {}
         rep = r.get("reparam") or {}
         hooks = [h for h in rep.get("hooks") or [] if h.get("applied")]
-        reparam = ("hooks" if hooks else "") + ("+generic" if rep.get("generic_applied") else "")
+        n = rep.get("generic_regions_collapsed")
+        reparam = "+".join((["hooks"] if hooks else []) + ([f"generic {n}" + (
+            f" ({len(rep['generic_multi_branch'])} multi-branch)" if rep.get("generic_multi_branch") else "")]
+            if rep.get("generic_applied") else []))
         lat = (r.get("latency_ms") or {}).get("ort:fp32")
         rows.append([
             r["name"], "ok" if r.get("ok") else "FAILED",

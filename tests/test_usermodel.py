@@ -176,6 +176,45 @@ def test_deploy_hooks_are_verified():
     assert not rep["hooks"][0]["applied"] and "changed the output" in rep["hooks"][0]["reason"]
 
 
+def test_generic_pass_is_reported_applied_only_when_it_collapsed_something():
+    """deploy_form's generic step: a training-form block (parallel 3x3 + 1x1 + identity, summed) is
+    collapsed and named; a model with nothing affine to merge is reported unchanged, not 'applied'."""
+    from torch import nn
+
+    from edgesr.reparam.author_hooks import deploy_form
+
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Conv2d(3, 8, 3, padding=1)
+            self.k3, self.k1 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+            self.tail = nn.Conv2d(8, 3, 3, padding=1)
+
+        def forward(self, x):
+            y = torch.relu(self.head(x))
+            y = torch.relu(self.k3(y) + self.k1(y) + y)
+            return self.tail(y)
+
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    inputs = [np.random.default_rng(0).random((1, 3, 13, 9), dtype=np.float32)]
+    dep, rep = deploy_form(Branches().eval(), inputs)
+    g = rep["generic"]
+    assert g["applied"] and g["regions_collapsed"] >= 1 and g["multi_branch_scopes"], g
+    assert rep["changed"] and rep["max_abs"] < 1e-4 and rep["params_after"] < rep["params_before"]
+    dep, rep = deploy_form(Plain().eval(), inputs)
+    g = rep["generic"]
+    assert not g["applied"] and g["regions_collapsed"] == 0 and "nothing to collapse" in g["reason"], g
+    assert not rep["changed"]
+
+
 def test_cli_convert_and_eval_with_model(weights, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("EDGESR_ALLOW_IMPLAUSIBLE", raising=False)
     out = tmp_path / "out"

@@ -120,8 +120,18 @@ def _generic(model, inputs: Sequence[np.ndarray], tol: float) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001
         return {"applied": False, "reason": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}"}
     err = _max_abs(model, res.module, inputs)
-    out = {"report": getattr(res, "report", {}), "max_abs": err, "module": res.module.eval()}
-    out["applied"] = bool(err <= tol) and res.module is not model
+    rep = getattr(res, "report", {}) or {}
+    # What the pass did, from its own report: the module it returns is always a new object, so
+    # "applied" must mean that something was collapsed or an author hook kept, not just "returned".
+    collapsed = int(rep.get("regions_collapsed") or 0)
+    hooks_kept = int((rep.get("deploy_hooks") or {}).get("kept") or 0)
+    multi = sorted({r["scope"] or "(root)" for r in rep.get("regions", []) if r.get("status") == "collapsed"
+                    and ((r.get("ops") or {}).get("add", 0) >= 1 or (r.get("ops") or {}).get("conv", 0) >= 2)})
+    out = {"report": rep, "max_abs": err, "module": res.module.eval(), "regions_collapsed": collapsed,
+           "multi_branch_scopes": multi, "hooks_kept": hooks_kept}
+    out["applied"] = bool(err <= tol) and (collapsed > 0 or hooks_kept > 0)
     if err > tol:
         out["reason"] = f"changed the output by {err:.3g} (> {tol:g}); not applied"
+    elif not out["applied"]:
+        out["reason"] = "nothing to collapse (no affine sub-graph that is cheaper as one conv)"
     return out
