@@ -317,3 +317,37 @@ def test_eval_input_range_on_a_registry_checkpoint_with_ort(set5_dir, capsys, tm
     onnx = tmp_path / "m.onnx"
     assert main(["quantize", str(BUNDLED_CHECKPOINT), "-o", str(onnx), "--input-range", "1"]) == 2
     assert "--input-range" in capsys.readouterr().err
+
+
+def test_integer_buffers_of_the_users_module_load_with_the_weights(tmp_path):
+    """Swin-style code saves an int64 `relative_position_index` buffer with the weights (2022 team
+    09): it loads when the user's module has an integer buffer of that name (prefixed too); an
+    integer tensor the module has no integer buffer for is still refused."""
+    from torch import nn
+
+    from edgesr.checkpoint import load_state_dict
+    from edgesr.errors import InvalidWeights
+    from edgesr.usermodel import load_weights
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Conv2d(3, 3, 1)
+            self.register_buffer("relative_position_index", torch.arange(16).view(4, 4))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Attn()
+
+    src = Net()
+    src.block.relative_position_index += 1  # the saved value is what loads (as the author's loader)
+    torch.save({"params": src.state_dict()}, tmp_path / "w.pth")
+    with pytest.raises(InvalidWeights, match="relative_position_index"):
+        load_state_dict(tmp_path / "w.pth")  # registry checkpoints: weights are floats
+    net = Net()
+    load_weights(net, tmp_path / "w.pth")
+    assert torch.equal(net.block.relative_position_index, src.block.relative_position_index)
+    torch.save({"params": src.state_dict() | {"block.step": torch.tensor(3)}}, tmp_path / "x.pth")
+    with pytest.raises(InvalidWeights, match="block.step"):
+        load_weights(Net(), tmp_path / "x.pth", strict=False)

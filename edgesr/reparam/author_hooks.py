@@ -119,12 +119,12 @@ def _generic(model, inputs: Sequence[np.ndarray], tol: float) -> dict[str, Any]:
         res = collapse_linear(copy.deepcopy(model), torch.from_numpy(inputs[0]))
     except Exception as e:  # noqa: BLE001
         return {"applied": False, "reason": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}"}
-    err = _max_abs(model, res.module, inputs)
     rep = getattr(res, "report", {}) or {}
     # What the pass did, from its own report: the module it returns is always a new object, so
     # "applied" must mean that something was collapsed or an author hook kept, not just "returned".
     collapsed = int(rep.get("regions_collapsed") or 0)
     hooks_kept = int((rep.get("deploy_hooks") or {}).get("kept") or 0)
+    err = _max_abs(model, res.module, inputs) if (collapsed or hooks_kept) else 0.0  # unchanged: not re-run
     multi = sorted({r["scope"] or "(root)" for r in rep.get("regions", []) if r.get("status") == "collapsed"
                     and ((r.get("ops") or {}).get("add", 0) >= 1 or (r.get("ops") or {}).get("conv", 0) >= 2)})
     out = {"report": rep, "max_abs": err, "module": res.module.eval(), "regions_collapsed": collapsed,
