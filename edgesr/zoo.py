@@ -171,8 +171,13 @@ def convert_entry(entry: ZooEntry, outdir: Path, *, force: bool = False, int8: b
         model=entry.code, model_kwargs=entry.kwargs, strict=entry.strict, weights_key=entry.key,
         import_paths=tuple(entry.paths))
     lines: list[str] = []
+
+    def log(line: str) -> None:  # kept for the result, and printed: OUTROOT/logs/<name>.log shows progress live
+        lines.append(line)
+        print(line, flush=True)
+
     try:
-        result = convert(opts, log=lines.append)
+        result = convert(opts, log=log)
     except EdgesrError as e:
         return res | {"category": category_of(e), "reason": str(e).splitlines()[0][:400],
                       "failed_after": _last_step(lines), "steps": lines, "seconds": round(time.perf_counter() - t0, 1)}
