@@ -300,7 +300,11 @@ def quick_check(entry: ZooEntry, workdir: Path, *, int8: bool = False) -> dict[s
         err = max(err, float(np.max(np.abs(ort.run(x).astype(np.float64) - ref))))
     out = {"name": entry.name, "scale": spec.scale, "inferred_input_range": um.conventions.chosen.input_range,
            "equivalent": um.conventions.equivalent, "psnr_y": um.conventions.best.psnr_y,
-           "bicubic_psnr_y": um.conventions.bicubic_psnr_y, "hooks": rep["hooks"], "dynamic": fixed is None,
+           "bicubic_psnr_y": um.conventions.bicubic_psnr_y, "hooks": rep["hooks"],
+           "generic_regions_collapsed": rep["generic"].get("regions_collapsed"),
+           "generic_multi_branch": rep["generic"].get("multi_branch_scopes"),
+           "generic_applied": rep["generic"].get("applied"), "deploy_max_abs": rep.get("max_abs"),
+           "dynamic": fixed is None,
            "fixed_hw": fixed, "parity_max_abs": err, "parity_inputs": [list(x.shape) for x in inputs]}
     if int8:
         from .quant import QuantConfig, quantize_model
