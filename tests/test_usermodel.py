@@ -190,10 +190,12 @@ def test_generic_pass_is_reported_applied_only_when_it_collapsed_something():
             self.k3, self.k1 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
             self.tail = nn.Conv2d(8, 3, 3, padding=1)
 
+            self.gain = self.tail.bias * 0.0 + 1.0  # a non-leaf tensor attribute: deepcopy refuses it
+
         def forward(self, x):
             y = torch.relu(self.head(x))
             y = torch.relu(self.k3(y) + self.k1(y) + y)
-            return self.tail(y)
+            return self.tail(y) * self.gain.view(1, -1, 1, 1)
 
     class Plain(nn.Module):
         def __init__(self):
@@ -351,3 +353,20 @@ def test_integer_buffers_of_the_users_module_load_with_the_weights(tmp_path):
     torch.save({"params": src.state_dict() | {"block.step": torch.tensor(3)}}, tmp_path / "x.pth")
     with pytest.raises(InvalidWeights, match="block.step"):
         load_weights(Net(), tmp_path / "x.pth", strict=False)
+
+
+def test_convert_of_a_fixed_size_export_states_tiling_was_not_measured(tmp_path, capsys):
+    """A fixed-size export runs on one input size only: convert completes (it failed in the tiling
+    measurement, which fed the graph other sizes) and says tiling was not measured."""
+    from edgesr.usermodel import ModelRef, build_user_module
+
+    code = f"{REPO / 'models' / 'broken.py'}:SizeBakedNet"
+    torch.save(build_user_module(ModelRef.parse(code)).state_dict(), tmp_path / "w.pth")
+    out = tmp_path / "out"
+    rc = main(["convert", str(tmp_path / "w.pth"), "--model", code, "--model-path", str(REPO), "-o", str(out),
+               "--no-bench", "--no-ort-format", "--input-range", "1"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["export"]["fixed_input_hw"] == [64, 64] and report["parity"]["ok"]
+    assert report["tiling"]["method"] == "not measured (fixed-size graph)" and not report["tiling"]["exact"]
+    assert json.loads((out / "manifest.json").read_text())["io"]["fixed_input_hw"] == [64, 64]
