@@ -183,7 +183,7 @@ def igconv_multiscale(workdir: Path, sizes, threads: int, seconds: float) -> dic
     import onnx
 
     from edgesr.archs.igconv import export_multiscale_onnx
-    from edgesr.backends.ort_runner import session_options
+    from edgesr.backends.ort_session import ort_session
     from edgesr.export import export_onnx
 
     torch.manual_seed(0)
@@ -191,9 +191,7 @@ def igconv_multiscale(workdir: Path, sizes, threads: int, seconds: float) -> dic
     model = lm.module.eval()
     ms_path = workdir / "igconv_scale_input.onnx"
     info = export_multiscale_onnx(model, ms_path)
-    import onnxruntime as ort
-
-    ms = ort.InferenceSession(str(ms_path), session_options(threads), providers=["CPUExecutionProvider"])
+    ms = ort_session(ms_path, threads=threads)
     res = {"scale_input": {"ops": info["op_counts"], "max_abs_vs_torch": info["max_abs_vs_torch"],
                            "bytes": ms_path.stat().st_size}, "per_scale": {}}
     res["scale_input"]["trt_rtx"] = _trt_scale_input(ms_path, workdir)
@@ -207,7 +205,7 @@ def igconv_multiscale(workdir: Path, sizes, threads: int, seconds: float) -> dic
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             r = export_onnx(dep, spec, p)
-        per = ort.InferenceSession(str(p), session_options(threads), providers=["CPUExecutionProvider"])
+        per = ort_session(p, threads=threads)
         a = per.run(None, {"input": x})[0]
         b = ms.run(None, {"input": x, "scale": np.array(s, dtype=np.int64)})[0]
         t_per = time_callable(lambda: per.run(None, {"input": x}), pol)

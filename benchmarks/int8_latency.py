@@ -65,12 +65,9 @@ def load_deploy(name: str):
 
 
 def session(path, threads: int):
-    from edgesr.backends.ort_runner import session_options
+    from edgesr.backends.ort_session import ort_session
 
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), sess_options=session_options(threads, "all"),
-                                providers=["CPUExecutionProvider"])
+    return ort_session(path, threads=threads, graph_opt="all")
 
 
 def time_sessions(sessions: dict, runs: int, x: np.ndarray) -> dict:
@@ -83,13 +80,10 @@ def time_sessions(sessions: dict, runs: int, x: np.ndarray) -> dict:
 
 def optimized_ops(path, threads: int, tmp: Path) -> list[str]:
     import onnx
-    import onnxruntime as ort
 
-    from edgesr.backends.ort_runner import session_options
+    from edgesr.backends.ort_session import ort_session
 
-    so = session_options(threads, "all")
-    so.optimized_model_filepath = str(tmp / "optimized.onnx")
-    ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    ort_session(path, threads=threads, graph_opt="all", optimized_model_path=tmp / "optimized.onnx")
     return sorted({n.op_type for n in onnx.load(str(tmp / "optimized.onnx")).graph.node})
 
 

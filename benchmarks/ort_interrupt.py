@@ -32,7 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgesr.backends.ort_runner import run_session, session_options  # noqa: E402
+from edgesr.backends.ort_runner import run_session  # noqa: E402
+from edgesr.backends.ort_session import ort_session  # noqa: E402
 from edgesr.bench import TimingPolicy, machine_info, ratio_summary, time_interleaved  # noqa: E402
 from edgesr.fsutil import atomic_write_text  # noqa: E402
 
@@ -67,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgesr-ortint-") as tmp:
         path = export_model(Path(tmp))
-        so = session_options(args.threads)
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        sess = ort_session(path, threads=args.threads, spinning=False)
         name = sess.get_inputs()[0].name
         for size in args.sizes.split(","):
             h, w = (int(v) for v in size.lower().split("x"))

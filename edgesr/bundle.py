@@ -662,7 +662,7 @@ def library_versions(report: dict[str, Any] | None = None) -> dict[str, Any]:
     import platform
 
     from . import __version__
-    from .bench import _version
+    from .machine import package_version as _version
 
     v: dict[str, Any] = {"edgesr": __version__, "python": platform.python_version()}
     for mod in ("torch", "onnx", "onnxruntime", "onnxslim", "numpy", "tensorrt", "tensorrt_rtx", "executorch"):

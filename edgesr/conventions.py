@@ -142,7 +142,7 @@ def _forward(module, x: np.ndarray) -> np.ndarray:
 
 def _try_shape(module, h: int, w: int, channels: int = 3, seed: int = 5) -> tuple[int | None, int, str]:
     """(scale or None, out channels, note) of one forward pass at h x w."""
-    from .parity import random_image
+    from .probe_inputs import random_image
 
     x = random_image((1, channels, h, w), seed=seed)
     try:
@@ -193,8 +193,8 @@ def measure_geometry(module, expected_scale: int | None = None, error_roots: Seq
 
 def _forward_location(module, roots: Sequence) -> str:
     """' (at file.py:LINE in func)' of the user's code where a plain forward pass fails."""
-    from .parity import random_image
-    from .usermodel import user_frame
+    from .probe_inputs import random_image
+    from .user_frames import user_frame
 
     if not roots:
         return ""

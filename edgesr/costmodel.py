@@ -178,7 +178,7 @@ def measure_gemm_fp32(threads: int | None = None, sizes: Sequence[int] = (256, 5
     """Best fp32 GEMM rate (GFLOP/s) of torch.mm and numpy.matmul over `sizes` (square)."""
     import torch
 
-    from .bench import TimingPolicy, time_callable
+    from .timing import TimingPolicy, time_callable
 
     old = torch.get_num_threads()
     if threads:
@@ -211,11 +211,10 @@ def measure_gemm_fp32(threads: int | None = None, sizes: Sequence[int] = (256, 5
 def measure_gemm_int8(threads: int | None = None, n: int = 1024, seconds: float = 0.4) -> dict:
     """int8 GEMM rate (GOP/s, 2 ops per multiply-accumulate) of ONNX Runtime MatMulInteger
     (uint8 activations x int8 weights -> int32), the MLAS path of QLinearConv on CPUs."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from .backends.ort_runner import session_options
-    from .bench import TimingPolicy, time_callable
+    from .backends.ort_session import ort_session
+    from .timing import TimingPolicy, time_callable
 
     rng = np.random.default_rng(0)
     w = rng.integers(-127, 128, size=(n, n), dtype=np.int8)
@@ -226,8 +225,7 @@ def measure_gemm_int8(threads: int | None = None, n: int = 1024, seconds: float 
         initializer=[numpy_helper.from_array(w, "B")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    sess = ort.InferenceSession(model.SerializeToString(), sess_options=session_options(threads, "all"),
-                                providers=["CPUExecutionProvider"])
+    sess = ort_session(model, threads=threads, graph_opt="all")
     a = rng.integers(0, 256, size=(n, n), dtype=np.uint8)
     st = time_callable(lambda: sess.run(None, {"A": a}),
                        TimingPolicy(warmup_seconds=0.1, min_runs=3, min_seconds=seconds, max_runs=200))
@@ -242,7 +240,7 @@ def measure_stream_copy(threads: int | None = None, mbytes: int = 256, seconds: 
     larger than the last-level cache: torch copy_ (multi-threaded) and numpy.copyto."""
     import torch
 
-    from .bench import TimingPolicy, time_callable
+    from .timing import TimingPolicy, time_callable
 
     n = mbytes * 2**20 // 4
     old = torch.get_num_threads()

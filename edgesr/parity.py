@@ -38,6 +38,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import DatasetError, ParityError
+from .probe_inputs import random_image
 
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((17, 23), (32, 32), (31, 100))
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -98,30 +99,6 @@ def shared_dir() -> Path | None:
     env = os.environ.get("EDGESR_SHARED")
     p = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
     return p if p.is_dir() else None
-
-
-def random_image(shape: Sequence[int], seed: int = 0, kind: str = "smooth",
-                 value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
-    """NCHW float32 random image: ``smooth`` (natural-image-like) or ``uniform`` noise."""
-    n, c, h, w = (int(s) for s in shape)
-    rng = np.random.default_rng(seed)
-    if kind == "uniform":
-        x = rng.random((n, c, h, w))
-    elif kind == "smooth":
-        from .resize import imresize
-
-        imgs = []
-        for _ in range(n):
-            base = rng.random((max(2, h // 4 + 1), max(2, w // 4 + 1), c))
-            img = imresize(base, output_shape=(h, w)).reshape(h, w, c)
-            imgs.append(np.clip(img + rng.normal(0.0, 0.02, img.shape), 0.0, 1.0).transpose(2, 0, 1))
-        x = np.stack(imgs)
-    else:
-        raise ParityError(f"unknown random image kind {kind!r} (smooth | uniform)")
-    lo, hi = value_range
-    # C-contiguous NCHW: a transposed array would reach torch as a channels-last tensor, and some
-    # user code (.view() after convolutions) works only on the contiguous layout its authors fed it.
-    return np.ascontiguousarray((x * (hi - lo) + lo).astype(np.float32))
 
 
 def random_samples(sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES, channels: int = 3, seed: int = 0,

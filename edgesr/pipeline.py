@@ -1,28 +1,33 @@
 """`edgesr convert`: checkpoint -> reparameterize -> ONNX -> (INT8) -> parity -> latency -> OUTDIR.
 
 Everything is written into a hidden staging folder beside OUTDIR and renamed into
-place at the end, so a crash never leaves a half-written OUTDIR that looks complete.
+place at the end, so a crash never leaves a half-written OUTDIR that looks complete
+(`edgesr.publish`); the manifest is built by `edgesr.manifest`, report.md by `edgesr.report`.
+
+Over 500 lines on purpose: it is the one orchestration of a convert, and its steps (reparameterize,
+export, INT8 with verdicts, parity, latency, engines) share ConvertOptions, the staging folder and
+the report dict; split further, each step would carry that state through its signature.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import os
-import shutil
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
 from . import __version__
-from .errors import OutputError, OutputExists, quoted
-from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file, text_name
+from .backends.base import BaseRunner
+from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .manifest import artifact_entry, build_manifest, int8_manifest, source_info, state_fixed_shape  # noqa: F401
+from .probe_inputs import verification_inputs
+from .report import render_report_md
+from .publish import STAGING_PREFIX, check_outdir, discard_staging, make_staging, publish  # noqa: F401
 from .spec import Spec
 
 BUNDLED_CHECKPOINT = Path(__file__).parent / "assets" / "ecbsr_m4c16_x4_bundled.safetensors"
-STAGING_PREFIX = ".edgesr-partial-"
 
 
 @dataclass
@@ -120,7 +125,7 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
         deploy = adapt(reparameterize(loaded.module)) if training is not None else adapt(loaded.module)
         deploy_spec = replace(spec, form="deploy")
         inputs = verification_inputs(deploy_spec)
-        report = {"edgesr_version": __version__, "source": _source_info(ckpt, spec, opts.checkpoint is None)}
+        report = {"edgesr_version": __version__, "source": source_info(ckpt, spec, opts.checkpoint is None)}
         if conventions is not None:
             report["conventions"] = conventions
         if training is not None:
@@ -131,7 +136,7 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
             report["reparameterization"] = {"applied": False, "reason": "checkpoint is already in deploy form"}
             done("reparameterize", "skipped (already deploy form)")
 
-    staging = _make_staging(outdir)
+    staging = make_staging(outdir)
     try:
         artifacts = []
         from safetensors.torch import save
@@ -139,7 +144,7 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
         deploy_file = staging / "deploy.safetensors"
         atomic_write_bytes(deploy_file, save({k: v.contiguous() for k, v in deploy.state_dict().items()},
                                              metadata={"arch": spec.arch, "form": "deploy", "scale": str(spec.scale)}))
-        artifacts.append(_artifact(deploy_file, "torch_deploy", "safetensors", "fp32", "torch"))
+        artifacts.append(artifact_entry(deploy_file, "torch_deploy", "safetensors", "fp32", "torch"))
 
         from .export.onnx import export_onnx
 
@@ -151,7 +156,7 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
         else:
             exported = export_onnx(deploy, deploy_spec, onnx_path, source_checkpoint=ckpt)
         report["export"] = exported.to_dict() | {"path": onnx_path.name}
-        artifacts.append(_artifact(onnx_path, "onnx_fp32", "onnx", "fp32", "onnxruntime"))
+        artifacts.append(artifact_entry(onnx_path, "onnx_fp32", "onnx", "fp32", "onnxruntime"))
         done("export", f"opset {exported.opset}, {sum(exported.op_counts.values())} nodes "
                        f"{dict(exported.op_counts)}, max abs vs torch {exported.max_abs_vs_torch:.2e}")
 
@@ -167,7 +172,7 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
             fp16_path = staging / "model_fp16.onnx"
             res = export_fp16(onnx_path, fp16_path, inputs)
             report["fp16"] = res.to_dict() | {"path": fp16_path.name}
-            artifacts.append(_artifact(fp16_path, "onnx_fp16", "onnx", "fp16", "onnxruntime"))
+            artifacts.append(artifact_entry(fp16_path, "onnx_fp16", "onnx", "fp16", "onnxruntime"))
             done("fp16", f"largest activation {res.worst.max_abs:.3g} ({res.worst.name}), "
                          f"max abs vs fp32 {res.max_abs_vs_fp32}")
 
@@ -187,7 +192,7 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
                     q["path"] = ov_paths["int8"].name
                 else:
                     int8_paths[profile] = staging / name
-                    artifacts.append(_artifact(staging / name, f"onnx_int8_{profile}", "onnx", "int8",
+                    artifacts.append(artifact_entry(staging / name, f"onnx_int8_{profile}", "onnx", "int8",
                                                PROFILE_RUNTIME[profile], profile=profile))
                 done(f"int8 ({profile})", f"{'within' if q['within_budget'] else 'OVER'} budget: drop "
                                           f"{q['drop']:.3f} dB (budget {q['budget']}) on {q['eval_set']}, float layers: "
@@ -204,7 +209,7 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
             for role, src in [("ort_fp32", onnx_path)] + [(f"ort_int8_{p}", q) for p, q in int8_paths.items()]:
                 res = export_ort(src)
                 report["ort_format"][role] = res.to_dict() | {"path": res.path.name, "source": src.name}
-                artifacts.append(_artifact(res.path, role, "ort", "int8" if "int8" in role else "fp32",
+                artifacts.append(artifact_entry(res.path, role, "ort", "int8" if "int8" in role else "fp32",
                                            "onnxruntime-mobile"))
             done("ort format", f"{1 + len(int8_paths)} .ort files")
 
@@ -245,13 +250,13 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
         report["ok"] = bool(report["parity"]["ok"]) and not (report.get("int8_verdict") or {}).get("problems")
         report["steps"] = [s.__dict__ for s in steps]
         manifest = build_manifest(deploy_spec, artifacts, staging, report)
-        _state_fixed_shape(manifest, report)
+        state_fixed_shape(manifest, report)
         atomic_write_json(staging / "report.json", report)
         atomic_write_text(staging / "report.md", render_report_md(report, manifest))
         write_manifest(staging, manifest)  # schema-validated, hashes re-checked
-        _publish(staging, outdir, opts.force)
+        publish(staging, outdir, opts.force)
     except BaseException:
-        _discard_staging(staging)
+        discard_staging(staging)
         raise
     return ConvertResult(outdir, manifest, report, steps)
 
@@ -282,7 +287,7 @@ def _load_user_model(ckpt: Path, opts: ConvertOptions, done) -> tuple:
         rep["inputs"] = [{"shape": list(x.shape)} for x in inputs]
     else:
         rep["reason"] = "no author deploy hook or generic collapse changed the module"
-    report = {"edgesr_version": __version__, "source": _source_info(ckpt, spec, False) | {"model": str(um.ref)},
+    report = {"edgesr_version": __version__, "source": source_info(ckpt, spec, False) | {"model": str(um.ref)},
               "user_model": um.report(), "conventions": conv.to_dict(), "reparameterization": rep}
     hooks = "; ".join(f"{', '.join(h['called'])}: {'applied' if h['applied'] else h.get('reason')}"
                       for h in rep["hooks"]) or "no author hooks"
@@ -328,32 +333,6 @@ def _registry_conventions(module, spec: Spec, opts: ConvertOptions):
 
 
 # ---- steps ---------------------------------------------------------------------------------
-
-def verification_inputs(spec: Spec, seed: int = 0) -> list[np.ndarray]:
-    """Real images (bundled sample photos, center crops) + random inputs of odd sizes."""
-    from .imaging import read_image
-    from .sample_images import sample_images
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for p in sample_images()[:3]:
-        rgb = read_image(p).rgb
-        h, w = min(96, rgb.shape[0]), min(128, rgb.shape[1])
-        y0, x0 = (rgb.shape[0] - h) // 2, (rgb.shape[1] - w) // 2
-        out.append(np.ascontiguousarray(rgb[y0:y0 + h, x0:x0 + w].transpose(2, 0, 1)[None], dtype=np.float32))
-    for h, w in ((17, 23), (1, 1), (32, 7)):
-        out.append(rng.random((1, spec.in_channels, h, w), dtype=np.float32))
-    return [_fit(x, spec) for x in out]
-
-
-def _fit(x: np.ndarray, spec: Spec) -> np.ndarray:
-    m = max(1, spec.size_multiple)
-    h = max(spec.min_size, -(-x.shape[2] // m) * m)
-    w = max(spec.min_size, -(-x.shape[3] // m) * m)
-    if (h, w) == x.shape[2:]:
-        return x
-    return np.pad(x, ((0, 0), (0, 0), (0, h - x.shape[2]), (0, w - x.shape[3])), mode="reflect" if
-                  min(x.shape[2:]) > 1 else "edge")
 
 
 def measure_bundle_tiling(onnx_path: Path, spec: Spec, opts: ConvertOptions):
@@ -427,9 +406,9 @@ def write_openvino_ir(onnx_path: Path, xml_path: Path, artifacts: list[dict], ro
     from .backends.openvino_runner import convert_to_ir
 
     xml = convert_to_ir(onnx_path, xml_path)
-    artifacts.append(_artifact(xml, role, "openvino-ir", precision, "openvino", weights=xml.with_suffix(".bin").name,
+    artifacts.append(artifact_entry(xml, role, "openvino-ir", precision, "openvino", weights=xml.with_suffix(".bin").name,
                                source=onnx_path.name))
-    artifacts.append(_artifact(xml.with_suffix(".bin"), f"{role}_weights", "openvino-bin", precision, "openvino"))
+    artifacts.append(artifact_entry(xml.with_suffix(".bin"), f"{role}_weights", "openvino-bin", precision, "openvino"))
     return xml
 
 
@@ -582,10 +561,14 @@ def opts_export_fixed_hw(staging: Path) -> tuple[int, int] | None:
     return tuple(hw) if hw else None
 
 
-class _ClampedRunner:
+class _ClampedRunner(BaseRunner):
     def __init__(self, runner, lo: float, hi: float):
         self.runner, self.lo, self.hi = runner, lo, hi
         self.name = runner.name + "+clamp"
+        self.spec = getattr(runner, "spec", None)
+
+    def _detect_precision(self) -> str:
+        return str(getattr(self.runner, "precision", None) or super()._detect_precision())
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return np.clip(self.runner.run(x), self.lo, self.hi)
@@ -597,8 +580,8 @@ def measure_latency(staging: Path, deploy, spec: Spec, int8_paths: dict[str, Pat
     an idle session's spinning threads would compete with the one being timed)."""
     import torch
 
-    from .backends.ort_runner import OrtRunner
-    from .bench import TimingPolicy, machine_info, time_interleaved
+    from .machine import machine_info
+    from .timing import TimingPolicy, time_interleaved
 
     oh, ow = opts.bench_output
     h, w = max(1, oh // spec.scale), max(1, ow // spec.scale)
@@ -607,10 +590,11 @@ def measure_latency(staging: Path, deploy, spec: Spec, int8_paths: dict[str, Pat
         h, w = fixed
     x = np.random.default_rng(0).random((1, spec.in_channels, h, w), dtype=np.float32)
     xt = torch.from_numpy(x)
-    from .bench import SessionRunner, ort_session
+    from .backends.ort_runner import SessionRunner
+    from .backends.ort_session import ort_session
 
     def ort(p: Path):
-        return SessionRunner(ort_session(p, threads=opts.threads, spinning=False), p.name)
+        return SessionRunner(ort_session(p, threads=opts.threads, spinning=False), p.name, path=p)
 
     runners = {"ort:fp32": ort(staging / "model.onnx")}
     for profile, p in int8_paths.items():
@@ -673,439 +657,3 @@ def build_engines(staging: Path, deploy, spec: Spec, inputs: list[np.ndarray], i
                     f"{res.report['run'] if isinstance(res.report['run'], str) else 'verified on ' + run['device']['name']}")
 
 
-def build_manifest(spec: Spec, artifacts: list[dict], folder: Path, report: dict) -> dict:
-    from .bundle import manifest_extras
-
-    lat = {r["backend"]: r["median_ms"] for r in report.get("latency", {}).get("results", [])}
-    return {
-        "format": "edgesr-bundle",
-        "format_version": 1,
-        "edgesr_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": report["source"],
-        "spec": spec.to_dict(),
-        "io": {"input": {"name": "input", "dtype": "float32", "layout": spec.layout,
-                         "shape": ["N", spec.in_channels, "H", "W"], "value_range": list(spec.value_range),
-                         "color_order": spec.color_order},
-               "output": {"name": "output", "dtype": "float32", "layout": spec.layout,
-                          "shape": ["N", spec.out_channels, f"H*{spec.scale}", f"W*{spec.scale}"],
-                          "value_range": list(spec.value_range), "color_order": spec.color_order},
-               "scale": spec.scale, "size_multiple": spec.size_multiple, "min_size": spec.min_size,
-               "receptive_field": spec.receptive_field},
-        "artifacts": artifacts,
-        "parity": {"ok": report["parity"]["ok"],
-                   "comparisons": [{"reference": c["reference"], "candidate": c["test"], "precision": c.get("precision"),
-                                    "max_abs": c.get("max_abs"), "psnr": c.get("psnr"), "ok": c["ok"],
-                                    "gate": c.get("gate", True)}
-                                   for c in report["parity"].get("comparisons", [])]},
-        "latency_ms_median": lat,
-    } | manifest_extras(spec, report) | int8_manifest(artifacts, report)
-
-
-def int8_manifest(artifacts: list[dict], report: dict) -> dict:
-    """``int8``: each INT8 graph's verdict (criterion, images, drop, budget, speed vs fp32) and
-    ``default_artifacts``: the artifact role an application should load per runtime - the INT8
-    graph made for that runtime when it met the budget and (where measured) is faster than fp32
-    here, else the fp32 one."""
-    roles = {a["role"] for a in artifacts}
-    verdict = (report.get("int8_verdict") or {}).get("graphs", {})
-    int8_role = {"cpu": "onnx_int8_cpu", "openvino": "openvino_int8", "trt": "onnx_int8_trt"}
-    defaults: dict[str, str] = {}
-    for runtime, fp32_role, profile in (("onnxruntime", "onnx_fp32", "cpu"), ("openvino", "openvino_fp32", "openvino"),
-                                        ("tensorrt", "onnx_fp32", "trt")):
-        v = verdict.get(profile)
-        if v is not None and v.get("default") and int8_role[profile] in roles:
-            defaults[runtime] = int8_role[profile]
-        elif fp32_role in roles and (runtime != "tensorrt" or "engines" in report):
-            defaults[runtime] = fp32_role
-        elif runtime == "openvino" and int8_role[profile] in roles:
-            defaults[runtime] = "onnx_fp32"  # OpenVINO reads the fp32 ONNX directly
-    out: dict = {"default_artifacts": defaults}
-    if verdict:
-        out["int8"] = {p: {**v, "artifact": int8_role.get(p)} for p, v in verdict.items()}
-    return out
-
-
-def _state_fixed_shape(manifest: dict, report: dict) -> None:
-    """A fixed-shape export (user code whose trace bakes sizes in) says so in the manifest: the
-    input/output shapes are numbers, the shape range is that one size, and why."""
-    hw = (report.get("export") or {}).get("fixed_input_hw")
-    if not hw:
-        return
-    h, w = hw
-    s = manifest["spec"]["scale"]
-    manifest["io"]["input"]["shape"] = ["N", manifest["spec"]["in_channels"], h, w]
-    manifest["io"]["output"]["shape"] = ["N", manifest["spec"]["out_channels"], h * s, w * s]
-    manifest["io"]["fixed_input_hw"] = [h, w]
-    manifest["io"]["fixed_reason"] = report["export"].get("fixed_reason", "")
-    for dim, v in (("height", h), ("width", w)):
-        manifest["shape_range"][dim].update({"min": v, "max": v, "opt": v})
-
-
-def render_report_md(report: dict, manifest: dict) -> str:
-    spec = manifest["spec"]
-    lines = [f"# edgesr conversion report: {spec['arch']} ({spec.get('variant') or 'custom'}) x{spec['scale']}", "",
-             f"- source: `{report['source']['checkpoint']}` (sha256 `{report['source']['sha256'][:16]}...`, "
-             f"{report['source']['form']} form)",
-             f"- result: **{'OK' if report['ok'] else 'FAILED'}**", ""]
-    rp = report["reparameterization"]
-    lines += ["## Reparameterization", "",
-              (f"training form vs deploy form, fp32 max abs = {rp['max_abs']:.2e} (tolerance {rp['tolerance']:g}) "
-               f"over {len(rp['inputs'])} inputs" if rp.get("applied") else f"not applied: {rp.get('reason')}"), ""]
-    ex = report["export"]
-    lines += ["## ONNX export", "", f"- opset {ex['opset']}, dynamic N/H/W: {ex['dynamic']}, simplified: {ex['simplified']}",
-              f"- operators: {ex['op_counts']}",
-              f"- ONNX Runtime vs PyTorch max abs: {ex['max_abs_vs_torch']:.2e}", ""]
-    par = report["parity"]
-    lines += ["## Parity", "", f"Inputs: {', '.join(par.get('samples', []))}", "",
-              "| reference | candidate | max abs | mean abs | p99 abs | PSNR (dB) | SSIM | 8-bit pixels differing "
-              "| PSNR vs HR (ref / cand) | ok |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for c in par.get("comparisons", []):
-        gt = (f"{_f(c.get('ref_psnr_gt'))} / {_f(c.get('test_psnr_gt'))}"
-              if c.get("ref_psnr_gt") is not None else "-")
-        lines.append(f"| {c['reference']} | {c['test']} | {_f(c.get('max_abs'))} | {_f(c.get('mean_abs'))} | "
-                     f"{_f(c.get('p99_abs'))} | {_f(c.get('psnr'))} | {_f(c.get('ssim'))} | "
-                     f"{_f(c.get('diff8_share'))} | {gt} | {'info' if c.get('gate') is False else 'yes' if c['ok'] else 'NO'} |")
-    for c in par.get("comparisons", []):
-        if c.get("first_divergence"):
-            d = c["first_divergence"]
-            lines += ["", f"{c['test']}: first diverging operator `{d.get('node', d)}` ({d.get('op_type', '')})"]
-        for fail in c.get("failures", []):
-            lines.append(f"- {c['test']}: {fail}")
-    lines.append("")
-    if "int8" in report:
-        crit = next(iter(report["int8"].values())).get("criterion", "")
-        lines += ["## INT8", "", f"Verdict (the only one; parity's INT8 rows above are information): {crit}.",
-                  "Y-PSNR (dB) on the evaluation set (held-out crops of the sample photos, never the "
-                  "calibration patches), measured in the runtime each graph is made for; `all-int8` is before "
-                  "mixed precision.", "",
-                  "| profile | eval set | fp32 | all-int8 | int8 | drop | within budget | float layers | test set fp32 / int8 |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for prof, q in report["int8"].items():
-            test = (f"{_f(q.get('test_psnr_fp32'))} / {_f(q.get('test_psnr_int8'))} ({q.get('test_set')})"
-                    if q.get("test_psnr_int8") is not None else "-")
-            lines.append(f"| {prof} | {q.get('eval_set')} | {_f(q['psnr_fp32'])} | {_f(q['psnr_int8_all'])} | "
-                         f"{_f(q['psnr_int8'])} | {_f(q['drop'])} | {q['within_budget']} | "
-                         f"{', '.join(q.get('float_layers') or []) or '-'} | {test} |")
-        v = report.get("int8_verdict") or {}
-        lines.append("")
-        for p, g in v.get("graphs", {}).items():
-            speed = (f"{g['speedup']:.2f}x fp32 in {g['runtime']} ({g['int8_ms']:.1f} vs {g['fp32_ms']:.1f} ms)"
-                     if "speedup" in g else f"speed in {g['runtime']} not measured here")
-            lines.append(f"- {p}: {'within budget' if g['within_budget'] else 'OVER BUDGET'}, {speed}; "
-                         f"{'the default for ' + g['runtime'] if g['default'] else 'not the default (fp32 is)'}; "
-                         f"evaluation images: {', '.join(g['eval_images'])}; calibration images: "
-                         f"{', '.join(g['calibration_images'])}")
-        for line in v.get("problems", []) + v.get("notes", []):
-            lines.append(f"- **{line}**")
-        lines.append("")
-    if "engines" in report:
-        eng = report["engines"]
-        run = eng["run"] if isinstance(eng["run"], str) else f"verified on {eng['run'].get('device', {}).get('name')}"
-        p = eng["profile"]
-        lines += ["## TensorRT engines", "", f"- profile (LR H x W): min {p['min_hw']}, opt {p['opt_hw']}, "
-                  f"max {p['max_hw']}; targets: {eng['options']['compute_capabilities']}",
-                  f"- run: {run}", "",
-                  "| engine | flavour | precision | source | cache hit | build s | MiB |", "|---|---|---|---|---|---|---|"]
-        for b in eng["builds"]:
-            lines.append(f"| {b['file']} | {b['flavour']} {b['flavour_version']} | {b['precision']} | {b['source']} | "
-                         f"{b['cache_hit']} | {b['build_seconds']} | {b['bytes'] / 2**20:.2f} |")
-        for note in eng.get("skipped", []):
-            lines.append(f"- skipped: {note}")
-        lines.append("")
-    if any(k in report for k in ("tflite", "ncnn", "coreml")):
-        from .export.mobile_convert import render_mobile_md
-
-        lines += render_mobile_md(report)
-    if "latency" in report:
-        m = report["latency"]["machine"]
-        lines += ["## CPU latency", "", f"{m.get('cpu_model')}, {m.get('logical_cpus')} logical CPUs, "
-                  f"onnxruntime {m.get('onnxruntime_version')}, torch {m.get('torch_version')}", "",
-                  "| backend | input | output | median ms | p90 ms | CV | Mpix/s |", "|---|---|---|---|---|---|---|"]
-        for r in report["latency"]["results"]:
-            lines.append(f"| {r['backend']} | {r['size']} | {r['output']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
-                         f"{r['cv']:.2f} | {r['mpix_per_s']} |")
-        lines.append("")
-    return "\n".join(lines) + "\n"
-
-
-def _f(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3e}" if (v != 0 and abs(v) < 1e-3) else f"{v:.4f}"
-    return str(v)
-
-
-def _source_info(ckpt: Path, spec: Spec, bundled: bool) -> dict:
-    return {"checkpoint": text_name(ckpt.name), "sha256": sha256_file(ckpt), "bundled": bundled, "form": spec.form,
-            "arch": spec.arch, "variant": spec.variant, "hyperparams": spec.hyperparams}
-
-
-def _artifact(path: Path, role: str, fmt: str, precision: str, backend: str, **extra) -> dict:
-    return {"role": role, "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
-            "format": fmt, "precision": precision, "backend": backend, **extra}
-
-
-def check_outdir(outdir: Path, force: bool, inputs: Sequence[Path | None] = ()) -> None:
-    """Refuse an OUTDIR whose replacement could lose data, before any work (and again just
-    before publishing): the current folder or one of its parents (`-o .`); a folder holding
-    (or being) one of `inputs` (the checkpoint, --calib, --testset, --model code), even with --force; an
-    existing OUTDIR without --force; and, with --force, anything but a bundle edgesr wrote
-    itself (a real folder with an edgesr manifest and only edgesr's files in it)."""
-    from .bundle import not_written_by_edgesr
-
-    out = _absolute(outdir)
-    cwd = _absolute(Path.cwd())
-    if not outdir.name or out == cwd or out in cwd.parents:
-        raise OutputError(f"output folder {quoted(outdir)} is the current folder or one of its parents; convert "
-                          "writes a new folder and --force would replace it: name one, e.g. -o out/model")
-    for p in inputs:
-        if p is None:
-            continue
-        ip = _absolute(Path(p))
-        if ip == out or out in ip.parents:
-            raise OutputError(f"output folder {quoted(outdir)} holds the input {quoted(p)}; replacing it would "
-                              "delete that: choose another output folder")
-    if not os.path.lexists(outdir):
-        return
-    if not force:
-        raise OutputExists(f"{quoted(outdir)} exists; pass --force to replace it")
-    why = not_written_by_edgesr(outdir)
-    if why is not None:
-        raise OutputError(f"refusing to replace {quoted(outdir)} even with --force: {why}; edgesr only replaces "
-                          "bundles it wrote. Move what you need out of it, or choose another -o")
-
-
-def _absolute(p: Path) -> Path:
-    """Absolute, symlinks resolved where they exist (a missing tail is kept as written)."""
-    try:
-        return p.expanduser().resolve(strict=False)
-    except (OSError, RuntimeError):  # e.g. a symlink loop
-        return Path(os.path.abspath(p))
-
-
-def _staging_name(outdir_name: str, tag: str = "") -> str:
-    """``.edgesr-partial-[tag]<name>-<pid>``, the name shortened (with a hash, so two long
-    names stay apart) when the result plus ``.lock`` would pass the file system's name limit:
-    a legal 250-character OUTDIR must not fail because its staging name is longer."""
-    import hashlib
-
-    pid = str(os.getpid())
-    budget = _name_max() - len(_LOCK_SUFFIX) - len(STAGING_PREFIX) - len(tag) - 1 - len(pid)
-    name = outdir_name
-    if len(os.fsencode(name)) > budget:
-        digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
-        keep = os.fsencode(name)[: max(0, budget - len(digest) - 1)].decode("utf-8", "ignore")
-        name = f"{keep}~{digest}"
-    return f"{STAGING_PREFIX}{tag}{name}-{pid}"
-
-
-def _name_max() -> int:
-    return 255  # NAME_MAX of ext4, XFS, btrfs, APFS, NTFS (UTF-16 units there)
-
-
-def _make_staging(outdir: Path) -> Path:
-    """A fresh hidden folder beside OUTDIR, owned by this process (see `_lock_staging`)."""
-    try:
-        outdir.parent.mkdir(parents=True, exist_ok=True)
-        _clean_stale_staging(outdir.parent)
-        staging = outdir.parent / _staging_name(outdir.name)
-        _lock_staging(staging)  # before mkdir: a folder whose lock nobody holds is a stale leftover
-        if os.path.lexists(staging):
-            _remove_path(staging)
-        staging.mkdir()
-    except OSError as e:
-        blocker = next((a for a in [outdir.parent, *outdir.parent.parents] if os.path.lexists(a)), None)
-        if blocker is not None and not blocker.is_dir():
-            raise OutputError(f"cannot create the output folder {quoted(outdir)}: {quoted(blocker)} is a file, "
-                              "not a folder") from None
-        raise OutputError(f"cannot create the output folder {quoted(outdir)}: {e.strerror or e}") from None
-    return staging
-
-
-def _clean_stale_staging(parent: Path) -> None:
-    """Remove staging folders (and their lock files) left by killed runs.
-
-    A folder is stale when its lock file is not held by a live process (the kernel drops
-    an flock when its holder dies, so a reused PID cannot keep a leftover alive), or, for
-    a folder without a lock file, when the PID in its name is not running. Folders of
-    running conversions, this process's included, are left alone.
-    """
-    try:
-        entries = sorted(parent.glob(f"{STAGING_PREFIX}*"))
-    except OSError:
-        return
-    for p in entries:
-        if p.name.endswith(_LOCK_SUFFIX):
-            folder = p.with_name(p.name[: -len(_LOCK_SUFFIX)])
-            if _HAVE_FLOCK and str(folder) not in _STAGING_LOCKS and not os.path.lexists(folder):
-                fd = _try_lock(p)
-                if fd is not None:  # orphan lock (killed right after publishing, or before mkdir)
-                    _unlink_quietly(p)
-                    os.close(fd)
-            continue
-        if str(p) in _STAGING_LOCKS:
-            continue  # ours
-        pid = p.name.rsplit("-", 1)[-1]
-        if not pid.isdigit():
-            continue
-        lock = p.with_name(p.name + _LOCK_SUFFIX)
-        if _HAVE_FLOCK and lock.exists():
-            fd = _try_lock(lock)
-            if fd is None:
-                continue  # a live conversion holds it
-            try:
-                _remove_path(p)
-                _unlink_quietly(lock)
-            finally:
-                os.close(fd)
-        elif not _pid_alive(int(pid)):
-            _remove_path(p)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:  # e.g. Windows: an invalid PID
-        return False
-    return True
-
-
-def _publish(staging: Path, outdir: Path, force: bool) -> None:
-    """Rename the finished staging folder onto OUTDIR (replacing it only with --force).
-
-    On Linux the replacement is one atomic exchange (renameat2 RENAME_EXCHANGE), so OUTDIR
-    is at every instant either the complete old bundle or the complete new one; elsewhere
-    it is two renames, and a kill between them leaves no OUTDIR (never a partial one) with
-    the old bundle in a stale staging folder that the next run removes.
-    """
-    try:
-        if os.path.lexists(outdir):
-            if not force:
-                raise OutputExists(f"{quoted(outdir)} appeared while converting; pass --force to replace it")
-            check_outdir(outdir, force)  # still a bundle edgesr wrote? (it may have changed meanwhile)
-            if _rename2(staging, outdir, _RENAME_EXCHANGE):
-                _fsync_parent(outdir)
-                _remove_path(staging)  # now holds the previous OUTDIR
-            else:
-                old = outdir.parent / _staging_name(outdir.name, "old-")
-                os.replace(outdir, old)
-                os.replace(staging, outdir)
-                _fsync_parent(outdir)
-                _remove_path(old)
-        else:
-            if not _rename2(staging, outdir, _RENAME_NOREPLACE):
-                os.rename(staging, outdir)
-            _fsync_parent(outdir)
-    except FileExistsError:
-        raise OutputExists(f"{quoted(outdir)} appeared while converting; pass --force to replace it") from None
-    except OSError as e:
-        raise OutputError(f"cannot publish {quoted(outdir)}: {e.strerror or e}") from None
-    finally:
-        _unlock_staging(staging)
-
-
-def _discard_staging(staging: Path) -> None:
-    """Remove an unfinished staging folder and release its lock (on any failure)."""
-    _remove_path(staging)
-    _unlock_staging(staging)
-
-
-# ---- staging helpers: lock files, atomic renames --------------------------------------------
-
-_LOCK_SUFFIX = ".lock"
-_STAGING_LOCKS: dict[str, int] = {}  # staging folder -> fd of the lock file this process holds
-try:
-    import fcntl as _fcntl
-
-    _HAVE_FLOCK = True
-except ImportError:  # Windows: stale folders are recognised by PID only
-    _fcntl = None
-    _HAVE_FLOCK = False
-_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
-
-
-def _lock_staging(staging: Path) -> None:
-    """Create and hold ``<staging>.lock`` (flock) while this process converts into `staging`."""
-    if not _HAVE_FLOCK or str(staging) in _STAGING_LOCKS:
-        return
-    lock = staging.with_name(staging.name + _LOCK_SUFFIX)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise OutputExists(f"{staging} is in use by another edgesr process") from None
-    _STAGING_LOCKS[str(staging)] = fd
-
-
-def _unlock_staging(staging: Path) -> None:
-    fd = _STAGING_LOCKS.pop(str(staging), None)
-    if fd is not None:
-        _unlink_quietly(staging.with_name(staging.name + _LOCK_SUFFIX))
-        os.close(fd)
-
-
-def _try_lock(lock: Path) -> int | None:
-    """An fd holding `lock` exclusively, or None when a live process holds it."""
-    try:
-        fd = os.open(lock, os.O_RDWR)
-    except OSError:
-        return None
-    try:
-        _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _rename2(src: Path, dst: Path, flags: int) -> bool:
-    """Linux renameat2(src, dst, flags); False when the C library or file system lacks it."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-    import errno
-
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    at_fdcwd = -100
-    if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    raise OSError(err, os.strerror(err), str(dst))
-
-
-def _remove_path(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p, ignore_errors=True)
-    else:
-        _unlink_quietly(p)
-
-
-def _unlink_quietly(p: Path) -> None:
-    try:
-        os.unlink(p)
-    except OSError:
-        pass
-
-
-def _fsync_parent(path: Path) -> None:
-    from .fsutil import _fsync_dir
-
-    _fsync_dir(path.parent)

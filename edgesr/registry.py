@@ -8,65 +8,28 @@ infers hyperparameters from those shapes, and builds either form of the network:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
 
+from .architecture import (FORMS, Architecture, Hyper, LoadedModel, Variant, _clip_list,  # noqa: F401
+                           count_3x3_convs, count_indexed, has_all, match_variant, scale_from_channels)
 from .checkpoint import StateDict, load_state_dict
 from .errors import EdgesrError, KeyMismatch, ScaleMismatch, UnknownArchitecture
 from .spec import Spec
-
-Hyper = dict[str, Any]
-FORMS = ("training", "deploy")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A named configuration such as ``ecbsr-m4c16-x4``."""
-
-    name: str
-    hyperparams: Hyper
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Architecture:
-    name: str
-    description: str
-    # Returns the form ("training"/"deploy") a state_dict is in, or None if it is not this arch.
-    detect: Callable[[StateDict], str | None]
-    # Hyperparameters from tensor shapes; `scale` is the user's hint (None = infer).
-    infer: Callable[[StateDict, str, int | None], Hyper]
-    # Build an untrained module of the given form.
-    build: Callable[[Hyper, str], nn.Module]
-    describe: Callable[[Hyper, str], Spec]
-    forms: tuple[str, ...] = FORMS
-    variants: tuple[Variant, ...] = ()
-    # Higher wins when several entries detect the same state_dict.
-    priority: int = 0
-    source: str = ""  # where the reference implementation / checkpoints come from
-    tags: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def reparameterizable(self) -> bool:
-        return "training" in self.forms and "deploy" in self.forms
-
-
-@dataclass
-class LoadedModel:
-    module: nn.Module
-    spec: Spec
-    arch: Architecture
-    state_dict_keys: int = 0
-
 
 _ARCHITECTURES: list[Architecture] = []
 
 
 def register(arch: Architecture) -> Architecture:
+    """Add an architecture beside the families `edgesr.archs` lists (which come first)."""
+    _ensure_loaded()
+    return _add(arch)
+
+
+def _add(arch: Architecture) -> Architecture:
     if any(a.name == arch.name for a in _ARCHITECTURES):
         raise ValueError(f"architecture {arch.name!r} registered twice")
     _ARCHITECTURES.append(arch)
@@ -153,13 +116,6 @@ def load_model(source: str | Path | StateDict, arch: str | None = None, scale: i
     return LoadedModel(module.eval(), spec, a, len(sd))
 
 
-def match_variant(a: Architecture, hp: Hyper) -> str | None:
-    for v in a.variants:
-        if all(hp.get(k) == val for k, val in v.hyperparams.items()):
-            return v.name
-    return None
-
-
 def _build_fitting(a: Architecture, hp: Hyper, form: str, sd: StateDict) -> nn.Module:
     """`a.build(hp, form)`, after checking on the meta device (no memory allocated) that the
     network has exactly the checkpoint's keys and shapes: hyperparameters inferred from a
@@ -231,57 +187,33 @@ def _describe_keys(sd: StateDict) -> str:
     return f"{len(sd)} keys, top-level names not recognised: {_clip_list(tops)}"
 
 
-def _clip_list(items: list[str], n: int = 12) -> str:
-    return ", ".join(items[:n]) + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
+def et_target(arch: str, form: str) -> tuple[str, str] | None:
+    """Registry (arch, form) an ET of a checkpoint of (arch, form) comes out as; None if
+    that family cannot be ET-transformed (e.g. ESPCN's tanh, FSRCNN's transposed conv)."""
+    from .reparam.et import layouts
+
+    _ensure_loaded()  # every family has registered its layouts
+    for lay in layouts():
+        if (arch, form) in lay.sources:
+            return lay.target_arch, lay.target_form
+    return None
 
 
-# ---- helpers shared by family modules -------------------------------------------------
-
-def scale_from_channels(out_channels: int, colors: int, hint: int | None, extra: int = 0,
-                        arch: str = "model") -> int:
-    """Infer the pixel-shuffle scale from a last conv's output channel count."""
-    n = out_channels - extra
-    for s in (1, 2, 3, 4, 5, 6, 8):
-        if colors * s * s == n:
-            if hint is not None and hint != s:
-                raise ScaleMismatch(f"--scale {hint} does not match the checkpoint: {arch} has "
-                                    f"{out_channels} output channels before PixelShuffle, i.e. x{s}")
-            return s
-    raise KeyMismatch(f"{arch}: {out_channels} output channels before PixelShuffle fit no scale "
-                      f"for {colors} colour channels")
-
-
-def count_indexed(sd: StateDict, prefix: str) -> int:
-    """Number of consecutive ``prefix.N.`` entries (ModuleList / Sequential length)."""
-    idx = {int(k[len(prefix) + 1:].split(".")[0]) for k in sd
-           if k.startswith(prefix + ".") and k[len(prefix) + 1:].split(".")[0].isdigit()}
-    if not idx:
-        return 0
-    n = max(idx) + 1
-    # Parameter-free layers (activations) leave gaps, at most about one per layer. A hostile
-    # "prefix.99999999.weight" would otherwise make the family build 10^8 layers.
-    if n > 2 * len(idx) + 2:
-        raise KeyMismatch(f"{prefix}: layer indices {_clip_list([str(i) for i in sorted(idx)], 6)} leave too "
-                          f"many gaps for a {n}-layer list (corrupt or hand-edited state_dict?)")
-    return n
-
-
-def has_all(sd: StateDict, *keys: str) -> bool:
-    return all(k in sd for k in keys)
-
-
-def count_3x3_convs(module: nn.Module) -> int:
-    return sum(1 for m in module.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
+def can_equivalent_transform(arch: str, form: str) -> bool:
+    return et_target(arch, form) is not None
 
 
 _LOADED = False
 
 
 def _ensure_loaded() -> None:
-    """Import the family modules (explicit list; each calls `register`)."""
+    """Register the families `edgesr.archs` lists, in its order (imported on first use: they
+    pull in every family's torch modules)."""
     global _LOADED
     if _LOADED:
         return
     _LOADED = True
-    from . import archs  # noqa: F401  (archs/__init__.py imports every family explicitly)
+    from .archs import ARCHITECTURES
 
+    for arch in ARCHITECTURES:
+        _add(arch)

@@ -1,16 +1,23 @@
-"""Turn what a user names on the command line into a runnable model.
+"""The one seam that turns a MODEL reference into something runnable.
 
-A MODEL argument is a checkpoint (.pth/.pt/.ckpt/.safetensors), an ONNX / ORT file, a mobile
-artifact (.tflite, ncnn .param; Core ML: "no runtime on this machine"), or an OUTDIR written by
-`edgesr convert` (holding manifest.json).
+A MODEL argument is a checkpoint (.pth/.pt/.ckpt/.safetensors; a registry family, or weights for the
+user's code with --model FILE.py:NAME), an ONNX / ORT file, an OpenVINO IR, a TensorRT engine, a
+mobile artifact (.tflite, ncnn .param; Core ML: "no runtime on this machine"), or an OUTDIR written
+by `edgesr convert` (holding manifest.json). Two views of the same resolution:
+
+* `resolve_model` / `resolve_user_model` / `runner_for`: a Runner now (eval, upscale, parity);
+* `open_model`: a `ModelSource` whose artifacts (fp32 ONNX, INT8 graph for a runtime, engines) are
+  made on demand and cached (bench), via `edgesr.artifact_cache`.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from .artifact_cache import cached_int8, cached_onnx_export, int8_available, onnx_is_quantized
 from .errors import CheckpointError, ScaleMismatch, one_line, quoted
 from .spec import Spec
 
@@ -18,16 +25,25 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".sft")
 ONNX_SUFFIXES = (".onnx", ".ort")
 BACKENDS = ("torch", "ort", "openvino", "ort-int8", "openvino-int8", "litert", "litert-int8", "ncnn", "ncnn-int8",
             "coreml")
+# Each INT8 backend runs the graph made for its runtime, never another runtime's: ORT running the
+# TensorRT graph is slower than fp32 (no QLinearConv), OpenVINO's int8 kernels differ from ORT's.
+INT8_ROLES = {"ort-int8": "onnx_int8_cpu", "openvino-int8": "openvino_int8"}
+INT8_PROFILE_OF = {"ort-int8": "cpu", "openvino-int8": "openvino"}
 
 
 @dataclass
 class ResolvedModel:
-    runner: object  # a Runner (edgesr.backends)
+    runner: Any  # a Runner (edgesr.backends.base)
     spec: Spec
     kind: str  # "checkpoint" | "onnx" | "bundle"
     path: Path
     onnx: bytes | Path | None = None  # the ONNX graph behind the runner, when there is one (tiling analysis)
     tiling: dict | None = None  # a bundle manifest's "tiling" (with the measurement made at convert time)
+
+    def __post_init__(self) -> None:
+        # The runner carries the model's spec (the Runner contract): parity, upscale and eval read it there.
+        if getattr(self.runner, "spec", None) is None:
+            self.runner.spec = self.spec
 
 
 def resolve_model(ref: str | Path, backend: str = "torch", scale: int | None = None, arch: str | None = None,
@@ -168,7 +184,7 @@ def user_deploy_model(weights: str | Path, ref, kwargs: dict | None = None, *, s
     Conventions are measured (the output must beat bicubic); author deploy hooks kept only when exact."""
     from dataclasses import replace
 
-    from .pipeline import verification_inputs
+    from .probe_inputs import verification_inputs
     from .reparam.author_hooks import deploy_form
     from .usermodel import load_user_model
 
@@ -203,9 +219,7 @@ def resolve_user_model(weights: str | Path, ref, kwargs: dict | None = None, *, 
 def _openvino_or_int8(path: Path, backend: str, scale, arch, form: str, threads) -> ResolvedModel:
     """openvino: a bundle's OpenVINO IR (or its fp32 ONNX), an .onnx / .xml file, or a checkpoint
     exported to ONNX, run by OpenVINO. ort-int8 / openvino-int8: the INT8 graph a bundle holds for
-    that runtime (edgesr.bench.INT8_ROLES) - never a graph made for another runtime."""
-    from .bench import INT8_ROLES
-
+    that runtime (INT8_ROLES) - never a graph made for another runtime."""
     if backend not in BACKENDS:
         raise CheckpointError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if backend == "ort-int8":
@@ -255,8 +269,8 @@ def _openvino_or_int8(path: Path, backend: str, scale, arch, form: str, threads)
     with tempfile.TemporaryDirectory(prefix="edgesr-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(resolved.runner.module, resolved.spec, onnx_path, source_checkpoint=path)
-        runner = OpenVinoRunner(onnx_path.read_bytes(), name="openvino:fp32", threads=threads)
-    return ResolvedModel(runner, resolved.spec, "checkpoint", path)
+        ov_runner = OpenVinoRunner(onnx_path.read_bytes(), name="openvino:fp32", threads=threads)
+    return ResolvedModel(ov_runner, resolved.spec, "checkpoint", path)
 
 
 def _int8_artifact(manifest, path: Path, backend: str, role: str):
@@ -297,3 +311,205 @@ def _from_mobile(path: Path, backend: str, scale, threads) -> ResolvedModel:
     runtime = "litert" if path.suffix.lower() == ".tflite" else "ncnn"
     runner = mobile_runner_for(path, spec, threads, name=f"{runtime}:{path.name}")
     return ResolvedModel(runner, spec, "mobile" if manifest is None else "bundle", path)
+
+
+@dataclass
+class ModelSource:
+    """What a MODEL argument points at, and lazily-made artifacts (cached in `workdir`)."""
+
+    ref: Path
+    kind: str  # "checkpoint" | "onnx" | "bundle" | "mobile" (a .tflite / .param / Core ML file)
+    spec: Any  # edgesr.spec.Spec (deploy form unless form="training" was asked for)
+    workdir: Path
+    module: Any = None  # PyTorch module (checkpoint / bundle torch_deploy)
+    onnx_path: Path | None = None
+    manifest: Any = None
+    form: str = "deploy"
+    notes: list[str] = field(default_factory=list)
+    default_backend: str = "ort"  # what `edgesr bench` times when no --backend is given
+    _tmp: Any = None
+
+    # ---- artifacts
+    def fp32_onnx(self, static_hw: tuple[int, int] | None = None) -> Path:
+        """The fp32 ONNX model: the given file, the bundle's onnx_fp32, or an export of the
+        module (dynamic N/H/W; `static_hw` exports a fixed 1x C x H x W graph instead)."""
+        if static_hw is None and self.onnx_path is not None:
+            return self.onnx_path
+        if self.kind == "bundle":
+            self.onnx_path = self.manifest.verified_path("onnx_fp32")  # the bytes whose sha256 was checked
+            return self.onnx_path
+        if self.kind == "onnx" and self.onnx_path is not None:
+            return self.onnx_path
+        if self.module is None:
+            raise _unavailable("no fp32 ONNX model and no PyTorch module to export one from")
+        p = cached_onnx_export(self.module, self.spec, self.workdir, key_hint=str(self.ref), static_hw=static_hw)
+        if static_hw is None:
+            self.onnx_path = p
+        return p
+
+    def int8_onnx(self, profile: str = "cpu", config: Any = None, backend: str = "ort-int8") -> tuple[Path, str]:
+        """(path, how it was obtained) of the INT8 graph made for `backend`'s runtime."""
+        if self.kind == "bundle":
+            role = INT8_ROLES[backend]
+            try:
+                art = self.manifest.artifact(role)
+            except Exception:  # noqa: BLE001 - BundleError: role absent
+                others = [a.role for a in self.manifest.artifacts if "int8" in a.role and not a.role.endswith("_weights")]
+                raise _unavailable(
+                    f"{self.ref} has no INT8 graph made for {backend} ({role})"
+                    + (f"; its INT8 graphs ({', '.join(others)}) are made for other runtimes" if others else "")
+                    + f"; convert with --int8{' --openvino' if backend == 'openvino-int8' else ''}") from None
+            return self.manifest.verified_path(art), f"bundle artifact {role}"  # the bytes whose sha256 was checked
+        if self.kind == "onnx" and onnx_is_quantized(self.fp32_onnx()):
+            return self.fp32_onnx(), "the given ONNX file is already quantized"
+        ok, note = int8_available()
+        if not ok:
+            raise _unavailable(note)
+        path = cached_int8(self.fp32_onnx(), self.spec, self.workdir, profile=profile, config=config)
+        return path, f"quantized here (edgesr.quant, profile {profile}; cached in {self.workdir})"
+
+    def torch_module(self):
+        if self.module is None:
+            raise _unavailable(f"{self.ref.name} holds no PyTorch weights (an ONNX model): use --backend ort")
+        return self.module
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _unavailable(msg: str):
+    from .errors import BackendUnavailable
+
+    return BackendUnavailable(msg)
+
+
+def open_model(ref: str | Path, *, workdir: str | Path | None = None, scale: int | None = None,
+               arch: str | None = None, form: str = "deploy", user: dict | None = None) -> ModelSource:
+    """Resolve MODEL (checkpoint, .onnx/.ort, or convert OUTDIR). `workdir` caches exports
+    and INT8 models across runs (default: a temporary folder removed by `close()`)."""
+    from dataclasses import replace as dc_replace
+
+    path = Path(ref)
+    if not path.exists():
+        raise CheckpointError(f"model not found: {path}")
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="edgesr-bench-")
+        workdir = tmp.name
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        from .bundle import read_manifest
+
+        man = read_manifest(path)
+        if scale is not None and man.spec.scale != scale:
+            raise ScaleMismatch(f"--scale {scale} does not match {path} (x{man.spec.scale})")
+        src = ModelSource(path, "bundle", man.spec, workdir, manifest=man, _tmp=tmp)
+        try:
+            art = man.artifact("torch_deploy")
+            from .registry import load_model
+
+            from .checkpoint import load_state_dict_bytes
+
+            sd = load_state_dict_bytes(man.verified_bytes(art), art.file)
+            src.module = load_model(sd, arch=man.spec.arch, scale=man.spec.scale).module.eval()
+        except Exception as e:  # noqa: BLE001 - torch backend then reports unavailable
+            src.notes.append(f"no PyTorch deploy weights usable: {e}")
+        return src
+    from .backends.mobile import file_backend, is_mobile_artifact, spec_beside
+
+    if is_mobile_artifact(path):
+        spec, _ = spec_beside(path, scale)
+        src = ModelSource(path, "mobile", spec, workdir, _tmp=tmp)
+        src.default_backend = file_backend(path) or src.default_backend
+        return src
+    if path.suffix.lower() in ONNX_SUFFIXES:
+        spec = _spec_from_onnx(path, scale)
+        return ModelSource(path, "onnx", spec, workdir, onnx_path=path, _tmp=tmp)
+    if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise CheckpointError(f"{path.name}: not a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}), ONNX file "
+                              f"({', '.join(ONNX_SUFFIXES)}) or convert OUTDIR")
+    if user is not None:  # --model FILE.py:NAME: the user's code, conventions measured, deploy hooks verified
+        module, spec, _ = user_deploy_model(path, scale=scale, **user)
+        return ModelSource(path, "checkpoint", spec, workdir, module=module.eval(), form="deploy", _tmp=tmp)
+    from .registry import load_model
+    from .reparam import reparameterize
+
+    loaded = load_model(path, arch=arch, scale=scale)
+    module, spec = loaded.module.eval(), loaded.spec
+    if form == "deploy" and spec.form == "training":
+        module, spec = reparameterize(module).eval(), dc_replace(spec, form="deploy")
+    return ModelSource(path, "checkpoint", spec, workdir, module=module, form=spec.form, _tmp=tmp)
+
+
+# ---- one MODEL file, as `edgesr parity` compares it -----------------------------------------------
+
+ENGINE_SUFFIXES = (".engine", ".plan")
+
+
+def runner_for(path: Path, *, form: str | None = None, backend: str = "ort", threads: int | None = None,
+               scale: int | None = None, user: dict | None = None, engine_opener: Any = None,
+               label: str | None = None) -> Any:
+    """A Runner for one MODEL file: a mobile artifact, a TensorRT engine, an OpenVINO IR (or an .onnx with
+    backend "openvino"), an .onnx / .ort file (ONNX Runtime), weights for the user's code (`user`: the
+    --model options; form "training" = the author's module as is) or a registry checkpoint / bundle in
+    PyTorch (`form`: "training" or "deploy", default deploy). The runner carries the model's spec when
+    the file says it. `engine_opener(path)`: how engines are opened (default `open_engine`)."""
+    from .errors import KeyMismatch
+
+    path = Path(path)
+    label = label or str(path)
+    if not path.exists():
+        raise CheckpointError(f"model not found: {path}")
+    suffix = path.suffix.lower()
+    from .backends.mobile import is_mobile_artifact, open_mobile_runner
+
+    is_file_model = is_mobile_artifact(path) or suffix in ENGINE_SUFFIXES or suffix in (".xml", ".onnx", ".ort")
+    if form and is_file_model:
+        raise KeyMismatch(f"{label}: :{form} applies to checkpoints only")
+    if is_mobile_artifact(path):
+        return open_mobile_runner(path, threads)
+    if suffix in ENGINE_SUFFIXES:
+        return (engine_opener or open_engine)(path)
+    if suffix == ".xml" or (suffix == ".onnx" and backend == "openvino"):
+        from .backends.openvino_runner import OpenVinoRunner
+
+        return OpenVinoRunner(path, name=label, threads=threads)  # (an IR with FakeQuantize / i8 constants: int8)
+    if suffix in (".onnx", ".ort"):
+        from .backends.ort_runner import OrtRunner
+
+        spec = None
+        if suffix == ".onnx":
+            try:
+                spec = _spec_from_onnx(path, scale)  # size rules, when the file carries them
+            except Exception:  # noqa: BLE001 - no edgesr metadata: the graph is analysed instead
+                pass
+        return OrtRunner(path, name=label, threads=threads, spec=spec)
+    if user is not None:  # checkpoints are weights for the user's code: :training = the author's module as is
+        from .backends.torch_runner import TorchRunner
+
+        module, spec, um = user_deploy_model(path, scale=scale, **user)
+        return TorchRunner(um.module if form == "training" else module, spec=spec)
+    resolved = resolve_model(path, backend="torch", scale=scale, form=form or "deploy", threads=threads)
+    if form == "training" and resolved.spec.form != "training":
+        raise KeyMismatch(f"{path.name} holds the deploy form only; there is no training form to run")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return resolved.runner  # carries resolved.spec: lets parity export it to localise a divergence
+
+
+def open_engine(path: Path) -> Any:
+    """A TensorRT / TensorRT-RTX engine's runner (`edgesr.backends.trt_runner.open_runner`); without a
+    CUDA GPU or the TensorRT package, one BackendUnavailable line."""
+    from .errors import BackendUnavailable
+
+    try:
+        from .backends.trt_runner import open_runner
+    except ImportError as e:
+        raise BackendUnavailable(f"cannot run {path.name}: the TensorRT runner is unavailable ({e}); "
+                                 "pip install 'edgesr[trt-rtx]' or 'edgesr[trt]'") from None
+    return open_runner(path)

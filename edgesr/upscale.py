@@ -235,11 +235,8 @@ PROBE_BELOW = 64  # images smaller than this meet a model of unknown minimum siz
 _PROBE = r"""
 import sys
 import numpy as np
-import onnxruntime as ort
-so = ort.SessionOptions()
-so.log_severity_level = 3
-so.intra_op_num_threads = 1
-s = ort.InferenceSession(sys.argv[1], sess_options=so, providers=["CPUExecutionProvider"])
+from edgesr.backends.ort_session import ort_session
+s = ort_session(sys.argv[1], threads=1)
 n, c = int(sys.argv[2]), int(sys.argv[3])
 s.run(None, {s.get_inputs()[0].name: np.zeros((1, c, n, n), dtype=np.float32)})
 """

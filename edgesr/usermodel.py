@@ -22,12 +22,13 @@ import importlib
 import importlib.util
 import json
 import sys
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import CheckpointError, EdgesrError, KeyMismatch, MissingDependency, UserCodeError
+from .user_frames import is_under as _under
+from .user_frames import user_frame
 
 # Import names whose pip package is called differently (for the "pip install X" hint).
 PIP_NAMES = {"cv2": "opencv-python", "PIL": "Pillow", "skimage": "scikit-image", "sklearn": "scikit-learn",
@@ -243,13 +244,6 @@ def _top_is_local(name: str, roots: list[Path]) -> bool:
     return any((r / top).is_dir() or (r / f"{top}.py").is_file() for r in roots)
 
 
-def _under(file: str | None, roots: list[Path]) -> bool:
-    if not file:
-        return False
-    p = Path(file).resolve()
-    return any(r in p.parents for r in roots)
-
-
 def _import_file(ref: ModelRef, roots: list[Path]):
     dotted = _dotted_name(ref.file, roots[:-1])
     try:
@@ -304,17 +298,6 @@ def _missing(e: ModuleNotFoundError, ref: ModelRef, roots: list[Path]) -> Edgesr
 
 def _code_error(what: str, e: BaseException, roots: list[Path]) -> UserCodeError:
     return UserCodeError(f"{what} failed: {type(e).__name__}: {_first_line(e)}{_where(e, roots)}")
-
-
-def user_frame(e: BaseException, roots: list[Path]) -> str | None:
-    """``file.py:LINE in func`` of the innermost traceback frame inside the user's folders."""
-    hit = None
-    for fs in traceback.extract_tb(e.__traceback__):
-        if _under(fs.filename, roots):
-            hit = f"{Path(fs.filename).name}:{fs.lineno} in {fs.name}"
-    if hit is None and isinstance(e, SyntaxError) and e.filename and _under(e.filename, roots):
-        hit = f"{Path(e.filename).name}:{e.lineno}"
-    return hit
 
 
 def _where(e: BaseException, roots: list[Path]) -> str:

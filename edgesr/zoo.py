@@ -253,7 +253,7 @@ def _last_step(lines: list[str]) -> str | None:
 
 
 def _in_user_code(e: BaseException, entry: ZooEntry) -> bool:
-    from .usermodel import user_frame
+    from .user_frames import user_frame
 
     roots = [Path(entry.code.rpartition(":")[0]).parent, *entry.paths]
     return user_frame(e, [r.resolve() for r in roots]) is not None

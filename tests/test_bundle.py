@@ -29,7 +29,7 @@ def made_bundle(tmp_path_factory) -> Path:
 
     from edgesr.backends.ort_runner import OrtRunner
     from edgesr.export.onnx import export_onnx
-    from edgesr.pipeline import _artifact, _source_info, build_manifest
+    from edgesr.manifest import artifact_entry, build_manifest, source_info
 
     folder = tmp_path_factory.mktemp("bundle") / "out"
     folder.mkdir()
@@ -42,7 +42,7 @@ def made_bundle(tmp_path_factory) -> Path:
     with torch.inference_mode():
         ref = lm.module(torch.from_numpy(x)).numpy()
     err = float(np.abs(OrtRunner(folder / "model.onnx").run(x) - ref).max())
-    report = {"source": _source_info(ckpt, lm.spec, False), "export": exported.to_dict(),
+    report = {"source": source_info(ckpt, lm.spec, False), "export": exported.to_dict(),
               "parity": {"ok": err < 1e-5, "comparisons": [
                   {"reference": "torch:deploy", "candidate": "ort:fp32", "test": "ort:fp32", "max_abs": err,
                    "psnr": float("inf"),
@@ -53,8 +53,8 @@ def made_bundle(tmp_path_factory) -> Path:
     from edgesr.tiling import measure_tiling
 
     report["tiling"] = measure_tiling(OrtRunner(folder / "model.onnx"), lm.spec, folder / "model.onnx").to_dict()
-    arts = [_artifact(ckpt, "torch_deploy", "safetensors", "fp32", "torch"),
-            _artifact(folder / "model.onnx", "onnx_fp32", "onnx", "fp32", "onnxruntime")]
+    arts = [artifact_entry(ckpt, "torch_deploy", "safetensors", "fp32", "torch"),
+            artifact_entry(folder / "model.onnx", "onnx_fp32", "onnx", "fp32", "onnxruntime")]
     manifest = build_manifest(lm.spec, arts, folder, report) | manifest_extras(lm.spec, report)
     write_manifest(folder, manifest)
     return folder

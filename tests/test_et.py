@@ -17,11 +17,10 @@ from edgesr.archs.etds import ETDSForInference
 from edgesr.archs.fsrcnn import FSRCNN
 from edgesr.archs.plain import ETDSOnlyET, Plain
 from edgesr.errors import EdgesrError
-from edgesr.registry import build_variant
+from edgesr.registry import build_variant, can_equivalent_transform, et_target
 from edgesr.reparam import ReparamError, reparameterize
-from edgesr.reparam.et import (ETNet, NotTransformable, can_equivalent_transform, carried_extra,
-                               equivalent_transform, equivalent_transform_loaded, et_target, extract_chain,
-                               original_width, padded_out)
+from edgesr.reparam.et import (ETNet, NotTransformable, carried_extra, equivalent_transform,
+                               equivalent_transform_loaded, extract_chain, original_width, padded_out)
 from edgesr.spec import Spec
 
 

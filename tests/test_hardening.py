@@ -308,7 +308,7 @@ def test_quoted_and_one_line_escape_every_unprintable_character():
 @pytest.mark.parametrize("unit", ["a", "\u00e9", "\u4e2d", "\U0001f600"])  # 1-, 2-, 3- and 4-byte UTF-8
 def test_staging_and_temp_names_fit_the_name_limit(unit):
     from edgesr.fsutil import temp_stem
-    from edgesr.pipeline import STAGING_PREFIX, _staging_name
+    from edgesr.publish import STAGING_PREFIX, _staging_name
 
     n = 255 // len(unit.encode())
     name = unit * n  # the longest legal name made of this character

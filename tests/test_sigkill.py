@@ -116,7 +116,7 @@ def leftovers(parent: Path) -> list[str]:
 
 
 def _exchange_supported(tmp: Path) -> bool:
-    from edgesr.pipeline import _RENAME_EXCHANGE, _rename2
+    from edgesr.publish import _RENAME_EXCHANGE, _rename2
 
     a, b = tmp / "xa", tmp / "xb"
     a.mkdir()

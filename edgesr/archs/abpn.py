@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..registry import Architecture, Variant, register, scale_from_channels
+from ..architecture import Architecture, Variant, scale_from_channels
 from ..reparam import TrainingBlock
 from ..reparam.et import (ETLayout, carried_extra, equivalent_transform, original_width, padded_out,
                           register_et_layout, scale_from_et_channels)
@@ -138,16 +138,16 @@ VARIANTS = tuple(
     for m, c in ((4, 28), (6, 40)) for s in (2, 3, 4)
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="abpn",
     description="ABPN: plain convs + ReLU with a repeat_interleave anchor residual -> ABPN_ET (Conv+ReLU only)",
     detect=_detect, infer=_infer, build=_build, describe=_describe, variants=VARIANTS,
     source="NJU-Jet/SR_Mobile_Quantization (Mobile AI 2021); checkpoints and ET form from ECNUSR/ETDS",
     tags=("equivalent-transform",),
-))
+)
 
 register_et_layout(ETLayout(
-    source=ABPN, sources=(("abpn", "training"),), target_arch="abpn", target_form="deploy",
+    source=ABPN, sources=(("abpn", "training"),), target=ARCH, target_form="deploy",
     hyperparams=lambda ch: dict(colors=ch.colors, scale=ch.scale, num_block=len(ch.steps) - 3,
                                 num_feat=ch.steps[0].out_channels),
 ))

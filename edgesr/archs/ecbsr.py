@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..registry import Architecture, Variant, count_indexed, register, scale_from_channels
+from ..architecture import Architecture, Variant, count_indexed, scale_from_channels
 from ..reparam import TrainingBlock
 from ..reparam import kernels as K
 from ..spec import Spec
@@ -164,9 +164,9 @@ VARIANTS = tuple(
     for m, c in ((4, 16), (4, 32), (6, 40)) for s in (2, 3, 4)
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="ecbsr",
     description="ECBSR: edge-oriented conv blocks (3x3 + 1x1->3x3 + Sobel/Laplacian) -> plain 3x3 + PReLU",
     detect=_detect, infer=_infer, build=_build, describe=_describe, variants=VARIANTS,
     source="xindongzhang/ECBSR; RGB checkpoints from ECNUSR/ETDS",
-))
+)

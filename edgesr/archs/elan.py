@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..registry import Architecture, Variant, count_indexed, register, scale_from_channels
+from ..architecture import Architecture, Variant, count_indexed, scale_from_channels
 from ..reparam import TrainingBlock
 from ..reparam import kernels as K
 from ..shift import DEFAULT_MODE, ChannelShift, elan_groups, groups_from_kernel, one_hot_kernel
@@ -248,9 +248,9 @@ VARIANTS = (
                                   colors=3), "small, for tests"),
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="elan",
     description="ELAN-light: shift-conv LFE + group-wise multi-scale window self-attention -> shifts + fused BN",
     detect=_detect, infer=_infer, build=_build, describe=_describe, variants=VARIANTS,
     source="xindongzhang/ELAN (ECCV 2022)",
-))
+)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..registry import Architecture, Variant, register, scale_from_channels
+from ..architecture import Architecture, Variant, scale_from_channels
 from ..spec import Spec
 
 
@@ -59,9 +59,9 @@ VARIANTS = tuple(
     Variant(f"espcn-x{s}", dict(colors=3, scale=s, feat1=64, feat2=32, kernel1=5), f"ESPCN_x{s}") for s in (2, 3, 4)
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="espcn",
     description="ESPCN: 5x5 conv + tanh, 3x3 conv + tanh, 3x3 conv, PixelShuffle, sigmoid",
     detect=_detect, infer=_infer, build=_build, describe=_describe, forms=("deploy",), variants=VARIANTS,
     source="Shi et al. 2016; RGB checkpoints from ECNUSR/ETDS",
-))
+)

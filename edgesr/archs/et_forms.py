@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..registry import Architecture, Variant, count_indexed, register
+from ..architecture import Architecture, Variant, count_indexed
 from ..reparam.et import (ETLayout, carried_extra, original_width, padded_out, register_et_layout,
                           scale_from_et_channels)
 from ..spec import Spec
@@ -88,16 +88,16 @@ VARIANTS = tuple(
     for m, c in ((4, 16), (4, 32), (6, 40)) for s in (2, 3, 4)
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="ecbsr-et",
     description="ECBSR after the Equivalent Transformation: Conv + PReLU, residual folded in, ReLU clip",
     detect=_detect, infer=_infer, build=_build, describe=_describe, forms=("deploy",), variants=VARIANTS,
     source="ECNUSR/ETDS (ECBSRET)",
-))
+)
 
 register_et_layout(ETLayout(
     source=ecbsr.ECBSR, sources=(("ecbsr", "training"), ("ecbsr", "deploy")),
-    target_arch="ecbsr-et", target_form="deploy",
+    target=ARCH, target_form="deploy",
     hyperparams=lambda ch: dict(colors=ch.colors, scale=ch.scale, num_block=len(ch.steps) - 2,
                                 num_feat=ch.steps[0].out_channels,
                                 act_type=ch.steps[0].act if ch.steps[0].act != "linear" else "linear"),

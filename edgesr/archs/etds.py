@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..registry import Architecture, Variant, count_indexed, register, scale_from_channels
+from ..architecture import Architecture, Variant, count_indexed, scale_from_channels
 from ..reparam import TrainingBlock
 from ..spec import Spec
 from .common import conv3x3, conv_from_kernel
@@ -185,9 +185,9 @@ VARIANTS = tuple(
     for n, (m, c) in _SIZES.items() for s in (2, 3, 4)
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="etds",
     description="ETDS: dual-stream (backbone + residual) training form -> plain Conv+ReLU with ReLU clip",
     detect=_detect, infer=_infer, build=_build, describe=_describe, variants=VARIANTS,
     source="ECNUSR/ETDS (CVPR 2023)",
-))
+)

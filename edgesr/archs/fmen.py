@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import KeyMismatch
-from ..registry import Architecture, Variant, count_indexed, register, scale_from_channels
+from ..architecture import Architecture, Variant, count_indexed, scale_from_channels
 from ..reparam import TrainingBlock
 from ..reparam import kernels as K
 from ..spec import Spec
@@ -225,9 +225,9 @@ VARIANTS = tuple(
     for s in (2, 3, 4)
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="fmen",
     description="FMEN: RRRB (1x1 -> bias-padded 3x3 -> 1x1, residuals) and BN in HFAB -> plain 3x3 convs",
     detect=_detect, infer=_infer, build=_build, describe=_describe, variants=VARIANTS,
     source="NJU-Jet/FMEN train_fmen.py (training), test_fmen.py + reparameterize.py (deploy)",
-))
+)

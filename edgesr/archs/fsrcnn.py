@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ScaleMismatch
-from ..registry import Architecture, Variant, count_indexed, register
+from ..architecture import Architecture, Variant, count_indexed
 from ..spec import Spec
 
 CANDIDATE_SCALES = (2, 3, 4)
@@ -129,9 +129,9 @@ VARIANTS = tuple(
     for s in (2, 3, 4)
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="fsrcnn",
     description="FSRCNN: 5x5 conv, 1x1 shrink, m 3x3, 1x1 expand (PReLU), 9x9 transposed conv (scale found by behaviour)",
     detect=_detect, infer=_infer, build=_build, describe=_describe, forms=("deploy",), variants=VARIANTS,
     source="Dong et al. 2016; RGB checkpoints from ECNUSR/ETDS",
-))
+)

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ScaleMismatch
-from ..registry import Architecture, Variant, count_indexed, register
+from ..architecture import Architecture, Variant, count_indexed
 from ..reparam import TrainingBlock
 from ..shift import DEFAULT_MODE, ChannelShift
 from ..spec import Spec
@@ -186,9 +186,9 @@ VARIANTS = (
     Variant("ghostsr-f16b2-x4", dict(n_feats=16, n_resblocks=2, scale=4, colors=3), "small, for tests"),
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="ghostsr",
     description="GhostSR-style ghost features: half the channels are learned-direction shifts -> fixed shift",
     detect=_detect, infer=_infer, build=_build, describe=_describe, variants=VARIANTS,
     source="GhostSR (arXiv:2101.08525), huawei-noah Efficient-Computing; EDSR-PyTorch layout",
-))
+)

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ExportError, ScaleMismatch
-from ..registry import Architecture, Variant, count_indexed, register
+from ..architecture import Architecture, Variant, count_indexed
 from ..reparam import TrainingBlock
 from ..spec import Spec
 
@@ -243,13 +243,10 @@ def export_multiscale_onnx(model: IGConvSR, path: str | Path, *, opset: int = 17
                           f"{str(e).splitlines()[0][:300]}") from None
     proto = onnx.load_model_from_string(buf.getvalue())
     onnx.checker.check_model(proto, full_check=True)
-    import onnxruntime as ort
+    from ..backends.ort_session import ort_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
     try:
-        sess = ort.InferenceSession(buf.getvalue(), sess_options=so, providers=["CPUExecutionProvider"])
+        sess = ort_session(buf.getvalue(), threads=1)
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"ONNX Runtime (CPU) cannot load the multi-scale IGConv: {str(e).splitlines()[0][:300]}") from None
     errs = {}
@@ -328,9 +325,9 @@ VARIANTS = tuple(
     + [_v(f"igconv-f16b2-x{s}", 16, 2, 32, 2, s, "small, for tests") for s in SCALES]
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="igconv",
     description="IGConv: one encoder + implicit-grid upsampler for x2/x3/x4 -> per-scale plain conv + PixelShuffle",
     detect=_detect, infer=_infer, build=_build, describe=_describe, variants=VARIANTS,
     source="dslisleedh/IGConv (EDSRIG: EDSR-baseline encoder + IGConv upsampler)",
-))
+)

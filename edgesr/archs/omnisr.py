@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..registry import Architecture, Variant, count_indexed, register, scale_from_channels
+from ..architecture import Architecture, Variant, count_indexed, scale_from_channels
 from ..spec import Spec
 from .rlfn import ESA  # Omni-SR's ESA is RFANet's without conv_max / conv3_, as RLFN's
 
@@ -285,9 +285,9 @@ VARIANTS = (
                                   colors=3), "small, for tests"),
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="omnisr",
     description="Omni-SR: omni self-attention (block + grid window attention, channel attention) groups + ESA",
     detect=_detect, infer=_infer, build=_build, describe=_describe, forms=("deploy",), variants=VARIANTS,
     source="Francis0625/Omni-SR (CVPR 2023); spandrel architectures/OmniSR",
-))
+)

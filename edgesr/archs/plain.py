@@ -32,11 +32,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..registry import Architecture, Variant, count_indexed, register, scale_from_channels
+from ..architecture import Architecture, Variant, count_indexed, scale_from_channels
 from ..reparam import TrainingBlock
 from ..reparam.et import ETLayout, carried_extra, equivalent_transform, register_et_layout
 from ..spec import Spec
 from .common import conv3x3, repeat_shortcut
+from .etds import ARCH as ETDS_ARCH
 from .etds import ETDSForInference
 
 
@@ -187,22 +188,22 @@ def _describe_only_et(hp: dict, form: str) -> Spec:
                 form=form, receptive_field=hp["num_block"] + 2, fp16_safe=True, hyperparams=dict(hp))
 
 
-PLAIN = register(Architecture(
+PLAIN = Architecture(
     name="plain",
     description="Plain: 3x3 convs + ReLU + PixelShuffle, no residual (ETDS baseline)",
     detect=_detect_plain, infer=_infer, build=_build_plain, describe=_describe_plain, forms=("deploy",),
     variants=(Variant("plain-m6c32-x4", dict(num_block=6, num_feat=32, scale=4, colors=3), "Plain_M6C32_x4"),),
     priority=0, source="ECNUSR/ETDS (Plain)", tags=("equivalent-transform",),
-))
+)
 
-ONLY_ET = register(Architecture(
+ONLY_ET = Architecture(
     name="etds-only-et",
     description="ETDS ablation only_ET: Plain + repeat_interleave residual (detected by behaviour) -> ETDS deploy",
     detect=_detect_only_et, infer=_infer_only_et, build=_build_only_et, describe=_describe_only_et,
     variants=(Variant("etds-only-et-m6c32-x4", dict(num_block=6, num_feat=32, num_residual_feat=3, scale=4,
                                                     colors=3), "ETDS_M6C32_x4_only_ET"),),
     priority=10, source="ECNUSR/ETDS (ETDSOnlyET)", tags=("equivalent-transform",),
-))
+)
 
 
 def _to_etds(ch) -> dict:
@@ -211,7 +212,7 @@ def _to_etds(ch) -> dict:
                                                      if ch.residual else 0))
 
 
-register_et_layout(ETLayout(source=Plain, sources=(("plain", "deploy"),), target_arch="etds",
+register_et_layout(ETLayout(source=Plain, sources=(("plain", "deploy"),), target=ETDS_ARCH,
                             target_form="deploy", hyperparams=_to_etds))
-register_et_layout(ETLayout(source=ETDSOnlyET, sources=(("etds-only-et", "training"),), target_arch="etds",
+register_et_layout(ETLayout(source=ETDSOnlyET, sources=(("etds-only-et", "training"),), target=ETDS_ARCH,
                             target_form="deploy", hyperparams=_to_etds))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..registry import Architecture, Variant, register, scale_from_channels
+from ..architecture import Architecture, Variant, scale_from_channels
 from ..reparam import TrainingBlock
 from ..reparam import kernels as K
 from ..spec import Spec
@@ -182,9 +182,9 @@ VARIANTS = tuple(
     + [Variant("rdbesa-f16m2-x4", dict(nf=16, num_modules=2, reduction=4, scale=4, colors=3), "small, for tests")]
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="rdbesa",
     description="Residual distillation blocks + ESA + CALayer, concat fusion, PixelShuffle; SRB identity folded",
     detect=_detect, infer=_infer, build=_build, describe=_describe, variants=VARIANTS,
     source="njulj/RFDN layout (ECCVW 2020) + RCAN CALayer (yulunzhang/RCAN)",
-))
+)

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import KeyMismatch
-from ..registry import Architecture, Variant, register, scale_from_channels
+from ..architecture import Architecture, Variant, scale_from_channels
 from ..spec import Spec
 from .common import repeat_shortcut
 
@@ -90,9 +90,9 @@ VARIANTS = tuple(
     + [Variant("recurrent-c32t4-x4", dict(channels=32, steps=4, scale=4, colors=3), "small, for tests")]
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="recurrent",
     description="Lightweight recurrent SR: one shared residual conv block unrolled a fixed number of steps",
     detect=_detect, infer=_infer, build=_build, describe=_describe, forms=("deploy",), variants=VARIANTS,
     source="edgesr (after DRRN, Tai et al. CVPR 2017)",
-))
+)

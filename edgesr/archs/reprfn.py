@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import KeyMismatch
-from ..registry import Architecture, Variant, register, scale_from_channels
+from ..architecture import Architecture, Variant, scale_from_channels
 from ..reparam import TrainingBlock
 from ..reparam import kernels as K
 from ..spec import Spec
@@ -173,9 +173,9 @@ VARIANTS = tuple(
     for s in (2, 3, 4)
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="reprfn",
     description="RepRFN: 3x3 + 3x1/1x3 + 1x1 + 1x1->3x3 + Sobel/Laplacian + identity -> plain 3x3; ESA kept",
     detect=_detect, infer=_infer, build=_build, describe=_describe, variants=VARIANTS,
     source="laonafahaodange/RepRFN models/RepRFN.py",
-))
+)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import KeyMismatch
-from ..registry import Architecture, Variant, count_indexed, register, scale_from_channels
+from ..architecture import Architecture, Variant, count_indexed, scale_from_channels
 from ..reparam import TrainingBlock
 from ..reparam import kernels as K
 from ..spec import Spec
@@ -139,9 +139,9 @@ VARIANTS = tuple(
     for m, c in ((4, 16), (4, 32), (6, 40)) for s in (2, 3, 4)
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="repsr",
     description="RepSR/RepVGG blocks (3x3+BN, 1x1+BN, BN identity) -> plain 3x3 + activation",
     detect=_detect, infer=_infer, build=_build, describe=_describe, variants=VARIANTS,
     source="RepVGG block key layout (DingXiaoH/RepVGG repvgg.py); TencentARC/RepSR released no code",
-))
+)

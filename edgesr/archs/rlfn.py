@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import KeyMismatch
-from ..registry import Architecture, Variant, register, scale_from_channels
+from ..architecture import Architecture, Variant, scale_from_channels
 from ..spec import Spec
 
 ESA_MIN_SIZE = 15
@@ -135,9 +135,9 @@ VARIANTS = tuple(
 ) + (Variant("rlfn-ntire-x4", dict(feature_channels=46, mid_channels=48, num_blocks=4, scale=4),
              "bytedance/RLFN model_zoo/rlfn_ntire_x4.pth"),)
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="rlfn",
     description="RLFN: residual local feature blocks with ESA attention (nothing to fuse; loader only)",
     detect=_detect, infer=_infer, build=_build, describe=_describe, forms=("deploy",), variants=VARIANTS,
     source="bytedance/RLFN model/block.py, model/rlfn*.py",
-))
+)

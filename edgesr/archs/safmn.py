@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ExportError
-from ..registry import Architecture, Variant, count_indexed, register, scale_from_channels
+from ..architecture import Architecture, Variant, count_indexed, scale_from_channels
 from ..spec import Spec
 
 POOLS = ("exact", "adaptive")
@@ -166,9 +166,9 @@ VARIANTS = (
     Variant("safmn-f16b2-x4", dict(dim=16, n_blocks=2, ffn_scale=2.0, scale=4, colors=3), "small, for tests"),
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="safmn",
     description="SAFMN: multi-scale spatially-adaptive feature modulation + conv channel mixer",
     detect=_detect, infer=_infer, build=_build, describe=_describe, forms=("deploy",), variants=VARIANTS,
     source="sunny2109/SAFMN (ICCV 2023)",
-))
+)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ScaleMismatch
-from ..registry import Architecture, Variant, count_indexed, register
+from ..architecture import Architecture, Variant, count_indexed
 from ..shift import DEFAULT_MODE, ChannelShift, shift8_groups
 from ..spec import Spec
 
@@ -122,9 +122,9 @@ VARIANTS = tuple(
     + [Variant("scnet-f16b4-x4", dict(num_feat=16, num_block=4, scale=4, colors=3), "small, for tests")]
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="scnet",
     description="SCNet: fully 1x1 conv network, spatial context from a parameter-free Shift8",
     detect=_detect, infer=_infer, build=_build, describe=_describe, forms=("deploy",), variants=VARIANTS,
     source="Aitical/SCNet (arXiv:2307.16140)",
-))
+)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import KeyMismatch
-from ..registry import Architecture, Variant, count_indexed, register, scale_from_channels
+from ..architecture import Architecture, Variant, count_indexed, scale_from_channels
 from ..reparam import TrainingBlock
 from ..reparam import kernels as K
 from ..spec import Spec
@@ -184,9 +184,9 @@ VARIANTS = tuple(
     for n, (c, m) in _SIZES.items() for s in (2, 3, 4)
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="sesr",
     description="SESR: collapsible linear blocks (kxk expand -> 1x1 squeeze [+ identity]) -> one kxk conv",
     detect=_detect, infer=_infer, build=_build, describe=_describe, variants=VARIANTS,
     source="ARM-software/sesr (TensorFlow); PyTorch key layout of quic/aimet-model-zoo SESRRelease",
-))
+)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..registry import Architecture, Variant, count_indexed, register
+from ..architecture import Architecture, Variant, count_indexed
 from ..errors import ScaleMismatch
 from ..spec import Spec
 
@@ -144,9 +144,9 @@ VARIANTS = (
             "small, for tests"),
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="shufflemixer",
     description="ShuffleMixer: split point-wise MLPs + channel shuffle + large depthwise convs",
     detect=_detect, infer=_infer, build=_build, describe=_describe, forms=("deploy",), variants=VARIANTS,
     source="sunny2109/ShuffleMixer (NeurIPS 2022)",
-))
+)

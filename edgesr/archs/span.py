@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import KeyMismatch
-from ..registry import Architecture, Variant, register, scale_from_channels
+from ..architecture import Architecture, Variant, scale_from_channels
 from ..reparam import TrainingBlock
 from ..reparam import kernels as K
 from ..spec import Spec
@@ -187,9 +187,9 @@ VARIANTS = tuple(
     for c, scales in ((48, (2, 3, 4)), (52, (2, 4))) for s in scales
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="span",
     description="SPAN: Conv3XC (1x1 skip + 1x1->3x3->1x1) -> one 3x3; parameter-free attention kept",
     detect=_detect, infer=_infer, build=_build, describe=_describe, variants=VARIANTS,
     source="hongyuanyu/SPAN basicsr/archs/span_arch.py; chaiNNer-org/spandrel architectures/SPAN",
-))
+)

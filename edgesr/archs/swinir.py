@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..registry import Architecture, Variant, count_indexed, register, scale_from_channels
+from ..architecture import Architecture, Variant, count_indexed, scale_from_channels
 from ..spec import Spec
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -224,9 +224,9 @@ VARIANTS = (
                                   img_size=64, scale=4, colors=3), "small, for tests"),
 )
 
-ARCH = register(Architecture(
+ARCH = Architecture(
     name="swinir",
     description="SwinIR (lightweight): shifted-window transformer groups, one-step PixelShuffle; dynamic-size mask",
     detect=_detect, infer=_infer, build=_build, describe=_describe, forms=("deploy",), variants=VARIANTS,
     source="JingyunLiang/SwinIR (ICCVW 2021); spandrel architectures/SwinIR",
-))
+)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailable, ExportError, ImageError
+from .base import BaseRunner, TensorMeta
 
 EXTRA = "pip install 'edgesr[tflite]'"
 
@@ -34,7 +35,7 @@ def interpreter(model: bytes | str | os.PathLike, threads: int | None = None):
         raise ExportError(f"LiteRT cannot load {what}: {str(e).splitlines()[0][:200]}") from None
 
 
-class LiteRtRunner:
+class LiteRtRunner(BaseRunner):
     """Runner (edgesr.backends protocol) over a .tflite (path or bytes)."""
 
     def __init__(self, model: bytes | str | os.PathLike, name: str | None = None, threads: int | None = None):
@@ -62,6 +63,12 @@ class LiteRtRunner:
             return t
         return {"input": tensor(self.inp), "output": tensor(self.out)}
 
+    def input_metadata(self) -> tuple[TensorMeta, ...]:
+        return (_meta(self.inp),)
+
+    def output_metadata(self) -> tuple[TensorMeta, ...]:
+        return (_meta(self.out),)
+
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 4 or x.shape[1] != self.channels or tuple(x.shape[2:]) != self.input_hw:
@@ -84,3 +91,7 @@ class LiteRtRunner:
         scale, zero = self.out["quantization"]
         y = (y.astype(np.float32) - zero) * np.float32(scale) if np.dtype(y.dtype).kind in "iu" else y
         return np.ascontiguousarray(y.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def _meta(detail: dict[str, Any]) -> TensorMeta:
+    return TensorMeta(detail["name"], tuple(int(v) for v in detail["shape"]), np.dtype(detail["dtype"]).name, "NHWC")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailable, ImageError
+from .base import BaseRunner, TensorMeta
 
 MOBILE_SUFFIXES = (".tflite", ".param", ".mlpackage")
 # bench / upscale backend name -> (manifest role of the artifact in a convert OUTDIR)
@@ -68,7 +69,7 @@ def tile_starts(n: int, box: int, overlap: int) -> list[tuple[int, int, int]]:
     return out
 
 
-class FixedBoxRunner:
+class FixedBoxRunner(BaseRunner):
     """Runs a fixed-size runner (``input_hw``) on any NCHW input at least that large; see the
     module docstring. ``tiles_itself`` tells `edgesr upscale` not to cut boxes of its own."""
 
@@ -89,6 +90,18 @@ class FixedBoxRunner:
 
     def io(self):
         return self.inner.io()
+
+    def _detect_precision(self) -> str:
+        return str(getattr(self.inner, "precision", None) or super()._detect_precision())
+
+    def input_metadata(self) -> tuple[TensorMeta, ...]:
+        return self.inner.input_metadata()
+
+    def output_metadata(self) -> tuple[TensorMeta, ...]:
+        return self.inner.output_metadata()
+
+    def close(self) -> None:
+        self.inner.close()
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailable, ExportError
+from .base import BaseRunner, TensorMeta
 
 EXTRA = "pip install 'edgesr[ncnn]'"
 
@@ -27,12 +28,12 @@ def _ncnn():
     return ncnn
 
 
-class NcnnRunner:
+class NcnnRunner(BaseRunner):
     """Runner over an ncnn model: a .param path (its .bin beside it) or (param text, bin bytes)."""
 
     def __init__(self, param: str | os.PathLike, weights: bytes | None = None, *, name: str | None = None,
                  fp16: bool = False, threads: int | None = None):
-        from ..export.ncnn import input_shape, io_names
+        from ..export.ncnn_format import input_shape, io_names
 
         ncnn = _ncnn()
         if weights is None:
@@ -74,6 +75,13 @@ class NcnnRunner:
         return {"input": {"name": self.inputs[0], "dtype": "float32", "layout": "CHW", "shape": shape},
                 "output": {"name": self.outputs[0], "dtype": "float32", "layout": "CHW",
                            "shape": ["C", "H*scale", "W*scale"]}}
+
+    def input_metadata(self) -> tuple[TensorMeta, ...]:
+        hw = self.input_hw if self.input_hw is not None else (None, None)
+        return (TensorMeta(self.inputs[0], (1, None, *hw)),)
+
+    def output_metadata(self) -> tuple[TensorMeta, ...]:
+        return (TensorMeta(self.outputs[0], (1, None, None, None)),)
 
     def blobs(self, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
         """The named intermediate blobs for one NCHW (N=1) input (for calibration)."""

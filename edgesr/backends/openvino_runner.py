@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailable, ExportError
+from .base import BaseRunner, onnx_precision
 
 INSTALL_HINT = "pip install 'edgesr[openvino]'"
 IR_SUFFIXES = (".xml",)
@@ -113,11 +114,13 @@ def convert_to_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike) -> 
     return xml
 
 
-class OpenVinoRunner:
+class OpenVinoRunner(BaseRunner):
     """Runs an .onnx or .xml model with OpenVINO on the CPU; `run` is NCHW float32 in/out."""
 
-    def __init__(self, model: str | os.PathLike | bytes, name: str | None = None, threads: int | None = None):
+    def __init__(self, model: str | os.PathLike | bytes, name: str | None = None, threads: int | None = None,
+                 spec=None):
         self.path = None if isinstance(model, bytes) else Path(model)
+        self.spec = spec
         self.name = name or f"openvino:{self.path.name if self.path else 'model'}"
         m = read_model(model)
         try:
@@ -127,6 +130,14 @@ class OpenVinoRunner:
                               f"{str(e).strip().splitlines()[0][:300]}") from None
         self.request = self.compiled.create_infer_request()
         self.threads = threads
+
+    def _detect_precision(self) -> str:
+        if self.path is not None and self.path.suffix.lower() == ".xml":  # an IR with FakeQuantize / int8 constants
+            text = self.path.read_text(errors="replace")
+            return "int8" if ('type="FakeQuantize"' in text or 'element_type="i8"' in text) else "fp32"
+        if self.path is not None:
+            return onnx_precision(self.path) or super()._detect_precision()
+        return super()._detect_precision()
 
     def run(self, x: np.ndarray) -> np.ndarray:
         y = self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})[self.compiled.output(0)]

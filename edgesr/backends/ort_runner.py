@@ -28,57 +28,88 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import BackendRunError, EdgesrError, ExportError, one_line, quoted
+from .base import PRECISIONS, BaseRunner, TensorMeta, onnx_precision
+from .ort_session import GRAPH_OPT_LEVELS, ORT_LOG_FATAL_ONLY, ort_session, session_options  # noqa: F401
 
-GRAPH_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-                    "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
-# ORT logs failures to stderr itself (ahead of edgesr's one line); its exceptions say the same.
-_ORT_LOG_FATAL_ONLY = 4
+_ORT_LOG_FATAL_ONLY = ORT_LOG_FATAL_ONLY
 _FLOAT_TYPES = ("tensor(float)", "tensor(float16)")
 
 
-def session_options(threads: int | None = None, graph_opt: str = "all"):
-    import onnxruntime as ort
+class _SessionRunner(BaseRunner):
+    """What OrtRunner and SessionRunner share: NCHW float in/out over one ORT session."""
 
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise EdgesrError(f"threads must be a positive integer, got {threads!r}")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPT_LEVELS[graph_opt])
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    so.log_severity_level = _ORT_LOG_FATAL_ONLY
-    return so
+    session: Any
+    path: Path | None = None
+    _model_bytes: bytes | None = None
 
+    def _bind(self, session: Any) -> None:
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+        self.input_type = session.get_inputs()[0].type
 
-class OrtRunner:
-    """Runs a single-input, single-output float image model (NCHW in, NCHW out)."""
-
-    def __init__(self, model: str | os.PathLike | bytes, name: str | None = None, threads: int | None = None,
-                 graph_opt: str = "all", providers: list[str] | None = None):
-        import onnxruntime as ort
-
-        self.path = None if isinstance(model, bytes) else Path(model)
-        self.name = name or f"ort:{self.path.name if self.path else 'model'}"
-        what = quoted(self.path) if self.path else "model"
-        try:
-            self.session = ort.InferenceSession(
-                model if isinstance(model, bytes) else str(model),
-                sess_options=session_options(threads, graph_opt),
-                providers=providers or ["CPUExecutionProvider"])
-        except EdgesrError:
-            raise
-        except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-            raise ExportError(f"ONNX Runtime cannot load {what}: {_ort_reason(e)}") from None
-        check_image_io(self.session, what)
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
-        self.input_type = self.session.get_inputs()[0].type
+    def _what(self) -> str:
+        return self.name
 
     def run(self, x: np.ndarray) -> np.ndarray:
         dtype = np.float16 if "float16" in self.input_type else np.float32
         y = run_session(self.session, [self.output_name], {self.input_name: np.ascontiguousarray(x, dtype=dtype)},
-                        what=quoted(self.path) if self.path else self.name)[0]
+                        what=self._what())[0]
         return y.astype(np.float32, copy=False)
+
+    def _detect_precision(self) -> str:
+        graph = onnx_precision(self._model_bytes if self._model_bytes is not None else self.path)
+        if graph is not None:
+            return graph
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("precision") in PRECISIONS:
+            return meta["precision"]
+        if "float16" in self.input_type:
+            return "fp16"
+        return super()._detect_precision()
+
+    def input_metadata(self) -> tuple[TensorMeta, ...]:
+        return tuple(_meta(i) for i in self.session.get_inputs())
+
+    def output_metadata(self) -> tuple[TensorMeta, ...]:
+        return tuple(_meta(o) for o in self.session.get_outputs())
+
+
+def _meta(arg: Any) -> TensorMeta:
+    dtype = {"tensor(float)": "float32", "tensor(float16)": "float16"}.get(arg.type, arg.type)
+    return TensorMeta(arg.name, tuple(arg.shape) if isinstance(arg.shape, (list, tuple)) else (), dtype)
+
+
+class OrtRunner(_SessionRunner):
+    """Runs a single-input, single-output float image model (NCHW in, NCHW out)."""
+
+    def __init__(self, model: str | os.PathLike | bytes, name: str | None = None, threads: int | None = None,
+                 graph_opt: str = "all", providers: list[str] | None = None, spec: Any = None):
+        self.path = None if isinstance(model, bytes) else Path(model)
+        self._model_bytes = model if isinstance(model, bytes) else None
+        self.name = name or f"ort:{self.path.name if self.path else 'model'}"
+        self.spec = spec
+        what = quoted(self.path) if self.path else "model"
+        try:
+            session = ort_session(model, threads=threads, graph_opt=graph_opt, providers=providers)
+        except EdgesrError:
+            raise
+        except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+            raise ExportError(f"ONNX Runtime cannot load {what}: {_ort_reason(e)}") from None
+        check_image_io(session, what)
+        self._bind(session)
+
+    def _what(self) -> str:
+        return quoted(self.path) if self.path else self.name
+
+
+class SessionRunner(_SessionRunner):
+    """Runner over a ready ort.InferenceSession (made by `ort_session`: the benchmarks' knobs)."""
+
+    def __init__(self, session: Any, name: str, path: str | os.PathLike | None = None):
+        self.name = name
+        self.path = Path(path) if path is not None else None
+        self._bind(session)
 
 
 def check_image_io(session: Any, what: str) -> None:
@@ -163,7 +194,8 @@ class _RunState:
     __slots__ = ("run_options", "deadline", "fired")
 
     def __init__(self, run_options: Any, deadline: float | None):
-        self.run_options, self.deadline, self.fired = run_options, deadline, None
+        self.run_options, self.deadline = run_options, deadline
+        self.fired: str | None = None
 
 
 class _Watchdog:
@@ -202,7 +234,7 @@ class _Watchdog:
             wake = state.deadline is not None and not self._ticking
         if wake:
             _send(self._ctl_w)
-        previous = None
+        previous = -1  # (restored only when set_wakeup_fd below succeeded)
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
             try:

@@ -268,7 +268,7 @@ def verify_on_gpu(
     """With a CUDA GPU: parity of every engine against `reference` on the `inputs` that fit the
     engines' profile, and GPU latency at `bench_lr_hw`. Returns {"parity": ParityReport dict,
     "latency": [rows]}; None (report keeps "not verified") when no GPU / runtime is usable."""
-    from edgesr.bench import stats_from_samples
+    from edgesr.timing import stats_from_samples
     from edgesr.parity import Sample, check_parity
 
     gpu = res.report.get("gpu")

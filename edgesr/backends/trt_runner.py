@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from edgesr.backends import engine_cache
+from edgesr.backends.base import PRECISIONS, BaseRunner
 from edgesr.backends.trt_flavour import Flavour, dtype_name, get_logger, load_flavour
 from edgesr.errors import BackendUnavailable, EngineBuildError
 from edgesr.fsutil import atomic_write_bytes
@@ -57,7 +58,7 @@ def _torch_dtype(name: str) -> Any:
     return getattr(torch, _TORCH_DTYPES[name])
 
 
-class TensorRTRunner:
+class TensorRTRunner(BaseRunner):
     """Execute a serialized engine; same surface as edgesr's other runners."""
 
     def __init__(
@@ -378,11 +379,9 @@ class TensorRTRunner:
             self._runtime = None
             self._closed = True
 
-    def __enter__(self) -> "TensorRTRunner":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def _detect_precision(self) -> str:
+        precision = str(self.metadata.get("precision") or "").split("+", 1)[0]  # "int8+fp16" is judged as int8
+        return precision if precision in PRECISIONS else super()._detect_precision()
 
     def __del__(self) -> None:  # best effort; close() is the supported path
         try:
@@ -432,8 +431,6 @@ def open_runner(
             "it can still be built and inspected on this machine"
         )
     runner = TensorRTRunner(path, flavour=fl_name, device=device, **kwargs)
-    precision = str(runner.metadata.get("precision") or "")
-    runner.precision = precision.split("+", 1)[0] or "fp32"  # "int8+fp16" is judged as int8
     if name is not None:
         runner.name = name
     return runner

@@ -17,7 +17,7 @@ from ..errors import EdgesrError, one_line, quoted
 from .args import Parser, positive_seconds, print_error
 
 # Explicit, ordered list of subcommand modules (edgesr/cli/<name>.py).
-COMMANDS = ["list", "convert", "eval", "parity", "bench", "quantize", "build_engine", "info", "upscale", "train"]
+COMMANDS = ["list", "convert", "eval", "parity", "bench", "quantize", "info", "upscale", "train"]
 # Subcommands that run models (they take --time-limit).
 RUNS_MODELS = ("convert", "eval", "parity", "bench", "quantize", "upscale")
 
@@ -31,12 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:
-            if e.name == f"{__name__}.{name}":
-                continue  # subcommand not part of this build
-            raise
+        mod = importlib.import_module(f".{name}", __name__)
         p = mod.add_parser(sub)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show full tracebacks on errors")

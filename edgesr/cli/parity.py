@@ -8,7 +8,6 @@ from ..errors import one_line
 from . import args as argtypes
 
 FORMS = ("training", "deploy")
-ENGINE_SUFFIXES = (".engine", ".plan")
 
 
 def add_parser(sub):
@@ -74,80 +73,21 @@ def split_model_arg(arg: str) -> tuple[Path, str | None]:
 
 def make_runner(arg: str, threads: int | None = None, scale: int | None = None, backend: str = "ort",
                 user: dict | None = None):
-    """A Runner for one MODEL argument, named after the argument."""
-    from ..errors import CheckpointError, KeyMismatch
+    """A Runner for one MODEL argument (`edgesr.resolve.runner_for`), named after the argument."""
+    from ..resolve import runner_for
 
     path, form = split_model_arg(arg)
-    if not path.exists():
-        raise CheckpointError(f"model not found: {path}")
-    suffix = path.suffix.lower()
-    from ..backends.mobile import is_mobile_artifact, open_mobile_runner
-
-    if is_mobile_artifact(path):
-        if form:
-            raise KeyMismatch(f"{arg}: :{form} applies to checkpoints only")
-        runner = open_mobile_runner(path, threads)
-    elif suffix in ENGINE_SUFFIXES:
-        if form:
-            raise KeyMismatch(f"{arg}: :{form} applies to checkpoints only")
-        runner = ENGINE_HOOK(path)
-    elif suffix == ".xml" or (suffix == ".onnx" and backend == "openvino"):
-        if form:
-            raise KeyMismatch(f"{arg}: :{form} applies to checkpoints only")
-        from ..backends.openvino_runner import OpenVinoRunner
-
-        runner = OpenVinoRunner(path, name=arg, threads=threads)
-        if suffix == ".xml":  # an IR with FakeQuantize / int8 constants is an INT8 model
-            text = path.read_text(errors="replace")
-            runner.precision = "int8" if ('type="FakeQuantize"' in text or 'element_type="i8"' in text) else "fp32"
-    elif suffix in (".onnx", ".ort"):
-        if form:
-            raise KeyMismatch(f"{arg}: :{form} applies to checkpoints only")
-        from ..backends.ort_runner import OrtRunner
-
-        runner = OrtRunner(path, name=arg, threads=threads)
-        if suffix == ".onnx":
-            from ..resolve import _spec_from_onnx
-
-            try:
-                runner.spec = _spec_from_onnx(path, scale)  # size rules, when the file carries them
-            except Exception:  # noqa: BLE001 - no edgesr metadata: the graph is analysed instead
-                pass
-    elif user is not None:  # checkpoints are weights for the user's code: :training = the author's module as is
-        from ..backends.torch_runner import TorchRunner
-        from ..resolve import user_deploy_model
-
-        module, spec, um = user_deploy_model(path, scale=scale, **user)
-        runner = TorchRunner(um.module if form == "training" else module)
-        runner.spec = spec
-    else:
-        from ..resolve import resolve_model
-
-        resolved = resolve_model(path, backend="torch", scale=scale, form=form or "deploy", threads=threads)
-        if form == "training" and resolved.spec.form != "training":
-            raise KeyMismatch(f"{path.name} holds the deploy form only; there is no training form to run")
-        runner = resolved.runner
-        runner.spec = resolved.spec  # lets parity export it to localise a divergence
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
+    runner = runner_for(path, form=form, backend=backend, threads=threads, scale=scale, user=user,
+                        engine_opener=ENGINE_HOOK, label=arg)
     runner.name = arg
     return runner
 
 
 def _engine_runner(path: Path):
-    """Default engine hook: edgesr.backends.trt.open_runner (replaceable: set ENGINE_HOOK).
+    """Default engine hook (replaceable: set ENGINE_HOOK): `edgesr.resolve.open_engine`."""
+    from ..resolve import open_engine
 
-    Without a CUDA GPU or the TensorRT package this is a one-line BackendUnavailable."""
-    from ..errors import BackendUnavailable
-
-    try:
-        from ..backends.trt_runner import open_runner
-    except ImportError as e:
-        raise BackendUnavailable(f"cannot run {path.name}: the TensorRT runner is unavailable ({e}); "
-                                 "pip install 'edgesr[trt-rtx]' or 'edgesr[trt]'") from None
-    return open_runner(path)
+    return open_engine(path)
 
 
 ENGINE_HOOK = _engine_runner

@@ -48,7 +48,7 @@ def user_source_roots(module) -> list[Path]:
 
 
 def _where(e: BaseException, roots: list[Path]) -> str:
-    from ..usermodel import user_frame
+    from ..user_frames import user_frame
 
     w = user_frame(e, roots)
     return f" at {w}" if w else ""
@@ -277,7 +277,7 @@ def _fit(hw, spec: Spec) -> list[int]:
 
 
 def _sample(shape) -> np.ndarray:
-    from ..parity import random_image
+    from ..probe_inputs import random_image
 
     return random_image(shape, seed=1)
 

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..backends.base import BaseRunner
 from ..errors import BackendUnavailable, ExportError, ParityError
 from ..fsutil import atomic_path, sha256_file
 from ..spec import Spec
@@ -209,7 +210,7 @@ def load_pte(data: bytes | str | Path):
     return program.load_method("forward")
 
 
-class PteRunner:
+class PteRunner(BaseRunner):
     """Runner (edgesr.backends protocol) over a .pte through the ExecuTorch Python runtime."""
 
     def __init__(self, path: str | Path, name: str | None = None):

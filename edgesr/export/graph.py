@@ -105,14 +105,10 @@ def session(model, threads: int | None = 1, graph_opt: str = "basic"):
     """ORT CPU session. Default "basic": extended/all levels fuse QDQ patterns into integer
     kernels, and a fused model's exposed intermediate (e.g. a DequantizeLinear output) does
     not reliably hold the value the unfused graph defines (seen with ORT 1.32)."""
-    import onnxruntime as ort
+    from ..backends.ort_session import ort_session
 
-    from ..backends.ort_runner import session_options
-
-    data = model.SerializeToString() if hasattr(model, "SerializeToString") else model
     try:
-        return ort.InferenceSession(data, sess_options=session_options(threads, graph_opt),
-                                    providers=["CPUExecutionProvider"])
+        return ort_session(model, threads=threads, graph_opt=graph_opt)
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0][:300]}") from None
 

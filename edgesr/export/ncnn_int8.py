@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import QuantizationError
 from ..spec import Spec
-from .ncnn import TAG_FP32, TAG_INT8, Layer, _align4, _read_weights, parse_param, walk_bin
+from .ncnn_format import TAG_FP32, TAG_INT8, Layer, _align4, _read_weights, parse_param, walk_bin
 
 # ConvolutionDepthWise stays float: its INT8 scale layout differs between ncnn versions (per-group
 # vs one weight scale per int8_scale_term value), and depthwise convs cost little
@@ -254,7 +254,7 @@ class NcnnInt8:
 
     def reference(self, hw=None) -> tuple[str, bytes]:
         """The unprepared fp32 model (at `hw` when fixed-size)."""
-        from .ncnn import convert_bytes
+        from .ncnn_convert import convert_bytes
 
         key = ("ref", self._key(hw) if hw is not None else None)
         if key not in self._ready:
@@ -264,7 +264,7 @@ class NcnnInt8:
     def ready(self, hw=None) -> tuple[str, bytes, dict[str, float]]:
         """(param, bin, input amax) of the prepared, centred fp32 model, ready to quantize."""
         from .mobile import calibration_inputs
-        from .ncnn import convert_bytes
+        from .ncnn_convert import convert_bytes
 
         key = self._key(hw) if hw is not None else None
         if key not in self._ready:

@@ -338,21 +338,18 @@ def _fit_shape(shape: tuple[int, ...], spec: Spec) -> tuple[int, ...]:
 
 
 def _random_input(shape, spec: Spec, seed: int) -> np.ndarray:
-    """Natural-image-like random input (see edgesr.parity.random_image): uniform noise would
+    """Natural-image-like random input (see edgesr.probe_inputs.random_image): uniform noise would
     push unclamped models far outside their value range, where fp32 rounding dominates."""
-    from ..parity import random_image
+    from ..probe_inputs import random_image
 
     return random_image(shape, seed, "smooth", tuple(spec.value_range))
 
 
 def _ort_run(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    from ..backends.ort_session import ort_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
     try:
-        sess = ort.InferenceSession(model_bytes, sess_options=so, providers=["CPUExecutionProvider"])
+        sess = ort_session(model_bytes, threads=1)
         return sess.run(None, {sess.get_inputs()[0].name: x})[0]
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"ONNX Runtime cannot run the model: {_first_line(e)}") from None

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.ort_runner import GRAPH_OPT_LEVELS
+from ..backends.ort_session import GRAPH_OPT_LEVELS, ort_session
 from ..errors import ExportError
 from ..fsutil import atomic_path, sha256_file
 
@@ -43,7 +43,6 @@ class OrtFormatResult:
 def export_ort(onnx_path: str | Path, out_path: str | Path | None = None, *, optimization: str = "all",
                check: bool = True, tol: float = ORT_TOL, check_sizes=((32, 40), (17, 23))) -> OrtFormatResult:
     """Write the ORT-format version of `onnx_path` (default: same name, .ort suffix)."""
-    import onnxruntime as ort
 
     src = Path(onnx_path)
     if not src.is_file():
@@ -57,13 +56,8 @@ def export_ort(onnx_path: str | Path, out_path: str | Path | None = None, *, opt
         with atomic_path(out) as tmp:
             tmp_ort = tmp.with_name(tmp.name + ".ort")  # ORT needs the suffix to write the ORT format
             try:
-                so = ort.SessionOptions()
-                so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPT_LEVELS[optimization])
-                so.optimized_model_filepath = str(tmp_ort)
-                so.add_session_config_entry("session.save_model_format", "ORT")
-                so.log_severity_level = 3
-                ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"],
-                                     disabled_optimizers=["NchwcTransformer"])
+                ort_session(src, graph_opt=optimization, optimized_model_path=tmp_ort, save_ort_format=True,
+                            disabled_optimizers=["NchwcTransformer"])
                 tmp_ort.replace(tmp)
             finally:
                 tmp_ort.unlink(missing_ok=True)
@@ -77,16 +71,8 @@ def export_ort(onnx_path: str | Path, out_path: str | Path | None = None, *, opt
 
 
 def _session(path: Path, optimization: str):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPT_LEVELS[optimization])
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    if path.suffix != ".onnx":
-        so.add_session_config_entry("session.load_model_format", "ORT")
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=["NchwcTransformer"])
+    return ort_session(path, threads=1, graph_opt=optimization, load_ort_format=path.suffix != ".onnx",
+                       disabled_optimizers=["NchwcTransformer"])
 
 
 class _Run:

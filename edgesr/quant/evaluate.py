@@ -18,15 +18,9 @@ class EvalScore:
 
 
 def make_session(model: str | os.PathLike | bytes, threads: int | None = None):
-    import onnxruntime as ort
+    from ..backends.ort_session import ort_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
+    return ort_session(model, threads=threads)
 
 
 RUNTIMES = ("onnxruntime", "openvino")

@@ -12,6 +12,8 @@ import copy
 
 from torch import nn
 
+from ..errors import EdgesrError
+
 
 class TrainingBlock:
     """Mixin marking a module that must not survive reparameterization."""
@@ -20,8 +22,8 @@ class TrainingBlock:
         raise NotImplementedError
 
 
-class ReparamError(RuntimeError):
-    pass
+class ReparamError(EdgesrError):
+    """A network whose training branches survive reparameterization (a bug in a family's deploy form)."""
 
 
 def reparameterize(model: nn.Module) -> nn.Module:

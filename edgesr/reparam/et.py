@@ -48,18 +48,17 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..errors import EdgesrError
+from ..architecture import Architecture, LoadedModel, match_variant, scale_from_channels
 from . import ReparamError, TrainingBlock
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..registry import LoadedModel
     from ..spec import Spec
 
 Tensor = torch.Tensor
 PADS = ("official", "none")
 
 
-class NotTransformable(ReparamError, EdgesrError):
+class NotTransformable(ReparamError):
     """The model is not a plain chain the Equivalent Transformation can fold."""
 
 
@@ -123,7 +122,6 @@ def padded_out(out_channels: int, pad: str = "official") -> int:
 def scale_from_et_channels(out_channels: int, colors: int, hint: int | None, arch: str = "model") -> int:
     """Scale of an ET-form network from its clip conv's channels (x3 RGB: 28 = 27 + 1 padding)."""
     from ..errors import KeyMismatch
-    from ..registry import scale_from_channels
 
     for s in (1, 2, 3, 4, 5, 6, 8):
         if padded_out(colors * s * s) == out_channels:
@@ -405,14 +403,18 @@ def fill_module(module: nn.Module, steps: list[ConvStep]) -> None:
 
 @dataclass(frozen=True)
 class ETLayout:
-    """How a known source module class comes out of the ET: as registry entry
-    ``target_arch`` (form ``target_form``), built with ``hyperparams(chain)``."""
+    """How a known source module class comes out of the ET: as architecture ``target``
+    (form ``target_form``), built with ``hyperparams(chain)``."""
 
     source: type
     sources: tuple[tuple[str, str], ...]  # registry (arch, form) pairs this layout serves
-    target_arch: str
+    target: Architecture
     target_form: str
     hyperparams: Callable[[PlainChain], dict]
+
+    @property
+    def target_arch(self) -> str:
+        return self.target.name
 
 
 _LAYOUTS: list[ETLayout] = []
@@ -423,20 +425,9 @@ def register_et_layout(layout: ETLayout) -> ETLayout:
     return layout
 
 
-def et_target(arch: str, form: str) -> tuple[str, str] | None:
-    """Registry (arch, form) an ET of a checkpoint of (arch, form) comes out as; None if
-    that family cannot be ET-transformed (e.g. ESPCN's tanh, FSRCNN's transposed conv)."""
-    from ..registry import architectures
-
-    architectures()  # make sure every family has registered its layouts
-    for lay in _LAYOUTS:
-        if (arch, form) in lay.sources:
-            return lay.target_arch, lay.target_form
-    return None
-
-
-def can_equivalent_transform(arch: str, form: str) -> bool:
-    return et_target(arch, form) is not None
+def layouts() -> tuple[ETLayout, ...]:
+    """The layouts registered so far (`edgesr.registry.et_target` loads every family first)."""
+    return tuple(_LAYOUTS)
 
 
 def _layout_for(model: nn.Module) -> ETLayout | None:
@@ -463,17 +454,15 @@ def equivalent_transform(model: nn.Module, spec: "Spec | None" = None, *, pad: s
     return _transform(model, spec, pad, layout, check)[0]
 
 
-def equivalent_transform_loaded(loaded: "LoadedModel", *, pad: str = "official", check: bool = True) -> "LoadedModel":
+def equivalent_transform_loaded(loaded: LoadedModel, *, pad: str = "official", check: bool = True) -> LoadedModel:
     """ET of a `registry.LoadedModel`: module, `Spec` and registry entry of the result."""
-    from ..registry import LoadedModel, get_architecture, match_variant
-
     module, hp, lay, chain = _transform(loaded.module, loaded.spec, pad, "auto", check)
     if lay is None or hp is None:
         spec = replace(loaded.spec, form="deploy", variant=None, value_range=(0.0, 1.0),
                        hyperparams={**loaded.spec.hyperparams, "equivalent_transform": pad},
                        receptive_field=sum(max(st.weight.shape[-2:]) // 2 for st in chain.steps))
         return LoadedModel(module, spec, loaded.arch, loaded.state_dict_keys)
-    arch = get_architecture(lay.target_arch)
+    arch = lay.target
     spec = arch.describe(hp, lay.target_form)
     variant = match_variant(arch, hp)
     if variant:
@@ -495,11 +484,9 @@ def _transform(model, spec, pad, layout, check):
     steps, keep = et_steps(chain, pad)
     result, hp, lay = None, None, None
     if layout == "auto" and (lay := _layout_for(src)) is not None:
-        from ..registry import get_architecture
-
         hp = lay.hyperparams(chain)
         try:
-            result = get_architecture(lay.target_arch).build(hp, lay.target_form)
+            result = lay.target.build(hp, lay.target_form)
             fill_module(result, steps)
         except NotTransformable:
             result, hp, lay = None, None, None
