@@ -106,7 +106,13 @@ def run_model(name: str, args, tmp: Path, set5) -> dict:
             "runtime": res.config["profile"]["runtime"], "heldout_drop": res.drop, "within_budget": res.within_budget,
             "all_int8_heldout_drop": res.psnr_fp32 - res.psnr_int8_all, "float_layers": res.float_layers,
             "layers": len(res.layers), "set5_fp32": res.test_psnr_fp32, "set5_int8": res.test_psnr_int8,
-            "set5_drop": res.test_drop, "quantize_seconds": round(time.perf_counter() - t0, 1)}
+            "set5_drop": res.test_drop, "quantize_seconds": round(time.perf_counter() - t0, 1),
+            "finetune": res.finetune}
+        ft = res.finetune
+        if ft:
+            log(f"  {name} {profile}: fine-tuned all-int8 held-out {res.psnr_fp32 - ft['psnr_int8_all_before']:.3f} -> "
+                f"{res.psnr_fp32 - ft['psnr_int8_all_after']:.3f} dB, "
+                f"{'kept' if ft['applied'] else 'not kept'} ({ft.get('seconds', 0):.0f} s)")
         log(f"  {name} {profile}: held-out drop {res.drop:.3f} (all-int8 {res.psnr_fp32 - res.psnr_int8_all:.3f}), "
             f"Set5 drop {res.test_drop:.3f}, {len(res.float_layers)}/{len(res.layers)} float "
             f"({time.perf_counter() - t0:.0f} s)")

@@ -111,9 +111,10 @@ def _ncnn_mode(module, spec):
     return hw is not None, why
 
 
-def quality(name: str, module, spec, pairs) -> dict:
+def quality(name: str, module, spec, pairs, int8: bool = True) -> dict:
     """Per format: max |fp32 - torch| over Set5; Set5 Y-PSNR of torch / fp32 / INT8 (edgesr's
-    recipe with its held-out verdict) and of all-INT8 when the verdict kept layers float."""
+    recipe with its held-out verdict) and of all-INT8 when the verdict kept layers float
+    (`int8=False`: fp32 only, for a model whose INT8 runs in another process)."""
     import torch
 
     from edgesr.backends.litert_runner import LiteRtRunner
@@ -127,24 +128,27 @@ def quality(name: str, module, spec, pairs) -> dict:
     out |= {"max_abs": {"litert_fp32": 0.0, "ncnn_fp32": 0.0}, "errors": {}, "verdict": {}, "kernels": {}}
     fixed, why = _ncnn_mode(module, spec)
     out["ncnn_shapes"] = "one .param per LR size: " + why if fixed else "dynamic (one .param for every size)"
-    recipes = {}
-    try:
-        t0 = time.time()
-        lr = LiteRtInt8(module, spec)
-        float_ops, out["verdict"]["litert"] = lr.verdict(BUDGET)
-        recipes["litert"] = (lr, float_ops)
-        log(f"  {name}: LiteRT INT8 verdict {out['verdict']['litert']['drop']:.3f} dB ({time.time() - t0:.0f} s)")
-    except Exception as e:  # noqa: BLE001 - reported, not fatal
-        out["errors"]["litert"] = f"{type(e).__name__}: {e}"[:300]
-    try:
-        t0 = time.time()
-        nc = NcnnInt8(module, spec, fixed=fixed)
-        skip, out["verdict"]["ncnn"] = nc.verdict(BUDGET)
-        recipes["ncnn"] = (nc, skip)
-        nc32_dyn = None if fixed else NcnnRunner(*convert_bytes(module, spec))
-        log(f"  {name}: ncnn INT8 verdict {out['verdict']['ncnn']['drop']:.3f} dB ({time.time() - t0:.0f} s)")
-    except Exception as e:  # noqa: BLE001
-        out["errors"]["ncnn"] = f"{type(e).__name__}: {e}"[:300]
+    recipes: dict = {}  # format -> (INT8 recipe or None, float layers)
+    if int8:
+        try:
+            t0 = time.time()
+            lr = LiteRtInt8(module, spec)
+            float_ops, out["verdict"]["litert"] = lr.verdict(BUDGET)
+            recipes["litert"] = (lr, float_ops)
+            log(f"  {name}: LiteRT INT8 verdict {out['verdict']['litert']['drop']:.3f} dB ({time.time() - t0:.0f} s)")
+        except Exception as e:  # noqa: BLE001 - reported, not fatal
+            out["errors"]["litert"] = f"{type(e).__name__}: {e}"[:300]
+        try:
+            t0 = time.time()
+            nc = NcnnInt8(module, spec, fixed=fixed)
+            skip, out["verdict"]["ncnn"] = nc.verdict(BUDGET)
+            recipes["ncnn"] = (nc, skip)
+            log(f"  {name}: ncnn INT8 verdict {out['verdict']['ncnn']['drop']:.3f} dB ({time.time() - t0:.0f} s)")
+        except Exception as e:  # noqa: BLE001
+            out["errors"]["ncnn"] = f"{type(e).__name__}: {e}"[:300]
+    else:
+        recipes = {"litert": (None, []), "ncnn": (None, [])}
+    nc32_dyn = None if fixed or "ncnn" not in recipes else NcnnRunner(*convert_bytes(module, spec))
     for p in pairs:
         x = _x(p, spec)
         hw = x.shape[2:]
@@ -156,24 +160,26 @@ def quality(name: str, module, spec, pairs) -> dict:
             y = LiteRtRunner(convert_fp32_bytes(module, spec, hw)).run(x)
             out["max_abs"]["litert_fp32"] = max(out["max_abs"]["litert_fp32"], float(np.abs(y - ref).max()))
             out["litert_fp32"].append(_psnr(y, p, spec))
-            q = lr.build(hw, float_ops)
-            out["litert_int8"].append(_psnr(LiteRtRunner(q).run(x), p, spec))
-            if float_ops:
-                out["litert_int8_all"].append(_psnr(LiteRtRunner(lr.build(hw)).run(x), p, spec))
-            if p is pairs[0]:
-                out["kernels"]["litert"] = litert_kernel_check(q, x, y)
+            if lr is not None:
+                q = lr.build(hw, float_ops)
+                out["litert_int8"].append(_psnr(LiteRtRunner(q).run(x), p, spec))
+                if float_ops:
+                    out["litert_int8_all"].append(_psnr(LiteRtRunner(lr.build(hw)).run(x), p, spec))
+                if p is pairs[0]:
+                    out["kernels"]["litert"] = litert_kernel_check(q, x, y)
         if "ncnn" in recipes:
             nc, skip = recipes["ncnn"]
-            r32 = nc32_dyn or NcnnRunner(*nc.reference(hw))
+            r32 = nc32_dyn or NcnnRunner(*(nc.reference(hw) if nc else convert_bytes(module, spec, hw=hw)))
             y = r32.run(x)
             out["max_abs"]["ncnn_fp32"] = max(out["max_abs"]["ncnn_fp32"], float(np.abs(y - ref).max()))
             out["ncnn_fp32"].append(_psnr(y, p, spec))
-            param, weights, _ = nc.build(hw, skip)
-            out["ncnn_int8"].append(_psnr(NcnnRunner(param, weights).run(x), p, spec))
-            if skip:
-                out["ncnn_int8_all"].append(_psnr(NcnnRunner(*nc.build(hw)[:2]).run(x), p, spec))
-            if p is pairs[0]:
-                out["kernels"]["ncnn"] = ncnn_kernel_check(param, weights, x)
+            if nc is not None:
+                param, weights, _ = nc.build(hw, skip)
+                out["ncnn_int8"].append(_psnr(NcnnRunner(param, weights).run(x), p, spec))
+                if skip:
+                    out["ncnn_int8_all"].append(_psnr(NcnnRunner(*nc.build(hw)[:2]).run(x), p, spec))
+                if p is pairs[0]:
+                    out["kernels"]["ncnn"] = ncnn_kernel_check(param, weights, x)
         log(f"  {name} {p.name}: done")
     mean = {k: (round(float(np.mean(v)), 4) if v else None) for k, v in out.items() if isinstance(v, list)}
     drop = {f: (_drop(out[f"{f}_fp32"], out[f"{f}_int8"]) if out[f"{f}_int8"] else None) for f in ("litert", "ncnn")}
@@ -239,8 +245,8 @@ def ncnn_kernel_check(param: str, weights: bytes, x: np.ndarray) -> dict:
         w_scale = np.frombuffer(chunk, "<f4", n_out, off).astype(np.float64)
         in_scale = float(np.frombuffer(chunk, "<f4", 1, off + 4 * n_out)[0])
         q = np.clip(np.round(xin * in_scale), -127, 127)
-        t, b, l, r = _pads(la)
-        q = np.pad(q, ((0, 0), (t, b), (l, r)))
+        top, bottom, left, right = _pads(la)
+        q = np.pad(q, ((0, 0), (top, bottom), (left, right)))
         c, h, w = q.shape
         ho, wo = h - k + 1, w - k + 1
         acc = np.zeros((n_out, ho, wo))
@@ -315,7 +321,7 @@ def ablation(name: str, module, spec, pairs) -> dict:
 # --------------------------------------------------------------------------- latency
 
 
-def latency(module, spec, hw: tuple[int, int], threads: int, policy) -> dict:
+def latency(module, spec, hw: tuple[int, int], threads: int, policy, int8: bool = True) -> dict:
     import torch
 
     from edgesr.backends.litert_runner import LiteRtRunner
@@ -343,12 +349,14 @@ def latency(module, spec, hw: tuple[int, int], threads: int, policy) -> dict:
     fixed, _ = _ncnn_mode(module, spec)
     try:
         runners["litert:fp32"] = LiteRtRunner(convert_fp32_bytes(module, spec, hw), threads=threads)
-        runners["litert:int8"] = LiteRtRunner(LiteRtInt8(module, spec).build(hw), threads=threads)
+        if int8:
+            runners["litert:int8"] = LiteRtRunner(LiteRtInt8(module, spec).build(hw), threads=threads)
     except Exception as e:  # noqa: BLE001
         errors["litert"] = f"{type(e).__name__}: {e}"[:300]
     try:
         runners["ncnn:fp32"] = NcnnRunner(*convert_bytes(module, spec, hw=hw if fixed else None), threads=threads)
-        runners["ncnn:int8"] = NcnnRunner(*NcnnInt8(module, spec, fixed=fixed).build(hw)[:2], threads=threads)
+        if int8:
+            runners["ncnn:int8"] = NcnnRunner(*NcnnInt8(module, spec, fixed=fixed).build(hw)[:2], threads=threads)
     except Exception as e:  # noqa: BLE001
         errors["ncnn"] = f"{type(e).__name__}: {e}"[:300]
 
@@ -394,10 +402,12 @@ def readme_block(data: dict) -> str:
              f"paired per-round p10-p90). Parity: max |fp32 - PyTorch| over the Set5 x4 LR images (LiteRT: one "
              f"fixed-size file per image size). INT8 drop: Set5 x4 Y-PSNR of fp32 minus INT8 in the same format, "
              f"edgesr's recipe (docs/deploy.md section 7) with its verdict on the held-out sample photos "
-             f"({BUDGET} dB budget; float layers kept, if any, in brackets with the all-INT8 drop). Core ML: "
+             f"({BUDGET} dB budget; float layers kept, if any, in brackets with the all-INT8 drop; '-': not "
+             f"measured in this run, see docs/mobile_int8.md). Core ML: "
              f"converted and checked statically, not run (no runtime on Linux). 1-minute load average when each "
              f"model was timed: {loads} on {data['machine'].get('logical_cpus')} CPUs: a shared, heavily loaded "
-             "machine, so only the same-run ratios mean anything, and their spread is wide.", "",
+             "machine where a process waits for a CPU most of the time, so medians measure the queue as much as "
+             "the runtime; only the same-run ratios mean anything, and their spread is wide.", "",
              "| model | LiteRT fp32 parity | LiteRT INT8 drop dB | ncnn fp32 parity | ncnn INT8 drop dB | "
              "ORT fp32 ms | LiteRT fp32 ms (x vs ORT) | LiteRT INT8 ms (x) | ncnn fp32 ms (x) | ncnn INT8 ms (x) | "
              "Core ML |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -426,7 +436,9 @@ def readme_block(data: dict) -> str:
                 return "-"
             v = q["verdict"].get(fmt) or {}
             fl = v.get("float_layers") or []
-            return f"{d:.3f}" + (f" ({len(fl)} float; all-INT8 {q['int8_drop_all_int8_db'][fmt]:.3f})" if fl else "")
+            over = "" if v.get("within_budget", True) else f" (over the budget: {v['drop']:.3f} held-out)"
+            return (f"{d:.3f}" + (f" ({len(fl)} float; all-INT8 {q['int8_drop_all_int8_db'][fmt]:.3f})" if fl else "")
+                    + over)
 
         cm = m["coreml"]
         cml = ("converted, not run; ANE list: " + ("ok" if cm.get("ane_likely") else
@@ -437,6 +449,69 @@ def readme_block(data: dict) -> str:
                      f"{ms(rows, 'ncnn:fp32')} | {ms(rows, 'ncnn:int8')} | {cml} |")
     lines += ["", END]
     return "\n".join(lines)
+
+
+DOCS = ROOT / "docs" / "mobile_int8.md"
+
+
+def _block(key: str) -> tuple[str, str]:
+    return f"<!-- mobile-int8:{key}:start -->", f"<!-- mobile-int8:{key}:end -->"
+
+
+def docs_blocks(data: dict, ablation_data: dict | None) -> dict[str, str]:
+    """The generated parts of docs/mobile_int8.md: what the shipped INT8 files lose, the ablation,
+    the kernel checks and the SAFMN++ row."""
+    shipped = ["| model | format | held-out drop, all INT8 | float convs kept | held-out drop, shipped | "
+               "Set5 drop, shipped | Set5 drop, all INT8 | within 0.15 dB on Set5 |",
+               "|---|---|---|---|---|---|---|---|"]
+    kernels = ["| model | LiteRT: max code diff XNNPACK vs reference (share) | PSNR vs fp32: XNNPACK / reference dB | "
+               "ncnn: INT8 convs checked | max relative diff vs float64 |", "|---|---|---|---|---|"]
+    for name, m in data["models"].items():
+        q = m["quality"]
+        for fmt in ("litert", "ncnn"):
+            v = q["verdict"].get(fmt)
+            if v is None or q["int8_drop_db"].get(fmt) is None:
+                shipped.append(f"| {name} | {fmt} | {q['errors'].get(fmt, 'not measured')[:80]} | | | | | |")
+                continue
+            d, da = q["int8_drop_db"][fmt], q["int8_drop_all_int8_db"][fmt]
+            fl = v.get("float_layers") or []
+            shipped.append(f"| {name} | {fmt} | {v['drop_all_int8']:.3f} | {len(fl)} | {v['drop']:.3f}"
+                           f"{'' if v['within_budget'] else ' (over budget)'} | {d:.3f} | {da:.3f} | "
+                           f"{'yes' if d <= 0.15 else 'no'} |")
+        k = q.get("kernels") or {}
+        lt, nc = k.get("litert"), k.get("ncnn")
+        kernels.append(f"| {name} | " + (f"{lt['max_code_diff']} ({lt['share_differing']:.2%})" if lt else "-")
+                       + " | "
+                       + (f"{lt['psnr_xnnpack_vs_fp32']:.2f} / {lt['psnr_reference_vs_fp32']:.2f}" if lt else "-")
+                       + " | " + (str(nc["layers"]) if nc else "-") + " | "
+                       + (f"{nc['max_relative_diff']:.1e}" if nc and nc["max_relative_diff"] is not None else "-")
+                       + " |")
+    ev = next((m["quality"]["verdict"][f]["eval_set"] for m in data["models"].values()
+               for f in ("litert", "ncnn") if m["quality"]["verdict"].get(f)), "sample-held-out")
+    intro = (f"Generated from `benchmarks/results/mobile.json` (held-out = {ev}; budget {BUDGET} dB). Drops in dB, "
+             "fp32 minus INT8 in the same format; `shipped` = the file `convert --int8` writes (convolutions the "
+             "held-out verdict keeps float, if any).")
+    blocks = {"shipped": "\n".join([intro, ""] + shipped), "kernels": "\n".join(kernels)}
+    if ablation_data:
+        rows = ["| model | format | step (cumulative) | Set5 drop | held-out drop |", "|---|---|---|---|---|"]
+        for name, m in ablation_data["models"].items():
+            for fmt in ("litert", "ncnn"):
+                rows += [f"| {name} | {fmt} | {r['step']} | {r['set5_drop']:.3f} | {r['held_out_drop']:.3f} |"
+                         for r in m[fmt]]
+        blocks["ablation"] = "\n".join(rows + ["", f"Measured for: {', '.join(ablation_data['models'])}."])
+    return blocks
+
+
+def write_docs(data: dict) -> None:
+    text = DOCS.read_text()
+    abl = json.loads(ABLATION.read_text()) if ABLATION.is_file() else None
+    for key, body in docs_blocks(data, abl).items():
+        a, b = _block(key)
+        if a not in text or b not in text:
+            raise SystemExit(f"{DOCS} lacks the {a} ... {b} markers")
+        i, j = text.index(a), text.index(b) + len(b)
+        text = text[:i] + a + "\n\n" + body + "\n\n" + b + text[j:]
+    DOCS.write_text(text)
 
 
 def write_readme(data: dict) -> None:
@@ -464,16 +539,32 @@ def main(argv=None) -> int:
     ap.add_argument("--ablation", action="store_true", help="INT8 step-by-step ablation instead (all-INT8 models)")
     ap.add_argument("--update", action="store_true", help="keep the other models' entries of the saved JSON")
     ap.add_argument("--readme", action="store_true", help="only rewrite README's block from the saved JSON")
+    ap.add_argument("--no-int8", action="store_true", help="fp32 parity, fp32 latency and Core ML only")
+    ap.add_argument("--out", type=Path, help="write here instead of benchmarks/results/ (e.g. one model per process)")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                    help="only merge the models of these result files into benchmarks/results/mobile.json")
     args = ap.parse_args(argv)
     if args.readme:
         write_readme(json.loads(RESULTS.read_text()))
-        print(f"README.md block rewritten from {RESULTS}")
+        write_docs(json.loads(RESULTS.read_text()))
+        print(f"README.md block and {DOCS.name}'s tables rewritten from {RESULTS}")
+        return 0
+    if args.merge:
+        data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        for part in args.merge:
+            extra = json.loads(part.read_text())
+            for name, m in extra["models"].items():  # each model keeps the command and load it was measured under
+                data.setdefault("models", {})[name] = m | {"command": extra["command"]}
+            data = {k: v for k, v in extra.items() if k != "models"} | data if "machine" not in data else data
+        data["models"] = {n: data["models"][n] for n in MODELS if n in data["models"]}
+        _save(RESULTS, data)
+        print(f"merged {len(args.merge)} file(s) into {RESULTS}")
         return 0
     if not (SHARED / "testsets" / "Set5").is_dir():
         raise SystemExit(f"needs {SHARED} (checkpoints + Set5)")
     names = [n for n in MODELS if n in args.models.split(",")] or list(MODELS)
     pairs = set5()
-    target = ABLATION if args.ablation else RESULTS
+    target = args.out or (ABLATION if args.ablation else RESULTS)
     data = {"machine": machine_info(), "threads": args.threads, "latency_lr_hw": [args.size, args.size],
             "command": "python benchmarks/mobile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "models": {}}
@@ -489,9 +580,9 @@ def main(argv=None) -> int:
                                                                           "loadavg": os.getloadavg()}
         else:
             log(f"{name}: quality on Set5 ...")
-            q = quality(name, module, spec, pairs)
+            q = quality(name, module, spec, pairs, int8=not args.no_int8)
             log(f"{name}: latency ...")
-            lat = latency(module, spec, (args.size, args.size), args.threads, policy)
+            lat = latency(module, spec, (args.size, args.size), args.threads, policy, int8=not args.no_int8)
             log(f"{name}: Core ML ...")
             cm = coreml_check(module, spec, (args.size, args.size))
             data["models"][name] = {"quality": q, "latency": lat, "coreml": cm,

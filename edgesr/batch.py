@@ -88,26 +88,34 @@ def convert_many(folder: str | Path, outroot: str | Path, base: ConvertOptions,
     plan = plan_outdirs(find_checkpoints(folder), outroot)
     items: list[BatchItem] = []
     for i, (ckpt, outdir) in enumerate(plan):
-        item = BatchItem(ckpt, outdir)
-        t0 = time.perf_counter()
-        try:
-            res = convert(replace(base, checkpoint=ckpt, outdir=outdir), log=log or (lambda m: None))
-        except EdgesrError as e:
-            item.error, item.error_type, item.exit_code = _one_line(e), type(e).__name__, e.exit_code
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as e:  # noqa: BLE001 - a bug on one file must not lose the rest of the batch
-            item.error = f"internal error: {type(e).__name__}: {_one_line(e)}"
-            item.error_type, item.exit_code = type(e).__name__, 1
-        else:
-            item.result, item.converted, item.ok = res, True, res.ok
-            if not res.ok:
-                item.error, item.error_type, item.exit_code = "parity check failed (see report.md)", "ParityError", 1
-        item.seconds = round(time.perf_counter() - t0, 2)
+        item = convert_one(ckpt, outdir, base, log=log)
         items.append(item)
         if on_item:
             on_item(i, len(plan), item)
     return items
+
+
+def convert_one(ckpt: Path, outdir: Path, base: ConvertOptions,
+                log: Callable[[str], None] | None = None) -> BatchItem:
+    """One checkpoint of a batch: its failure becomes the item's one-line error (only
+    KeyboardInterrupt and SystemExit propagate)."""
+    item = BatchItem(ckpt, outdir)
+    t0 = time.perf_counter()
+    try:
+        res = convert(replace(base, checkpoint=ckpt, outdir=outdir), log=log or (lambda m: None))
+    except EdgesrError as e:
+        item.error, item.error_type, item.exit_code = _one_line(e), type(e).__name__, e.exit_code
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # noqa: BLE001 - a bug on one file must not lose the rest of the batch
+        item.error = f"internal error: {type(e).__name__}: {_one_line(e)}"
+        item.error_type, item.exit_code = type(e).__name__, 1
+    else:
+        item.result, item.converted, item.ok = res, True, res.ok
+        if not res.ok:
+            item.error, item.error_type, item.exit_code = "parity check failed (see report.md)", "ParityError", 1
+    item.seconds = round(time.perf_counter() - t0, 2)
+    return item
 
 
 def exit_code(items: list[BatchItem]) -> int:

@@ -171,9 +171,9 @@ def _from_bundle(path: Path, backend: str, scale, threads) -> ResolvedModel:
         resolved = ResolvedModel(TorchRunner(loaded.module, name=f"torch:{loaded.spec.form}"), loaded.spec, "bundle",
                                  path)
     # the graph for tiling analysis and the measurement made at convert time, from verified bytes only
-    if any(a.role == "onnx_fp32" for a in manifest.artifacts):
-        resolved.onnx = data if backend == "ort" else manifest.verified_bytes(manifest.artifact("onnx_fp32"))
-    resolved.tiling = manifest.data.get("tiling")
+    if backend == "ort":
+        resolved.onnx = data
+    _bundle_tiling(resolved, manifest, same_runtime=True)
     return resolved
 
 
@@ -232,8 +232,11 @@ def _openvino_or_int8(path: Path, backend: str, scale, arch, form: str, threads)
             art = _int8_artifact(manifest, path, backend, INT8_ROLES[backend])
             if scale is not None and manifest.spec.scale != scale:
                 raise ScaleMismatch(f"--scale {scale} does not match {quoted(path)} (x{manifest.spec.scale})")
-            runner = OrtRunner(manifest.verified_bytes(art), name=f"ort:{art.file}", threads=threads)
-            return ResolvedModel(runner, manifest.spec, "bundle", path)
+            data = manifest.verified_bytes(art)
+            resolved = ResolvedModel(OrtRunner(data, name=f"ort:{art.file}", threads=threads), manifest.spec, "bundle",
+                                     path, onnx=data)  # the INT8 graph itself for the locality analysis
+            _bundle_tiling(resolved, manifest, same_runtime=False)
+            return resolved
         raise CheckpointError(f"{path.name}: --backend ort-int8 runs a bundle's INT8 graph; convert with --int8 "
                               "first, or give a quantized .onnx with --backend ort")
     from .backends.openvino_runner import IR_SUFFIXES, OpenVinoRunner
@@ -250,8 +253,10 @@ def _openvino_or_int8(path: Path, backend: str, scale, arch, form: str, threads)
             roles = {a.role for a in manifest.artifacts}
             art = manifest.artifact("openvino_fp32" if "openvino_fp32" in roles else "onnx_fp32")
         # a private copy of the verified bytes (an IR's .bin beside its .xml): never the file checked earlier
-        return ResolvedModel(OpenVinoRunner(manifest.verified_path(art), name=f"openvino:{art.role}", threads=threads),
-                             manifest.spec, "bundle", path)
+        resolved = ResolvedModel(OpenVinoRunner(manifest.verified_path(art), name=f"openvino:{art.role}",
+                                                threads=threads), manifest.spec, "bundle", path)
+        _bundle_tiling(resolved, manifest, same_runtime=False)
+        return resolved
     if backend == "openvino-int8":
         raise CheckpointError(f"{path.name}: --backend openvino-int8 runs a bundle's OpenVINO INT8 graph; convert "
                               "with --int8 --openvino first, or give the .xml with --backend openvino")
@@ -262,15 +267,17 @@ def _openvino_or_int8(path: Path, backend: str, scale, arch, form: str, threads)
         return ResolvedModel(OpenVinoRunner(path, threads=threads), Spec(arch="unknown", scale=scale), "openvino", path)
     if suffix in ONNX_SUFFIXES:
         spec = _spec_from_onnx(path, scale)
-        return ResolvedModel(OpenVinoRunner(path, threads=threads), spec, "onnx", path)
+        return ResolvedModel(OpenVinoRunner(path, threads=threads), spec, "onnx", path,
+                             onnx=path if suffix == ".onnx" else None)
     resolved = _from_checkpoint(path, "torch", scale, arch, form, threads)
     from .export.onnx import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="edgesr-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(resolved.runner.module, resolved.spec, onnx_path, source_checkpoint=path)
-        ov_runner = OpenVinoRunner(onnx_path.read_bytes(), name="openvino:fp32", threads=threads)
-    return ResolvedModel(ov_runner, resolved.spec, "checkpoint", path)
+        onnx_bytes = onnx_path.read_bytes()
+        ov_runner = OpenVinoRunner(onnx_bytes, name="openvino:fp32", threads=threads)
+    return ResolvedModel(ov_runner, resolved.spec, "checkpoint", path, onnx=onnx_bytes)
 
 
 def _int8_artifact(manifest, path: Path, backend: str, role: str):
@@ -309,8 +316,24 @@ def _from_mobile(path: Path, backend: str, scale, threads) -> ResolvedModel:
     if spec is None:
         spec, manifest = spec_beside(path, scale)
     runtime = "litert" if path.suffix.lower() == ".tflite" else "ncnn"
-    runner = mobile_runner_for(path, spec, threads, name=f"{runtime}:{path.name}")
-    return ResolvedModel(runner, spec, "mobile" if manifest is None else "bundle", path)
+    runner = mobile_runner_for(path, spec, threads, name=f"{runtime}:{path.name}", manifest=manifest)
+    resolved = ResolvedModel(runner, spec, "mobile" if manifest is None else "bundle", path)
+    _bundle_tiling(resolved, manifest, same_runtime=False)
+    return resolved
+
+
+def _bundle_tiling(resolved: ResolvedModel, manifest, same_runtime: bool) -> None:
+    """Tiling facts of a bundle for `edgesr upscale`: its fp32 ONNX graph (verified bytes) for the
+    locality analysis, and, for the runtime it was measured on (ONNX Runtime fp32 / the PyTorch
+    deploy module that graph was checked against) or a fixed-size file that tiles itself (it cannot
+    run untiled), the measurement made at convert time. Other runtimes are measured when an image
+    needs tiles, on the runner at hand."""
+    if manifest is None:
+        return
+    if resolved.onnx is None and any(a.role == "onnx_fp32" for a in manifest.artifacts):
+        resolved.onnx = manifest.verified_bytes(manifest.artifact("onnx_fp32"))
+    if same_runtime or getattr(resolved.runner, "tiles_itself", False):
+        resolved.tiling = manifest.data.get("tiling")
 
 
 @dataclass
@@ -421,8 +444,8 @@ def open_model(ref: str | Path, *, workdir: str | Path | None = None, scale: int
     from .backends.mobile import file_backend, is_mobile_artifact, spec_beside
 
     if is_mobile_artifact(path):
-        spec, _ = spec_beside(path, scale)
-        src = ModelSource(path, "mobile", spec, workdir, _tmp=tmp)
+        spec, man = spec_beside(path, scale)  # the manifest beside it: its measured tiling sets the box overlap
+        src = ModelSource(path, "mobile", spec, workdir, manifest=man, _tmp=tmp)
         src.default_backend = file_backend(path) or src.default_backend
         return src
     if path.suffix.lower() in ONNX_SUFFIXES:

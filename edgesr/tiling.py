@@ -294,10 +294,16 @@ class TilingMeasurement:
         why = self.reasons[0] if self.reasons else "not proven local"
         if e is None:
             return f"approximate ({why}); error not measured"
+        same = [c for c in self.checks if tile is not None and (c.tile, c.overlap) == (tile, overlap)]
+        e = same[0] if same else e  # a check made at exactly this run's tile and overlap
         psnr = e.psnr if isinstance(e.psnr, str) else f"{e.psnr:.1f}"
         bound = "within" if _psnr_value(e.psnr) >= self.bound_psnr else "NOT within"
-        return (f"approximate ({why}): max error {e.max_levels}/255, PSNR {psnr} dB vs untiled, {bound} the "
+        text = (f"approximate ({why}): max error {e.max_levels}/255, PSNR {psnr} dB vs untiled, {bound} the "
                 f"{self.bound_psnr:g} dB bound (measured at tile {e.tile}, overlap {e.overlap}, on a {e.image})")
+        if tile is not None and (tile < e.tile or (overlap is not None and overlap < e.overlap)):
+            text += (f"; this run's tile {tile} / overlap {overlap if overlap is not None else e.overlap} is below "
+                     "what was measured: its error was not measured and may be larger")
+        return text
 
 
 def sample_photo(height: int, width: int, index: int = 0) -> tuple[np.ndarray, str]:

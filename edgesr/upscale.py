@@ -42,8 +42,19 @@ import numpy as np
 
 from .errors import DatasetError, EdgesrError, ImageError, OutputExists, ScaleMismatch
 from .spec import Spec
-from .tiling import (APPROX_ALIGNMENT, MAX_APPROX_OVERLAP, Tile, TilePlan, TilingMeasurement, activation_bytes,
-                     declared_tiling, fit_size, plan_tiles, run_plan, upscale_array)
+from .tiling import (
+    APPROX_ALIGNMENT,
+    MAX_APPROX_OVERLAP,
+    Tile,
+    TilePlan,
+    TilingMeasurement,
+    activation_bytes,
+    declared_tiling,
+    fit_size,
+    plan_tiles,
+    run_plan,
+    upscale_array,
+)
 
 __all__ = ["Tile", "TilePlan", "plan_tiles", "upscale_array", "upscale_file", "upscale", "plan_jobs",
            "ModelTiling", "default_max_memory", "parse_memory", "parse_tile", "UpscaleResult", "UpscaleFailure"]
@@ -195,7 +206,14 @@ class ModelTiling:
                 if image_side not in self._probed:  # "n works" says nothing about sizes below n
                     self._probed[image_side] = probe_min_size(Path(path), self.spec.in_channels, image_side)
                 m = self._probed[image_side]
-        return max(1, int(self.spec.min_size), int(m or 1))
+        return max(1, int(self.spec.min_size), int(m or 1), max(self.fixed_box() or (1,)))
+
+    def fixed_box(self) -> tuple[int, int] | None:
+        """(H, W) of a fixed-size file that tiles larger inputs with boxes of its own size
+        (:class:`edgesr.backends.mobile.FixedBoxRunner`); smaller images are padded up to it."""
+        if getattr(self.runner, "tiles_itself", False):
+            return tuple(int(v) for v in self.runner.input_hw)  # type: ignore[return-value]
+        return None
 
     def multiple(self) -> int:
         """Grid of core starts and overlaps (also the multiple the padded image must be)."""
@@ -218,10 +236,14 @@ class ModelTiling:
     def memory_factor(self) -> float:
         from .tiling import LOCAL_MEMORY_FACTOR, NONLOCAL_MEMORY_FACTOR
 
+        if getattr(self.runner, "tiles_itself", False):  # boxes of its own fixed size: a local run
+            return LOCAL_MEMORY_FACTOR
         local = self._measured.locality == "local" if self._measured else bool(self.graph and self.graph.local)
         return LOCAL_MEMORY_FACTOR if local else NONLOCAL_MEMORY_FACTOR
 
     def bytes_per_pixel(self) -> float | None:
+        if getattr(self.runner, "tiles_itself", False):  # a fixed-size .tflite: its activations are a box's
+            return self.runner.whole_image_bytes_per_pixel(self.spec.in_channels, self.spec.out_channels)
         if self._measured and self._measured.activation_bytes_per_pixel:
             return self._measured.activation_bytes_per_pixel
         g = self.graph
@@ -283,6 +305,7 @@ class UpscaleResult:
     tiling: str = ""  # what was verified, in words
     padded: list[int] | None = None  # [H, W] the image was padded to (model minimum / multiple)
     memory: dict = field(default_factory=dict)  # estimated peak and budget (bytes)
+    boxes: list[int] | None = None  # [H, W, overlap] of the boxes a fixed-size file ran (it tiles itself)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"ok": True}
@@ -420,6 +443,9 @@ def check_tile(tile: int | str, overlap: int, mt: ModelTiling, image_side: int |
     """The smallest useful tile for this model; raises for an explicit tile below it
     (a box would be mostly overlap: ``--tile 1`` would run one model call per pixel)."""
     min_tile = max(mt.min_size(), overlap + 1, mt.multiple())
+    box = mt.fixed_box()
+    if box is not None:  # every tile box must hold at least one of the file's own boxes
+        return max(min_tile, 2 * max(box))
     if tile != "auto" and 0 < int(tile) < min_tile and (image_side is None or int(tile) < image_side):
         raise ImageError(f"--tile {tile} is below the useful minimum {min_tile} for this model (overlap {overlap}, "
                          f"minimum input {mt.min_size()}): boxes would be mostly overlap; use --tile {min_tile} or "
@@ -476,6 +502,9 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
     ph, pw = fit_size(h, w, min_size, spec.size_multiple)  # what the model requires of H and W
     overlap_v = int(overlap) if overlap is not None else int(mt.default_overlap())
     min_tile = check_tile(tile, overlap_v, mt, image_side=max(ph, pw))
+    box = mt.fixed_box()
+    if box is not None and tile != "auto" and 0 < int(tile) < min_tile:
+        tile = min_tile  # a fixed-size file's tiles hold its boxes (it cuts them itself)
     itemsize = 2 if bit_depth == 16 else 1
     input_bytes = img.samples.nbytes + (img.alpha.nbytes if img.alpha is not None else 0)
     if (ph, pw) != (h, w):
@@ -492,7 +521,8 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
     # the plan; a tiled plan needs the measurement (its overlap and what it verified), after
     # which the plan is made again from what is resident then
     measured = None
-    if 0 < mp.tile < max(ph, pw):
+    inner = box is not None and (ph, pw) != box  # the fixed-size file cuts boxes of its own
+    if inner or 0 < mp.tile < max(ph, pw):
         measured = mt.measured
         if measured is not None and overlap is None:
             overlap_v = measured.overlap
@@ -502,12 +532,24 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
                      factor=mt.memory_factor())
         _check_budget(mp, src, what)
     plan = plan_tiles(ph, pw, spec, mp.tile, overlap_v, measured=measured)
-    if len(plan.tiles) == 1:
+    exact = plan.exact
+    if len(plan.tiles) == 1 and not inner:
         tiling_note = "untiled (exact)"
     elif measured is not None:
-        tiling_note = measured.summary(plan.tile, plan.overlap)
+        tiling_note = measured.summary(plan.tile, plan.overlap if len(plan.tiles) > 1 else overlap_v)
     else:
-        tiling_note = f"not verified ({mt.unverified_reason()}); overlap {plan.overlap} px"
+        tiling_note = f"not verified ({mt.unverified_reason()}); overlap {overlap_v} px"
+    boxes: list[int] | None = None
+    if box is not None and inner:  # what matters is the boxes the file runs (core = box - 2 x overlap)
+        o = int(runner.overlap)
+        boxes = [*box, o]
+        exact = bool(measured and measured.exact and measured.receptive_field is not None
+                      and min(o, overlap_v) >= measured.receptive_field)
+        if measured is not None:
+            tiling_note = measured.summary(min(box) - 2 * o, min(o, overlap_v))
+        tiling_note = (f"the fixed-size file runs {box[0]}x{box[1]} boxes overlapping by {o} px"
+                       f"{'' if len(plan.tiles) == 1 else f' inside tiles of {plan.tile}'}: {tiling_note}"
+                       + (f"; {mt.source}, fp32 ONNX graph in ONNX Runtime" if measured is not None else ""))
 
     samples, alpha_codes, src_mode = img.samples, img.alpha, img.mode
     if (ph, pw) != (h, w):
@@ -530,10 +572,11 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
         raise
     return UpscaleResult(input=str(src), output=str(dst), input_size=[h, w], output_size=[h * s, w * s],
                          mode=src_mode, bit_depth=bit_depth, alpha=alpha_codes is not None,
-                         tiles=len(plan.tiles), tile=plan.tile, overlap=plan.overlap, exact=plan.exact,
+                         tiles=len(plan.tiles), tile=plan.tile, overlap=plan.overlap, exact=exact,
                          seconds=round(time.perf_counter() - t0, 3), tiling=tiling_note,
                          padded=[ph, pw] if (ph, pw) != (h, w) else None,
-                         memory={"estimated_peak": mp.peak, "budget": budget})
+                         memory={"estimated_peak": mp.peak, "budget": budget},
+                         boxes=boxes)
 
 
 def _stream(runner, plan: TilePlan, spec: Spec, get_box, writer: "_OutputWriter", *, gray: bool, bit_depth: int,
@@ -703,8 +746,15 @@ def upscale(model, input: str | Path, output: str | Path, *, tile: int | str | N
         model, backend=backend, scale=scale, arch=arch, threads=threads)
     if scale is not None and resolved.spec.scale != scale:
         raise ScaleMismatch(f"--scale {scale} does not match the model (x{resolved.spec.scale})")
-    if getattr(resolved.runner, "tiles_itself", False):  # a fixed-size .tflite: boxes of exactly its size
-        tile, overlap = 0, None
+    if getattr(resolved.runner, "tiles_itself", False):  # a fixed-size file: boxes of exactly its size
+        runner = resolved.runner
+        if overlap is not None and overlap != runner.overlap:
+            if min(runner.input_hw) - 2 * int(overlap) <= 0:
+                raise ImageError(f"--overlap {overlap} leaves no core in the fixed {runner.input_hw[0]}x"
+                                 f"{runner.input_hw[1]} boxes of {resolved.path.name}; use less than "
+                                 f"{min(runner.input_hw) // 2}")
+            runner.overlap = int(overlap)
+        overlap = runner.overlap  # the tiles edgesr cuts overlap like the file's own boxes
     mt = ModelTiling(resolved.runner, resolved.spec, onnx=getattr(resolved, "onnx", None),
                      manifest_tiling=getattr(resolved, "tiling", None), threads=threads)
     if isinstance(tile, int) and tile > 0:  # an option error is one error, not one per image
@@ -725,3 +775,77 @@ def upscale(model, input: str | Path, output: str | Path, *, tile: int | str | N
         if on_image:
             on_image(r)
     return results
+
+
+# --------------------------------------------------------------------------- pictures in memory (video frames)
+
+
+@dataclass
+class CodesPlan:
+    """How every picture of one size is upscaled (made once for all frames of a video)."""
+
+    plan: TilePlan
+    padded: tuple[int, int]  # H, W the model sees (reflect-padded to its minimum / multiple)
+    tiling: str  # what was verified, in words
+    memory: dict
+
+
+def plan_codes(mt: ModelTiling, spec: Spec, h: int, w: int, *, tile: int | str | None = "auto",
+               overlap: int | None = None, max_memory: int | None = None) -> CodesPlan:
+    """The tile plan :func:`upscale_file` would use for an 8-bit RGB H x W picture whose output is
+    held in memory (a video frame), within `max_memory`."""
+    tile = parse_tile(tile)
+    budget = int(max_memory or default_max_memory())
+    min_size = mt.min_size(image_side=min(h, w))
+    ph, pw = fit_size(h, w, min_size, spec.size_multiple)
+    overlap_v = int(overlap) if overlap is not None else int(mt.default_overlap())
+    min_tile = check_tile(tile, overlap_v, mt, image_side=max(ph, pw))
+    held = h * w * 3 * (2 if (ph, pw) != (h, w) else 1) + h * spec.scale * w * spec.scale * 3  # in + out frame
+
+    def memory_plan(ov: int) -> MemoryPlan:
+        return plan_memory(ph, pw, spec, tile=tile, overlap=ov, multiple=mt.multiple(), min_tile=min_tile,
+                           bytes_per_pixel=mt.bytes_per_pixel(), input_bytes=held, out_channels=3, itemsize=1,
+                           whole_output=False, budget=budget, baseline=current_rss(), factor=mt.memory_factor())
+
+    mp = memory_plan(overlap_v)
+    _check_budget(mp, Path(f"{w}x{h} frame"), "untiled" if mp.tile == 0 or mp.tile >= max(ph, pw)
+                  else f"tile {mp.tile}")
+    measured = None
+    if 0 < mp.tile < max(ph, pw):
+        measured = mt.measured
+        if measured is not None and overlap is None:
+            overlap_v = measured.overlap
+        mp = memory_plan(overlap_v)
+    plan = plan_tiles(ph, pw, spec, mp.tile, overlap_v, measured=measured)
+    if len(plan.tiles) == 1:
+        note = "untiled (exact)"
+    elif measured is not None:
+        note = measured.summary(plan.tile, plan.overlap)
+    else:
+        note = f"not verified ({mt.unverified_reason()}); overlap {plan.overlap} px"
+    return CodesPlan(plan, (ph, pw), note, {"estimated_peak": mp.peak, "budget": budget})
+
+
+def upscale_codes(runner, spec: Spec, codes: np.ndarray, cp: CodesPlan) -> np.ndarray:
+    """An 8-bit RGB H x W x 3 picture -> the upscaled 8-bit codes: the same padding, tiles and
+    quantization as :func:`upscale_file` writing a PNG of the same picture."""
+    h, w = codes.shape[:2]
+    ph, pw = cp.padded
+    s = spec.scale
+    samples = codes if (ph, pw) == (h, w) else np.pad(
+        codes, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+
+    def get_box(b):
+        f = samples[b[0]:b[1], b[2]:b[3]].astype(np.float32) / 255.0
+        return np.ascontiguousarray(f.transpose(2, 0, 1)[None])
+
+    out = np.empty((h * s, w * s, 3), dtype=np.uint8)
+
+    class _Rows:
+        written = 0
+
+        def write(self, y0: int, color: np.ndarray) -> None:
+            out[y0:y0 + color.shape[0]] = color
+
+    _stream(runner, cp.plan, spec, get_box, _Rows(), gray=False, bit_depth=8, out_h=h * s, out_w=w * s)
+    return out

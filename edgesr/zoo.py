@@ -22,7 +22,9 @@ model's failure only, and its memory is returned when it ends. Each model goes t
 :func:`edgesr.pipeline.convert` with the zoo's settings (cheap INT8: the `trt` QDQ graph with
 calibration, no sensitivity search; latency at one small size) into OUTROOT/<name>/, and
 its result - stages, failure category and one-line reason - into OUTROOT/results/<name>.json;
-OUTROOT/summary.json and summary.md hold the table.
+OUTROOT/summary.json and summary.md hold the table. Each result carries a content key
+(:mod:`edgesr.resume`): a rerun reuses the results whose inputs are unchanged. `--executor ray`
+runs the same per-model step as Ray tasks (:mod:`edgesr.distributed.sweep`).
 """
 
 from __future__ import annotations
@@ -326,17 +328,9 @@ def run_zoo(index: str | Path, outroot: str | Path, *, force: bool = False, only
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from .fsutil import atomic_write_json
-
     if jobs < 1:
         raise DatasetError(f"--zoo-jobs must be at least 1, got {jobs}")
-    entries = read_index(index)
-    if only:
-        unknown = sorted(set(only) - {e.name for e in entries})
-        if unknown:
-            raise DatasetError(f"not in the zoo index: {', '.join(unknown)}")
-        by_name = {e.name: e for e in entries}
-        entries = [by_name[n] for n in dict.fromkeys(only)]  # in the order given
+    entries = select_entries(index, only)
     outroot = Path(outroot)
     (outroot / "results").mkdir(parents=True, exist_ok=True)
     (outroot / "logs").mkdir(exist_ok=True)
@@ -349,8 +343,7 @@ def run_zoo(index: str | Path, outroot: str | Path, *, force: bool = False, only
         with lock:
             if on_start:
                 on_start(i, len(entries), entry)
-        res = _run_one(entry, outroot, force=force, timeout=timeout, int8=int8, bench=bench)
-        atomic_write_json(outroot / "results" / f"{entry.name}.json", res)
+        res = reuse_or_run(entry, outroot, force=force, timeout=timeout, int8=int8, bench=bench)
         with lock:
             results[i] = res
             if on_done:
@@ -369,7 +362,43 @@ def run_zoo(index: str | Path, outroot: str | Path, *, force: bool = False, only
     return done
 
 
-def _run_one(entry: ZooEntry, outroot: Path, *, force: bool, timeout: float, int8: bool, bench: bool) -> dict:
+def select_entries(index: str | Path, only: list[str] | None) -> list[ZooEntry]:
+    """The index's entries, or those named in `only` (in the order given)."""
+    entries = read_index(index)
+    if only:
+        unknown = sorted(set(only) - {e.name for e in entries})
+        if unknown:
+            raise DatasetError(f"not in the zoo index: {', '.join(unknown)}")
+        by_name = {e.name: e for e in entries}
+        entries = [by_name[n] for n in dict.fromkeys(only)]
+    return entries
+
+
+def reuse_or_run(entry: ZooEntry, outroot: Path, *, force: bool, timeout: float, int8: bool, bench: bool,
+                 preexec_fn: Callable[[], None] | None = None,
+                 measure: Callable[[dict], dict] | None = None) -> dict:
+    """The stored result when its content key matches (edgesr.resume; never with `force`), else
+    convert in a subprocess and publish results/<name>.json atomically, keyed. With `measure`, the
+    conversion skips its latency row and ``measure(result)`` adds it (the Ray executor times models
+    in a bench slot). Reused results come back with ``reused: True``."""
+    from .fsutil import atomic_write_json
+    from .resume import content_key, result_path, reusable_result, stale_outdir
+
+    key = content_key(entry, {"int8": int8, "bench": bench})
+    old = None if force else reusable_result(outroot, entry.name, key)
+    if old is not None:
+        return old | {"reused": True}
+    res = _run_one(entry, outroot, force=force or stale_outdir(outroot, entry.name), timeout=timeout, int8=int8,
+                   bench=bench and measure is None, preexec_fn=preexec_fn)
+    if bench and measure is not None:
+        res = measure(res)
+    res["key"] = key
+    atomic_write_json(result_path(outroot, entry.name), res)
+    return res
+
+
+def _run_one(entry: ZooEntry, outroot: Path, *, force: bool, timeout: float, int8: bool, bench: bool,
+             preexec_fn: Callable[[], None] | None = None) -> dict:
     out_json = outroot / "results" / f".{entry.name}.partial.json"
     out_json.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "edgesr.zoo", entry.to_json(), str(outroot / entry.name), str(out_json),
@@ -380,7 +409,8 @@ def _run_one(entry: ZooEntry, outroot: Path, *, force: bool, timeout: float, int
     log = outroot / "logs" / f"{entry.name}.log"
     with open(log, "wb") as f:
         try:
-            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, check=False)
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, check=False,
+                                  preexec_fn=preexec_fn)
         except subprocess.TimeoutExpired:
             return base | {"category": "timeout", "reason": f"no result after {timeout:.0f} s",
                            "seconds": round(time.perf_counter() - t0, 1)}

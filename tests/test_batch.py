@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,8 @@ def test_batch_continues_past_bad_files(tmp_path, capsys):
     src = tmp_path / "ckpts"
     src.mkdir()
     _save_variant(src / "a_deploy.safetensors", "deploy")
-    (src / "b_random.pth").write_bytes(os.urandom(3000))
+    # seeded: some random prefixes look like a truncated zip/safetensors and get the "not readable" wording
+    (src / "b_random.pth").write_bytes(random.Random(0).randbytes(3000))
     (src / "c_evil.pth").write_bytes(pickle.dumps(_Evil(tmp_path / "PWNED"), protocol=2))
     _save_variant(src / "d_training.safetensors", "training", seed=1)
     (src / "notes.txt").write_text("not a checkpoint suffix: ignored")

@@ -139,7 +139,8 @@ def test_cpp_runner_matches_python(model, pte_fp32, cpp_runner, tmp_path):
 
 
 def test_cpp_runner_follows_manifest_alignment_and_min_size(model, pte_fp32, cpp_runner, tmp_path):
-    """ALIGN (tiling.alignment) and MIN_SIZE (io.min_size) give what edgesr.upscale computes."""
+    """ALIGN (tiling.alignment), MIN_SIZE (io.min_size) and MULTIPLE (io.size_multiple) give what
+    edgesr.upscale computes."""
     from dataclasses import replace
 
     from edgesr.tiling import pad_to_rules, plan_tiles
@@ -161,6 +162,15 @@ def test_cpp_runner_follows_manifest_alignment_and_min_size(model, pte_fp32, cpp
     ref = TorchRunner(model.module).run(padded.transpose(2, 0, 1)[None].copy())[:, :, :5 * s, :7 * s]
     yt = _run_cpp(cpp_runner, path, tiny.transpose(2, 0, 1)[None].copy(), s, tmp_path, 0, 0, 1, 15)
     assert float(np.abs(yt - ref).max()) < 1e-5
+    # MULTIPLE (io.size_multiple): a 17x10 image padded to 20x12 (reflect), and a 1x6 image
+    # (edge on both axes, as numpy pads a 1-px image) up to MIN_SIZE 9 on a multiple of 4
+    for hw, min_size, mult in (((17, 10), 1, 4), ((1, 6), 9, 4)):
+        odd = rng.random((*hw, 3), dtype=np.float32)
+        padded = pad_to_rules(odd, min_size, mult)
+        assert padded.shape[:2] != hw and padded.shape[0] % mult == 0 and padded.shape[1] % mult == 0
+        ref = TorchRunner(model.module).run(padded.transpose(2, 0, 1)[None].copy())[:, :, :hw[0] * s, :hw[1] * s]
+        yt = _run_cpp(cpp_runner, path, odd.transpose(2, 0, 1)[None].copy(), s, tmp_path, 0, 0, 1, min_size, mult)
+        assert float(np.abs(yt - ref).max()) < 1e-5, hw
     r = subprocess.run([str(cpp_runner), str(path), str(tmp_path / "in.f32"), "3", "5", "7", "4",
                         str(tmp_path / "o.f32"), "8", "8"], capture_output=True, text=True)
     assert r.returncode != 0 and "must exceed OVERLAP" in r.stderr

@@ -161,3 +161,24 @@ def test_registry_families_agree_with_their_declared_radius(tmp_path):
     full = upscale_array(runner, img, lm.spec, tile=0)
     assert float(np.abs(upscale_array(runner, img, lm.spec, tile=20, overlap=8) - full).max()) < 1e-5
     assert float(np.abs(upscale_array(runner, img, lm.spec, tile=20, overlap=7) - full).max()) > 1e-6
+
+
+def test_summary_reports_the_check_at_the_run_tile_or_says_it_was_not_measured():
+    """An approximate model's note quotes the check made at the run's tile and overlap; at a
+    smaller tile (or overlap) than any check it says that error was not measured."""
+    from edgesr.tiling import TileCheck, TilingMeasurement
+
+    def check(tile, psnr):
+        return TileCheck(tile=tile, overlap=16, image="x", tiles=4, max_abs=0.01, max_levels=3, psnr=psnr,
+                         share_changed=0.01)
+
+    m = TilingMeasurement(exact=False, tile=256, overlap=16, alignment=16, locality="nonlocal",
+                          receptive_field=None, probe_radius=40, reasons=["ESA"], error=check(256, 60.0),
+                          checks=[check(256, 60.0), check(128, 52.5)])
+    assert "measured at tile 256" in m.summary() and "not measured" not in m.summary()
+    at128 = m.summary(128, 16)
+    assert "PSNR 52.5 dB" in at128 and "measured at tile 128" in at128 and "not measured" not in at128
+    at64 = m.summary(64, 16)
+    assert "measured at tile 256" in at64 and "its error was not measured" in at64
+    assert "its error was not measured" in m.summary(256, 8)
+    assert "not measured" not in m.summary(512, 16)

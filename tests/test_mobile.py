@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,11 +75,11 @@ def test_litert_pixelshuffle_and_prelu_are_exact_gpu_forms():
     """litert-torch rewrites PixelShuffle (rank-4 reshapes) and PReLU (relu(x) - a*relu(-x)):
     alone in a model, the .tflite output equals PyTorch bit for bit and nothing exceeds rank 4
     or uses GREATER/SELECT (which the GPU delegate rejects)."""
+    import litert_torch
+
     from edgesr.backends.litert_runner import LiteRtRunner
     from edgesr.export.litert import _nhwc, static_check
     from edgesr.export.mobile import quiet_native
-
-    import litert_torch
 
     torch.manual_seed(0)
     prelu = nn.PReLU(16)
@@ -290,9 +289,13 @@ def test_float_layer_search_stops_at_the_budget():
     assert float_layer_search(list(cost), drop_of, 0.5) == ([], pytest.approx(0.45), [{"float_layers": [],
                                                                                        "drop": 0.45}])
     assert float_layer_search(list(cost), drop_of, None)[0] == []  # no budget: no search
-    table = {"": 0.5, "ac": 0.4, "bc": 0.3, "ab": 0.35, "b": 0.2}  # float layers -> drop
+    table = {"": 0.5, "ac": 0.4, "bc": 0.3, "ab": 0.35, "b": 0.2, "abc": 0.0}  # float layers -> drop
     worse = lambda skip: table["".join(sorted(skip))]  # noqa: E731
     assert float_layer_search(["a", "b", "c"], worse, 0.1)[:2] == (["b"], 0.2)  # [b, c] is worse: never kept
+    calls = []
+    floor = lambda skip: calls.append(skip) or 0.3 + drop_of(skip)  # noqa: E731 - non-conv ops cost 0.3 dB
+    skip, drop, steps = float_layer_search(list(cost), floor, 0.1)  # unreachable: 2 evaluations, no ranking
+    assert (skip, drop, len(calls)) == (["a", "b", "c"], pytest.approx(0.3), 2) and "no search" in steps[1]["note"]
 
 
 # --------------------------------------------------------------------------- fixed-size runners (no converter)
@@ -331,6 +334,27 @@ def test_fixed_box_runner_tiles_with_boxes_of_exactly_its_size(bundled):
     assert inner.calls > 4 and np.abs(y - ref).max() < 1e-5  # tiled == untiled
     with pytest.raises(ImageError, match="fixed input size, 24x28"):
         FixedBoxRunner(inner, spec.scale, spec.receptive_field).run(x[:, :, :20])
+
+
+def test_fixed_box_upscale_plans_memory_for_one_box_not_the_whole_image(bundled, tmp_path):
+    """A fixed-size runner runs a whole image box by box, so upscale's memory plan counts its
+    float32 input and output, not a whole-image activation estimate: a 400x400 image under a
+    budget 200 MiB above what the process holds (the generic estimate asked ~540 MiB above it)."""
+    from edgesr.backends.mobile import FixedBoxRunner
+    from edgesr.imaging import read_image, write_image
+    from edgesr.upscale import current_rss, upscale_file
+
+    module, spec = bundled
+    rgb = np.random.default_rng(1).random((400, 400, 3)).astype(np.float32)
+    write_image(tmp_path / "in.png", rgb)
+    runner = FixedBoxRunner(_FixedTorch(module, (96, 96)), spec.scale, spec.receptive_field)
+    r = upscale_file(runner, spec, tmp_path / "in.png", tmp_path / "out.png", tile=0,
+                     max_memory=current_rss() + 200 * 2 ** 20)
+    assert r.tiles == 1 and r.output_size == [1600, 1600]
+    x = np.ascontiguousarray(read_image(tmp_path / "in.png").rgb.transpose(2, 0, 1)[None], dtype=np.float32)
+    with torch.no_grad():
+        ref = np.clip(module(torch.from_numpy(x)).numpy()[0].transpose(1, 2, 0), 0, 1)
+    assert np.abs(read_image(tmp_path / "out.png").rgb - ref).max() <= 1 / 255 + 1e-6
 
 
 @needs_ncnn
@@ -402,7 +426,15 @@ def test_mobile_artifacts_in_bench_and_upscale(bundled, tmp_path, capsys):
         assert main(["upscale", str(tmp_path / model), str(tmp_path / "in.png"), str(tmp_path / f"{model}.png"),
                      "--scale", "4"]) == 0, capsys.readouterr().err[-1500:]
         assert np.abs(read_image(tmp_path / f"{model}.png").rgb - ref).max() <= 1 / 255 + 1e-6, model
+    ts = tmp_path / "set"  # eval names the runtime that ran (it said "torch" for a .param)
+    (ts / "LR_bicubic" / "X4").mkdir(parents=True)
+    (ts / "HR").mkdir()
+    write_image(ts / "LR_bicubic" / "X4" / "inx4.png", rgb)
+    write_image(ts / "HR" / "in.png", np.repeat(np.repeat(rgb, 4, 0), 4, 1))
     capsys.readouterr()
+    assert main(["eval", str(tmp_path / "m.param"), "--testset", str(ts), "--scale", "4", "--allow-below-bicubic",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["backend"] == "ncnn"
     assert main(["bench", str(tmp_path / "m.tflite"), "--scale", "4", "--size", "40x44", "48x56", "--min-runs", "2",
                  "--min-seconds", "0", "--warmup", "0", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["results"]

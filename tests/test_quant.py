@@ -340,6 +340,7 @@ def test_cli_quantize(tiny, tmp_path, capsys):
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     d = json.loads(cap.out)
+    assert d["config"]["finetune"] is False and d["finetune"] is None
     assert d["profile"] == "trt" and d["path"] == str(out) and out.is_file()
     assert d["calibration"]["num_patches"] == 4 and d["eval_set"] == "sample-held-out"
     rc = main(["quantize", str(path), "-o", str(out)])
@@ -351,9 +352,11 @@ def test_cli_quantize(tiny, tmp_path, capsys):
     # a budget no INT8 graph meets: the best graph is written, the exit status says it missed
     strict = tmp_path / "strict.onnx"
     rc = main(["quantize", str(path), "-o", str(strict), "--num-patches", "4", "--patch-size", "24",
-               "--psnr-budget", "0", "--threads", "1"])
-    err = capsys.readouterr().err
+               "--psnr-budget", "0", "--threads", "1", "--finetune"])
+    cap = capsys.readouterr()
+    err = cap.err
     assert rc == 1 and strict.is_file() and "edgesr: error: no INT8 graph met the 0.0 dB budget" in err
+    assert "fine-tuning (300 steps" in cap.out  # asked for, all-int8 missed the budget: fine-tuned, and said so
     assert "--psnr-budget" in err
 
 

@@ -138,4 +138,14 @@ def test_convert_writes_the_measured_claim_and_upscale_reports_it(tmp_path, caps
     assert rc == 0, err
     res = json.loads(out)["images"][0]
     assert res["tiles"] > 1 and res["exact"] is False
-    assert res["tiling"] == til["summary"]  # the bundle's measurement, not a new declaration
+    # the bundle's measurement, not a new declaration: at this run's tile when one was measured there
+    # (else the recommended tile's, saying this tile's error was not measured)
+    from edgesr.tiling import TilingMeasurement
+
+    m = TilingMeasurement.from_dict(til["measured"])
+    assert res["tiling"] == m.summary(res["tile"], res["overlap"])
+    at_tile = [c for c in m.checks if (c.tile, c.overlap) == (res["tile"], res["overlap"])]
+    if at_tile:
+        assert f"measured at tile {res['tile']}, overlap {res['overlap']}" in res["tiling"]
+    else:
+        assert res["tiling"].startswith(til["summary"]) and "its error was not measured" in res["tiling"]

@@ -56,11 +56,14 @@ def _one_line_error(rc, err, *needles):
     (["--max-memory", "0"], ["--max-memory", "too small"]),
     (["--max-memory", "lots"], ["--max-memory 'lots' is not a size"]),
     (["--max-memory", "inf"], ["--max-memory"]),
-    (["--threads", "0"], ["--threads must be >= 1"]),
+    (["--threads", "0"], ["--threads", "must be an integer in [1, "]),  # a usage error (argparse type, exit 2)
 ])
 def test_bad_options_are_one_line(ckpt, tmp_path, capsys, extra, needles):
     write_image(tmp_path / "in.png", np.full((20, 20, 3), 0.5))
-    rc = main(["upscale", str(ckpt), str(tmp_path / "in.png"), str(tmp_path / "out.png"), *extra])
+    try:
+        rc = main(["upscale", str(ckpt), str(tmp_path / "in.png"), str(tmp_path / "out.png"), *extra])
+    except SystemExit as e:  # options typed in the parser end as one-line usage errors
+        rc = e.code
     _, err = capsys.readouterr()
     _one_line_error(rc, err, *needles)
     assert not (tmp_path / "out.png").exists()

@@ -123,3 +123,64 @@ def test_parity_needs_no_scale_for_esa_models(model, capsys):
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "internal error" not in err and f"(x{model['lm'].spec.scale})" in out
+
+
+class _FixedTorch:
+    """A PyTorch module behind a fixed input size, as a .tflite is (without needing LiteRT)."""
+
+    def __init__(self, module, hw):
+        self.module, self.input_hw, self.calls, self.name = module, hw, 0, "fixed-torch"
+
+    def run(self, x):
+        assert tuple(x.shape[2:]) == self.input_hw, x.shape
+        self.calls += 1
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+
+def test_fixed_size_file_pads_small_images_and_tiles_large_ones(tmp_path):
+    """A fixed-size runner (FixedBoxRunner, as for a .tflite): an 8x8 image is padded up to the
+    box; a 100x120 image runs in tiles of at least twice the box (an explicit --tile 10 is raised)
+    with the overlap measured for the model, is exact like the measurement says, and the note
+    names the boxes and where the measurement came from."""
+    from edgesr.backends.mobile import FixedBoxRunner
+    from edgesr.backends.ort_runner import OrtRunner
+    from edgesr.export.onnx import export_onnx
+    from edgesr.tiling import measure_tiling
+    from edgesr.upscale import ModelTiling, upscale_file
+
+    torch.manual_seed(2)
+    lm = build_variant("ecbsr-m4c16-x2", "deploy")
+    export_onnx(lm.module, lm.spec, tmp_path / "m.onnx")
+    m = measure_tiling(OrtRunner(tmp_path / "m.onnx", threads=1), lm.spec, tmp_path / "m.onnx")
+    assert m.exact
+    inner = _FixedTorch(lm.module, (24, 28))
+    runner = FixedBoxRunner(inner, lm.spec.scale, m.overlap)
+    mt = ModelTiling(runner, lm.spec, onnx=tmp_path / "m.onnx", manifest_tiling={"measured": m.to_dict()})
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "small.png", rng.random((8, 8, 3)))
+    r = upscale_file(runner, lm.spec, tmp_path / "small.png", tmp_path / "small_x2.png", model_tiling=mt)
+    assert r.padded == [28, 28] and r.exact and inner.calls >= 1  # 28 px: the largest side of the box
+    got = read_image(tmp_path / "small_x2.png").rgb
+    want = pad_to_rules(read_image(tmp_path / "small.png").rgb, 28)
+    with torch.inference_mode():
+        y = lm.module(torch.from_numpy(np.ascontiguousarray(want.transpose(2, 0, 1)[None]))).numpy()
+    y = np.floor(np.clip(y[0, :, :16, :16].transpose(1, 2, 0), 0, 1) * 255 + 0.5) / 255
+    assert float(np.abs(got - y).max()) <= 1.01 / 255
+    big = sample_photo_rgb(100, 120)
+    write_image(tmp_path / "big.png", big)
+    r = upscale_file(runner, lm.spec, tmp_path / "big.png", tmp_path / "big_x2.png", tile=10, model_tiling=mt)
+    assert r.tiles > 1 and r.tile >= 56 and r.exact, r
+    assert f"fixed-size file runs 24x28 boxes overlapping by {m.overlap} px inside tiles of {r.tile}" in r.tiling
+    assert "exact (verified" in r.tiling and "bundle (measured at convert time)" in r.tiling
+    with torch.inference_mode():
+        full = lm.module(torch.from_numpy(np.ascontiguousarray(read_image(tmp_path / "big.png").rgb
+                                                               .transpose(2, 0, 1)[None]))).numpy()
+    full = np.clip(full[0].transpose(1, 2, 0), 0, 1)
+    assert float(np.abs(read_image(tmp_path / "big_x2.png").rgb - full).max()) <= 1.01 / 255
+
+
+def sample_photo_rgb(h: int, w: int) -> np.ndarray:
+    from edgesr.tiling import sample_photo
+
+    return sample_photo(h, w, index=2)[0]

@@ -61,7 +61,7 @@ def tile_starts(n: int, box: int, overlap: int) -> list[tuple[int, int, int]]:
             raise ValueError(f"box {box} leaves no core with overlap {overlap}")
         return [(0, 0, n)]
     starts = list(range(0, n - box, step)) + [n - box]
-    out = []
+    out: list[tuple[int, int, int]] = []
     for i, s in enumerate(starts):
         core0 = 0 if i == 0 else out[-1][2]
         core1 = n if i == len(starts) - 1 else s + box - overlap
@@ -77,12 +77,12 @@ class FixedBoxRunner(BaseRunner):
 
     def __init__(self, inner, scale: int, overlap: int):
         self.inner, self.scale, self.overlap = inner, int(scale), int(overlap)
-        self.box = tuple(int(v) for v in inner.input_hw)
+        self.box = (int(inner.input_hw[0]), int(inner.input_hw[1]))
         self.name = getattr(inner, "name", "fixed-box")
         if min(self.box) - 2 * self.overlap <= 0:
             raise ImageError(f"{self.name}: its fixed {self.box[0]}x{self.box[1]} input is too small to tile with "
-                             f"an overlap of {self.overlap} pixels (the receptive field, or edgesr's default when the model "
-                             "declares none); convert with a larger --mobile-size")
+                             f"an overlap of {self.overlap} pixels (the receptive field, or edgesr's default when the "
+                             "model declares none); convert with a larger --mobile-size")
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -103,6 +103,12 @@ class FixedBoxRunner(BaseRunner):
     def close(self) -> None:
         self.inner.close()
 
+    def whole_image_bytes_per_pixel(self, in_channels: int = 3, out_channels: int = 3) -> float:
+        """Bytes per LR pixel that :meth:`run` holds for a whole image, for `edgesr upscale`'s
+        memory plan: the float32 input and output. The boxes' activations do not grow with the
+        image (the interpreter allocated them for its one size when it was opened)."""
+        return 4.0 * (in_channels + out_channels * self.scale ** 2)
+
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         n, c, h, w = x.shape
@@ -122,18 +128,27 @@ class FixedBoxRunner(BaseRunner):
                     out = np.empty((n, y.shape[1], h * s, w * s), dtype=np.float32)
                 out[:, :, cy0 * s:cy1 * s, cx0 * s:cx1 * s] = y[:, :, (cy0 - by) * s:(cy1 - by) * s,
                                                                 (cx0 - bx) * s:(cx1 - bx) * s]
+        assert out is not None  # h >= bh and w >= bw: at least one box ran
         return out
 
 
-def mobile_runner_for(path: Path, spec, threads: int | None = None, name: str | None = None):
-    """A Runner for `path` that takes any input size the model allows: a fixed-size .tflite is
-    wrapped in :class:`FixedBoxRunner` (overlap = the model's receptive field, or edgesr's
-    default overlap when the model does not declare one)."""
+def box_overlap(spec, manifest=None) -> int:
+    """Overlap of a fixed-size file's boxes: the overlap measured at convert time (the bundle's
+    ``tiling``, for which the file's size was chosen), else what `spec` declares."""
+    tiling = getattr(manifest, "data", {}).get("tiling") if manifest is not None else None
+    if isinstance(tiling, dict) and tiling.get("measured") and isinstance(tiling.get("overlap"), int):
+        return int(tiling["overlap"])
     from ..bundle import recommended_tiling
 
+    return recommended_tiling(spec)[1]
+
+
+def mobile_runner_for(path: Path, spec, threads: int | None = None, name: str | None = None, manifest=None):
+    """A Runner for `path` that takes any input size the model allows: a fixed-size .tflite is
+    wrapped in :class:`FixedBoxRunner` (overlap: :func:`box_overlap`)."""
     runner = open_mobile_runner(path, threads, name)
     if getattr(runner, "input_hw", None) is not None:
-        runner = FixedBoxRunner(runner, spec.scale, recommended_tiling(spec)[1])
+        runner = FixedBoxRunner(runner, spec.scale, box_overlap(spec, manifest))
     return runner
 
 
@@ -174,8 +189,6 @@ def prepare_mobile(src, backend: str, threads: int | None, sizes) -> tuple[objec
     deploy module made here (LiteRT at the first size; INT8 without the held-out verdict, for
     timing). Fixed-size files run larger sizes tiled with boxes of their size; smaller sizes are
     refused (BackendUnavailable)."""
-    from ..bundle import recommended_tiling
-
     fmt = backend.split("-")[0]
     precision = "int8" if backend.endswith("-int8") else "fp32"
     notes: list[str] = []
@@ -199,7 +212,8 @@ def prepare_mobile(src, backend: str, threads: int | None, sizes) -> tuple[objec
         if src.module is None:
             raise BackendUnavailable(f"{backend}: no PyTorch module to convert (pass a .tflite/.param or an OUTDIR)")
         path, runner = _convert_for_bench(src, fmt, precision, threads, sizes)
-        notes.append(f"converted here ({'INT8 without the held-out verdict, for timing' if precision == 'int8' else 'fp32'})")
+        what = "INT8 without the held-out verdict, for timing" if precision == "int8" else "fp32"
+        notes.append(f"converted here ({what})")
     hw = getattr(runner, "input_hw", None)
     if hw is not None:
         small = [f"{h}x{w}" for h, w in sizes if h < hw[0] or w < hw[1]]
@@ -207,7 +221,8 @@ def prepare_mobile(src, backend: str, threads: int | None, sizes) -> tuple[objec
             raise BackendUnavailable(f"{path.name} is fixed-size ({hw[0]}x{hw[1]}); it cannot run {', '.join(small)}")
         if any(tuple(s) != tuple(hw) for s in sizes):
             notes.append(f"fixed-size file: larger inputs run tiled with {hw[0]}x{hw[1]} boxes")
-        runner = FixedBoxRunner(runner, src.spec.scale, recommended_tiling(src.spec)[1])
+        overlap = box_overlap(src.spec, getattr(src, "manifest", None))
+        runner = FixedBoxRunner(runner, src.spec.scale, overlap)
     return runner, str(path), precision, notes
 
 

@@ -100,6 +100,10 @@ def add_parser(sub):
                    help="seconds per model (default 1200)")
     z.add_argument("--zoo-jobs", type=argtypes.int_range(1, 64, "a number of jobs"), default=1, metavar="N",
                    help="models converted at once, each in its own process (default 1; their latency rows share the CPU)")
+    from .executor_args import add_executor_args
+
+    add_executor_args(p, "each model of --zoo INDEX or of a folder CKPT is one task, its latency timed in the "
+                         "node's bench slot")
     return p
 
 
@@ -116,6 +120,7 @@ def run(args) -> int:
     if args.zoo:
         return _run_zoo(args)
     from ..conventions import checks_enabled
+    from .executor_args import on_ray
     from .model_args import registry_input_range, user_options
 
     user = user_options(args, registry_range_ok=True)
@@ -148,6 +153,8 @@ def run(args) -> int:
         opts.weights_key, opts.import_paths = user["key"], user["extra_paths"]
     if opts.checkpoint is not None and opts.checkpoint.is_dir():
         return _run_batch(args, opts)
+    if on_ray(args):
+        raise EdgesrError("--executor ray runs many models: give --zoo INDEX or a folder of checkpoints as CKPT")
     result = convert(opts, log=(lambda m: print(one_line(m), file=sys.stderr)))
     int8_problems = (result.report.get("int8_verdict") or {}).get("problems", [])
     if args.json:
@@ -225,7 +232,7 @@ def _run_batch(args, opts) -> int:
     """`edgesr convert DIR -o OUTROOT`: one line per checkpoint on stderr, a table (or JSON) on stdout."""
     import sys
 
-    from ..batch import convert_many, exit_code
+    from ..batch import exit_code
     from ..errors import quoted
     from .args import print_error
     from .output import emit_json, print_table
@@ -237,7 +244,7 @@ def _run_batch(args, opts) -> int:
             print(f"edgesr: [{i + 1}/{n}] {quoted(item.checkpoint.name)} -> {quoted(item.outdir)} "
                   f"({item.seconds:.1f} s)", file=sys.stderr)
 
-    items = convert_many(opts.checkpoint, opts.outdir, opts, on_item=on_item)
+    items = _convert_many(args, opts, on_item)
     failed = [it for it in items if not it.ok]
     if args.json:
         emit_json({"outroot": str(opts.outdir), "ok": not failed, "converted": sum(it.ok for it in items),
@@ -259,7 +266,7 @@ def _run_zoo(args) -> int:
     import sys
 
     from ..errors import EdgesrError, one_line
-    from ..zoo import counts, run_zoo, summary_rows, SUMMARY_HEADERS
+    from ..zoo import counts, summary_rows, SUMMARY_HEADERS
     from .output import emit_json, print_table
 
     if args.checkpoint or getattr(args, "user_model", None):
@@ -282,7 +289,8 @@ def _run_zoo(args) -> int:
 
     def on_done(i, n, res):
         line = (f"{res['name']}: {'ok' if res.get('ok') else 'FAILED ' + str(res.get('category'))} "
-                f"({res.get('seconds')} s)" + ("" if res.get("ok") else f": {str(res.get('reason'))[:160]}"))
+                f"({'reused, unchanged inputs; took ' if res.get('reused') else ''}{res.get('seconds')} s)"
+                + ("" if res.get("ok") else f": {str(res.get('reason'))[:160]}"))
         if bar is not None:
             bar.update(1)
             bar.write(one_line(line), file=sys.stderr)
@@ -290,9 +298,7 @@ def _run_zoo(args) -> int:
             print(one_line(f"edgesr: {line}"), file=sys.stderr, flush=True)
 
     try:
-        results = run_zoo(args.zoo, args.outdir, force=args.force, only=only, timeout=args.zoo_timeout,
-                          int8=True, bench=not args.no_bench, jobs=args.zoo_jobs, on_start=on_start,
-                          on_done=on_done)
+        results = _zoo_results(args, only, on_start, on_done)
     finally:
         if bar is not None:
             bar.close()
@@ -305,6 +311,42 @@ def _run_zoo(args) -> int:
               + (", ".join(f"{k} {v}" for k, v in sorted(c["failures_by_category"].items())) or "none")
               + f"; {c['seconds']:.0f} s; summary: {Path(args.outdir) / 'summary.md'}")
     return 0 if c["failed"] == 0 else 1
+
+
+def _convert_many(args, opts, on_item) -> list:
+    """`convert DIR`: in this process, or one Ray task per checkpoint (--executor ray)."""
+    from .executor_args import on_ray
+
+    if on_ray(args):
+        from ..distributed.sweep import convert_many_ray
+
+        return convert_many_ray(opts.checkpoint, opts.outdir, opts, address=args.ray_address, on_item=on_item)
+    from ..batch import convert_many
+
+    return convert_many(opts.checkpoint, opts.outdir, opts, on_item=on_item)
+
+
+def _zoo_results(args, only, on_start, on_done) -> list[dict]:
+    """`convert --zoo`: subprocesses here (--zoo-jobs at a time) or one Ray task per model."""
+    import sys
+
+    from .executor_args import on_ray
+
+    if on_ray(args):
+        from ..distributed.sweep import run_zoo_ray
+
+        def submitted(n: int) -> None:
+            print(f"edgesr: {n} models submitted to Ray; results follow as they finish", file=sys.stderr, flush=True)
+
+        if args.zoo_jobs != 1:
+            print("edgesr: note: --zoo-jobs has no effect with --executor ray (the cluster's CPUs decide)",
+                  file=sys.stderr)
+        return run_zoo_ray(args.zoo, args.outdir, force=args.force, only=only, timeout=args.zoo_timeout, int8=True,
+                           bench=not args.no_bench, address=args.ray_address, on_submit=submitted, on_done=on_done)
+    from ..zoo import run_zoo
+
+    return run_zoo(args.zoo, args.outdir, force=args.force, only=only, timeout=args.zoo_timeout, int8=True,
+                   bench=not args.no_bench, jobs=args.zoo_jobs, on_start=on_start, on_done=on_done)
 
 
 def _mobile_size(text: str | None) -> tuple[int, int] | None:

@@ -52,7 +52,10 @@ def run(args) -> int:
     else:
         resolved = resolve_model(args.model, backend=args.backend, scale=args.scale, arch=args.arch,
                                  threads=args.threads, input_range=registry_input_range(args))
-    result = evaluate(resolved.runner, args.testset, args.scale, backend=args.backend, spec=resolved.spec)
+    from ..backends.mobile import file_backend
+
+    backend = file_backend(resolved.path) or args.backend  # a .tflite / .param runs on its own runtime
+    result = evaluate(resolved.runner, args.testset, args.scale, backend=backend, spec=resolved.spec)
     bicubic = None
     from ..conventions import checks_enabled
 
@@ -69,6 +72,6 @@ def run(args) -> int:
         return 0
     rows = [[i.name, i.psnr_y, i.ssim_y] for i in result.images]
     rows.append(["mean", result.psnr_y, result.ssim_y])
-    print(one_line(f"{args.model}  ({resolved.spec.arch} x{args.scale}, backend {args.backend})"))
+    print(one_line(f"{args.model}  ({resolved.spec.arch} x{args.scale}, backend {backend})"))
     print_table(["image", "PSNR-Y (dB)", "SSIM-Y"], rows)
     return 0

@@ -43,6 +43,9 @@ def add_parser(sub):
     p.add_argument("--no-equalize", action="store_true", help="skip activation-range equalization")
     p.add_argument("--no-center", action="store_true", help="skip zero-centring (trt profile)")
     p.add_argument("--no-gptq", action="store_true", help="round weights to nearest (ORT default)")
+    p.add_argument("--finetune", action="store_true",
+                   help="when the all-int8 graph misses the budget, fine-tune its int8 weights/biases against the "
+                        "fp32 output (minutes of CPU; kept only when it scores better held-out)")
     p.add_argument("--threads", type=argtypes.threads, help="ONNX Runtime threads")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -86,7 +89,8 @@ def run(args) -> int:
     cfg = QuantConfig(profile=args.profile, method=args.method, percentile=args.percentile,
                       num_patches=args.num_patches, patch_size=args.patch_size, seed=args.seed,
                       psnr_budget=budget, equalize=not args.no_equalize, center=not args.no_center,
-                      gptq=not args.no_gptq, threads=args.threads, progress=not args.json and sys.stderr.isatty())
+                      gptq=not args.no_gptq, finetune=args.finetune, threads=args.threads,
+                      progress=not args.json and sys.stderr.isatty())
     test_set = None
     if args.test_set:
         from ..quant import testset_eval_set
@@ -113,6 +117,8 @@ def run(args) -> int:
                  ["int8 (final)", res.test_set, res.test_psnr_int8, res.test_drop]]
     print_table(["model", "set", "Y-PSNR (dB)", "drop (dB)"], rows)
     print(one_line(f"float layers: {', '.join(res.float_layers) if res.float_layers else 'none'}"))
+    if res.finetune:
+        print(one_line(finetune_line(res.finetune, res.psnr_fp32)))
     if res.sensitivity:
         print_table(["layer", "op", "cost if only it is int8", "gain if only it is float"],
                     [[r.layer, r.op_type, r.only_cost, r.except_gain] for r in res.sensitivity])
@@ -124,6 +130,17 @@ def run(args) -> int:
     for line in over:
         print_error(line)
     return 1 if over else 0
+
+
+def finetune_line(ft: dict, psnr_fp32: float) -> str:
+    """What the quantization-aware fine-tune of the all-int8 graph did, in one line."""
+    if "steps" not in ft:
+        return f"fine-tuning: not run ({ft.get('reason', 'unknown reason')})"
+    if "psnr_int8_all_after" not in ft:
+        return f"fine-tuning ({ft['steps']} steps, {ft['seconds']:.0f} s): not kept ({ft.get('reason', '')})"
+    before, after = psnr_fp32 - ft["psnr_int8_all_before"], psnr_fp32 - ft["psnr_int8_all_after"]
+    return (f"fine-tuning ({ft['steps']} steps, {ft['seconds']:.0f} s): all-int8 drop {before:.3f} -> {after:.3f} dB, "
+            + ("kept" if ft["applied"] else "not kept (no gain)"))
 
 
 def spec_from_onnx(path: Path, scale: int | None):

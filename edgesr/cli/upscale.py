@@ -39,6 +39,13 @@ def add_parser(sub):
     from .model_args import add_model_args
 
     add_model_args(p)
+    from .executor_args import add_executor_args
+
+    add_executor_args(p, "the images of a folder are spread over Ray Data actors (one model session each); a "
+                         "video's frames are split into ranges, one task each")
+    p.add_argument("--video-codec", metavar="NAME",
+                   help="video output codec (default by container: .mkv/.avi FFV1 lossless, .mp4/.mov H.264, "
+                        ".webm VP9); a video INPUT needs pip install 'edgesr[video]'")
     return p
 
 
@@ -59,12 +66,20 @@ def _int_option(name: str, text, minimum: int) -> int | None:
 PLAIN_PROGRESS_S = 30.0
 
 
+def _tiling_cell(r) -> str:
+    """'tile+overlap', 'untiled', or the boxes a fixed-size file cut itself."""
+    cell = f"{r.tile}+{r.overlap}" if r.tiles > 1 else "untiled"
+    if r.boxes:
+        cell = f"{r.boxes[0]}x{r.boxes[1]} boxes+{r.boxes[2]}" + (f" in {cell}" if r.tiles > 1 else "")
+    return cell
+
+
 def run(args) -> int:
     import sys
     import time
 
     from ..errors import ImageError, ScaleMismatch
-    from ..upscale import UpscaleFailure, default_max_memory, parse_memory, parse_tile, plan_jobs, upscale
+    from ..upscale import UpscaleFailure, default_max_memory, parse_memory, parse_tile, plan_jobs
     from .output import emit_json, print_table
 
     if args.scale is not None and args.scale < 1:
@@ -78,12 +93,20 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from ..video import is_video
+
+    if is_video(args.input):
+        from .upscale_video import run_video
+
+        return run_video(args, tile, overlap, max_memory)
     jobs, folder = plan_jobs(args.input, args.output, force=args.force)  # fail fast, before loading the model
     from .model_args import user_options
 
     user = user_options(args)
     model = args.model
-    if user is not None:
+    from .executor_args import on_ray
+
+    if user is not None and not on_ray(args):  # on Ray each actor builds the user's model itself
         from ..resolve import resolve_user_model
 
         model = resolve_user_model(args.model, backend=args.backend, threads=args.threads, scale=args.scale, **user)
@@ -111,9 +134,7 @@ def run(args) -> int:
             bar.write(f"edgesr: error: {one_line(r.error)}", file=sys.stderr)
 
     try:
-        results = upscale(model, args.input, args.output, tile=tile, overlap=overlap, backend=args.backend,
-                          scale=args.scale, arch=args.arch, threads=args.threads, force=args.force,
-                          max_memory=max_memory, on_image=step, on_tile=on_tile)
+        results = _upscale(args, model, user, tile, overlap, max_memory, step, on_tile)
     finally:
         bar.close()
         if tiles_bar["bar"] is not None:
@@ -128,7 +149,7 @@ def run(args) -> int:
             print_table(["input", "output", "size", "tiles", "tile+overlap", "exact", "s"],
                         [[r.input, r.output, f"{r.input_size[1]}x{r.input_size[0]} -> "
                           f"{r.output_size[1]}x{r.output_size[0]}", r.tiles,
-                          f"{r.tile}+{r.overlap}" if r.tiles > 1 else "untiled", "yes" if r.exact else "no",
+                          _tiling_cell(r), "yes" if r.exact else "no",
                           r.seconds] for r in done])
         notes = {}
         for r in done:
@@ -143,3 +164,28 @@ def run(args) -> int:
         first = failed[0].error
         raise ImageError(f"{len(failed)} of {len(results)} images failed; first: {first}")
     return 0
+
+
+def _upscale(args, model, user, tile, overlap, max_memory, step, on_tile) -> list:
+    """Here, one image after another, or on Ray Data (--executor ray) with a summary line."""
+    import sys
+
+    from .executor_args import on_ray
+
+    if not on_ray(args):
+        from ..upscale import upscale
+
+        return upscale(model, args.input, args.output, tile=tile, overlap=overlap, backend=args.backend,
+                       scale=args.scale, arch=args.arch, threads=args.threads, force=args.force,
+                       max_memory=max_memory, on_image=step, on_tile=on_tile)
+    from ..distributed.bulk import upscale_ray
+
+    results, summary = upscale_ray(args.model, args.input, args.output, tile=tile, overlap=overlap,
+                                   backend=args.backend, scale=args.scale, arch=args.arch, threads=args.threads,
+                                   force=args.force, max_memory=max_memory, user=user, address=args.ray_address,
+                                   workers=args.ray_workers, on_image=step)
+    print(f"edgesr: upscale on Ray: {summary['images']} images in {summary['seconds']} s "
+          f"({summary['images_per_s']} images/s, {summary['workers']} worker{'s' * (summary['workers'] != 1)}), "
+          f"{summary['failed']} failed",
+          file=sys.stderr)
+    return results

@@ -38,8 +38,17 @@ import numpy as np
 from ..errors import BackendUnavailable, ExportError, QuantizationError
 from ..fsutil import atomic_path
 from ..spec import Spec
-from .mobile import MobileExport, calibration_inputs, compare_with_torch, converter_rewrites, judge, \
-    fixed_shape_form, package_version, photo_crops, quiet_native
+from .mobile import (
+    MobileExport,
+    calibration_inputs,
+    compare_with_torch,
+    converter_rewrites,
+    fixed_shape_form,
+    judge,
+    package_version,
+    photo_crops,
+    quiet_native,
+)
 from .mobile_int8 import Int8Options, float_layer_search, prepare_int8
 
 EXTRA = "pip install 'edgesr[tflite]'"
@@ -318,7 +327,8 @@ def export_tflite(module, spec: Spec, path: str | Path, *, precision: str = "fp3
     else:
         data = fp32_bytes if fp32_bytes is not None else convert_fp32_bytes(module, spec, hw)
     runner = LiteRtRunner(data, name=f"litert:{precision}")
-    result = MobileExport(files=[path], format="tflite", precision=precision, backend="litert", input_hw=hw,
+    result = MobileExport(files=[path], format="tflite", precision=precision, backend="litert",
+                          input_hw=(int(hw[0]), int(hw[1])),
                           layout="NHWC", io=runner.io(), static_check=static_check(data), details=details,
                           versions=versions())
     if check:

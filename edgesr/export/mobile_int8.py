@@ -358,13 +358,22 @@ def float_layer_search(layers: Sequence[str], drop_of, budget: float | None,
     ranking, the one that predicted the exhaustive greedy search best in docs/int8.md): with every
     layer INT8 over `budget`, rank the layers by the drop each causes when it is the only INT8
     layer, then keep float the most costly ones, one more at a time, until ``drop_of(float_layers)
-    <= budget`` (None: no search). len(layers) + k evaluations. Returns (float layers, drop, steps;
-    the first step carries the ranking): the first set within budget, else the best one seen."""
+    <= budget`` (None: no search). len(layers) + k + 1 evaluations; 2 when even every layer float
+    misses the budget (LiteRT quantizes every tensor, not only the convolutions' inputs: what is
+    not a convolution can cost more than the budget alone), then the search is skipped and the
+    step says so. Returns (float layers, drop, steps; the first step carries the ranking): the
+    first set within budget, else the best one seen."""
     layers = list(layers)
     drop = drop_of([])
     steps: list[dict[str, Any]] = [{"float_layers": [], "drop": round(drop, 4)}]
     if budget is None or drop <= budget or len(layers) < 2:
         return [], drop, steps
+    floor = drop_of(layers)
+    if floor > budget:
+        steps.append({"float_layers": list(layers), "drop": round(floor, 4),
+                      "note": "every convolution float still misses the budget: the INT8 operations that are not "
+                              "convolutions cost more than it, so no search"})
+        return ([], drop, steps) if drop <= floor else (list(layers), floor, steps)
     only = {n: drop_of([m for m in layers if m != n]) for n in layers}
     order = sorted(layers, key=lambda n: -only[n])
     steps[0]["only_int8_drop"] = {n: round(only[n], 4) for n in order}

@@ -29,15 +29,25 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-
 from ..errors import ExportError
 from ..fsutil import atomic_path
 from ..spec import Spec
-from .mobile import FP32_TOL, MobileExport, compare_with_torch, judge, \
-    package_version, photo_crops
+from .mobile import FP32_TOL, MobileExport, compare_with_torch, judge, package_version, photo_crops
 from .ncnn_convert import EXTRA, TRACE_SIZES, _fit, _require, convert_bytes  # noqa: F401
-from .ncnn_format import (TAG_FP16, TAG_FP32, TAG_INT8, Layer, _align4, _layer_types, _read_weights,  # noqa: F401
-                          declare_input_shape, input_shape, io_names, parse_param, walk_bin)
+from .ncnn_format import (  # noqa: F401
+    TAG_FP16,
+    TAG_FP32,
+    TAG_INT8,
+    Layer,
+    _align4,
+    _layer_types,
+    _read_weights,
+    declare_input_shape,
+    input_shape,
+    io_names,
+    parse_param,
+    walk_bin,
+)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CHECK_SIZES = ((64, 64), (37, 53))

@@ -160,7 +160,7 @@ def center_conv_inputs(param: str, weights: bytes, ranges: dict[str, tuple[float
         c = float(np.float32((hi + lo) / 2.0))
         p = model.producer(t)
         pl = model.layers[p] if p is not None else None
-        if (pl is not None and pl.type == "Convolution" and int(pl.get(9)) == 1 and not int(pl.get(8))
+        if (p is not None and pl is not None and pl.type == "Convolution" and int(pl.get(9)) == 1 and not int(pl.get(8))
                 and model.consumers(t) == [i]):
             w, bias = model.conv_arrays(p)
             model.set_conv(p, w, (bias if bias is not None else np.zeros(w.shape[0])) - c)

@@ -135,6 +135,11 @@ class QuantConfig:
                    the calibration photos lack; see edgesr/quant/refine.py). None: on when
                    the profile's weights are 7-bit (cpu), off for 8-bit weights (trt)
     bias_correction  remove the mean output shift of the weight error from the bias
+    finetune       when the all-int8 graph misses psnr_budget: a short quantization-aware
+                   fine-tune of its int8 weight codes and biases against the fp32 output on
+                   the calibration patches (edgesr/quant/finetune.py), kept only when the
+                   all-int8 graph then scores better on the evaluation set
+    finetune_steps its optimizer steps (batches of 8 calibration patches)
     sensitivity    "only" (quantize only that layer) | "except" (everything but that layer)
     max_float_layers  stop the greedy search after this many float layers
     max_float_fraction  ... and after this share of all layers (an INT8 graph that is mostly
@@ -161,6 +166,8 @@ class QuantConfig:
     gptq: bool = True
     gptq_color_permutations: bool | None = None  # None: on for 7-bit (reduce_range) weights only
     bias_correction: bool = True
+    finetune: bool = False  # opt-in: minutes of CPU per model, helped one of three measured cases (docs/int8.md)
+    finetune_steps: int = 300
     sensitivity: str = "only"
     max_float_layers: int | None = None
     max_float_fraction: float = 0.5
@@ -174,6 +181,8 @@ class QuantConfig:
             raise QuantizationError(f"unknown calibration method {self.method!r}; known: {', '.join(METHODS)}")
         if not 0 < self.percentile <= 100:
             raise QuantizationError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.finetune_steps < 1:
+            raise QuantizationError(f"finetune_steps must be >= 1, got {self.finetune_steps}")
         if self.num_patches < 1 or self.patch_size < 1 or self.batch_size < 1:
             raise QuantizationError("num_patches, patch_size and batch_size must be >= 1")
         if self.psnr_budget is not None and self.psnr_budget < 0:

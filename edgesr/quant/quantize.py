@@ -10,8 +10,11 @@ Pipeline (:func:`quantize_model`):
 3. one calibration pass (ORT calibrator: min-max, percentile or entropy), cached;
 4. QDQ graph for the profile (:mod:`edgesr.quant.profiles`), evaluated in ONNX Runtime on
    the evaluation set (default: the held-out sample images) against fp32;
-5. when the drop exceeds ``psnr_budget``: per-layer sensitivity, then layers kept float,
-   most sensitive first, until the drop is within budget (``nodes_to_exclude``);
+5. when the drop exceeds ``psnr_budget``: a short quantization-aware fine-tune of the int8
+   weight codes and biases against the fp32 output on the calibration patches
+   (:mod:`edgesr.quant.finetune`), kept only when the all-int8 graph then scores better; if
+   still over budget, per-layer sensitivity, then layers kept float, most sensitive first,
+   until the drop is within budget (``nodes_to_exclude``);
 6. profile checks (``trt``: every zero point 0, int8 only, no int32 bias), metadata,
    atomic write. Optionally the final model is also scored on a test set (e.g. Set5) for
    reporting only - it never influences a choice.
@@ -67,6 +70,7 @@ class QuantResult:
     centering: dict[str, Any] | None = None
     prelu_rewrite: dict[str, Any] | None = None
     concat_split: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None  # FinetuneReport + held-out scores; None: not run
     test_set: str | None = None
     test_psnr_fp32: float | None = None
     test_psnr_int8: float | None = None
@@ -279,6 +283,17 @@ class _Session:
         return self._memo[key]
 
 
+class _Refiners:
+    """Weight refiners applied in order to every QDQ candidate (GPTQ / bias correction, then learned values)."""
+
+    def __init__(self, *parts):
+        self.parts = [p for p in parts if p is not None]
+
+    def apply(self, qmodel) -> None:
+        for p in self.parts:
+            p.apply(qmodel)
+
+
 class QuantSession:
     """Everything up to the all-int8 score, kept alive for building and scoring variants.
 
@@ -410,6 +425,41 @@ class QuantSession:
         self.psnr_int8_all = self._qs.score([])
         self.workdir = work
 
+    _rank_qs: "_Session | None" = None  # the ranking session (centre crops), made on first use
+
+    def finetune(self) -> dict[str, Any]:
+        """Fine-tune the all-int8 graph's weight codes and biases (:mod:`edgesr.quant.finetune`).
+
+        The learned values are applied to every candidate built afterwards - on top of GPTQ /
+        bias correction - but only when the all-int8 graph scores better with them on the
+        evaluation set; otherwise nothing changes. Returns what happened (the report's ``finetune``)."""
+        import onnx
+
+        from .finetune import finetune
+
+        config, before = self.config, self.psnr_int8_all
+        qmodel = onnx.load(str(self.build(self.workdir / "finetune_start.onnx")))
+        try:
+            learned, rep = finetune(qmodel, onnx.load(str(self.fp32_path)), self.source.patches,
+                                    steps=config.finetune_steps, weight_limit=64 if self.profile.reduce_range else 127,
+                                    seed=config.seed, threads=config.threads, progress=config.progress)
+        except QuantizationError as e:  # an op the PyTorch mirror lacks: plain PTQ goes on
+            return {"applied": False, "reason": str(e)}
+        info: dict[str, Any] = rep.to_dict() | {"psnr_int8_all_before": before}
+        if not rep.loss_end < rep.loss_start:  # Adam on straight-through codes can wander: nothing learned
+            return info | {"applied": False, "reason": f"the error against fp32 on the calibration patches did not "
+                                                       f"decrease ({rep.loss_start:.3e} -> {rep.loss_end:.3e})"}
+        q = self._qs
+        tuned = _Session(q.fp32_path, q.spec, q.config, q.ranges_path, q.evalset, q.workdir, list(q.layers.values()),
+                         _Refiners(q.refiner, learned))
+        after = tuned.score([])
+        info |= {"psnr_int8_all_after": after, "applied": after > before}
+        if info["applied"]:
+            self._qs, self.psnr_int8_all, self._rank_qs = tuned, after, None
+        else:
+            info["reason"] = f"the fine-tuned all-int8 graph scores {after:.3f} dB, not above {before:.3f} dB"
+        return info
+
     @property
     def layer_nodes(self) -> dict[str, Layer]:
         return self._qs.layers
@@ -427,7 +477,7 @@ class QuantSession:
     RANK_SIDE = 192
 
     def _rank_session(self) -> "_Session":
-        if getattr(self, "_rank_qs", None) is None:
+        if self._rank_qs is None:
             from .calibration import EvalPair, EvalSet
 
             s = self.spec.scale
@@ -472,10 +522,13 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
     warnings: list[str] = []
     with QuantSession(onnx_fp32_path, spec, config, calibration, eval_set) as qs:
         evalset, layers = qs.evalset, qs.layers
-        psnr_fp32, psnr_all = qs.psnr_fp32, qs.psnr_int8_all
         rows: list[SensitivityRow] = []
         budget = config.psnr_budget
         result_search: SearchResult | None = None
+        finetune_info = None
+        if config.finetune and budget is not None and qs.psnr_fp32 - qs.psnr_int8_all > budget:
+            finetune_info = qs.finetune()
+        psnr_fp32, psnr_all = qs.psnr_fp32, qs.psnr_int8_all
         need = budget is not None and psnr_fp32 - psnr_all > budget
         if need or full_sensitivity or sensitivity_png:
             methods = ("only", "except") if (full_sensitivity or sensitivity_png) else (config.sensitivity,)
@@ -515,6 +568,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
             "edgesr.int8.psnr_int8": f"{psnr_int8:.4f}",
             "edgesr.int8.equalized": json.dumps(bool(config.equalize)),
             "edgesr.int8.centered": json.dumps(bool(qs.center_report and qs.center_report["inputs"])),
+            "edgesr.int8.finetuned": json.dumps(bool(finetune_info and finetune_info["applied"])),
         })
         _set_metadata(qmodel, meta)
         out = Path(out_path)
@@ -531,7 +585,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         sensitivity=rows, layers=[layer.name for layer in layers],
         search_steps=[asdict(s) for s in result_search.steps] if result_search else [],
         calibration=source.describe() | {"method": config.method}, equalization=reports[0],
-        centering=reports[1], prelu_rewrite=reports[2], concat_split=reports[3],
+        centering=reports[1], prelu_rewrite=reports[2], concat_split=reports[3], finetune=finetune_info,
         test_set=test_set.name if test_set is not None else None, test_psnr_fp32=test_fp32,
         test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings)
     if sensitivity_png and rows:

@@ -1,13 +1,13 @@
 // edgesr ExecuTorch reference runner.
 //
-//   edgesr_et_runner MODEL.pte INPUT.f32 C H W SCALE OUTPUT.f32 [TILE OVERLAP [ALIGN [MIN_SIZE]]]
+//   edgesr_et_runner MODEL.pte INPUT.f32 C H W SCALE OUTPUT.f32 [TILE OVERLAP [ALIGN [MIN_SIZE [MULTIPLE]]]]
 //
 // INPUT.f32: raw little-endian float32, NCHW with N = 1 (C*H*W values, RGB, [0, 1]), i.e.
 // what numpy's `x.astype('<f4').tofile(path)` writes for a 1xCxHxW array.
 // OUTPUT.f32: the same layout, 1 x C x (H*SCALE) x (W*SCALE).
 //
 // The bundle's manifest gives the arguments: TILE = tiling.tile, OVERLAP = tiling.overlap,
-// ALIGN = tiling.alignment, MIN_SIZE = io.min_size. Without TILE (or TILE = 0) the whole
+// ALIGN = tiling.alignment, MIN_SIZE = io.min_size, MULTIPLE = io.size_multiple. Without TILE (or TILE = 0) the whole
 // image is one model call. With TILE > 0 the image is processed by the bundle's tiling
 // rule (manifest.json "tiling"): cores of at most TILE x TILE input pixels whose starts are
 // multiples of ALIGN (default 1); each core extended by OVERLAP pixels on every side,
@@ -15,9 +15,10 @@
 // and only the core's region (x SCALE) of its output is kept. tiling.exact == true means
 // this equals the untiled output (measured when the bundle was made); otherwise
 // tiling.measured.error says by how much it differs. TILE must exceed OVERLAP.
-// An image smaller than MIN_SIZE (default 1) in H or W is padded at the bottom/right by
-// reflection (edge for 1-pixel images) up to MIN_SIZE, and the output is cropped back, as
-// `edgesr upscale` does: no model call ever sees an input below the model's minimum.
+// An image smaller than MIN_SIZE (default 1) in H or W, or not a multiple of MULTIPLE (default 1),
+// is padded at the bottom/right by reflection (edge for 1-pixel images) up to
+// max(MIN_SIZE, H) rounded up to MULTIPLE (likewise W), and the output is cropped back, as
+// `edgesr upscale` does: no model call ever sees an input size the model does not accept.
 // A .pte exported with dynamic shapes accepts boxes up to its maximum size (the bundle's
 // artifact "shape_range"); pick TILE + 2 * OVERLAP within it.
 //
@@ -87,15 +88,15 @@ long reflect(long i, long n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 8 && (argc < 10 || argc > 12)) {
+  if (argc != 8 && (argc < 10 || argc > 13)) {
     std::fprintf(stderr,
-                 "usage: %s MODEL.pte INPUT.f32 C H W SCALE OUTPUT.f32 [TILE OVERLAP [ALIGN [MIN_SIZE]]]\n"
+                 "usage: %s MODEL.pte INPUT.f32 C H W SCALE OUTPUT.f32 [TILE OVERLAP [ALIGN [MIN_SIZE [MULTIPLE]]]]\n"
                  "  raw float32 NCHW (N=1) in and out; see the header of main.cpp\n",
                  argv[0]);
     return 2;
   }
   const std::string model_path = argv[1], in_path = argv[2], out_path = argv[7];
-  long c, h, w, s, tile = 0, overlap = 0, align = 1, min_size = 1;
+  long c, h, w, s, tile = 0, overlap = 0, align = 1, min_size = 1, multiple = 1;
   if (!parse_int(argv[3], c) || !parse_int(argv[4], h) || !parse_int(argv[5], w) || !parse_int(argv[6], s) ||
       c < 1 || h < 1 || w < 1 || s < 1)
     return fail("C H W SCALE must be positive integers");
@@ -104,6 +105,8 @@ int main(int argc, char** argv) {
   if (argc >= 11 && (!parse_int(argv[10], align) || align < 1)) return fail("ALIGN must be an integer >= 1");
   if (argc >= 12 && (!parse_int(argv[11], min_size) || min_size < 1))
     return fail("MIN_SIZE must be an integer >= 1");
+  if (argc >= 13 && (!parse_int(argv[12], multiple) || multiple < 1))
+    return fail("MULTIPLE must be an integer >= 1");
   tile = round_up(tile, align);
   overlap = round_up(overlap, align);
   if (tile > 0 && tile <= overlap)
@@ -121,17 +124,21 @@ int main(int argc, char** argv) {
     f.seekg(0);
     f.read(reinterpret_cast<char*>(src.data()), bytes);
   }
-  // below the model's minimum: pad by reflection at the bottom/right, crop the output back
-  const long ph = std::max(h, min_size), pw = std::max(w, min_size);
+  // below the model's minimum or off its size multiple: pad by reflection at the bottom/right,
+  // crop the output back
+  const long ph = round_up(std::max(h, min_size), multiple), pw = round_up(std::max(w, min_size), multiple);
   std::vector<float> img;
   if (ph == h && pw == w) {
     img.swap(src);
   } else {
     img.resize(static_cast<size_t>(c * ph * pw));
+    const bool edge = std::min(h, w) == 1;  // a 1-pixel-wide image repeats its edge on both axes
     for (long ch = 0; ch < c; ++ch)
       for (long y = 0; y < ph; ++y)
-        for (long x = 0; x < pw; ++x)
-          img[(ch * ph + y) * pw + x] = src[(ch * h + reflect(y, h)) * w + reflect(x, w)];
+        for (long x = 0; x < pw; ++x) {
+          const long sy = edge ? std::min(y, h - 1) : reflect(y, h), sx = edge ? std::min(x, w - 1) : reflect(x, w);
+          img[(ch * ph + y) * pw + x] = src[(ch * h + sy) * w + sx];
+        }
   }
 
   Module module(model_path, Module::LoadMode::File);
