@@ -36,6 +36,8 @@ def main() -> int:
     ap.add_argument("--only", help="comma-separated entry names")
     ap.add_argument("--no-bench", action="store_true", help="skip the per-model latency step")
     ap.add_argument("--jobs", type=int, default=1, help="models converted at once (default 1)")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds per model before it counts as a timeout (default: convert --zoo's)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "zoo.json"))
     args = ap.parse_args()
     tmp = None if args.out else tempfile.TemporaryDirectory(prefix="edgesr-zoo-")
@@ -56,7 +58,8 @@ def main() -> int:
     def record(results: list[dict], wall: float, complete: bool) -> dict:
         srt = sorted(loads) or [os.getloadavg()[0]]
         return {"command": "python benchmarks/zoo.py" + (f" --only {args.only}" if args.only else "")
-                + (" --no-bench" if args.no_bench else "") + (f" --jobs {args.jobs}" if args.jobs > 1 else ""),
+                + (" --no-bench" if args.no_bench else "") + (f" --jobs {args.jobs}" if args.jobs > 1 else "")
+                + (f" --timeout {args.timeout:g}" if args.timeout else ""),
                 "complete": complete, "jobs": args.jobs,
                 "wall_seconds": round(wall, 1), "machine": machine_info(),
                 "loadavg_1min": {"median": srt[len(srt) // 2], "min": srt[0], "max": srt[-1], "samples": len(srt)},
@@ -86,7 +89,7 @@ def main() -> int:
 
     only = [s for s in args.only.split(",") if s] if args.only else None
     results = run_zoo(args.index, out, force=True, only=only, bench=not args.no_bench, jobs=args.jobs,
-                      on_done=on_done)
+                      on_done=on_done, **({"timeout": args.timeout} if args.timeout else {}))
     wall = time.perf_counter() - t0
     stop.set()
     c = counts(results)

@@ -31,7 +31,7 @@ import struct
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import torch
 
@@ -63,7 +63,8 @@ SAFETENSORS_HINT = ("re-save the weights as safetensors in a trusted environment
 
 
 def load_state_dict(path: str | Path, check_finite: bool = True, key: str | None = None,
-                    limits: CheckpointLimits | None = None) -> StateDict:
+                    limits: CheckpointLimits | None = None,
+                    integer_buffer: Callable[[str], bool] | None = None) -> StateDict:
     """Load a checkpoint file into ``{name: float tensor}``, unwrapped and prefix-stripped.
 
     ``key``: the wrapper entry to take (e.g. ``params`` where a BasicSR file also holds
@@ -71,6 +72,9 @@ def load_state_dict(path: str | Path, check_finite: bool = True, key: str | None
     `limits` (default: :meth:`CheckpointLimits.from_env`) bound what the file may declare
     (tensor bytes, tensor count); they are checked from headers before anything is allocated.
     The file is opened once; every check and the load read that one open file.
+    ``integer_buffer(name)``: True where the target module has an integer buffer of that name
+    (user code: a Swin-style ``relative_position_index`` saved with the weights), which may then
+    be an integer tensor.
     """
     path = Path(path)
     limits = limits or CheckpointLimits.from_env()
@@ -91,7 +95,7 @@ def load_state_dict(path: str | Path, check_finite: bool = True, key: str | None
     if key is not None:
         raw = _select_key(raw, key, name)
     sd = unwrap_state_dict(raw, source=name)
-    validate_tensors(sd, source=name, check_finite=check_finite)
+    validate_tensors(sd, source=name, check_finite=check_finite, integer_buffer=integer_buffer)
     return sd
 
 
@@ -430,14 +434,16 @@ def _select_key(obj: object, key: str, source: object) -> object:
     return obj
 
 
-def validate_tensors(sd: StateDict, source: object = "checkpoint", check_finite: bool = True) -> None:
+def validate_tensors(sd: StateDict, source: object = "checkpoint", check_finite: bool = True,
+                     integer_buffer: Callable[[str], bool] | None = None) -> None:
     """Refuse weights that cannot be loaded faithfully: non-float dtypes (integer, bool,
     complex, float8, quantized), sparse / non-CPU-strided layouts, NaN/Inf values."""
     bad_layout = [f"{one_line(k)} ({v.layout})" for k, v in sd.items() if v.layout != torch.strided]
     if bad_layout:
         raise InvalidWeights(f"{source}: sparse or non-dense tensors are not weights: {', '.join(bad_layout[:8])}")
     bad_dtype = [f"{one_line(k)} ({str(v.dtype).replace('torch.', '')})" for k, v in sd.items()
-                 if v.dtype not in FLOAT_DTYPES and not (k.endswith("num_batches_tracked") and v.dtype in _COUNTER_DTYPES)]
+                 if v.dtype not in FLOAT_DTYPES and not (k.endswith("num_batches_tracked") and v.dtype in _COUNTER_DTYPES)
+                 and not (integer_buffer is not None and v.dtype in _COUNTER_DTYPES and integer_buffer(k))]
     if bad_dtype:
         raise InvalidWeights(f"{source}: weights must be float32/float16/bfloat16/float64; found "
                              f"{', '.join(bad_dtype[:8])}" + (" ..." if len(bad_dtype) > 8 else ""))

@@ -337,9 +337,19 @@ def _registry_conventions(module, spec: Spec, opts: ConvertOptions):
 
 
 def measure_bundle_tiling(onnx_path: Path, spec: Spec, opts: ConvertOptions):
-    """Tiling measured on the exported fp32 ONNX with ONNX Runtime (see edgesr.tiling)."""
+    """Tiling measured on the exported fp32 ONNX with ONNX Runtime (see edgesr.tiling). A
+    fixed-size export runs on one input size only: nothing to measure, and the result says so."""
     from .backends.ort_runner import OrtRunner
-    from .tiling import measure_tiling
+    from .tiling import TilingMeasurement, measure_tiling
+
+    fixed = opts_export_fixed_hw(onnx_path.parent) if onnx_path.name == "model.onnx" else None
+    if fixed is not None:
+        h, w = fixed
+        return TilingMeasurement(
+            exact=False, tile=min(h, w), overlap=0, alignment=1, locality="unknown", receptive_field=None,
+            probe_radius=None, min_size=max(h, w), method="not measured (fixed-size graph)",
+            reasons=[f"fixed-size export: the graph runs on {h}x{w} LR inputs only, so tiling was not measured "
+                     f"(run larger images as {h}x{w} boxes)"])
 
     return measure_tiling(OrtRunner(onnx_path, name="ort:fp32", threads=opts.threads), spec, onnx_path,
                           threads=opts.threads)

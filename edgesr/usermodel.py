@@ -170,7 +170,10 @@ def load_weights(net, weights: str | Path, key: str | None = None, strict: bool 
     from .checkpoint import load_state_dict
     from .registry import _check_fit
 
-    sd = load_state_dict(weights, key=key)
+    int_buffers = {n for n, b in net.named_buffers() if not (b.is_floating_point() or b.is_complex())}
+    # keys may lose a shared wrapper prefix when unwrapped (restored below): match by suffix
+    sd = load_state_dict(weights, key=key, integer_buffer=lambda k: any(
+        b == k or b.endswith("." + k) for b in int_buffers))
     own = net.state_dict()
     sd = _restore_prefix(sd, set(own))
     if strict:

@@ -220,8 +220,13 @@ def convert_entry(entry: ZooEntry, outdir: Path, *, force: bool = False, int8: b
         model=entry.code, model_kwargs=entry.kwargs, strict=entry.strict, weights_key=entry.key,
         import_paths=tuple(entry.paths))
     lines: list[str] = []
+
+    def log(line: str) -> None:  # kept for the result, and printed: OUTROOT/logs/<name>.log shows progress live
+        lines.append(line)
+        print(line, flush=True)
+
     try:
-        result = convert(opts, log=lines.append)
+        result = convert(opts, log=log)
     except EdgesrError as e:
         return res | {"category": category_of(e), "reason": str(e).splitlines()[0][:400],
                       "failed_after": _last_step(lines), "steps": lines, "seconds": round(time.perf_counter() - t0, 1)}
@@ -251,6 +256,9 @@ def judge(report: dict[str, Any], entry: ZooEntry) -> dict[str, Any]:
         next((t["psnr_y"] for t in conv.get("trials", []) if t.get("label") == conv.get("label")), None),
         "bicubic_psnr_y": conv.get("bicubic_psnr_y"),
         "reparam": {"hooks": rep.get("hooks"), "generic_applied": (rep.get("generic") or {}).get("applied"),
+                    "generic_regions_collapsed": (rep.get("generic") or {}).get("regions_collapsed"),
+                    "generic_multi_branch": (rep.get("generic") or {}).get("multi_branch_scopes"),
+                    "params_before": rep.get("params_before"), "params_after": rep.get("params_after"),
                     "changed": rep.get("changed")},
         "export": {"dynamic": exp.get("dynamic"), "fixed_input_hw": exp.get("fixed_input_hw"),
                    "fixed_reason": exp.get("fixed_reason"), "ops": len(exp.get("op_counts") or {}),
@@ -341,7 +349,11 @@ def quick_check(entry: ZooEntry, workdir: Path, *, int8: bool = False) -> dict[s
         err = max(err, float(np.max(np.abs(ort.run(x).astype(np.float64) - ref))))
     out = {"name": entry.name, "scale": spec.scale, "inferred_input_range": um.conventions.chosen.input_range,
            "equivalent": um.conventions.equivalent, "psnr_y": um.conventions.best.psnr_y,
-           "bicubic_psnr_y": um.conventions.bicubic_psnr_y, "hooks": rep["hooks"], "dynamic": fixed is None,
+           "bicubic_psnr_y": um.conventions.bicubic_psnr_y, "hooks": rep["hooks"],
+           "generic_regions_collapsed": rep["generic"].get("regions_collapsed"),
+           "generic_multi_branch": rep["generic"].get("multi_branch_scopes"),
+           "generic_applied": rep["generic"].get("applied"), "deploy_max_abs": rep.get("max_abs"),
+           "dynamic": fixed is None,
            "fixed_hw": fixed, "parity_max_abs": err, "parity_inputs": [list(x.shape) for x in inputs]}
     if int8:
         from .quant import QuantConfig, quantize_model
@@ -478,7 +490,10 @@ def summary_rows(results: list[dict]) -> list[list[Any]]:
         exp = r.get("export") or {}
         rep = r.get("reparam") or {}
         hooks = [h for h in rep.get("hooks") or [] if h.get("applied")]
-        reparam = ("hooks" if hooks else "") + ("+generic" if rep.get("generic_applied") else "")
+        n = rep.get("generic_regions_collapsed")
+        reparam = "+".join((["hooks"] if hooks else []) + ([f"generic {n}" + (
+            f" ({len(rep['generic_multi_branch'])} multi-branch)" if rep.get("generic_multi_branch") else "")]
+            if rep.get("generic_applied") else []))
         lat = (r.get("latency_ms") or {}).get("ort:fp32")
         rows.append([
             r["name"], "ok" if r.get("ok") else "FAILED",

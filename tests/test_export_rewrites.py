@@ -198,3 +198,90 @@ def test_unsupported_spectrum_use_is_named(tmp_path):
         export_user_model(PhaseNet().eval(), Spec(arch="user:PhaseNet", scale=2), tmp_path / "m.onnx")
     msg = str(e.value)
     assert "fft_rfft2" in msg and "'.angle' of an FFT spectrum" in msg and "\n" not in msg, msg
+
+
+class RowSpectrumNet(nn.Module):
+    """2022 team 02's spectral transform: rfft over the rows (dim 2, not the last dim), a 1x1 conv
+    on (real, imag) stacked as channels, irfft back over dim 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Conv2d(3, 4, 3, padding=1)
+        self.mix = nn.Conv2d(8, 8, 1)
+        self.tail = nn.Conv2d(4, 12, 3, padding=1)
+        self.up = nn.PixelShuffle(2)
+
+    def forward(self, x):
+        f = self.head(x)
+        b, c, h, w = f.size()
+        ff = torch.view_as_real(torch.fft.rfft(f, dim=2, norm="ortho"))  # b, c, h//2+1, w, 2
+        ff = ff.permute(0, 1, 4, 2, 3).contiguous().view(b, -1, ff.size(2), w)
+        ff = torch.relu(self.mix(ff))
+        ff = torch.view_as_complex(ff.view(b, -1, 2, ff.size(2), w).permute(0, 1, 3, 4, 2).contiguous())
+        return self.up(self.tail(f + torch.fft.irfft(ff, n=h, dim=2, norm="ortho")))
+
+
+def test_rfft_over_a_non_trailing_dim_exports_dynamic_within_1e4(tmp_path):
+    torch.manual_seed(0)
+    net = RowSpectrumNet().eval()
+    res = export_user_model(net, Spec(arch="user:RowSpectrumNet", scale=2), tmp_path / "m.onnx")
+    d = res.to_dict()
+    assert d["dynamic"] and d["rewrites"]["applied"] == ["fft"] and d["rewrites"]["calls_per_forward"] == {"fft": 2}
+    assert _max_abs_ort_vs_torch(net, tmp_path / "m.onnx") <= 1e-4
+
+
+class _Modulation(nn.Module):  # SMFAN's SMFA: adaptive max pooling to a size computed from the shape
+    def __init__(self):
+        super().__init__()
+        self.split, self.dw = nn.Conv2d(8, 16, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+    def forward(self, f):
+        _, _, h, w = f.shape
+        y, x = self.split(f).chunk(2, dim=1)
+        s = self.dw(F.adaptive_max_pool2d(x, (h // 8, w // 8)))
+        return x * F.interpolate(s, size=(h, w), mode="nearest") + y
+
+
+class _PartialConv(nn.Module):  # SMFAN's eval-mode PCFN: in-place assignment to a channel slice
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(8, 16, 1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        x = F.gelu(self.a(x))
+        x[:, :4, :, :] = F.gelu(self.b(x[:, :4, :, :]))
+        return self.c(x)
+
+
+class ShapePoolNet(nn.Module):
+    """2024 team 24 (SMFAN) in small: after the in-place slice assignment the exporter has lost
+    the feature shape, so the next block's adaptive pooling to (h // 8, w // 8) is refused even
+    in a fixed-size export."""
+
+    def __init__(self):
+        super().__init__()
+        self.head, self.tail = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1)
+        self.blocks = nn.ModuleList([m for _ in range(2) for m in (_Modulation(), _PartialConv())])
+        self.up = nn.PixelShuffle(2)
+
+    def forward(self, x):
+        x = self.head(x)
+        for b in self.blocks:
+            x = b(F.normalize(x)) + x
+        return self.up(self.tail(x))
+
+
+def test_adaptive_pooling_to_a_shape_computed_size_exports_fixed_and_exact(tmp_path):
+    torch.manual_seed(0)
+    net = ShapePoolNet().eval()
+    with pytest.raises(Exception, match="(?i)adaptive"):  # what the exporter does on its own, even fixed
+        import io
+
+        torch.onnx.export(net, (torch.rand(1, 3, 64, 64),), io.BytesIO(), dynamo=False, opset_version=17,
+                          input_names=["input"])
+    res = export_user_model(net, Spec(arch="user:ShapePoolNet", scale=2), tmp_path / "m.onnx")
+    d = res.to_dict()
+    # a pooling kernel is a graph constant: exact where the size divides, so the export is the fixed one
+    assert d["rewrites"]["applied"] == ["adaptive"] and d["rewrites"]["max_abs_eager"] == 0.0
+    assert not d["dynamic"] and d["fixed_input_hw"] == [64, 64]
+    assert _max_abs_ort_vs_torch(net, tmp_path / "m.onnx", sizes=[(64, 64)]) <= 1e-5

@@ -265,6 +265,29 @@ def test_gptq_beats_nearest_rounding():
     assert err(gq) < 0.85 * err(rtn)  # measured 0.77 for this seed
 
 
+def test_conv_input_means_without_second_moments():
+    """Bias correction alone (the zoo's cheap INT8) needs only E[x]: the same means without the
+    im2col second moments, which were most of the cheap INT8's time."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesr.quant.refine import conv_input_stats
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[1, 1, 1, 1])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, None, None])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4, None, None])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    patches = rng.random((5, 3, 12, 10), dtype=np.float32)
+    full = conv_input_stats(m, patches, batch=2)["c"]
+    means = conv_input_stats(m, patches, batch=2, second_moments=False)["c"]
+    np.testing.assert_allclose(means.mean, full.mean, rtol=1e-12)
+    assert full.H.shape == (27, 27) and means.H.size == 0
+
+
 # --------------------------------------------------------------------------- sensitivity / search
 
 def test_sensitivity_chart_and_mixed_precision(tmp_path):

@@ -176,6 +176,47 @@ def test_deploy_hooks_are_verified():
     assert not rep["hooks"][0]["applied"] and "changed the output" in rep["hooks"][0]["reason"]
 
 
+def test_generic_pass_is_reported_applied_only_when_it_collapsed_something():
+    """deploy_form's generic step: a training-form block (parallel 3x3 + 1x1 + identity, summed) is
+    collapsed and named; a model with nothing affine to merge is reported unchanged, not 'applied'."""
+    from torch import nn
+
+    from edgesr.reparam.author_hooks import deploy_form
+
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Conv2d(3, 8, 3, padding=1)
+            self.k3, self.k1 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+            self.tail = nn.Conv2d(8, 3, 3, padding=1)
+
+            self.gain = self.tail.bias * 0.0 + 1.0  # a non-leaf tensor attribute: deepcopy refuses it
+
+        def forward(self, x):
+            y = torch.relu(self.head(x))
+            y = torch.relu(self.k3(y) + self.k1(y) + y)
+            return self.tail(y) * self.gain.view(1, -1, 1, 1)
+
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    inputs = [np.random.default_rng(0).random((1, 3, 13, 9), dtype=np.float32)]
+    dep, rep = deploy_form(Branches().eval(), inputs)
+    g = rep["generic"]
+    assert g["applied"] and g["regions_collapsed"] >= 1 and g["multi_branch_scopes"], g
+    assert rep["changed"] and rep["max_abs"] < 1e-4 and rep["params_after"] < rep["params_before"]
+    dep, rep = deploy_form(Plain().eval(), inputs)
+    g = rep["generic"]
+    assert not g["applied"] and g["regions_collapsed"] == 0 and "nothing to collapse" in g["reason"], g
+    assert not rep["changed"]
+
+
 def test_cli_convert_and_eval_with_model(weights, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("EDGESR_ALLOW_IMPLAUSIBLE", raising=False)
     out = tmp_path / "out"
@@ -278,3 +319,54 @@ def test_eval_input_range_on_a_registry_checkpoint_with_ort(set5_dir, capsys, tm
     onnx = tmp_path / "m.onnx"
     assert main(["quantize", str(BUNDLED_CHECKPOINT), "-o", str(onnx), "--input-range", "1"]) == 2
     assert "--input-range" in capsys.readouterr().err
+
+
+def test_integer_buffers_of_the_users_module_load_with_the_weights(tmp_path):
+    """Swin-style code saves an int64 `relative_position_index` buffer with the weights (2022 team
+    09): it loads when the user's module has an integer buffer of that name (prefixed too); an
+    integer tensor the module has no integer buffer for is still refused."""
+    from torch import nn
+
+    from edgesr.checkpoint import load_state_dict
+    from edgesr.errors import InvalidWeights
+    from edgesr.usermodel import load_weights
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Conv2d(3, 3, 1)
+            self.register_buffer("relative_position_index", torch.arange(16).view(4, 4))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Attn()
+
+    src = Net()
+    src.block.relative_position_index += 1  # the saved value is what loads (as the author's loader)
+    torch.save({"params": src.state_dict()}, tmp_path / "w.pth")
+    with pytest.raises(InvalidWeights, match="relative_position_index"):
+        load_state_dict(tmp_path / "w.pth")  # registry checkpoints: weights are floats
+    net = Net()
+    load_weights(net, tmp_path / "w.pth")
+    assert torch.equal(net.block.relative_position_index, src.block.relative_position_index)
+    torch.save({"params": src.state_dict() | {"block.step": torch.tensor(3)}}, tmp_path / "x.pth")
+    with pytest.raises(InvalidWeights, match="block.step"):
+        load_weights(Net(), tmp_path / "x.pth", strict=False)
+
+
+def test_convert_of_a_fixed_size_export_states_tiling_was_not_measured(tmp_path, capsys):
+    """A fixed-size export runs on one input size only: convert completes (it failed in the tiling
+    measurement, which fed the graph other sizes) and says tiling was not measured."""
+    from edgesr.usermodel import ModelRef, build_user_module
+
+    code = f"{REPO / 'models' / 'broken.py'}:SizeBakedNet"
+    torch.save(build_user_module(ModelRef.parse(code)).state_dict(), tmp_path / "w.pth")
+    out = tmp_path / "out"
+    rc = main(["convert", str(tmp_path / "w.pth"), "--model", code, "--model-path", str(REPO), "-o", str(out),
+               "--no-bench", "--no-ort-format", "--input-range", "1"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["export"]["fixed_input_hw"] == [64, 64] and report["parity"]["ok"]
+    assert report["tiling"]["method"] == "not measured (fixed-size graph)" and not report["tiling"]["exact"]
+    assert json.loads((out / "manifest.json").read_text())["io"]["fixed_input_hw"] == [64, 64]

@@ -127,8 +127,13 @@ def export_onnx(module, spec: Spec, path: str | Path, *, opset: int = DEFAULT_OP
         peak = 1.0
         for shp in shapes:
             x = _random_input(shp, spec, seed=1)
-            with torch.inference_mode():
-                ref = module(torch.from_numpy(x)).numpy()
+            try:
+                with torch.inference_mode():
+                    ref = module(torch.from_numpy(x)).numpy()
+            except Exception as e:  # noqa: BLE001 - user code may refuse a shape (e.g. `assert b == 1`)
+                raise ExportError(f"the PyTorch module itself fails on the check input {shp}, so the dynamic "
+                                  f"graph cannot be verified there: {type(e).__name__}: "
+                                  f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}") from None
             out = _ort_run(data, x)
             if out.shape != ref.shape:
                 raise ExportError(f"ONNX output shape {out.shape} != PyTorch {ref.shape} for input {shp}")

@@ -14,7 +14,8 @@ Rewrites (``KINDS``):
              -> one ``index_select`` (ONNX Gather) with window indices built from the traced size,
              then a reshape. A gather copies values: bit-exact, and dynamic in H/W. (``F.unfold`` /
              ``nn.Unfold`` already export dynamically through im2col and are left alone.)
-``fft``      ``torch.fft.rfft / rfft2 / rfftn`` over the trailing one or two dims and their inverses
+``fft``      ``torch.fft.rfft / rfft2 / rfftn`` over the trailing one or two dims (``rfft`` / ``irfft``
+             over any one dim, moved last and back) and their inverses
              ``irfft / irfft2 / irfftn`` -> real matrix products with cosine / sine DFT matrices
              built in the graph from the traced size (angles from exact integer products taken
              modulo the length, so fp32 angles stay below 2*pi). The spectrum is carried as a
@@ -22,6 +23,13 @@ Rewrites (``KINDS``):
              ``view_as_complex``, ``abs`` and complex ``+ - *`` are supported; anything else on a
              spectrum raises an ExportError naming the operation. Not bit-exact (a DFT as sums in
              a different order): verified within the export tolerance.
+``adaptive`` ``adaptive_max_pool2d`` / ``adaptive_avg_pool2d`` to an output size that divides the
+             input size (``(h // 8, w // 8)`` on a multiple of 8) -> ``max_pool2d`` / ``avg_pool2d``
+             with kernel = stride = input / output: the same windows, so exact. The exporter
+             refuses adaptive pooling whose output size is computed from the input's shape; the
+             pooling kernel is a graph constant, so a dynamic export with it fails the odd-size
+             check and the fixed-size export (where it is exact by construction) is used.
+            Sizes that do not divide are left to the original call.
 ``frozen``   convolution kernels computed in ``forward`` from parameters and constants only (a
              kernel built with ``torch.zeros`` + index assignment each call, a weight-normalised
              kernel, ...): the exporter cannot see such a kernel's shape. A pre-pass runs the model
@@ -45,7 +53,7 @@ import numpy as np
 
 from ..errors import ExportError
 
-KINDS = ("unfold", "fft", "frozen")
+KINDS = ("unfold", "fft", "adaptive", "frozen")
 
 
 # ---- unfold -------------------------------------------------------------------------------------
@@ -274,6 +282,11 @@ def _make_mode_class():
                 out = self._fft(func, args, kwargs)
                 if out is not NotImplemented:
                     return out
+            if "adaptive" in self.kinds and getattr(func, "__name__", "") in _ADAPTIVE:
+                out = _adaptive_as_pool(func.__name__, args, kwargs)
+                if out is not NotImplemented:
+                    self.counts["adaptive"] += 1
+                    return out
             if func in convs and (self.record is not None or self.frozen):
                 return self._conv(func, args, kwargs)
             if any(isinstance(a, Spectrum) for a in _flat(args, kwargs)):
@@ -291,6 +304,12 @@ def _make_mode_class():
                 names = ("input", "n", "dim", "norm") if func is fft.rfft else ("input", "s", "dim", "norm")
                 _, s, dim, norm = _bind(args, kwargs, names, defaults={"dim": -1 if func is fft.rfft else
                                                                          ((-2, -1) if func is fft.rfft2 else None)})
+                if func is fft.rfft and s is None and isinstance(dim, int) and _trailing(dim, x.dim()) is None:
+                    d = dim % x.dim()  # one dim that is not the last: move it last and back
+                    sp = rfft_last(x.transpose(d, -1), 1, norm)
+                    self.counts["fft"] += 1
+                    self._spectra += 1
+                    return Spectrum(sp.real.transpose(d, -1), sp.imag.transpose(d, -1))
                 nd = forward_fft[func] or _trailing(dim, x.dim())
                 if nd is None or _trailing(dim, x.dim()) != nd or s is not None:
                     return NotImplemented
@@ -304,6 +323,12 @@ def _make_mode_class():
                 names = ("input", "n", "dim", "norm") if func is fft.irfft else ("input", "s", "dim", "norm")
                 _, s, dim, norm = _bind(args, kwargs, names, defaults={"dim": -1 if func is fft.irfft else
                                                                          ((-2, -1) if func is fft.irfft2 else None)})
+                if func is fft.irfft and isinstance(dim, int) and _trailing(dim, spec.dim()) is None:
+                    d = dim % spec.dim()
+                    moved = Spectrum(spec.real.transpose(d, -1), spec.imag.transpose(d, -1))
+                    out_w = 2 * (moved.shape[-1] - 1) if s is None else s
+                    self.counts["fft"] += 1
+                    return irfft_last(moved, 1, out_w, norm).transpose(d, -1)
                 nd = inverse_fft[func] or _trailing(dim, spec.dim())
                 if nd is None or _trailing(dim, spec.dim()) != nd:
                     raise _unsupported(f"{func.__name__} over dims {dim}")
@@ -353,6 +378,30 @@ def _make_mode_class():
             return func(*args, **kwargs)
 
     return ExportRewrites
+
+
+# ---- adaptive pooling whose output size divides the input size -----------------------------------
+
+_ADAPTIVE = {"adaptive_max_pool2d": "max", "adaptive_avg_pool2d": "avg"}
+
+
+def _adaptive_as_pool(name: str, args, kwargs):
+    """max_pool2d / avg_pool2d with kernel = stride = input / output size when that divides
+    exactly (the adaptive windows are then exactly those); NotImplemented otherwise."""
+    import torch.nn.functional as F
+
+    x, size, *rest = _bind(args, kwargs, ("input", "output_size", "return_indices"))
+    if rest and rest[0] or getattr(x, "dim", lambda: 0)() not in (3, 4):
+        return NotImplemented
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    oh, ow = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
+    oh, ow = h if oh is None else int(oh), w if ow is None else int(ow)
+    if oh <= 0 or ow <= 0 or h % oh or w % ow:
+        return NotImplemented
+    k = (h // oh, w // ow)
+    if k == (1, 1):
+        return x.clone()
+    return F.max_pool2d(x, k, k) if _ADAPTIVE[name] == "max" else F.avg_pool2d(x, k, k)
 
 
 # Binary arithmetic reaching the mode with a Spectrum operand (tensor (op) spectrum, torch.mul(...)):

@@ -79,11 +79,12 @@ def _unfold_mean_sum(xp: np.ndarray, kh: int, kw: int, ho: int, wo: int) -> np.n
 
 
 def conv_input_stats(model, patches: np.ndarray, threads: int | None = None, batch: int = 8,
-                     max_rows: int = 16384, seed: int = 0) -> dict[str, ConvStats]:
+                     max_rows: int = 16384, seed: int = 0, second_moments: bool = True) -> dict[str, ConvStats]:
     """Second moments of every plain (group 1, stride 1) Conv's input, from the fp32 model.
 
     At most `max_rows` im2col rows per conv (a fixed random subset of all positions) enter
-    ``H``; the mean uses every position.
+    ``H``; the mean uses every position. Without `second_moments` (bias correction alone needs
+    only the mean) ``H`` is an empty array and no im2col rows are built.
     """
     import onnx
     from onnx import numpy_helper
@@ -127,11 +128,14 @@ def conv_input_stats(model, patches: np.ndarray, threads: int | None = None, bat
             H, s, c, r = acc.get(n.name, (0.0, 0.0, 0, 0))
             s = s + _unfold_mean_sum(xp, kh, kw, ho, wo)
             c += total
+            if not second_moments:
+                acc[n.name] = [0.0, s, c, r]
+                continue
             take = min(total, max(1, max_rows // n_batches))
             rows = rng.choice(total, take, replace=False) if take < total else np.arange(total)
             X = _unfold_rows(xp, kh, kw, ho, wo, rows)
             acc[n.name] = [H + (X.T @ X).astype(np.float64), s, c, r + len(X)]
-    return {k: ConvStats(H / r, s / c, r) for k, (H, s, c, r) in acc.items()}
+    return {k: ConvStats(H / r if r else np.empty((0, 0)), s / c, r) for k, (H, s, c, r) in acc.items()}
 
 
 def gptq_codes(W: np.ndarray, scale: np.ndarray, qmax: np.ndarray, H: np.ndarray, damp: float = 0.01) -> np.ndarray:
@@ -189,7 +193,8 @@ class WeightRefiner:
         self.gptq, self.bias_correction, self.damp = gptq, bias_correction, damp
         if color_permutations and patches.ndim == 4 and patches.shape[1] == 3:
             patches = permute_colors(patches)
-        self.stats = conv_input_stats(fp32_model, patches, threads) if (gptq or bias_correction) else {}
+        self.stats = (conv_input_stats(fp32_model, patches, threads, second_moments=gptq)
+                      if (gptq or bias_correction) else {})
         inits = {i.name: i for i in fp32_model.graph.initializer}
         self.fp32 = {}
         for n in fp32_model.graph.node:

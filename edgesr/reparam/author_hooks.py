@@ -12,11 +12,12 @@ it) is verified the same way.
 
 from __future__ import annotations
 
-import copy
 import inspect
 from typing import Any, Sequence
 
 import numpy as np
+
+from .copying import clone_module
 
 # Method names authors give their deploy conversion (found in the NTIRE ESR 2022/2024 zoo:
 # switch_to_deploy, reparameter; the rest are common in RepVGG/ECB-style code).
@@ -76,7 +77,7 @@ def deploy_form(model, inputs: Sequence[np.ndarray], tol: float = TOL) -> tuple[
     current = model
     hooks = find_hooks(model)
     if hooks:
-        cand = copy.deepcopy(model)
+        cand = clone_module(model)  # deepcopy refuses modules holding non-leaf tensors (2022 team 42)
         entry: dict[str, Any] = {"called": [f"{p or '<model>'}.{n}()" for p, n in hooks]}
         try:
             mods = dict(cand.named_modules())
@@ -116,12 +117,22 @@ def _generic(model, inputs: Sequence[np.ndarray], tol: float) -> dict[str, Any]:
     import torch
 
     try:
-        res = collapse_linear(copy.deepcopy(model), torch.from_numpy(inputs[0]))
+        res = collapse_linear(model, torch.from_numpy(inputs[0]))  # works on its own copies
     except Exception as e:  # noqa: BLE001
         return {"applied": False, "reason": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}"}
-    err = _max_abs(model, res.module, inputs)
-    out = {"report": getattr(res, "report", {}), "max_abs": err, "module": res.module.eval()}
-    out["applied"] = bool(err <= tol) and res.module is not model
+    rep = getattr(res, "report", {}) or {}
+    # What the pass did, from its own report: the module it returns is always a new object, so
+    # "applied" must mean that something was collapsed or an author hook kept, not just "returned".
+    collapsed = int(rep.get("regions_collapsed") or 0)
+    hooks_kept = int((rep.get("deploy_hooks") or {}).get("kept") or 0)
+    err = _max_abs(model, res.module, inputs) if (collapsed or hooks_kept) else 0.0  # unchanged: not re-run
+    multi = sorted({r["scope"] or "(root)" for r in rep.get("regions", []) if r.get("status") == "collapsed"
+                    and ((r.get("ops") or {}).get("add", 0) >= 1 or (r.get("ops") or {}).get("conv", 0) >= 2)})
+    out = {"report": rep, "max_abs": err, "module": res.module.eval(), "regions_collapsed": collapsed,
+           "multi_branch_scopes": multi, "hooks_kept": hooks_kept}
+    out["applied"] = bool(err <= tol) and (collapsed > 0 or hooks_kept > 0)
     if err > tol:
         out["reason"] = f"changed the output by {err:.3g} (> {tol:g}); not applied"
+    elif not out["applied"]:
+        out["reason"] = "nothing to collapse (no affine sub-graph that is cheaper as one conv)"
     return out
