@@ -333,9 +333,10 @@ def test_mobile_artifact_swapped_after_its_check_is_not_used(tmp_path, monkeypat
     monkeypatch.setattr(bundle, "read_manifest", read_then_swap)
     img = tmp_path / "a.png"
     img.write_bytes(Corpus.png_rgb(20, 20))
-    from edgesr.cli import main
     import contextlib
     import io
+
+    from edgesr.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):

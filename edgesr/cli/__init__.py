@@ -101,8 +101,8 @@ def _main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # edgesr's commands return their status; only code it ran (--model) exits
         if debug:
             raise
-        print_error(f"code run by --model called sys.exit({e.code!r}) while edgesr was running it; nothing "
-                    "was finished")
+        _fail(f"code run by --model called sys.exit({e.code!r}) while edgesr was running it; nothing was finished",
+              "SystemExit", 1)
         return 1
     except BrokenPipeError:
         # stdout closed early (e.g. piped into `head`): not an error worth a message.

@@ -114,8 +114,8 @@ def upscale_ray(model: str | Path, input: str | Path, output: str | Path, *, til
                 "max_memory": int(max_memory or default_max_memory())}
     results: list[Any] = [None] * len(jobs)
     t0 = time.perf_counter()
-    with ray_session(address) as ray:
-        import ray.data
+    with ray_session(address):
+        import ray.data  # binds `ray` too: the package ray_session connected
 
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # edgesr shows its own bar (counts of images)
