@@ -125,7 +125,7 @@ def test_signal_stops_endless_onnx_run(tmp_path, sig):
                           "--scale", "2"], cwd=corpus.root, env=_env(), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
-        line = p.stdout.readline()  # blocks until the run starts (or the child dies)
+        line = _readline_within(p.stdout, 300)  # the run has started (or the child died / never got there)
         assert line.strip() == "RUNNING", (line, p.stderr.read()[-2000:] if p.poll() is not None else "")
         time.sleep(1.0)
         assert p.poll() is None, "the endless model finished?"
