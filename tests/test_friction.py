@@ -168,6 +168,26 @@ def test_upscale_on_onnx_needs_no_backend_flag(bundled_onnx, tiny_testset, tmp_p
     assert json.loads(out)["backend"] == "ort" and (tmp_path / "sr.png").is_file()
 
 
+def test_folder_upscale_shows_progress_when_not_a_tty(bundled_onnx, tmp_path):
+    """A folder upscale run as a script (stderr not a terminal) prints periodic image counts on
+    stderr; stdout stays one JSON object under --json."""
+    from edgesr.imaging import write_image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        write_image(src / f"{i}.png", rng.random((48, 48, 3)))
+    env = dict(os.environ, EDGESR_PROGRESS_S="0.05", EDGESR_PROGRESS="1")
+    proc = subprocess.run([sys.executable, "-m", "edgesr", "upscale", str(bundled_onnx), str(src),
+                           str(tmp_path / "out"), "--threads", "1", "--json"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["images"]) == 6
+    counts = re.findall(r"^edgesr: upscale: (\d+)/6 images \(\d+%\), \d+ s$", proc.stderr, re.M)
+    assert counts, proc.stderr
+
+
 def test_bench_names_the_artifact_it_timed(bundled_onnx, capsys):
     rc, out, err = run_cli(capsys, "bench", bundled_onnx, "--size", "16x16", "--min-runs", "2", "--min-seconds",
                            "0", "--warmup", "0")

@@ -65,9 +65,6 @@ def _int_option(name: str, text, minimum: int) -> int | None:
     return v
 
 
-PLAIN_PROGRESS_S = 30.0
-
-
 def _tiling_cell(r) -> str:
     """'tile+overlap', 'untiled', or the boxes a fixed-size file cut itself."""
     cell = f"{r.tile}+{r.overlap}" if r.tiles > 1 else "untiled"
@@ -78,7 +75,6 @@ def _tiling_cell(r) -> str:
 
 def run(args) -> int:
     import sys
-    import time
 
     from ..errors import ImageError, ScaleMismatch
     from ..file_types import implied_backend
@@ -116,34 +112,31 @@ def run(args) -> int:
 
         model = resolve_user_model(args.model, backend=args.backend, threads=args.threads, scale=args.scale, **user)
 
-    from tqdm import tqdm
+    from ..progress import Progress
 
-    bar = tqdm(total=len(jobs), unit="img", disable=None if folder else True, file=sys.stderr, desc="upscale")
-    tiles_bar = {"bar": None, "last": time.monotonic()}
+    # folders: images counted; one big image: its tiles (a bar on a terminal, a plain line every
+    # EDGESR_PROGRESS_S seconds in logs)
+    bar = Progress("upscale", len(jobs), "images", show=folder)
+    tiles: dict = {"bar": None}
 
     def on_tile(i, n):
         if folder or n < 4:
             return
-        if not sys.stderr.isatty():  # logs get a plain line every PLAIN_PROGRESS_S instead of a bar
-            if time.monotonic() - tiles_bar["last"] >= PLAIN_PROGRESS_S:
-                tiles_bar["last"] = time.monotonic()
-                print(f"edgesr: upscale: {i}/{n} tiles ({100 * i // n}%)", file=sys.stderr, flush=True)
-            return
-        if tiles_bar["bar"] is None:
-            tiles_bar["bar"] = tqdm(total=n, unit="tile", file=sys.stderr, desc="upscale")
-        tiles_bar["bar"].update(1)
+        if tiles["bar"] is None:
+            tiles["bar"] = Progress("upscale", n, "tiles")
+        tiles["bar"].update(1)
 
     def step(r):
         bar.update(1)
         if isinstance(r, UpscaleFailure):
-            bar.write(f"edgesr: error: {one_line(r.error)}", file=sys.stderr)
+            bar.write(f"edgesr: error: {one_line(r.error)}")
 
     try:
         results = _upscale(args, model, user, tile, overlap, max_memory, step, on_tile)
     finally:
         bar.close()
-        if tiles_bar["bar"] is not None:
-            tiles_bar["bar"].close()
+        if tiles["bar"] is not None:
+            tiles["bar"].close()
     failed = [r for r in results if isinstance(r, UpscaleFailure)]
     done = [r for r in results if not isinstance(r, UpscaleFailure)]
     if args.json:
