@@ -122,11 +122,11 @@ def upscale_ray(model: str | Path, input: str | Path, output: str | Path, *, til
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plan/progress lines are not edgesr's answer
         n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         n_workers = min(n_workers, len(jobs))
-        ds = ray.data.from_items([{"i": i, "src": str(j.src.resolve()), "dst": str(j.dst.resolve())}
-                                  for i, j in enumerate(jobs)],
-                                 override_num_blocks=min(len(jobs), 32 * n_workers))
-        ds = ds.map_batches(UpscaleActor, fn_constructor_args=(model_path, how, settings), batch_size=1,
-                            compute=ray.data.ActorPoolStrategy(size=n_workers), num_cpus=1)
+        items = ray.data.from_items([{"i": i, "src": str(j.src.resolve()), "dst": str(j.dst.resolve())}
+                                     for i, j in enumerate(jobs)],
+                                    override_num_blocks=min(len(jobs), 32 * n_workers))
+        ds = items.map_batches(UpscaleActor, fn_constructor_args=(model_path, how, settings), batch_size=1,
+                               compute=ray.data.ActorPoolStrategy(size=n_workers), num_cpus=1)
         for row in ds.iter_rows():
             d = json.loads(row["result"])
             d.pop("ok")
