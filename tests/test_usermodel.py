@@ -370,3 +370,19 @@ def test_convert_of_a_fixed_size_export_states_tiling_was_not_measured(tmp_path,
     assert report["export"]["fixed_input_hw"] == [64, 64] and report["parity"]["ok"]
     assert report["tiling"]["method"] == "not measured (fixed-size graph)" and not report["tiling"]["exact"]
     assert json.loads((out / "manifest.json").read_text())["io"]["fixed_input_hw"] == [64, 64]
+
+
+def test_convert_int8_of_a_fixed_size_export(tmp_path, capsys):
+    """INT8 of a fixed-shape graph (batch and H/W fixed): calibration, refinement, ranking and the
+    verdict all run on inputs of exactly that shape (they fed 8-sample batches and 48-px crops)."""
+    from edgesr.usermodel import ModelRef, build_user_module
+
+    code = f"{REPO / 'models' / 'broken.py'}:SizeBakedNet"
+    torch.save(build_user_module(ModelRef.parse(code)).state_dict(), tmp_path / "w.pth")
+    out = tmp_path / "out"
+    rc = main(["convert", str(tmp_path / "w.pth"), "--model", code, "--model-path", str(REPO), "-o", str(out),
+               "--no-bench", "--no-ort-format", "--input-range", "1", "--int8", "--threads", "1"])
+    assert rc == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["io"]["fixed_input_hw"] == [64, 64]
+    assert any(a["role"].startswith("onnx_int8") for a in manifest["artifacts"])

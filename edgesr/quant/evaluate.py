@@ -18,9 +18,31 @@ class EvalScore:
 
 
 def make_session(model: str | os.PathLike | bytes, threads: int | None = None):
+    """An ONNX Runtime session for the quantizer's passes. A graph whose batch dimension is fixed
+    to 1 (a fixed-shape export) is fed batched calibration data one sample at a time."""
     from ..backends.ort_session import ort_session
 
-    return ort_session(model, threads=threads)
+    sess = ort_session(model, threads=threads)
+    batch = sess.get_inputs()[0].shape[0] if sess.get_inputs() and sess.get_inputs()[0].shape else None
+    return _OneSampleSession(sess) if batch == 1 else sess
+
+
+class _OneSampleSession:
+    """``run`` of a batch-1 graph over a batch: one sample per call, outputs concatenated."""
+
+    def __init__(self, session) -> None:
+        self._session = session
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
+
+    def run(self, output_names, feed: dict, *args, **kwargs):
+        n = max((len(v) for v in feed.values() if hasattr(v, "__len__")), default=1)
+        if n <= 1:
+            return self._session.run(output_names, feed, *args, **kwargs)
+        parts = [self._session.run(output_names, {k: v[i:i + 1] for k, v in feed.items()}, *args, **kwargs)
+                 for i in range(n)]
+        return [np.concatenate(outs, axis=0) for outs in zip(*parts)]
 
 
 RUNTIMES = ("onnxruntime", "openvino")

@@ -121,12 +121,23 @@ def _method_enum(method: str):
     return getattr(CalibrationMethod, _ORT_METHODS[method])
 
 
-def check_fp32_output(model_bytes: bytes, patches: np.ndarray, input_name: str, threads: int | None) -> None:
-    """Refuse a model whose output on the calibration data is all zero or not finite."""
+def _fixed_hw(onnx_path) -> bool:
+    """Whether the graph's input has a static height and width (a fixed-shape export)."""
+    import onnx
+
+    dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:])
+
+
+def check_fp32_output(model_bytes: bytes, patches: np.ndarray, input_name: str, threads: int | None,
+                      batch_size: int = 8) -> None:
+    """Refuse a model whose output on the calibration data is all zero or not finite. `batch_size`:
+    the calibration batch (1 for a fixed-shape graph, whose batch dimension is fixed too)."""
     sess = make_session(model_bytes, threads)
     peak = 0.0
-    for i in range(0, len(patches), 8):
-        y = sess.run(None, {input_name: patches[i:i + 8]})[0]
+    step = max(1, batch_size)
+    for i in range(0, len(patches), step):
+        y = sess.run(None, {input_name: patches[i:i + step]})[0]
         if not np.all(np.isfinite(y)):
             raise QuantizationError("the fp32 model produces NaN/Inf on the calibration data; "
                                     "check the model and its input range")
@@ -379,7 +390,8 @@ class QuantSession:
                                        batch_size=config.batch_size, input_name=input_name,
                                        progress=config.progress)
         self.source = source
-        check_fp32_output(model.SerializeToString(), source.patches, input_name, config.threads)
+        check_fp32_output(model.SerializeToString(), source.patches, input_name, config.threads,
+                          batch_size=config.batch_size)
         if self.evalset is None:
             self.evalset = held_out_eval_set(spec.scale)
         if len(self.evalset) == 0:
@@ -508,13 +520,14 @@ class QuantSession:
 
             s = self.spec.scale
             pairs = []
+            side = self.RANK_SIDE if not _fixed_hw(self._qs.fp32_path) else 1 << 30  # a fixed-shape graph: as is
             for p in self.evalset.pairs:
-                h = min(p.hr.shape[0], self.RANK_SIDE) // s * s
-                w = min(p.hr.shape[1], self.RANK_SIDE) // s * s
+                h = min(p.hr.shape[0], side) // s * s
+                w = min(p.hr.shape[1], side) // s * s
                 t, l = (p.hr.shape[0] - h) // 2 // s * s, (p.hr.shape[1] - w) // 2 // s * s
                 pairs.append(EvalPair(p.name, np.ascontiguousarray(p.lr[t // s:(t + h) // s, l // s:(l + w) // s]),
                                       np.ascontiguousarray(p.hr[t:t + h, l:l + w])))
-            small = EvalSet(f"{self.evalset.name} (centre crops <= {self.RANK_SIDE} px)", s, pairs)
+            small = EvalSet(f"{self.evalset.name} (centre crops <= {min(side, self.RANK_SIDE)} px)", s, pairs)
             q = self._qs
             self._rank_qs = _Session(q.fp32_path, q.spec, q.config, q.ranges_path, small, q.workdir,
                                      list(q.layers.values()), q.refiner)
