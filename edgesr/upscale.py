@@ -5,7 +5,7 @@ accepts, split into tiles by the rule in :mod:`edgesr.tiling`, and written as it
 computed: a row of tiles at a time is quantized to 8/16-bit and streamed into the PNG
 encoder (JPEG/WebP, which Pillow encodes whole, are refused when their output does not fit
 the budget). Peak memory is bounded by ``--max-memory`` (default: a quarter of RAM, at most
-1.5 GiB), not by the picture: ``--tile auto`` picks the largest tile whose estimated peak
+1.5 GiB, and at least 512 MiB above what the process already holds), not by the picture: ``--tile auto`` picks the largest tile whose estimated peak
 (process baseline + input codes + one output strip + one model call, the latter from the
 graph's own activation sizes) fits, untiled when the whole image does.
 
@@ -66,7 +66,8 @@ WRITE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MIB = 1 << 20
 GIB = 1 << 30
 MEMORY_FRACTION = 0.25  # default --max-memory: this share of RAM ...
-MEMORY_CAP = 3 * GIB // 2  # ... but at most 1.5 GiB
+MEMORY_CAP = 3 * GIB // 2  # ... but at most 1.5 GiB ...
+MEMORY_HEADROOM = GIB // 2  # ... and at least this much above what the process already holds
 STRIP_BLOCK_BYTES = 8 * MIB  # float temporaries when quantizing a core, per block of rows
 ENCODER_BYTES = 64 * MIB  # PNG filter + zlib temporaries (PngWriter filters 2 MiB blocks)
 TILE_CANDIDATES = (4096, 3072, 2048, 1536, 1024, 768, 512, 384, 256, 192, 128, 96, 64, 48, 32, 24, 16)
@@ -83,9 +84,13 @@ def total_ram() -> int | None:
 
 
 def default_max_memory() -> int:
-    """A quarter of physical RAM, at most 1.5 GiB (1.5 GiB when RAM is unknown)."""
+    """A quarter of physical RAM, at most 1.5 GiB (1.5 GiB when RAM is unknown), and at least
+    MEMORY_HEADROOM above what this process already holds: edgesr called inside a larger
+    process (a notebook, a service, a test run with many libraries loaded) can start above
+    1.5 GiB, and the budget bounds the work, not the host."""
     ram = total_ram()
-    return MEMORY_CAP if ram is None else max(256 * MIB, min(MEMORY_CAP, int(ram * MEMORY_FRACTION)))
+    base = MEMORY_CAP if ram is None else max(256 * MIB, min(MEMORY_CAP, int(ram * MEMORY_FRACTION)))
+    return max(base, current_rss() + MEMORY_HEADROOM)
 
 
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)

@@ -156,3 +156,20 @@ def test_sigkilled_folder_upscale_leaves_nothing_after_a_forced_rerun(ckpt, tmp_
     assert names == ["big.png", "keep.me", "small.png"], names
     assert read_image(out / "big.png").rgb.shape == (2400, 2400, 3)
     assert (out / "keep.me").read_bytes() == b"user file"
+
+
+def test_default_memory_budget_leaves_room_above_what_the_process_holds():
+    """The default --max-memory is a quarter of RAM (at most 1.5 GiB), but never less than 512 MiB
+    above the process's current RSS: edgesr inside a process that already holds 1.5 GiB (many
+    libraries loaded, e.g. a test run) must still upscale a tiny image."""
+    import numpy as np
+
+    from edgesr.upscale import MEMORY_CAP, MEMORY_HEADROOM, current_rss, default_max_memory
+
+    assert default_max_memory() >= current_rss() + MEMORY_HEADROOM - (64 << 20)  # RSS moves a little
+    held = np.ones(int(MEMORY_CAP) // 8 + (1 << 20), dtype=np.float64)  # hold more than the cap itself
+    try:
+        assert current_rss() > MEMORY_CAP
+        assert default_max_memory() >= current_rss() + MEMORY_HEADROOM - (64 << 20)
+    finally:
+        del held
