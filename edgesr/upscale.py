@@ -5,9 +5,10 @@ accepts, split into tiles by the rule in :mod:`edgesr.tiling`, and written as it
 computed: a row of tiles at a time is quantized to 8/16-bit and streamed into the PNG
 encoder (JPEG/WebP, which Pillow encodes whole, are refused when their output does not fit
 the budget). Peak memory is bounded by ``--max-memory`` (default: a quarter of RAM, at most
-1.5 GiB, and at least 512 MiB above what the process already holds), not by the picture: ``--tile auto`` picks the largest tile whose estimated peak
-(process baseline + input codes + one output strip + one model call, the latter from the
-graph's own activation sizes) fits, untiled when the whole image does.
+1.5 GiB, and at least 512 MiB above what the process already holds), not by the picture:
+``--tile auto`` picks the largest tile whose estimated peak (process baseline + input codes +
+one output strip + one model call, the latter from the graph's own activation sizes) fits,
+untiled when the whole image does.
 
 Tiling claims are measurements, never declarations: a bundle carries the measurement made
 at convert time (``tiling.measured`` in its manifest); for a checkpoint or ONNX file the

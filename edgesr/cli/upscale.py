@@ -24,7 +24,8 @@ def add_parser(sub):
                    help="input pixels added on each side of a tile (default: the measured receptive field, "
                         "which makes tiled == untiled for local models)")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
-                   help="peak memory budget, e.g. 1.5G or 800M (default: a quarter of RAM, at most 1.5G, and at least 512M above what edgesr already holds)")
+                   help="peak memory budget, e.g. 1.5G or 800M (default: a quarter of RAM, at most 1.5G, and at "
+                        "least 512M above what edgesr already holds)")
     p.add_argument("--backend", choices=["torch", "ort", "openvino", "ort-int8", "openvino-int8", "litert", "litert-int8",
                                          "ncnn", "ncnn-int8", "coreml"], default=None,
                    help="default: the runtime MODEL's file type implies (.onnx/.ort -> ort, .xml -> openvino, "
