@@ -268,7 +268,10 @@ def test_ctrl_c_stops_the_cluster_work(ray_cluster, tiny_zoo, tmp_path):
     out = tmp_path / "z"
     cmd = [sys.executable, "-m", "edgesr", "convert", "--zoo", str(tiny_zoo), "-o", str(out), "--executor", "ray",
            "--ray-address", ray_cluster, "--zoo-only", "tiny-a", "--no-bench"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT back to its default in the child: a runner started as a background job has it ignored,
+    # and the test plays a terminal's Ctrl-C
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child = None
     deadline = time.monotonic() + 300
     while child is None and proc.poll() is None and time.monotonic() < deadline:
