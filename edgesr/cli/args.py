@@ -105,3 +105,17 @@ nonneg_finite = float_range(0.0)
 def print_error(message: object) -> None:
     """The one line a failing command prints (names escaped whatever the message holds)."""
     print(f"edgesr: error: {one_line(message)}", file=sys.stderr)
+
+
+def add_runtime_backend(p: argparse.ArgumentParser) -> None:
+    """`--backend` of the commands that run one MODEL (eval, upscale): every runtime
+    edgesr.resolve opens, default from the MODEL's file type."""
+    from ..resolve import BACKENDS
+
+    p.add_argument("--backend", choices=list(BACKENDS), default=None,
+                   help="default: the runtime MODEL's file type implies (.onnx/.ort -> ort, .xml -> openvino, "
+                        ".tflite -> litert, .param -> ncnn), torch for a checkpoint or OUTDIR. "
+                        "torch, ort (ONNX Runtime CPU), openvino (needs pip install 'edgesr[openvino]'); "
+                        "ort-int8 / openvino-int8 run the INT8 graph a convert OUTDIR holds for that runtime; from "
+                        "an OUTDIR also its mobile artifacts (litert, ncnn and their -int8; coreml: no runtime "
+                        "here). A .tflite / .param MODEL runs on its own runtime")

@@ -15,14 +15,7 @@ def add_parser(sub):
     p.add_argument("model", help="checkpoint, .onnx/.ort file, or convert OUTDIR")
     p.add_argument("--testset", required=True, help="test set folder (HR/ and LR_bicubic/X<s>/)")
     p.add_argument("--scale", type=argtypes.scale, required=True, help="upscaling factor (must match the model)")
-    p.add_argument("--backend", choices=["torch", "ort", "openvino", "ort-int8", "openvino-int8", "litert", "litert-int8",
-                                         "ncnn", "ncnn-int8", "coreml"], default=None,
-                   help="default: the runtime MODEL's file type implies (.onnx/.ort -> ort, .xml -> openvino, "
-                        ".tflite -> litert, .param -> ncnn), torch for a checkpoint or OUTDIR. "
-                        "torch, ort (ONNX Runtime CPU), openvino (needs pip install 'edgesr[openvino]'); "
-                        "ort-int8 / openvino-int8 run the INT8 graph a convert OUTDIR holds for that runtime; from "
-                        "an OUTDIR also its mobile artifacts (litert, ncnn and their -int8; coreml: no runtime "
-                        "here). A .tflite / .param MODEL runs on its own runtime")
+    argtypes.add_runtime_backend(p)
     p.add_argument("--arch", help="architecture name, when detection from the checkpoint is not enough")
     p.add_argument("--threads", type=argtypes.threads, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
