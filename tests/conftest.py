@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers.paths import REPO
+
 SHARED = Path(os.environ.get("EDGESR_SHARED", REPO.parent / "shared"))
 CKPTS = SHARED / "checkpoints" / "etds-repo"
 SET5 = SHARED / "testsets" / "Set5"

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from edgesr import registry
+from edgesr.backends.ort_session import ort_session
 from edgesr.errors import ExportError
 from edgesr.export import export_onnx
 from edgesr.reparam import is_deploy_form, reparameterize
@@ -55,15 +56,6 @@ def _models(name):
     return arch, None, lm.module.eval(), lm.spec
 
 
-def _ort(path):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 @pytest.mark.parametrize("name", SMALL)
 def test_family_exports_dynamic_with_parity(name, tmp_path):
     arch, train, dep, spec = _models(name)
@@ -76,7 +68,7 @@ def test_family_exports_dynamic_with_parity(name, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = export_onnx(dep, spec, tmp_path / f"{name}.onnx", simplify=False, check=False)
-    sess = _ort(res.path)
+    sess = ort_session(res.path, threads=1)
     for i, (n, h, w) in enumerate(SIZES):
         x = _rand((n, 3, h, w), i)
         with torch.inference_mode():
@@ -178,7 +170,7 @@ def test_every_shift_form_exports_with_dynamic_shapes(mode, tmp_path):
     x = _rand((1, 3, 13, 8), 0)
     with torch.inference_mode():
         ref = m(torch.from_numpy(x)).numpy()
-    assert np.abs(_ort(res.path).run(None, {"input": x})[0] - ref).max() < 1e-6
+    assert np.abs(ort_session(res.path, threads=1).run(None, {"input": x})[0] - ref).max() < 1e-6
 
 
 # ---- family specifics ----------------------------------------------------------------------

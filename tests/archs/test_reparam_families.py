@@ -30,6 +30,8 @@ from edgesr.archs.span import SPAN, Conv3XC
 from edgesr.errors import KeyMismatch, ScaleMismatch
 from edgesr.reparam import reparameterize, training_blocks
 
+from helpers.models import n_convs, rel_err
+
 TOL = 1e-5
 TOL64 = 1e-10
 SIZES = [(1, 1), (17, 23), (2, 5), (6, 3)]
@@ -42,11 +44,6 @@ fast = settings(max_examples=10, deadline=None)
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    assert out.shape == ref.shape, (out.shape, ref.shape)
-    return float((out - ref).abs().max() / max(1.0, float(ref.abs().max())))
-
 
 @torch.no_grad()
 def randomize_(model: nn.Module, seed: int) -> nn.Module:
@@ -91,10 +88,6 @@ def reparam_checked(model: nn.Module) -> nn.Module:
     assert set(after) == set(before)
     assert all(torch.equal(after[k], before[k]) for k in before)
     return deploy
-
-
-def n_convs(model: nn.Module) -> int:
-    return sum(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def check_block(block: nn.Module, cin: int, hw, seed: int, convs: int | None = 1) -> None:

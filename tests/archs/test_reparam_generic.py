@@ -16,7 +16,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from test_reparam_families import NETWORKS, image, randomize_, rel_err, snapshot
+from test_reparam_families import NETWORKS, image, randomize_, snapshot
 from torch import nn
 
 from edgesr import registry
@@ -31,13 +31,11 @@ from edgesr.pipeline import BUNDLED_CHECKPOINT
 from edgesr.reparam import TrainingBlock, reparameterize
 from edgesr.reparam.generic import GenericReparamError, collapse_linear, summary_lines
 
+from helpers.models import n_convs, rel_err
+from helpers.paths import REPO
+
 TOL = 1e-5
-REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 SIZES = [(1, 1), (17, 23), (2, 5), (6, 3)]
-
-
-def n_convs(model: nn.Module) -> int:
-    return sum(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def n_params(model: nn.Module) -> int:
@@ -489,7 +487,7 @@ def test_zoo_training_form_blocks_collapse_with_the_teams_own_code(case, shared_
     p = subprocess.run([sys.executable, "-c", ZOO_SCRIPT, str(repo), module, cls, json.dumps(kwargs),
                         str(repo / "model_zoo" / weights), str(data_range), str(lr)],
                        capture_output=True, text=True, timeout=900, cwd=tmp_path,
-                       env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     joined = [r for r in out["regions"] if r["status"] == "collapsed" and r["ops"].get("add")

@@ -18,6 +18,8 @@ from torch import nn
 from edgesr.archs.common import pad_with_bias
 from edgesr.reparam import kernels as K
 
+from helpers.models import rel_err
+
 TOL = 1e-5
 SIZES = [(1, 1), (17, 23), (2, 5), (6, 3), (1, 4)]
 VALID_SIZES = [(9, 9), (17, 23), (9, 12), (11, 10)]  # big enough for unpadded 5x5 stacks
@@ -26,12 +28,6 @@ channels = st.integers(1, 6)
 sizes = st.sampled_from(SIZES)
 seeds = st.integers(0, 2**31 - 1)
 fast = settings(max_examples=12, deadline=None)
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    assert out.shape == ref.shape, (out.shape, ref.shape)
-    out, ref = out.detach(), ref.detach()
-    return float((out - ref).abs().max() / max(1.0, float(ref.abs().max())))
 
 
 def rand_kernel(g, cout, cin, kh, kw=None) -> torch.Tensor:

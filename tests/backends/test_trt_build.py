@@ -30,26 +30,15 @@ from edgesr.backends.trt import (
 from edgesr.errors import BackendUnavailable, EngineBuildError
 from edgesr.fsutil import sha256_file
 
+from helpers.models import TinySR
+from helpers.quantize import ort_quantize_qdq
+
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install 'edgesr[trt-rtx]')")
 
 SCALE = 2
 # LR profile used throughout: rounds to min 16x20, opt 64x64, max 248x256 with size_multiple=4.
 PROFILE = ShapeProfile(min_hw=(15, 17), opt_hw=(63, 64), max_hw=(250, 256), size_multiple=4)
 OPTS = BuildOptions(max_threads=1)
-
-
-class TinySR(torch.nn.Module):
-    """3 convs + ReLU + PixelShuffle (DepthToSpace in ONNX): the shape of an efficient SR net."""
-
-    def __init__(self, channels: int = 8, scale: int = SCALE) -> None:
-        super().__init__()
-        self.head = torch.nn.Conv2d(3, channels, 3, padding=1)
-        self.body = torch.nn.Conv2d(channels, channels, 3, padding=1)
-        self.tail = torch.nn.Conv2d(channels, 3 * scale * scale, 3, padding=1)
-        self.up = torch.nn.PixelShuffle(scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.tail(torch.relu(self.body(torch.relu(self.head(x))))))
 
 
 def _export(path: Path, seed: int = 0) -> Path:
@@ -70,25 +59,10 @@ def _export(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def _quantize(src: Path, dst: Path, **extra) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
+def _quantize(src: Path, dst: Path, activation_type: str = "QInt8", **extra) -> Path:
     rng = np.random.default_rng(0)
     batches = [{"lr": rng.random((1, 3, 24, 24), dtype=np.float32)} for _ in range(4)]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(batches)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    kw = dict(activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-    kw.update(extra.pop("types", {}))
-    quantize_static(
-        str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, extra_options=extra, **kw
-    )
-    return dst
+    return ort_quantize_qdq(src, dst, batches, activation_type=activation_type, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -285,9 +259,7 @@ def test_int32_bias_qdq_is_refused_with_node_names(models, tmp_path):
 
 
 def test_asymmetric_zero_point_is_refused(models, tmp_path):
-    from onnxruntime.quantization import QuantType
-
-    q = _quantize(models["fp32"], tmp_path / "u8.onnx", types={"activation_type": QuantType.QUInt8}, QuantizeBias=False)
+    q = _quantize(models["fp32"], tmp_path / "u8.onnx", activation_type="QUInt8", QuantizeBias=False)
     info = inspect_onnx(q)
     assert "uint8" in info.quant_dtypes
     with pytest.raises(EngineBuildError, match=r"only symmetric quantization \(zero point 0\).*non-zero uint8 zero point"):

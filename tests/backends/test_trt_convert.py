@@ -14,6 +14,9 @@ import torch
 
 from edgesr.cli import main
 
+from helpers.cli import run_cli
+from helpers.weights import save_weights
+
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install 'edgesr[trt-rtx]')")
 
 from edgesr.backends.trt import open_runner, read_sidecar  # noqa: E402
@@ -24,16 +27,8 @@ from edgesr.fsutil import sha256_file  # noqa: E402
 NO_GPU = not torch.cuda.is_available()
 
 
-def run_cli(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    from safetensors.torch import save_file
-
     from edgesr.registry import build_variant
 
     torch.manual_seed(0)
@@ -42,7 +37,7 @@ def ckpt(tmp_path_factory) -> Path:
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     path = tmp_path_factory.mktemp("ckpt") / "espcn_x2.safetensors"
-    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    save_weights(m, path)
     return path
 
 

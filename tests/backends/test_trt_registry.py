@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from edgesr.errors import EngineBuildError, ExportError
-from edgesr.registry import architectures, build_variant, get_variant
+from edgesr.registry import architectures, build_variant
+
+from helpers.models import random_deploy
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install 'edgesr[trt-rtx]')")
 
@@ -53,19 +54,11 @@ def _smallest_variant(arch_name: str) -> str:
     return min((v.name for v in arch.variants), key=size)
 
 
-@torch.no_grad()
 def _deploy(variant: str):
-    """The deploy form the way `edgesr convert` makes it: training form (when the family has
-    one) with perturbed weights, reparameterized."""
-    from edgesr.reparam import reparameterize
-
-    torch.manual_seed(0)
-    arch, _ = get_variant(variant)
-    lm = build_variant(variant, "training" if "training" in arch.forms else "deploy")
-    for p in lm.module.parameters():  # non-trivial weights: zero/identity inits hide layout bugs
-        p.add_(torch.randn_like(p) * 0.01)
-    module = reparameterize(lm.module) if lm.spec.form == "training" else lm.module
-    return module.eval(), replace(lm.spec, form="deploy")
+    """The deploy form the way `edgesr convert` makes it (helpers.models.random_deploy), with its
+    spec saying so."""
+    module, spec = random_deploy(variant)
+    return module, replace(spec, form="deploy")
 
 
 def _calib_inputs(spec, n: int = 2) -> list[np.ndarray]:

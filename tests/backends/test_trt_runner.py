@@ -14,22 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from edgesr.backends.ort_session import ort_session
 from edgesr.backends.trt import BuildOptions, EngineShapeError, ShapeProfile, TensorRTRunner, build_engine
 from edgesr.errors import BackendUnavailable
 
+from helpers.models import TinySR
+
 MODULES = {"rtx": "tensorrt_rtx", "trt": "tensorrt"}
-
-
-class TinySR(torch.nn.Module):
-    def __init__(self, channels: int = 8, scale: int = 2) -> None:
-        super().__init__()
-        self.head = torch.nn.Conv2d(3, channels, 3, padding=1)
-        self.body = torch.nn.Conv2d(channels, channels, 3, padding=1)
-        self.tail = torch.nn.Conv2d(channels, 3 * scale * scale, 3, padding=1)
-        self.up = torch.nn.PixelShuffle(scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.tail(torch.relu(self.body(torch.relu(self.head(x))))))
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +38,8 @@ def onnx_fp32(tmp_path_factory) -> Path:
     return path
 
 
-def _ort(path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"lr": x})[0]
+def _ort_reference(path: Path, x: np.ndarray) -> np.ndarray:
+    return ort_session(path).run(None, {"lr": x})[0]
 
 
 def _gpu_flavour_or_skip(name: str) -> None:
@@ -83,7 +71,7 @@ def test_runner_matches_onnxruntime(onnx_fp32, tmp_path, flavour):
     rng = np.random.default_rng(0)
     x1 = rng.random((1, 3, 40, 48), dtype=np.float32)
     x2 = rng.random((2, 3, 24, 32), dtype=np.float32)
-    ref1, ref2 = _ort(onnx_fp32, x1), _ort(onnx_fp32, x2)
+    ref1, ref2 = _ort_reference(onnx_fp32, x1), _ort_reference(onnx_fp32, x2)
 
     cache = tmp_path / "runtime.cache"
     rtx_only = {"runtime_cache": cache, "kernel_specialization": "eager"} if flavour == "rtx" else {}
@@ -106,7 +94,7 @@ def test_runner_matches_onnxruntime(onnx_fp32, tmp_path, flavour):
 
     with TensorRTRunner(art.path, cuda_graph=True) as g:
         np.testing.assert_allclose(g.run({"lr": x1})["sr"], ref1, atol=5e-3)
-        np.testing.assert_allclose(g.run({"lr": x1 * 0.5})["sr"], _ort(onnx_fp32, x1 * 0.5), atol=5e-3)
+        np.testing.assert_allclose(g.run({"lr": x1 * 0.5})["sr"], _ort_reference(onnx_fp32, x1 * 0.5), atol=5e-3)
         x3 = rng.random((1, 3, 32, 32), dtype=np.float32)
-        np.testing.assert_allclose(g.run({"lr": x3})["sr"], _ort(onnx_fp32, x3), atol=5e-3)
+        np.testing.assert_allclose(g.run({"lr": x3})["sr"], _ort_reference(onnx_fp32, x3), atol=5e-3)
         assert len(g.time_gpu({"lr": x3}, warmup=1, iters=3)) == 3

@@ -26,6 +26,8 @@ from edgesr.bench import (
 )
 from edgesr.costmodel import count_macs
 
+from helpers.weights import save_weights
+
 
 class FakeClock:
     """A clock that only moves when a fake workload says so."""
@@ -410,14 +412,12 @@ def test_count_macs_reports_functional_convs_hooks_miss():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from safetensors.torch import save_file
-
     from edgesr.registry import build_variant
 
     torch.manual_seed(0)
     lm = build_variant("ecbsr-m4c16-x4", "training")
     p = tmp_path_factory.mktemp("bench") / "tiny_ecbsr_x4.safetensors"
-    save_file({k: v.contiguous() for k, v in lm.module.state_dict().items()}, str(p))
+    save_weights(lm.module, p)
     return p
 
 

@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from edgesr.fsutil import sha256_file
+
+from helpers.paths import REPO
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 

@@ -10,21 +10,7 @@ import torch
 
 from edgesr.cli import main
 
-
-def run_cli(capsys, *argv):
-    rc = main(list(argv))
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
-def assert_one_line_error(rc, err, *needles):
-    assert rc != 0
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("edgesr: error:"), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
+from helpers.cli import assert_one_line_error, run_cli
 
 
 def test_missing_checkpoint(capsys, tmp_path):

@@ -19,13 +19,8 @@ import pytest
 from edgesr.cli import build_parser, main
 from edgesr.pipeline import BUNDLED_CHECKPOINT
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run_cli(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
+from helpers.cli import run_cli
+from helpers.paths import REPO
 
 
 @pytest.fixture(scope="module")

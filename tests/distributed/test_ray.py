@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgesr.pipeline import BUNDLED_CHECKPOINT
+
 ray = pytest.importorskip("ray", reason="needs pip install 'edgesr[ray]'")
 
-BUNDLED = Path(__file__).resolve().parents[2] / "edgesr" / "assets" / "ecbsr_m4c16_x4_bundled.safetensors"
 TINY_CODE = '''
 import torch
 from torch import nn
@@ -312,9 +313,9 @@ def _cli(*args: str) -> tuple[int, str, str]:
 def test_bulk_upscale_on_ray_equals_local_byte_for_byte(ray_cluster, tmp_path):
     src = tmp_path / "in"
     _images(src)
-    rc_local, out, err = _cli("upscale", str(BUNDLED), str(src), str(tmp_path / "local"), "--threads", "1", "--json")
+    rc_local, out, err = _cli("upscale", str(BUNDLED_CHECKPOINT), str(src), str(tmp_path / "local"), "--threads", "1", "--json")
     local = json.loads(out)
-    rc_ray, out, err = _cli("upscale", str(BUNDLED), str(src), str(tmp_path / "ray"), "--threads", "1", "--json",
+    rc_ray, out, err = _cli("upscale", str(BUNDLED_CHECKPOINT), str(src), str(tmp_path / "ray"), "--threads", "1", "--json",
                             "--executor", "ray", "--ray-address", ray_cluster, "--ray-workers", "2")
     remote = json.loads(out)
     assert rc_local == rc_ray != 0, err  # the broken image fails in both
@@ -334,7 +335,7 @@ def test_convert_folder_on_ray_matches_local(ray_cluster, tmp_path):
     """`convert DIR --executor ray`: one task per checkpoint, the same bundle as the local batch."""
     folder = tmp_path / "ckpts"
     folder.mkdir()
-    shutil.copy(BUNDLED, folder / "ecbsr.safetensors")
+    shutil.copy(BUNDLED_CHECKPOINT, folder / "ecbsr.safetensors")
     (folder / "broken.pth").write_bytes(b"not a checkpoint")
     common = ["--no-bench", "--no-ort-format", "--json"]
     rc_local, out, err = _cli("convert", str(folder), "-o", str(tmp_path / "local"), *common)
@@ -363,9 +364,9 @@ def test_video_over_frame_ranges_on_ray_equals_local(ray_cluster, tmp_path):
 
     src = tmp_path / "in.mkv"
     _clip(src, "ffv1", "bgr0")
-    rc, out, err = _cli("upscale", str(BUNDLED), str(src), str(tmp_path / "local.mkv"), "--threads", "1")
+    rc, out, err = _cli("upscale", str(BUNDLED_CHECKPOINT), str(src), str(tmp_path / "local.mkv"), "--threads", "1")
     assert rc == 0, err
-    rc, out, err = _cli("upscale", str(BUNDLED), str(src), str(tmp_path / "ray.mkv"), "--threads", "1", "--json",
+    rc, out, err = _cli("upscale", str(BUNDLED_CHECKPOINT), str(src), str(tmp_path / "ray.mkv"), "--threads", "1", "--json",
                         "--executor", "ray", "--ray-address", ray_cluster, "--ray-workers", "2")
     assert rc == 0, err
     res = json.loads(out)["video"]

@@ -16,6 +16,9 @@ from edgesr.registry import architectures, build_variant, get_variant, load_mode
 from edgesr.reparam import reparameterize
 from edgesr.spec import Spec
 
+from helpers.models import random_deploy
+from helpers.quantize import ort_quantize_qdq
+
 SIZES = [(17, 23), (64, 64), (31, 100)]  # odd non-square, square, wide
 ALL_VARIANTS = [v.name for a in architectures() for v in a.variants]
 # A few variants checked at three sizes and a batch of 2.
@@ -43,21 +46,6 @@ def _ort(path):
     from edgesr.backends.ort_runner import OrtRunner
 
     return OrtRunner(path, threads=1)
-
-
-def _deploy(name: str, seed: int = 0):
-    torch.manual_seed(seed)
-    arch, _ = get_variant(name)
-    lm = build_variant(name, "training" if "training" in arch.forms else "deploy")
-    _randomize(lm.module)
-    return reparameterize(lm.module), lm.spec
-
-
-@torch.no_grad()
-def _randomize(module: nn.Module) -> None:
-    """Non-trivial weights everywhere (zero / identity inits would hide layout bugs)."""
-    for p in module.parameters():
-        p.add_(torch.randn_like(p) * 0.01)
 
 
 def _rand(n, c, h, w, seed=0):
@@ -93,7 +81,7 @@ def _assert_matches_torch(module, runner, x, tol=1e-5):
 @pytest.mark.parametrize("name", VARIANT_PARAMS)
 def test_every_variant_exports_dynamic(name, tmp_path):
     """Every registered variant, one odd size (simplification: see the per-family test)."""
-    module, spec = _deploy(name)
+    module, spec = random_deploy(name)
     res = export_onnx(module, spec, tmp_path / "m.onnx", simplify=False)
     assert res.path.is_file() and res.max_abs_vs_torch is not None
     assert res.metadata["form"] == "deploy" and res.metadata["architecture"] == spec.arch
@@ -103,7 +91,7 @@ def test_every_variant_exports_dynamic(name, tmp_path):
 
 @pytest.mark.parametrize("name", ONE_PER_FAMILY)
 def test_every_family_simplified_equals_unsimplified(name, tmp_path):
-    module, spec = _deploy(name, seed=4)
+    module, spec = random_deploy(name, seed=4)
     a = export_onnx(module, spec, tmp_path / "a.onnx", simplify=False, check=False)
     b = export_onnx(module, spec, tmp_path / "b.onnx", simplify=True)
     assert b.simplified, b.simplify_note
@@ -115,7 +103,7 @@ def test_every_family_simplified_equals_unsimplified(name, tmp_path):
 
 @pytest.mark.parametrize("name", FEW)
 def test_three_sizes_and_batch(name, tmp_path):
-    module, spec = _deploy(name, seed=1)
+    module, spec = random_deploy(name, seed=1)
     res = export_onnx(module, spec, tmp_path / "m.onnx")
     runner = _ort(res.path)
     for i, (h, w) in enumerate(SIZES):
@@ -127,7 +115,7 @@ def test_three_sizes_and_batch(name, tmp_path):
 def test_graph_io_is_dynamic_and_named(tmp_path):
     import onnx
 
-    module, spec = _deploy(FEW[0])
+    module, spec = random_deploy(FEW[0])
     res = export_onnx(module, spec, tmp_path / "m.onnx")
     m = onnx.load(str(res.path))
     assert [i.name for i in m.graph.input] == ["input"] and [o.name for o in m.graph.output] == ["output"]
@@ -143,7 +131,7 @@ def test_graph_io_is_dynamic_and_named(tmp_path):
 def test_static_export_has_fixed_shape(tmp_path):
     import onnx
 
-    module, spec = _deploy(FEW[0])
+    module, spec = random_deploy(FEW[0])
     res = export_onnx(module, spec, tmp_path / "m.onnx", dynamic=False, sample_shape=(1, 3, 24, 20))
     dims = [d.dim_value for d in onnx.load(str(res.path)).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 24, 20] and res.checked_shapes == [(1, 3, 24, 20)]
@@ -180,7 +168,7 @@ def test_pixel_shuffle_is_depth_to_space_crd_numerically(scale, tmp_path):
 def test_simplified_equals_unsimplified(tmp_path):
     import onnx
 
-    module, spec = _deploy(FEW[0], seed=2)
+    module, spec = random_deploy(FEW[0], seed=2)
     a = export_onnx(module, spec, tmp_path / "a.onnx", simplify=False)
     b = export_onnx(module, spec, tmp_path / "b.onnx", simplify=True)
     assert not a.simplified and b.simplified and b.simplify_note == ""
@@ -192,7 +180,7 @@ def test_simplified_equals_unsimplified(tmp_path):
 
 
 def test_metadata(tmp_path):
-    module, spec = _deploy(FEW[0])
+    module, spec = random_deploy(FEW[0])
     ck = tmp_path / "fake.pth"
     ck.write_bytes(b"weights")
     res = export_onnx(module, spec, tmp_path / "m.onnx", metadata={"note": "hello", "dataset": {"name": "x"}},
@@ -211,7 +199,7 @@ def test_metadata(tmp_path):
 
 
 def test_errors_are_one_line_and_leave_no_file(tmp_path):
-    module, spec = _deploy(FEW[0])
+    module, spec = random_deploy(FEW[0])
     with pytest.raises(ExportError, match="opset"):
         export_onnx(module, spec, tmp_path / "a.onnx", opset=9)
 
@@ -303,7 +291,7 @@ def test_fp16_overflow_is_refused_naming_the_tensor(tmp_path):
     from edgesr.errors import Fp16Overflow
     from edgesr.export import export_fp16
 
-    module, spec = _deploy("etds-t-x2", seed=3)
+    module, spec = random_deploy("etds-t-x2", seed=3)
     with torch.no_grad():
         module.backbone_convs[1].weight.mul_(1e5)
     res = export_onnx(module, spec, tmp_path / "m.onnx")
@@ -320,7 +308,7 @@ def test_fp16_overflow_is_refused_naming_the_tensor(tmp_path):
 def test_fp16_headroom_warning_and_range_scan(tmp_path):
     from edgesr.export import export_fp16, scan_ranges
 
-    module, spec = _deploy("etds-t-x2", seed=3)
+    module, spec = random_deploy("etds-t-x2", seed=3)
     res = export_onnx(module, spec, tmp_path / "m.onnx")
     xs = [random_image((1, 3, 16, 16), seed=1)]
     ranges = scan_ranges(res.path, xs)
@@ -335,30 +323,15 @@ def test_fp16_headroom_warning_and_range_scan(tmp_path):
 
 # ---- ORT format -----------------------------------------------------------------------------------
 
-def _quantize_qdq(src, dst, inputs):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"input": x} for x in inputs])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, per_channel=True)
-    return dst
-
-
 def test_ort_format_fp32_and_int8_match_onnx(tmp_path):
     import onnx
 
     from edgesr.export import export_ort
 
-    module, spec = _deploy("etds-t-x3", seed=5)
+    module, spec = random_deploy("etds-t-x3", seed=5)
     res = export_onnx(module, spec, tmp_path / "m.onnx")
     calib = [random_image((1, 3, 24, 24), seed=i) for i in range(3)]
-    q = _quantize_qdq(res.path, tmp_path / "m_int8.onnx", calib)
+    q = ort_quantize_qdq(res.path, tmp_path / "m_int8.onnx", [{"input": x} for x in calib])
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(q)).graph.node)
     for src in (res.path, q):
         out = export_ort(src)

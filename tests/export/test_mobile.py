@@ -23,6 +23,8 @@ from edgesr.pipeline import BUNDLED_CHECKPOINT
 from edgesr.registry import load_model
 from edgesr.reparam import reparameterize
 
+from helpers.models import FixedSizeTorch
+
 
 def _has(*mods: str) -> bool:
     import importlib.util
@@ -301,19 +303,6 @@ def test_float_layer_search_stops_at_the_budget():
 # --------------------------------------------------------------------------- fixed-size runners (no converter)
 
 
-class _FixedTorch:
-    """A fixed-size runner over a PyTorch module (stands in for a .tflite in the tiling tests)."""
-
-    def __init__(self, module, hw):
-        self.module, self.input_hw, self.name, self.calls = module, hw, "fixed", 0
-
-    def run(self, x):
-        assert tuple(x.shape[2:]) == self.input_hw
-        self.calls += 1
-        with torch.no_grad():
-            return self.module(torch.from_numpy(x)).numpy()
-
-
 def test_fixed_box_runner_tiles_with_boxes_of_exactly_its_size(bundled):
     from edgesr.backends.mobile import FixedBoxRunner, tile_starts
 
@@ -327,7 +316,7 @@ def test_fixed_box_runner_tiles_with_boxes_of_exactly_its_size(bundled):
                 assert nxt[1] == c1
     module, spec = bundled
     x = np.random.default_rng(0).random((1, 3, 45, 61), dtype=np.float32)
-    inner = _FixedTorch(module, (24, 28))
+    inner = FixedSizeTorch(module, (24, 28))
     y = FixedBoxRunner(inner, spec.scale, spec.receptive_field).run(x)
     with torch.no_grad():
         ref = module(torch.from_numpy(x)).numpy()
@@ -347,7 +336,7 @@ def test_fixed_box_upscale_plans_memory_for_one_box_not_the_whole_image(bundled,
     module, spec = bundled
     rgb = np.random.default_rng(1).random((400, 400, 3)).astype(np.float32)
     write_image(tmp_path / "in.png", rgb)
-    runner = FixedBoxRunner(_FixedTorch(module, (96, 96)), spec.scale, spec.receptive_field)
+    runner = FixedBoxRunner(FixedSizeTorch(module, (96, 96)), spec.scale, spec.receptive_field)
     r = upscale_file(runner, spec, tmp_path / "in.png", tmp_path / "out.png", tile=0,
                      max_memory=current_rss() + 200 * 2 ** 20)
     assert r.tiles == 1 and r.output_size == [1600, 1600]

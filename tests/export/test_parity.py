@@ -27,45 +27,24 @@ from edgesr.parity import (
     runner_precision,
     sample_stats,
 )
-from edgesr.registry import architectures, build_variant, get_variant, load_model
+from edgesr.registry import architectures, build_variant, load_model
 from edgesr.reparam import reparameterize
+
+from helpers.cli import run_cli
+from helpers.models import random_deploy
+from helpers.quantize import ort_quantize_qdq
 
 FAMILIES = [n for n in ("ecbsr-m4c16-x4", "etds-t-x3") if any(v.name == n for a in architectures() for v in a.variants)]
 SMALL = random_samples([(17, 23), (24, 24)])
-
-
-@torch.no_grad()
-def _deploy(name: str, seed: int = 0):
-    torch.manual_seed(seed)
-    arch, _ = get_variant(name)
-    lm = build_variant(name, "training" if "training" in arch.forms else "deploy")
-    for p in lm.module.parameters():
-        p.add_(torch.randn_like(p) * 0.01)
-    return reparameterize(lm.module), lm.spec
 
 
 @pytest.fixture(scope="module")
 def etds(tmp_path_factory):
     """ETDS-T x3 (random weights): torch deploy module, its spec and its simplified fp32 ONNX."""
     d = tmp_path_factory.mktemp("etds")
-    module, spec = _deploy(FAMILIES[-1], seed=1)
+    module, spec = random_deploy(FAMILIES[-1], seed=1)
     res = export_onnx(module, spec, d / "m.onnx")
     return module, spec, res.path
-
-
-def _quantize_qdq(src, dst, inputs):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"input": x} for x in inputs])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, per_channel=True)
-    return dst
 
 
 def _plant(src, dst, conv_index=3, delta=0.5):
@@ -86,7 +65,7 @@ def _plant(src, dst, conv_index=3, delta=0.5):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_torch_vs_onnx_passes_on_default_inputs(name, tmp_path):
-    module, spec = _deploy(name)
+    module, spec = random_deploy(name)
     res = export_onnx(module, spec, tmp_path / "m.onnx")
     rep = check_parity([TorchRunner(module, "torch:deploy"), OrtRunner(res.path, "ort:fp32", threads=1)])
     assert isinstance(rep, ParityReport) and rep.ok, rep.to_markdown()
@@ -180,7 +159,7 @@ def test_bisect_finds_every_position(etds, tmp_path):
 
 def test_qdq_tensors_map_to_float_names(etds, tmp_path):
     _, _, path = etds
-    q = _quantize_qdq(path, tmp_path / "q.onnx", [random_image((1, 3, 24, 24), seed=i) for i in range(2)])
+    q = ort_quantize_qdq(path, tmp_path / "q.onnx", [{"input": random_image((1, 3, 24, 24), seed=i)} for i in range(2)])
     import onnx
 
     pairs = matched_tensors(onnx.load(str(path)), onnx.load(str(q)))
@@ -198,7 +177,7 @@ def test_planted_weight_in_int8_model_is_localised(etds, tmp_path):
     _, _, path = etds
     calib = [random_image((1, 3, 24, 24), seed=i) for i in range(3)]
     conv = _plant(path, tmp_path / "bad.onnx", conv_index=2, delta=5.0)
-    q = _quantize_qdq(tmp_path / "bad.onnx", tmp_path / "bad_int8.onnx", calib)
+    q = ort_quantize_qdq(tmp_path / "bad.onnx", tmp_path / "bad_int8.onnx", [{"input": x} for x in calib])
     # int8's default gate is the ground-truth drop (SMALL has no ground truth): ask for PSNR vs fp32
     rep = check_parity([OrtRunner(path, "ort:fp32", threads=1), OrtRunner(q, "ort:int8", threads=1)], SMALL,
                        tolerances=Tolerance(min_psnr=40.0))
@@ -220,10 +199,10 @@ def test_fp16_runner_precision_and_parity(etds, tmp_path):
 
 
 def test_bf16_runner_gets_the_bf16_tolerance():
-    module, spec = _deploy("etds-t-x3", seed=2)
+    module, spec = random_deploy("etds-t-x3", seed=2)
     r16 = TorchRunner(module, name="torch:bf16", dtype=torch.bfloat16)
     assert runner_precision(r16) == "bf16"
-    rep = check_parity([TorchRunner(_deploy("etds-t-x3", seed=2)[0], name="torch:fp32"), r16], SMALL, scale=3)
+    rep = check_parity([TorchRunner(random_deploy("etds-t-x3", seed=2)[0], name="torch:fp32"), r16], SMALL, scale=3)
     c = rep.comparisons[0]
     assert c.precision == "bf16" and c.tolerance == PRESETS["bf16"]
     # bf16 keeps 8 significant bits: far coarser than fp16's limits, within its own
@@ -287,51 +266,43 @@ def test_runner_errors_are_reported_by_name(etds):
 
 # ---- CLI --------------------------------------------------------------------------------------------
 
-def _cli(argv, capsys):
-    from edgesr.cli import main
-
-    rc = main(argv)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
 def test_cli_pass_and_fail_with_json(ckpt_dir, tmp_path, capsys):
     ck = ckpt_dir / "ETDS" / "ETDS_M5C16_x2.pth"
     lm = load_model(ck)
     good = export_onnx(reparameterize(lm.module), lm.spec, tmp_path / "good.onnx").path
     conv = _plant(good, tmp_path / "bad.onnx", conv_index=2)
-    rc, out, _ = _cli(["parity", str(ck), str(good), "--json", "--limit", "1", "--sizes", "17x23"], capsys)
+    rc, out, _ = run_cli(capsys, "parity", str(ck), str(good), "--json", "--limit", "1", "--sizes", "17x23")
     d = json.loads(out)
     assert rc == 0 and d["ok"] is True and d["scale"] == 2 and len(d["samples"]) == 2
     assert d["comparisons"][0]["test"] == str(good) and d["comparisons"][0]["max_abs"] < 1e-5
 
-    rc, out, _ = _cli(["parity", f"{ck}:deploy", str(tmp_path / "bad.onnx"), "--json", "--limit", "1",
-                       "--sizes", "", "--heatmaps", str(tmp_path / "hm")], capsys)
+    rc, out, _ = run_cli(capsys, "parity", f"{ck}:deploy", str(tmp_path / "bad.onnx"), "--json", "--limit", "1",
+                                 "--sizes", "", "--heatmaps", str(tmp_path / "hm"))
     d = json.loads(out)
     c = d["comparisons"][0]
     assert rc == 1 and d["ok"] is False and c["failures"]
     assert c["first_divergence"]["node"] == conv.name and c["first_divergence"]["op_type"] == "Conv"
     assert c["heatmap"] and (tmp_path / "hm").is_dir()
 
-    rc, out, _ = _cli(["parity", str(good), str(good), "--json", "--sizes", "9x9", "--limit", "1"], capsys)
+    rc, out, _ = run_cli(capsys, "parity", str(good), str(good), "--json", "--sizes", "9x9", "--limit", "1")
     d = json.loads(out)
     assert rc == 0 and d["comparisons"][0]["test"] == f"{good} #2" and d["comparisons"][0]["max_abs"] == 0
 
-    rc, out, _ = _cli(["parity", str(good), str(tmp_path / "bad.onnx"), "--tol-max-abs", "1",
-                       "--min-psnr", "10", "--limit", "1", "--sizes", "9x9"], capsys)
+    rc, out, _ = run_cli(capsys, "parity", str(good), str(tmp_path / "bad.onnx"), "--tol-max-abs", "1",
+                                 "--min-psnr", "10", "--limit", "1", "--sizes", "9x9")
     assert rc == 0 and "bad.onnx" in out
 
 
 def test_cli_errors(ckpt_dir, tmp_path, capsys):
     ck = ckpt_dir / "ETDS" / "ETDS_M5C16_x2.pth"
-    rc, _, err = _cli(["parity", f"{ck}:training", str(ck)], capsys)
+    rc, _, err = run_cli(capsys, "parity", f"{ck}:training", str(ck))
     assert rc == 2 and "deploy form only" in err and err.count("\n") == 1
     (tmp_path / "m.engine").write_bytes(b"x")
-    rc, _, err = _cli(["parity", str(ck), str(tmp_path / "m.engine")], capsys)
+    rc, _, err = run_cli(capsys, "parity", str(ck), str(tmp_path / "m.engine"))
     assert rc != 0 and "m.engine" in err and err.count("\n") == 1
-    rc, _, err = _cli(["parity", str(ck), str(ck), "--sizes", "12by4"], capsys)
+    rc, _, err = run_cli(capsys, "parity", str(ck), str(ck), "--sizes", "12by4")
     assert rc == 2 and "--sizes" in err
-    rc, _, err = _cli(["parity", str(ck)], capsys)
+    rc, _, err = run_cli(capsys, "parity", str(ck))
     assert rc == 2 and "at least one" in err
 
 
@@ -347,8 +318,8 @@ def test_cli_training_form_and_suffix_parsing(tmp_path, capsys):
             p.add_(torch.randn_like(p) * 0.01)
     ck = tmp_path / "ecbsr_train.pth"
     torch.save(lm.module.state_dict(), ck)
-    rc, out, err = _cli(["parity", f"{ck}:training", f"{ck}:deploy", "--json", "--limit", "1",
-                         "--sizes", "17x23", "--tol-max-abs", "1e-4"], capsys)
+    rc, out, err = run_cli(capsys, "parity", f"{ck}:training", f"{ck}:deploy", "--json", "--limit", "1",
+                                   "--sizes", "17x23", "--tol-max-abs", "1e-4")
     d = json.loads(out)
     assert rc == 0, (d, err)
     assert d["comparisons"][0]["max_abs"] < 1e-4  # reparameterization is exact up to rounding

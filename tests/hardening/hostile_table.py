@@ -20,6 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE.parent))  # tests/: helpers
 sys.path.insert(0, str(HERE))
 
 from test_hardening import PEAK_RSS_BOUND, run_child_measured  # noqa: E402

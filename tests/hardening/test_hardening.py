@@ -26,15 +26,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_hostile_inputs import CASES, REPO, Corpus, Outcome, problems, run_in_process  # noqa: E402
+from test_hostile_inputs import CASES, Corpus, Outcome, problems, run_in_process  # noqa: E402
+
+from helpers.cli import child_env
 
 MEMORY_CASES = [c for c in CASES if c.memory]
 PEAK_RSS_BOUND = 1 << 30  # bytes; edgesr's own baseline (torch, onnx, onnxruntime imported) is ~0.25-0.35 GiB
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
 
 
 # Peak RSS must be measured on a process forked from a small one: Linux carries a process's
@@ -55,7 +52,7 @@ def run_child_measured(argv: list[str], cwd: Path, timeout: float = 300) -> tupl
     with tempfile.TemporaryDirectory(prefix="edgesr-rss-") as tmp:
         rss_file = Path(tmp) / "maxrss"
         p = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(rss_file), sys.executable, "-m", "edgesr", *argv],
-                             cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              start_new_session=True)
         try:
             out, err = p.communicate(timeout=timeout)
@@ -122,7 +119,7 @@ def test_signal_stops_endless_onnx_run(tmp_path, sig):
     model = _onnx_endless_loop(corpus)
     img = corpus.write("a.png", corpus.png_rgb(8, 8))
     p = subprocess.Popen([sys.executable, "-c", _CHILD, "upscale", model, img, "out.png", "--backend", "ort",
-                          "--scale", "2"], cwd=corpus.root, env=_env(), stdout=subprocess.PIPE,
+                          "--scale", "2"], cwd=corpus.root, env=child_env(), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
         line = _readline_within(p.stdout, 300)  # the run has started (or the child died / never got there)
@@ -193,7 +190,7 @@ def test_endless_openvino_run_ends(tmp_path, how):
     img = corpus.write("a.png", corpus.png_rgb(64, 64))  # no min-size probe below 64 px: the run itself
     extra = ["--time-limit", "2"] if how == "time-limit" else []
     p = subprocess.Popen([sys.executable, "-c", _OV_CHILD, "upscale", model, img, "out.png", "--backend", "openvino",
-                          "--scale", "2", *extra], cwd=corpus.root, env=_env(), stdout=subprocess.PIPE,
+                          "--scale", "2", *extra], cwd=corpus.root, env=child_env(), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         line = _readline_within(p.stdout, 300)

@@ -33,7 +33,8 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers.cli import child_env
+
 TINY_VARIANT = "etds-t-x2"  # 14k parameters, x2: converts in seconds
 
 # stderr lines a failing command may print before its error line (convert's progress log)
@@ -1544,8 +1545,7 @@ def test_hostile_inputs_subprocess(tmp_path):
     """The same checks through `python -m edgesr` (real process, real stderr, real exit code).
     The processes run concurrently; each pays the torch import once."""
     corpus = Corpus(tmp_path / "sub")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    env = child_env()
     cwd = os.getcwd()
     os.chdir(corpus.root)
     try:

@@ -42,7 +42,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers.cli import child_env
+from helpers.weights import save_weights
+
 STAGING_PREFIX = ".edgesr-partial-"
 KILLS = 20
 RUN_TIMEOUT = 180
@@ -78,11 +80,6 @@ class Trial:
         at = f"{self.killed_at:.2f}s" if self.killed_at is not None else "-"
         return (f"{self.plan!s:<26} pid {self.pid:<7} rc {self.rc!s:<4} killed at {at:<7} after step "
                 f"{self.last_step!r:<18} staging seen {self.saw_staging!s:<5} OUT {self.out_before} -> {self.out_after}")
-
-
-def _env() -> dict[str, str]:
-    pp = os.environ.get("PYTHONPATH")
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + (os.pathsep + pp if pp else ""))
 
 
 def _sha256(p: Path) -> str:
@@ -140,7 +137,7 @@ class Converter:
     def run_full(self) -> tuple[float, dict[str, float]]:
         """An uninterrupted run: (seconds, {step line prefix: seconds since start})."""
         t0 = time.monotonic()
-        p = subprocess.Popen(self.argv(), cwd=self.out.parent, env=_env(), text=True,
+        p = subprocess.Popen(self.argv(), cwd=self.out.parent, env=child_env(), text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         steps: dict[str, float] = {}
 
@@ -163,7 +160,7 @@ class Converter:
         trial = Trial(plan, out_before=bundle_state(self.out))
         ino_before = self.out.stat().st_ino if self.out.exists() else None
         t0 = time.monotonic()
-        p = subprocess.Popen(self.argv(), cwd=self.out.parent, env=_env(), text=True,
+        p = subprocess.Popen(self.argv(), cwd=self.out.parent, env=child_env(), text=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         trial.pid = p.pid
         staging = self.out.parent / f"{STAGING_PREFIX}{self.out.name}-{p.pid}"
@@ -267,14 +264,13 @@ def run_chain(conv: Converter, plans: list[Plan], fresh: bool, exchange: bool) -
 
 def test_sigkill_leaves_no_half_written_outdir(tmp_path):
     import torch
-    from safetensors.torch import save_file
 
     from edgesr.registry import build_variant
 
     torch.manual_seed(0)
     model = build_variant("etds-t-x2", "training").module
     ckpt = tmp_path / "tiny_training.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    save_weights(model, ckpt)
     exchange = _exchange_supported(tmp_path)
     chains = {}
     for name in ("fresh", "force"):

@@ -9,23 +9,15 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
 from edgesr.batch import BatchItem, exit_code, find_checkpoints, plan_outdirs
 from edgesr.bundle import read_manifest
-from edgesr.cli import main
 from edgesr.errors import DatasetError
-from edgesr.registry import build_variant
+
+from helpers.cli import run_cli
+from helpers.weights import save_variant
 
 FAST = ["--no-bench", "--no-ort-format"]
-
-
-def _save_variant(path: Path, form: str, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    m = build_variant("etds-t-x2", form).module
-    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
-    return path
 
 
 class _Evil:
@@ -36,12 +28,6 @@ class _Evil:
         return (os.system, (f"touch '{self.marker}'",))
 
 
-def _run(capsys, *argv):
-    rc = main(list(argv))
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
 def _error_lines(err: str) -> list[str]:
     return [ln for ln in err.splitlines() if ln.startswith("edgesr: error:")]
 
@@ -49,16 +35,16 @@ def _error_lines(err: str) -> list[str]:
 def test_batch_continues_past_bad_files(tmp_path, capsys):
     src = tmp_path / "ckpts"
     src.mkdir()
-    _save_variant(src / "a_deploy.safetensors", "deploy")
+    save_variant(src / "a_deploy.safetensors", "etds-t-x2", "deploy")
     # seeded: some random prefixes look like a truncated zip/safetensors and get the "not readable" wording
     (src / "b_random.pth").write_bytes(random.Random(0).randbytes(3000))
     (src / "c_evil.pth").write_bytes(pickle.dumps(_Evil(tmp_path / "PWNED"), protocol=2))
-    _save_variant(src / "d_training.safetensors", "training", seed=1)
+    save_variant(src / "d_training.safetensors", "etds-t-x2", "training", seed=1)
     (src / "notes.txt").write_text("not a checkpoint suffix: ignored")
     (src / ".hidden.pth").write_bytes(b"ignored")
     out = tmp_path / "outroot"
 
-    rc, stdout, err = _run(capsys, "convert", str(src), "-o", str(out), *FAST)
+    rc, stdout, err = run_cli(capsys, "convert", str(src), "-o", str(out), *FAST)
 
     assert rc == 2
     errors = _error_lines(err)
@@ -85,13 +71,13 @@ def test_batch_continues_past_bad_files(tmp_path, capsys):
 def test_batch_json_and_existing_outputs(tmp_path, capsys):
     src = tmp_path / "ckpts"
     src.mkdir()
-    _save_variant(src / "good.safetensors", "deploy")
+    save_variant(src / "good.safetensors", "etds-t-x2", "deploy")
     (src / "empty.pth").write_bytes(b"")
     out = tmp_path / "outroot"
     (out / "good").mkdir(parents=True)
     (out / "good" / "keep.txt").write_text("precious")
 
-    rc, stdout, err = _run(capsys, "convert", str(src), "-o", str(out), "--json", *FAST)
+    rc, stdout, err = run_cli(capsys, "convert", str(src), "-o", str(out), "--json", *FAST)
     assert rc == 2
     doc = json.loads(stdout)
     assert doc["ok"] is False and doc["converted"] == 0 and doc["failed"] == 2
@@ -102,7 +88,7 @@ def test_batch_json_and_existing_outputs(tmp_path, capsys):
     assert len(_error_lines(err)) == 2
 
     # --force replaces only bundles edgesr wrote: a folder holding the user's file is refused
-    rc, stdout, err = _run(capsys, "convert", str(src), "-o", str(out), "--json", "--force", *FAST)
+    rc, stdout, err = run_cli(capsys, "convert", str(src), "-o", str(out), "--json", "--force", *FAST)
     doc = json.loads(stdout)
     by = {Path(r["checkpoint"]).name: r for r in doc["results"]}
     assert rc == 2 and doc["converted"] == 0 and by["good.safetensors"]["error_type"] == "OutputError"
@@ -110,14 +96,14 @@ def test_batch_json_and_existing_outputs(tmp_path, capsys):
     assert (out / "good" / "keep.txt").read_text() == "precious"
 
     (out / "good" / "keep.txt").unlink()  # an empty folder holds nothing to lose
-    rc, stdout, err = _run(capsys, "convert", str(src), "-o", str(out), "--json", "--force", *FAST)
+    rc, stdout, err = run_cli(capsys, "convert", str(src), "-o", str(out), "--json", "--force", *FAST)
     doc = json.loads(stdout)
     assert rc == 2 and doc["converted"] == 1 and doc["failed"] == 1
     good = next(r for r in doc["results"] if r["ok"])
     assert good["arch"] == "etds" and good["scale"] == 2 and good["variant"] == "etds-t-x2"
     read_manifest(out / "good")
     # and a bundle edgesr wrote is replaced with --force
-    rc, stdout, err = _run(capsys, "convert", str(src), "-o", str(out), "--json", "--force", *FAST)
+    rc, stdout, err = run_cli(capsys, "convert", str(src), "-o", str(out), "--json", "--force", *FAST)
     assert json.loads(stdout)["converted"] == 1
     read_manifest(out / "good")
     assert not [p for p in out.iterdir() if p.name.startswith(".edgesr-partial-")]
@@ -126,22 +112,22 @@ def test_batch_json_and_existing_outputs(tmp_path, capsys):
 def test_batch_all_good_exits_zero(tmp_path, capsys):
     src = tmp_path / "ckpts"
     src.mkdir()
-    _save_variant(src / "only.safetensors", "deploy")
-    rc, stdout, err = _run(capsys, "convert", str(src), "-o", str(tmp_path / "o"), *FAST)
+    save_variant(src / "only.safetensors", "etds-t-x2", "deploy")
+    rc, stdout, err = run_cli(capsys, "convert", str(src), "-o", str(tmp_path / "o"), *FAST)
     assert rc == 0, err
     assert not _error_lines(err) and "1 of 1 converted" in stdout
 
 
 def test_batch_empty_folder_and_bad_outroot(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    rc, _, err = _run(capsys, "convert", str(tmp_path / "empty"), "-o", str(tmp_path / "o"))
+    rc, _, err = run_cli(capsys, "convert", str(tmp_path / "empty"), "-o", str(tmp_path / "o"))
     assert rc == 2 and _error_lines(err) == [ln for ln in err.splitlines() if ln.strip()]
     assert "no checkpoints" in err
     src = tmp_path / "ckpts"
     src.mkdir()
     (src / "x.pth").write_bytes(b"")
     (tmp_path / "file").write_text("x")
-    rc, _, err = _run(capsys, "convert", str(src), "-o", str(tmp_path / "file"))
+    rc, _, err = run_cli(capsys, "convert", str(src), "-o", str(tmp_path / "file"))
     assert rc != 0 and len(_error_lines(err)) == 1 and "not a folder" in err
 
 

@@ -13,10 +13,12 @@ import torch
 
 from edgesr import bundle
 from edgesr.bundle import json_safe, manifest_extras, read_manifest, recommended_tiling, validate, write_manifest
-from edgesr.cli import main
 from edgesr.errors import BundleError
 from edgesr.registry import build_variant
 from edgesr.spec import Spec
+
+from helpers.cli import assert_one_line_error, run_cli
+from helpers.weights import save_weights
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,6 @@ def made_bundle(tmp_path_factory) -> Path:
     """A real bundle built the way `edgesr convert` builds one: deploy weights, checked ONNX
     export, manifest from pipeline.build_manifest + bundle.manifest_extras, written by
     bundle.write_manifest (which validates it)."""
-    from safetensors.torch import save_file
 
     from edgesr.backends.ort_runner import OrtRunner
     from edgesr.export.onnx import export_onnx
@@ -35,7 +36,7 @@ def made_bundle(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     lm = build_variant("ecbsr-m4c16-x2", "deploy")
     ckpt = folder / "deploy.safetensors"
-    save_file({k: v.contiguous() for k, v in lm.module.state_dict().items()}, str(ckpt))
+    save_weights(lm.module, ckpt)
     exported = export_onnx(lm.module, lm.spec, folder / "model.onnx")
     x = np.random.default_rng(0).random((1, 3, 20, 24), dtype=np.float32)
     with torch.inference_mode():
@@ -71,21 +72,6 @@ def _edit(folder: Path, fn) -> None:
     d = json.loads(p.read_text())
     fn(d)
     p.write_text(json.dumps(d))
-
-
-def _cli(args, capsys):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_line_error(rc, err, *needles):
-    assert rc != 0
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("edgesr: error:") and "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 # --------------------------------------------------------------------------- valid bundle
@@ -141,10 +127,10 @@ def test_recommended_tiling_rules():
 
 
 def test_cli_info(made_bundle, capsys):
-    rc, out, err = _cli(["info", made_bundle], capsys)
+    rc, out, err = run_cli(capsys, "info", made_bundle)
     assert rc == 0, err
     assert "valid edgesr bundle" in out and "model.onnx" in out and "tile 256 + overlap 6" in out
-    rc, out, err = _cli(["info", made_bundle, "--json"], capsys)
+    rc, out, err = run_cli(capsys, "info", made_bundle, "--json")
     assert rc == 0 and json.loads(out)["valid"] is True
 
 
@@ -158,22 +144,22 @@ def test_hash_mismatch_is_named(bundle_copy, capsys):
     p.write_bytes(bytes(data))
     with pytest.raises(BundleError, match=r"'model\.onnx' .*sha256"):
         read_manifest(bundle_copy)
-    rc, out, err = _cli(["info", bundle_copy], capsys)
-    _one_line_error(rc, err, "model.onnx", "sha256")
+    rc, out, err = run_cli(capsys, "info", bundle_copy)
+    assert_one_line_error(rc, err, "model.onnx", "sha256")
     assert read_manifest(bundle_copy, verify_hashes=False).hashes_verified is False
 
 
 def test_truncated_file_is_named(bundle_copy, capsys):
     p = bundle_copy / "deploy.safetensors"
     p.write_bytes(p.read_bytes()[:100])
-    rc, out, err = _cli(["info", bundle_copy], capsys)
-    _one_line_error(rc, err, "deploy.safetensors", "bytes")
+    rc, out, err = run_cli(capsys, "info", bundle_copy)
+    assert_one_line_error(rc, err, "deploy.safetensors", "bytes")
 
 
 def test_missing_file_is_named(bundle_copy, capsys):
     (bundle_copy / "model.onnx").unlink()
-    rc, out, err = _cli(["info", bundle_copy], capsys)
-    _one_line_error(rc, err, "model.onnx", "missing")
+    rc, out, err = run_cli(capsys, "info", bundle_copy)
+    assert_one_line_error(rc, err, "model.onnx", "missing")
 
 
 @pytest.mark.parametrize("field_path", [("tiling",), ("io", "input", "name"), ("artifacts", 1, "sha256"),
@@ -187,8 +173,8 @@ def test_missing_field_is_named(bundle_copy, capsys, field_path):
 
     _edit(bundle_copy, drop)
     dotted = bundle.format_path(field_path)
-    rc, out, err = _cli(["info", bundle_copy], capsys)
-    _one_line_error(rc, err, f"missing field '{dotted}'")
+    rc, out, err = run_cli(capsys, "info", bundle_copy)
+    assert_one_line_error(rc, err, f"missing field '{dotted}'")
 
 
 @pytest.mark.parametrize("mutate,needle", [
@@ -210,8 +196,8 @@ def test_invalid_values_are_named(bundle_copy, capsys, mutate, needle):
     with pytest.raises(BundleError) as e:
         read_manifest(bundle_copy)
     assert needle in str(e.value) and "\n" not in str(e.value)
-    rc, out, err = _cli(["info", bundle_copy], capsys)
-    _one_line_error(rc, err, needle)
+    rc, out, err = run_cli(capsys, "info", bundle_copy)
+    assert_one_line_error(rc, err, needle)
 
 
 @pytest.mark.parametrize("content,needle", [(b"{not json", "invalid JSON"), (b"", "invalid JSON"),
@@ -219,15 +205,15 @@ def test_invalid_values_are_named(bundle_copy, capsys, mutate, needle):
                                             (b'{"a": Infinity}', "Infinity")])
 def test_invalid_json(bundle_copy, capsys, content, needle):
     (bundle_copy / "manifest.json").write_bytes(content)
-    rc, out, err = _cli(["info", bundle_copy], capsys)
-    _one_line_error(rc, err, "manifest.json", needle)
+    rc, out, err = run_cli(capsys, "info", bundle_copy)
+    assert_one_line_error(rc, err, "manifest.json", needle)
 
 
 def test_missing_manifest_and_folder(tmp_path, capsys):
-    rc, out, err = _cli(["info", tmp_path], capsys)
-    _one_line_error(rc, err, "missing manifest.json")
-    rc, out, err = _cli(["info", tmp_path / "nope"], capsys)
-    _one_line_error(rc, err, "no such bundle folder")
+    rc, out, err = run_cli(capsys, "info", tmp_path)
+    assert_one_line_error(rc, err, "missing manifest.json")
+    rc, out, err = run_cli(capsys, "info", tmp_path / "nope")
+    assert_one_line_error(rc, err, "no such bundle folder")
 
 
 # --------------------------------------------------------------------------- validators agree

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import REPO
 
 from edgesr.cli import main
 from edgesr.recipe import RecipeError, expand_recipes, recipe_argv
+
+from helpers.paths import REPO
 
 RECIPES = sorted((REPO / "export" / "recipes").glob("*.toml"))
 

@@ -21,6 +21,8 @@ import torch
 
 from edgesr.tiling import ERROR_BOUND_PSNR, EXACT_TOL, compare, measure_tiling, plan_tiles, sample_photo, upscale_array
 
+from helpers.weights import save_weights
+
 SHARED = Path(os.environ.get("EDGESR_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
 CKPTS = sorted((SHARED / "checkpoints" / "etds-repo").rglob("*.pth")) if SHARED.is_dir() else []
 # families whose graphs contain size-dependent or global operators (ESA, windows, adaptive pooling)
@@ -112,8 +114,6 @@ def test_convert_writes_the_measured_claim_and_upscale_reports_it(tmp_path, caps
     upscale with the bundle: the manifest's claim is what upscale prints."""
     import json
 
-    from safetensors.torch import save_file
-
     from edgesr.cli import main
     from edgesr.imaging import write_image
     from edgesr.registry import build_variant
@@ -121,7 +121,7 @@ def test_convert_writes_the_measured_claim_and_upscale_reports_it(tmp_path, caps
     torch.manual_seed(0)
     lm = build_variant("rlfn-s-x2", "deploy")
     ckpt = tmp_path / "rlfn.safetensors"
-    save_file({k: v.contiguous() for k, v in lm.module.state_dict().items()}, str(ckpt))
+    save_weights(lm.module, ckpt)
     assert main(["convert", str(ckpt), "-o", str(tmp_path / "b"), "--no-bench"]) == 0
     capsys.readouterr()
     d = json.loads((tmp_path / "b" / "manifest.json").read_text())

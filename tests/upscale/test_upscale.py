@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from edgesr.backends.torch_runner import TorchRunner
-from edgesr.cli import main
 from edgesr.errors import ImageError, OutputExists
 from edgesr.imaging import read_image, write_image
 from edgesr.registry import build_variant, load_model
 from edgesr.resize import imresize
 from edgesr.upscale import plan_tiles, upscale_array, upscale_file
+
+from helpers.cli import assert_one_line_error, run_cli
+from helpers.weights import save_weights
 
 TOL = 1e-5
 
@@ -168,26 +170,9 @@ def test_tiled_equals_untiled_2000x1500_ort(models, tmp_path):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, models):
     """A deploy-form ECBSR x2 checkpoint file (random weights) for the file/CLI tests."""
-    from safetensors.torch import save_file
-
     p = tmp_path_factory.mktemp("ckpt") / "ecbsr_x2.safetensors"
-    save_file({k: v.contiguous() for k, v in models["ecbsr-m4c16-x2"].module.state_dict().items()}, str(p))
+    save_weights(models["ecbsr-m4c16-x2"].module, p)
     return p
-
-
-def _cli(args, capsys):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_line_error(rc, err, *needles):
-    assert rc != 0
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("edgesr: error:") and "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_file_tiled_equals_untiled_and_matches_direct_run(models, tmp_path):
@@ -275,7 +260,7 @@ def test_cli_folder(ckpt, tmp_path, capsys):
     write_image(src / "a.png", _image(12, 14))
     write_image(src / "b.jpg", _image(10, 9))
     write_image(src / "c.png", _image(9, 11)[..., 0], bit_depth=16, mode="L")
-    rc, out, err = _cli(["upscale", ckpt, src, tmp_path / "out", "--tile", "7", "--json"], capsys)
+    rc, out, err = run_cli(capsys, "upscale", ckpt, src, tmp_path / "out", "--tile", "7", "--json")
     assert rc == 0, err
     import json
 
@@ -285,9 +270,9 @@ def test_cli_folder(ckpt, tmp_path, capsys):
     c = read_image(tmp_path / "out" / "c.png")
     assert c.bit_depth == 16 and c.is_gray and c.rgb.shape == (18, 22, 3)
     # existing outputs are refused before any work, and --force replaces them
-    rc, out, err = _cli(["upscale", ckpt, src, tmp_path / "out"], capsys)
-    _one_line_error(rc, err, "exists", "--force")
-    rc, out, err = _cli(["upscale", ckpt, src, tmp_path / "out", "--force"], capsys)
+    rc, out, err = run_cli(capsys, "upscale", ckpt, src, tmp_path / "out")
+    assert_one_line_error(rc, err, "exists", "--force")
+    rc, out, err = run_cli(capsys, "upscale", ckpt, src, tmp_path / "out", "--force")
     assert rc == 0, err
 
 
@@ -296,7 +281,7 @@ def test_cli_folder_with_corrupt_image_reports_it(ckpt, tmp_path, capsys):
     src.mkdir()
     write_image(src / "good.png", _image(8, 8))
     (src / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    rc, out, err = _cli(["upscale", ckpt, src, tmp_path / "out"], capsys)
+    rc, out, err = run_cli(capsys, "upscale", ckpt, src, tmp_path / "out")
     assert rc != 0 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("edgesr: error: 1 of 2 images failed")
     assert "bad.png" in err
@@ -340,6 +325,6 @@ def test_cli_errors_are_one_line(ckpt, tmp_path, capsys, case):
     elif case == "not_a_model":
         model = tmp_path / "m.pth"
         model.write_bytes(b"junk")
-    rc, out, err = _cli(["upscale", model, src, dst, *extra], capsys)
-    _one_line_error(rc, err, *needle)
+    rc, out, err = run_cli(capsys, "upscale", model, src, dst, *extra)
+    assert_one_line_error(rc, err, *needle)
     assert not dst.exists()

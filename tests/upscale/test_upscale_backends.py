@@ -23,6 +23,8 @@ from edgesr.cli import main
 from edgesr.imaging import read_image, write_image
 from edgesr.tiling import pad_to_rules, sample_photo
 
+from helpers.weights import save_weights
+
 pytest.importorskip("openvino", reason="needs pip install 'edgesr[openvino]'")
 pytest.importorskip("ai_edge_litert", reason="needs pip install 'edgesr[tflite]'")
 pytest.importorskip("ncnn", reason="needs pip install 'edgesr[ncnn]'")
@@ -34,8 +36,6 @@ MOBILE_SIZE = (40, 40)  # small boxes: cheap, and a 150x200 image needs many of 
 
 @pytest.fixture(scope="module", params=["ecbsr-bundled-x4"])
 def bundle(request, tmp_path_factory):
-    from safetensors.torch import save_file
-
     from edgesr.pipeline import ConvertOptions, convert
     from edgesr.registry import build_variant
 
@@ -45,7 +45,7 @@ def bundle(request, tmp_path_factory):
         torch.manual_seed(0)
         lm = build_variant(request.param, "deploy")
         ckpt = folder / "model.safetensors"
-        save_file({k: v.contiguous() for k, v in lm.module.state_dict().items()}, str(ckpt))
+        save_weights(lm.module, ckpt)
     out = folder / "bundle"
     res = convert(ConvertOptions(outdir=out, checkpoint=ckpt, int8=True, int8_search=False, psnr_budget=100.0,
                                  openvino=True, tflite=True, ncnn=True, mobile_size=MOBILE_SIZE, bench=False,
@@ -138,14 +138,13 @@ def test_tiled_runs_say_what_was_verified_for_the_runtime(bundle, backend, tmp_p
 def test_esa_model_through_openvino_from_its_checkpoint(tmp_path, capsys):
     """RLFN (random weights) via OpenVINO: tiny images padded to the graph's 15 px minimum; a
     tiled run is measured now on the OpenVINO runner and reported as approximate."""
-    from safetensors.torch import save_file
 
     from edgesr.registry import build_variant
 
     torch.manual_seed(0)
     lm = build_variant("rlfn-s-x2", "deploy")
     ckpt = tmp_path / "rlfn.safetensors"
-    save_file({k: v.contiguous() for k, v in lm.module.state_dict().items()}, str(ckpt))
+    save_weights(lm.module, ckpt)
     images = tmp_path / "tiny"
     images.mkdir()
     rng = np.random.default_rng(0)

@@ -23,27 +23,19 @@ import torch
 from edgesr.cli import main
 from edgesr.imaging import clean_stale_temps, read_image, write_image
 
+from helpers.cli import assert_one_line_error
+from helpers.weights import save_weights
+
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    from safetensors.torch import save_file
-
     from edgesr.registry import build_variant
 
     torch.manual_seed(0)
     lm = build_variant("ecbsr-m4c16-x2", "deploy")  # receptive field 6
     p = tmp_path_factory.mktemp("ckpt") / "ecbsr_x2.safetensors"
-    save_file({k: v.contiguous() for k, v in lm.module.state_dict().items()}, str(p))
+    save_weights(lm.module, p)
     return p
-
-
-def _one_line_error(rc, err, *needles):
-    assert rc != 0
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("edgesr: error:") and "Traceback" not in err and "internal error" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("extra,needles", [
@@ -65,7 +57,7 @@ def test_bad_options_are_one_line(ckpt, tmp_path, capsys, extra, needles):
     except SystemExit as e:  # options typed in the parser end as one-line usage errors
         rc = e.code
     _, err = capsys.readouterr()
-    _one_line_error(rc, err, *needles)
+    assert_one_line_error(rc, err, *needles)
     assert not (tmp_path / "out.png").exists()
 
 
@@ -82,7 +74,7 @@ def test_decompression_bomb_refused_before_decoding(ckpt, tmp_path, capsys):
     _png_header_only(tmp_path / "bomb.png", 60000, 60000)
     rc = main(["upscale", str(ckpt), str(tmp_path / "bomb.png"), str(tmp_path / "o.png"), "--max-memory", "1G"])
     _, err = capsys.readouterr()
-    _one_line_error(rc, err, "bomb.png", "decoding 60000x60000", "--max-memory", "decompression bomb")
+    assert_one_line_error(rc, err, "bomb.png", "decoding 60000x60000", "--max-memory", "decompression bomb")
 
 
 def _cli_child(*args) -> tuple[int, str]:
@@ -97,11 +89,11 @@ def test_whole_output_formats_and_untiled_refused_over_budget(ckpt, tmp_path):
     write_image(tmp_path / "in.png", np.broadcast_to(ramp[None, :, None], (4000, 4000, 3)))
     # JPEG is encoded whole: 8000x8000 x 3 bytes plus Pillow's 4-byte copy does not fit 1G
     rc, err = _cli_child("upscale", ckpt, tmp_path / "in.png", tmp_path / "o.jpg", "--max-memory", "1G")
-    _one_line_error(rc, err, ".jpg is encoded whole", "--max-memory")
+    assert_one_line_error(rc, err, ".jpg is encoded whole", "--max-memory")
     # untiled on request: the model's activations for 4000x4000 do not fit either
     rc, err = _cli_child("upscale", ckpt, tmp_path / "in.png", tmp_path / "o.png", "--max-memory", "1G",
                          "--tile", "0")
-    _one_line_error(rc, err, "untiled needs about", "--tile auto")
+    assert_one_line_error(rc, err, "untiled needs about", "--tile auto")
     assert not list(tmp_path.glob("o.*")) and not list(tmp_path.glob(".o.*"))
 
 

@@ -17,13 +17,14 @@ from edgesr.imaging import read_image, write_image
 from edgesr.registry import build_variant
 from edgesr.tiling import pad_to_rules
 
+from helpers.models import FixedSizeTorch
+from helpers.weights import save_weights
+
 SIZES = [(1, 1), (8, 8), (15, 15)]
 
 
 @pytest.fixture(scope="module", params=["rlfn-s-x2", "ecbsr-m4c16-x2"])
 def model(request, tmp_path_factory):
-    from safetensors.torch import save_file
-
     from edgesr.export.onnx import export_onnx
     from edgesr.export.ort_format import export_ort
 
@@ -31,7 +32,7 @@ def model(request, tmp_path_factory):
     lm = build_variant(request.param, "deploy")
     folder = tmp_path_factory.mktemp(request.param)
     ckpt = folder / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in lm.module.state_dict().items()}, str(ckpt))
+    save_weights(lm.module, ckpt)
     export_onnx(lm.module, lm.spec, folder / "model.onnx")
     ort = export_ort(folder / "model.onnx").path  # ORT format: no edgesr metadata, no graph to read
     images = folder / "images"
@@ -77,12 +78,10 @@ def test_tiny_images_every_backend(model, how, tmp_path, capsys):
 
 def test_tiny_image_through_a_bundle(tmp_path, capsys):
     """convert -> bundle -> upscale of 1x1 / 8x8 / 15x15 with both backends (plain net)."""
-    from safetensors.torch import save_file
-
     torch.manual_seed(1)
     lm = build_variant("ecbsr-m4c16-x2", "deploy")
     ckpt = tmp_path / "m.safetensors"
-    save_file({k: v.contiguous() for k, v in lm.module.state_dict().items()}, str(ckpt))
+    save_weights(lm.module, ckpt)
     assert main(["convert", str(ckpt), "-o", str(tmp_path / "b"), "--no-bench"]) == 0
     capsys.readouterr()
     images = tmp_path / "images"
@@ -125,19 +124,6 @@ def test_parity_needs_no_scale_for_esa_models(model, capsys):
     assert "internal error" not in err and f"(x{model['lm'].spec.scale})" in out
 
 
-class _FixedTorch:
-    """A PyTorch module behind a fixed input size, as a .tflite is (without needing LiteRT)."""
-
-    def __init__(self, module, hw):
-        self.module, self.input_hw, self.calls, self.name = module, hw, 0, "fixed-torch"
-
-    def run(self, x):
-        assert tuple(x.shape[2:]) == self.input_hw, x.shape
-        self.calls += 1
-        with torch.inference_mode():
-            return self.module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
-
-
 def test_fixed_size_file_pads_small_images_and_tiles_large_ones(tmp_path):
     """A fixed-size runner (FixedBoxRunner, as for a .tflite): an 8x8 image is padded up to the
     box; a 100x120 image runs in tiles of at least twice the box (an explicit --tile 10 is raised)
@@ -154,7 +140,7 @@ def test_fixed_size_file_pads_small_images_and_tiles_large_ones(tmp_path):
     export_onnx(lm.module, lm.spec, tmp_path / "m.onnx")
     m = measure_tiling(OrtRunner(tmp_path / "m.onnx", threads=1), lm.spec, tmp_path / "m.onnx")
     assert m.exact
-    inner = _FixedTorch(lm.module, (24, 28))
+    inner = FixedSizeTorch(lm.module, (24, 28))
     runner = FixedBoxRunner(inner, lm.spec.scale, m.overlap)
     mt = ModelTiling(runner, lm.spec, onnx=tmp_path / "m.onnx", manifest_tiling={"measured": m.to_dict()})
     rng = np.random.default_rng(0)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from edgesr.cli import main
+from edgesr.pipeline import BUNDLED_CHECKPOINT
 
 av = pytest.importorskip("av", reason="needs pip install 'edgesr[video]'")
 
-BUNDLED = Path(__file__).resolve().parents[2] / "edgesr" / "assets" / "ecbsr_m4c16_x4_bundled.safetensors"
 RATE = Fraction(24000, 1001)
 FRAMES = 6
 H, W = 20, 28
@@ -57,7 +57,7 @@ def _per_image(frames: list[np.ndarray], tmp: Path) -> list[np.ndarray]:
     (tmp / "frames").mkdir()
     for i, f in enumerate(frames):
         Image.fromarray(f).save(tmp / "frames" / f"{i:03d}.png")
-    assert main(["upscale", str(BUNDLED), str(tmp / "frames"), str(tmp / "up"), "--threads", "1"]) == 0
+    assert main(["upscale", str(BUNDLED_CHECKPOINT), str(tmp / "frames"), str(tmp / "up"), "--threads", "1"]) == 0
     return [np.asarray(Image.open(tmp / "up" / f"{i:03d}.png").convert("RGB")) for i in range(len(frames))]
 
 
@@ -74,7 +74,7 @@ def test_lossless_video_round_trip_equals_per_image_upscaling(tmp_path, capsys):
     src = tmp_path / "in.mkv"
     frames = _clip(src, "ffv1", "bgr0")
     dst = tmp_path / "out.mkv"
-    assert main(["upscale", str(BUNDLED), str(src), str(dst), "--threads", "1", "--json"]) == 0
+    assert main(["upscale", str(BUNDLED_CHECKPOINT), str(src), str(dst), "--threads", "1", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)["video"]
     assert res["frames"] == FRAMES and res["codec"] == "ffv1" and res["audio"] == ["aac"]
     info = probe(dst)
@@ -87,7 +87,7 @@ def test_lossless_video_round_trip_equals_per_image_upscaling(tmp_path, capsys):
     for i, (a, b) in enumerate(zip(out, expected)):
         assert np.array_equal(a, b), f"frame {i}: max diff {np.abs(a.astype(int) - b).max()}"
     # an existing output is kept without --force; nothing half-written is left beside it
-    assert main(["upscale", str(BUNDLED), str(src), str(dst)]) != 0
+    assert main(["upscale", str(BUNDLED_CHECKPOINT), str(src), str(dst)]) != 0
     assert "exists" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
@@ -98,7 +98,7 @@ def test_mp4_keeps_rate_frames_audio_and_frames_equal_before_encoding(tmp_path):
 
     src = tmp_path / "in.mp4"
     frames = _clip(src, "mpeg4", "yuv420p")
-    r = resolve_model(BUNDLED, threads=1)
+    r = resolve_model(BUNDLED_CHECKPOINT, threads=1)
     seen: list[np.ndarray] = []
     res = upscale_video(r.runner, r.spec, src, tmp_path / "out.mp4", before_encode=lambda i, f: seen.append(f.copy()))
     info = probe(tmp_path / "out.mp4")

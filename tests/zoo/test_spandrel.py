@@ -3,7 +3,7 @@ no downloads) -> edgesr (SPAN: Conv3XC reparameterization) or spandrel's module 
 ORT parity with spandrel's module < 1e-5.
 
 Needs the optional extra (spandrel + torchvision):
-    /work/venv-spandrel/bin/python -m pytest tests/zoo/test_spandrel.py
+    .venv-spandrel/bin/python -m pytest tests/zoo/test_spandrel.py
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+from edgesr.backends.ort_session import ort_session
 
 spandrel = pytest.importorskip("spandrel")
 
@@ -62,15 +64,6 @@ EXPECT = {"span": ("SPAN", "edgesr:span"), "compact": ("Compact", "spandrel"), "
 
 
 
-def _ort(path):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 @pytest.mark.parametrize("name", CASES)
 def test_bridge_loads_exports_and_matches_spandrel(name, tmp_path):
     torch.manual_seed(0)
@@ -84,7 +77,7 @@ def test_bridge_loads_exports_and_matches_spandrel(name, tmp_path):
         assert is_deploy_form(bm.module) and bm.spec.form == "deploy"
     res = export_spandrel(sd, tmp_path / f"{name}.onnx", simplify=False)
     assert res.metadata["spandrel_arch"] == f'{bm.arch_id}'
-    sess = _ort(res.path)
+    sess = ort_session(res.path, threads=1)
     for i, (n, h, w) in enumerate([(1, 16, 16), (1, 23, 17), (2, 12, 30)]):
         x = np.random.default_rng(i).random((n, 3, h, w), dtype=np.float32)
         with torch.inference_mode():

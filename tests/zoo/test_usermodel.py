@@ -15,8 +15,11 @@ import torch
 from edgesr.cli import main
 from edgesr.errors import ExportError, ImplausibleOutput, MissingDependency, UserCodeError
 
-REPO = Path(__file__).resolve().parents[1] / "data" / "user_repo"
-TINY = f"{REPO / 'models' / 'tinysr.py'}:TinySR"
+from helpers.paths import DATA
+from helpers.weights import save_weights
+
+USER_REPO = DATA / "user_repo"
+TINY = f"{USER_REPO / 'models' / 'tinysr.py'}:TinySR"
 
 
 def _tiny_state_dict() -> dict[str, torch.Tensor]:
@@ -54,7 +57,7 @@ def wrapped_weights(tmp_path_factory) -> Path:
 def _load(weights, **kw):
     from edgesr.usermodel import load_user_model
 
-    return load_user_model(weights, TINY, kw.pop("kwargs", {}), extra_paths=(REPO,), **kw)
+    return load_user_model(weights, TINY, kw.pop("kwargs", {}), extra_paths=(USER_REPO,), **kw)
 
 
 @pytest.mark.parametrize("kwargs,expected", [({}, (1.0, "RGB")), ({"data_range": 255}, (255.0, "RGB"))])
@@ -84,12 +87,12 @@ def test_given_range_is_checked_for_plausibility(weights):
 def test_factory_function_and_weights_key(weights, wrapped_weights):
     from edgesr.usermodel import load_user_model
 
-    um = load_user_model(wrapped_weights, f"{REPO / 'models' / 'tinysr.py'}:make_tinysr", extra_paths=(REPO,),
+    um = load_user_model(wrapped_weights, f"{USER_REPO / 'models' / 'tinysr.py'}:make_tinysr", extra_paths=(USER_REPO,),
                          key="params")
     assert um.conventions.plausible
     # Without the key, edgesr prefers params_ema (untrained here): refused, naming what was tried.
     with pytest.raises(ImplausibleOutput, match="range 255"):
-        load_user_model(wrapped_weights, TINY, extra_paths=(REPO,))
+        load_user_model(wrapped_weights, TINY, extra_paths=(USER_REPO,))
 
 
 def test_errors_name_what_broke(weights, tmp_path):
@@ -97,13 +100,13 @@ def test_errors_name_what_broke(weights, tmp_path):
 
     before = {n: m for n, m in sys.modules.items() if n == "models" or n.startswith("models.")}
     with pytest.raises(MissingDependency) as e:
-        build_user_module(ModelRef.parse(f"{REPO / 'models' / 'needs_pkg.py'}:Net"), extra_paths=(REPO,))
+        build_user_module(ModelRef.parse(f"{USER_REPO / 'models' / 'needs_pkg.py'}:Net"), extra_paths=(USER_REPO,))
     assert "not_a_real_package_edgesr" in str(e.value) and "needs_pkg.py:2" in str(e.value)
     assert "pip install" in str(e.value)
     with pytest.raises(UserCodeError, match="has no 'Nope'.*TinySR"):
-        build_user_module(ModelRef.parse(f"{REPO / 'models' / 'tinysr.py'}:Nope"), extra_paths=(REPO,))
+        build_user_module(ModelRef.parse(f"{USER_REPO / 'models' / 'tinysr.py'}:Nope"), extra_paths=(USER_REPO,))
     with pytest.raises(UserCodeError, match="width"):
-        build_user_module(ModelRef.parse(f"{REPO / 'models' / 'broken.py'}:NeedsArgs"))
+        build_user_module(ModelRef.parse(f"{USER_REPO / 'models' / 'broken.py'}:NeedsArgs"))
     # Without the repository root on the import path, `from models.block import ...` fails by name.
     with pytest.raises(UserCodeError, match="import path"):
         build_user_module(ModelRef.parse(TINY))
@@ -119,7 +122,7 @@ def test_export_names_operator_and_line():
     from edgesr.spec import Spec
     from edgesr.usermodel import ModelRef, build_user_module
 
-    net = build_user_module(ModelRef.parse(f"{REPO / 'models' / 'broken.py'}:FFTNet"))
+    net = build_user_module(ModelRef.parse(f"{USER_REPO / 'models' / 'broken.py'}:FFTNet"))
     with pytest.raises(ExportError) as e:
         export_user_model(net, Spec(arch="user:FFTNet", scale=4), Path("/nonexistent/x.onnx"))
     msg = str(e.value)
@@ -133,7 +136,7 @@ def test_fixed_size_fallback_is_stated(tmp_path):
     from edgesr.spec import Spec
     from edgesr.usermodel import ModelRef, build_user_module
 
-    net = build_user_module(ModelRef.parse(f"{REPO / 'models' / 'broken.py'}:SizeBakedNet"))
+    net = build_user_module(ModelRef.parse(f"{USER_REPO / 'models' / 'broken.py'}:SizeBakedNet"))
     res = export_user_model(net, Spec(arch="user:SizeBakedNet", scale=4), tmp_path / "m.onnx")
     d = res.to_dict()
     assert d["fixed_input_hw"] == [64, 64] and d["dynamic"] is False
@@ -220,7 +223,7 @@ def test_generic_pass_is_reported_applied_only_when_it_collapsed_something():
 def test_cli_convert_and_eval_with_model(weights, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("EDGESR_ALLOW_IMPLAUSIBLE", raising=False)
     out = tmp_path / "out"
-    rc = main(["convert", str(weights), "--model", TINY, "--model-path", str(REPO), "--model-kwargs",
+    rc = main(["convert", str(weights), "--model", TINY, "--model-path", str(USER_REPO), "--model-kwargs",
                '{"data_range": 255}', "-o", str(out), "--no-bench", "--no-ort-format", "--json"])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
@@ -239,7 +242,7 @@ def test_cli_convert_and_eval_with_model(weights, tmp_path, capsys, monkeypatch)
 def test_cli_parity_upscale_bench_quantize_take_model(weights, tmp_path, capsys):
     from edgesr.sample_images import sample_images
 
-    user = ["--model", TINY, "--model-path", str(REPO), "--model-kwargs", '{"data_range": 255}']
+    user = ["--model", TINY, "--model-path", str(USER_REPO), "--model-kwargs", '{"data_range": 255}']
     assert main(["parity", f"{weights}:training", str(weights), "--sizes", "17x23", "--limit", "1",
                  "--no-localize", "--json", *user]) == 0
     rep = json.loads(capsys.readouterr().out)
@@ -260,14 +263,12 @@ def test_cli_parity_upscale_bench_quantize_take_model(weights, tmp_path, capsys)
 
 def test_registry_models_are_checked_too(tmp_path, capsys, monkeypatch):
     """An untrained registry checkpoint is refused by convert (naming what was tried) unless allowed."""
-    from safetensors.torch import save_file
-
     from edgesr.registry import build_variant
 
     monkeypatch.delenv("EDGESR_ALLOW_IMPLAUSIBLE", raising=False)
     torch.manual_seed(0)
     p = tmp_path / "untrained.safetensors"
-    save_file({k: v.contiguous() for k, v in build_variant("etds-t-x2", "deploy").module.state_dict().items()}, str(p))
+    save_weights(build_variant("etds-t-x2", "deploy").module, p)
     args = ["convert", str(p), "-o", str(tmp_path / "o"), "--no-bench", "--no-ort-format"]
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -293,7 +294,7 @@ def test_cuda_calls_while_building_run_on_cpu():
 
     if torch.cuda.is_available():
         pytest.skip("the redirect applies only without CUDA")
-    net = build_user_module(ModelRef.parse(f"{REPO / 'models' / 'broken.py'}:WarmsUpOnGPU"))
+    net = build_user_module(ModelRef.parse(f"{USER_REPO / 'models' / 'broken.py'}:WarmsUpOnGPU"))
     assert net.edgesr_cuda_calls_on_cpu == 2 and next(net.parameters()).device.type == "cpu"
     assert "cuda" not in torch.Tensor.__dict__  # restored: outside the build .cuda() behaves as usual
     with pytest.raises((AssertionError, RuntimeError)):
@@ -360,10 +361,10 @@ def test_convert_of_a_fixed_size_export_states_tiling_was_not_measured(tmp_path,
     measurement, which fed the graph other sizes) and says tiling was not measured."""
     from edgesr.usermodel import ModelRef, build_user_module
 
-    code = f"{REPO / 'models' / 'broken.py'}:SizeBakedNet"
+    code = f"{USER_REPO / 'models' / 'broken.py'}:SizeBakedNet"
     torch.save(build_user_module(ModelRef.parse(code)).state_dict(), tmp_path / "w.pth")
     out = tmp_path / "out"
-    rc = main(["convert", str(tmp_path / "w.pth"), "--model", code, "--model-path", str(REPO), "-o", str(out),
+    rc = main(["convert", str(tmp_path / "w.pth"), "--model", code, "--model-path", str(USER_REPO), "-o", str(out),
                "--no-bench", "--no-ort-format", "--input-range", "1"])
     assert rc == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
@@ -377,10 +378,10 @@ def test_convert_int8_of_a_fixed_size_export(tmp_path, capsys):
     verdict all run on inputs of exactly that shape (they fed 8-sample batches and 48-px crops)."""
     from edgesr.usermodel import ModelRef, build_user_module
 
-    code = f"{REPO / 'models' / 'broken.py'}:SizeBakedNet"
+    code = f"{USER_REPO / 'models' / 'broken.py'}:SizeBakedNet"
     torch.save(build_user_module(ModelRef.parse(code)).state_dict(), tmp_path / "w.pth")
     out = tmp_path / "out"
-    rc = main(["convert", str(tmp_path / "w.pth"), "--model", code, "--model-path", str(REPO), "-o", str(out),
+    rc = main(["convert", str(tmp_path / "w.pth"), "--model", code, "--model-path", str(USER_REPO), "-o", str(out),
                "--no-bench", "--no-ort-format", "--input-range", "1", "--int8", "--threads", "1"])
     assert rc == 0, capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
