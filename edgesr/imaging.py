@@ -52,6 +52,7 @@ __all__ = [
     "write_image",
     "streaming_output",
     "clean_stale_temps",
+    "temp_prefix",
     "quantize",
     "to_tensor",
     "from_tensor",
@@ -603,7 +604,7 @@ _LEGACY_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # fsutil.atom
 _STREAM_STEM_MAX = 255 - 1 - len(TEMP_MARK) - 8 - 4
 
 
-def _temp_prefix(final_name: str) -> str:
+def temp_prefix(final_name: str) -> str:
     """The temp name's prefix for `final_name`: a name near the 255-byte limit is shortened
     (keeping a hash, edgesr.fsutil.temp_stem) so any legal output name can be written."""
     from .fsutil import temp_stem
@@ -612,7 +613,7 @@ def _temp_prefix(final_name: str) -> str:
 
 
 def _temp_re(final_name: str) -> "re.Pattern[str]":
-    return re.compile("^" + re.escape(_temp_prefix(final_name)) + r"[a-z0-9_]{8}\.tmp$")
+    return re.compile("^" + re.escape(temp_prefix(final_name)) + r"[a-z0-9_]{8}\.tmp$")
 
 
 @contextlib.contextmanager
@@ -624,7 +625,7 @@ def streaming_output(final: str | os.PathLike) -> Iterator[io.BufferedWriter]:
 
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(final.name), suffix=".tmp", dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(final.name), suffix=".tmp", dir=final.parent)
     tmp_path = Path(tmp)
     try:
         _lock(fd)

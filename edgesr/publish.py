@@ -54,7 +54,7 @@ def _absolute(p: Path) -> Path:
         return Path(os.path.abspath(p))
 
 
-def _staging_name(outdir_name: str, tag: str = "") -> str:
+def staging_name(outdir_name: str, tag: str = "") -> str:
     """``.edgesr-partial-[tag]<name>-<pid>``, the name shortened (with a hash, so two long
     names stay apart) when the result plus ``.lock`` would pass the file system's name limit:
     a legal 250-character OUTDIR must not fail because its staging name is longer."""
@@ -79,7 +79,7 @@ def make_staging(outdir: Path) -> Path:
     try:
         outdir.parent.mkdir(parents=True, exist_ok=True)
         _clean_stale_staging(outdir.parent)
-        staging = outdir.parent / _staging_name(outdir.name)
+        staging = outdir.parent / staging_name(outdir.name)
         _lock_staging(staging)  # before mkdir: a folder whose lock nobody holds is a stale leftover
         if os.path.lexists(staging):
             _remove_path(staging)
@@ -162,17 +162,17 @@ def publish(staging: Path, outdir: Path, force: bool) -> None:
             if not force:
                 raise OutputExists(f"{quoted(outdir)} appeared while converting; pass --force to replace it")
             check_outdir(outdir, force)  # still a bundle edgesr wrote? (it may have changed meanwhile)
-            if _rename2(staging, outdir, _RENAME_EXCHANGE):
+            if rename2(staging, outdir, RENAME_EXCHANGE):
                 _fsync_parent(outdir)
                 _remove_path(staging)  # now holds the previous OUTDIR
             else:
-                old = outdir.parent / _staging_name(outdir.name, "old-")
+                old = outdir.parent / staging_name(outdir.name, "old-")
                 os.replace(outdir, old)
                 os.replace(staging, outdir)
                 _fsync_parent(outdir)
                 _remove_path(old)
         else:
-            if not _rename2(staging, outdir, _RENAME_NOREPLACE):
+            if not rename2(staging, outdir, RENAME_NOREPLACE):
                 os.rename(staging, outdir)
             _fsync_parent(outdir)
     except FileExistsError:
@@ -200,7 +200,7 @@ try:
 except ImportError:  # Windows: stale folders are recognised by PID only
     _fcntl = None
     _HAVE_FLOCK = False
-_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # renameat2 flags (linux/fs.h), for rename2
 
 
 def _lock_staging(staging: Path) -> None:
@@ -238,7 +238,7 @@ def _try_lock(lock: Path) -> int | None:
     return fd
 
 
-def _rename2(src: Path, dst: Path, flags: int) -> bool:
+def rename2(src: Path, dst: Path, flags: int) -> bool:
     """Linux renameat2(src, dst, flags); False when the C library or file system lacks it."""
     if not sys.platform.startswith("linux"):
         return False

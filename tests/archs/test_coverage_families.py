@@ -15,21 +15,19 @@ import torch
 from torch import nn
 
 from edgesr import registry
-from edgesr.backends.ort_session import ort_session
 from edgesr.errors import ExportError
 from edgesr.export import export_onnx
 from edgesr.reparam import is_deploy_form, reparameterize
 from edgesr.shift import MODES, ChannelShift, elan_groups, groups_from_kernel, one_hot_kernel, shift, shift8_groups
+
+from helpers.inputs import uniform_image
+from helpers.ort import reference_session
 
 SMALL = ["scnet-f16b4-x4", "ghostsr-f16b2-x4", "recurrent-c32t4-x4", "igconv-f16b2-x3", "rdbesa-f16m2-x4",
          "elan-c24m4-x4", "shufflemixer-f16b1-x4", "safmn-f16b2-x4", "omnisr-f16-x4", "swinir-d24-x4"]
 # (N, H, W): square, odd non-square, batch 2 wide
 SIZES = [(1, 16, 16), (1, 23, 17), (2, 15, 36)]
 TOL = 1e-5
-
-
-def _rand(shape, seed):
-    return np.random.default_rng(seed).random(shape, dtype=np.float32)
 
 
 @torch.no_grad()
@@ -61,16 +59,16 @@ def test_family_exports_dynamic_with_parity(name, tmp_path):
     arch, train, dep, spec = _models(name)
     assert is_deploy_form(dep)
     if train is not None:  # training -> deploy is exact
-        x = torch.from_numpy(_rand((1, 3, 19, 21), 7))
+        x = torch.from_numpy(uniform_image((1, 3, 19, 21), 7))
         with torch.inference_mode():
             err = (train(x) - dep(x)).abs().max().item()
         assert err < TOL, (name, "reparam", err)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = export_onnx(dep, spec, tmp_path / f"{name}.onnx", simplify=False, check=False)
-    sess = ort_session(res.path, threads=1)
+    sess = reference_session(res.path)
     for i, (n, h, w) in enumerate(SIZES):
-        x = _rand((n, 3, h, w), i)
+        x = uniform_image((n, 3, h, w), i)
         with torch.inference_mode():
             ref = dep(torch.from_numpy(x)).numpy()
         out = sess.run(None, {"input": x})[0]
@@ -82,7 +80,7 @@ def test_family_exports_dynamic_with_parity(name, tmp_path):
 @pytest.mark.parametrize("name", SMALL)
 def test_registry_detects_and_reloads_both_forms(name):
     arch, train, dep, spec = _models(name)
-    x = torch.from_numpy(_rand((1, 3, 17, 19), 3))
+    x = torch.from_numpy(uniform_image((1, 3, 17, 19), 3))
     for form, module in (("training", train), ("deploy", dep)):
         if module is None:
             continue
@@ -167,10 +165,10 @@ def test_every_shift_form_exports_with_dynamic_shapes(mode, tmp_path):
 
     m = nn.Sequential(nn.Conv2d(3, 16, 1), ChannelShift(shift8_groups(16), mode), nn.Conv2d(16, 3, 1))
     res = export_onnx(m, Spec(arch="t", scale=1), tmp_path / "s.onnx", simplify=False, check=False)
-    x = _rand((1, 3, 13, 8), 0)
+    x = uniform_image((1, 3, 13, 8), 0)
     with torch.inference_mode():
         ref = m(torch.from_numpy(x)).numpy()
-    assert np.abs(ort_session(res.path, threads=1).run(None, {"input": x})[0] - ref).max() < 1e-6
+    assert np.abs(reference_session(res.path).run(None, {"input": x})[0] - ref).max() < 1e-6
 
 
 # ---- family specifics ----------------------------------------------------------------------
@@ -201,7 +199,7 @@ def test_igconv_one_model_serves_x2_x3_x4_and_a_scale_input_onnx(tmp_path):
     torch.manual_seed(0)
     model = IGConvSR(scale=4, num_feat=16, num_block=1, implicit_dim=32, latent_layers=2).eval()
     _perturb(model, 1)
-    x = torch.from_numpy(_rand((1, 3, 11, 14), 2))
+    x = torch.from_numpy(uniform_image((1, 3, 11, 14), 2))
     for s in (2, 3, 4):
         dep = model.reparameterize(s)
         assert dep.upsample.weight.shape[0] == 3 * s * s

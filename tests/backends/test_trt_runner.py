@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from edgesr.backends.ort_session import ort_session
 from edgesr.backends.trt import BuildOptions, EngineShapeError, ShapeProfile, TensorRTRunner, build_engine
 from edgesr.errors import BackendUnavailable
 
 from helpers.models import TinySR
+from helpers.ort import reference_session
 
 MODULES = {"rtx": "tensorrt_rtx", "trt": "tensorrt"}
 
@@ -39,7 +39,7 @@ def onnx_fp32(tmp_path_factory) -> Path:
 
 
 def _ort_reference(path: Path, x: np.ndarray) -> np.ndarray:
-    return ort_session(path).run(None, {"lr": x})[0]
+    return reference_session(path, threads=None).run(None, {"lr": x})[0]
 
 
 def _gpu_flavour_or_skip(name: str) -> None:

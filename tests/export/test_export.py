@@ -16,6 +16,7 @@ from edgesr.registry import architectures, build_variant, get_variant, load_mode
 from edgesr.reparam import reparameterize
 from edgesr.spec import Spec
 
+from helpers.inputs import uniform_image
 from helpers.models import random_deploy
 from helpers.quantize import ort_quantize_qdq
 
@@ -46,10 +47,6 @@ def _ort(path):
     from edgesr.backends.ort_runner import OrtRunner
 
     return OrtRunner(path, threads=1)
-
-
-def _rand(n, c, h, w, seed=0):
-    return np.random.default_rng(seed).random((n, c, h, w), dtype=np.float32)
 
 
 def _max_abs(module, runner, x):
@@ -107,7 +104,7 @@ def test_three_sizes_and_batch(name, tmp_path):
     res = export_onnx(module, spec, tmp_path / "m.onnx")
     runner = _ort(res.path)
     for i, (h, w) in enumerate(SIZES):
-        x = _rand(2 if i == 0 else 1, spec.in_channels, h, w, seed=i)
+        x = uniform_image((2 if i == 0 else 1, spec.in_channels, h, w), seed=i)
         _assert_matches_torch(module, runner, x)
         assert runner.run(x).shape == (x.shape[0], spec.out_channels, h * spec.scale, w * spec.scale)
 
@@ -157,9 +154,9 @@ def test_pixel_shuffle_is_depth_to_space_crd_numerically(scale, tmp_path):
         m.conv.bias.copy_(torch.arange(3 * scale * scale, dtype=torch.float32))
     spec = Spec(arch="test", scale=scale)
     res = export_onnx(m, spec, tmp_path / "ps.onnx")
-    y = _ort(res.path).run(_rand(1, 3, 5, 7))
+    y = _ort(res.path).run(uniform_image((1, 3, 5, 7)))
     with torch.no_grad():
-        ref = m(torch.from_numpy(_rand(1, 3, 5, 7))).numpy()
+        ref = m(torch.from_numpy(uniform_image((1, 3, 5, 7)))).numpy()
     np.testing.assert_array_equal(y, ref)
     # the pattern really is CRD: channel c, sub-pixel (i, j) holds c*s*s + i*s + j
     assert y[0, 1, 0, 1] == 1 * scale * scale + 0 * scale + 1
@@ -175,7 +172,7 @@ def test_simplified_equals_unsimplified(tmp_path):
     assert len(onnx.load(str(b.path)).graph.node) <= len(onnx.load(str(a.path)).graph.node)
     ra, rb = _ort(a.path), _ort(b.path)
     for i, (h, w) in enumerate(SIZES):
-        x = _rand(1, 3, h, w, seed=10 + i)
+        x = uniform_image((1, 3, h, w), seed=10 + i)
         assert np.abs(ra.run(x) - rb.run(x)).max() <= 1e-6
 
 

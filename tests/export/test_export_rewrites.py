@@ -12,17 +12,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edgesr.backends.ort_session import ort_session
 from edgesr.errors import ExportError
 from edgesr.export.diagnose import export_user_model
 from edgesr.export.rewrites import plan_rewrites, rewrite_mode, unfold_gather
 from edgesr.spec import Spec
 
+from helpers.ort import reference_session
+
 ODD_SIZES = [(17, 23), (31, 9), (40, 41)]
 
 
 def _max_abs_ort_vs_torch(net, path, sizes=ODD_SIZES, batch=1) -> float:
-    sess = ort_session(path, threads=1)
+    sess = reference_session(path, threads=None)
     worst = 0.0
     for i, (h, w) in enumerate(sizes):
         x = torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(i))

@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE.parent))  # tests/: helpers
 sys.path.insert(0, str(HERE))
+
+from helpers.paths import REPO  # noqa: E402
+
+sys.path.insert(0, str(REPO))
 
 from test_hardening import PEAK_RSS_BOUND, run_child_measured  # noqa: E402
 from test_hostile_inputs import CASES, Corpus, problems, run_in_process  # noqa: E402

@@ -431,35 +431,35 @@ def test_quoted_and_one_line_escape_every_unprintable_character():
 @pytest.mark.parametrize("unit", ["a", "\u00e9", "\u4e2d", "\U0001f600"])  # 1-, 2-, 3- and 4-byte UTF-8
 def test_staging_and_temp_names_fit_the_name_limit(unit):
     from edgesr.fsutil import temp_stem
-    from edgesr.publish import STAGING_PREFIX, _staging_name
+    from edgesr.publish import STAGING_PREFIX, staging_name
 
     n = 255 // len(unit.encode())
     name = unit * n  # the longest legal name made of this character
     other = unit * (n - 1) + "b"
     for tag in ("", "old-"):
-        s = _staging_name(name, tag)
+        s = staging_name(name, tag)
         assert s.startswith(STAGING_PREFIX + tag) and s.rsplit("-", 1)[1] == str(os.getpid())
         assert len(os.fsencode(s + ".lock")) <= 255
-        assert _staging_name(other, tag) != s
+        assert staging_name(other, tag) != s
     assert len(os.fsencode("." + temp_stem(name) + ".abcdefgh.tmp")) <= 255
-    assert _staging_name("short") == f"{STAGING_PREFIX}short-{os.getpid()}"  # unchanged for ordinary names
+    assert staging_name("short") == f"{STAGING_PREFIX}short-{os.getpid()}"  # unchanged for ordinary names
 
 
 @pytest.mark.parametrize("unit", ["u", "\u00e9", "\U0001f600"])
 def test_streamed_output_temp_names_fit_and_are_cleaned(tmp_path, unit):
     """upscale's streamed temp file (".<name>.edgesr-XXXXXXXX.tmp") of the longest legal output
     name stays within 255 bytes, and a killed run's leftover of that name is found and removed."""
-    from edgesr.imaging import _temp_prefix, clean_stale_temps, streaming_output
+    from edgesr.imaging import clean_stale_temps, streaming_output, temp_prefix
 
     name = unit * ((255 - 4) // len(unit.encode())) + ".png"
     final = tmp_path / name
     with streaming_output(final) as f:
         f.write(b"x")
     assert final.read_bytes() == b"x"
-    stale = tmp_path / (_temp_prefix(name) + "abcd1234.tmp")
+    stale = tmp_path / (temp_prefix(name) + "abcd1234.tmp")
     assert len(os.fsencode(stale.name)) <= 255
     stale.write_bytes(b"half")  # what a SIGKILL leaves
-    other = tmp_path / (_temp_prefix(unit * 3 + ".png") + "abcd1234.tmp")
+    other = tmp_path / (temp_prefix(unit * 3 + ".png") + "abcd1234.tmp")
     other.write_bytes(b"not ours")
     assert clean_stale_temps(final) == [stale] and other.exists() and final.exists()
 

@@ -113,13 +113,13 @@ def leftovers(parent: Path) -> list[str]:
 
 
 def _exchange_supported(tmp: Path) -> bool:
-    from edgesr.publish import _RENAME_EXCHANGE, _rename2
+    from edgesr.publish import RENAME_EXCHANGE, rename2
 
     a, b = tmp / "xa", tmp / "xb"
     a.mkdir()
     b.mkdir()
     try:
-        return _rename2(a, b, _RENAME_EXCHANGE)
+        return rename2(a, b, RENAME_EXCHANGE)
     finally:
         a.rmdir()
         b.rmdir()

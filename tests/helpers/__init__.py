@@ -5,7 +5,9 @@
   for ``python -m edgesr`` children.
 * ``helpers.models``: toy SR networks and random-weight registry models for tests that need a model
   but not a trained one, and a fixed-input-size runner over a PyTorch module.
+* ``helpers.inputs``: seeded inputs (uniform noise images).
 * ``helpers.weights``: checkpoint files written from modules or state_dicts.
+* ``helpers.ort``: plain ONNX Runtime sessions built without edgesr (an independent reference).
 * ``helpers.quantize``: ONNX Runtime's own static QDQ quantizer with fixed inputs (an INT8 graph
   that is not edgesr's, to test what edgesr does with one).
 

@@ -16,6 +16,8 @@ from edgesr.registry import load_model
 from edgesr.reparam import reparameterize, training_blocks
 from edgesr.resolve import resolve_model
 
+from helpers.ort import reference_session
+
 BICUBIC_SET5_X4 = 28.60  # ../shared/README.md (PyTorch bicubic; MATLAB bicubic scores 28.43)
 
 
@@ -82,13 +84,11 @@ def test_default_convert_job(tmp_path):
 
 def test_training_form_exports_with_dynamic_shapes(bundled, tmp_path):
     """The training form itself exports (to measure what reparameterization buys)."""
-    import onnxruntime as ort
-
     from edgesr.export.onnx import export_onnx
 
     path = tmp_path / "training.onnx"
     export_onnx(bundled.module, bundled.spec, path)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = reference_session(path, threads=None)
     for shape in [(1, 3, 17, 23), (2, 3, 40, 31), (1, 3, 64, 64)]:
         x = np.random.default_rng(1).random(shape, dtype=np.float32)
         with torch.inference_mode():

@@ -6,6 +6,9 @@
   which never run, are left out. Run this file as a script to print the graph's circles and counts.
 * One place constructs ONNX Runtime sessions (`edgesr.backends.ort_session`).
 * Every runner class implements the one Runner contract (`edgesr.backends.base`).
+* tests/ mirrors the package: one folder per area (the map in docs/DEVELOPING.md), shared helpers
+  only in tests/helpers (no test module defines a name a helper module defines), and tests use
+  edgesr's public names (the few private ones left are listed below, each with its reason).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2] / "edgesr"
+TESTS_DIR = PACKAGE_DIR.parent / "tests"
 
 
 def module_name(path: Path) -> str:
@@ -243,6 +247,134 @@ def test_base_runner_contract() -> None:
         assert r.spec is None and r.input_metadata() == (TensorMeta("input", (None, None, None, None)),)
         assert r.run(np.ones((1, 3, 2, 2), np.float32)).sum() == 24
     assert r.closed
+
+
+# ------------------------------------------------------------------------------- the tests' own house
+
+NOT_AREAS = {"data", "helpers", "__pycache__"}  # test data, shared helpers, bytecode
+
+
+def area_folders() -> set[str]:
+    """The area folders under tests/ (each holds test modules of one part of the package)."""
+    return {p.name for p in TESTS_DIR.iterdir() if p.is_dir() and p.name not in NOT_AREAS}
+
+
+def all_test_modules() -> list[Path]:
+    return sorted(p for p in TESTS_DIR.rglob("*.py") if "data" not in p.relative_to(TESTS_DIR).parts
+                  and "helpers" not in p.relative_to(TESTS_DIR).parts)
+
+
+def documented_areas(text: str) -> set[str]:
+    """Folders named as `tests/<area>/` in docs/DEVELOPING.md's tests map."""
+    import re
+
+    return set(re.findall(r"`tests/([a-z_]+)/`", text)) - NOT_AREAS
+
+
+def test_tests_mirror_the_package_areas() -> None:
+    """Every test module sits in an area folder, and the area folders are the documented ones."""
+    loose = sorted(p.name for p in TESTS_DIR.glob("test_*.py"))
+    assert not loose, f"test modules directly in tests/ (put each in its area folder): {loose}"
+    doc = (PACKAGE_DIR.parent / "docs" / "DEVELOPING.md").read_text(encoding="utf-8")
+    on_disk, documented = area_folders(), documented_areas(doc)
+    assert on_disk == documented, (f"tests/ folders not in docs/DEVELOPING.md's tests map: {sorted(on_disk - documented)}; "
+                                   f"documented but missing: {sorted(documented - on_disk)}")
+    names = [p.name for p in all_test_modules()]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    assert not twice, f"test module names used twice (pytest imports them by file name): {twice}"
+
+
+def top_level_names(path: Path) -> set[str]:
+    """Functions, classes and assigned names a module defines at its top level."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return names
+
+
+def test_no_test_module_redefines_a_helper() -> None:
+    helpers = {name: f"helpers.{p.stem}" for p in sorted((TESTS_DIR / "helpers").glob("*.py"))
+               for name in top_level_names(p) if not name.startswith("__")}
+    assert len(helpers) >= 10, "the walker found too few helpers"
+    copies = [f"{p.relative_to(TESTS_DIR)}: {n} (import it from {helpers[n]})"
+              for p in all_test_modules() for n in sorted(top_level_names(p) & helpers.keys())]
+    assert not copies, "test modules define a name tests/helpers already defines:\n" + "\n".join(copies)
+
+
+# Private edgesr names the tests still use, each with why. A new one fails the test below: test
+# through the public function that uses it, or make it public with a docstring.
+PRIVATE_NAMES_USED_BY_TESTS = {
+    "edgesr.backends.trt_flavour._cache": "emptied to test a missing TensorRT package after another test loaded it",
+    "edgesr.export.litert._nhwc": "the NHWC wrapper alone, proved exact before LiteRT converts it",
+    "edgesr.cli._warnings_as_notes": "how the CLI turns warnings into notes, without a command that warns",
+}
+
+
+def private_names_used(path: Path) -> set[str]:
+    """edgesr names starting with one underscore that a test module imports, reads as an attribute
+    of an edgesr module or object, or patches by name."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    bound: dict[str, str] = {}  # local name -> dotted edgesr name
+    found: set[str] = set()
+
+    def private(name: str) -> bool:
+        return name.startswith("_") and not name.startswith("__")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "edgesr":
+            for a in node.names:
+                full = f"{node.module}.{a.name}"
+                if private(a.name):
+                    found.add(full)
+                bound[a.asname or a.name] = full
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "edgesr":
+                    bound[a.asname or "edgesr"] = a.name if a.asname else "edgesr"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and private(node.attr):
+            chain, base = [node.attr], node.value
+            while isinstance(base, ast.Attribute):
+                chain.append(base.attr)
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in bound:
+                found.add(".".join([bound[base.id], *reversed(chain)]))
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("setattr", "delattr", "setitem"):
+            args = node.args
+            if len(args) >= 2 and isinstance(args[0], ast.Name) and args[0].id in bound:
+                if isinstance(args[1], ast.Constant) and isinstance(args[1].value, str) and private(args[1].value):
+                    found.add(f"{bound[args[0].id]}.{args[1].value}")
+            if args and isinstance(args[0], ast.Constant) and isinstance(args[0].value, str):
+                parts = args[0].value.split(".")
+                if parts[0] == "edgesr" and any(private(x) for x in parts):
+                    found.add(args[0].value)
+    return found
+
+
+def test_tests_use_public_names() -> None:
+    used: dict[str, list[str]] = {}
+    for p in all_test_modules():
+        for name in private_names_used(p):
+            used.setdefault(name, []).append(str(p.relative_to(TESTS_DIR)))
+    new = {n: files for n, files in used.items() if n not in PRIVATE_NAMES_USED_BY_TESTS}
+    assert not new, f"tests use private edgesr names: {new}"
+    gone = sorted(set(PRIVATE_NAMES_USED_BY_TESTS) - set(used))
+    assert not gone, f"no test uses these any more: remove them from PRIVATE_NAMES_USED_BY_TESTS: {gone}"
+
+
+def test_house_checks_can_fail(tmp_path: Path) -> None:
+    # The walkers above must see what they look for.
+    probe = tmp_path / "test_probe.py"
+    probe.write_text("import edgesr.cli as c\nfrom edgesr.publish import _x, ok\nfrom edgesr import imaging\n"
+                     "def run_cli(): pass\nc._y\nimaging._z.w\nmonkeypatch.setattr(imaging, '_v', 1)\n"
+                     "monkeypatch.setattr('edgesr.bench._u', 1)\n")
+    assert private_names_used(probe) == {"edgesr.publish._x", "edgesr.cli._y", "edgesr.imaging._z",
+                                         "edgesr.imaging._v", "edgesr.bench._u"}
+    assert "run_cli" in top_level_names(probe)
+    assert documented_areas("| `tests/quant/` | x |\n`tests/helpers/` `tests/data/`") == {"quant"}
 
 
 def test_walker_sees_a_cycle() -> None:

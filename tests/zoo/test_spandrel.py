@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgesr.backends.ort_session import ort_session
+from helpers.ort import reference_session
 
 spandrel = pytest.importorskip("spandrel")
 
@@ -77,7 +77,7 @@ def test_bridge_loads_exports_and_matches_spandrel(name, tmp_path):
         assert is_deploy_form(bm.module) and bm.spec.form == "deploy"
     res = export_spandrel(sd, tmp_path / f"{name}.onnx", simplify=False)
     assert res.metadata["spandrel_arch"] == f'{bm.arch_id}'
-    sess = ort_session(res.path, threads=1)
+    sess = reference_session(res.path)
     for i, (n, h, w) in enumerate([(1, 16, 16), (1, 23, 17), (2, 12, 30)]):
         x = np.random.default_rng(i).random((n, 3, h, w), dtype=np.float32)
         with torch.inference_mode():
