@@ -27,6 +27,8 @@ import pytest
 
 from edgesr.pipeline import BUNDLED_CHECKPOINT
 
+from helpers.video import CLIP_FRAMES, CLIP_RATE, audio_summary, write_clip
+
 ray = pytest.importorskip("ray", reason="needs pip install 'edgesr[ray]'")
 
 TINY_CODE = '''
@@ -313,10 +315,11 @@ def _cli(*args: str) -> tuple[int, str, str]:
 def test_bulk_upscale_on_ray_equals_local_byte_for_byte(ray_cluster, tmp_path):
     src = tmp_path / "in"
     _images(src)
-    rc_local, out, err = _cli("upscale", str(BUNDLED_CHECKPOINT), str(src), str(tmp_path / "local"), "--threads", "1", "--json")
+    rc_local, out, err = _cli("upscale", str(BUNDLED_CHECKPOINT), str(src), str(tmp_path / "local"), "--threads", "1",
+                              "--json")
     local = json.loads(out)
-    rc_ray, out, err = _cli("upscale", str(BUNDLED_CHECKPOINT), str(src), str(tmp_path / "ray"), "--threads", "1", "--json",
-                            "--executor", "ray", "--ray-address", ray_cluster, "--ray-workers", "2")
+    rc_ray, out, err = _cli("upscale", str(BUNDLED_CHECKPOINT), str(src), str(tmp_path / "ray"), "--threads", "1",
+                            "--json", "--executor", "ray", "--ray-address", ray_cluster, "--ray-workers", "2")
     remote = json.loads(out)
     assert rc_local == rc_ray != 0, err  # the broken image fails in both
     assert "5 images in" in err and "1 failed" in err and "2 workers" in err, err
@@ -358,24 +361,24 @@ def test_video_over_frame_ranges_on_ray_equals_local(ray_cluster, tmp_path):
     same count, rate and audio."""
     pytest.importorskip("av", reason="needs pip install 'edgesr[video]'")
     import av
-    from test_video import FRAMES, RATE, _audio, _clip
 
     from edgesr.video import probe
 
     src = tmp_path / "in.mkv"
-    _clip(src, "ffv1", "bgr0")
+    write_clip(src, "ffv1", "bgr0")
     rc, out, err = _cli("upscale", str(BUNDLED_CHECKPOINT), str(src), str(tmp_path / "local.mkv"), "--threads", "1")
     assert rc == 0, err
-    rc, out, err = _cli("upscale", str(BUNDLED_CHECKPOINT), str(src), str(tmp_path / "ray.mkv"), "--threads", "1", "--json",
-                        "--executor", "ray", "--ray-address", ray_cluster, "--ray-workers", "2")
+    rc, out, err = _cli("upscale", str(BUNDLED_CHECKPOINT), str(src), str(tmp_path / "ray.mkv"), "--threads", "1",
+                        "--json", "--executor", "ray", "--ray-address", ray_cluster, "--ray-workers", "2")
     assert rc == 0, err
     res = json.loads(out)["video"]
-    assert res["frames"] == FRAMES and res["segments"] == 4
+    assert res["frames"] == CLIP_FRAMES and res["segments"] == 4
     info = probe(tmp_path / "ray.mkv")
-    assert info["frames"] == FRAMES and info["rate"] == RATE and _audio(tmp_path / "ray.mkv") == _audio(src)
+    assert info["frames"] == CLIP_FRAMES and info["rate"] == CLIP_RATE
+    assert audio_summary(tmp_path / "ray.mkv") == audio_summary(src)
     frames = []
     for name in ("local.mkv", "ray.mkv"):
         with av.open(str(tmp_path / name)) as c:
             frames.append([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-    assert all(np.array_equal(a, b) for a, b in zip(*frames)) and len(frames[1]) == FRAMES
+    assert all(np.array_equal(a, b) for a, b in zip(*frames)) and len(frames[1]) == CLIP_FRAMES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mkv", "local.mkv", "ray.mkv"]  # segments removed

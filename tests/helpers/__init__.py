@@ -8,6 +8,7 @@
 * ``helpers.inputs``: seeded inputs (uniform noise images).
 * ``helpers.weights``: checkpoint files written from modules or state_dicts.
 * ``helpers.ort``: plain ONNX Runtime sessions built without edgesr (an independent reference).
+* ``helpers.video``: a short generated clip with audio (PyAV) and a summary of its audio.
 * ``helpers.quantize``: ONNX Runtime's own static QDQ quantizer with fixed inputs (an INT8 graph
   that is not edgesr's, to test what edgesr does with one).
 
