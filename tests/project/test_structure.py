@@ -304,6 +304,20 @@ def test_no_test_module_redefines_a_helper() -> None:
     assert not copies, "test modules define a name tests/helpers already defines:\n" + "\n".join(copies)
 
 
+def test_test_modules_import_only_their_own_folders_modules() -> None:
+    """pytest puts a test module's own folder on sys.path; a module of another area resolves only
+    when that area is collected too (share it through tests/helpers instead)."""
+    far = []
+    for p in all_test_modules():
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            for name in names:
+                if name.startswith("test_") and not (p.parent / f"{name.split('.')[0]}.py").is_file():
+                    far.append(f"{p.relative_to(TESTS_DIR)} imports {name}")
+    assert not far, f"test modules import another folder's test module: {far}"
+
+
 # Private edgesr names the tests still use, each with why. A new one fails the test below: test
 # through the public function that uses it, or make it public with a docstring.
 PRIVATE_NAMES_USED_BY_TESTS = {
