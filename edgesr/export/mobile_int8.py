@@ -143,10 +143,10 @@ def equalizable_pairs(module, sample) -> tuple[list[tuple[str, str, str]], str]:
                 continue
             nxt_in, act = nxt, ("prelu" if "prelu" in op else op.strip("_"))
             if act == "prelu":  # name the nn.PReLU whose slopes this node uses alone
-                slope = nxt.args[1] if len(nxt.args) > 1 else None
-                owner = params.get(getattr(slope, "name", ""), "").rsplit(".", 1)[0]
+                slope = getattr(nxt.args[1], "name", "") if len(nxt.args) > 1 else ""
+                owner = params.get(slope, "").rsplit(".", 1)[0]
                 plain = isinstance(module.get_submodule(owner), nn.PReLU) if owner else False
-                act = f"prelu:{owner}" if plain and len(nodes[slope.name].users) == 1 else act
+                act = f"prelu:{owner}" if plain and len(nodes[slope].users) == 1 else act
             nxt = next(iter(nxt.users))
         else:
             nxt_in = node
