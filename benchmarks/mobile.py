@@ -269,11 +269,14 @@ def ncnn_kernel_check(param: str, weights: bytes, x: np.ndarray) -> dict:
 
 LITERT_STEPS = [  # (label, Int8Options overrides) - cumulative
     ("first pass: ai-edge-quantizer defaults (moving-average ranges)",
-     dict(equalize=False, bias_correction=False, gptq=False, ranges="moving-average", full_input_range=False)),
-    ("+ true min-max ranges, input range = [0, 1]", dict(equalize=False, bias_correction=False, gptq=False)),
-    ("+ activation equalization", dict(bias_correction=False, gptq=False)),
-    ("+ bias correction", dict(gptq=False)),
-    ("+ GPTQ weight rounding = edgesr default", {}),
+     dict(equalize=False, bias_correction=False, gptq=False, ranges="moving-average", full_input_range=False,
+          split_prelu=False)),
+    ("+ true min-max ranges, input range = [0, 1]",
+     dict(equalize=False, bias_correction=False, gptq=False, split_prelu=False)),
+    ("+ activation equalization", dict(bias_correction=False, gptq=False, split_prelu=False)),
+    ("+ bias correction", dict(gptq=False, split_prelu=False)),
+    ("+ GPTQ weight rounding", dict(split_prelu=False)),
+    ("+ PReLU split into ReLU on doubled channels = edgesr default", {}),
 ]
 NCNN_STEPS = [
     ("first pass: min-max, no rewrites", dict(equalize=False, bias_correction=False, gptq=False, center=False)),
@@ -528,6 +531,20 @@ def _save(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
 
 
+def _command_args(argv: list[str]) -> str:
+    """The command line's arguments without ``--out PATH`` (where a part was written is no result)."""
+    out, skip = [], False
+    for a in argv:
+        if skip or a.startswith("--out="):
+            skip = False
+            continue
+        if a == "--out":
+            skip = True
+            continue
+        out.append(f"'{a}'" if " " in a else a)
+    return " ".join(out)
+
+
 def main(argv=None) -> int:
     from edgesr.bench import TimingPolicy, machine_info
 
@@ -553,8 +570,8 @@ def main(argv=None) -> int:
         data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
         for part in args.merge:
             extra = json.loads(part.read_text())
-            for name, m in extra["models"].items():  # each model keeps the command and load it was measured under
-                data.setdefault("models", {})[name] = m | {"command": extra["command"]}
+            for name, m in extra["models"].items():  # each model keeps the command, machine and load it was measured on
+                data.setdefault("models", {})[name] = m | {"command": extra["command"], "machine": extra["machine"]}
             data = {k: v for k, v in extra.items() if k != "models"} | data if "machine" not in data else data
         data["models"] = {n: data["models"][n] for n in MODELS if n in data["models"]}
         _save(RESULTS, data)
@@ -566,7 +583,7 @@ def main(argv=None) -> int:
     pairs = set5()
     target = args.out or (ABLATION if args.ablation else RESULTS)
     data = {"machine": machine_info(), "threads": args.threads, "latency_lr_hw": [args.size, args.size],
-            "command": "python benchmarks/mobile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python benchmarks/mobile.py " + _command_args(argv if argv is not None else sys.argv[1:]),
             "models": {}}
     if args.update and target.is_file():
         data["models"] = json.loads(target.read_text()).get("models", {})

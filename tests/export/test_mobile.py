@@ -512,3 +512,29 @@ def test_ncnn_int8_keeps_set5_within_015_db_etds_t(ckpt_dir, set5_dir):
         a, b = (psnr_y(np.clip(from_model_output(r.run(x)[0], lm.spec), 0, 1), p.hr, 4) for r in (fp32, int8))
         drops.append(a - b)
     assert len(drops) == 5 and float(np.mean(drops)) <= 0.15, drops
+
+
+@needs_litert
+@pytest.mark.shared
+@pytest.mark.slow
+def test_litert_int8_keeps_set5_within_015_db_ecbsr(ckpt_dir, set5_dir):
+    """Acceptance for the model LiteRT used to fail (0.71 dB before the PReLU split): ECBSR-M4C16
+    all-INT8 .tflite (one per Set5 LR size, no float layer) loses at most 0.15 dB Set5 x4 Y-PSNR
+    against the fp32 .tflite at the same size."""
+    from edgesr.backends.litert_runner import LiteRtRunner
+    from edgesr.export.litert import LiteRtInt8, convert_fp32_bytes
+    from edgesr.metrics import psnr_y
+    from edgesr.quant.calibration import from_model_output, testset_eval_set, to_model_input
+
+    lm = load_model(ckpt_dir / "ECBSR" / "ECBSR_M4C16_x4.pth")
+    module = lm.module.eval()
+    recipe = LiteRtInt8(module, lm.spec)
+    assert len(recipe.prep.prelu_split) == 5
+    drops = []
+    for p in testset_eval_set(set5_dir, 4).pairs:
+        x = to_model_input(p.lr, lm.spec)[None]
+        hw = x.shape[2:]
+        a, b = (psnr_y(np.clip(from_model_output(LiteRtRunner(m).run(x)[0], lm.spec), 0, 1), p.hr, 4)
+                for m in (convert_fp32_bytes(module, lm.spec, hw), recipe.build(hw)))
+        drops.append(a - b)
+    assert len(drops) == 5 and float(np.mean(drops)) <= 0.15, drops
