@@ -187,6 +187,7 @@ def etds_repo(args) -> int:
     out = {"benchmark": "int8_etds_repo", "glob": args.etds_repo, "threads": args.threads, "lr_for_720p": True,
            "machine": machine_info(), "models": {}}
     rows = []
+    dest = Path(args.out).with_name("int8_etds_repo.json") if args.out == str(RESULTS) else Path(args.out)
     with tempfile.TemporaryDirectory(prefix="edgesr-int8-etds-") as tmp:
         for i, ck in enumerate(ckpts):
             log(f"[{i + 1}/{len(ckpts)}] {ck.name} (load {os.getloadavg()[0]:.1f})")
@@ -212,6 +213,7 @@ def etds_repo(args) -> int:
                  "openvino_speedup": st["openvino"].median_ms / st["openvino-int8"].median_ms,
                  "load": os.getloadavg()}
             out["models"][ck.stem] = e
+            atomic_write_json(dest, out)  # after every model: a stopped run keeps what it measured
             rows.append([ck.stem, f"{st['ort'].median_ms:.1f}", f"{e['ort_speedup']:.2f}x",
                          f"{q['cpu']['drop']:.3f}", f"{st['openvino'].median_ms:.1f}", f"{e['openvino_speedup']:.2f}x",
                          f"{q['openvino']['drop']:.3f}", f"{e['load'][0]:.1f}"])
@@ -221,7 +223,6 @@ def etds_repo(args) -> int:
     out["int8_not_faster"] = slower
     print(f"\nINT8 faster than fp32 in both runtimes: {len(ckpts) - len(slower)} of {len(ckpts)}"
           + (f"; not: {', '.join(slower)}" if slower else ""))
-    dest = Path(args.out).with_name("int8_etds_repo.json") if args.out == str(RESULTS) else Path(args.out)
     atomic_write_json(dest, out)
     print(f"wrote {dest}")
     return 0

@@ -263,29 +263,49 @@ class EvalSet:
         return len(self.pairs)
 
 
-def held_out_eval_set(scale: int, names: Sequence[str] = HELD_OUT_NAMES, max_side: int = 512) -> EvalSet:
+def held_out_eval_set(scale: int, names: Sequence[str] = HELD_OUT_NAMES, max_side: int = 512,
+                      tile: int | None = None) -> EvalSet:
     """The sample images kept out of calibration, as (bicubic LR, HR) pairs.
 
     HR is centre-cropped to at most `max_side` and to a multiple of `scale`; LR is its
-    bicubic 1/scale downscale (8-bit, as benchmark LR files are).
+    bicubic 1/scale downscale (8-bit, as benchmark LR files are). With `tile`, each such
+    crop is cut into a grid of non-overlapping `tile` x `tile` HR tiles (rounded down to a
+    multiple of `scale`, centred), each its own pair: smooth and detailed regions then weigh
+    alike in the mean drop, as Set5's small images do.
     """
-    from ..sample_images import sample_image_dir
+    from ..sample_images import find_sample_image
 
-    folder = sample_image_dir()
     pairs = []
     for n in names:
-        f = folder / n
-        if not f.is_file():
+        f = find_sample_image(n)
+        if f is None:
             continue
         img = read_rgb_u8(f)
-        h = min(img.shape[0], max_side) // scale * scale
-        w = min(img.shape[1], max_side) // scale * scale
-        t, l = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
-        hr = np.ascontiguousarray(img[t:t + h, l:l + w])
-        pairs.append(EvalPair(n, bicubic_downscale(hr, scale), hr))
+        for name, hr in _tiles(n, _centre_crop(img, max_side, scale), tile, scale):
+            pairs.append(EvalPair(name, bicubic_downscale(hr, scale), hr))
     if not pairs:
         raise DatasetError(f"none of the held-out sample images ({', '.join(names)}) is available")
-    return EvalSet("sample-held-out", scale, pairs)
+    return EvalSet("sample-held-out" + (f" ({tile}-px tiles)" if tile else ""), scale, pairs)
+
+
+def _centre_crop(img: np.ndarray, side: int, scale: int) -> np.ndarray:
+    h = min(img.shape[0], side) // scale * scale
+    w = min(img.shape[1], side) // scale * scale
+    t, l = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+    return np.ascontiguousarray(img[t:t + h, l:l + w])
+
+
+def _tiles(name: str, hr: np.ndarray, tile: int | None, scale: int) -> list[tuple[str, np.ndarray]]:
+    if not tile:
+        return [(name, hr)]
+    t = max(scale, tile // scale * scale)
+    rows, cols = hr.shape[0] // t, hr.shape[1] // t
+    if rows == 0 or cols == 0:
+        return [(name, hr)]
+    top, left = (hr.shape[0] - rows * t) // 2, (hr.shape[1] - cols * t) // 2
+    return [(f"{name}@{top + i * t},{left + j * t}", np.ascontiguousarray(hr[top + i * t:top + (i + 1) * t,
+                                                                            left + j * t:left + (j + 1) * t]))
+            for i in range(rows) for j in range(cols)]
 
 
 def testset_eval_set(folder: str | os.PathLike, scale: int) -> EvalSet:
