@@ -459,6 +459,10 @@ def int8_verdict(report: dict) -> dict:
              "all_int8_drop_db": q["psnr_fp32"] - q["psnr_int8_all"]}
         if q.get("test_drop") is not None:
             e["test_set"], e["test_drop_db"] = q.get("test_set"), q["test_drop"]
+        if runtime in ("onnxruntime", "openvino"):  # measured on this CPU: its int8 kernels decide
+            from .machine import int8_dot_product
+
+            e["measured_on"] = int8_dot_product()
         fp32_name, int8_name = LATENCY_NAMES.get(runtime, (None, None))
         if fp32_name in lat and int8_name in lat:
             e["fp32_ms"], e["int8_ms"] = lat[fp32_name], lat[int8_name]

@@ -262,6 +262,11 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    @property
+    def images(self) -> list[str]:
+        """The photographs the pairs come from, in order (a tiled set names each photo once)."""
+        return list(dict.fromkeys(p.name.split("@")[0] for p in self.pairs))
+
 
 def held_out_eval_set(scale: int, names: Sequence[str] = HELD_OUT_NAMES, max_side: int = 512,
                       tile: int | None = None) -> EvalSet:
