@@ -426,13 +426,13 @@ def quantize_for(onnx_path: Path, out_path: Path, spec: Spec, profile: str, opts
         from .quant import held_out_eval_set
 
         cfg = replace(cfg, num_patches=8, gptq=False)
-        eval_set = held_out_eval_set(spec.scale, max_side=256)
+        eval_set = held_out_eval_set(spec.scale, max_side=256, tile=None)
     fixed = opts_export_fixed_hw(onnx_path.parent) if onnx_path.name == "model.onnx" else None
     if fixed is not None:  # a fixed-shape graph: patches and evaluation images of exactly that size
         from .quant import held_out_eval_set
 
         cfg = replace(cfg, patch_size=fixed[0], batch_size=1)
-        eval_set = held_out_eval_set(spec.scale, max_side=fixed[0] * spec.scale)
+        eval_set = held_out_eval_set(spec.scale, max_side=fixed[0] * spec.scale, tile=None)  # the one size
     test_set = testset_eval_set(opts.testset, spec.scale) if opts.testset else None
     png = out_path.parent / f"sensitivity_{profile}.png" if opts.int8_search else None
     res = quantize_model(onnx_path, out_path, spec, cfg, calibration=opts.calib, test_set=test_set,

@@ -363,7 +363,7 @@ def test_cli_quantize(tiny, tmp_path, capsys):
     d = json.loads(cap.out)
     assert d["config"]["finetune"] is False and d["finetune"] is None
     assert d["profile"] == "trt" and d["path"] == str(out) and out.is_file()
-    assert d["calibration"]["num_patches"] == 4 and d["eval_set"] == "sample-held-out"
+    assert d["calibration"]["num_patches"] == 4 and d["eval_set"] == "sample-held-out (192-px tiles)"
     rc = main(["quantize", str(path), "-o", str(out)])
     err = capsys.readouterr().err
     assert rc != 0 and err.count("\n") == 1 and "exists" in err and "--force" in err

@@ -10,7 +10,8 @@ value range and colour order (:class:`edgesr.spec.Spec`). Pillow's bicubic is us
 The default images are the package sample photographs
 (:func:`edgesr.sample_images.sample_images`), never a benchmark test set. They are split
 in two disjoint groups: :data:`HELD_OUT_NAMES` form the evaluation set that the mixed
-precision search tunes on (:func:`held_out_eval_set`), the others feed calibration.
+precision search tunes on (:func:`held_out_eval_set`, 192-px tiles of four photos, one of them
+from matplotlib's sample data), the others feed calibration.
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ import numpy as np
 from ..errors import DatasetError, ImageError
 from ..spec import Spec
 
-# Sample images kept out of calibration and used as the mixed-precision evaluation set.
-HELD_OUT_NAMES = ("astronaut.png", "chelsea.png", "coffee.png")
+# Sample images kept out of calibration and used as the mixed-precision evaluation set, cut into
+# HELD_OUT_TILE-px HR tiles. Chosen by benchmarks/int8_heldout.py (docs/int8.md): three photos at one
+# 512-px crop each passed graphs that lose 0.16-0.21 dB on Set5 (SPAN, RLFN) within a 0.10 dB budget;
+# 192-px tiles of four photos weigh smooth and detailed regions alike, as Set5's small images do.
+HELD_OUT_NAMES = ("astronaut.png", "chelsea.png", "coffee.png", "grace_hopper.jpg")
+HELD_OUT_TILE = 192
 
 try:  # MATLAB-compatible bicubic (preferred)
     from ..resize import imresize as _imresize
@@ -269,7 +274,7 @@ class EvalSet:
 
 
 def held_out_eval_set(scale: int, names: Sequence[str] = HELD_OUT_NAMES, max_side: int = 512,
-                      tile: int | None = None) -> EvalSet:
+                      tile: int | None = HELD_OUT_TILE) -> EvalSet:
     """The sample images kept out of calibration, as (bicubic LR, HR) pairs.
 
     HR is centre-cropped to at most `max_side` and to a multiple of `scale`; LR is its
