@@ -113,6 +113,7 @@ def run(args) -> int:
 
     from ..errors import EdgesrError, ScaleMismatch, one_line, quoted
     from ..pipeline import ConvertOptions, convert
+    from ..sizes import parse_hw
     from .output import emit_json, print_table
 
     if args.scale is not None and args.scale < 1:
@@ -144,7 +145,8 @@ def run(args) -> int:
         ort_format=not args.no_ort_format, force=args.force, bench=not args.no_bench, threads=args.threads,
         engines=engines, testset=Path(args.testset) if args.testset else None, executorch=args.executorch,
         openvino=args.openvino,
-        tflite=args.tflite, ncnn=args.ncnn, coreml=args.coreml, mobile_size=_mobile_size(args.mobile_size),
+        tflite=args.tflite, ncnn=args.ncnn, coreml=args.coreml,
+        mobile_size=None if args.mobile_size is None else parse_hw(args.mobile_size, "--mobile-size"),
         check_conventions=not args.allow_implausible and checks_enabled(), input_range=registry_input_range(args))
     if user is not None:
         if opts.checkpoint is None or opts.checkpoint.is_dir():
@@ -202,7 +204,8 @@ def _engine_request(args):
             print(f"edgesr: note: {', '.join(given)} ha{'s' if len(given) == 1 else 've'} no effect without "
                   "--trt-rtx or --trt", file=sys.stderr)
         return None
-    from ..backends.trt_convert import EngineRequest, check_request, parse_hw
+    from ..backends.trt_convert import EngineRequest, check_request
+    from ..sizes import parse_hw
 
     req = EngineRequest(
         flavours=tuple(f for f, on in (("rtx", args.trt_rtx), ("trt", args.trt)) if on),
@@ -335,19 +338,3 @@ def _zoo_results(args, only, on_start, on_done) -> list[dict]:
 
     return run_zoo(args.zoo, args.outdir, force=args.force, only=only, timeout=args.zoo_timeout, int8=True,
                    bench=not args.no_bench, jobs=args.zoo_jobs, on_start=on_start, on_done=on_done)
-
-
-def _mobile_size(text: str | None) -> tuple[int, int] | None:
-    """--mobile-size HxW (or one number for a square)."""
-    from ..errors import EdgesrError
-
-    if text is None:
-        return None
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        h, w = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
-    except ValueError:
-        h = w = 0
-    if h < 1 or w < 1:
-        raise EdgesrError(f"--mobile-size must be HxW with positive integers (e.g. 128x128), got {text!r}")
-    return h, w
