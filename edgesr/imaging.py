@@ -33,7 +33,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import torch
@@ -519,7 +519,7 @@ class PngWriter:
         self.f, self.width, self.height, self.channels, self.bit_depth = f, width, height, channels, bit_depth
         self.bpp = channels * bit_depth // 8
         self.rows = 0
-        self._prev = np.zeros(width * self.bpp, dtype=np.uint8)  # the row above (raw bytes)
+        self._prev: np.ndarray = np.zeros(width * self.bpp, dtype=np.uint8)  # the row above (raw bytes)
         self._z = zlib.compressobj(level)
         self._pending = bytearray()
         ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, _PNG_COLOR_TYPE[channels], 0, 0, 0)
@@ -616,7 +616,7 @@ def _temp_re(final_name: str) -> "re.Pattern[str]":
 
 
 @contextlib.contextmanager
-def streaming_output(final: str | os.PathLike) -> Iterator[io.BufferedWriter]:
+def streaming_output(final: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write `final` through: a locked temp file in the same folder, fsynced
     and renamed onto `final` when the block succeeds, removed when it fails. A SIGKILL leaves
     the temp file; :func:`clean_stale_temps` recognises and removes it on the next run."""
@@ -665,7 +665,7 @@ def clean_stale_temps(final: str | os.PathLike, *, legacy: bool = False) -> list
 
     final = Path(final)
     pat = _temp_re(final.name)
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(final.parent.iterdir())
     except OSError:

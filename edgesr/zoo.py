@@ -115,10 +115,10 @@ def _optional(m: dict, key: str, kind: type, where: str) -> Any:
 
 def read_index(index: str | Path) -> list[ZooEntry]:
     """Parse and check a zoo index (paths resolved; a missing weights file is not an error here)."""
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # Python 3.10
+        import tomli as tomllib
 
     from .errors import quoted
     from .limits import json_depth

@@ -114,14 +114,13 @@ def export_executorch(module, spec: Spec, path: str | Path, *, precision: str = 
         tile, overlap = recommended_tiling(spec)
         max_hw = (tile + 2 * overlap, tile + 2 * overlap)
     lo = max(1, spec.min_size)
-    min_hw = tuple(int(v) for v in (min_hw or (lo, lo)))
-    max_hw = tuple(int(v) for v in max_hw)
-    if not (min_hw[0] <= max_hw[0] and min_hw[1] <= max_hw[1]):
-        raise ExportError(f"min_hw {min_hw} exceeds max_hw {max_hw}")
+    min_box, max_box = _hw(min_hw or (lo, lo)), _hw(max_hw)
+    if not (min_box[0] <= max_box[0] and min_box[1] <= max_box[1]):
+        raise ExportError(f"min_hw {min_box} exceeds max_hw {max_box}")
     module = module.eval().float().cpu()
-    sample = torch.rand(1, spec.in_channels, min(64, max_hw[0]), min(64, max_hw[1]), generator=torch.Generator().manual_seed(0))
-    dims = {_input_name(module): {2: torch.export.Dim("h", min=min_hw[0], max=max_hw[0]),
-                                  3: torch.export.Dim("w", min=min_hw[1], max=max_hw[1])}}
+    sample = torch.rand(1, spec.in_channels, min(64, max_box[0]), min(64, max_box[1]), generator=torch.Generator().manual_seed(0))
+    dims = {_input_name(module): {2: torch.export.Dim("h", min=min_box[0], max=max_box[0]),
+                                  3: torch.export.Dim("w", min=min_box[1], max=max_box[1])}}
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -136,7 +135,7 @@ def export_executorch(module, spec: Spec, path: str | Path, *, precision: str = 
             raise ExportError(f"ExecuTorch export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") \
                 from None
     delegated, others = _op_summary(edge.exported_program().graph_module)
-    result = PteExport(path=path, precision=precision, max_hw=max_hw, min_hw=min_hw, delegated_calls=delegated,
+    result = PteExport(path=path, precision=precision, max_hw=max_box, min_hw=min_box, delegated_calls=delegated,
                        non_delegated_ops=others, executorch_version=executorch_version())
     data = program.buffer
     if check:
@@ -189,8 +188,13 @@ def calibration_inputs(spec: Spec, n: int = 8, size: int = 96) -> list[np.ndarra
     return out
 
 
+def _hw(hw: Sequence[int]) -> tuple[int, int]:
+    h, w = (int(v) for v in hw)
+    return h, w
+
+
 def _op_summary(gm) -> tuple[int, dict[str, int]]:
-    delegated, others = 0, {}
+    delegated, others = 0, dict[str, int]()
     for node in gm.graph.nodes:
         if node.op != "call_function":
             continue

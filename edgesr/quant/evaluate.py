@@ -89,8 +89,10 @@ def evaluate(model: str | os.PathLike | bytes | object, spec: Spec, evalset: Eva
 
     if hasattr(model, "run") and hasattr(model, "get_inputs"):
         sess = model
-    else:
+    elif isinstance(model, (str, bytes, os.PathLike)):
         sess = runtime_session(model, runtime, threads)
+    else:
+        raise TypeError(f"evaluate needs a model path, bytes or an ORT session, got {type(model).__name__}")
     per = {}
     for p in evalset.pairs:
         sr = run_sr(sess, spec, p.lr)
