@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -70,6 +70,20 @@ class ConvertOptions:
     # The zoo's light run (edgesr.zoo): a failed parity comparison is reported without localising the
     # divergence or drawing heatmaps, and latency times the ONNX graphs only, briefly (not the torch module).
     light_checks: bool = False
+
+    def user_options(self) -> dict[str, Any] | None:
+        """The --model options as `edgesr.resolve.load_user_code` takes them (None: a registry checkpoint)."""
+        if self.model is None:
+            return None
+        return {"ref": self.model, "kwargs": self.model_kwargs, "strict": self.strict, "key": self.weights_key,
+                "extra_paths": tuple(self.import_paths), "input_range": self.input_range}
+
+    def with_user_model(self, user: dict[str, Any]) -> "ConvertOptions":
+        """These options with the user's code as the model (`user`: --model options, as `user_options`)."""
+        return replace(self, model=str(user["ref"]), model_kwargs=user.get("kwargs") or {},
+                       strict=user.get("strict", True), weights_key=user.get("key"),
+                       import_paths=tuple(user.get("extra_paths", ())))
+
 
 @dataclass
 class Step:
@@ -270,13 +284,12 @@ def _load_user_model(ckpt: Path, opts: ConvertOptions, done) -> tuple:
     the author's hooks and the generic pass (verified). The training side of parity is the
     author's own module as loaded, seen through the measured convention."""
     from .reparam.author_hooks import deploy_form
-    from .usermodel import load_user_model
+    from .resolve import load_user_code
 
-    if opts.model is None:
+    user = opts.user_options()
+    if user is None:
         raise ValueError("_load_user_model needs ConvertOptions.model")
-    um = load_user_model(ckpt, opts.model, opts.model_kwargs, strict=opts.strict, key=opts.weights_key,
-                         extra_paths=tuple(Path(p) for p in opts.import_paths), input_range=opts.input_range,
-                         scale=opts.scale, check_plausible=opts.check_conventions)
+    um = load_user_code(ckpt, user, scale=opts.scale, check_plausible=opts.check_conventions)
     spec = um.spec
     conv = um.conventions
     done("load", f"{um.ref.name} from {um.ref.file.name} x{spec.scale} (measured), {um.state_dict_keys} tensors; "

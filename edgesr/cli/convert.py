@@ -151,8 +151,7 @@ def run(args) -> int:
     if user is not None:
         if opts.checkpoint is None or opts.checkpoint.is_dir():
             raise EdgesrError("--model needs the weights file as CKPT")
-        opts.model, opts.model_kwargs, opts.strict = str(user["ref"]), user["kwargs"], user["strict"]
-        opts.weights_key, opts.import_paths = user["key"], user["extra_paths"]
+        opts = opts.with_user_model(user)
     if opts.checkpoint is not None and opts.checkpoint.is_dir():
         return _run_batch(args, opts)
     if on_ray(args):
