@@ -52,7 +52,7 @@ def test_list():
 @pytest.mark.parametrize("argv, option", [
     (["convert", "{ckpt}", "-o", "{out}", "--mobile-size", "12x"], "--mobile-size"),
     (["convert", "{ckpt}", "-o", "{out}", "--trt-rtx", "--trt-min", "0x16"], "--trt-min"),
-    (["bench", "{ckpt}", "--size", "-4x4"], "--size"),
+    (["bench", "{ckpt}", "--size=-4x4"], "--size"),
     (["parity", "{ckpt}", "{ckpt}", "--sizes", "17x23,x"], "--sizes"),
 ])
 def test_every_size_option_refuses_in_one_line(argv, option, tmp_path, capsys):
