@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent / "data" / "user_repo"
+REPO = Path(__file__).resolve().parents[1] / "data" / "user_repo"
 
 
 @pytest.fixture(scope="module")
