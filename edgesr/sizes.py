@@ -35,7 +35,7 @@ def parse_hw(text: str, what: str = "size") -> tuple[int, int]:
     sides = [g for g in m.groups() if g is not None]
     # Length first: int() of thousands of digits is slow (and refused past 4300 digits).
     if any(len(g.lstrip("0")) > len(str(MAX_SIDE)) or not 1 <= int(g) <= MAX_SIDE for g in sides):
-        raise SizeError(f"{what}: {shown} must be two integers in [1, {MAX_SIDE}] (HxW, e.g. 180x320)")
+        raise SizeError(f"{what}: {shown} must be two positive integers up to {MAX_SIDE} (HxW, e.g. 180x320)")
     h = int(sides[0])
     return h, int(sides[-1])
 
