@@ -42,6 +42,7 @@ from edgesr.bench import TimingPolicy, machine_info, time_callable  # noqa: E402
 from edgesr.errors import EdgesrError  # noqa: E402
 from edgesr.fsutil import atomic_write_text  # noqa: E402
 from edgesr.reparam import reparameterize  # noqa: E402
+from edgesr.sizes import parse_hw_list  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- coverage:start -->", "<!-- coverage:end -->"
@@ -411,7 +412,7 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows of families not run now from an existing coverage.json in --out")
     args = ap.parse_args(argv)
-    args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    args.sizes = parse_hw_list(args.sizes, "--sizes")
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgesr-coverage-") as tmp:

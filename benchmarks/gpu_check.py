@@ -614,6 +614,27 @@ def lr_size(out_hw: tuple[int, int], spec) -> tuple[int, int]:
     return fit_hw(out_hw[0] // spec.scale, out_hw[1] // spec.scale, spec)
 
 
+@dataclass
+class LatencyCase:
+    """One model at one output size, as the latency and compile sections time it."""
+    model: Loaded
+    lr: tuple[int, int]  # the LR input size (the output size / scale, fitted to the model's size rules)
+    out_hw: tuple[int, int]  # the output size actually produced (lr x scale)
+    x: Any  # the smooth input image, NCHW
+    policy: Any  # the TimingPolicy (short in the dry run)
+
+    def row(self, entry: dict, out_name: str) -> dict[str, Any]:
+        """The fields every row of this case starts with."""
+        return {"model": entry["label"], "output": out_name, "out_hw": list(self.out_hw), "lr_hw": list(self.lr)}
+
+
+def latency_case(ctx: Ctx, entry: dict, out_hw: tuple[int, int]) -> LatencyCase:
+    m = load_entry(ctx, entry)
+    lr = lr_size(out_hw, m.spec)
+    return LatencyCase(m, lr, (lr[0] * m.spec.scale, lr[1] * m.spec.scale),
+                       _smooth((1, m.spec.in_channels, *lr), 11, m.spec), timing_policy(ctx))
+
+
 def timing_policy(ctx: Ctx):
     from edgesr.bench import TimingPolicy
 
@@ -649,13 +670,9 @@ def latency_group(ctx: Ctx, entry: dict, out_name: str, out_hw: tuple[int, int])
     from edgesr.bench import Prepared, TorchCudaRunner, bench_prepared, megapixels_per_second
 
     item = f"{entry['label']} @ {out_name}"
-    m = load_entry(ctx, entry)
-    lr = lr_size(out_hw, m.spec)
-    out_real = (lr[0] * m.spec.scale, lr[1] * m.spec.scale)
-    x = _smooth((1, m.spec.in_channels, *lr), 11, m.spec)
-    policy = timing_policy(ctx)
-    base = {"model": entry["label"], "output": out_name, "out_hw": list(out_real), "lr_hw": list(lr),
-            "source": m.source}
+    case = latency_case(ctx, entry, out_hw)
+    m, lr, out_real, x, policy = case.model, case.lr, case.out_hw, case.x, case.policy
+    base = case.row(entry, out_name) | {"source": m.source}
     ref_runner = TorchCudaRunner(m.module, precision="fp32", tf32=False, calls=ctx.calls)
     ref = ref_runner.run(x)
     for plabel, (prec, tf32) in LATENCY_PRECISIONS.items():
@@ -710,16 +727,12 @@ def compile_cell(ctx: Ctx, entry: dict, out_name: str, out_hw: tuple[int, int], 
 
     torch = ctx.torch
     item = f"{entry['label']} @ {out_name} {prec}"
-    m = load_entry(ctx, entry)
-    lr = lr_size(out_hw, m.spec)
-    out_real = (lr[0] * m.spec.scale, lr[1] * m.spec.scale)
-    x = _smooth((1, m.spec.in_channels, *lr), 11, m.spec)
-    policy = timing_policy(ctx)
+    case = latency_case(ctx, entry, out_hw)
+    m, out_real, x, policy = case.model, case.out_hw, case.x, case.policy
     tf32 = False if prec == "fp32" else None
     ref = TorchCudaRunner(m.module, precision="fp32", tf32=False, calls=ctx.calls).run(x)
     eager = TorchCudaRunner(m.module, precision=prec, tf32=tf32, calls=ctx.calls)
-    row: dict[str, Any] = {"model": entry["label"], "output": out_name, "out_hw": list(out_real), "lr_hw": list(lr),
-                           "precision": prec, "mode": COMPILE_MODE}
+    row: dict[str, Any] = case.row(entry, out_name) | {"precision": prec, "mode": COMPILE_MODE}
     st_eager = gpu_time(ctx, eager, eager.device_launch(x), policy)
     row["eager_stats"] = st_eager.to_dict()
     dtype = getattr(torch, TORCH_PRECISIONS[prec])

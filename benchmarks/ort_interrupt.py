@@ -36,6 +36,7 @@ from edgesr.backends.ort_runner import run_session  # noqa: E402
 from edgesr.backends.ort_session import ort_session  # noqa: E402
 from edgesr.bench import TimingPolicy, machine_info, ratio_summary, time_interleaved  # noqa: E402
 from edgesr.fsutil import atomic_write_text  # noqa: E402
+from edgesr.sizes import parse_hw_list  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 VARIANT = "etds-t-x2"
@@ -70,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         path = export_model(Path(tmp))
         sess = ort_session(path, threads=args.threads, spinning=False)
         name = sess.get_inputs()[0].name
-        for size in args.sizes.split(","):
-            h, w = (int(v) for v in size.lower().split("x"))
+        for h, w in parse_hw_list(args.sizes, "--sizes"):
             feed = {name: np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)}
             fns = {"session.run": lambda: sess.run(None, feed),
                    "run_session": lambda: run_session(sess, None, feed),
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 if cand != "session.run":
                     row |= {"vs_session_run": ratio_summary(st, base)}
                 rows.append(row)
-            print(f"[{size}] done ({base.runs} rounds)", file=sys.stderr)
+            print(f"[{h}x{w}] done ({base.runs} rounds)", file=sys.stderr)
     load_after = os.getloadavg()
 
     print(f"{'size':>8}  {'candidate':<18} {'runs':>6}  {'median ms':>10}  {'p10-p90 ms':>19}  "

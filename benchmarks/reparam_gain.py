@@ -35,11 +35,11 @@ from edgesr.bench import (  # noqa: E402
     open_model,
     optimized_ops,
     ort_session,
-    parse_size,
     ratio_summary,
     time_interleaved,
 )
 from edgesr.fsutil import atomic_write_json  # noqa: E402
+from edgesr.sizes import parse_hw  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SHARED = Path(__import__("os").environ.get("EDGESR_SHARED", ROOT.parent / "shared"))
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "reparam_gain.json"))
     a = ap.parse_args(argv)
     pol = TimingPolicy(warmup_seconds=1.0, warmup_runs=1, min_runs=a.min_runs, min_seconds=a.min_seconds)
-    res = measure(pol, Path(a.work), parse_size(a.size), a.threads)
+    res = measure(pol, Path(a.work), parse_hw(a.size, "--size"), a.threads)
     atomic_write_json(Path(a.out), res)
     g = res["speedup_training_to_deploy"]
     print(json.dumps({k: res["candidates"][k]["median_ms"] for k in res["candidates"]}, indent=1))

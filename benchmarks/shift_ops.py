@@ -31,6 +31,7 @@ from edgesr.backends.ort_runner import OrtRunner  # noqa: E402
 from edgesr.bench import TimingPolicy, machine_info, time_interleaved  # noqa: E402
 from edgesr.fsutil import atomic_write_text  # noqa: E402
 from edgesr.shift import MODES, ChannelShift, elan_groups, shift8_groups  # noqa: E402
+from edgesr.sizes import parse_hw  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="180x320", help="HxW of the feature map")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    h, w = (int(v) for v in args.size.split("x"))
+    h, w = parse_hw(args.size, "--size")
     torch.set_num_threads(1)
     policy = TimingPolicy(warmup_seconds=0.3, min_runs=10, min_seconds=args.seconds, max_runs=500)
     rows = []

@@ -59,17 +59,6 @@ BACKENDS = ("ort", "ort-int8", "openvino", "openvino-int8", "torch", "torch-cuda
 GPU_BACKENDS = ("torch-cuda", "trt", "trt-rtx")
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'180x320' -> (180, 320)."""
-    try:
-        h, w = (int(v) for v in text.lower().strip().split("x"))
-    except ValueError:
-        raise ValueError(f"size {text!r} is not HxW (e.g. 180x320)") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"size {text!r} must be positive")
-    return h, w
-
-
 def workload_lr_size(workload: str, scale: int, size_multiple: int = 1) -> tuple[int, int]:
     """LR input size whose x`scale` output is the workload's (rounded down to the model's size
     multiple; e.g. x4 720p -> 180x320, x2 1080p -> 540x960, x3 720p -> 240x426)."""
@@ -342,7 +331,7 @@ __all__ = [
     "CV_WARN", "TimingPolicy", "TimingStats", "stats_from_samples", "time_callable", "time_interleaved",
     "interleaved_order", "ratio_summary", "megapixels_per_second", "time_cuda_events", "time_cuda_copies",
     "cuda_status", "CudaCalls", "HostCalls", "fp32_math", "TorchCudaRunner", "TORCH_PRECISIONS",
-    "machine_info", "load_warning", "WORKLOADS", "BACKENDS", "GPU_BACKENDS", "parse_size",
+    "machine_info", "load_warning", "WORKLOADS", "BACKENDS", "GPU_BACKENDS",
     "workload_lr_size", "standard_sizes", "open_model", "ModelSource", "prepare_backend", "Prepared",
     "bench_prepared", "BenchResult", "speedups", "profile_ort", "summarize_ort_profile", "optimized_ops",
     "ort_session", "SessionRunner", "int8_available", "int8_record", "cached_onnx_export", "cached_int8",

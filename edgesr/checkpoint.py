@@ -31,7 +31,7 @@ import struct
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -268,7 +268,8 @@ def _scan_before_load(f: BinaryIO, size: int, kind: str, name: str, limits: Chec
 
     from .pickle_scan import ScanLimit, scan_pickle, scan_pickles, torch_allowed_globals
 
-    scan_kw = dict(max_ops=64 * limits.max_tensors + 100_000, max_persistent_ids=limits.max_tensors)
+    scan_kw: dict[str, Any] = {"max_ops": 64 * limits.max_tensors + 100_000,
+                               "max_persistent_ids": limits.max_tensors}
     try:
         if kind == "zip":
             pkl = _check_zip(f, size, name, limits)

@@ -282,7 +282,7 @@ def trial_samples(scale: int, multiple: int = 1, min_size: int = 1, crop: int = 
         _, _, h, w = s.lr.shape
         ch = max(min_size, (min(h, crop) // multiple) * multiple)
         cw = max(min_size, (min(w, crop) // multiple) * multiple)
-        if ch > h or cw > w:
+        if ch > h or cw > w or s.hr is None:  # (both sources carry HR)
             continue
         y0, x0 = (h - ch) // 2, (w - cw) // 2
         lr = np.ascontiguousarray(s.lr[:, :, y0:y0 + ch, x0:x0 + cw])

@@ -184,7 +184,7 @@ def measure_gemm_fp32(threads: int | None = None, sizes: Sequence[int] = (256, 5
     if threads:
         torch.set_num_threads(threads)
     pol = TimingPolicy(warmup_seconds=0.1, min_runs=3, min_seconds=seconds, max_runs=200)
-    rows = []
+    rows: list[dict[str, Any]] = []
     try:
         for n in sizes:
             a, b = torch.rand(n, n), torch.rand(n, n)
@@ -247,7 +247,7 @@ def measure_stream_copy(threads: int | None = None, mbytes: int = 256, seconds: 
     if threads:
         torch.set_num_threads(threads)
     pol = TimingPolicy(warmup_seconds=0.1, min_runs=3, min_seconds=seconds, max_runs=100)
-    rows = []
+    rows: list[dict[str, Any]] = []
     a = b = None
     try:
         a, b = torch.ones(n), torch.empty(n)

@@ -39,7 +39,7 @@ def matched_tensors(ref_model, test_model) -> list[tuple[str, str]]:
     ref_shapes, test_shapes = G.static_dims(ref_model), G.static_dims(test_model)
     # QDQ: X -> QuantizeLinear -> DequantizeLinear -> dq. Compare dq with the reference's X:
     # X itself may differ on purpose (quantizers fold a following ReLU into the Q clamp).
-    dq_of = {}
+    dq_of: dict[str, str] = {}
     for node in test_model.graph.node:
         if node.op_type == "DequantizeLinear":
             q = prod.get(node.input[0])
@@ -111,7 +111,8 @@ def first_divergence(ref_model, test_model, x: np.ndarray, *, rtol: float = 1e-4
         tv = G.run_tensors(test_m, [pairs[i][0] for i in idx], [x], test_types)[0]
         rv = G.run_tensors(ref_m, [pairs[i][1] for i in idx], [x], ref_types)[0]
         for i in idx:
-            a, b = rv[pairs[i][1]].astype(np.float64), tv[pairs[i][0]].astype(np.float64)
+            a: np.ndarray = rv[pairs[i][1]].astype(np.float64)
+            b: np.ndarray = tv[pairs[i][0]].astype(np.float64)
             if a.shape != b.shape:
                 cache[i] = (True, math.inf, math.inf)
                 continue

@@ -33,7 +33,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import torch
@@ -76,8 +76,38 @@ _PNG16_LOW_RAWMODE = {2: "RGB;16L", 6: "RGBA;16L", 4: "RGBA"}
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
+class _SourcePixels:
+    """What a decoded image in any form knows about its source: colour or grey, and its size
+    (shared by :class:`Image` and :class:`ImageCodes`, which differ in how pixels are held)."""
+
+    mode: str
+
+    @property
+    def _pixels(self) -> np.ndarray:
+        """The HxWxC pixel array."""
+        raise NotImplementedError
+
+    @property
+    def is_gray(self) -> bool:
+        """True when the source had no colour (write back with ``mode='L'``)."""
+        return self.mode in GRAY_MODES or self.mode == "LA;16"
+
+    @property
+    def output_mode(self) -> str:
+        """``'L'`` or ``'RGB'``: the ``mode`` to give :func:`write_image` to match the source."""
+        return "L" if self.is_gray else "RGB"
+
+    @property
+    def height(self) -> int:
+        return int(self._pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self._pixels.shape[1])
+
+
 @dataclass(frozen=True)
-class Image:
+class Image(_SourcePixels):
     """A decoded image.
 
     rgb:       float32 HxWx3 in [0, 1] (grey sources are replicated to 3 channels)
@@ -95,26 +125,12 @@ class Image:
     path: Path | None = None
 
     @property
+    def _pixels(self) -> np.ndarray:
+        return self.rgb
+
+    @property
     def had_alpha(self) -> bool:
         return self.alpha is not None
-
-    @property
-    def is_gray(self) -> bool:
-        """True when the source had no colour (write back with ``mode='L'``)."""
-        return self.mode in GRAY_MODES or self.mode == "LA;16"
-
-    @property
-    def output_mode(self) -> str:
-        """``'L'`` or ``'RGB'``: the ``mode`` to give :func:`write_image` to match the source."""
-        return "L" if self.is_gray else "RGB"
-
-    @property
-    def height(self) -> int:
-        return int(self.rgb.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.rgb.shape[1])
 
 
 # --------------------------------------------------------------------------- reading
@@ -308,7 +324,7 @@ def _from_pil(img, path: Path) -> tuple[np.ndarray, np.ndarray | None, int, str]
 
 
 @dataclass(frozen=True)
-class ImageCodes:
+class ImageCodes(_SourcePixels):
     """A decoded image as stored: integer codes, no float copy (what ``edgesr upscale`` streams from).
 
     samples: uint8 / uint16 HxWx1 (grey sources) or HxWx3
@@ -322,24 +338,12 @@ class ImageCodes:
     path: Path | None = None
 
     @property
+    def _pixels(self) -> np.ndarray:
+        return self.samples
+
+    @property
     def peak(self) -> float:
         return 255.0 if self.bit_depth == 8 else 65535.0
-
-    @property
-    def is_gray(self) -> bool:
-        return self.mode in GRAY_MODES or self.mode == "LA;16"
-
-    @property
-    def output_mode(self) -> str:
-        return "L" if self.is_gray else "RGB"
-
-    @property
-    def height(self) -> int:
-        return int(self.samples.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.samples.shape[1])
 
     def rgb_float(self, y0: int = 0, y1: int | None = None, x0: int = 0, x1: int | None = None) -> np.ndarray:
         """float32 RGB in [0, 1] of a region (grey replicated to 3 channels)."""
@@ -520,7 +524,7 @@ class PngWriter:
         self.f, self.width, self.height, self.channels, self.bit_depth = f, width, height, channels, bit_depth
         self.bpp = channels * bit_depth // 8
         self.rows = 0
-        self._prev = np.zeros(width * self.bpp, dtype=np.uint8)  # the row above (raw bytes)
+        self._prev: np.ndarray = np.zeros(width * self.bpp, dtype=np.uint8)  # the row above (raw bytes)
         self._z = zlib.compressobj(level)
         self._pending = bytearray()
         ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, _PNG_COLOR_TYPE[channels], 0, 0, 0)
@@ -617,7 +621,7 @@ def _temp_re(final_name: str) -> "re.Pattern[str]":
 
 
 @contextlib.contextmanager
-def streaming_output(final: str | os.PathLike) -> Iterator[io.BufferedWriter]:
+def streaming_output(final: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write `final` through: a locked temp file in the same folder, fsynced
     and renamed onto `final` when the block succeeds, removed when it fails. A SIGKILL leaves
     the temp file; :func:`clean_stale_temps` recognises and removes it on the next run."""
@@ -666,7 +670,7 @@ def clean_stale_temps(final: str | os.PathLike, *, legacy: bool = False) -> list
 
     final = Path(final)
     pat = _temp_re(final.name)
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(final.parent.iterdir())
     except OSError:

@@ -328,7 +328,7 @@ class _Analysis:
             for ax, fs in f.items():
                 if fs is None or len(set(fs)) > 1:
                     k = 0 if ax == "H" else 1
-                    shown = ", ".join(dict.fromkeys(f"x{float(v):.3g} at {sz[k]} px"
+                    shown = ", ".join(dict.fromkeys(("x?" if v is None else f"x{float(v):.3g}") + f" at {sz[k]} px"
                                                     for v, sz in zip(fs or (), self.trial_sizes)))
                     self.reasons.append(f"{op} {name!r} resizes {ax} by a factor that depends on the image size "
                                         f"({shown})")
@@ -371,10 +371,10 @@ class _Analysis:
             return t.values[trial]
         return None
 
-    def _resize_factors(self, node) -> dict[str, list[Fraction] | None]:
+    def _resize_factors(self, node) -> dict[str, list[Fraction | None] | None]:
         """Per spatial axis, output/input size at the three trials (equal when the factor is constant)."""
         x, y = self.t.get(node.input[0]), self.t.get(node.output[0])
-        out: dict[str, list[Fraction] | None] = {}
+        out: dict[str, list[Fraction | None] | None] = {}
         if x is None or y is None or not x.shapes or not y.shapes:
             return {"H": None, "W": None}
         scales_name = node.input[2] if node.op_type == "Resize" and len(node.input) > 2 else (
@@ -405,14 +405,13 @@ class _Analysis:
         rank = len(x.shapes[0])
         if node.op_type == "Pad":
             a = _attrs(node)
-            per = []
+            per: list[tuple[int, int]] = []
             for k in range(3):
-                pads = a.get("pads") if "pads" in a else self._value(node.input[1], k) if len(node.input) > 1 else None
-                if pads is None:
+                given = a.get("pads") if "pads" in a else self._value(node.input[1], k) if len(node.input) > 1 else None
+                if given is None:
                     raise _NotLocal(f"Pad {name!r} has pads this analysis cannot read")
-                pads = [int(v) for v in np.asarray(pads).ravel()]
-                axes = self._value(node.input[3], k) if len(node.input) > 3 and node.input[3] else None
-                axes = [int(v) % rank for v in np.asarray(axes).ravel()] if axes is not None else list(range(rank))
+                pads = [int(v) for v in np.asarray(given).ravel()]
+                axes = self._axes_of(node, 3, k, rank)
                 n = len(axes)
                 if p not in axes:
                     return None
@@ -423,15 +422,14 @@ class _Analysis:
                                 "(e.g. to a multiple of a window)")
             return per[0]
         # Slice
-        per = []
+        spans: list[tuple[int, int, int]] = []
         for k in range(3):
             n_in = x.shapes[k][p]
             starts, ends = self._value(node.input[1], k), self._value(node.input[2], k)
-            axes = self._value(node.input[3], k) if len(node.input) > 3 and node.input[3] else None
             steps = self._value(node.input[4], k) if len(node.input) > 4 and node.input[4] else None
             if starts is None or ends is None:
                 raise _NotLocal(f"Slice {name!r} has bounds this analysis cannot read")
-            axes = [int(v) % rank for v in np.asarray(axes).ravel()] if axes is not None else list(range(len(starts)))
+            axes = self._axes_of(node, 3, k, rank, default=len(starts))
             if p not in axes:
                 return None
             i = axes.index(p)
@@ -439,21 +437,30 @@ class _Analysis:
             s, e, _ = slice(int(starts[i]), int(ends[i]), step).indices(n_in)
             if step != 1:
                 raise _NotLocal(f"Slice {name!r} subsamples {ax} with step {step}")
-            per.append((s, e, n_in))
-        begin_const = len({s for s, _, _ in per}) == 1
-        end_from_end = len({n - e for _, e, n in per}) == 1
+            spans.append((s, e, n_in))
+        begin_const = len({s for s, _, _ in spans}) == 1
+        end_from_end = len({n - e for _, e, n in spans}) == 1
         if not (begin_const and end_from_end):
             raise _NotLocal(f"Slice {name!r} crops {ax} at an offset that depends on the image size")
-        s, e, n = per[0]
+        s, e, n = spans[0]
         return (s, n - e)  # crop from the start, crop from the end (input pixels of this tensor)
+
+    def _axes_of(self, node, index: int, trial: int, rank: int, default: int | None = None) -> list[int]:
+        """The `axes` input (number `index`) of a Pad / Slice at a trial, made non-negative; absent:
+        the first `default` axes (every axis when None)."""
+        given = self._value(node.input[index], trial) if len(node.input) > index and node.input[index] else None
+        if given is None:
+            return list(range(rank if default is None else default))
+        return [int(v) % rank for v in np.asarray(given).ravel()]
 
     # ------------------------------------------------------------------ resolution / alignment
 
     def _output_scale(self) -> Fraction | None:
         x, y = self.t[self.input], self.t.get(self.output)
-        if y is None or not y.shapes or y.pos.get("H") is None:
+        ph = y.pos.get("H") if y is not None else None
+        if y is None or not y.shapes or ph is None:
             return None
-        fs = {Fraction(ys[y.pos["H"]], xs[2]) for xs, ys in zip(x.shapes, y.shapes)}
+        fs = {Fraction(ys[ph], xs[2]) for xs, ys in zip(x.shapes, y.shapes)}
         return fs.pop() if len(fs) == 1 else None
 
     def _alignment(self) -> int:
@@ -469,10 +476,11 @@ class _Analysis:
         """R (input pixels) when it is the same at two analysis sizes n and 2n with n > 4R, else None."""
         n = 64
         while n <= MAX_ANALYSIS_SIZE:
-            rs = []
+            rs: list[int | None] = []
             for size in (n, 2 * n):
                 r = [self._propagate(ax, size).radius for ax in ("H", "W")]
-                rs.append(None if None in r else max(r))
+                known = [v for v in r if v is not None]
+                rs.append(max(known) if len(known) == len(r) else None)
             if rs[0] is not None and rs[0] == rs[1] and 4 * rs[0] + 16 <= n:
                 return rs[0], [n, 2 * n]
             n *= 4
@@ -500,6 +508,12 @@ class _Iv:
     hi: np.ndarray  # one past the last (-BIG: none)
     res: Fraction = Fraction(1)
 
+    def length(self, node) -> int:
+        """`size`, for the ops that are only reached with a tensor that has the axis."""
+        if self.size is None:
+            raise _NotLocal(f"{node.op_type} {node.name!r}: its input has no spatial axis here")
+        return self.size
+
 
 class _Prop:
     """Interval propagation along one axis ("H" or "W") at input size n."""
@@ -513,7 +527,7 @@ class _Prop:
 
     def run(self) -> "_Prop":
         n = self.n
-        idx = np.arange(n, dtype=np.int64)
+        idx: np.ndarray = np.arange(n, dtype=np.int64)
         self.iv[self.an.input] = _Iv(n, idx.copy(), idx + 1, Fraction(1))
         for node in self.an.m.graph.node:
             ins = [self.an.t.get(i) if i else None for i in node.input]
@@ -538,7 +552,7 @@ class _Prop:
         if out.res.denominator != 1 or out.res < 1:
             return self
         s = int(out.res)
-        anchor = np.arange(out.size, dtype=np.int64) // s
+        anchor: np.ndarray = np.arange(out.size, dtype=np.int64) // s
         ok = out.lo < BIG
         if not ok.any():
             self.radius = 0
@@ -621,7 +635,7 @@ class _Prop:
             if x.size is None:
                 self._set(node.output[0], x)
             elif op == "DepthToSpace":
-                j = np.arange(x.size * b) // b
+                j: np.ndarray = np.arange(x.size * b) // b
                 self._set(node.output[0], _Iv(x.size * b, x.lo[j], x.hi[j], x.res * b))
             else:
                 if x.size % b:
@@ -636,7 +650,7 @@ class _Prop:
             return
         if op == "Pad":
             prm = self.an._pad_or_slice_params(node, self.ax)
-            self._set(node.output[0], self._pad(x, prm, a.get("mode", "constant")) if prm else x)
+            self._set(node.output[0], self._pad(x, prm, a.get("mode", "constant"), node) if prm else x)
             return
         if op == "Slice":
             prm = self.an._pad_or_slice_params(node, self.ax)
@@ -758,14 +772,15 @@ class _Prop:
     def _conv(self, x: _Iv, p: int, a: dict, node) -> _Iv:
         k, s, dl, pb, pe = self._kernel(node, a, p)
         e = (k - 1) * dl + 1
-        span = x.size + pb + pe - e
+        n_in = x.length(node)
+        span = n_in + pb + pe - e
         if span < 0:
             self.valid = False
             return _Iv(0, x.lo[:0], x.hi[:0], x.res / s)
         n_out = (-(-span // s) if a.get("ceil_mode", 0) else span // s) + 1
         j = np.arange(n_out, dtype=np.int64)[:, None] * s - pb + np.arange(k, dtype=np.int64)[None, :] * dl
-        valid = (j >= 0) & (j < x.size)
-        jc = np.clip(j, 0, max(0, x.size - 1))
+        valid = (j >= 0) & (j < n_in)
+        jc = np.clip(j, 0, max(0, n_in - 1))
         lo = np.where(valid, x.lo[jc], BIG).min(1)
         hi = np.where(valid, x.hi[jc], -BIG).max(1)
         return _Iv(n_out, lo, hi, x.res / s)
@@ -777,35 +792,37 @@ class _Prop:
         nd = len(a.get("kernel_shape", [k, k]))
         op_ = int(a.get("output_padding", [0] * nd)[p - 2])
         e = (k - 1) * dl + 1
-        n_out = s * (x.size - 1) + op_ + e - pb - pe
-        o = np.arange(n_out, dtype=np.int64)[:, None]
-        t = np.arange(k, dtype=np.int64)[None, :]
+        n_in = x.length(node)
+        n_out = s * (n_in - 1) + op_ + e - pb - pe
+        o: np.ndarray = np.arange(n_out, dtype=np.int64)[:, None]
+        t: np.ndarray = np.arange(k, dtype=np.int64)[None, :]
         num = o + pb - t * dl
         i = num // s
-        valid = (num % s == 0) & (i >= 0) & (i < x.size)
-        ic = np.clip(i, 0, max(0, x.size - 1))
+        valid = (num % s == 0) & (i >= 0) & (i < n_in)
+        ic = np.clip(i, 0, max(0, n_in - 1))
         lo = np.where(valid, x.lo[ic], BIG).min(1)
         hi = np.where(valid, x.hi[ic], -BIG).max(1)
         return _Iv(n_out, lo, hi, x.res * s)
 
     def _resize(self, x: _Iv, p: int, a: dict, node) -> _Iv:
         f = self.an._resize_factors(node).get(self.ax)
+        n_in = x.length(node)
         if not f or len(set(f)) > 1 or f[0] is None:
             # size follows the input: the output has the size of some earlier tensor
             y = self.an.t[node.output[0]]
             n_out = self._size_like(y)
-            fr = Fraction(n_out, x.size) if x.size else Fraction(1)
+            fr = Fraction(n_out, n_in) if n_in else Fraction(1)
             res_out = Fraction(1)  # the size (and grid) of the input image
         else:
             fr = f[0]
-            n_out = int(math.floor(x.size * fr))
+            n_out = int(math.floor(n_in * fr))
             res_out = x.res * fr
         if n_out < 1:
             self.valid = False
             return _Iv(0, x.lo[:0], x.hi[:0], res_out)
         mode = a.get("mode", "nearest")
         ctm = a.get("coordinate_transformation_mode", "asymmetric" if node.op_type == "Upsample" else "half_pixel")
-        o = np.arange(n_out, dtype=np.float64)
+        o: np.ndarray = np.arange(n_out, dtype=np.float64)
         scale = float(fr) if fr else 1.0
         if ctm in ("half_pixel", "pytorch_half_pixel"):
             xs = (o + 0.5) / scale - 0.5
@@ -816,7 +833,7 @@ class _Prop:
         elif ctm == "tf_half_pixel_for_nn":
             xs = (o + 0.5) / scale
         elif ctm == "align_corners":
-            xs = o * (x.size - 1) / (n_out - 1) if n_out > 1 else np.zeros(1)
+            xs = o * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros(1)
         else:
             raise _NotLocal(f"Resize {node.name!r}: coordinate mode {ctm} is not analysed")
         if a.get("antialias", 0) and scale < 1:
@@ -830,11 +847,11 @@ class _Prop:
             lo_i, hi_i = f0 - 1, f0 + 2
         else:
             raise _NotLocal(f"Resize {node.name!r}: mode {mode} is not analysed")
-        lo_i = np.clip(lo_i, 0, x.size - 1)
-        hi_i = np.clip(hi_i, 0, x.size - 1)
+        lo_i = np.clip(lo_i, 0, n_in - 1)
+        hi_i = np.clip(hi_i, 0, n_in - 1)
         # min/max over the contiguous index range [lo_i, hi_i] (at most 4 wide)
-        lo = np.full(n_out, BIG, dtype=np.int64)
-        hi = np.full(n_out, -BIG, dtype=np.int64)
+        lo: np.ndarray = np.full(n_out, BIG, dtype=np.int64)
+        hi: np.ndarray = np.full(n_out, -BIG, dtype=np.int64)
         for d in range(4):
             i = np.minimum(lo_i + d, hi_i)
             lo = np.minimum(lo, x.lo[i])
@@ -851,30 +868,31 @@ class _Prop:
         self.unknown = True
         raise _NotLocal(f"a tensor's size along {self.ax} cannot be followed")
 
-    def _pad(self, x: _Iv, prm: tuple[int, int], mode: str) -> _Iv:
+    def _pad(self, x: _Iv, prm: tuple[int, int], mode: str, node) -> _Iv:
         pb, pe = prm
-        n_out = x.size + pb + pe
+        n_in = x.length(node)
+        n_out = n_in + pb + pe
         if n_out < 1:
             self.valid = False
             return _Iv(0, x.lo[:0], x.hi[:0], x.res)
-        o = np.arange(n_out, dtype=np.int64) - pb
-        inside = (o >= 0) & (o < x.size)
+        o: np.ndarray = np.arange(n_out, dtype=np.int64) - pb
+        inside = (o >= 0) & (o < n_in)
         if mode == "constant":
-            src = np.clip(o, 0, x.size - 1)
+            src = np.clip(o, 0, n_in - 1)
             lo = np.where(inside, x.lo[src], BIG)
             hi = np.where(inside, x.hi[src], -BIG)
             return _Iv(n_out, lo, hi, x.res)
         if mode == "edge":
-            src = np.clip(o, 0, x.size - 1)
+            src = np.clip(o, 0, n_in - 1)
         elif mode == "reflect":
-            if x.size == 1:
+            if n_in == 1:
                 src = np.zeros_like(o)
             else:
-                period = 2 * (x.size - 1)
+                period = 2 * (n_in - 1)
                 m = np.mod(o, period)
-                src = np.where(m < x.size, m, period - m)
+                src = np.where(m < n_in, m, period - m)
         elif mode == "wrap":
-            src = np.mod(o, x.size)
+            src = np.mod(o, n_in)
         else:
             raise _NotLocal(f"Pad mode {mode} is not analysed")
         return _Iv(n_out, x.lo[src], x.hi[src], x.res)
@@ -931,8 +949,8 @@ def _pointwise_reshape(xt: _T, yt: _T) -> bool:
     """A reshape that moves no pixel: the H/W axes keep their sizes and order, and the
     element counts before, between and after them are unchanged at every trial."""
     for xs, ys in zip(xt.shapes, yt.shapes):
-        a = [(xt.pos.get(k), k) for k in ("H", "W") if xt.pos.get(k) is not None]
-        b = [(yt.pos.get(k), k) for k in ("H", "W") if yt.pos.get(k) is not None]
+        a = [(p, k) for k in ("H", "W") if (p := xt.pos.get(k)) is not None]
+        b = [(p, k) for k in ("H", "W") if (p := yt.pos.get(k)) is not None]
         if [k for _, k in sorted(a)] != [k for _, k in sorted(b)]:
             return False
         pa, pb = sorted(p for p, _ in a), sorted(p for p, _ in b)

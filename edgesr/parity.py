@@ -293,8 +293,8 @@ def sample_stats(name: str, shape, ref: np.ndarray, out: np.ndarray, hr: np.ndar
     """Metrics between one pair of outputs (NCHW, batch 1 or more: batch item 0 for SSIM/GT)."""
     from .metrics import psnr, psnr_y, ssim, ssim_y
 
-    a = ref.astype(np.float64)
-    b = out.astype(np.float64)
+    a: np.ndarray = ref.astype(np.float64)
+    b: np.ndarray = out.astype(np.float64)
     d = np.abs(a - b)
     a0, b0 = a[0].transpose(1, 2, 0), b[0].transpose(1, 2, 0)
     s = ssim(a0, b0, data_range) if min(a0.shape[:2]) >= 11 else None
@@ -409,7 +409,7 @@ def _check_parity(runners: Sequence[Any], samples: Sequence[Sample] | None, *, t
         samples = default_samples(scale, sizes)
     if not samples:
         raise ParityError("no inputs to compare on")
-    comps = []
+    comps: list[Comparison] = []
     gt_cache: dict = {}
     bar.set_total(len(samples) * len(runners))
     ref_out = {s.name: _run(ref, s.lr, bar) for s in samples}
@@ -432,6 +432,8 @@ def _check_parity(runners: Sequence[Any], samples: Sequence[Sample] | None, *, t
             stats.append(st)
             if worst is None or not st.max_abs <= worst[0]:
                 worst = (st.max_abs, s, out)
+        if worst is None:  # unreachable: `samples` is not empty
+            raise ParityError("no inputs to compare on")
         c = Comparison(ref.name, r.name, precision, tol, stats)
         c.failures = judge(c)
         if c.failures and heatmap_dir is not None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import pickletools
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import IO, BinaryIO, cast
 
 # Opcodes torch._weights_only_unpickler.Unpickler implements (torch 2.4 - 2.13).
 TORCH_SAFE_OPCODES = frozenset({
@@ -83,7 +83,7 @@ class _BoundedReader(io.RawIOBase):
                             f"(a state_dict keeps tensor data outside its pickle)")
         return self.f.read(n)
 
-    def readline(self, size: int = -1) -> bytes:
+    def readline(self, size: int | None = -1) -> bytes:  # `size` ignored: the bound is max_read
         line = self.f.readline(self.max_read + 1)
         if len(line) > self.max_read:
             raise ScanLimit(f"it holds a text line longer than {self.max_read} bytes")
@@ -118,7 +118,8 @@ def scan_pickle(f: BinaryIO, *, max_ops: int, max_persistent_ids: int, max_inlin
 
     reader = _BoundedReader(f, max_inline_bytes)
     try:
-        for op, arg, _pos in pickletools.genops(reader):
+        # genops only calls read / readline, which the bounded reader provides.
+        for op, arg, _pos in pickletools.genops(cast(IO[bytes], reader)):
             res.ops += 1
             if res.ops > max_ops:
                 raise ScanLimit(f"it has more than {max_ops} pickle opcodes")
@@ -126,7 +127,7 @@ def scan_pickle(f: BinaryIO, *, max_ops: int, max_persistent_ids: int, max_inlin
             if name not in TORCH_SAFE_OPCODES and name not in res.unsupported_ops:
                 res.unsupported_ops.append(name)
             if name == "PROTO":
-                res.protocol = max(res.protocol, int(arg))
+                res.protocol = max(res.protocol, _int_arg(arg))
             elif name in ("GLOBAL", "INST"):
                 add_global(".".join(str(arg).split(" ", 1)))
             elif name == "STACK_GLOBAL":
@@ -143,10 +144,10 @@ def scan_pickle(f: BinaryIO, *, max_ops: int, max_persistent_ids: int, max_inlin
                 strings.append(arg if isinstance(arg, str) else (arg.decode("latin-1") if isinstance(arg, bytes)
                                                                  else None))
             elif name in _PUT_OPS or name == "MEMOIZE":
-                memo[len(memo) if name == "MEMOIZE" else int(arg)] = strings[-1] if strings else None
+                memo[len(memo) if name == "MEMOIZE" else _int_arg(arg)] = strings[-1] if strings else None
                 continue  # the stack is unchanged
             elif name in _GET_OPS:
-                strings.append(memo.get(int(arg)))
+                strings.append(memo.get(_int_arg(arg)))
             elif name != "FRAME":
                 strings.append(None)
             del strings[:-2]
@@ -158,6 +159,14 @@ def scan_pickle(f: BinaryIO, *, max_ops: int, max_persistent_ids: int, max_inlin
     except (ValueError, EOFError, OSError, UnicodeDecodeError, IndexError, TypeError) as e:
         res.error = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
     return res
+
+
+def _int_arg(arg: object) -> int:
+    """The argument of PROTO / PUT / GET opcodes, which pickletools always decodes as an int
+    (its type says Any | None); anything else is a malformed stream, reported like the others."""
+    if not isinstance(arg, int):
+        raise TypeError(f"expected an integer opcode argument, got {type(arg).__name__}")
+    return arg
 
 
 def scan_pickles(f: BinaryIO, *, max_pickles: int, **kw) -> list[PickleScan]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from .probe_inputs import verification_inputs
 from .publish import STAGING_PREFIX, check_outdir, discard_staging, make_staging, publish  # noqa: F401
 from .report import render_report_md
 from .spec import Spec
+
+if TYPE_CHECKING:
+    from .backends.trt_convert import EngineRequest
 
 BUNDLED_CHECKPOINT = Path(__file__).parent / "assets" / "ecbsr_m4c16_x4_bundled.safetensors"
 
@@ -49,7 +52,7 @@ class ConvertOptions:
     testset: Path | None = None  # HR/LR folder for quality numbers (default: none)
     executorch: bool = False  # also .pte files (XNNPACK delegate)
     openvino: bool = False  # also OpenVINO IR (model.xml/.bin; the INT8 openvino graph as IR)
-    engines: object | None = None  # --trt-rtx / --trt: an edgesr.backends.trt_convert.EngineRequest
+    engines: EngineRequest | None = None  # --trt-rtx / --trt
     tflite: bool = False  # LiteRT .tflite (fp32, INT8 with --int8)
     ncnn: bool = False  # ncnn .param/.bin (fp32, fp16, INT8 with --int8)
     coreml: bool = False  # Core ML .mlpackage (zipped; converted, not run here)
@@ -67,6 +70,19 @@ class ConvertOptions:
     # The zoo's light run (edgesr.zoo): a failed parity comparison is reported without localising the
     # divergence or drawing heatmaps, and latency times the ONNX graphs only, briefly (not the torch module).
     light_checks: bool = False
+
+    def user_options(self) -> dict[str, Any] | None:
+        """The --model options as `edgesr.resolve.load_user_code` takes them (None: a registry checkpoint)."""
+        if self.model is None:
+            return None
+        return {"ref": self.model, "kwargs": self.model_kwargs, "strict": self.strict, "key": self.weights_key,
+                "extra_paths": tuple(self.import_paths), "input_range": self.input_range}
+
+    def with_user_model(self, user: dict[str, Any]) -> "ConvertOptions":
+        """These options with the user's code as the model (`user`: --model options, as `user_options`)."""
+        return replace(self, model=str(user["ref"]), model_kwargs=user.get("kwargs") or {},
+                       strict=user.get("strict", True), weights_key=user.get("key"),
+                       import_paths=tuple(user.get("extra_paths", ())))
 
 
 @dataclass
@@ -207,9 +223,9 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> C
 
             report["ort_format"] = {}
             for role, src in [("ort_fp32", onnx_path)] + [(f"ort_int8_{p}", q) for p, q in int8_paths.items()]:
-                res = export_ort(src)
-                report["ort_format"][role] = res.to_dict() | {"path": res.path.name, "source": src.name}
-                artifacts.append(artifact_entry(res.path, role, "ort", "int8" if "int8" in role else "fp32",
+                ort_res = export_ort(src)
+                report["ort_format"][role] = ort_res.to_dict() | {"path": ort_res.path.name, "source": src.name}
+                artifacts.append(artifact_entry(ort_res.path, role, "ort", "int8" if "int8" in role else "fp32",
                                            "onnxruntime-mobile"))
             done("ort format", f"{1 + len(int8_paths)} .ort files")
 
@@ -268,11 +284,12 @@ def _load_user_model(ckpt: Path, opts: ConvertOptions, done) -> tuple:
     the author's hooks and the generic pass (verified). The training side of parity is the
     author's own module as loaded, seen through the measured convention."""
     from .reparam.author_hooks import deploy_form
-    from .usermodel import load_user_model
+    from .resolve import load_user_code
 
-    um = load_user_model(ckpt, opts.model, opts.model_kwargs, strict=opts.strict, key=opts.weights_key,
-                         extra_paths=tuple(Path(p) for p in opts.import_paths), input_range=opts.input_range,
-                         scale=opts.scale, check_plausible=opts.check_conventions)
+    user = opts.user_options()
+    if user is None:
+        raise ValueError("_load_user_model needs ConvertOptions.model")
+    um = load_user_code(ckpt, user, scale=opts.scale, check_plausible=opts.check_conventions)
     spec = um.spec
     conv = um.conventions
     done("load", f"{um.ref.name} from {um.ref.file.name} x{spec.scale} (measured), {um.state_dict_keys} tensors; "
@@ -320,9 +337,10 @@ def _registry_conventions(module, spec: Spec, opts: ConvertOptions):
         alt = infer_convention(module, spec.scale, multiple=spec.size_multiple, min_size=spec.min_size,
                                native_range=native)
         hint = ""
-        if alt.plausible and alt.chosen != conv:
+        alt_best = alt.best  # (a plausible report has a chosen convention and its trial)
+        if alt.plausible and alt.chosen is not None and alt_best is not None and alt.chosen != conv:
             hint = (f". Its output is plausible only as {alt.chosen.label} "
-                    f"({alt.best.psnr_y:.2f} dB): the checkpoint does not follow the {spec.arch} convention; pass "
+                    f"({alt_best.psnr_y:.2f} dB): the checkpoint does not follow the {spec.arch} convention; pass "
                     f"--input-range {alt.chosen.input_range:g} if that is right, or --model FILE.py:NAME with its own code")
             rep = alt if not alt.plausible else rep
         else:
@@ -497,6 +515,7 @@ def run_parity(training, deploy, spec: Spec, staging: Path, int8_paths: dict[str
 
     ov_paths = ov_paths or {}
     user = opts.model is not None
+    runners: list[BaseRunner]
     if user:  # the author's own module (through the measured convention) is the reference
         runners = [TorchRunner(training if training is not None else deploy, name="torch:author")]
         if training is not None:
@@ -639,6 +658,9 @@ def build_engines(staging: Path, deploy, spec: Spec, inputs: list[np.ndarray], i
     from .backends.torch_runner import TorchRunner
     from .backends.trt_convert import build_for_bundle, verify_on_gpu
 
+    if opts.engines is None:  # no --trt-rtx / --trt
+        return
+
     sources = [(staging / "model.onnx", "fp32")]
     if (staging / "model_fp16.onnx").exists():
         sources.append((staging / "model_fp16.onnx", "fp16"))
@@ -660,7 +682,8 @@ def build_engines(staging: Path, deploy, spec: Spec, inputs: list[np.ndarray], i
         if run.get("latency") and "latency" in report:
             report["latency"]["results"] += run["latency"]
     hits = sum(b["cache_hit"] for b in res.report["builds"])
-    done("engines", f"{len(res.report['builds'])} engines ({hits} from cache), run: "
-                    f"{res.report['run'] if isinstance(res.report['run'], str) else 'verified on ' + run['device']['name']}")
+    ran = (res.report["run"] if isinstance(res.report["run"], str) or run is None
+           else "verified on " + run["device"]["name"])
+    done("engines", f"{len(res.report['builds'])} engines ({hits} from cache), run: {ran}")
 
 

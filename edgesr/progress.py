@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 import time
-from typing import IO, Iterable, Iterator, TypeVar
+from typing import IO, Iterable, Iterator, Sized, TypeVar
 
 T = TypeVar("T")
 
@@ -181,11 +181,8 @@ def progress(desc: str, total: int | None = None, unit: str = "it", show: bool =
 def track(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it",
           show: bool = True) -> Iterator[T]:
     """Iterate `items`, counting each one as done when the next is asked for."""
-    if total is None:
-        try:
-            total = len(items)  # type: ignore[arg-type]
-        except TypeError:
-            total = None
+    if total is None and isinstance(items, Sized):
+        total = len(items)
     with progress(desc, total, unit, show) as p:
         for item in items:
             yield item

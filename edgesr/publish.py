@@ -194,11 +194,10 @@ def discard_staging(staging: Path) -> None:
 _LOCK_SUFFIX = ".lock"
 _STAGING_LOCKS: dict[str, int] = {}  # staging folder -> fd of the lock file this process holds
 try:
-    import fcntl as _fcntl
+    import fcntl
 
     _HAVE_FLOCK = True
-except ImportError:  # Windows: stale folders are recognised by PID only
-    _fcntl = None
+except ImportError:  # Windows: stale folders are recognised by PID only (every use checks _HAVE_FLOCK)
     _HAVE_FLOCK = False
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # renameat2 flags (linux/fs.h), for rename2
 
@@ -210,7 +209,7 @@ def _lock_staging(staging: Path) -> None:
     lock = staging.with_name(staging.name + _LOCK_SUFFIX)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         raise OutputExists(f"{staging} is in use by another edgesr process") from None
@@ -231,7 +230,7 @@ def _try_lock(lock: Path) -> int | None:
     except OSError:
         return None
     try:
-        _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         return None

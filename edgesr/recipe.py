@@ -8,6 +8,7 @@ the command line after it win.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,10 @@ class RecipeError(EdgesrError):
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # Python 3.10
+        import tomli as tomllib
 
     p = Path(path)
     if not p.is_file():

@@ -25,7 +25,7 @@ inputs come back as float, unrounded and unclipped (bicubic overshoots [0, 1] sl
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -55,15 +55,14 @@ def contributions(
     """
     if in_length < 1 or out_length < 1:
         raise ValueError(f"lengths must be >= 1, got in={in_length}, out={out_length}")
+    kernel: Callable[[np.ndarray], np.ndarray] = cubic
+    width = _KERNEL_WIDTH
     if scale < 1 and antialiasing:
         width = _KERNEL_WIDTH / scale
 
-        def kernel(d: np.ndarray) -> np.ndarray:
+        def kernel(d: np.ndarray) -> np.ndarray:  # noqa: F811 - MATLAB's antialiasing: the kernel widened
             return scale * cubic(scale * d)
-    else:
-        width = _KERNEL_WIDTH
-        kernel = cubic
-    x = np.arange(1, out_length + 1, dtype=np.float64)
+    x: np.ndarray = np.arange(1, out_length + 1, dtype=np.float64)
     u = x / scale + 0.5 * (1.0 - 1.0 / scale)
     left = np.floor(u - width / 2.0)
     taps = int(math.ceil(width)) + 2
@@ -126,7 +125,7 @@ def imresize(
         scales = (scale, scale)
         out_h = max(1, math.ceil(scale * in_h - _SIZE_EPS))
         out_w = max(1, math.ceil(scale * in_w - _SIZE_EPS))
-    else:
+    elif output_shape is not None:
         if len(output_shape) != 2:
             raise ValueError(f"output_shape must be (H, W), got {output_shape}")
         out_h, out_w = (int(v) for v in output_shape)

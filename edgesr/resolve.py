@@ -18,11 +18,14 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .artifact_cache import cached_int8, cached_onnx_export, int8_available, onnx_is_quantized
 from .errors import CheckpointError, ScaleMismatch, one_line, quoted
 from .spec import Spec
+
+if TYPE_CHECKING:
+    from .usermodel import LoadedUserModel
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".sft")
 ONNX_SUFFIXES = (".onnx", ".ort")
@@ -180,6 +183,20 @@ def _from_bundle(path: Path, backend: str, scale, threads) -> ResolvedModel:
     return resolved
 
 
+def load_user_code(weights: str | Path, user: dict[str, Any], *, scale: int | None = None, quick: bool = False,
+                   check_plausible: bool = True) -> LoadedUserModel:
+    """The user's code + weights, built, loaded and measured (`edgesr.usermodel.load_user_model`):
+    the one way `--model FILE.py:NAME` (convert, eval, parity, bench, upscale) and a zoo entry become a
+    model. `user`: the --model options as `edgesr.cli.model_args.user_options` gives them (ref, kwargs,
+    strict, key, extra_paths, input_range); `quick`: the CI-sized convention search."""
+    from .usermodel import load_user_model
+
+    return load_user_model(weights, user["ref"], user.get("kwargs"), strict=user.get("strict", True),
+                           key=user.get("key"), extra_paths=tuple(Path(p) for p in user.get("extra_paths", ())),
+                           input_range=user.get("input_range"), scale=scale, check_plausible=check_plausible,
+                           quick=quick)
+
+
 def user_deploy_model(weights: str | Path, ref, kwargs: dict | None = None, *, strict: bool = True,
                       key: str | None = None, extra_paths: tuple = (), input_range: float | None = None,
                       scale: int | None = None):
@@ -189,10 +206,9 @@ def user_deploy_model(weights: str | Path, ref, kwargs: dict | None = None, *, s
 
     from .probe_inputs import verification_inputs
     from .reparam.author_hooks import deploy_form
-    from .usermodel import load_user_model
 
-    um = load_user_model(weights, ref, kwargs, strict=strict, key=key, extra_paths=tuple(Path(p) for p in extra_paths),
-                         input_range=input_range, scale=scale)
+    um = load_user_code(weights, {"ref": ref, "kwargs": kwargs, "strict": strict, "key": key,
+                                  "extra_paths": extra_paths, "input_range": input_range}, scale=scale)
     spec = replace(um.spec, form="deploy")
     deploy, _ = deploy_form(um.module, verification_inputs(spec))
     return deploy, spec, um

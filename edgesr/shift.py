@@ -54,15 +54,15 @@ def elan_groups(channels: int) -> list[Group]:
 
 
 def check_groups(groups: Sequence[Group], channels: int | None = None) -> list[Group]:
-    groups = [tuple(int(v) for v in g) for g in groups]
+    checked: list[Group] = [(int(a), int(b), int(dy), int(dx)) for a, b, dy, dx in groups]
     pos = 0
-    for a, b, _, _ in groups:
+    for a, b, _, _ in checked:
         if a != pos or b <= a:
-            raise ValueError(f"shift groups must tile the channels in order, got {groups}")
+            raise ValueError(f"shift groups must tile the channels in order, got {checked}")
         pos = b
     if channels is not None and pos != channels:
         raise ValueError(f"shift groups cover {pos} channels, the tensor has {channels}")
-    return groups  # type: ignore[return-value]
+    return checked
 
 
 def _radius(groups: Sequence[Group]) -> int:

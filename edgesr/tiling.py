@@ -409,7 +409,7 @@ def measure_tiling(runner, spec: Spec, onnx_model, *, image_size: int = 512, til
         h, w = fit(max(160, 5 * t_small // 2)), fit(max(224, 7 * t_small // 2))
         img, desc = sample_photo(h, w, index=1)
         full = upscale_array(runner, img, spec, tile=0)
-        checks = []
+        checks: list[TileCheck] = []
         for t in (t_small, fit(2 * t_small)):
             plan = plan_tiles(h, w, spec, t, overlap, alignment=align)
             tiled = upscale_array(runner, img, spec, plan=plan)
@@ -440,7 +440,7 @@ def measure_tiling(runner, spec: Spec, onnx_model, *, image_size: int = 512, til
     align = math.lcm(align, APPROX_ALIGNMENT)
     probe = probe_radius(runner, sample_photo(fit(128), fit(128))[0], spec)
     overlap = _round_up(min(MAX_APPROX_OVERLAP, 1 << max(3, probe - 1).bit_length()), align)
-    checks: list[TileCheck] = []
+    checks = []
     images: dict[tuple[int, int], tuple[np.ndarray, str, np.ndarray]] = {}
     bpp = (graph.activation_bytes_per_pixel if graph else None) or 4 * (3 * 64 + spec.out_channels * spec.scale ** 2)
     max_pixels = memory_budget / (NONLOCAL_MEMORY_FACTOR * bpp)
@@ -457,7 +457,10 @@ def measure_tiling(runner, spec: Spec, onnx_model, *, image_size: int = 512, til
         return None
 
     def check(t: int) -> TileCheck:
-        h, w = dims(t)
+        size = dims(t)
+        if size is None:  # `order` below holds only tiles whose image fits the budget
+            raise ValueError(f"tile {t}: no check image fits the memory budget")
+        h, w = size
         if (h, w) not in images:
             img, desc = sample_photo(h, w)
             images.clear()  # one reference image in memory at a time

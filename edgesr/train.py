@@ -45,7 +45,7 @@ def make_pairs(paths: list[Path], scale: int) -> list[TrainPair]:
     """HR crop to a multiple of scale, LR = MATLAB bicubic downscale of the 8-bit HR."""
     pairs = []
     for p in paths:
-        hr = read_image(p).rgb.astype(np.float32)
+        hr: np.ndarray = read_image(p).rgb.astype(np.float32)
         h, w = (hr.shape[0] // scale) * scale, (hr.shape[1] // scale) * scale
         hr = hr[:h, :w]
         # uint8 in -> uint8 out reproduces the benchmark sets' MATLAB LR images bit-exactly.

@@ -40,7 +40,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable, ContextManager, Protocol
 
 import numpy as np
 
@@ -223,7 +223,8 @@ class ModelTiling:
         """(H, W) of a fixed-size file that tiles larger inputs with boxes of its own size
         (:class:`edgesr.backends.mobile.FixedBoxRunner`); smaller images are padded up to it."""
         if getattr(self.runner, "tiles_itself", False):
-            return tuple(int(v) for v in self.runner.input_hw)  # type: ignore[return-value]
+            h, w = (int(v) for v in self.runner.input_hw)
+            return h, w
         return None
 
     def multiple(self) -> int:
@@ -613,7 +614,13 @@ def upscale_file(runner, spec: Spec, src: str | Path, dst: str | Path, *, tile: 
                          boxes=boxes)
 
 
-def _stream(runner, plan: TilePlan, spec: Spec, get_box, writer: "_OutputWriter", *, gray: bool, bit_depth: int,
+class RowSink(Protocol):
+    """Where :func:`_stream` puts each finished row of output codes (a file, or an array)."""
+
+    def write(self, y0: int, color: np.ndarray) -> None: ...
+
+
+def _stream(runner, plan: TilePlan, spec: Spec, get_box, writer: RowSink, *, gray: bool, bit_depth: int,
             out_h: int, out_w: int, on_tile=None) -> None:
     """Run the plan a row of tiles at a time; each finished row of output goes to `writer`."""
     from .imaging import encode_rows
@@ -628,9 +635,9 @@ def _stream(runner, plan: TilePlan, spec: Spec, get_box, writer: "_OutputWriter"
         rows = min(y1 * s, out_h) - y0 * s
         if rows <= 0:
             continue
-        strip = np.empty((rows, out_w, color_c), dtype=dtype)
+        strip: np.ndarray = np.empty((rows, out_w, color_c), dtype=dtype)
 
-        def put_core(t: Tile, y: np.ndarray) -> None:
+        def put_core(t: Tile, y: np.ndarray, strip: np.ndarray = strip) -> None:
             x0, x1 = t.core[2] * s, min(t.core[3] * s, out_w)
             if x1 <= x0:
                 return
@@ -648,7 +655,7 @@ def _stream(runner, plan: TilePlan, spec: Spec, get_box, writer: "_OutputWriter"
         sub = TilePlan(plan.height, plan.width, plan.tile, plan.overlap, tuple(row), plan.exact, plan.multiple)
         run_plan(runner, sub, s, spec.out_channels, get_box, put_core, counted)
         writer.write(y0 * s, strip)
-        strip = None  # free before the next row's strip is allocated
+        del strip, put_core  # free the strip before the next row's is allocated
 
 
 class _OutputWriter:
@@ -661,11 +668,13 @@ class _OutputWriter:
         self.dst, self.width, self.height, self.channels = dst, width, height, channels
         self.bit_depth, self.whole = bit_depth, whole
         self.alpha = _AlphaRows(alpha_codes, alpha_bits, height, width) if alpha_codes is not None else None
-        self._ctx = streaming_output(dst)
-        self._f = self._ctx.__enter__()
+        ctx = streaming_output(dst)
+        self._f = ctx.__enter__()
+        self._ctx: ContextManager[BinaryIO] | None = ctx  # None once finished or aborted
         self._png = None if whole else PngWriter(self._f, width, height, channels, bit_depth)
         dtype = np.uint16 if bit_depth == 16 else np.uint8
-        self._full = np.empty((height, width, channels), dtype=dtype) if whole else None
+        # the whole image (JPEG / WebP are encoded at the end); None for a PNG or once saved
+        self._full: np.ndarray | None = np.empty((height, width, channels), dtype=dtype) if whole else None
         self.written = 0
 
     def write(self, y0: int, color: np.ndarray) -> None:
@@ -679,8 +688,10 @@ class _OutputWriter:
             rows = np.concatenate([color, quantize(a, self.bit_depth)[..., None]], axis=2)
         if self._png is not None:
             self._png.write_rows(rows)
-        else:
+        elif self._full is not None:
             self._full[y0:y0 + rows.shape[0]] = rows
+        else:
+            raise RuntimeError("rows written after the image was saved")
         self.written += color.shape[0]
 
     def finish(self) -> None:
@@ -689,7 +700,7 @@ class _OutputWriter:
         try:
             if self._png is not None:
                 self._png.close()
-            else:
+            elif self._full is not None:
                 fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}[self.dst.suffix.lower()]
                 save_pillow(self._f, self._full, fmt, 95, self.dst)
                 self._full = None
@@ -697,14 +708,17 @@ class _OutputWriter:
             self.abort()
             raise
         ctx, self._ctx = self._ctx, None
+        if ctx is None:
+            raise RuntimeError("the output was already finished or aborted")
         try:
             ctx.__exit__(None, None, None)
         except OSError as e:
             raise ImageError(f"{self.dst}: cannot write ({e.strerror or e})") from None
 
     def abort(self) -> None:
-        if getattr(self, "_ctx", None) is not None:
-            ctx, self._ctx = self._ctx, None
+        ctx = getattr(self, "_ctx", None)  # (absent when __init__ failed before setting it)
+        if ctx is not None:
+            self._ctx = None
             try:
                 ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
             except RuntimeError:
@@ -733,7 +747,8 @@ class _AlphaRows:
         return (self.codes[rows].astype(np.float32) / self.peak).astype(np.float64)
 
     def rows(self, a: int, b: int) -> np.ndarray:
-        out = np.empty((b - a, self.out_w), dtype=np.float32)
+        out: np.ndarray = np.empty((b - a, self.out_w), dtype=np.float32)
+        res: np.ndarray
         step = max(1, (4 * MIB) // (self.out_w * 8))
         for r0 in range(a, b, step):
             r1 = min(b, r0 + step)
@@ -747,10 +762,10 @@ class _AlphaRows:
             else:
                 need = np.unique(self.ir[r0:r1])
                 src = self._float(need)  # rows needed, full width
-                cols = np.zeros((len(need), self.out_w), dtype=np.float64)
+                cols: np.ndarray = np.zeros((len(need), self.out_w), dtype=np.float64)
                 for p in range(self.wc.shape[1]):
                     cols += self.wc[:, p][None, :] * src[:, self.ic[:, p]]
-                pos = np.searchsorted(need, self.ir[r0:r1])
+                pos = np.asarray(np.searchsorted(need, self.ir[r0:r1]))  # (stubs say: a scalar)
                 res = np.zeros((r1 - r0, self.out_w), dtype=np.float64)
                 for p in range(self.wr.shape[1]):
                     res += self.wr[r0:r1, p][:, None] * cols[pos[:, p]]

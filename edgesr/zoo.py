@@ -82,6 +82,12 @@ class ZooEntry:
         d["paths"] = [str(p) for p in self.paths]
         return json.dumps(d)
 
+    def user_options(self) -> dict[str, Any]:
+        """This entry as --model options (`edgesr.resolve.load_user_code`, `ConvertOptions.with_user_model`).
+        No input range: the index's `input_range` is what the zoo checks the measured one against."""
+        return {"ref": self.code, "kwargs": self.kwargs, "strict": self.strict, "key": self.key,
+                "extra_paths": tuple(self.paths), "input_range": None}
+
     @classmethod
     def from_json(cls, text: str) -> "ZooEntry":
         d = json.loads(text)
@@ -115,10 +121,10 @@ def _optional(m: dict, key: str, kind: type, where: str) -> Any:
 
 def read_index(index: str | Path) -> list[ZooEntry]:
     """Parse and check a zoo index (paths resolved; a missing weights file is not an error here)."""
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # Python 3.10
+        import tomli as tomllib
 
     from .errors import quoted
     from .limits import json_depth
@@ -216,9 +222,8 @@ def convert_entry(entry: ZooEntry, outdir: Path, *, force: bool = False, int8: b
                       "seconds": 0.0}
     opts = ConvertOptions(
         outdir=outdir, checkpoint=entry.weights, scale=entry.scale, int8=int8, int8_profile="trt",
-        int8_search=False, light_checks=True, ort_format=False, force=force, bench=bench, bench_output=(256, 256),
-        model=entry.code, model_kwargs=entry.kwargs, strict=entry.strict, weights_key=entry.key,
-        import_paths=tuple(entry.paths))
+        int8_search=False, light_checks=True, ort_format=False, force=force, bench=bench,
+        bench_output=(256, 256)).with_user_model(entry.user_options())
     lines: list[str] = []
 
     def log(line: str) -> None:  # kept for the result, and printed: OUTROOT/logs/<name>.log shows progress live
@@ -320,10 +325,9 @@ def quick_check(entry: ZooEntry, workdir: Path, *, int8: bool = False) -> dict[s
     from .export.diagnose import export_user_model, fixed_size_samples
     from .parity import default_samples, random_samples
     from .reparam.author_hooks import deploy_form
-    from .usermodel import load_user_model
+    from .resolve import load_user_code
 
-    um = load_user_model(entry.weights, entry.code, entry.kwargs, strict=entry.strict, key=entry.key,
-                         extra_paths=tuple(entry.paths), scale=entry.scale, quick=True)
+    um = load_user_code(entry.weights, entry.user_options(), scale=entry.scale, quick=True)
     spec = replace(um.spec, form="deploy")
     samples = [s for s in default_samples(spec.scale, sizes=())[:2]]
     crops = []

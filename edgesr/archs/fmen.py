@@ -17,7 +17,7 @@ The official models run on [0, 255] (EDSR framework, ``rgb_range = 255``); the m
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..architecture import Architecture, Variant, count_indexed, scale_from_channels
@@ -89,7 +89,7 @@ def _copy(conv: nn.Conv2d, kernel: torch.Tensor, bias: torch.Tensor) -> None:
     conv.bias.copy_(bias)
 
 
-def _bn_params(bn: nn.BatchNorm2d):
+def _bn_params(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, float]:
     return bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps
 
 

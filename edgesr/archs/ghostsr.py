@@ -87,7 +87,7 @@ class GhostConvDeploy(nn.Module):
 
     def set_offset(self, dy: int, dx: int) -> None:
         self.shift_offset.copy_(torch.tensor([dy, dx]))
-        self.shift.__init__([(0, self.ghost, int(dy), int(dx))], self.shift.mode)
+        self.shift = ChannelShift([(0, self.ghost, int(dy), int(dx))], self.shift.mode)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -80,14 +80,14 @@ class IGConv(TrainingBlock, nn.Module):
 
     def kernel(self, scale) -> torch.Tensor:
         """(colors * s * s, dim, k, k) conv weight for scale `scale` (int, or a 0-d tensor in a graph)."""
-        is_tensor = isinstance(scale, torch.Tensor)
-        n = scale.reshape(()) if is_tensor else int(scale)
         dt = self.freq.dtype
-        if is_tensor:
-            idx = torch.arange(n, device=self.freq.device).to(dt)
-            nf = n.to(dt)
+        if isinstance(scale, torch.Tensor):
+            n_t = scale.reshape(())
+            idx = torch.arange(n_t, device=self.freq.device).to(dt)
+            nf = n_t.to(dt)
             cell = 2.0 / torch.clamp(nf, max=float(self.max_s))
         else:
+            n = int(scale)
             idx = torch.arange(n, dtype=dt, device=self.freq.device)
             nf = float(n)
             cell = 2.0 / min(n, self.max_s)

@@ -124,7 +124,8 @@ def residual_errors(sd) -> tuple[float, float, float] | None:
     b = BORDER * s
     crop = (slice(None), slice(None), slice(b, -b), slice(b, -b))
     nearest = F.pixel_shuffle(repeat_shortcut(x, s), s)
-    return tuple(float((y - ref)[crop].abs().mean()) for y in (plain, resid, nearest))
+    e_plain, e_resid, e_nearest = (float((y - ref)[crop].abs().mean()) for y in (plain, resid, nearest))
+    return e_plain, e_resid, e_nearest
 
 
 def residual_verdict(sd) -> bool | None:

@@ -303,13 +303,14 @@ def _convert_for_bench(src, fmt: str, precision: str, threads, sizes):
     from ..export.ncnn import convert_bytes, shape_mode
     from .ncnn_runner import NcnnRunner
 
-    hw, _ = shape_mode(module, spec, tuple(sizes[0]))  # fixed-size where pnnx cannot keep shapes dynamic
+    # fixed-size (None: dynamic) where pnnx cannot keep shapes dynamic
+    fixed_hw, _ = shape_mode(module, spec, tuple(sizes[0]))
     if precision == "int8":
         from ..export.ncnn_int8 import int8_ncnn
 
-        param, weights, _ = int8_ncnn(module, spec, psnr_budget=None, hw=hw)
+        param, weights, _ = int8_ncnn(module, spec, psnr_budget=None, hw=fixed_hw)
     else:
-        param, weights = convert_bytes(module, spec, hw=hw)
+        param, weights = convert_bytes(module, spec, hw=fixed_hw)
     path = work / f"bench_{precision}.param"
     path.write_text(param)
     path.with_suffix(".bin").write_bytes(weights)

@@ -62,11 +62,11 @@ class ShapeProfile:
         object.__setattr__(self, "min_hw", _pair(self.min_hw, "min_hw"))
         object.__setattr__(self, "opt_hw", _pair(self.opt_hw, "opt_hw"))
         object.__setattr__(self, "max_hw", _pair(self.max_hw, "max_hw"))
-        b = self.batch
-        if isinstance(b, int):
-            b = (b, b, b)
+        given: Any = self.batch  # callers also pass one int for a fixed batch
+        if isinstance(given, int):
+            given = (given, given, given)
         try:
-            b = tuple(int(x) for x in b)
+            b = tuple(int(x) for x in given)
         except (TypeError, ValueError):
             raise EngineBuildError(f"ShapeProfile.batch must be (min, opt, max), got {self.batch!r}") from None
         if len(b) != 3 or not (1 <= b[0] <= b[1] <= b[2]):
@@ -88,8 +88,8 @@ class ShapeProfile:
     def resolved(self) -> "ShapeProfile":
         """Rounded to size_multiple and checked min <= opt <= max."""
         m = self.size_multiple
-        mn = tuple(int(math.ceil(v / m) * m) for v in self.min_hw)
-        mx = tuple(int(v // m * m) for v in self.max_hw)
+        mn = (int(math.ceil(self.min_hw[0] / m) * m), int(math.ceil(self.min_hw[1] / m) * m))
+        mx = (int(self.max_hw[0] // m * m), int(self.max_hw[1] // m * m))
         for axis, lo, hi in zip("HW", mn, mx):
             if hi < lo or hi < 1:
                 raise EngineBuildError(
@@ -97,10 +97,8 @@ class ShapeProfile:
                     f"[{self.min_hw['HW'.index(axis)]}, {self.max_hw['HW'.index(axis)]}] "
                     f"(min rounds up to {lo}, max rounds down to {hi})"
                 )
-        opt = tuple(
-            min(max(int(round(v / m) * m), lo), hi) for v, lo, hi in zip(self.opt_hw, mn, mx)
-        )
-        return replace(self, min_hw=mn, opt_hw=opt, max_hw=mx)  # type: ignore[arg-type]
+        oh, ow = (min(max(int(round(v / m) * m), lo), hi) for v, lo, hi in zip(self.opt_hw, mn, mx))
+        return replace(self, min_hw=mn, opt_hw=(oh, ow), max_hw=mx)
 
     def shapes(self, dims: Sequence[int | str | None]) -> dict[str, tuple[int, ...]]:
         """min/opt/max NCHW shapes for an input whose ONNX dims are `dims` (fixed dims win)."""

@@ -91,20 +91,6 @@ def default_cache_dir() -> Path:
     return base / "edgesr" / "engines"
 
 
-def parse_hw(text: str, what: str = "size") -> tuple[int, int]:
-    """'270x480' -> (270, 480); '256' -> (256, 256)."""
-    parts = str(text).strip().lower().split("x")
-    try:
-        vals = [int(p) for p in parts]
-    except ValueError:
-        raise EngineBuildError(f"{what}: {text!r} is not HxW (e.g. 270x480)") from None
-    if len(vals) == 1:
-        vals = vals * 2
-    if len(vals) != 2 or min(vals) < 1:
-        raise EngineBuildError(f"{what}: {text!r} must be two positive integers HxW (e.g. 270x480)")
-    return vals[0], vals[1]
-
-
 def check_request(req: EngineRequest) -> None:
     """Fail before minutes of conversion: packages importable, GPU present for TensorRT,
     compute capabilities known to the installed TensorRT-RTX, optimization level 0..5."""

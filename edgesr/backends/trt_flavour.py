@@ -204,8 +204,9 @@ def get_logger(flavour: Flavour) -> Any:
         if flavour.name in _loggers:
             return _loggers[flavour.name]
         trt = flavour.module
+        base: Any = trt.ILogger  # the flavour's own ILogger class, known at run time only
 
-        class _CapturingLogger(trt.ILogger):  # type: ignore[misc, name-defined]
+        class _CapturingLogger(base):
             def __init__(self) -> None:
                 trt.ILogger.__init__(self)
                 self._local = threading.local()

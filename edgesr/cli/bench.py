@@ -84,13 +84,13 @@ def run(args) -> int:
         load_warning,
         machine_info,
         open_model,
-        parse_size,
         prepare_backend,
         speedups,
         workload_lr_size,
     )
     from ..errors import BackendUnavailable, EdgesrError, ScaleMismatch
     from ..limits import check_inference_size
+    from ..sizes import parse_hw
     from .output import emit_json, print_table
 
     if args.scale is not None and args.scale < 1:
@@ -113,10 +113,7 @@ def run(args) -> int:
         spec = src.spec
         sizes: list[tuple[int, int]] = []
         for s in args.size or []:
-            try:
-                sizes.append(parse_size(s))
-            except ValueError as e:
-                raise EdgesrError(f"--size: {e}") from None
+            sizes.append(parse_hw(s, "--size"))
         for w in args.workload or ([] if sizes else ["720p"]):
             sizes.append(workload_lr_size(w, spec.scale, spec.size_multiple))
         sizes = list(dict.fromkeys(sizes))

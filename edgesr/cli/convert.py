@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from . import args as argtypes
@@ -47,6 +48,29 @@ def add_parser(sub):
     p.add_argument("--openvino", action="store_true",
                    help="also write OpenVINO IR (model.xml/.bin; with --int8 model_int8_openvino.xml/.bin), verified "
                         "and timed in OpenVINO; needs pip install 'edgesr[openvino]'")
+    _add_mobile_args(p)
+    p.add_argument("--no-ort-format", action="store_true", help="skip the .ort (ONNX Runtime Mobile) files")
+    p.add_argument("--no-bench", action="store_true", help="skip the CPU latency measurement")
+    p.add_argument("--threads", type=argtypes.threads, help="ONNX Runtime threads for the latency measurement")
+    p.add_argument("--force", action="store_true", help="replace OUTDIR if it exists")
+    _add_engine_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (manifest + report) on stdout")
+    p.add_argument("--allow-implausible", action="store_true",
+                   help="convert even when no input convention makes the output beat bicubic (untrained or test "
+                        "weights); default: refuse, naming what was tried")
+    from .model_args import add_model_args
+
+    add_model_args(p)
+    _add_zoo_args(p)
+    from .executor_args import add_executor_args
+
+    add_executor_args(p, "each model of --zoo INDEX or of a folder CKPT is one task, its latency timed in the "
+                         "node's bench slot")
+    return p
+
+
+def _add_mobile_args(p: argparse.ArgumentParser) -> None:
+    """The mobile formats group: --tflite, --ncnn, --coreml and their --mobile-size."""
     m = p.add_argument_group("mobile formats (see docs/deploy.md)")
     m.add_argument("--tflite", action="store_true",
                    help="also write LiteRT .tflite files (NHWC, fixed input size; fp32, and full-integer int8 with "
@@ -60,10 +84,10 @@ def add_parser(sub):
     m.add_argument("--mobile-size", metavar="HxW",
                    help="fixed LR input size of the .tflite and Core ML files (default: one recommended tile, "
                         "tile + 2 x overlap)")
-    p.add_argument("--no-ort-format", action="store_true", help="skip the .ort (ONNX Runtime Mobile) files")
-    p.add_argument("--no-bench", action="store_true", help="skip the CPU latency measurement")
-    p.add_argument("--threads", type=argtypes.threads, help="ONNX Runtime threads for the latency measurement")
-    p.add_argument("--force", action="store_true", help="replace OUTDIR if it exists")
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    """The TensorRT engines group (--trt-rtx / --trt and the --trt-* options `_engine_request` reads)."""
     g = p.add_argument_group("TensorRT engines (see docs/tensorrt.md)")
     g.add_argument("--trt-rtx", action="store_true",
                    help="also build TensorRT-RTX engines for each ONNX written (fp32, --fp16, --int8 trt profile) "
@@ -84,13 +108,10 @@ def add_parser(sub):
     g.add_argument("--trt-cache", metavar="DIR",
                    help="engine cache folder (default: $EDGESR_ENGINE_CACHE or the per-user cache, "
                         "e.g. ~/.cache/edgesr/engines)")
-    p.add_argument("--json", action="store_true", help="print one JSON object (manifest + report) on stdout")
-    p.add_argument("--allow-implausible", action="store_true",
-                   help="convert even when no input convention makes the output beat bicubic (untrained or test "
-                        "weights); default: refuse, naming what was tried")
-    from .model_args import add_model_args
 
-    add_model_args(p)
+
+def _add_zoo_args(p: argparse.ArgumentParser) -> None:
+    """The many-models group: --zoo INDEX and its --zoo-* options (`_run_zoo`)."""
     z = p.add_argument_group("many models at once")
     z.add_argument("--zoo", metavar="INDEX", help="TOML zoo index (code + weights per model, see "
                    "export/zoo/ntire-esr.toml): convert each into OUTDIR/<name>/ in its own process, continue past "
@@ -100,11 +121,6 @@ def add_parser(sub):
                    help="seconds per model (default 1200)")
     z.add_argument("--zoo-jobs", type=argtypes.int_range(1, 64, "a number of jobs"), default=1, metavar="N",
                    help="models converted at once, each in its own process (default 1; their latency rows share the CPU)")
-    from .executor_args import add_executor_args
-
-    add_executor_args(p, "each model of --zoo INDEX or of a folder CKPT is one task, its latency timed in the "
-                         "node's bench slot")
-    return p
 
 
 def run(args) -> int:
@@ -113,6 +129,7 @@ def run(args) -> int:
 
     from ..errors import EdgesrError, ScaleMismatch, one_line, quoted
     from ..pipeline import ConvertOptions, convert
+    from ..sizes import parse_hw
     from .output import emit_json, print_table
 
     if args.scale is not None and args.scale < 1:
@@ -144,13 +161,13 @@ def run(args) -> int:
         ort_format=not args.no_ort_format, force=args.force, bench=not args.no_bench, threads=args.threads,
         engines=engines, testset=Path(args.testset) if args.testset else None, executorch=args.executorch,
         openvino=args.openvino,
-        tflite=args.tflite, ncnn=args.ncnn, coreml=args.coreml, mobile_size=_mobile_size(args.mobile_size),
+        tflite=args.tflite, ncnn=args.ncnn, coreml=args.coreml,
+        mobile_size=None if args.mobile_size is None else parse_hw(args.mobile_size, "--mobile-size"),
         check_conventions=not args.allow_implausible and checks_enabled(), input_range=registry_input_range(args))
     if user is not None:
         if opts.checkpoint is None or opts.checkpoint.is_dir():
             raise EdgesrError("--model needs the weights file as CKPT")
-        opts.model, opts.model_kwargs, opts.strict = str(user["ref"]), user["kwargs"], user["strict"]
-        opts.weights_key, opts.import_paths = user["key"], user["extra_paths"]
+        opts = opts.with_user_model(user)
     if opts.checkpoint is not None and opts.checkpoint.is_dir():
         return _run_batch(args, opts)
     if on_ray(args):
@@ -202,7 +219,8 @@ def _engine_request(args):
             print(f"edgesr: note: {', '.join(given)} ha{'s' if len(given) == 1 else 've'} no effect without "
                   "--trt-rtx or --trt", file=sys.stderr)
         return None
-    from ..backends.trt_convert import EngineRequest, check_request, parse_hw
+    from ..backends.trt_convert import EngineRequest, check_request
+    from ..sizes import parse_hw
 
     req = EngineRequest(
         flavours=tuple(f for f, on in (("rtx", args.trt_rtx), ("trt", args.trt)) if on),
@@ -335,19 +353,3 @@ def _zoo_results(args, only, on_start, on_done) -> list[dict]:
 
     return run_zoo(args.zoo, args.outdir, force=args.force, only=only, timeout=args.zoo_timeout, int8=True,
                    bench=not args.no_bench, jobs=args.zoo_jobs, on_start=on_start, on_done=on_done)
-
-
-def _mobile_size(text: str | None) -> tuple[int, int] | None:
-    """--mobile-size HxW (or one number for a square)."""
-    from ..errors import EdgesrError
-
-    if text is None:
-        return None
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        h, w = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
-    except ValueError:
-        h = w = 0
-    if h < 1 or w < 1:
-        raise EdgesrError(f"--mobile-size must be HxW with positive integers (e.g. 128x128), got {text!r}")
-    return h, w

@@ -47,23 +47,6 @@ def add_parser(sub):
     return p
 
 
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    from ..errors import ParityError
-
-    sizes = []
-    for part in (t.strip() for t in (text or "").split(",")):
-        if not part:
-            continue
-        try:
-            h, w = (int(v) for v in part.lower().split("x"))
-        except ValueError:
-            raise ParityError(f"--sizes: {part!r} is not HxW (e.g. 17x23)") from None
-        if h < 1 or w < 1:
-            raise ParityError(f"--sizes: {part!r} must be positive")
-        sizes.append((h, w))
-    return sizes
-
-
 def split_model_arg(arg: str) -> tuple[Path, str | None]:
     """``ckpt.pth:training`` -> (ckpt.pth, "training"); a plain path -> (path, None)."""
     head, sep, tail = arg.rpartition(":")
@@ -106,11 +89,12 @@ def run(args) -> int:
         random_samples,
         size_rules,
     )
+    from ..sizes import parse_hw_list
     from .output import emit_json, print_table
 
     if len(args.models) < 2:
         raise ParityError("give a reference MODEL and at least one MODEL to compare with it")
-    sizes = parse_sizes(args.sizes)
+    sizes = parse_hw_list(args.sizes or "", "--sizes")
     from .model_args import user_options
 
     user = user_options(args)
@@ -155,4 +139,4 @@ def run(args) -> int:
     return 0 if report.ok else 1
 
 
-__all__ = ["add_parser", "run", "make_runner", "split_model_arg", "parse_sizes", "ENGINE_HOOK"]
+__all__ = ["add_parser", "run", "make_runner", "split_model_arg", "ENGINE_HOOK"]

@@ -143,7 +143,7 @@ def run(args) -> int:
                           f"{r.output_size[1]}x{r.output_size[0]}", r.tiles,
                           _tiling_cell(r), "yes" if r.exact else "no",
                           r.seconds] for r in done])
-        notes = {}
+        notes: dict[str, list[str]] = {}
         for r in done:
             notes.setdefault(f"tiling: {r.tiling}", []).append(r.input)
             if r.padded:

@@ -16,7 +16,7 @@ import io
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -206,8 +206,8 @@ def export_user_model(module, spec: Spec, path: str | Path, *, source_checkpoint
                           trace_context=ctx)
         return _UserExport(res, plan)
     except ExportError as e:
-        dyn_error = _describe(module, spec, str(e), tuple(_fit(sample[2:], spec)), opset, dynamic=True, ctx=ctx)
-    hw = tuple(_fit(FIXED_HW, spec))
+        dyn_error = _describe(module, spec, str(e), _fit(sample[2:], spec), opset, dynamic=True, ctx=ctx)
+    hw = _fit(FIXED_HW, spec)
     where = trace_size_warnings(module, spec, hw)
     reason = (f"dynamic H/W export failed ({dyn_error[:300]})"
               + ("; the trace fixed sizes at " + "; ".join(where) if where else ""))
@@ -271,9 +271,11 @@ def fixed_size_samples(scale: int, hw: tuple[int, int]):
     return out
 
 
-def _fit(hw, spec: Spec) -> list[int]:
+def _fit(hw: Sequence[int], spec: Spec) -> tuple[int, int]:
+    """(H, W) rounded up to the model's size multiple and raised to its minimum size."""
     m = max(1, spec.size_multiple)
-    return [max(spec.min_size, -(-int(d) // m) * m) for d in hw]
+    h, w = (max(spec.min_size, -(-int(d) // m) * m) for d in hw)
+    return h, w
 
 
 def _sample(shape) -> np.ndarray:

@@ -10,7 +10,8 @@ images (the bundled sample photos by default).
 
 Every export is checked before it is written (atomically): the program is loaded with the
 ExecuTorch Python runtime and compared with PyTorch on the maximum shape and an odd,
-non-square shape; fp32 must agree within ``FP32_TOL``; INT8 reports its PSNR against fp32.
+non-square shape; fp32 must agree within ``FP32_TOL``; INT8 must stay above
+:data:`edgesr.export.mobile.INT8_MIN_PSNR` against PyTorch fp32 (the judge the mobile exports use).
 
 The optional dependency is imported inside the functions; without it they raise
 BackendUnavailable (``pip install 'edgesr[executorch]'``). The executorch wheel ships no
@@ -28,12 +29,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..backends.base import BaseRunner
-from ..errors import BackendUnavailable, ExportError, ParityError
+from ..errors import BackendUnavailable, ExportError
 from ..fsutil import atomic_path, sha256_file
 from ..spec import Spec
 
 FP32_TOL = 1e-5
-INT8_MIN_PSNR = 30.0  # dB vs the fp32 model on the check inputs; below this the export is refused
 CHECK_ODD = (17, 23)
 
 
@@ -114,14 +114,13 @@ def export_executorch(module, spec: Spec, path: str | Path, *, precision: str = 
         tile, overlap = recommended_tiling(spec)
         max_hw = (tile + 2 * overlap, tile + 2 * overlap)
     lo = max(1, spec.min_size)
-    min_hw = tuple(int(v) for v in (min_hw or (lo, lo)))
-    max_hw = tuple(int(v) for v in max_hw)
-    if not (min_hw[0] <= max_hw[0] and min_hw[1] <= max_hw[1]):
-        raise ExportError(f"min_hw {min_hw} exceeds max_hw {max_hw}")
+    min_box, max_box = _hw(min_hw or (lo, lo)), _hw(max_hw)
+    if not (min_box[0] <= max_box[0] and min_box[1] <= max_box[1]):
+        raise ExportError(f"min_hw {min_box} exceeds max_hw {max_box}")
     module = module.eval().float().cpu()
-    sample = torch.rand(1, spec.in_channels, min(64, max_hw[0]), min(64, max_hw[1]), generator=torch.Generator().manual_seed(0))
-    dims = {_input_name(module): {2: torch.export.Dim("h", min=min_hw[0], max=max_hw[0]),
-                                  3: torch.export.Dim("w", min=min_hw[1], max=max_hw[1])}}
+    sample = torch.rand(1, spec.in_channels, min(64, max_box[0]), min(64, max_box[1]), generator=torch.Generator().manual_seed(0))
+    dims = {_input_name(module): {2: torch.export.Dim("h", min=min_box[0], max=max_box[0]),
+                                  3: torch.export.Dim("w", min=min_box[1], max=max_box[1])}}
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -136,7 +135,7 @@ def export_executorch(module, spec: Spec, path: str | Path, *, precision: str = 
             raise ExportError(f"ExecuTorch export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") \
                 from None
     delegated, others = _op_summary(edge.exported_program().graph_module)
-    result = PteExport(path=path, precision=precision, max_hw=max_hw, min_hw=min_hw, delegated_calls=delegated,
+    result = PteExport(path=path, precision=precision, max_hw=max_box, min_hw=min_box, delegated_calls=delegated,
                        non_delegated_ops=others, executorch_version=executorch_version())
     data = program.buffer
     if check:
@@ -189,8 +188,13 @@ def calibration_inputs(spec: Spec, n: int = 8, size: int = 96) -> list[np.ndarra
     return out
 
 
+def _hw(hw: Sequence[int]) -> tuple[int, int]:
+    h, w = (int(v) for v in hw)
+    return h, w
+
+
 def _op_summary(gm) -> tuple[int, dict[str, int]]:
-    delegated, others = 0, {}
+    delegated, others = 0, dict[str, int]()
     for node in gm.graph.nodes:
         if node.op != "call_function":
             continue
@@ -213,12 +217,13 @@ def load_pte(data: bytes | str | Path):
 
 
 class PteRunner(BaseRunner):
-    """Runner (edgesr.backends protocol) over a .pte through the ExecuTorch Python runtime."""
+    """Runner (edgesr.backends protocol) over a .pte (a file, or its bytes before it is written)
+    through the ExecuTorch Python runtime."""
 
-    def __init__(self, path: str | Path, name: str | None = None):
-        self.path = Path(path)
-        self.name = name or f"executorch:{self.path.name}"
-        self.method = load_pte(self.path)
+    def __init__(self, path: str | Path | bytes, name: str | None = None):
+        self.path = None if isinstance(path, bytes) else Path(path)
+        self.name = name or f"executorch:{self.path.name if self.path else 'program'}"
+        self.method = load_pte(path if isinstance(path, bytes) else Path(path))
 
     def run(self, x: np.ndarray) -> np.ndarray:
         import torch
@@ -244,32 +249,13 @@ def _photo_crop(shape: Sequence[int], index: int) -> np.ndarray:
 
 
 def _check(module, data: bytes, spec: Spec, result: PteExport) -> None:
-    import torch
+    """The program in the ExecuTorch runtime vs PyTorch on the largest shape and an odd one,
+    judged as the mobile exports are (fp32 within FP32_TOL, INT8 above its PSNR floor)."""
+    from .mobile import compare_with_torch, judge
 
-    method = load_pte(data)
     shapes = [(1, spec.in_channels, *result.max_hw),
               (1, spec.in_channels, min(CHECK_ODD[0], result.max_hw[0]), min(CHECK_ODD[1], result.max_hw[1]))]
-    worst, se, n = 0.0, 0.0, 0
-    for i, shp in enumerate(shapes):
-        x = _photo_crop(shp, i)
-        with torch.inference_mode():
-            ref = module(torch.from_numpy(x)).numpy()
-        y = method.execute([torch.from_numpy(x)])[0].numpy()
-        if y.shape != ref.shape:
-            raise ExportError(f"ExecuTorch output shape {y.shape} != PyTorch {ref.shape} for input {shp}")
-        d = y.astype(np.float64) - ref
-        worst = max(worst, float(np.abs(d).max()))
-        se += float((d ** 2).sum())
-        n += d.size
-        result.checked_shapes.append(list(shp))
-    result.max_abs_vs_torch = worst
-    mse = se / max(1, n)
-    result.psnr_vs_torch = float("inf") if mse == 0 else round(float(10 * np.log10(1.0 / mse)), 3)
-    if not np.isfinite(worst):
-        raise ParityError("ExecuTorch output contains NaN/Inf")
-    if result.precision == "fp32" and worst > FP32_TOL:
-        raise ParityError(f"ExecuTorch fp32 output differs from PyTorch by {worst:.3g} (> {FP32_TOL:g}) "
-                          f"on shapes {result.checked_shapes}")
-    if result.precision == "int8" and result.psnr_vs_torch < INT8_MIN_PSNR:
-        raise ParityError(f"ExecuTorch INT8 output is {result.psnr_vs_torch:.1f} dB PSNR from fp32 "
-                          f"(< {INT8_MIN_PSNR} dB) on sample photos")
+    inputs = [_photo_crop(shp, i) for i, shp in enumerate(shapes)]
+    result.max_abs_vs_torch, result.psnr_vs_torch, result.checked_shapes = compare_with_torch(
+        module, PteRunner(data, name="ExecuTorch"), inputs)
+    judge(result, "ExecuTorch", fp32_tol=FP32_TOL)

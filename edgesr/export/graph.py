@@ -4,17 +4,20 @@ expose intermediate tensors as extra outputs on a COPY of a model and run it wit
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from ..errors import ExportError
 
+if TYPE_CHECKING:
+    import onnx
+
 # ONNX TensorProto element types that hold floating-point activations.
 FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64, 16: None}  # 16 = bfloat16
 
 
-def load(model) -> "onnx.ModelProto":  # noqa: F821
+def load(model) -> onnx.ModelProto:
     """A ModelProto from a path, bytes or ModelProto (the latter copied)."""
     import onnx
 
@@ -67,7 +70,7 @@ def static_dims(model) -> dict[str, tuple[int | None, ...]]:
     return out
 
 
-def producers(model) -> dict[str, "onnx.NodeProto"]:  # noqa: F821
+def producers(model) -> dict[str, onnx.NodeProto]:
     return {out: node for node in model.graph.node for out in node.output if out}
 
 
@@ -138,7 +141,7 @@ def toposort(model) -> None:
     nodes = list(g.node)
     available = {i.name for i in g.input} | {i.name for i in g.initializer} | {""}
     done = [False] * len(nodes)
-    order = []
+    order: list[onnx.NodeProto] = []
     progress = True
     while progress and len(order) < len(nodes):
         progress = False

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -339,16 +339,25 @@ def compare_with_torch(module, runner, inputs: Sequence[np.ndarray]) -> tuple[fl
     return worst, psnr, shapes
 
 
-def judge(result: MobileExport, what: str) -> None:
-    """Refuse an artifact whose numbers say it is wrong (fp32 beyond FP32_TOL, fp16/INT8 below
+class CheckedExport(Protocol):
+    """What :func:`judge` reads of an export's record (MobileExport, executorch's PteExport)."""
+
+    precision: str
+    max_abs_vs_torch: float | None
+    psnr_vs_torch: float | None
+    checked_shapes: list[list[int]]
+
+
+def judge(result: CheckedExport, what: str, fp32_tol: float = FP32_TOL) -> None:
+    """Refuse an artifact whose numbers say it is wrong (fp32 beyond `fp32_tol`, fp16/INT8 below
     their PSNR floors, NaN/Inf)."""
     from ..errors import ParityError
 
     worst, psnr = result.max_abs_vs_torch, result.psnr_vs_torch
-    if worst is None or not np.isfinite(worst):
+    if worst is None or psnr is None or not np.isfinite(worst):
         raise ParityError(f"{what} output contains NaN/Inf")
-    if result.precision == "fp32" and worst > FP32_TOL:
-        raise ParityError(f"{what} fp32 output differs from PyTorch by {worst:.3g} (> {FP32_TOL:g}) "
+    if result.precision == "fp32" and worst > fp32_tol:
+        raise ParityError(f"{what} fp32 output differs from PyTorch by {worst:.3g} (> {fp32_tol:g}) "
                           f"on shapes {result.checked_shapes}")
     floor = FP16_MIN_PSNR if result.precision == "fp16" else INT8_MIN_PSNR
     if result.precision != "fp32" and psnr < floor:

@@ -32,7 +32,8 @@ def _require() -> None:
 
 def _fit(hw: Sequence[int], spec: Spec) -> tuple[int, int]:
     m = max(1, spec.size_multiple)
-    return tuple(max(spec.min_size, -(-int(v) // m) * m) for v in hw)  # type: ignore[return-value]
+    h, w = (max(spec.min_size, -(-int(v) // m) * m) for v in hw)
+    return h, w
 
 
 def convert_bytes(module, spec: Spec, *, fp16: bool = False, hw: Sequence[int] | None = None) -> tuple[str, bytes]:

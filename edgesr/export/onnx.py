@@ -347,7 +347,7 @@ def _random_input(shape, spec: Spec, seed: int) -> np.ndarray:
     push unclamped models far outside their value range, where fp32 rounding dominates."""
     from ..probe_inputs import random_image
 
-    return random_image(shape, seed, "smooth", tuple(spec.value_range))
+    return random_image(shape, seed, "smooth", spec.value_range)
 
 
 def _ort_run(model_bytes: bytes, x: np.ndarray) -> np.ndarray:

@@ -92,7 +92,7 @@ def _compare(onnx_path: Path, ort_path: Path, optimization: str, tol: float,
     shape = a.inp.shape
     dynamic = not all(isinstance(d, int) for d in shape[2:])
     channels = shape[1] if isinstance(shape[1], int) else 3
-    shapes = ([(1, channels, h, w) for h, w in sizes] if dynamic
+    shapes: list[tuple[int, ...]] = ([(1, channels, h, w) for h, w in sizes] if dynamic
               else [tuple(d if isinstance(d, int) else 1 for d in shape)])
     worst = 0.0
     for i, shp in enumerate(shapes):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from ..spec import Spec
 HELD_OUT_NAMES = ("astronaut.png", "chelsea.png", "coffee.png", "grace_hopper.jpg")
 HELD_OUT_TILE = 192
 
+_imresize: Callable[[np.ndarray, float], np.ndarray] | None
 try:  # MATLAB-compatible bicubic (preferred)
     from ..resize import imresize as _imresize
 
@@ -216,7 +217,7 @@ class CalibrationSource:
                 f"no calibration image in {where} is at least {hp}x{hp} pixels (patch {p} x scale {s}); "
                 f"too small: {', '.join(self.skipped[:5])}. Use a smaller patch size or larger images")
         rng = np.random.default_rng(self.seed)
-        out = np.empty((self.num_patches, self.spec.in_channels, p, p), dtype=np.float32)
+        out: np.ndarray = np.empty((self.num_patches, self.spec.in_channels, p, p), dtype=np.float32)
         for i in track(range(self.num_patches), "INT8 calibration patches", unit="patches", show=progress):
             name, img = photos[i % len(photos)]
             top = int(rng.integers(0, img.shape[0] - hp + 1))

@@ -72,7 +72,7 @@ def center_conv_inputs(model, batch: np.ndarray, *, threads: int | None = None, 
     import onnx
     from onnx import helper, numpy_helper
 
-    from .evaluate import make_session
+    from .evaluate import make_session, tensors_over_batches
 
     src = model
     model = onnx.ModelProto()
@@ -92,16 +92,10 @@ def center_conv_inputs(model, batch: np.ndarray, *, threads: int | None = None, 
     if not cands:
         return model, report
     tensors = sorted({n.input[0] for n in cands})
-    m = onnx.ModelProto()
-    m.CopyFrom(src)
-    del m.graph.output[:]
-    for t in tensors:
-        m.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    sess = make_session(m.SerializeToString(), threads)
     lo = {t: np.inf for t in tensors}
     hi = {t: -np.inf for t in tensors}
-    for i in range(0, len(batch), 8):
-        for t, v in zip(tensors, sess.run(tensors, {graph_in: batch[i:i + 8]})):
+    for values in tensors_over_batches(src, tensors, batch, threads, graph_in):
+        for t, v in zip(tensors, values):
             lo[t] = min(lo[t], float(v.min()))
             hi[t] = max(hi[t], float(v.max()))
 

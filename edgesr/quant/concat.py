@@ -37,7 +37,7 @@ def split_concat_convs(model, batch: np.ndarray, *, threads: int | None = None, 
     import onnx
     from onnx import helper, numpy_helper
 
-    from .evaluate import make_session
+    from .evaluate import make_session, tensors_over_batches
 
     src = model
     model = onnx.ModelProto()
@@ -74,17 +74,11 @@ def split_concat_convs(model, batch: np.ndarray, *, threads: int | None = None, 
 
     # ranges of the concatenated parts (max |x| per part) on the calibration batch
     parts = sorted({t for _, cat in cands for t in cat.input})
-    m = onnx.ModelProto()
-    m.CopyFrom(src)
-    del m.graph.output[:]
-    for t in parts:
-        m.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    sess = make_session(m.SerializeToString(), threads)
     inp = g.input[0].name
     peak = {t: 0.0 for t in parts}
     chans: dict[str, int] = {}
-    for i in range(0, len(batch), 8):
-        for t, v in zip(parts, sess.run(parts, {inp: batch[i:i + 8]})):
+    for values in tensors_over_batches(src, parts, batch, threads, inp):
+        for t, v in zip(parts, values):
             peak[t] = max(peak[t], float(np.abs(v).max()))
             chans[t] = v.shape[1]
 

@@ -99,20 +99,11 @@ def find_pairs(model) -> list[tuple]:
 def channel_ranges(model, tensors: list[str], batch: np.ndarray, input_name: str, symmetric: bool,
                    threads: int | None = None) -> dict[str, np.ndarray]:
     """Per-channel range of each tensor over `batch`: max|x| (symmetric) or max - min."""
-    import onnx
+    from .evaluate import tensors_over_batches
 
-    from .evaluate import make_session
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    del m.graph.output[:]
-    for t in tensors:
-        m.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    sess = make_session(m.SerializeToString(), threads)
     hi: dict[str, np.ndarray] = {}
     lo: dict[str, np.ndarray] = {}
-    for i in range(0, len(batch), 8):
-        outs = sess.run(tensors, {input_name: batch[i:i + 8]})
+    for outs in tensors_over_batches(model, tensors, batch, threads, input_name):
         for t, v in zip(tensors, outs):
             mx, mn = v.max(axis=(0, 2, 3)), v.min(axis=(0, 2, 3))
             hi[t] = mx if t not in hi else np.maximum(hi[t], mx)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -25,6 +26,24 @@ def make_session(model: str | os.PathLike | bytes, threads: int | None = None):
     sess = ort_session(model, threads=threads)
     batch = sess.get_inputs()[0].shape[0] if sess.get_inputs() and sess.get_inputs()[0].shape else None
     return _OneSampleSession(sess) if batch == 1 else sess
+
+
+def tensors_over_batches(model, tensors: Sequence[str], batch: np.ndarray, threads: int | None = None,
+                         input_name: str | None = None, chunk: int = 8) -> Iterator[list[np.ndarray]]:
+    """The values of `tensors` (float tensors of `model`, an onnx ModelProto, made its outputs in a
+    copy) over the NCHW `batch`, run `chunk` inputs at a time: one list per chunk, in `tensors` order.
+    What the calibration statistics of the exact rewrites (center, concat, equalize, refine) read."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.output[:]
+    for t in tensors:
+        m.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    sess = make_session(m.SerializeToString(), threads)
+    name = input_name if input_name is not None else model.graph.input[0].name
+    for i in range(0, len(batch), chunk):
+        yield sess.run(list(tensors), {name: batch[i:i + chunk]})
 
 
 class _OneSampleSession:
@@ -89,8 +108,10 @@ def evaluate(model: str | os.PathLike | bytes | object, spec: Spec, evalset: Eva
 
     if hasattr(model, "run") and hasattr(model, "get_inputs"):
         sess = model
-    else:
+    elif isinstance(model, (str, bytes, os.PathLike)):
         sess = runtime_session(model, runtime, threads)
+    else:
+        raise TypeError(f"evaluate needs a model path, bytes or an ORT session, got {type(model).__name__}")
     per = {}
     for p in evalset.pairs:
         sr = run_sr(sess, spec, p.lr)

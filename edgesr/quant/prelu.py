@@ -116,7 +116,7 @@ def split_prelu(model, check_input: np.ndarray | None = None):
             continue
         a_node = producer.get(p.input[0])
         cons = consumers.get(p.output[0], [])
-        if (not conv_ok(a_node) or len(consumers.get(a_node.output[0], [])) != 1 or len(cons) != 1
+        if (a_node is None or not conv_ok(a_node) or len(consumers.get(a_node.output[0], [])) != 1 or len(cons) != 1
                 or not conv_ok(cons[0]) or p.output[0] in outputs or a_node.output[0] in outputs):
             continue
         b_node = cons[0]

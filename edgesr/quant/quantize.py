@@ -345,7 +345,7 @@ class QuantSession:
         self.config = config or QuantConfig()
         self.profile = self.config.quant_profile
         self._calibration = calibration
-        self.evalset = eval_set
+        self._eval_set_given = eval_set  # None: the held-out sample photos (set when entered)
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     def __enter__(self) -> "QuantSession":
@@ -392,8 +392,8 @@ class QuantSession:
         self.source = source
         check_fp32_output(model.SerializeToString(), source.patches, input_name, config.threads,
                           batch_size=config.batch_size)
-        if self.evalset is None:
-            self.evalset = held_out_eval_set(spec.scale)
+        self.evalset: EvalSet = (self._eval_set_given if self._eval_set_given is not None
+                                 else held_out_eval_set(spec.scale))
         if len(self.evalset) == 0:
             raise DatasetError("the evaluation set is empty")
 
@@ -577,7 +577,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
             methods = ("only", "except") if (full_sensitivity or sensitivity_png) else (config.sensitivity,)
             qs._rank_session()
             rows = sensitivity(layers, qs.score_rank, qs.psnr_fp32_rank, qs.score_rank([]), methods, config.progress)
-        if need:
+        if need and budget is not None:
             order = ranking(rows, config.sensitivity)
             result_search = search(order, qs.score, psnr_fp32, psnr_all, budget, max_float_layers(config, len(layers)),
                                    progress=config.progress)

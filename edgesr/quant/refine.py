@@ -86,10 +86,9 @@ def conv_input_stats(model, patches: np.ndarray, threads: int | None = None, bat
     ``H``; the mean uses every position. Without `second_moments` (bias correction alone needs
     only the mean) ``H`` is an empty array and no im2col rows are built.
     """
-    import onnx
     from onnx import numpy_helper
 
-    from .evaluate import make_session
+    from .evaluate import tensors_over_batches
 
     inits = {i.name: i for i in model.graph.initializer}
     convs = []
@@ -105,19 +104,12 @@ def conv_input_stats(model, patches: np.ndarray, threads: int | None = None, bat
         convs.append((n, w.shape, at["pads"] or [0, 0, 0, 0]))
     if not convs:
         return {}
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    del m.graph.output[:]
     names = sorted({n.input[0] for n, _, _ in convs})
-    for t in names:
-        m.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    sess = make_session(m.SerializeToString(), threads)
-    inp = model.graph.input[0].name
     rng = np.random.default_rng(seed)
     n_batches = -(-len(patches) // batch)
     acc: dict[str, list] = {}
-    for i in range(0, len(patches), batch):
-        outs = dict(zip(names, sess.run(names, {inp: patches[i:i + batch]})))
+    for values in tensors_over_batches(model, names, patches, threads, chunk=batch):
+        outs = dict(zip(names, values))
         for n, shape, pads in convs:
             x = outs[n.input[0]]
             kh, kw = shape[2], shape[3]

@@ -18,6 +18,7 @@ well each ranking predicts the greedy choice.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -196,7 +197,7 @@ def layer_label(node: str) -> str:
     return ".".join(kept) or node
 
 
-def plot_sensitivity(rows: Sequence[SensitivityRow], path: str | Path, title: str = "",
+def plot_sensitivity(rows: Sequence[SensitivityRow], path: str | os.PathLike, title: str = "",
                      float_layers: Sequence[str] = ()) -> Path:
     """Horizontal bar chart (PNG, written atomically) of both sensitivity measures."""
     import matplotlib

@@ -179,7 +179,7 @@ class TorchGraph:
             return {k: self.bias(k).numpy().astype(np.float64) for k in self.bias_delta}
 
     # -- execution ----------------------------------------------------------------------
-    def __call__(self, x):
+    def __call__(self, x: Any) -> Any:
         env: dict[str, Any] = dict(self.const)
         env[self.input_name] = x
         for n in self.nodes:

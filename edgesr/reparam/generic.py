@@ -111,7 +111,7 @@ def collapse_linear(module: nn.Module, example: torch.Tensor, *, tol: float = 1e
     try:
         gm = _trace(work)
     except Exception as e:  # noqa: BLE001 - any tracing failure means: try submodules instead
-        capture = {"method": "fx-per-module", "whole_model_trace_error": _one_line(e)}
+        capture: dict[str, Any] = {"method": "fx-per-module", "whole_model_trace_error": _one_line(e)}
         new, traced, untraced = _collapse_per_module(work, example, ctx)
         capture.update(traced=traced, untraced=untraced)
     else:
@@ -275,6 +275,12 @@ class _Meta:
     mean: torch.Tensor | None = None  # per channel, 4-D float tensors only
     std: torch.Tensor | None = None
     is_tuple: bool = False
+
+    def dims(self) -> tuple[int, ...]:
+        """`shape`, where the analysis knows a tensor was seen."""
+        if self.shape is None:
+            raise TypeError("no tensor was seen at this node")
+        return self.shape
 
 
 class _Recorder(fx.Interpreter):
@@ -563,7 +569,7 @@ class _Graph:
         return mat
 
     def regions(self, mat: set[fx.Node]) -> list["_Region"]:
-        outputs = sorted((n for n in mat if n in self.rules), key=self.order.get)
+        outputs = sorted((n for n in mat if n in self.rules), key=self.order.__getitem__)
         cones: dict[fx.Node, tuple[set[fx.Node], set[fx.Node]]] = {}
         for o in outputs:
             inner, inputs, stack = {o}, set(), [o]
@@ -599,13 +605,13 @@ class _Graph:
         for outs in groups.values():
             nodes = set().union(*(cones[o][0] for o in outs))
             inputs = set().union(*(cones[o][1] for o in outs))
-            out.append(_Region(self, sorted(nodes, key=self.order.get), sorted(inputs, key=self.order.get),
-                               sorted(outs, key=self.order.get)))
+            at = self.order.__getitem__
+            out.append(_Region(self, sorted(nodes, key=at), sorted(inputs, key=at), sorted(outs, key=at)))
         return out
 
 
 def _union_all(ws: list[_Win]) -> _Win | None:
-    acc = ws[0]
+    acc: _Win | None = ws[0]
     for w in ws[1:]:
         acc = acc.union(w) if acc is not None else None
     return acc
@@ -697,7 +703,7 @@ class _Region:
                 m = self.g.modules[n.target]
                 total += m.out_channels * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
             else:
-                w = self.g.meta[_arg(list(n.args), dict(n.kwargs), 1, "weight")].shape
+                w = self.g.meta[_arg(list(n.args), dict(n.kwargs), 1, "weight")].dims()
                 total += w[0] * w[1] * w[2] * w[3]
         return total
 
@@ -893,7 +899,7 @@ def _probe_region(r: _Region, nodes: list[fx.Node]) -> tuple[dict[fx.Node, _Affi
     wins = r.windows()
     if wins is None:
         return "branches with different spatial sizes"
-    cin = r.g.meta[r.inputs[0]].shape[1]
+    cin = r.g.meta[r.inputs[0]].dims()[1]
     try:
         sub64 = clone_module(r.subgraph(nodes)).double()
         with torch.no_grad():
@@ -925,11 +931,11 @@ def _cut_for(r: _Region, n: fx.Node, doms: dict[fx.Node, set[fx.Node]]) -> fx.No
     """
     inp = r.inputs[0]
     order = r.g.order
-    for d in sorted(doms[n] - {n, inp}, key=order.get):
+    for d in sorted(doms[n] - {n, inp}, key=order.__getitem__):
         if not r.g._is4d(d):
             continue
         inner = {m for m in r.nodes if d in doms[m] and m is not d and _reaches(m, n, r)}
-        sub = _Region(r.g, sorted(inner, key=order.get), [d], [n])
+        sub = _Region(r.g, sorted(inner, key=order.__getitem__), [d], [n])
         probed = _probe_region(sub, [m for m in sub.nodes if r.g._is4d(m)])
         if not isinstance(probed, str) and all(e <= EXACT_TOL64 for e in probed[1].values()):
             return d
@@ -955,7 +961,7 @@ def _region_entry(r: _Region, scope: str, idx: int) -> dict:
     paths = [f"{scope}.{p}" if scope else p for p in r.module_paths()]
     return {"id": idx, "scope": _common_prefix(paths), "modules": paths,
             "nodes": [n.name for n in r.nodes], "ops": r.kinds,
-            "in_channels": r.g.meta[r.inputs[0]].shape[1] if r.g._is4d(r.inputs[0]) else None,
+            "in_channels": r.g.meta[r.inputs[0]].dims()[1] if r.g._is4d(r.inputs[0]) else None,
             "params_before": r.params_used(), "macs_per_pixel_before": r.conv_macs()}
 
 
@@ -982,7 +988,7 @@ def _build_and_verify(r: _Region, aff: dict[fx.Node, _Affine], ctx: _Pass, entry
     one = len(mods) == 1
     entry.update(kernel=kernels[0] if one else kernels, groups=groups[0] if one else groups,
                  dilation=dilations[0] if one else dilations,
-                 out_channels=[r.g.meta[o].shape[1] for o in r.outputs], params_after=params_after,
+                 out_channels=[r.g.meta[o].dims()[1] for o in r.outputs], params_after=params_after,
                  macs_per_pixel_after=macs_after)
     if ctx.only_if_cheaper and macs_after > entry["macs_per_pixel_before"]:
         entry.update(status="left", reason=f"one conv would cost more ({macs_after} > "
@@ -1006,7 +1012,7 @@ def _build_and_verify(r: _Region, aff: dict[fx.Node, _Affine], ctx: _Pass, entry
 def _verify_region(r: _Region, mods: list[nn.Module], mods64: list[nn.Module], tol: float) -> dict:
     inp = r.inputs[0]
     meta = r.g.meta[inp]
-    cin = meta.shape[1]
+    cin = meta.dims()[1]
     sub = r.subgraph(r.outputs)
     sub64 = clone_module(sub).double()
     g = torch.Generator().manual_seed(1234)
@@ -1123,7 +1129,8 @@ def _rewrite(gm: fx.GraphModule, r: _Region, built: _Built, name: str,
     for n in reversed(doomed):
         if not n.users:
             graph.erase_node(n)
-    for n in sorted(consts, key=r.g.order.get, reverse=True):
+    # (a node made by an earlier rewrite is not in the analysis order: it goes last)
+    for n in sorted(consts, key=lambda c: r.g.order.get(c, -1), reverse=True):
         if not n.users and n.op in ("get_attr", "call_function", "call_method") and n.graph is graph:
             graph.erase_node(n)
     return added
@@ -1156,7 +1163,8 @@ def _verify_whole(original: nn.Module, new: nn.Module, twin64: nn.Module | None,
             orig64 = None
     worst32 = ref32 = 0.0
     worst64: float | None = 0.0 if orig64 is not None else None
-    ran, skipped = [], []
+    ran: list[list[int]] = []
+    skipped: list[dict[str, Any]] = []
     with torch.no_grad():
         for hw in sizes:
             x = example[:, :, :hw[0], :hw[1]].contiguous()
@@ -1170,14 +1178,14 @@ def _verify_whole(original: nn.Module, new: nn.Module, twin64: nn.Module | None,
                 return {"ok": False, "sizes": ran, "max_abs_fp32": math.inf, "ref_max_fp32": ref32,
                         "max_rel_fp64": worst64, "skipped": skipped}
             for o, rf in zip(out, ref):
-                e, sc = _rel(o.double(), rf.double())
-                worst32, ref32 = max(worst32, e), max(ref32, sc)
-            if worst64 is not None:
+                err, sc = _rel(o.double(), rf.double())
+                worst32, ref32 = max(worst32, err), max(ref32, sc)
+            if worst64 is not None and orig64 is not None and twin64 is not None:
                 try:
                     r64, o64 = _flat(orig64(x.double())), _flat(twin64(x.double()))
                     for o, rf in zip(o64, r64):
-                        e, sc = _rel(o, rf)
-                        worst64 = max(worst64, e / max(1.0, sc))
+                        err, sc = _rel(o, rf)
+                        worst64 = max(worst64, err / max(1.0, sc))
                 except Exception:  # noqa: BLE001 - user code that only runs in fp32
                     worst64 = None
             ran.append(list(hw))
