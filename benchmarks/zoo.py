@@ -25,8 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgesr.bench import machine_info  # noqa: E402
-from edgesr.cli.output import format_table  # noqa: E402
-from edgesr.zoo import SUMMARY_HEADERS, counts, run_zoo, summary_rows, write_summary  # noqa: E402
+from edgesr.zoo import counts, run_zoo, summary_text, write_summary  # noqa: E402
 
 
 def main() -> int:
@@ -93,7 +92,7 @@ def main() -> int:
     wall = time.perf_counter() - t0
     stop.set()
     c = counts(results)
-    print(format_table(SUMMARY_HEADERS, summary_rows(results)))
+    print(summary_text(results))
     print(f"\n{c['ok']} of {c['models']} converted end to end; wall {wall:.0f} s; "
           f"load avg during the run: median {sorted(loads)[len(loads) // 2]:.1f}, max {max(loads):.1f}")
     rec = record(results, wall, True)

@@ -264,8 +264,8 @@ def _run_batch(args, opts) -> int:
 def _run_zoo(args) -> int:
     """`edgesr convert --zoo INDEX -o OUTROOT`: progress bar (plain lines when not a TTY), summary table."""
     from ..errors import EdgesrError, one_line
-    from ..zoo import SUMMARY_HEADERS, counts, summary_rows
-    from .output import emit_json, print_table
+    from ..zoo import counts, summary_text
+    from .output import emit_json
 
     if args.checkpoint or getattr(args, "user_model", None):
         raise EdgesrError("--zoo takes its models from the index: give no CKPT or --model")
@@ -294,7 +294,7 @@ def _run_zoo(args) -> int:
     if args.json:
         emit_json({"outroot": str(args.outdir), "counts": c, "results": results})
     else:
-        print_table(SUMMARY_HEADERS, summary_rows(results))
+        print(summary_text(results))
         print(f"\n{c['ok']} of {c['models']} converted end to end ({100 * c['ok_share']:.1f}%); failures: "
               + (", ".join(f"{k} {v}" for k, v in sorted(c["failures_by_category"].items())) or "none")
               + f"; {c['seconds']:.0f} s; summary: {Path(args.outdir) / 'summary.md'}")
