@@ -273,16 +273,24 @@ def _run_zoo(args) -> int:
     from ..progress import Progress
 
     bar = Progress("zoo", None, "models")
+    running: list[str] = []  # models in flight (--zoo-jobs N runs N at once): the bar names the oldest
+
+    def in_flight() -> str:
+        return one_line(running[0] + (f" +{len(running) - 1}" if len(running) > 1 else "")) if running else ""
 
     def on_start(i, n, entry):
         bar.set_total(n)
-        bar.set_postfix(one_line(entry.name))
+        running.append(entry.name)
+        bar.set_postfix(in_flight())
         bar.write(one_line(f"edgesr: [{i + 1}/{n}] {entry.name} ..."))
 
     def on_done(i, n, res):
         line = (f"{res['name']}: {'ok' if res.get('ok') else 'FAILED ' + str(res.get('category'))} "
                 f"({'reused, unchanged inputs; took ' if res.get('reused') else ''}{res.get('seconds')} s)"
                 + ("" if res.get("ok") else f": {str(res.get('reason'))[:160]}"))
+        if res["name"] in running:
+            running.remove(res["name"])
+        bar.set_postfix(in_flight())
         bar.update(1)
         bar.write(one_line(f"edgesr: {line}"))
 
