@@ -301,7 +301,7 @@ def judge(report: dict[str, Any], entry: ZooEntry, scores: dict[str, Any] | None
         "parity_fp32_ok": bool(fp32) and all(c.get("ok") for c in fp32),
         "int8_built": q is not None, "int8_psnr_drop": q.get("drop") if q else None,
         "int8_psnr_vs_fp32": min((c.get("psnr") for c in int8 if c.get("psnr") is not None), default=None),
-        "latency_ms": lat, "eval": scores,
+        "latency_ms": lat, "eval": scores, "convention_margins_db": _margins(conv),
     }
     declared = entry.input_range
     out["range_matches"] = _range_is(chosen, declared, out["equivalent_conventions"])
@@ -323,6 +323,22 @@ def judge(report: dict[str, Any], entry: ZooEntry, scores: dict[str, Any] | None
     else:
         out["ok"] = True
     return out
+
+
+def _margins(conv: dict[str, Any]) -> dict[str, float | None]:
+    """How far the chosen convention's gain over bicubic (dB) is ahead of the best trial with the
+    other input range, and of the same range with the other colour order (None: not tried)."""
+    trials = [t for t in conv.get("trials") or [] if t.get("gain_db") is not None and t.get("error") is None]
+    chosen = conv.get("chosen") or {}
+    win = next((t for t in trials if t.get("convention") == chosen), None)
+    if win is None or conv.get("given"):
+        return {"range": None, "color": None}
+    rng = [t["gain_db"] for t in trials if t["convention"]["input_range"] != chosen.get("input_range")]
+    col = [t["gain_db"] for t in trials if t["convention"]["input_range"] == chosen.get("input_range")
+           and t["convention"]["mean_shift"] == chosen.get("mean_shift")
+           and t["convention"]["color_order"] != chosen.get("color_order")]
+    return {"range": round(win["gain_db"] - max(rng), 3) if rng else None,
+            "color": round(win["gain_db"] - max(col), 3) if col else None}
 
 
 def _below_bicubic(scores: dict[str, Any] | None) -> str | None:
@@ -399,7 +415,7 @@ def quick_check(entry: ZooEntry, workdir: Path, *, int8: bool = False) -> dict[s
         err = max(err, float(np.max(np.abs(ort.run(x).astype(np.float64) - ref))))
     out = {"name": entry.name, "scale": spec.scale, "inferred_input_range": um.conventions.chosen.input_range,
            "equivalent": um.conventions.equivalent, "psnr_y": um.conventions.best.psnr_y,
-           "bicubic_psnr_y": um.conventions.bicubic_psnr_y, "hooks": rep["hooks"],
+           "bicubic_psnr_y": um.conventions.bicubic_psnr_y, "hooks": rep["hooks"], "author_form": um.author_form,
            "generic_regions_collapsed": rep["generic"].get("regions_collapsed"),
            "generic_multi_branch": rep["generic"].get("multi_branch_scopes"),
            "generic_applied": rep["generic"].get("applied"), "deploy_max_abs": rep.get("max_abs"),
