@@ -7,8 +7,8 @@ so here a hook is kept only when the model's output is unchanged (max abs <= ``t
 and random inputs); otherwise the report says why it was not applied. A hook that changes the
 output but that the weights need (NTIRE 2022 team 08's ``reparameter()`` folds an identity
 branch its forward no longer has: +2.1 dB on Set5) is measured when the model is loaded
-(``edgesr.usermodel``) and then already part of the module this step sees. The generic pass (``edgesr.reparam.generic.collapse_linear``, when this build has
-it) is verified the same way.
+(``edgesr.usermodel``) and then already part of the module this step sees. The generic pass
+(``edgesr.reparam.generic.collapse_linear``, when this build has it) is verified the same way.
 """
 
 from __future__ import annotations
