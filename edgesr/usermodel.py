@@ -299,10 +299,13 @@ def _missing(e: ModuleNotFoundError, ref: ModelRef, roots: list[Path]) -> Edgesr
         if (anc / name).is_dir() or (anc / f"{name}.py").is_file():
             return UserCodeError(f"{ref.file.name} imports {name}{_where(e, roots)}, which is {anc / name} in your "
                                  f"code: add its folder to the import path (--model-path {anc})")
+    w = user_frame(e, roots)
+    # "imports" where FILE's own line does; "needs" where one of its helper modules does (named by `at`)
+    verb = "imports" if not w or str(w).startswith(f"{ref.file.name}:") else "needs"
     if name in CUDA_ONLY:
-        return MissingDependency(f"{ref.file.name} imports {name}, which {CUDA_ONLY[name]}{_where(e, roots)}")
+        return MissingDependency(f"{ref.file.name} {verb} {name}, which {CUDA_ONLY[name]}{_where(e, roots)}")
     pip = PIP_NAMES.get(name, name)
-    return MissingDependency(f"{ref.file.name} imports {name}, which is not installed{_where(e, roots)} "
+    return MissingDependency(f"{ref.file.name} {verb} {name}, which is not installed{_where(e, roots)} "
                              f"(pip install {pip})")
 
 
