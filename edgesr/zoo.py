@@ -289,7 +289,9 @@ def judge(report: dict[str, Any], entry: ZooEntry, scores: dict[str, Any] | None
         "psnr_y": (conv.get("trials") or [{}])[0].get("psnr_y") if conv.get("given") else
         next((t["psnr_y"] for t in conv.get("trials", []) if t.get("label") == conv.get("label")), None),
         "bicubic_psnr_y": conv.get("bicubic_psnr_y"),
-        "reparam": {"hooks": rep.get("hooks"), "generic_applied": (rep.get("generic") or {}).get("applied"),
+        "reparam": {"hooks": rep.get("hooks"),
+                    "author_form": ((report.get("user_model") or {}).get("author_form") or {}).get("applied"),
+                    "generic_applied": (rep.get("generic") or {}).get("applied"),
                     "generic_regions_collapsed": (rep.get("generic") or {}).get("regions_collapsed"),
                     "generic_multi_branch": (rep.get("generic") or {}).get("multi_branch_scopes"),
                     "params_before": rep.get("params_before"), "params_after": rep.get("params_after"),
@@ -551,7 +553,7 @@ SUMMARY_HEADERS = ["model", "result", "range", "Set5 fp32", "Set5 INT8", "bicubi
 # What the short column names mean (printed under the table and in summary.md).
 SUMMARY_LEGEND = (
     "range: input range inferred/index; Set5 fp32, INT8, bicubic: mean PSNR-Y (dB, published-table protocol) "
-    "of the converted fp32 graph, the INT8 `trt` graph and a bicubic upscale; reparam: author hooks kept + "
+    "of the converted fp32 graph, the INT8 `trt` graph and a bicubic upscale; reparam: author hooks applied + "
     "regions the generic pass collapsed (mb: of them multi-branch); export: dynamic H/W or the fixed LR size; "
     "parity: max abs of ONNX Runtime vs the author's module (fp32, [0, 1]); ms: ORT fp32 latency at 64x64 LR; "
     "s: seconds the model took.")
@@ -565,7 +567,7 @@ def summary_rows(results: list[dict]) -> list[list[str]]:
         rep = r.get("reparam") or {}
         hooks = [h for h in rep.get("hooks") or [] if h.get("applied")]
         n, mb = rep.get("generic_regions_collapsed"), len(rep.get("generic_multi_branch") or [])
-        reparam = "+".join((["hooks"] if hooks else [])
+        reparam = "+".join((["hooks"] if hooks or rep.get("author_form") else [])
                            + ([f"{n}" + (f" ({mb} mb)" if mb else "")] if rep.get("generic_applied") else []))
         ev = r.get("eval") or {}
         psnr = ev.get("psnr_y") or {}
