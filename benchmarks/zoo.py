@@ -70,7 +70,8 @@ def write_zoo_md(rec: dict, path: Path, outroot: Path) -> None:
     ev = rec.get("eval_after_convert")
     if ev:
         head += [f"Eval after convert: `{ev['command']}` at {ev['code']} ({ev['seconds']:.0f} s): {ev['note']}.", ""]
-    path.write_text("\n".join(head) + (outroot / "summary.md").read_text())
+    title, _, rest = (outroot / "summary.md").read_text().partition("\n")
+    path.write_text("\n".join([title, "", *head]) + rest)
 
 
 def eval_existing(run_json: Path, out_json: Path, index: str) -> int:
