@@ -902,7 +902,7 @@ def section_trt(ctx: Ctx) -> None:
 
 # =========================================================================== section: tests
 
-GPU_TEST_FILES = ("tests/test_bench.py", "tests/test_trt_runner.py")
+GPU_TEST_FILES = ("tests/bench/test_bench.py", "tests/backends/test_trt_runner.py")
 
 
 def parse_pytest_summary(text: str) -> dict[str, int]:

@@ -77,7 +77,7 @@ def _module_topic(module: str) -> str:
     """A test module's topic: the first sentence of its docstring, else its name."""
     import ast
 
-    path = Path(__file__).parent / f"{module}.py"
+    path = next(Path(__file__).parent.rglob(f"{module}.py"), Path(module))  # tests/<area>/<module>.py
     try:
         doc = ast.get_docstring(ast.parse(path.read_text()))
     except (OSError, SyntaxError, ValueError):

@@ -15,7 +15,7 @@ from edgesr.cli import main
 
 av = pytest.importorskip("av", reason="needs pip install 'edgesr[video]'")
 
-BUNDLED = Path(__file__).resolve().parents[1] / "edgesr" / "assets" / "ecbsr_m4c16_x4_bundled.safetensors"
+BUNDLED = Path(__file__).resolve().parents[2] / "edgesr" / "assets" / "ecbsr_m4c16_x4_bundled.safetensors"
 RATE = Fraction(24000, 1001)
 FRAMES = 6
 H, W = 20, 28

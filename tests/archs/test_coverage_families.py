@@ -2,7 +2,7 @@
 training -> deploy exactness, dynamic-shape ONNX parity with ORT, registry round trips,
 parameter counts against the papers, shift-op forms, and the unsupported-operator errors.
 
-Small variants only; every export runs without onnxslim (tests/test_export.py covers that).
+Small variants only; every export runs without onnxslim (tests/export/test_export.py covers that).
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ def _coverage_module():
     import importlib.util
     from pathlib import Path
 
-    p = Path(__file__).resolve().parents[1] / "benchmarks" / "coverage.py"
+    p = Path(__file__).resolve().parents[2] / "benchmarks" / "coverage.py"
     spec = importlib.util.spec_from_file_location("edgesr_bench_coverage", p)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

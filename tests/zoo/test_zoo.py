@@ -14,12 +14,12 @@ import pytest
 
 from edgesr.errors import EdgesrError
 
-INDEX = Path(__file__).resolve().parents[1] / "export" / "zoo" / "ntire-esr.toml"
+INDEX = Path(__file__).resolve().parents[2] / "export" / "zoo" / "ntire-esr.toml"
 ABSENT_WEIGHTS = {"2022-team12-hnct", "2024-team18-magicsr", "2024-team48-rrdbnet"}
 PARITY_TOL = 1e-4
 # Teams whose code imports torchvision or timm: torchvision cannot be loaded beside this CPU torch
 # build, so they convert in the torch 2.14.1 + torchvision 0.29.1 + timm environment of CI's vision
-# stage (`pytest tests/test_zoo.py -m zoo_vision`); here they must fail as a named missing import.
+# stage (`pytest tests/zoo/test_zoo.py -m zoo_vision`); here they must fail as a named missing import.
 NEEDS_VISION = {"2022-team02-netw", "2022-team09-imdtn", "2024-team24-smfan"}
 # Failures edgesr names instead of converting (category, text the one-line reason must hold).
 KNOWN_FAILURES = {

@@ -21,7 +21,7 @@ import torch
 
 from edgesr.tiling import ERROR_BOUND_PSNR, EXACT_TOL, compare, measure_tiling, plan_tiles, sample_photo, upscale_array
 
-SHARED = Path(os.environ.get("EDGESR_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+SHARED = Path(os.environ.get("EDGESR_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
 CKPTS = sorted((SHARED / "checkpoints" / "etds-repo").rglob("*.pth")) if SHARED.is_dir() else []
 # families whose graphs contain size-dependent or global operators (ESA, windows, adaptive pooling)
 NONLOCAL = {"rlfn", "reprfn", "rdbesa", "omnisr", "elan", "swinir", "safmn"}

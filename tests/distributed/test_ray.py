@@ -27,7 +27,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="needs pip install 'edgesr[ray]'")
 
-BUNDLED = Path(__file__).resolve().parents[1] / "edgesr" / "assets" / "ecbsr_m4c16_x4_bundled.safetensors"
+BUNDLED = Path(__file__).resolve().parents[2] / "edgesr" / "assets" / "ecbsr_m4c16_x4_bundled.safetensors"
 TINY_CODE = '''
 import torch
 from torch import nn

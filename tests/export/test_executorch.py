@@ -22,7 +22,7 @@ from edgesr.export.executorch import PteRunner, export_executorch  # noqa: E402
 from edgesr.registry import build_variant, load_model  # noqa: E402
 from edgesr.upscale import upscale_array  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUNNER_SRC = REPO / "export" / "cpp_runner"
 MAX_HW = (48, 48)
 

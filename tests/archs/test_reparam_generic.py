@@ -32,7 +32,7 @@ from edgesr.reparam import TrainingBlock, reparameterize
 from edgesr.reparam.generic import GenericReparamError, collapse_linear, summary_lines
 
 TOL = 1e-5
-REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 SIZES = [(1, 1), (17, 23), (2, 5), (6, 3)]
 
 

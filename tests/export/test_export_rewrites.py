@@ -2,7 +2,7 @@
 refuses, exported through an equivalent form during the trace and checked against the eager
 module on odd sizes. The models are small stand-ins for the NTIRE zoo's patterns (2024 MSN /
 AGDN / HARN strided local variance, 2024 LKFN spectral attention, 2022 team 35 PixelUnshuffle);
-the zoo itself is tests/test_zoo.py."""
+the zoo itself is tests/zoo/test_zoo.py."""
 
 from __future__ import annotations
 

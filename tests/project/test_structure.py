@@ -14,7 +14,7 @@ import ast
 import sys
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent / "edgesr"
+PACKAGE_DIR = Path(__file__).resolve().parents[2] / "edgesr"
 
 
 def module_name(path: Path) -> str:

@@ -6,7 +6,7 @@ The bundled ECBSR x4 (a plain net; exact tiling) converted with every runtime th
 (OpenVINO, LiteRT and ncnn, each fp32 and INT8 without the precision search). A .tflite takes
 one fixed size: smaller images are padded up to it, larger ones run in boxes of its size with the
 overlap measured at convert time. An ESA model (RLFN, minimum 15 px, approximate tiling) goes
-through OpenVINO from its checkpoint below; tests/test_upscale_sizes.py covers it with torch,
+through OpenVINO from its checkpoint below; tests/upscale/test_upscale_sizes.py covers it with torch,
 ONNX Runtime, .onnx and .ort files.
 """
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgesr.cli import main
 
-BUNDLED = Path(__file__).resolve().parents[1] / "edgesr" / "assets" / "ecbsr_m4c16_x4_bundled.safetensors"
+BUNDLED = Path(__file__).resolve().parents[2] / "edgesr" / "assets" / "ecbsr_m4c16_x4_bundled.safetensors"
 
 
 def _folder(tmp_path: Path) -> Path:

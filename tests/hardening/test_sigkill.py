@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STAGING_PREFIX = ".edgesr-partial-"
 KILLS = 20
 RUN_TIMEOUT = 180

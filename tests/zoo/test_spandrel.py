@@ -3,7 +3,7 @@ no downloads) -> edgesr (SPAN: Conv3XC reparameterization) or spandrel's module 
 ORT parity with spandrel's module < 1e-5.
 
 Needs the optional extra (spandrel + torchvision):
-    /work/venv-spandrel/bin/python -m pytest tests/test_spandrel.py
+    /work/venv-spandrel/bin/python -m pytest tests/zoo/test_spandrel.py
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import torch
 from edgesr.cli import main
 from edgesr.errors import ExportError, ImplausibleOutput, MissingDependency, UserCodeError
 
-REPO = Path(__file__).resolve().parent / "data" / "user_repo"
+REPO = Path(__file__).resolve().parents[1] / "data" / "user_repo"
 TINY = f"{REPO / 'models' / 'tinysr.py'}:TinySR"
 
 

@@ -9,7 +9,7 @@ end with exactly one ``edgesr: error: ...`` line on stderr (progress lines of ``
 before it are allowed) and a non-zero exit status. A few unusual-but-valid images must be
 *accepted* (exit 0).
 
-``python tests/hostile_table.py`` runs the same cases and writes docs/hostile_inputs.md.
+``python tests/hardening/hostile_table.py`` runs the same cases and writes docs/hostile_inputs.md.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_VARIANT = "etds-t-x2"  # 14k parameters, x2: converts in seconds
 
 # stderr lines a failing command may print before its error line (convert's progress log)

@@ -1,7 +1,7 @@
 """INT8 quantization: calibration data, errors, profile structure, exact rewrites, search.
 
 Fast: tiny random-weight x2 models and a handful of small patches. The Set5 acceptance
-for real checkpoints is in tests/test_quant_acceptance.py.
+for real checkpoints is in tests/quant/test_quant_acceptance.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 These build real engines with `tensorrt_rtx` (pip: tensorrt-rtx-cu13) from tiny SR
 networks exported here; each build takes well under a second. Running engines needs a
-GPU: see tests/test_trt_runner.py.
+GPU: see tests/backends/test_trt_runner.py.
 """
 
 from __future__ import annotations

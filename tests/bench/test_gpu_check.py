@@ -234,9 +234,9 @@ def test_markdown_renders_the_gpu_only_rows():
                                                 "gpu": {"name": "NVIDIA H200", "compute_capability": "9.0"}}]},
             "tests": {"status": "done", "rows": [{"command": "pytest -m gpu", "counts": {"failed": 1, "passed": 2},
                                                   "returncode": 1, "seconds": 9.0,
-                                                  "failed": ["FAILED tests/test_bench.py::t - boom"]}]}}}
+                                                  "failed": ["FAILED tests/bench/test_bench.py::t - boom"]}]}}}
     md = gc.render_markdown(rec)
     assert "NVIDIA H200, compute capability 9.0, 132 SMs" in md and "driver 580.159.03" in md
     assert "first in `body.3` (Conv2d) although its Spec says fp16_safe" in md
     assert "nan (nan) **FAIL**" in md and "fp16: 0/1 within tolerance" in md
-    assert "trt 10.13: ran on NVIDIA H200" in md and "FAILED tests/test_bench.py::t" in md
+    assert "trt 10.13: ran on NVIDIA H200" in md and "FAILED tests/bench/test_bench.py::t" in md

@@ -19,7 +19,7 @@ import pytest
 from edgesr.cli import build_parser, main
 from edgesr.pipeline import BUNDLED_CHECKPOINT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(capsys, *argv):
@@ -420,9 +420,9 @@ def test_skip_summary_says_what_shared_is_and_what_was_skipped():
 
     from conftest import shared_skip_summary
 
-    reps = [SimpleNamespace(nodeid=f"tests/test_eval_published.py::t{i}",
+    reps = [SimpleNamespace(nodeid=f"tests/eval/test_eval_published.py::t{i}",
                             longrepr=("x", 1, "Skipped: ../shared not present at /x/shared")) for i in range(3)]
-    reps.append(SimpleNamespace(nodeid="tests/test_zoo.py::z", longrepr=("x", 1, "Skipped: no ../shared/ntire-esr")))
+    reps.append(SimpleNamespace(nodeid="tests/zoo/test_zoo.py::z", longrepr=("x", 1, "Skipped: no ../shared/ntire-esr")))
     reps.append(SimpleNamespace(nodeid="tests/test_trt.py::g", longrepr=("x", 1, "Skipped: no CUDA GPU")))
     line = shared_skip_summary(reps)
     assert line.startswith("4 tests skipped: ../shared is the real data")
