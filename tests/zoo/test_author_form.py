@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent / "data" / "user_repo"
+REPO = Path(__file__).resolve().parents[1] / "data" / "user_repo"
 HOOKED = '''
 from models.tinysr import TinySR
 
