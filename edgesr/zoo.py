@@ -232,6 +232,9 @@ def convert_entry(entry: ZooEntry, outdir: Path, *, force: bool = False, int8: b
         return res | {"category": category_of(e), "reason": str(e).splitlines()[0][:400],
                       "failed_after": _last_step(lines), "steps": lines, "seconds": round(time.perf_counter() - t0, 1)}
     except Exception as e:  # noqa: BLE001 - user code can raise anything at any stage
+        import traceback
+
+        traceback.print_exc(file=sys.stdout)  # into OUTROOT/logs/<name>.log: an internal error is triaged from it
         return res | {"category": "user-code" if _in_user_code(e, entry) else "internal",
                       "reason": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}",
                       "failed_after": _last_step(lines), "steps": lines, "seconds": round(time.perf_counter() - t0, 1)}
