@@ -62,7 +62,7 @@ def write_zoo_md(rec: dict, path: Path, outroot: Path) -> None:
     write_summary(list(rec["results"]), outroot)
     m, ld = rec["machine"], rec["loadavg_1min"]
     head = [f"Measured by `{rec['command'][:120]}{'...' if len(rec['command']) > 120 else ''}` "
-            f"({'complete' if rec['complete'] else 'PARTIAL: the run was stopped before every model was done'}): "
+            f"({'complete' if rec['complete'] else 'PARTIAL: recorded before every model was done'}): "
             f"{rec['counts']['models']} models in {rec['wall_seconds']:.0f} s wall, {rec['jobs']} at a time, on "
             f"{m.get('cpu_model') or m.get('cpu') or '?'} ({m.get('logical_cpus') or '?'} cores); "
             f"1-min load average during the run: median {ld['median']:.1f} (min {ld['min']:.1f}, max {ld['max']:.1f}) "
