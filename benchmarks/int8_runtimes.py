@@ -142,6 +142,13 @@ def run_model(name: str, args, tmp: Path, set5) -> dict:
     return entry
 
 
+def held_out_description() -> str:
+    from edgesr.quant.calibration import HELD_OUT_NAMES, HELD_OUT_TILE, held_out_eval_set
+
+    return (f"{', '.join(HELD_OUT_NAMES)} in {HELD_OUT_TILE}-px HR tiles "
+            f"({len(held_out_eval_set(4))} tiles at x4)")
+
+
 ARTIFACT = {"cpu": "edgesr cpu (ort)", "openvino": "edgesr openvino (openvino)"}
 
 
@@ -187,6 +194,7 @@ def etds_repo(args) -> int:
     out = {"benchmark": "int8_etds_repo", "glob": args.etds_repo, "threads": args.threads, "lr_for_720p": True,
            "machine": machine_info(), "models": {}}
     rows = []
+    dest = Path(args.out).with_name("int8_etds_repo.json") if args.out == str(RESULTS) else Path(args.out)
     with tempfile.TemporaryDirectory(prefix="edgesr-int8-etds-") as tmp:
         for i, ck in enumerate(ckpts):
             log(f"[{i + 1}/{len(ckpts)}] {ck.name} (load {os.getloadavg()[0]:.1f})")
@@ -212,6 +220,7 @@ def etds_repo(args) -> int:
                  "openvino_speedup": st["openvino"].median_ms / st["openvino-int8"].median_ms,
                  "load": os.getloadavg()}
             out["models"][ck.stem] = e
+            atomic_write_json(dest, out)  # after every model: a stopped run keeps what it measured
             rows.append([ck.stem, f"{st['ort'].median_ms:.1f}", f"{e['ort_speedup']:.2f}x",
                          f"{q['cpu']['drop']:.3f}", f"{st['openvino'].median_ms:.1f}", f"{e['openvino_speedup']:.2f}x",
                          f"{q['openvino']['drop']:.3f}", f"{e['load'][0]:.1f}"])
@@ -221,7 +230,6 @@ def etds_repo(args) -> int:
     out["int8_not_faster"] = slower
     print(f"\nINT8 faster than fp32 in both runtimes: {len(ckpts) - len(slower)} of {len(ckpts)}"
           + (f"; not: {', '.join(slower)}" if slower else ""))
-    dest = Path(args.out).with_name("int8_etds_repo.json") if args.out == str(RESULTS) else Path(args.out)
     atomic_write_json(dest, out)
     print(f"wrote {dest}")
     return 0
@@ -258,6 +266,7 @@ def main(argv=None) -> int:
     from edgesr.bench import machine_info
     from edgesr.cli.output import format_table
     from edgesr.fsutil import atomic_write_json
+    from edgesr.machine import int8_dot_product
     from edgesr.quant import testset_eval_set
 
     set5 = testset_eval_set(SET5, 4)
@@ -267,7 +276,8 @@ def main(argv=None) -> int:
               "timing": f"interleaved round-robin, median of >= {args.runs} runs and >= {args.min_seconds} s each; "
                         "ORT spinning off; ratios are per-round p10-p90",
               "targets": {"speedup_vs_ort_fp32": TARGET_SPEEDUP, "set5_drop_db": TARGET_DROP},
-              "machine": machine_info(), "openvino": openvino_version(), "nncf": _nncf.__version__, "models": {}}
+              "machine": machine_info(), "int8_dot_product": int8_dot_product(), "openvino": openvino_version(),
+              "nncf": _nncf.__version__, "held_out": held_out_description(), "models": {}}
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
     if unknown:
@@ -278,6 +288,7 @@ def main(argv=None) -> int:
             log(f"[{i + 1}/{len(names)}] {name} (load {os.getloadavg()[0]:.1f})")
             result["models"][name] = run_model(name, args, Path(tmp), set5)
             result["models"][name]["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            atomic_write_json(Path(args.out).with_suffix(".partial.json"), result)  # a stopped run keeps these
     if args.keep_others and Path(args.out).is_file():  # models measured by an earlier run stay, marked so
         import json
 
@@ -298,7 +309,9 @@ def main(argv=None) -> int:
         notes += [f"{name}: {m}" for m in e["verdict"]["misses"]]
     print(format_table(["model", "ORT fp32", "OpenVINO fp32", "edgesr INT8 cpu on ORT", "edgesr INT8 openvino on OV",
                         "OV + NNCF default INT8", "target", "load 1-min before/after"], rows))
-    print("\nspeed relative to ORT fp32 (ratio of medians; per-round ratios p10-p90), Set5 x4 Y-PSNR drop vs fp32 "
+    dp = result["int8_dot_product"]
+    print(f"\nCPU: {dp['cpu_model']}, u8 x s8 through {dp['u8s8_path']}; held-out set: {result['held_out']}")
+    print("speed relative to ORT fp32 (ratio of medians; per-round ratios p10-p90), Set5 x4 Y-PSNR drop vs fp32 "
           f"in the same runtime; target: >= {TARGET_SPEEDUP}x, >= NNCF, <= {TARGET_DROP} dB")
     for n in notes:
         print(f"- {n}")

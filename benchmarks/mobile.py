@@ -111,7 +111,12 @@ def _ncnn_mode(module, spec):
     return hw is not None, why
 
 
-def quality(name: str, module, spec, pairs, int8: bool = True) -> dict:
+RECIPES: dict = {}  # (model, format) -> INT8 recipe of this process: latency reuses quality's (a SAFMN++
+# preparation is ~70 forward passes, 8 minutes at load 20 on 2 CPUs)
+
+
+def quality(name: str, module, spec, pairs, int8: bool = True, formats: tuple[str, ...] = ("litert", "ncnn")
+            ) -> dict:
     """Per format: max |fp32 - torch| over Set5; Set5 Y-PSNR of torch / fp32 / INT8 (edgesr's
     recipe with its held-out verdict) and of all-INT8 when the verdict kept layers float
     (`int8=False`: fp32 only, for a model whose INT8 runs in another process)."""
@@ -129,25 +134,26 @@ def quality(name: str, module, spec, pairs, int8: bool = True) -> dict:
     fixed, why = _ncnn_mode(module, spec)
     out["ncnn_shapes"] = "one .param per LR size: " + why if fixed else "dynamic (one .param for every size)"
     recipes: dict = {}  # format -> (INT8 recipe or None, float layers)
-    if int8:
+    if int8 and "litert" in formats:
         try:
             t0 = time.time()
-            lr = LiteRtInt8(module, spec)
+            lr = RECIPES[(name, "litert")] = LiteRtInt8(module, spec)
             float_ops, out["verdict"]["litert"] = lr.verdict(BUDGET)
             recipes["litert"] = (lr, float_ops)
             log(f"  {name}: LiteRT INT8 verdict {out['verdict']['litert']['drop']:.3f} dB ({time.time() - t0:.0f} s)")
         except Exception as e:  # noqa: BLE001 - reported, not fatal
             out["errors"]["litert"] = f"{type(e).__name__}: {e}"[:300]
+    if int8 and "ncnn" in formats:
         try:
             t0 = time.time()
-            nc = NcnnInt8(module, spec, fixed=fixed)
+            nc = RECIPES[(name, "ncnn")] = NcnnInt8(module, spec, fixed=fixed)
             skip, out["verdict"]["ncnn"] = nc.verdict(BUDGET)
             recipes["ncnn"] = (nc, skip)
             log(f"  {name}: ncnn INT8 verdict {out['verdict']['ncnn']['drop']:.3f} dB ({time.time() - t0:.0f} s)")
         except Exception as e:  # noqa: BLE001
             out["errors"]["ncnn"] = f"{type(e).__name__}: {e}"[:300]
-    else:
-        recipes = {"litert": (None, []), "ncnn": (None, [])}
+    if not int8:
+        recipes = {f: (None, []) for f in formats}
     nc32_dyn = None if fixed or "ncnn" not in recipes else NcnnRunner(*convert_bytes(module, spec))
     for p in pairs:
         x = _x(p, spec)
@@ -185,7 +191,7 @@ def quality(name: str, module, spec, pairs, int8: bool = True) -> dict:
     drop = {f: (_drop(out[f"{f}_fp32"], out[f"{f}_int8"]) if out[f"{f}_int8"] else None) for f in ("litert", "ncnn")}
     drop_all = {f: (_drop(out[f"{f}_fp32"], out[f"{f}_int8_all"]) if out[f"{f}_int8_all"] else drop[f])
                 for f in ("litert", "ncnn")}
-    return {"set5_psnr_y": mean, "int8_drop_db": drop, "int8_drop_all_int8_db": drop_all,
+    return {"formats": list(formats), "set5_psnr_y": mean, "int8_drop_db": drop, "int8_drop_all_int8_db": drop_all,
             "fp32_max_abs_vs_torch": out["max_abs"], "verdict": out["verdict"], "kernels": out["kernels"],
             "ncnn_shapes": out["ncnn_shapes"], "errors": out["errors"]}
 
@@ -269,11 +275,14 @@ def ncnn_kernel_check(param: str, weights: bytes, x: np.ndarray) -> dict:
 
 LITERT_STEPS = [  # (label, Int8Options overrides) - cumulative
     ("first pass: ai-edge-quantizer defaults (moving-average ranges)",
-     dict(equalize=False, bias_correction=False, gptq=False, ranges="moving-average", full_input_range=False)),
-    ("+ true min-max ranges, input range = [0, 1]", dict(equalize=False, bias_correction=False, gptq=False)),
-    ("+ activation equalization", dict(bias_correction=False, gptq=False)),
-    ("+ bias correction", dict(gptq=False)),
-    ("+ GPTQ weight rounding = edgesr default", {}),
+     dict(equalize=False, bias_correction=False, gptq=False, ranges="moving-average", full_input_range=False,
+          split_prelu=False)),
+    ("+ true min-max ranges, input range = [0, 1]",
+     dict(equalize=False, bias_correction=False, gptq=False, split_prelu=False)),
+    ("+ activation equalization", dict(bias_correction=False, gptq=False, split_prelu=False)),
+    ("+ bias correction", dict(gptq=False, split_prelu=False)),
+    ("+ GPTQ weight rounding", dict(split_prelu=False)),
+    ("+ PReLU split into ReLU on doubled channels = edgesr default", {}),
 ]
 NCNN_STEPS = [
     ("first pass: min-max, no rewrites", dict(equalize=False, bias_correction=False, gptq=False, center=False)),
@@ -321,7 +330,7 @@ def ablation(name: str, module, spec, pairs) -> dict:
 # --------------------------------------------------------------------------- latency
 
 
-def latency(module, spec, hw: tuple[int, int], threads: int, policy, int8: bool = True) -> dict:
+def latency(module, spec, hw: tuple[int, int], threads: int, policy, int8: bool = True, name: str = "") -> dict:
     import torch
 
     from edgesr.backends.litert_runner import LiteRtRunner
@@ -350,13 +359,15 @@ def latency(module, spec, hw: tuple[int, int], threads: int, policy, int8: bool 
     try:
         runners["litert:fp32"] = LiteRtRunner(convert_fp32_bytes(module, spec, hw), threads=threads)
         if int8:
-            runners["litert:int8"] = LiteRtRunner(LiteRtInt8(module, spec).build(hw), threads=threads)
+            recipe = RECIPES.get((name, "litert")) or LiteRtInt8(module, spec)
+            runners["litert:int8"] = LiteRtRunner(recipe.build(hw), threads=threads)
     except Exception as e:  # noqa: BLE001
         errors["litert"] = f"{type(e).__name__}: {e}"[:300]
     try:
         runners["ncnn:fp32"] = NcnnRunner(*convert_bytes(module, spec, hw=hw if fixed else None), threads=threads)
         if int8:
-            runners["ncnn:int8"] = NcnnRunner(*NcnnInt8(module, spec, fixed=fixed).build(hw)[:2], threads=threads)
+            recipe = RECIPES.get((name, "ncnn")) or NcnnInt8(module, spec, fixed=fixed)
+            runners["ncnn:int8"] = NcnnRunner(*recipe.build(hw)[:2], threads=threads)
     except Exception as e:  # noqa: BLE001
         errors["ncnn"] = f"{type(e).__name__}: {e}"[:300]
 
@@ -523,9 +534,40 @@ def write_readme(data: dict) -> None:
     readme.write_text(text[:a] + readme_block(data) + text[b:])
 
 
+def merge_quality(entry: dict, part: dict, command: str, machine: dict) -> None:
+    """Update `entry` (a saved model) with the quality numbers of the formats a --quality-only run
+    measured (`part`), each format keeping the command and machine it came from."""
+    q = entry["quality"]
+    for fmt in part["formats"]:
+        for key in ("int8_drop_db", "int8_drop_all_int8_db"):
+            q[key][fmt] = part[key][fmt]
+        for k in (f"{fmt}_fp32", f"{fmt}_int8", f"{fmt}_int8_all"):
+            q["set5_psnr_y"][k] = part["set5_psnr_y"][k]
+        q["fp32_max_abs_vs_torch"][f"{fmt}_fp32"] = part["fp32_max_abs_vs_torch"][f"{fmt}_fp32"]
+        for key in ("verdict", "kernels", "errors"):
+            q[key].pop(fmt, None)
+            if fmt in part[key]:
+                q[key][fmt] = part[key][fmt]
+        entry.setdefault("quality_commands", {})[fmt] = {"command": command, "machine": machine}
+
+
 def _save(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+
+
+def _command_args(argv: list[str]) -> str:
+    """The command line's arguments without ``--out PATH`` (where a part was written is no result)."""
+    out, skip = [], False
+    for a in argv:
+        if skip or a.startswith("--out="):
+            skip = False
+            continue
+        if a == "--out":
+            skip = True
+            continue
+        out.append(f"'{a}'" if " " in a else a)
+    return " ".join(out)
 
 
 def main(argv=None) -> int:
@@ -540,6 +582,10 @@ def main(argv=None) -> int:
     ap.add_argument("--update", action="store_true", help="keep the other models' entries of the saved JSON")
     ap.add_argument("--readme", action="store_true", help="only rewrite README's block from the saved JSON")
     ap.add_argument("--no-int8", action="store_true", help="fp32 parity, fp32 latency and Core ML only")
+    ap.add_argument("--formats", default="litert,ncnn", help="quality of these formats only (litert, ncnn)")
+    ap.add_argument("--quality-only", action="store_true",
+                    help="parity and INT8 quality only; --merge then updates only these formats' quality numbers "
+                         "of the saved entry (run one format per process on a loaded machine)")
     ap.add_argument("--out", type=Path, help="write here instead of benchmarks/results/ (e.g. one model per process)")
     ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                     help="only merge the models of these result files into benchmarks/results/mobile.json")
@@ -553,8 +599,12 @@ def main(argv=None) -> int:
         data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
         for part in args.merge:
             extra = json.loads(part.read_text())
-            for name, m in extra["models"].items():  # each model keeps the command and load it was measured under
-                data.setdefault("models", {})[name] = m | {"command": extra["command"]}
+            for name, m in extra["models"].items():  # each model keeps the command, machine and load it was measured on
+                old = data.setdefault("models", {}).get(name)
+                if "latency" not in m and old is not None:
+                    merge_quality(old, m["quality"], extra["command"], extra["machine"])
+                else:
+                    data["models"][name] = m | {"command": extra["command"], "machine": extra["machine"]}
             data = {k: v for k, v in extra.items() if k != "models"} | data if "machine" not in data else data
         data["models"] = {n: data["models"][n] for n in MODELS if n in data["models"]}
         _save(RESULTS, data)
@@ -563,10 +613,11 @@ def main(argv=None) -> int:
     if not (SHARED / "testsets" / "Set5").is_dir():
         raise SystemExit(f"needs {SHARED} (checkpoints + Set5)")
     names = [n for n in MODELS if n in args.models.split(",")] or list(MODELS)
+    formats = tuple(f for f in ("litert", "ncnn") if f in args.formats.split(","))
     pairs = set5()
     target = args.out or (ABLATION if args.ablation else RESULTS)
     data = {"machine": machine_info(), "threads": args.threads, "latency_lr_hw": [args.size, args.size],
-            "command": "python benchmarks/mobile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python benchmarks/mobile.py " + _command_args(argv if argv is not None else sys.argv[1:]),
             "models": {}}
     if args.update and target.is_file():
         data["models"] = json.loads(target.read_text()).get("models", {})
@@ -580,15 +631,22 @@ def main(argv=None) -> int:
                                                                           "loadavg": os.getloadavg()}
         else:
             log(f"{name}: quality on Set5 ...")
-            q = quality(name, module, spec, pairs, int8=not args.no_int8)
+            q = quality(name, module, spec, pairs, int8=not args.no_int8, formats=formats)
+            if args.quality_only:
+                data["models"][name] = {"quality": q, "seconds": round(time.time() - t0, 1)}
+                _save(target, data)
+                continue
             log(f"{name}: latency ...")
-            lat = latency(module, spec, (args.size, args.size), args.threads, policy, int8=not args.no_int8)
+            lat = latency(module, spec, (args.size, args.size), args.threads, policy, int8=not args.no_int8,
+                          name=name)
             log(f"{name}: Core ML ...")
             cm = coreml_check(module, spec, (args.size, args.size))
             data["models"][name] = {"quality": q, "latency": lat, "coreml": cm,
                                     "seconds": round(time.time() - t0, 1)}
         _save(target, data)
-    if args.ablation:
+    if args.quality_only:
+        print(json.dumps({n: m["quality"]["int8_drop_db"] for n, m in data["models"].items()}))
+    elif args.ablation:
         for name, m in data["models"].items():
             for fmt in ("litert", "ncnn"):
                 for row in m[fmt]:

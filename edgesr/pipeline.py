@@ -426,13 +426,13 @@ def quantize_for(onnx_path: Path, out_path: Path, spec: Spec, profile: str, opts
         from .quant import held_out_eval_set
 
         cfg = replace(cfg, num_patches=8, gptq=False)
-        eval_set = held_out_eval_set(spec.scale, max_side=256)
+        eval_set = held_out_eval_set(spec.scale, max_side=256, tile=None)
     fixed = opts_export_fixed_hw(onnx_path.parent) if onnx_path.name == "model.onnx" else None
     if fixed is not None:  # a fixed-shape graph: patches and evaluation images of exactly that size
         from .quant import held_out_eval_set
 
         cfg = replace(cfg, patch_size=fixed[0], batch_size=1)
-        eval_set = held_out_eval_set(spec.scale, max_side=fixed[0] * spec.scale)
+        eval_set = held_out_eval_set(spec.scale, max_side=fixed[0] * spec.scale, tile=None)  # the one size
     test_set = testset_eval_set(opts.testset, spec.scale) if opts.testset else None
     png = out_path.parent / f"sensitivity_{profile}.png" if opts.int8_search else None
     res = quantize_model(onnx_path, out_path, spec, cfg, calibration=opts.calib, test_set=test_set,
@@ -459,6 +459,10 @@ def int8_verdict(report: dict) -> dict:
              "all_int8_drop_db": q["psnr_fp32"] - q["psnr_int8_all"]}
         if q.get("test_drop") is not None:
             e["test_set"], e["test_drop_db"] = q.get("test_set"), q["test_drop"]
+        if runtime in ("onnxruntime", "openvino"):  # measured on this CPU: its int8 kernels decide
+            from .machine import int8_dot_product
+
+            e["measured_on"] = int8_dot_product()
         fp32_name, int8_name = LATENCY_NAMES.get(runtime, (None, None))
         if fp32_name in lat and int8_name in lat:
             e["fp32_ms"], e["int8_ms"] = lat[fp32_name], lat[int8_name]

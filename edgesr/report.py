@@ -56,7 +56,9 @@ def render_report_md(report: dict, manifest: dict) -> str:
             lines.append(f"- {p}: {'within budget' if g['within_budget'] else 'OVER BUDGET'}, {speed}; "
                          f"{'the default for ' + g['runtime'] if g['default'] else 'not the default (fp32 is)'}; "
                          f"evaluation images: {', '.join(g['eval_images'])}; calibration images: "
-                         f"{', '.join(g['calibration_images'])}")
+                         f"{', '.join(g['calibration_images'])}"
+                         + (f"; measured on {g['measured_on']['cpu_model']} (u8 x s8: {g['measured_on']['u8s8_path']})"
+                            if g.get("measured_on") else ""))
         for line in v.get("problems", []) + v.get("notes", []):
             lines.append(f"- **{line}**")
         lines.append("")

@@ -1,7 +1,8 @@
-"""Natural RGB images that ship inside an installed package (scikit-image's data folder).
+"""Natural RGB images that ship inside installed packages (scikit-image's data folder, and
+one photograph in matplotlib's sample data; both are core dependencies).
 
-Used as the default calibration set and the bundled model's training data, so neither
-needs a download. Set5 and other benchmark images are never among them.
+Used as the default calibration set, the INT8 held-out evaluation set and the bundled model's
+training data, so none needs a download. Set5 and other benchmark images are never among them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,24 @@ def sample_image_dir() -> Path:
         raise DatasetError("scikit-image is not installed; it provides the default sample images "
                            "(pip install scikit-image), or pass --calib DIR")
     return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+# Photographs outside scikit-image, by package (only the INT8 held-out evaluation set uses them):
+# matplotlib's mpl-data/sample_data/grace_hopper.jpg, a US Navy portrait (public domain).
+EXTRA_PHOTOS = {"grace_hopper.jpg": "matplotlib"}
+
+
+def find_sample_image(name: str) -> Path | None:
+    """Where the sample photograph `name` is installed (scikit-image's data folder, or the package
+    EXTRA_PHOTOS names), None when it is not there."""
+    if name in EXTRA_PHOTOS:
+        spec = importlib.util.find_spec(EXTRA_PHOTOS[name])
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        f = Path(list(spec.submodule_search_locations)[0]) / "mpl-data" / "sample_data" / name
+    else:
+        f = sample_image_dir() / name
+    return f if f.is_file() else None
 
 
 def sample_images() -> list[Path]:

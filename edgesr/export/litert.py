@@ -194,7 +194,7 @@ def quantize_int8_bytes(fp32: bytes, calibration: Sequence[np.ndarray] | dict[st
             qt = quantizer.Quantizer(bytearray(fp32))
             qt.load_quantization_recipe(recipe.static_wi8_ai8())
             for name in float_ops:
-                qt.update_quantization_recipe(f"^{re.escape(name)}$", qtyping.TFLOperationName.ALL_SUPPORTED,
+                qt.update_quantization_recipe(f"^{re.escape(name)};?$", qtyping.TFLOperationName.ALL_SUPPORTED,
                                               algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
             result = qt.quantize(qsvs)
     except QuantizationError:
@@ -218,7 +218,7 @@ class LiteRtInt8:
         self.module, self.spec, self.calib = module, spec, calib
         self.options = options or Int8Options()
         self.prepared, self.prep = prepare_int8(module, calibration_inputs(spec, None, calib), self.options,
-                                                symmetric=False)
+                                                symmetric=False, split_prelus=True)
         self._fp32: dict[tuple[int, int], bytes] = {}
         self._ranges: dict[tuple[int, int], dict[str, Any]] = {}
 

@@ -10,7 +10,8 @@ value range and colour order (:class:`edgesr.spec.Spec`). Pillow's bicubic is us
 The default images are the package sample photographs
 (:func:`edgesr.sample_images.sample_images`), never a benchmark test set. They are split
 in two disjoint groups: :data:`HELD_OUT_NAMES` form the evaluation set that the mixed
-precision search tunes on (:func:`held_out_eval_set`), the others feed calibration.
+precision search tunes on (:func:`held_out_eval_set`, 192-px tiles of four photos, one of them
+from matplotlib's sample data), the others feed calibration.
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ import numpy as np
 from ..errors import DatasetError, ImageError
 from ..spec import Spec
 
-# Sample images kept out of calibration and used as the mixed-precision evaluation set.
-HELD_OUT_NAMES = ("astronaut.png", "chelsea.png", "coffee.png")
+# Sample images kept out of calibration and used as the mixed-precision evaluation set, cut into
+# HELD_OUT_TILE-px HR tiles. Chosen by benchmarks/int8_heldout.py (docs/int8.md): three photos at one
+# 512-px crop each passed graphs that lose 0.16-0.21 dB on Set5 (SPAN, RLFN) within a 0.10 dB budget;
+# 192-px tiles of four photos weigh smooth and detailed regions alike, as Set5's small images do.
+HELD_OUT_NAMES = ("astronaut.png", "chelsea.png", "coffee.png", "grace_hopper.jpg")
+HELD_OUT_TILE = 192
 
 try:  # MATLAB-compatible bicubic (preferred)
     from ..resize import imresize as _imresize
@@ -262,30 +267,55 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    @property
+    def images(self) -> list[str]:
+        """The photographs the pairs come from, in order (a tiled set names each photo once)."""
+        return list(dict.fromkeys(p.name.split("@")[0] for p in self.pairs))
 
-def held_out_eval_set(scale: int, names: Sequence[str] = HELD_OUT_NAMES, max_side: int = 512) -> EvalSet:
+
+def held_out_eval_set(scale: int, names: Sequence[str] = HELD_OUT_NAMES, max_side: int = 512,
+                      tile: int | None = HELD_OUT_TILE) -> EvalSet:
     """The sample images kept out of calibration, as (bicubic LR, HR) pairs.
 
     HR is centre-cropped to at most `max_side` and to a multiple of `scale`; LR is its
-    bicubic 1/scale downscale (8-bit, as benchmark LR files are).
+    bicubic 1/scale downscale (8-bit, as benchmark LR files are). With `tile`, each such
+    crop is cut into a grid of non-overlapping `tile` x `tile` HR tiles (rounded down to a
+    multiple of `scale`, centred), each its own pair: smooth and detailed regions then weigh
+    alike in the mean drop, as Set5's small images do.
     """
-    from ..sample_images import sample_image_dir
+    from ..sample_images import find_sample_image
 
-    folder = sample_image_dir()
     pairs = []
     for n in names:
-        f = folder / n
-        if not f.is_file():
+        f = find_sample_image(n)
+        if f is None:
             continue
         img = read_rgb_u8(f)
-        h = min(img.shape[0], max_side) // scale * scale
-        w = min(img.shape[1], max_side) // scale * scale
-        t, l = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
-        hr = np.ascontiguousarray(img[t:t + h, l:l + w])
-        pairs.append(EvalPair(n, bicubic_downscale(hr, scale), hr))
+        for name, hr in _tiles(n, _centre_crop(img, max_side, scale), tile, scale):
+            pairs.append(EvalPair(name, bicubic_downscale(hr, scale), hr))
     if not pairs:
         raise DatasetError(f"none of the held-out sample images ({', '.join(names)}) is available")
-    return EvalSet("sample-held-out", scale, pairs)
+    return EvalSet("sample-held-out" + (f" ({tile}-px tiles)" if tile else ""), scale, pairs)
+
+
+def _centre_crop(img: np.ndarray, side: int, scale: int) -> np.ndarray:
+    h = min(img.shape[0], side) // scale * scale
+    w = min(img.shape[1], side) // scale * scale
+    t, l = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+    return np.ascontiguousarray(img[t:t + h, l:l + w])
+
+
+def _tiles(name: str, hr: np.ndarray, tile: int | None, scale: int) -> list[tuple[str, np.ndarray]]:
+    if not tile:
+        return [(name, hr)]
+    t = max(scale, tile // scale * scale)
+    rows, cols = hr.shape[0] // t, hr.shape[1] // t
+    if rows == 0 or cols == 0:
+        return [(name, hr)]
+    top, left = (hr.shape[0] - rows * t) // 2, (hr.shape[1] - cols * t) // 2
+    return [(f"{name}@{top + i * t},{left + j * t}", np.ascontiguousarray(hr[top + i * t:top + (i + 1) * t,
+                                                                            left + j * t:left + (j + 1) * t]))
+            for i in range(rows) for j in range(cols)]
 
 
 def testset_eval_set(folder: str | os.PathLike, scale: int) -> EvalSet:

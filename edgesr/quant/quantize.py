@@ -513,6 +513,7 @@ class QuantSession:
     # evaluation set): it is measured on centre crops of at most RANK_SIDE pixels, several times
     # cheaper for models with many layers (attention blocks: every Mul/Sigmoid is one).
     RANK_SIDE = 192
+    RANK_PIXELS = 6 * 192 * 192
 
     def _rank_session(self) -> "_Session":
         if self._rank_qs is None:
@@ -521,7 +522,10 @@ class QuantSession:
             s = self.spec.scale
             pairs = []
             side = self.RANK_SIDE if not _fixed_hw(self._qs.fp32_path) else 1 << 30  # a fixed-shape graph: as is
-            for p in self.evalset.pairs:
+            # Many pairs (a tiled set): an evenly spread subset, about RANK_PIXELS after the crop
+            px = sum(min(p.hr.shape[0], side) * min(p.hr.shape[1], side) for p in self.evalset.pairs)
+            step = max(1, -(-px // self.RANK_PIXELS)) if side == self.RANK_SIDE else 1
+            for p in self.evalset.pairs[::step]:
                 h = min(p.hr.shape[0], side) // s * s
                 w = min(p.hr.shape[1], side) // s * s
                 t, l = (p.hr.shape[0] - h) // 2 // s * s, (p.hr.shape[1] - w) // 2 // s * s
@@ -622,7 +626,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         path=out, profile=profile.name, config=config.to_dict(), float_nodes=float_nodes,
         float_layers=float_layers, psnr_fp32=psnr_fp32, psnr_int8=psnr_int8, psnr_int8_all=psnr_all,
         within_budget=budget is None or psnr_fp32 - psnr_int8 <= budget, eval_set=evalset.name,
-        budget=budget, eval_images=[p.name for p in evalset.pairs], criterion=verdict_criterion(budget),
+        budget=budget, eval_images=evalset.images, criterion=verdict_criterion(budget),
         sensitivity=rows, layers=[layer.name for layer in layers],
         search_steps=[asdict(s) for s in result_search.steps] if result_search else [],
         calibration=source.describe() | {"method": config.method}, equalization=reports[0],

@@ -278,6 +278,54 @@ def test_int8_preparation_is_exact_then_puts_weights_on_the_grid(bundled):
         assert torch.equal(p, dict(bundled[0].named_parameters())[name])
 
 
+def test_split_prelu_is_exact_and_leaves_only_relu_between_the_convs():
+    """Conv -> PReLU -> Conv becomes Conv -> ReLU -> Conv on doubled channels, the same function
+    (per-channel slopes of both signs and zero, a shared slope); the negative half of each
+    channel spans |a| times the pre-activation's negative side (the PReLU output's range)."""
+    from edgesr.export.mobile_int8 import equalizable_pairs, split_prelu
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.PReLU(6), nn.Conv2d(6, 5, 3, padding=1), nn.PReLU(),
+                      nn.Conv2d(5, 4, 1)).eval()
+    with torch.no_grad():
+        m[1].weight.copy_(torch.tensor([0.25, -0.5, 0.0, 1.0, 2.0, -1.5]))
+        m[3].weight.fill_(-0.3)
+    x = torch.randn(2, 3, 9, 11)
+    ref = m(x)
+    pairs, _ = equalizable_pairs(m, x)
+    assert [(a, act, b) for a, act, b in pairs] == [("0", "prelu:1", "2"), ("2", "prelu:3", "4")]
+    assert split_prelu(m, pairs) == ["1", "3"]
+    assert isinstance(m[1], nn.ReLU) and isinstance(m[3], nn.ReLU)
+    assert (m[0].out_channels, m[2].in_channels, m[2].out_channels, m[4].in_channels) == (12, 12, 10, 10)
+    assert (m(x) - ref).abs().max() < 1e-5
+    neg = torch.relu(m[0](x)[:, 6:])  # the second half: relu(-|a| z)
+    z = nn.functional.conv2d(x, m[0].weight[:6], m[0].bias[:6], padding=1)
+    assert torch.allclose(neg, torch.relu(-z) * torch.tensor([0.25, 0.5, 0.0, 1.0, 2.0, 1.5]).view(1, -1, 1, 1),
+                          atol=1e-6)
+
+
+@needs_litert
+def test_litert_int8_keeps_the_named_ops_float(bundled):
+    """float_ops reach the quantizer: the named convolutions run float in the INT8 file (the op
+    scope ai-edge-quantizer matches ends in ';'; a pattern without it kept nothing float)."""
+    from edgesr.backends.litert_runner import interpreter
+    from edgesr.export.litert import LiteRtInt8, conv_ops
+
+    module, spec = bundled
+    recipe = LiteRtInt8(module, spec)
+    assert recipe.prep.prelu_split and recipe.prep.prelu_split_max_abs_change < 1e-4
+    convs = conv_ops(recipe.fp32((24, 24)))
+    for float_ops, want in (((), "int8"), (convs[:2], "mixed")):
+        it = interpreter(recipe.build((24, 24), float_ops))
+        dtypes = {t["index"]: t["dtype"] for t in it.get_tensor_details()}
+        out = [dtypes[o["outputs"][0]] for o in it._get_ops_details() if o["op_name"] == "CONV_2D"]
+        assert len(out) == len(convs) == 6
+        assert out == ([np.int8] * 6 if want == "int8" else [np.float32] * 2 + [np.int8] * 4)
+        if want == "int8":  # split PReLU: no MUL / SUB left, every ReLU fused into its convolution
+            ops = {o["op_name"] for o in it._get_ops_details()}
+            assert not ops & {"MUL", "SUB", "PRELU", "RELU"}
+
+
 def test_float_layer_search_stops_at_the_budget():
     from edgesr.export.mobile_int8 import float_layer_search
 
@@ -462,5 +510,31 @@ def test_ncnn_int8_keeps_set5_within_015_db_etds_t(ckpt_dir, set5_dir):
     for p in testset_eval_set(set5_dir, 4).pairs:
         x = to_model_input(p.lr, lm.spec)[None]
         a, b = (psnr_y(np.clip(from_model_output(r.run(x)[0], lm.spec), 0, 1), p.hr, 4) for r in (fp32, int8))
+        drops.append(a - b)
+    assert len(drops) == 5 and float(np.mean(drops)) <= 0.15, drops
+
+
+@needs_litert
+@pytest.mark.shared
+@pytest.mark.slow
+def test_litert_int8_keeps_set5_within_015_db_ecbsr(ckpt_dir, set5_dir):
+    """Acceptance for the model LiteRT used to fail (0.71 dB before the PReLU split): ECBSR-M4C16
+    all-INT8 .tflite (one per Set5 LR size, no float layer) loses at most 0.15 dB Set5 x4 Y-PSNR
+    against the fp32 .tflite at the same size."""
+    from edgesr.backends.litert_runner import LiteRtRunner
+    from edgesr.export.litert import LiteRtInt8, convert_fp32_bytes
+    from edgesr.metrics import psnr_y
+    from edgesr.quant.calibration import from_model_output, testset_eval_set, to_model_input
+
+    lm = load_model(ckpt_dir / "ECBSR" / "ECBSR_M4C16_x4.pth")
+    module = lm.module.eval()
+    recipe = LiteRtInt8(module, lm.spec)
+    assert len(recipe.prep.prelu_split) == 5
+    drops = []
+    for p in testset_eval_set(set5_dir, 4).pairs:
+        x = to_model_input(p.lr, lm.spec)[None]
+        hw = x.shape[2:]
+        a, b = (psnr_y(np.clip(from_model_output(LiteRtRunner(m).run(x)[0], lm.spec), 0, 1), p.hr, 4)
+                for m in (convert_fp32_bytes(module, lm.spec, hw), recipe.build(hw)))
         drops.append(a - b)
     assert len(drops) == 5 and float(np.mean(drops)) <= 0.15, drops

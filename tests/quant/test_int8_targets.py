@@ -42,6 +42,7 @@ def test_one_graph_per_runtime_and_one_verdict(bundle):
         assert v["runtime"] == runtime and v["within_budget"] and v["drop_db"] <= v["budget_db"] == 0.1
         assert "ground-truth" in v["criterion"] and v["eval_images"] and v["calibration_images"]
         assert not set(v["eval_images"]) & set(v["calibration_images"])
+        assert v["measured_on"]["u8s8_path"] and "vnni" in v["measured_on"]  # the CPU the claims hold for
         assert v["speedup"] > 0 and "fp32_ms" in v
         expected = v["artifact"] if v["default"] else {"onnxruntime": "onnx_fp32", "openvino": "openvino_fp32"}[runtime]
         assert m["default_artifacts"][runtime] == expected

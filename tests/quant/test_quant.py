@@ -60,6 +60,27 @@ def small_eval():
 
 # --------------------------------------------------------------------------- calibration data
 
+def test_held_out_set_tiles_its_photos_and_stays_out_of_calibration():
+    from edgesr.sample_images import find_sample_image
+
+    assert find_sample_image("grace_hopper.jpg") is not None  # matplotlib is a core dependency
+    whole = held_out_eval_set(4, tile=None)
+    tiled = held_out_eval_set(4, tile=130)  # rounded down to 128, a multiple of the scale
+    assert whole.images == tiled.images == [n for n in HELD_OUT_NAMES if find_sample_image(n)]
+    assert all(p.hr.shape[:2] == (128, 128) and p.lr.shape[:2] == (32, 32) for p in tiled.pairs)
+    assert len(tiled) > 3 * len(whole) and len({p.name for p in tiled.pairs}) == len(tiled)
+    # each tile is the pixels of its photo, LR its own bicubic downscale
+    p = tiled.pairs[0]
+    name, at = p.name.split("@")
+    top, left = map(int, at.split(","))
+    img = read_rgb_u8(find_sample_image(name))
+    crop = img[(img.shape[0] - min(img.shape[0], 512) // 4 * 4) // 2:, (img.shape[1] - min(img.shape[1], 512) // 4 * 4) // 2:]
+    assert np.array_equal(p.hr, crop[top:top + 128, left:left + 128])
+    assert np.array_equal(p.lr, bicubic_downscale(p.hr, 4))
+    cal = CalibrationSource(SPEC2, num_patches=2, patch_size=16, progress=False)
+    assert not {f.name for f in cal.files} & set(tiled.images)
+
+
 def test_default_calibration_uses_sample_images_minus_held_out():
     src = CalibrationSource(SPEC2, num_patches=6, patch_size=16, seed=3, progress=False)
     names = {f.name for f in src.files}
@@ -342,7 +363,7 @@ def test_cli_quantize(tiny, tmp_path, capsys):
     d = json.loads(cap.out)
     assert d["config"]["finetune"] is False and d["finetune"] is None
     assert d["profile"] == "trt" and d["path"] == str(out) and out.is_file()
-    assert d["calibration"]["num_patches"] == 4 and d["eval_set"] == "sample-held-out"
+    assert d["calibration"]["num_patches"] == 4 and d["eval_set"] == "sample-held-out (192-px tiles)"
     rc = main(["quantize", str(path), "-o", str(out)])
     err = capsys.readouterr().err
     assert rc != 0 and err.count("\n") == 1 and "exists" in err and "--force" in err
