@@ -119,8 +119,33 @@ def _from_onnx(path: Path, backend: str, scale, threads) -> ResolvedModel:
     if backend != "ort":
         raise CheckpointError(f"{path.name} is an ONNX model: use --backend ort")
     spec = _spec_from_onnx(path, scale)
-    return ResolvedModel(OrtRunner(path, name=f"ort:{path.name}", threads=threads), spec, "onnx", path,
-                         onnx=path if path.suffix.lower() == ".onnx" else None)
+    runner, spec = _boxes_if_fixed(OrtRunner(path, name=f"ort:{path.name}", threads=threads), spec, None)
+    return ResolvedModel(runner, spec, "onnx", path, onnx=path if path.suffix.lower() == ".onnx" else None)
+
+
+def _boxes_if_fixed(runner, spec: Spec, manifest) -> tuple[Any, Spec]:
+    """An ONNX graph exported at one fixed H x W (user code whose dynamic export failed: the
+    manifest says so) runs larger images as boxes of its size, as a fixed-size mobile file does
+    (:class:`edgesr.backends.mobile.FixedBoxRunner`), and its spec's min_size is the box (callers
+    pad smaller images up to it); a dynamic graph is returned as it is."""
+    meta = runner.input_metadata()
+    dims: tuple = tuple(meta[0].shape) if meta else ()
+    if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[2:]):
+        return runner, spec
+    from dataclasses import replace
+
+    from .backends.mobile import FixedBoxRunner, box_overlap
+    from .tiling import declared_tiling
+
+    runner.input_hw = (int(dims[2]), int(dims[3]))  # what FixedBoxRunner reads off a fixed-size runner
+    measured = ((manifest.data.get("tiling") or {}).get("measured") or {}) if manifest is not None else {}
+    if str(measured.get("method", "")).startswith("not measured"):
+        # convert could not measure a fixed-size graph's tiling (its record's overlap 0 is no
+        # measurement): boxes overlap by what the spec declares, as much as the box leaves a core
+        overlap = min(declared_tiling(spec)[1], (min(runner.input_hw) - 1) // 2)
+    else:
+        overlap = box_overlap(spec, manifest)
+    return (FixedBoxRunner(runner, spec.scale, overlap), replace(spec, min_size=max(spec.min_size, *runner.input_hw)))
 
 
 def _spec_from_onnx(path: Path, scale: int | None) -> Spec:
@@ -166,7 +191,7 @@ def _from_bundle(path: Path, backend: str, scale, threads) -> ResolvedModel:
     if backend == "ort":
         from .backends.ort_runner import OrtRunner
 
-        runner = OrtRunner(data, name=f"ort:{art.file}", threads=threads)
+        runner, spec = _boxes_if_fixed(OrtRunner(data, name=f"ort:{art.file}", threads=threads), spec, manifest)
         resolved = ResolvedModel(runner, spec, "bundle", path)
     else:
         from .backends.torch_runner import TorchRunner

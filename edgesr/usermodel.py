@@ -299,10 +299,13 @@ def _missing(e: ModuleNotFoundError, ref: ModelRef, roots: list[Path]) -> Edgesr
         if (anc / name).is_dir() or (anc / f"{name}.py").is_file():
             return UserCodeError(f"{ref.file.name} imports {name}{_where(e, roots)}, which is {anc / name} in your "
                                  f"code: add its folder to the import path (--model-path {anc})")
+    w = user_frame(e, roots)
+    # "imports" where FILE's own line does; "needs" where one of its helper modules does (named by `at`)
+    verb = "imports" if not w or str(w).startswith(f"{ref.file.name}:") else "needs"
     if name in CUDA_ONLY:
-        return MissingDependency(f"{ref.file.name} imports {name}, which {CUDA_ONLY[name]}{_where(e, roots)}")
+        return MissingDependency(f"{ref.file.name} {verb} {name}, which {CUDA_ONLY[name]}{_where(e, roots)}")
     pip = PIP_NAMES.get(name, name)
-    return MissingDependency(f"{ref.file.name} imports {name}, which is not installed{_where(e, roots)} "
+    return MissingDependency(f"{ref.file.name} {verb} {name}, which is not installed{_where(e, roots)} "
                              f"(pip install {pip})")
 
 
@@ -348,10 +351,13 @@ class LoadedUserModel:
     conventions: Any
     state_dict_keys: int = 0
     roots: list[Path] = field(default_factory=list)
+    # The author's deploy hooks measured as part of the model (see _author_form_if_needed):
+    # None when there are none or they preserve the output; "applied" says whether `raw` is that form.
+    author_form: dict[str, Any] | None = None
 
     def report(self) -> dict[str, Any]:
         return {"model": str(self.ref), "load": self.load.to_dict(), "geometry": self.geometry.to_dict(),
-                "conventions": self.conventions.to_dict(),
+                "conventions": self.conventions.to_dict(), "author_form": self.author_form,
                 "cuda_calls_on_cpu": int(getattr(self.raw, "edgesr_cuda_calls_on_cpu", 0))}
 
 
@@ -373,6 +379,7 @@ def load_user_model(weights: str | Path, ref: ModelRef | str, kwargs: dict[str, 
     given = Convention(input_range=input_range) if input_range is not None else None
     conv = infer_convention(net, geo.scale, multiple=geo.size_multiple, min_size=geo.min_size, given=given,
                             quick=quick)
+    net, conv, author_form = _author_form_if_needed(net, conv, geo, given, quick)
     if check_plausible:
         require_plausible(conv, f"{ref.file.name}:{ref.name} with {Path(weights).name}",
                           hint="" if given else "; --input-range forces a range")
@@ -385,4 +392,57 @@ def load_user_model(weights: str | Path, ref: ModelRef | str, kwargs: dict[str, 
                              "native_input_range": chosen.input_range, "native_mean_shift": chosen.mean_shift,
                              "native_color_order": chosen.color_order})
     spec = replace(spec, value_range=(0.0, 1.0))
-    return LoadedUserModel(module, net, spec, ref, load, geo, conv, load.tensors, roots)
+    return LoadedUserModel(module, net, spec, ref, load, geo, conv, load.tensors, roots, author_form)
+
+
+# An author's deploy hook that changes the output is part of the model when its form is a better
+# super-resolution by at least this much (dB of gain over bicubic, the convention trials' measure):
+# the weights were saved in the training form the hook converts (NTIRE 2022 team 08: +2.1 dB).
+HOOK_FORM_MARGIN_DB = 0.5
+
+
+def _author_form_if_needed(net, conv, geo, given, quick: bool) -> tuple[Any, Any, dict[str, Any] | None]:
+    """The module after its author's deploy hooks, when the hooks change the output and that form
+    is a clearly better SR than the module as built (both measured as conventions are); else `net`.
+    A hook that preserves the output is left to the verified deploy step (reparam.author_hooks)."""
+    import numpy as np
+    import torch
+
+    from .conventions import MIN_GAIN_DB, infer_convention
+    from .probe_inputs import random_image
+    from .reparam.author_hooks import find_hooks
+    from .reparam.copying import clone_module
+
+    hooks = find_hooks(net)
+    if not hooks:
+        return net, conv, None
+    called = [f"{p or '<model>'}.{n}()" for p, n in hooks]
+    try:
+        cand = clone_module(net)
+        mods = dict(cand.named_modules())
+        with cuda_calls_on_cpu(), contextlib.redirect_stdout(None):  # hooks print ("Reparameter...")
+            for p, n in hooks:
+                getattr(mods[p], n)()
+        cand.eval()
+        x = torch.from_numpy(random_image((1, 3, 2 * geo.min_size + 15, 2 * geo.min_size + 9), seed=3))
+        with torch.inference_mode():
+            same = float((net(x) - cand(x)).abs().max()) <= 1e-4
+    except Exception:  # noqa: BLE001 - author code; the deploy step reports why a hook failed
+        return net, conv, None
+    if same:
+        return net, conv, None
+    hooked = infer_convention(cand, geo.scale, multiple=geo.size_multiple, min_size=geo.min_size, given=given,
+                              quick=quick)
+    gain = conv.best.gain_db if conv.best is not None and np.isfinite(conv.best.gain_db) else float("-inf")
+    record = {"hooks": called, "gain_db_as_built": round(gain, 3) if np.isfinite(gain) else None,
+              "gain_db_with_hooks": round(hooked.best.gain_db, 3) if hooked.best is not None else None,
+              "convention_with_hooks": hooked.chosen.label if hooked.chosen else None,
+              "margin_db": HOOK_FORM_MARGIN_DB}
+    better = (hooked.plausible and hooked.best is not None and hooked.best.gain_db > MIN_GAIN_DB
+              and hooked.best.gain_db > gain + HOOK_FORM_MARGIN_DB)
+    record["applied"] = bool(better)
+    if not better:
+        return net, conv, record
+    cand.edgesr_author_form = called  # the deploy step must not call the hooks a second time
+    cand.edgesr_cuda_calls_on_cpu = getattr(net, "edgesr_cuda_calls_on_cpu", 0)
+    return cand, hooked, record

@@ -56,6 +56,7 @@ CATEGORIES = {
     "export": "ONNX export failed",
     "parity": "ONNX Runtime differs from the author's PyTorch module by more than 1e-4",
     "int8": "INT8 QDQ graph could not be built",
+    "below-bicubic": "a converted graph (fp32 or INT8) scores below bicubic on Set5: `edgesr eval` refuses it",
     "timeout": "the model did not finish in time",
     "crash": "the model's process died",
     "internal": "an unexpected error in edgesr",
@@ -236,15 +237,51 @@ def convert_entry(entry: ZooEntry, outdir: Path, *, force: bool = False, int8: b
         return res | {"category": category_of(e), "reason": str(e).splitlines()[0][:400],
                       "failed_after": _last_step(lines), "steps": lines, "seconds": round(time.perf_counter() - t0, 1)}
     except Exception as e:  # noqa: BLE001 - user code can raise anything at any stage
+        import traceback
+
+        traceback.print_exc(file=sys.stdout)  # into OUTROOT/logs/<name>.log: an internal error is triaged from it
         return res | {"category": "user-code" if _in_user_code(e, entry) else "internal",
                       "reason": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}",
                       "failed_after": _last_step(lines), "steps": lines, "seconds": round(time.perf_counter() - t0, 1)}
-    return res | judge(result.report, entry) | {"outdir": str(outdir), "steps": lines,
-                                                  "seconds": round(time.perf_counter() - t0, 1)}
+    try:
+        scores = eval_bundle(outdir, result.report)
+    except EdgesrError as e:
+        scores = {"error": one_line(e)[:300]}
+    return res | judge(result.report, entry, scores) | {"outdir": str(outdir), "steps": lines,
+                                                          "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def judge(report: dict[str, Any], entry: ZooEntry) -> dict[str, Any]:
-    """Stages + verdict from a convert report: fp32 parity <= 1e-4, INT8 graph built, range as declared."""
+def eval_bundle(outdir: Path, report: dict[str, Any], testset: Path | None = None) -> dict[str, Any] | None:
+    """Set5 PSNR-Y (evaluate's published-table protocol) of the converted fp32 graph and of each
+    INT8 graph, with bicubic's on the same images: what `edgesr eval` would print after convert.
+    None when there is no test set (Set5 from ../shared, or `testset`)."""
+    from .conventions import bicubic_psnr_y
+    from .evaluate import evaluate
+    from .parity_samples import shared_dir
+    from .resolve import resolve_model
+
+    scale = int((report.get("parity") or {}).get("scale") or (report.get("user_model") or {}).get("scale") or 0)
+    if testset is None:
+        root = shared_dir()
+        testset = root / "testsets" / "Set5" if root else None
+    if not scale or testset is None or not (testset / "LR_bicubic" / f"X{scale}").is_dir():
+        return None
+    graphs = {"fp32": Path(outdir)} | {f"int8:{name}": Path(outdir) / q["path"]
+                                        for name, q in (report.get("int8") or {}).items() if q and q.get("path")}
+    out: dict[str, Any] = {"testset": testset.name, "scale": scale,
+                           "bicubic_psnr_y": round(bicubic_psnr_y(testset, scale), 4), "psnr_y": {}}
+    for label, path in graphs.items():
+        r = resolve_model(path, backend="ort", scale=scale)
+        try:
+            out["psnr_y"][label] = round(evaluate(r.runner, testset, scale, spec=r.spec).psnr_y, 4)
+        finally:
+            r.runner.close()
+    return out
+
+
+def judge(report: dict[str, Any], entry: ZooEntry, scores: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Stages + verdict from a convert report: fp32 parity <= 1e-4, INT8 graph built, range as declared,
+    and (with `scores` from :func:`eval_bundle`) every converted graph above bicubic on the test set."""
     conv = report.get("conventions") or {}
     chosen = (conv.get("chosen") or {}).get("input_range")
     exp = report.get("export") or {}
@@ -260,7 +297,9 @@ def judge(report: dict[str, Any], entry: ZooEntry) -> dict[str, Any]:
         "psnr_y": (conv.get("trials") or [{}])[0].get("psnr_y") if conv.get("given") else
         next((t["psnr_y"] for t in conv.get("trials", []) if t.get("label") == conv.get("label")), None),
         "bicubic_psnr_y": conv.get("bicubic_psnr_y"),
-        "reparam": {"hooks": rep.get("hooks"), "generic_applied": (rep.get("generic") or {}).get("applied"),
+        "reparam": {"hooks": rep.get("hooks"),
+                    "author_form": ((report.get("user_model") or {}).get("author_form") or {}).get("applied"),
+                    "generic_applied": (rep.get("generic") or {}).get("applied"),
                     "generic_regions_collapsed": (rep.get("generic") or {}).get("regions_collapsed"),
                     "generic_multi_branch": (rep.get("generic") or {}).get("multi_branch_scopes"),
                     "params_before": rep.get("params_before"), "params_after": rep.get("params_after"),
@@ -272,7 +311,7 @@ def judge(report: dict[str, Any], entry: ZooEntry) -> dict[str, Any]:
         "parity_fp32_ok": bool(fp32) and all(c.get("ok") for c in fp32),
         "int8_built": q is not None, "int8_psnr_drop": q.get("drop") if q else None,
         "int8_psnr_vs_fp32": min((c.get("psnr") for c in int8 if c.get("psnr") is not None), default=None),
-        "latency_ms": lat,
+        "latency_ms": lat, "eval": scores, "convention_margins_db": _margins(conv),
     }
     declared = entry.input_range
     out["range_matches"] = _range_is(chosen, declared, out["equivalent_conventions"])
@@ -289,9 +328,41 @@ def judge(report: dict[str, Any], entry: ZooEntry) -> dict[str, Any]:
                 "reason": f"inferred input range {_g(chosen)} ({conv.get('label')}), index says {expected:g}"}
     elif not out["int8_built"]:
         out |= {"category": "int8", "reason": "no INT8 graph"}
+    elif below := _below_bicubic(scores):
+        out |= {"category": "below-bicubic", "reason": below}
     else:
         out["ok"] = True
     return out
+
+
+def _margins(conv: dict[str, Any]) -> dict[str, float | None]:
+    """How far the chosen convention's gain over bicubic (dB) is ahead of the best trial with the
+    other input range, and of the same range with the other colour order (None: not tried)."""
+    trials = [t for t in conv.get("trials") or [] if t.get("gain_db") is not None and t.get("error") is None]
+    chosen = conv.get("chosen") or {}
+    win = next((t for t in trials if t.get("convention") == chosen), None)
+    if win is None or conv.get("given"):
+        return {"range": None, "color": None}
+    rng = [t["gain_db"] for t in trials if t["convention"]["input_range"] != chosen.get("input_range")]
+    col = [t["gain_db"] for t in trials if t["convention"]["input_range"] == chosen.get("input_range")
+           and t["convention"]["mean_shift"] == chosen.get("mean_shift")
+           and t["convention"]["color_order"] != chosen.get("color_order")]
+    return {"range": round(win["gain_db"] - max(rng), 3) if rng else None,
+            "color": round(win["gain_db"] - max(col), 3) if col else None}
+
+
+def _below_bicubic(scores: dict[str, Any] | None) -> str | None:
+    """Why a converted graph fails the bicubic floor (or could not be scored), else None."""
+    if not scores:
+        return None
+    if scores.get("error"):
+        return f"eval after convert failed: {scores['error']}"
+    bic = scores["bicubic_psnr_y"]
+    low = {k: v for k, v in scores["psnr_y"].items() if not v > bic}
+    if not low:
+        return None
+    return (f"on {scores['testset']} x{scores['scale']} " + ", ".join(f"{k} scores {v:.2f} dB" for k, v in low.items())
+            + f", below bicubic's {bic:.2f} dB")
 
 
 def _range_is(chosen: float | None, want: float | None, equivalent: list[str]) -> bool | None:
@@ -353,7 +424,7 @@ def quick_check(entry: ZooEntry, workdir: Path, *, int8: bool = False) -> dict[s
         err = max(err, float(np.max(np.abs(ort.run(x).astype(np.float64) - ref))))
     out = {"name": entry.name, "scale": spec.scale, "inferred_input_range": um.conventions.chosen.input_range,
            "equivalent": um.conventions.equivalent, "psnr_y": um.conventions.best.psnr_y,
-           "bicubic_psnr_y": um.conventions.bicubic_psnr_y, "hooks": rep["hooks"],
+           "bicubic_psnr_y": um.conventions.bicubic_psnr_y, "hooks": rep["hooks"], "author_form": um.author_form,
            "generic_regions_collapsed": rep["generic"].get("regions_collapsed"),
            "generic_multi_branch": rep["generic"].get("multi_branch_scopes"),
            "generic_applied": rep["generic"].get("applied"), "deploy_max_abs": rep.get("max_abs"),
@@ -484,34 +555,73 @@ def _tail(log: Path) -> str:
 
 # ---- summary -------------------------------------------------------------------------------------
 
-SUMMARY_HEADERS = ["model", "result", "range (inferred/index)", "PSNR-Y / bicubic", "reparam", "export",
-                   "parity max abs", "INT8 drop dB", "ORT ms", "s", "failure"]
+SUMMARY_HEADERS = ["model", "result", "range", "Set5 fp32", "Set5 INT8", "bicubic", "reparam", "export",
+                   "parity", "ms", "s"]
+# What the short column names mean (printed under the table and in summary.md).
+SUMMARY_LEGEND = (
+    "range: input range inferred/index; Set5 fp32, INT8, bicubic: mean PSNR-Y (dB, published-table protocol) "
+    "of the converted fp32 graph, the INT8 `trt` graph and a bicubic upscale; reparam: author hooks applied + "
+    "regions the generic pass collapsed (mb: of them multi-branch); export: dynamic H/W or the fixed LR size; "
+    "parity: max abs of ONNX Runtime vs the author's module (fp32, [0, 1]); ms: ORT fp32 latency at 64x64 LR; "
+    "s: seconds the model took.")
 
 
-def summary_rows(results: list[dict]) -> list[list[Any]]:
+def summary_rows(results: list[dict]) -> list[list[str]]:
+    """One row of short cells per model (failure reasons are listed apart: :func:`failure_lines`)."""
     rows = []
     for r in results:
         exp = r.get("export") or {}
         rep = r.get("reparam") or {}
         hooks = [h for h in rep.get("hooks") or [] if h.get("applied")]
-        n = rep.get("generic_regions_collapsed")
-        reparam = "+".join((["hooks"] if hooks else []) + ([f"generic {n}" + (
-            f" ({len(rep['generic_multi_branch'])} multi-branch)" if rep.get("generic_multi_branch") else "")]
-            if rep.get("generic_applied") else []))
-        lat = (r.get("latency_ms") or {}).get("ort:fp32")
+        n, mb = rep.get("generic_regions_collapsed"), len(rep.get("generic_multi_branch") or [])
+        reparam = "+".join((["hooks"] if hooks or rep.get("author_form") else [])
+                           + ([f"{n}" + (f" ({mb} mb)" if mb else "")] if rep.get("generic_applied") else []))
+        ev = r.get("eval") or {}
+        psnr = ev.get("psnr_y") or {}
+        int8 = [v for k, v in psnr.items() if k.startswith("int8")]
         rows.append([
-            r["name"], "ok" if r.get("ok") else "FAILED",
+            r["name"], "ok" if r.get("ok") else str(r.get("category") or "FAILED"),
             (f"{_g(r.get('inferred_input_range'))}/{_g(r.get('declared_input_range'))}"
-             + (" (finding)" if (r.get("range_finding") or {}).get("confirmed") else "")
+             + ("*" if (r.get("range_finding") or {}).get("confirmed") else "")
              if r.get("inferred_input_range") is not None else ""),
-            (f"{r['psnr_y']:.2f} / {r['bicubic_psnr_y']:.2f}" if r.get("psnr_y") is not None
-             and r.get("bicubic_psnr_y") is not None else ""),
+            _num(psnr.get("fp32"), ".2f"), _num(min(int8) if int8 else None, ".2f"),
+            _num(ev.get("bicubic_psnr_y"), ".2f"),
             reparam or ("-" if "reparam" in r else ""),
             ("fixed " + "x".join(map(str, exp["fixed_input_hw"])) if exp.get("fixed_input_hw") else
              ("dynamic" if exp.get("dynamic") else "")),
-            r.get("parity_max_abs"), r.get("int8_psnr_drop"), lat, r.get("seconds"),
-            "" if r.get("ok") else f"{r.get('category')}: {r.get('reason') or ''}"[:150]])
+            _num(r.get("parity_max_abs"), ".1e"), _num((r.get("latency_ms") or {}).get("ort:fp32"), ".1f"),
+            _num(r.get("seconds"), ".0f")])
     return rows
+
+
+def failure_lines(results: list[dict]) -> list[str]:
+    """'name: category: reason' of every model that did not convert end to end."""
+    return [f"{r['name']}: {r.get('category')}: {r.get('reason') or ''}" for r in results if not r.get("ok")]
+
+
+def summary_text(results: list[dict], width: int | None = None) -> str:
+    """The terminal summary: the table, its legend and the failures, wrapped to `width`
+    (default: the terminal's, at least 80)."""
+    import shutil
+    import textwrap
+
+    from .cli.output import format_table
+
+    width = width or max(80, shutil.get_terminal_size((120, 24)).columns)
+    out = [format_table(SUMMARY_HEADERS, summary_rows(results)), ""]
+    out += textwrap.wrap(SUMMARY_LEGEND, width)
+    if any((r.get("range_finding") or {}).get("confirmed") for r in results):
+        out += textwrap.wrap("*: the index's range is contradicted by evidence it records (see summary.md)", width)
+    fails = failure_lines(results)
+    if fails:
+        out += ["", f"Failures ({len(fails)}):"]
+        for line in fails:
+            out += textwrap.wrap(one_line(line), width, initial_indent="- ", subsequent_indent="  ")
+    return "\n".join(out)
+
+
+def _num(v: Any, fmt: str) -> str:
+    return "" if v is None else format(v, fmt)
 
 
 def _g(v) -> str:
@@ -534,7 +644,6 @@ def counts(results: list[dict]) -> dict[str, Any]:
 
 
 def write_summary(results: list[dict], outroot: Path) -> None:
-    from .cli.output import format_table
     from .fsutil import atomic_write_json, atomic_write_text
 
     c = counts(results)
@@ -542,21 +651,24 @@ def write_summary(results: list[dict], outroot: Path) -> None:
     md = [f"# edgesr zoo conversion: {c['ok']} of {c['models']} converted end to end", "",
           "ok = ONNX exported (dynamic H/W, or fixed with the reason stated), ONNX Runtime within 1e-4 of the "
           "author's PyTorch module on Set5 LR + random inputs, INT8 `trt` QDQ graph built, inferred input "
-          "range equal to the index's.", "",
+          "range equal to the index's, and (eval after convert, where Set5 is at hand) the fp32 and INT8 graphs "
+          "both above bicubic on Set5.", "",
           "| " + " | ".join(SUMMARY_HEADERS) + " |", "|" + "---|" * len(SUMMARY_HEADERS)]
     for row in summary_rows(results):
         md.append("| " + " | ".join(_md(v) for v in row) + " |")
-    md += ["", "Failures by category: " + (", ".join(f"{k} {v}" for k, v in sorted(c["failures_by_category"].items()))
-                                          or "none"), ""]
+    md += ["", SUMMARY_LEGEND, "",
+           "Failures by category: " + (", ".join(f"{k} {v}" for k, v in sorted(c["failures_by_category"].items()))
+                                       or "none"), ""]
+    md += [f"- {_md(line)}" for line in failure_lines(results)] + ([""] if c["failed"] else [])
     findings = [r for r in results if r.get("range_finding")]
     if findings:
-        md += ["Input ranges where the evidence contradicts the author's test script (\"finding\" above; the "
+        md += ["Input ranges where the evidence contradicts the author's test script (\"*\" in the table; the "
                "index entry holds the evidence):", ""]
         md += [f"- {r['name']}: index {_g(r.get('declared_input_range'))}, edgesr infers "
                f"{_g(r.get('inferred_input_range'))}, evidence says {_g(r['range_finding']['range'])}: "
                f"{r['range_finding']['evidence']}" for r in findings] + [""]
     atomic_write_text(outroot / "summary.md", "\n".join(md))
-    atomic_write_text(outroot / "summary.txt", format_table(SUMMARY_HEADERS, summary_rows(results)) + "\n")
+    atomic_write_text(outroot / "summary.txt", summary_text(results, width=120) + "\n")
 
 
 def _md(v) -> str:

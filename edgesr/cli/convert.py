@@ -282,8 +282,8 @@ def _run_batch(args, opts) -> int:
 def _run_zoo(args) -> int:
     """`edgesr convert --zoo INDEX -o OUTROOT`: progress bar (plain lines when not a TTY), summary table."""
     from ..errors import EdgesrError, one_line
-    from ..zoo import SUMMARY_HEADERS, counts, summary_rows
-    from .output import emit_json, print_table
+    from ..zoo import counts, summary_text
+    from .output import emit_json
 
     if args.checkpoint or getattr(args, "user_model", None):
         raise EdgesrError("--zoo takes its models from the index: give no CKPT or --model")
@@ -291,16 +291,24 @@ def _run_zoo(args) -> int:
     from ..progress import Progress
 
     bar = Progress("zoo", None, "models")
+    running: list[str] = []  # models in flight (--zoo-jobs N runs N at once): the bar names the oldest
+
+    def in_flight() -> str:
+        return one_line(running[0] + (f" +{len(running) - 1}" if len(running) > 1 else "")) if running else ""
 
     def on_start(i, n, entry):
         bar.set_total(n)
-        bar.set_postfix(one_line(entry.name))
+        running.append(entry.name)
+        bar.set_postfix(in_flight())
         bar.write(one_line(f"edgesr: [{i + 1}/{n}] {entry.name} ..."))
 
     def on_done(i, n, res):
         line = (f"{res['name']}: {'ok' if res.get('ok') else 'FAILED ' + str(res.get('category'))} "
                 f"({'reused, unchanged inputs; took ' if res.get('reused') else ''}{res.get('seconds')} s)"
                 + ("" if res.get("ok") else f": {str(res.get('reason'))[:160]}"))
+        if res["name"] in running:
+            running.remove(res["name"])
+        bar.set_postfix(in_flight())
         bar.update(1)
         bar.write(one_line(f"edgesr: {line}"))
 
@@ -312,7 +320,7 @@ def _run_zoo(args) -> int:
     if args.json:
         emit_json({"outroot": str(args.outdir), "counts": c, "results": results})
     else:
-        print_table(SUMMARY_HEADERS, summary_rows(results))
+        print(summary_text(results))
         print(f"\n{c['ok']} of {c['models']} converted end to end ({100 * c['ok_share']:.1f}%); failures: "
               + (", ".join(f"{k} {v}" for k, v in sorted(c["failures_by_category"].items())) or "none")
               + f"; {c['seconds']:.0f} s; summary: {Path(args.outdir) / 'summary.md'}")

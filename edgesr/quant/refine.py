@@ -219,8 +219,8 @@ class WeightRefiner:
                 rep.skipped[n.name] = "asymmetric weights"
                 continue
             o = W.shape[0]
-            if scale.size == 1:
-                scale = np.full(o, float(scale))
+            if scale.size == 1:  # per-tensor, or per-channel of a 1-output conv: shape () or (1,)
+                scale = np.full(o, scale.reshape(-1)[0])
             if scale.shape != (o,):
                 rep.skipped[n.name] = "unexpected scale shape"
                 continue
