@@ -33,15 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from edgesr.bench import machine_info  # noqa: E402
 from edgesr.errors import EdgesrError, one_line  # noqa: E402
-from edgesr.zoo import (  # noqa: E402
-    counts,
-    eval_bundle,
-    judge,
-    read_index,
-    run_zoo,
-    summary_text,
-    write_summary,
-)
+from edgesr.zoo import eval_bundle, judge, run_zoo  # noqa: E402
+from edgesr.zoo_index import read_index  # noqa: E402
+from edgesr.zoo_summary import counts, summary_text, write_summary  # noqa: E402
 
 SET5_NAMES = {"baby", "bird", "butterfly", "head", "woman"}
 

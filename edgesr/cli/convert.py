@@ -282,7 +282,7 @@ def _run_batch(args, opts) -> int:
 def _run_zoo(args) -> int:
     """`edgesr convert --zoo INDEX -o OUTROOT`: progress bar (plain lines when not a TTY), summary table."""
     from ..errors import EdgesrError, one_line
-    from ..zoo import counts, summary_text
+    from ..zoo_summary import counts, summary_text
     from .output import emit_json
 
     if args.checkpoint or getattr(args, "user_model", None):

@@ -31,7 +31,8 @@ def run_zoo_ray(index: str | Path, outroot: str | Path, *, force: bool = False, 
                 retries: int = DEFAULT_RETRIES, on_submit: Callable[[int], None] | None = None,
                 on_done: Callable[[int, int, dict], None] | None = None) -> list[dict[str, Any]]:
     """`edgesr.zoo.run_zoo` with one Ray task per model; results in the index's order."""
-    from ..zoo import select_entries, write_summary
+    from ..zoo import select_entries
+    from ..zoo_summary import write_summary
 
     entries = select_entries(index, only)
     outroot = Path(outroot).resolve()  # workers do not share this process's working folder
@@ -65,7 +66,8 @@ def _crashed(entry, e: BaseException) -> dict:
 def zoo_task(entry_json: str, outroot: str, flags: dict) -> dict:
     """One zoo model, in a Ray worker: reuse its keyed result or convert it (subprocess that dies with
     this worker), time it in a bench slot, publish results/<name>.json."""
-    from ..zoo import ZooEntry, reuse_or_run
+    from ..zoo import reuse_or_run
+    from ..zoo_index import ZooEntry
 
     entry = ZooEntry.from_json(entry_json)
     root = Path(outroot)

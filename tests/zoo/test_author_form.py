@@ -6,12 +6,12 @@ bundled trained ECBSR x4 in the layout of tests/data/user_repo/models/tinysr.py)
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1] / "data" / "user_repo"
+from helpers.paths import DATA
+
+USER_REPO = DATA / "user_repo"
 HOOKED = '''
 from models.tinysr import TinySR
 
@@ -40,7 +40,7 @@ def _trained() -> dict[str, torch.Tensor]:
 
 
 def _reference(sd, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO))
+    monkeypatch.syspath_prepend(str(USER_REPO))
     from models.tinysr import TinySR
 
     net = TinySR().eval()
@@ -64,7 +64,7 @@ def test_a_hook_the_weights_need_is_part_of_the_model(tmp_path, monkeypatch):
     torch.save(sd, tmp_path / "plain.pth")
     x = torch.from_numpy(np.random.default_rng(0).random((1, 3, 23, 17), dtype=np.float32))
 
-    um = load_user_model(tmp_path / "needs.pth", f"{tmp_path / 'hooked.py'}:NeedsHook", extra_paths=(REPO,))
+    um = load_user_model(tmp_path / "needs.pth", f"{tmp_path / 'hooked.py'}:NeedsHook", extra_paths=(USER_REPO,))
     form = um.author_form
     assert form["applied"] and form["hooks"] == ["<model>.reparameter()"], form
     assert form["gain_db_with_hooks"] > form["gain_db_as_built"] + 0.5 and form["gain_db_with_hooks"] > 0
@@ -75,7 +75,7 @@ def test_a_hook_the_weights_need_is_part_of_the_model(tmp_path, monkeypatch):
     with torch.inference_mode():
         assert float((deploy(x) - ref(x)).abs().max()) < 1e-4
 
-    um = load_user_model(tmp_path / "plain.pth", f"{tmp_path / 'hooked.py'}:Harmful", extra_paths=(REPO,))
+    um = load_user_model(tmp_path / "plain.pth", f"{tmp_path / 'hooked.py'}:Harmful", extra_paths=(USER_REPO,))
     assert um.author_form is not None and um.author_form["applied"] is False, um.author_form
     assert um.author_form["gain_db_with_hooks"] < um.author_form["gain_db_as_built"]
     with torch.inference_mode():

@@ -6,12 +6,13 @@ Runtime refused every image that was not exactly 64x64, so `edgesr eval OUTDIR` 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1] / "data" / "user_repo"
+from helpers.paths import DATA
+
+USER_REPO = DATA / "user_repo"
 
 
 def test_a_fixed_size_bundle_runs_any_image_size(tmp_path, capsys):
@@ -20,11 +21,11 @@ def test_a_fixed_size_bundle_runs_any_image_size(tmp_path, capsys):
     from edgesr.resolve import resolve_model
     from edgesr.usermodel import ModelRef, build_user_module
 
-    code = f"{REPO / 'models' / 'broken.py'}:SizeBakedNet"
+    code = f"{USER_REPO / 'models' / 'broken.py'}:SizeBakedNet"
     net = build_user_module(ModelRef.parse(code))
     torch.save(net.state_dict(), tmp_path / "w.pth")
     out = tmp_path / "out"
-    rc = main(["convert", str(tmp_path / "w.pth"), "--model", code, "--model-path", str(REPO), "-o", str(out),
+    rc = main(["convert", str(tmp_path / "w.pth"), "--model", code, "--model-path", str(USER_REPO), "-o", str(out),
                "--no-bench", "--no-ort-format", "--input-range", "1"])
     assert rc == 0, capsys.readouterr().err
     assert json.loads((out / "manifest.json").read_text())["io"]["fixed_input_hw"] == [64, 64]

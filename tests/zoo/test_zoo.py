@@ -52,7 +52,7 @@ def _entries():
     SHARED = Path(os.environ.get("EDGESR_SHARED", INDEX.parents[2].parent / "shared"))
     if not (SHARED / "ntire-esr").is_dir():
         return []
-    from edgesr.zoo import read_index
+    from edgesr.zoo_index import read_index
 
     return read_index(INDEX)
 
@@ -199,7 +199,8 @@ def test_convert_zoo_cli_summary(shared_dir, zoo, tmp_path, capsys, monkeypatch)
 def test_range_finding_is_judged_and_stated():
     """An index entry whose test script's range is contradicted by evidence (2022 team 08): the
     range that must be found is the finding's; the summary says so with the evidence."""
-    from edgesr.zoo import ZooEntry, judge
+    from edgesr.zoo import judge
+    from edgesr.zoo_index import ZooEntry
 
     entry = ZooEntry(name="t", code="x.py:N", weights=Path("w.pth"), input_range=1.0, range_finding=255.0,
                      range_evidence="below bicubic at 1")
@@ -216,7 +217,8 @@ def test_range_finding_is_judged_and_stated():
 def test_a_graph_below_bicubic_is_a_failure_not_ok():
     """Eval after convert: an fp32 or INT8 graph scoring below bicubic on Set5 fails the model
     (category below-bicubic, naming the graph and both scores); so does an eval that could not run."""
-    from edgesr.zoo import ZooEntry, judge
+    from edgesr.zoo import judge
+    from edgesr.zoo_index import ZooEntry
 
     entry = ZooEntry(name="t", code="x.py:N", weights=Path("w.pth"), input_range=1.0)
     report = {"conventions": {"chosen": {"input_range": 1.0}, "label": "range 1, RGB", "equivalent": [],
@@ -233,7 +235,7 @@ def test_a_graph_below_bicubic_is_a_failure_not_ok():
 
 
 def test_summary_text_fits_the_width_and_lists_every_failure():
-    from edgesr.zoo import summary_text
+    from edgesr.zoo_summary import summary_text
 
     ok = {"name": "2024-team16-lightrlfn", "ok": True, "inferred_input_range": 1.0, "declared_input_range": 1.0,
           "eval": {"bicubic_psnr_y": 28.43, "psnr_y": {"fp32": 32.02, "int8:trt": 31.5}},

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1] / "data" / "user_repo"
+from helpers.paths import DATA
+
+USER_REPO = DATA / "user_repo"
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +33,9 @@ def weights(tmp_path_factory) -> Path:
 
 
 def _entry(weights: Path, **kw):
-    from edgesr.zoo import ZooEntry
+    from edgesr.zoo_index import ZooEntry
 
-    return ZooEntry(name="tiny", code=f"{REPO / 'models' / 'tinysr.py'}:TinySR", weights=weights, paths=[REPO],
+    return ZooEntry(name="tiny", code=f"{USER_REPO / 'models' / 'tinysr.py'}:TinySR", weights=weights, paths=[USER_REPO],
                     scale=4, **kw)
 
 
@@ -58,9 +60,9 @@ def test_convert_options_from_an_entry(weights, tmp_path):
     entry = _entry(weights, kwargs={"num_feat": 16}, key="params", strict=False)
     opts = ConvertOptions(outdir=tmp_path / "o", checkpoint=weights).with_user_model(entry.user_options())
     assert (opts.model, opts.model_kwargs, opts.strict, opts.weights_key, opts.import_paths) == (
-        entry.code, {"num_feat": 16}, False, "params", (REPO,))
+        entry.code, {"num_feat": 16}, False, "params", (USER_REPO,))
     assert opts.user_options() == {"ref": entry.code, "kwargs": {"num_feat": 16}, "strict": False, "key": "params",
-                                   "extra_paths": (REPO,), "input_range": None}
+                                   "extra_paths": (USER_REPO,), "input_range": None}
 
 
 def test_quick_check_runs_the_entry(weights, tmp_path):
