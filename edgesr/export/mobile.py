@@ -1,7 +1,7 @@
 """What the mobile exports (LiteRT, ncnn, Core ML) share: the result record and its manifest
 entry, exact rewrites that unblock converters, real-image check and calibration inputs.
 
-Rewrites (each exact, proven in tests/test_mobile_rewrites.py):
+Rewrites (each exact, proven in tests/export/test_mobile.py):
 
 - ``repeat_interleave`` along channels (the "anchor" residual of ECBSR/ABPN/...) becomes a
   concatenation of channel slices while a converter traces the model
