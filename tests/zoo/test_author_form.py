@@ -6,6 +6,8 @@ bundled trained ECBSR x4 in the layout of tests/data/user_repo/models/tinysr.py)
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
@@ -41,8 +43,11 @@ def _trained() -> dict[str, torch.Tensor]:
 
 def _reference(sd, monkeypatch):
     monkeypatch.syspath_prepend(str(USER_REPO))
+    before = set(sys.modules)
     from models.tinysr import TinySR
 
+    for name in set(sys.modules) - before:  # the user's `models` package must not stay importable for later tests
+        del sys.modules[name]
     net = TinySR().eval()
     net.load_state_dict(sd)
     return net
