@@ -333,6 +333,15 @@ def equalize(module, inputs: Sequence[np.ndarray], pairs: Sequence[tuple[str, st
     return done
 
 
+def _exact_or_refuse(original, prepared, inputs: Sequence[np.ndarray], rewrite: str) -> float:
+    """The fp32 output change a rewrite of `prepared` made (on up to 4 inputs); QuantizationError past EXACT_TOL."""
+    change = _max_abs_change(original, prepared, inputs[: min(4, len(inputs))])
+    if not change <= EXACT_TOL:
+        raise QuantizationError(f"{rewrite} changed the fp32 output by {change:.2e} (> {EXACT_TOL}); this model's "
+                                "graph defeats the rewrite")
+    return change
+
+
 def _max_abs_change(a, b, inputs: Sequence[np.ndarray]) -> float:
     import torch
 
@@ -413,21 +422,14 @@ def prepare_int8(module, inputs: Sequence[np.ndarray], options: Int8Options | No
         pairs, _ = equalizable_pairs(prepared, torch.from_numpy(inputs[0]))
         report.prelu_split = split_prelu(prepared, pairs)
         if report.prelu_split:
-            change = _max_abs_change(original, prepared, inputs[: min(4, len(inputs))])
-            report.prelu_split_max_abs_change = change
-            if not change <= EXACT_TOL:
-                raise QuantizationError(f"splitting PReLU into ReLU on doubled channels changed the fp32 output by "
-                                        f"{change:.2e} (> {EXACT_TOL}); this model's graph defeats the rewrite")
+            report.prelu_split_max_abs_change = _exact_or_refuse(
+                original, prepared, inputs, "splitting PReLU into ReLU on doubled channels")
     if opts.equalize:
         pairs, report.equalize_note = equalizable_pairs(prepared, torch.from_numpy(inputs[0]))
         report.equalized = equalize(prepared, inputs, pairs, alpha=opts.alpha, max_scale=opts.max_scale,
                                     symmetric=symmetric)
         if report.equalized:
-            change = _max_abs_change(original, prepared, inputs[: min(4, len(inputs))])
-            report.equalize_max_abs_change = change
-            if not change <= EXACT_TOL:
-                raise QuantizationError(f"activation equalization changed the fp32 output by {change:.2e} "
-                                        f"(> {EXACT_TOL}); this model's graph defeats the rewrite")
+            report.equalize_max_abs_change = _exact_or_refuse(original, prepared, inputs, "activation equalization")
     if opts.gptq or opts.bias_correction:
         quantize_weights(prepared, inputs, gptq=opts.gptq, bias_correction=opts.bias_correction, damp=opts.damp,
                          report=report)
