@@ -31,18 +31,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from int8_runtimes import MODELS as RUNTIME_MODELS  # noqa: E402  (benchmarks/ is the script's folder)
+
 SHARED = Path(os.environ.get("EDGESR_SHARED", REPO.parent / "shared"))
 RESULTS = REPO / "benchmarks" / "results" / "int8_heldout.json"
 EARLIER = REPO / "benchmarks" / "results" / "int8_runtimes.json"
-MODELS = {
-    "ETDS-T": "checkpoints/etds-repo/ETDS/ETDS_M5C16_x4.pth",
-    "ETDS-M": "checkpoints/etds-repo/ETDS/ETDS_M6C32_x4.pth",
-    "ETDS-L": "checkpoints/etds-repo/ETDS/ETDS_M7C48_x4.pth",
-    "ECBSR-M4C16": "checkpoints/etds-repo/ECBSR/ECBSR_M4C16_x4.pth",
-    "ABPN-M4C28": "checkpoints/etds-repo/ABPN/ABPN_M4C28_x4.pth",
-    "RLFN": "ntire-esr/2024/model_zoo/team00_rlfn.pth",
-    "SPAN-ch28": "ntire-esr/2024/model_zoo/team38_span_ch28_slim.pth",
-}
+# The models int8_runtimes.py times (same checkpoints, same order), plus ETDS-T.
+MODELS = {"ETDS-T": "checkpoints/etds-repo/ETDS/ETDS_M5C16_x4.pth", **RUNTIME_MODELS}
 OLD = ("astronaut.png", "chelsea.png", "coffee.png")
 NEW = OLD + ("grace_hopper.jpg",)
 # name -> (images, tile); "old" is the held-out set before issue 21's third pass
