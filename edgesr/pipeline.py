@@ -500,6 +500,9 @@ def int8_verdict(report: dict) -> dict:
                 f"written but not the default; accept the drop with --psnr-budget {accept:.2f}")
         e["default"] = e["within_budget"] and e.get("faster_than_fp32", True)
         out["graphs"][profile] = e
+    from .export.mobile_convert import mobile_int8_problems
+
+    out["problems"] += mobile_int8_problems(report)  # LiteRT / ncnn INT8 files judged the same way
     return out
 
 

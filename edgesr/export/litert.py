@@ -18,6 +18,11 @@ activation equalization, GPTQ weights on the int8 grid, bias correction) with tr
 activation ranges over edgesr's calibration source and the input range widened to the model's
 value range (:func:`calibration_ranges`). The verdict is edgesr's: the Y-PSNR drop on the
 held-out sample photos; above ``psnr_budget`` the costliest convolutions stay float until it holds.
+When no such choice holds the budget (attention models: SAFMN++ loses ~1 dB with every
+convolution float, the loss is in the int8 tensors between them), the next scheme is tried:
+LiteRT's 16x8 mode (``a16w8``: int8 weights, int16 activations per tensor, symmetric; int16
+input and output tensors), still an integer file. The file records which scheme it is
+(:data:`SCHEMES`; precision ``int16x8`` in the manifest).
 
 Every export is run with the LiteRT interpreter on this CPU before it is written: fp32 must
 match PyTorch within :data:`edgesr.export.mobile.FP32_TOL` on real photo crops; INT8 reports
@@ -62,6 +67,12 @@ GPU_DELEGATE_OPS = frozenset({
     "SLICE", "SOFTMAX", "SPLIT", "SQRT", "SQUARE", "STRIDED_SLICE", "SUB", "TANH", "TRANSPOSE",
     "TRANSPOSE_CONV", "QUANTIZE", "DEQUANTIZE"})
 GPU_MAX_RANK = 4
+
+# LiteRT integer schemes the INT8 verdict tries, in order: (name, activation bits, manifest precision)
+SCHEMES = (("a8w8", 8, "int8"), ("a16w8", 16, "int16x8"))
+SCHEME_TEXT = {8: "int8 weights per output channel, int8 activations per tensor (asymmetric), int8 input/output",
+               16: "int8 weights per output channel, int16 activations per tensor (symmetric), int16 input/output "
+                   "(LiteRT 16x8 mode)"}
 
 
 def _require() -> None:
@@ -176,11 +187,12 @@ def conv_ops(fp32: bytes) -> list[str]:
 
 def quantize_int8_bytes(fp32: bytes, calibration: Sequence[np.ndarray] | dict[str, Any],
                         input_range: tuple[float, float] | None = None, *, ranges: str = "minmax",
-                        float_ops: Sequence[str] = ()) -> bytes:
-    """Full-integer INT8 (.tflite bytes) from fp32 .tflite bytes: ai-edge-quantizer's static
-    a8w8 recipe (int8 weights per output channel, int8 activations per tensor) with the ranges
-    of :func:`calibration_ranges` (or a precomputed calibration result). `float_ops`: output
-    tensor names (see :func:`conv_ops`) of ops kept float (mixed precision)."""
+                        float_ops: Sequence[str] = (), activation_bits: int = 8) -> bytes:
+    """Full-integer (.tflite bytes) from fp32 .tflite bytes: ai-edge-quantizer's static a8w8
+    recipe (int8 weights per output channel, int8 activations per tensor), or a16w8 with
+    `activation_bits` 16 (int16 activations), with the ranges of :func:`calibration_ranges` (or a
+    precomputed calibration result). `float_ops`: output tensor names (see :func:`conv_ops`) of
+    ops kept float (mixed precision)."""
     try:
         import re
 
@@ -192,7 +204,9 @@ def quantize_int8_bytes(fp32: bytes, calibration: Sequence[np.ndarray] | dict[st
                                                                                     ranges)
         with quiet_native():
             qt = quantizer.Quantizer(bytearray(fp32))
-            qt.load_quantization_recipe(recipe.static_wi8_ai8())
+            if activation_bits not in (8, 16):
+                raise QuantizationError(f"LiteRT activations must be 8 or 16 bits, got {activation_bits}")
+            qt.load_quantization_recipe(recipe.static_wi8_ai8() if activation_bits == 8 else recipe.static_wi8_ai16())
             for name in float_ops:
                 qt.update_quantization_recipe(f"^{re.escape(name)};?$", qtyping.TFLOperationName.ALL_SUPPORTED,
                                               algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
@@ -240,43 +254,67 @@ class LiteRtInt8:
                                                    self.input_range, self.options.ranges)
         return self._ranges[key]
 
-    def build(self, hw: Sequence[int], float_ops: Sequence[str] = ()) -> bytes:
-        """Full-integer INT8 .tflite bytes at `hw` (`float_ops`: convolutions kept float)."""
-        return quantize_int8_bytes(self.fp32(hw), self.ranges(hw), float_ops=float_ops)
+    def build(self, hw: Sequence[int], float_ops: Sequence[str] = (), activation_bits: int = 8) -> bytes:
+        """Full-integer .tflite bytes at `hw` (`float_ops`: convolutions kept float; `activation_bits`
+        8: a8w8, 16: a16w8)."""
+        return quantize_int8_bytes(self.fp32(hw), self.ranges(hw), float_ops=float_ops,
+                                   activation_bits=activation_bits)
 
     def details(self) -> dict[str, Any]:
-        return {"quantizer": "ai-edge-quantizer static_wi8_ai8 (int8 weights per output channel, int8 "
-                             "activations per tensor, int8 input/output)",
+        return {"quantizer": "ai-edge-quantizer static_wi8_ai8 (" + SCHEME_TEXT[8] + "); when no a8w8 choice holds "
+                             "the budget, static_wi8_ai16 (" + SCHEME_TEXT[16] + ")",
                 "ranges": f"{self.options.ranges} over the calibration inputs"
                           + (f", input range widened to {list(self.spec.value_range)}" if self.input_range else ""),
                 "calibration": "edgesr.quant.calibration.CalibrationSource patches, mirrored to the input size",
                 "options": self.options.to_dict(), "preparation": self.prep.to_dict()}
 
-    def verdict(self, psnr_budget: float | None) -> tuple[list[str], dict[str, Any]]:
-        """(float ops, verdict record): the held-out drop with every convolution INT8 and, above
-        `psnr_budget` dB, the costliest convolutions kept float until it holds (:func:`float_layer_search`)."""
+    def verdict(self, psnr_budget: float | None, schemes: Sequence[str] = ("a8w8", "a16w8")
+                ) -> tuple[list[str], dict[str, Any]]:
+        """(float ops, verdict record): per scheme of `schemes` (:data:`SCHEMES`, in that order), the
+        held-out drop with every convolution quantized and, above `psnr_budget` dB, the costliest
+        convolutions kept float until it holds (:func:`float_layer_search`); the first scheme that
+        holds the budget is chosen, else the one with the smallest drop. The record's
+        ``activation_bits`` / ``precision`` say which scheme to :meth:`build`; ``schemes`` lists each
+        scheme tried with its drops."""
         from ..quant.calibration import held_out_eval_set
 
+        bits_of = {name: bits for name, bits, _ in SCHEMES}
+        unknown = [s for s in schemes if s not in bits_of]
+        if unknown or not schemes:
+            raise QuantizationError(f"unknown LiteRT scheme(s) {unknown or list(schemes)}; choose from {list(bits_of)}")
         pairs = held_out_eval_set(self.spec.scale).pairs
         sizes = [p.lr.shape[:2] for p in pairs]
         psnr_fp32 = float(np.mean([self._psnr(convert_fp32_bytes(self.module, self.spec, hw), p)
                                    for hw, p in zip(sizes, pairs)]))
-        memo: dict[tuple[str, ...], float] = {}
+        memo: dict[tuple[int, tuple[str, ...]], float] = {}
+        tried: list[dict[str, Any]] = []
+        for scheme in schemes:
+            bits = bits_of[scheme]
 
-        def drop_of(float_ops: Sequence[str]) -> float:
-            key = tuple(sorted(float_ops))
-            if key not in memo:
-                memo[key] = psnr_fp32 - float(np.mean([self._psnr(self.build(hw, float_ops), p)
-                                                       for hw, p in zip(sizes, pairs)]))
-            return memo[key]
+            def drop_of(float_ops: Sequence[str], bits: int = bits) -> float:
+                key = (bits, tuple(sorted(float_ops)))
+                if key not in memo:
+                    memo[key] = psnr_fp32 - float(np.mean([self._psnr(self.build(hw, float_ops, bits), p)
+                                                           for hw, p in zip(sizes, pairs)]))
+                return memo[key]
 
-        float_ops, drop, steps = float_layer_search(conv_ops(self.fp32(sizes[0])), drop_of, psnr_budget)
-        return float_ops, {"eval_set": "sample-held-out (" + ", ".join(p.name for p in pairs) + ")",
-                           "psnr_fp32": round(psnr_fp32, 4), "drop_all_int8": steps[0]["drop"],
-                           "drop": round(drop, 4), "psnr_budget": psnr_budget,
-                           "within_budget": psnr_budget is None or drop <= psnr_budget, "float_layers": float_ops,
-                           "search": steps, "how": "one conversion per held-out image size (the .tflite is "
-                                                   "fixed-size)"}
+            float_ops, drop, steps = float_layer_search(conv_ops(self.fp32(sizes[0])), drop_of, psnr_budget)
+            tried.append({"scheme": scheme, "activation_bits": bits, "drop_all_quantized": steps[0]["drop"],
+                          "drop": round(drop, 4), "float_layers": float_ops, "search": steps,
+                          "within_budget": psnr_budget is None or drop <= psnr_budget})
+            if tried[-1]["within_budget"]:
+                break
+        chosen = next((t for t in tried if t["within_budget"]), min(tried, key=lambda t: t["drop"]))
+        precision = next(p for name, _, p in SCHEMES if name == chosen["scheme"])
+        return chosen["float_layers"], {
+            "eval_set": "sample-held-out (" + ", ".join(p.name for p in pairs) + ")",
+            "psnr_fp32": round(psnr_fp32, 4), "scheme": chosen["scheme"], "activation_bits": chosen["activation_bits"],
+            "activations": f"int{chosen['activation_bits']}", "precision": precision,
+            "drop_all_int8": tried[0]["drop_all_quantized"], "drop_all_quantized": chosen["drop_all_quantized"],
+            "drop": chosen["drop"], "psnr_budget": psnr_budget, "within_budget": chosen["within_budget"],
+            "float_layers": chosen["float_layers"], "search": chosen["search"],
+            "schemes": [{k: v for k, v in t.items() if k != "search"} for t in tried],
+            "how": "one conversion per held-out image size (the .tflite is fixed-size)"}
 
     def _psnr(self, model: bytes, p) -> float:
         from ..backends.litert_runner import LiteRtRunner
@@ -290,14 +328,20 @@ class LiteRtInt8:
 def int8_tflite_bytes(module, spec: Spec, hw: Sequence[int], *, calib: str | Path | None = None,
                       options: Int8Options | None = None, psnr_budget: float | None = 0.1
                       ) -> tuple[bytes, dict[str, Any]]:
-    """(full-integer INT8 .tflite bytes at `hw`, details) through :class:`LiteRtInt8`, with the
-    held-out verdict and mixed precision when `psnr_budget` is not None."""
+    """(full-integer .tflite bytes at `hw`, details) through :class:`LiteRtInt8`, with the held-out
+    verdict, mixed precision and the a16w8 fallback when `psnr_budget` is not None (else a8w8).
+    details["scheme"]: the scheme written (:data:`SCHEMES`)."""
     recipe = LiteRtInt8(module, spec, calib, options)
     details = recipe.details()
     float_ops: list[str] = []
+    bits = 8
     if psnr_budget is not None:
         float_ops, details["verdict"] = recipe.verdict(psnr_budget)
-    return recipe.build(hw, float_ops), details
+        bits = details["verdict"]["activation_bits"]
+    name, _, precision = next(s for s in SCHEMES if s[1] == bits)
+    details["scheme"] = {"name": name, "precision": precision, "weights": "int8", "activations": f"int{bits}",
+                         "text": SCHEME_TEXT[bits]}
+    return recipe.build(hw, float_ops, bits), details
 
 
 def export_tflite(module, spec: Spec, path: str | Path, *, precision: str = "fp32",
@@ -310,7 +354,10 @@ def export_tflite(module, spec: Spec, path: str | Path, *, precision: str = "fp3
     calib: calibration images (folder) for INT8 (default: the bundled sample photos).
     fp32_bytes: an fp32 conversion of the same module at `hw` (fp32 only).
     psnr_budget: INT8: allowed Y-PSNR drop on the held-out sample photos (None: no verdict, no
-    mixed precision).
+    mixed precision, a8w8).
+    With precision "int8" the verdict may choose the a16w8 scheme (:data:`SCHEMES`): the result's
+    precision is then "int16x8" and the file goes beside `path` with "int8" in its name replaced
+    by "int16x8" (``model_int8.tflite`` -> ``model_int16x8.tflite``), so no int16 file is named int8.
     """
     from ..backends.litert_runner import LiteRtRunner
 
@@ -324,6 +371,10 @@ def export_tflite(module, spec: Spec, path: str | Path, *, precision: str = "fp3
     if precision == "int8":
         data, more = int8_tflite_bytes(module, spec, hw, calib=calib, options=options, psnr_budget=psnr_budget)
         details |= more
+        precision = more["scheme"]["precision"]
+        if precision != "int8":
+            path = path.with_name(path.name.replace("int8", precision) if "int8" in path.name
+                                  else f"{path.stem}_{precision}{path.suffix}")
     else:
         data = fp32_bytes if fp32_bytes is not None else convert_fp32_bytes(module, spec, hw)
     runner = LiteRtRunner(data, name=f"litert:{precision}")

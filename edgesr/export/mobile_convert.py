@@ -35,7 +35,27 @@ def _int8_note(res: MobileExport) -> str:
         return ""
     fl = ", ".join(v["float_layers"]) or "none"
     over = "" if v["within_budget"] else f" - OVER the {v['psnr_budget']} dB budget"
-    return f", held-out drop {v['drop']:.3f} dB (all-int8 {v['drop_all_int8']:.3f}), float layers: {fl}{over}"
+    scheme = f", scheme {v['scheme']} ({v['activations']} activations)" if "scheme" in v else ""
+    return (f", held-out drop {v['drop']:.3f} dB (all-int8 {v['drop_all_int8']:.3f}){scheme}, float layers: "
+            f"{fl}{over}")
+
+
+def mobile_int8_problems(report: dict) -> list[str]:
+    """One line per mobile INT8 file whose held-out verdict missed its budget (the file is written,
+    the convert fails, as for ONNX INT8 graphs: see :func:`edgesr.pipeline.int8_verdict`)."""
+    import math
+
+    out = []
+    for key, title in (("tflite", "LiteRT"), ("ncnn", "ncnn")):
+        for precision, r in (report.get(key) or {}).items():
+            v = (r.get("details") or {}).get("verdict")
+            if v and not v["within_budget"]:
+                tried = ", ".join(f"{t['scheme']} {t['drop']:.3f} dB" for t in v.get("schemes", []))
+                out.append(f"{title} {precision} ({', '.join(r['files'])}): no choice met the {v['psnr_budget']} dB "
+                           f"budget on {v['eval_set'].split(' (')[0]}" + (f" (tried {tried})" if tried else "")
+                           + f"; the best one written loses {v['drop']:.3f} dB; accept the drop with --psnr-budget "
+                           f"{math.ceil(v['drop'] * 100) / 100:.2f}")
+    return out
 
 
 def _warn_over_budget(res: MobileExport, what: str, report: dict) -> None:
@@ -56,9 +76,9 @@ def export_tflite_step(deploy, spec: Spec, staging: Path, opts, artifacts: list,
     for precision in ["fp32"] + (["int8"] if opts.int8 else []):
         res = export_tflite(deploy, spec, staging / f"model_{precision}.tflite", precision=precision, hw=hw,
                             calib=opts.calib, fp32_bytes=fp32, psnr_budget=opts.psnr_budget)
-        _record(res, f"tflite_{precision}", section, artifacts, report["parity"]["comparisons"])
+        _record(res, f"tflite_{res.precision}", section, artifacts, report["parity"]["comparisons"])
         _warn_over_budget(res, "LiteRT INT8", report)
-        done(f"tflite ({precision})", f"input {hw[0]}x{hw[1]} NHWC, vs PyTorch max abs {res.max_abs_vs_torch:.2e}, "
+        done(f"tflite ({res.precision})", f"input {hw[0]}x{hw[1]} NHWC, vs PyTorch max abs {res.max_abs_vs_torch:.2e}, "
                                       f"PSNR {res.psnr_vs_torch} dB, GPU-delegate rank ok "
                                       f"{res.static_check['gpu_delegate']['rank_ok']}{_int8_note(res)}")
 

@@ -201,8 +201,8 @@ def quantize_int8(param: str, weights: bytes, amax: dict[str, float],
     model = NcnnModel(param, weights)
     convs = [i for i, la in enumerate(model.layers) if la.type in CONV_TYPES and la.name not in skip
              and not int(la.get(8))]
-    if not convs:
-        raise QuantizationError("ncnn INT8: no convolution left to quantize")
+    if not convs and not any(la.type in CONV_TYPES for la in model.layers):
+        raise QuantizationError("ncnn INT8: the model has no convolution to quantize")
     table = {}
     for i in convs:
         la, chunk = model.layers[i], model.chunks[i]

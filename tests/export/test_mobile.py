@@ -328,6 +328,51 @@ def test_litert_int8_keeps_the_named_ops_float(bundled):
             assert not ops & {"MUL", "SUB", "PRELU", "RELU"}
 
 
+@needs_litert
+def test_litert_falls_back_to_int16_activations_when_int8_misses_the_budget(tmp_path):
+    """An attention-shaped model whose a8w8 file loses >1 dB on the held-out photos: `convert
+    --tflite --int8`'s export tries a16w8 next, writes it under a name that says so, and the
+    file, the verdict and the manifest entry all say int16 activations."""
+    from edgesr.backends.litert_runner import interpreter
+    from edgesr.export.litert import export_tflite
+    from edgesr.spec import Spec
+
+    from helpers.models import TinyAttention
+
+    spec = Spec(arch="tiny-attention", scale=4)
+    res = export_tflite(TinyAttention().eval(), spec, tmp_path / "model_int8.tflite", precision="int8", hw=(48, 48))
+    v = res.details["verdict"]
+    a8, a16 = v["schemes"]
+    assert (a8["scheme"], a16["scheme"]) == ("a8w8", "a16w8")
+    assert a8["drop"] > 1.0 and not a8["within_budget"]  # measured, not assumed: int8 cannot carry it
+    assert v["scheme"] == "a16w8" and v["within_budget"] and v["drop"] <= 0.1 and v["activations"] == "int16"
+    assert res.precision == "int16x8" and [p.name for p in res.files] == ["model_int16x8.tflite"]
+    assert (tmp_path / "model_int16x8.tflite").is_file() and not (tmp_path / "model_int8.tflite").exists()
+    assert res.io["input"]["dtype"] == res.io["output"]["dtype"] == "int16"
+    it = interpreter(tmp_path / "model_int16x8.tflite")
+    dtypes = {t["index"]: t["dtype"] for t in it.get_tensor_details()}
+    convs = [o for o in it._get_ops_details() if o["op_name"] == "CONV_2D"]
+    assert convs and all(dtypes[o["outputs"][0]] == np.int16 and dtypes[o["inputs"][1]] == np.int8 for o in convs)
+    art = res.artifacts("tflite_int16x8")[0]
+    assert art["precision"] == "int16x8" and art["quantization"] == {"name": "a16w8", "weights": "int8",
+                                                                     "activations": "int16"}
+
+
+def test_mobile_int8_problems_fail_the_convert_like_onnx_int8():
+    from edgesr.export.mobile_convert import mobile_int8_problems
+    from edgesr.pipeline import int8_verdict
+
+    over = {"eval_set": "sample-held-out (a.png, b.png)", "psnr_budget": 0.1, "within_budget": False,
+            "drop": 0.5321, "schemes": [{"scheme": "a8w8", "drop": 1.02}, {"scheme": "a16w8", "drop": 0.5321}]}
+    report = {"tflite": {"fp32": {"files": ["model_fp32.tflite"], "details": {}},
+                         "int16x8": {"files": ["model_int16x8.tflite"], "details": {"verdict": over}}},
+              "ncnn": {"int8": {"files": ["m.param", "m.bin"], "details": {"verdict": over | {"within_budget": True}}}}}
+    lines = mobile_int8_problems(report)
+    assert len(lines) == 1 and "LiteRT int16x8 (model_int16x8.tflite)" in lines[0]
+    assert "tried a8w8 1.020 dB, a16w8 0.532 dB" in lines[0] and "--psnr-budget 0.54" in lines[0]
+    assert int8_verdict(report)["problems"] == lines  # the convert's exit status reads these
+
+
 def test_float_layer_search_stops_at_the_budget():
     from edgesr.export.mobile_int8 import float_layer_search
 
