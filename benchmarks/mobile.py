@@ -111,6 +111,7 @@ def _ncnn_mode(module, spec):
     return hw is not None, why
 
 
+CHOSEN: dict = {}  # model -> (float ops, activation bits) of this process's LiteRT verdict
 RECIPES: dict = {}  # (model, format) -> INT8 recipe of this process: latency reuses quality's (a SAFMN++
 # preparation is ~70 forward passes, 8 minutes at load 20 on 2 CPUs)
 
@@ -138,9 +139,11 @@ def quality(name: str, module, spec, pairs, int8: bool = True, formats: tuple[st
         try:
             t0 = time.time()
             lr = RECIPES[(name, "litert")] = LiteRtInt8(module, spec)
-            float_ops, out["verdict"]["litert"] = lr.verdict(BUDGET)
+            float_ops, v = lr.verdict(BUDGET)
+            out["verdict"]["litert"] = v
             recipes["litert"] = (lr, float_ops)
-            log(f"  {name}: LiteRT INT8 verdict {out['verdict']['litert']['drop']:.3f} dB ({time.time() - t0:.0f} s)")
+            CHOSEN[name] = (float_ops, v["activation_bits"])
+            log(f"  {name}: LiteRT INT8 verdict {v['scheme']} {v['drop']:.3f} dB ({time.time() - t0:.0f} s)")
         except Exception as e:  # noqa: BLE001 - reported, not fatal
             out["errors"]["litert"] = f"{type(e).__name__}: {e}"[:300]
     if int8 and "ncnn" in formats:
@@ -167,9 +170,10 @@ def quality(name: str, module, spec, pairs, int8: bool = True, formats: tuple[st
             out["max_abs"]["litert_fp32"] = max(out["max_abs"]["litert_fp32"], float(np.abs(y - ref).max()))
             out["litert_fp32"].append(_psnr(y, p, spec))
             if lr is not None:
-                q = lr.build(hw, float_ops)
+                bits = out["verdict"]["litert"]["activation_bits"]
+                q = lr.build(hw, float_ops, bits)
                 out["litert_int8"].append(_psnr(LiteRtRunner(q).run(x), p, spec))
-                if float_ops:
+                if float_ops or bits != 8:  # what the all-a8w8 file would lose
                     out["litert_int8_all"].append(_psnr(LiteRtRunner(lr.build(hw)).run(x), p, spec))
                 if p is pairs[0]:
                     out["kernels"]["litert"] = litert_kernel_check(q, x, y)
@@ -210,7 +214,9 @@ def litert_kernel_check(model: bytes, x: np.ndarray, ref: np.ndarray) -> dict:
         it.allocate_tensors()
         d, o = it.get_input_details()[0], it.get_output_details()[0]
         s, z = d["quantization"]
-        it.set_tensor(d["index"], np.clip(np.round(x.transpose(0, 2, 3, 1) / s + z), -128, 127).astype(np.int8))
+        info = np.iinfo(d["dtype"])
+        it.set_tensor(d["index"], np.clip(np.round(x.transpose(0, 2, 3, 1) / s + z), info.min, info.max
+                                          ).astype(d["dtype"]))
         it.invoke()
         so, zo = o["quantization"]
         q = it.get_tensor(o["index"]).astype(np.int32)
@@ -222,9 +228,15 @@ def litert_kernel_check(model: bytes, x: np.ndarray, ref: np.ndarray) -> dict:
     def psnr(y):
         return round(float(10 * np.log10(1.0 / np.mean((np.clip(y, 0, 1) - np.clip(ref, 0, 1)) ** 2))), 3)
 
-    return {"what": "int8 output codes, XNNPACK vs LiteRT reference kernels; PSNR of each vs the fp32 file "
-                    "(Set5 baby)", "max_code_diff": int(d.max()), "share_differing": round(float((d > 0).mean()), 5),
+    return {"what": "integer output codes, default kernels vs LiteRT reference kernels; PSNR of each vs the fp32 "
+                    "file (Set5 baby)", "dtype": np.dtype(it_dtype(model)).name, "max_code_diff": int(d.max()), "share_differing": round(float((d > 0).mean()), 5),
             "psnr_xnnpack_vs_fp32": psnr(fy), "psnr_reference_vs_fp32": psnr(ry)}
+
+
+def it_dtype(model: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_content=model).get_input_details()[0]["dtype"]
 
 
 def ncnn_kernel_check(param: str, weights: bytes, x: np.ndarray) -> dict:
@@ -361,6 +373,8 @@ def latency(module, spec, hw: tuple[int, int], threads: int, policy, int8: bool 
         if int8:
             recipe = RECIPES.get((name, "litert")) or LiteRtInt8(module, spec)
             runners["litert:int8"] = LiteRtRunner(recipe.build(hw), threads=threads)
+            if CHOSEN.get(name, ((), 8))[1] == 16:  # the verdict's file is a16w8: time it too
+                runners["litert:int16x8"] = LiteRtRunner(recipe.build(hw, CHOSEN[name][0], 16), threads=threads)
     except Exception as e:  # noqa: BLE001
         errors["litert"] = f"{type(e).__name__}: {e}"[:300]
     try:
@@ -384,7 +398,8 @@ def latency(module, spec, hw: tuple[int, int], threads: int, policy, int8: bool 
                 "p90_ms": round(s.p90_ms, 3), "runs": s.runs, "vs_ort_fp32": ratio_summary(s, base)}
             for k, s in stats.items()}
     return {"lr_hw": list(hw), "threads": threads, "results": rows, "errors": errors, "ort_graph": note,
-            "int8_note": "all-INT8 builds (the verdict's float layers, if any, change little of the time)",
+            "int8_note": "int8: all-a8w8 builds (the verdict's float layers, if any, change little of the time); "
+                         "int16x8: the verdict's a16w8 file, where it chose one",
             "loadavg_before": load_before, "loadavg_after": load_after}
 
 
@@ -431,6 +446,10 @@ def readme_block(data: dict) -> str:
         spread = f", {v['paired_p10']:.2f}-{v['paired_p90']:.2f}" if "paired_p10" in v else ""
         return f"{r['median_ms']:.1f} ({v['ratio']:.2f}x{spread})"
 
+    def lt_int(rows):  # the file convert writes: a16w8 where the verdict chose it
+        return (f"a16w8 {ms(rows, 'litert:int16x8')}; a8w8 {ms(rows, 'litert:int8')}" if "litert:int16x8" in rows
+                else ms(rows, "litert:int8"))
+
     for name, m in data["models"].items():
         q, rows = m["quality"], m["latency"]["results"]
         mx = q["fp32_max_abs_vs_torch"]
@@ -448,6 +467,8 @@ def readme_block(data: dict) -> str:
             v = q["verdict"].get(fmt) or {}
             fl = v.get("float_layers") or []
             over = "" if v.get("within_budget", True) else f" (over the budget: {v['drop']:.3f} held-out)"
+            if v.get("activation_bits", 8) != 8:  # the verdict fell back to LiteRT's 16x8 scheme
+                return f"{d:.3f} (a16w8: int16 activations; all-a8w8 {q['int8_drop_all_int8_db'][fmt]:.3f})" + over
             return (f"{d:.3f}" + (f" ({len(fl)} float; all-INT8 {q['int8_drop_all_int8_db'][fmt]:.3f})" if fl else "")
                     + over)
 
@@ -456,7 +477,7 @@ def readme_block(data: dict) -> str:
                ", ".join(cm.get("ops_outside_ane_list") or cm.get("concerns") or ["?"]))
                if cm["status"].startswith("converted") else cm["status"][:60])
         lines.append(f"| {name} | {par('litert')} | {drop('litert')} | {par('ncnn')} | {drop('ncnn')} | "
-                     f"{rows['ort:fp32']['median_ms']:.1f} | {ms(rows, 'litert:fp32')} | {ms(rows, 'litert:int8')} | "
+                     f"{rows['ort:fp32']['median_ms']:.1f} | {ms(rows, 'litert:fp32')} | {lt_int(rows)} | "
                      f"{ms(rows, 'ncnn:fp32')} | {ms(rows, 'ncnn:int8')} | {cml} |")
     lines += ["", END]
     return "\n".join(lines)
@@ -472,9 +493,9 @@ def _block(key: str) -> tuple[str, str]:
 def docs_blocks(data: dict, ablation_data: dict | None) -> dict[str, str]:
     """The generated parts of docs/mobile_int8.md: what the shipped INT8 files lose, the ablation,
     the kernel checks and the SAFMN++ row."""
-    shipped = ["| model | format | held-out drop, all INT8 | float convs kept | held-out drop, shipped | "
+    shipped = ["| model | format | held-out drop, all INT8 | scheme shipped | float convs kept | held-out drop, shipped | "
                "Set5 drop, shipped | Set5 drop, all INT8 | within 0.15 dB on Set5 |",
-               "|---|---|---|---|---|---|---|---|"]
+               "|---|---|---|---|---|---|---|---|---|"]
     kernels = ["| model | LiteRT: max code diff XNNPACK vs reference (share) | PSNR vs fp32: XNNPACK / reference dB | "
                "ncnn: INT8 convs checked | max relative diff vs float64 |", "|---|---|---|---|---|"]
     for name, m in data["models"].items():
@@ -482,11 +503,12 @@ def docs_blocks(data: dict, ablation_data: dict | None) -> dict[str, str]:
         for fmt in ("litert", "ncnn"):
             v = q["verdict"].get(fmt)
             if v is None or q["int8_drop_db"].get(fmt) is None:
-                shipped.append(f"| {name} | {fmt} | {q['errors'].get(fmt, 'not measured')[:80]} | | | | | |")
+                shipped.append(f"| {name} | {fmt} | {q['errors'].get(fmt, 'not measured')[:80]} | | | | | | |")
                 continue
             d, da = q["int8_drop_db"][fmt], q["int8_drop_all_int8_db"][fmt]
             fl = v.get("float_layers") or []
-            shipped.append(f"| {name} | {fmt} | {v['drop_all_int8']:.3f} | {len(fl)} | {v['drop']:.3f}"
+            scheme = v.get("scheme") or ("a8w8" if fmt == "litert" else "ncnn int8")
+            shipped.append(f"| {name} | {fmt} | {v['drop_all_int8']:.3f} | {scheme} | {len(fl)} | {v['drop']:.3f}"
                            f"{'' if v['within_budget'] else ' (over budget)'} | {d:.3f} | {da:.3f} | "
                            f"{'yes' if d <= 0.15 else 'no'} |")
         k = q.get("kernels") or {}
@@ -501,7 +523,8 @@ def docs_blocks(data: dict, ablation_data: dict | None) -> dict[str, str]:
                for f in ("litert", "ncnn") if m["quality"]["verdict"].get(f)), "sample-held-out")
     intro = (f"Generated from `benchmarks/results/mobile.json` (held-out = {ev}; budget {BUDGET} dB). Drops in dB, "
              "fp32 minus INT8 in the same format; `shipped` = the file `convert --int8` writes (convolutions the "
-             "held-out verdict keeps float, if any).")
+             "held-out verdict keeps float, if any; LiteRT a16w8 = int16 activations, where no a8w8 choice held "
+             "the budget); `all INT8` = every convolution INT8, a8w8 for LiteRT.")
     blocks = {"shipped": "\n".join([intro, ""] + shipped), "kernels": "\n".join(kernels)}
     if ablation_data:
         rows = ["| model | format | step (cumulative) | Set5 drop | held-out drop |", "|---|---|---|---|---|"]

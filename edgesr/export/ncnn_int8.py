@@ -248,6 +248,7 @@ class NcnnInt8:
                                                 symmetric=True)
         self._ready: dict = {}
         self.centring: dict[str, Any] = {}
+        self.names_hw: Any = None  # fixed-size models: the size whose layer names `skip` uses (the verdict's)
 
     def _key(self, hw) -> Any:
         return (int(hw[0]), int(hw[1])) if self.fixed else None
@@ -283,8 +284,34 @@ class NcnnInt8:
         return self._ready[key]
 
     def build(self, hw=None, skip: Sequence[str] = ()) -> tuple[str, bytes, dict[str, Any]]:
+        """INT8 (.param, .bin, info) at `hw`; `skip`: convolutions kept float, named as in the
+        conversion the verdict ran (translated to this size's names, see :meth:`names_at`)."""
         param, weights, amax = self.ready(hw)
-        return quantize_int8(param, weights, amax, skip)
+        return quantize_int8(param, weights, amax, self.names_at(hw, skip))
+
+    def names_at(self, hw, skip: Sequence[str]) -> list[str]:
+        """The convolutions `skip` names at the verdict's size, as named in the conversion at `hw`.
+        pnnx numbers layers per conversion, and a fixed-size model's conversions at other sizes
+        can number them differently (SAFMN++ at 70x70 or 86x57: its exact pooling adds ops, and
+        ``conv_15`` there is another layer or none, measured), so a convolution is matched by its
+        weights, which are the same prepared tensor at every size."""
+        if not skip or self.names_hw is None or self._key(hw) == self._key(self.names_hw):
+            return list(skip)
+        here = {k: name for name, k in self._conv_weights(hw).items()}
+        there = self._conv_weights(self.names_hw)
+        out = []
+        for name in skip:
+            if there.get(name) not in here:
+                raise QuantizationError(f"ncnn INT8: the float layer {name} has no convolution with its weights in "
+                                        f"the conversion at {hw}")
+            out.append(here[there[name]])
+        return out
+
+    def _conv_weights(self, hw) -> dict[str, bytes]:
+        param, weights, _ = self.ready(hw)
+        model = NcnnModel(param, weights)
+        return {la.name: model.conv_arrays(i)[0].tobytes() for i, la in enumerate(model.layers)
+                if la.type in CONV_TYPES}
 
     def details(self) -> dict[str, Any]:
         return {"calibration": "edgesr.quant.calibration.CalibrationSource patches"
@@ -301,6 +328,7 @@ class NcnnInt8:
 
         pairs = held_out_eval_set(self.spec.scale).pairs
         sizes = [p.lr.shape[:2] for p in pairs]
+        self.names_hw = sizes[0]  # the layer names the search uses (and returns)
         base = float(np.mean([_score(*self.reference(hw), self.spec, [p]) for hw, p in zip(sizes, pairs)]))
         memo: dict[tuple[str, ...], float] = {}
 

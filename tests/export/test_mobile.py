@@ -373,6 +373,27 @@ def test_mobile_int8_problems_fail_the_convert_like_onnx_int8():
     assert int8_verdict(report)["problems"] == lines  # the convert's exit status reads these
 
 
+@needs_ncnn
+def test_ncnn_float_layers_follow_their_weights_to_other_sizes():
+    """A fixed-size model's ncnn conversions at other sizes name their layers differently: the
+    float layers the verdict chose at its size must be the same convolutions at every size (by
+    name they were other layers or none: SAFMN++ then shipped all-INT8 at two Set5 sizes)."""
+    from edgesr.export.ncnn_format import parse_param
+    from edgesr.export.ncnn_int8 import NcnnInt8, conv_layers
+    from edgesr.spec import Spec
+
+    from helpers.models import PooledGate
+
+    recipe = NcnnInt8(PooledGate().eval(), Spec(arch="pooled-gate", scale=4), fixed=True)
+    at48, at70 = (conv_layers(recipe.ready(hw)[0]) for hw in ((48, 48), (70, 70)))
+    assert len(at48) == len(at70) == 3 and at48 != at70  # the reason
+    recipe.names_hw = (48, 48)  # as the verdict sets it
+    for hw, names in (((48, 48), at48), ((70, 70), at70)):
+        param, _, info = recipe.build(hw, [at48[0], at48[2]])
+        kept = [la.name for la in parse_param(param)[1] if la.type == "Convolution" and not int(la.get(8))]
+        assert kept == info["float_layers"] == [names[0], names[2]]
+
+
 def test_float_layer_search_stops_at_the_budget():
     from edgesr.export.mobile_int8 import float_layer_search
 

@@ -103,3 +103,24 @@ class TinyAttention(nn.Module):
         ctx = nn.functional.interpolate(nn.functional.max_pool2d(f, 4), size=f.shape[-2:], mode="bilinear",
                                         align_corners=False)
         return self.shuffle(self.up(f * self.act(self.gate(ctx))))
+
+
+class PooledGate(nn.Module):
+    """x4 with SAFMN's ``adaptive_max_pool2d(x, (h // 8, w // 8))`` context gate: pnnx converts it
+    per size (one .param per LR size), and numbers the layers differently at sizes that are not
+    multiples of 8 (more ops before the convolutions)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.head = nn.Conv2d(3, 8, 3, padding=1)
+        self.mix = nn.Conv2d(8, 8, 1)
+        self.tail = nn.Conv2d(8, 48, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        f = self.head(x)
+        ctx = nn.functional.interpolate(nn.functional.adaptive_max_pool2d(f, (h // 8, w // 8)), size=(h, w),
+                                        mode="bilinear")
+        return self.shuffle(self.tail(torch.relu(self.mix(f * torch.sigmoid(ctx)))))
