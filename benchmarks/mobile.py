@@ -229,7 +229,8 @@ def litert_kernel_check(model: bytes, x: np.ndarray, ref: np.ndarray) -> dict:
         return round(float(10 * np.log10(1.0 / np.mean((np.clip(y, 0, 1) - np.clip(ref, 0, 1)) ** 2))), 3)
 
     return {"what": "integer output codes, default kernels vs LiteRT reference kernels; PSNR of each vs the fp32 "
-                    "file (Set5 baby)", "dtype": np.dtype(it_dtype(model)).name, "max_code_diff": int(d.max()), "share_differing": round(float((d > 0).mean()), 5),
+                    "file (Set5 baby)", "dtype": np.dtype(it_dtype(model)).name, "max_code_diff": int(d.max()),
+            "share_differing": round(float((d > 0).mean()), 5),
             "psnr_xnnpack_vs_fp32": psnr(fy), "psnr_reference_vs_fp32": psnr(ry)}
 
 

@@ -337,7 +337,7 @@ def _from_mobile(path: Path, backend: str, scale, threads) -> ResolvedModel:
     """A .tflite / .param file (spec from the manifest.json beside it, else --scale), or the
     artifact of a mobile `backend` in a convert OUTDIR. Fixed-size .tflite files tile with boxes
     of exactly their size (:class:`edgesr.backends.mobile.FixedBoxRunner`)."""
-    from .backends.mobile import MOBILE_BACKENDS, coreml_unavailable, mobile_runner_for, spec_beside
+    from .backends.mobile import MOBILE_BACKENDS, bundle_artifact, coreml_unavailable, mobile_runner_for, spec_beside
     from .bundle import read_manifest
 
     spec = manifest = None
@@ -347,7 +347,7 @@ def _from_mobile(path: Path, backend: str, scale, threads) -> ResolvedModel:
         if scale is not None and spec.scale != scale:
             raise ScaleMismatch(f"--scale {scale} does not match {path} (x{spec.scale})")
         try:
-            path = manifest.artifact(MOBILE_BACKENDS[backend]).path  # loaded below from its verified bytes
+            path = bundle_artifact(manifest, backend).path  # loaded below from its verified bytes
         except Exception:  # noqa: BLE001 - BundleError: the role is absent
             if backend == "coreml":
                 raise CheckpointError(f"{path} holds no Core ML package (convert with --coreml)") from None

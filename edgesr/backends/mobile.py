@@ -22,6 +22,24 @@ MOBILE_SUFFIXES = (".tflite", ".param", ".mlpackage")
 # bench / upscale backend name -> (manifest role of the artifact in a convert OUTDIR)
 MOBILE_BACKENDS = {"litert": "tflite_fp32", "litert-int8": "tflite_int8", "ncnn": "ncnn_fp32",
                    "ncnn-int8": "ncnn_int8", "coreml": "coreml_fp16"}
+# the integer LiteRT file of a bundle is tflite_int8, or tflite_int16x8 where convert's verdict
+# fell back to int16 activations (edgesr.export.litert.SCHEMES): litert-int8 runs whichever it wrote
+OTHER_ROLES = {"tflite_int8": ("tflite_int16x8",)}
+
+
+def bundle_artifact(manifest, backend: str):
+    """The manifest artifact `backend` runs (see OTHER_ROLES); BundleError naming the first role when none is listed."""
+    role = MOBILE_BACKENDS[backend]
+    for other in OTHER_ROLES.get(role, ()):
+        if any(a.role == other for a in manifest.artifacts):
+            return manifest.artifact(other)
+    return manifest.artifact(role)
+
+
+def litert_precision(runner) -> str:
+    """fp32, int8 or int16x8 (int8 weights, int16 activations), read from a LiteRT file's input tensor."""
+    dtype = runner.io()["input"]["dtype"]
+    return {"int8": "int8", "uint8": "int8", "int16": "int16x8"}.get(dtype, "fp32")
 
 
 def is_mobile_artifact(path: Path) -> bool:
@@ -234,7 +252,7 @@ def file_backend(path: Path) -> str | None:
     if lower.endswith(".tflite"):
         from .litert_runner import LiteRtRunner
 
-        return "litert-int8" if LiteRtRunner(path).io()["input"]["dtype"] in ("int8", "uint8") else "litert"
+        return "litert" if litert_precision(LiteRtRunner(path)) == "fp32" else "litert-int8"
     if lower.endswith(".param"):
         from .ncnn_runner import read_param
 
@@ -263,7 +281,7 @@ def prepare_mobile(src, backend: str, threads: int | None, sizes) -> tuple[objec
     elif src.kind == "bundle":
         role = MOBILE_BACKENDS[backend]
         try:
-            art = src.manifest.artifact(role)
+            art = bundle_artifact(src.manifest, backend)
         except Exception:  # noqa: BLE001 - BundleError: role absent
             flag = {"litert": "--tflite", "ncnn": "--ncnn"}[fmt]
             raise BackendUnavailable(f"{src.ref} lists no {role} artifact (convert with {flag}"
@@ -275,6 +293,8 @@ def prepare_mobile(src, backend: str, threads: int | None, sizes) -> tuple[objec
         path, runner = _convert_for_bench(src, fmt, precision, threads, sizes)
         what = "INT8 without the held-out verdict, for timing" if precision == "int8" else "fp32"
         notes.append(f"converted here ({what})")
+    if fmt == "litert" and precision == "int8":
+        precision = litert_precision(runner)  # an int16x8 file is not labelled int8
     hw = getattr(runner, "input_hw", None)
     if hw is not None:
         small = [f"{h}x{w}" for h, w in sizes if h < hw[0] or w < hw[1]]

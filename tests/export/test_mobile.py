@@ -356,6 +356,11 @@ def test_litert_falls_back_to_int16_activations_when_int8_misses_the_budget(tmp_
     art = res.artifacts("tflite_int16x8")[0]
     assert art["precision"] == "int16x8" and art["quantization"] == {"name": "a16w8", "weights": "int8",
                                                                      "activations": "int16"}
+    from edgesr.backends.litert_runner import LiteRtRunner
+    from edgesr.backends.mobile import file_backend, litert_precision
+
+    f = tmp_path / "model_int16x8.tflite"  # bench / upscale run it as the integer LiteRT file, labelled int16x8
+    assert file_backend(f) == "litert-int8" and litert_precision(LiteRtRunner(f)) == "int16x8"
 
 
 def test_mobile_int8_problems_fail_the_convert_like_onnx_int8():
