@@ -329,6 +329,7 @@ def test_litert_int8_keeps_the_named_ops_float(bundled):
 
 
 @needs_litert
+@pytest.mark.slow
 def test_litert_falls_back_to_int16_activations_when_int8_misses_the_budget(tmp_path):
     """An attention-shaped model whose a8w8 file loses >1 dB on the held-out photos: `convert
     --tflite --int8`'s export tries a16w8 next, writes it under a name that says so, and the
