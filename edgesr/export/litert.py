@@ -313,7 +313,7 @@ class LiteRtInt8:
             "drop_all_int8": tried[0]["drop_all_quantized"], "drop_all_quantized": chosen["drop_all_quantized"],
             "drop": chosen["drop"], "psnr_budget": psnr_budget, "within_budget": chosen["within_budget"],
             "float_layers": chosen["float_layers"], "search": chosen["search"],
-            "schemes": [{k: v for k, v in t.items() if k != "search"} for t in tried],
+            "schemes": tried,  # each with its own search steps (a8w8's floor check says why it was left)
             "how": "one conversion per held-out image size (the .tflite is fixed-size)"}
 
     def _psnr(self, model: bytes, p) -> float:
