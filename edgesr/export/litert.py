@@ -395,6 +395,26 @@ def export_tflite(module, spec: Spec, path: str | Path, *, precision: str = "fp3
     return result
 
 
+def time_vs_fp32(fp32: bytes, quantized: bytes | str | os.PathLike, channels: int, runs: int = 3) -> dict[str, Any]:
+    """A quantized .tflite's time on this CPU against the fp32 file of the same size, interleaved
+    (:func:`edgesr.timing.time_interleaved`), one thread each: whether the file a verdict chose is
+    also faster here (LiteRT's CPU kernels for int16 activations are not XNNPACK's)."""
+    import os as _os
+
+    from ..backends.litert_runner import LiteRtRunner
+    from ..timing import TimingPolicy, ratio_summary, time_interleaved
+
+    r32, rq = LiteRtRunner(fp32, threads=1), LiteRtRunner(quantized, threads=1)
+    x = np.random.default_rng(0).random((1, channels, *r32.input_hw), dtype=np.float32)
+    load = _os.getloadavg()
+    stats = time_interleaved({"fp32": lambda: r32.run(x), "quantized": lambda: rq.run(x)},
+                             TimingPolicy(warmup_seconds=0.0, min_runs=runs, max_runs=runs, min_seconds=0.0))
+    ratio = ratio_summary(stats["quantized"], stats["fp32"])
+    return {"fp32_ms": round(stats["fp32"].median_ms, 2), "quantized_ms": round(stats["quantized"].median_ms, 2),
+            "ratio": ratio["ratio"], "rounds": runs, "threads": 1, "loadavg": [round(v, 2) for v in load],
+            "faster_than_fp32": ratio["ratio"] < 1.0, "input_hw": list(r32.input_hw)}
+
+
 def static_check(model: bytes | str | os.PathLike) -> dict[str, Any]:
     """Ops and tensor ranks of a .tflite, and what would keep it off the GPU delegate:
     tensors of rank > 4 and ops outside :data:`GPU_DELEGATE_OPS`."""

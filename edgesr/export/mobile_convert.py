@@ -36,8 +36,11 @@ def _int8_note(res: MobileExport) -> str:
     fl = ", ".join(v["float_layers"]) or "none"
     over = "" if v["within_budget"] else f" - OVER the {v['psnr_budget']} dB budget"
     scheme = f", scheme {v['scheme']} ({v['activations']} activations)" if "scheme" in v else ""
+    t = res.details.get("cpu_time_vs_fp32")
+    speed = (f", {t['ratio']:.2f}x the fp32 file's time on this CPU" + ("" if t["faster_than_fp32"] else " (SLOWER)")
+             if t else "")
     return (f", held-out drop {v['drop']:.3f} dB (all-int8 {v['drop_all_int8']:.3f}){scheme}, float layers: "
-            f"{fl}{over}")
+            f"{fl}{over}{speed}")
 
 
 def mobile_int8_problems(report: dict) -> list[str]:
@@ -68,7 +71,7 @@ def _warn_over_budget(res: MobileExport, what: str, report: dict) -> None:
 
 def export_tflite_step(deploy, spec: Spec, staging: Path, opts, artifacts: list, report: dict,
                        done: Callable[[str, str], None]) -> None:
-    from .litert import convert_fp32_bytes, default_hw, export_tflite
+    from .litert import convert_fp32_bytes, default_hw, export_tflite, time_vs_fp32
 
     hw = tuple(opts.mobile_size) if opts.mobile_size else default_hw(spec)
     section = report.setdefault("tflite", {})
@@ -76,6 +79,13 @@ def export_tflite_step(deploy, spec: Spec, staging: Path, opts, artifacts: list,
     for precision in ["fp32"] + (["int8"] if opts.int8 else []):
         res = export_tflite(deploy, spec, staging / f"model_{precision}.tflite", precision=precision, hw=hw,
                             calib=opts.calib, fp32_bytes=fp32, psnr_budget=opts.psnr_budget)
+        if res.precision != "fp32" and getattr(opts, "bench", False):
+            t = res.details["cpu_time_vs_fp32"] = time_vs_fp32(fp32, res.path, spec.in_channels)
+            if not t["faster_than_fp32"]:
+                report.setdefault("warnings", []).append(
+                    f"LiteRT {res.precision}: {res.path.name} takes {t['ratio']:.1f}x the fp32 file's time on this CPU "
+                    f"({t['quantized_ms']:.1f} vs {t['fp32_ms']:.1f} ms, {t['rounds']} interleaved rounds, 1 thread); "
+                    "on a CPU use model_fp32.tflite, and time it on the target device")
         _record(res, f"tflite_{res.precision}", section, artifacts, report["parity"]["comparisons"])
         _warn_over_budget(res, "LiteRT INT8", report)
         done(f"tflite ({res.precision})", f"input {hw[0]}x{hw[1]} NHWC, vs PyTorch max abs {res.max_abs_vs_torch:.2e}, "
@@ -152,5 +162,12 @@ def render_mobile_md(report: dict) -> list[str]:
             if v:
                 lines += [f"{title} {prec} verdict on {v['eval_set']}: fp32 {v['psnr_fp32']:.3f} dB, all-int8 drop "
                           f"{v['drop_all_int8']:.3f} dB, final drop {v['drop']:.3f} dB (budget {v['psnr_budget']}, "
-                          f"within: {v['within_budget']}), float layers: {', '.join(v['float_layers']) or 'none'}.", ""]
+                          f"within: {v['within_budget']}), float layers: {', '.join(v['float_layers']) or 'none'}"
+                          + (f"; scheme {v['scheme']} ({v['activations']} activations)" if "scheme" in v else "")
+                          + ".", ""]
+            t = (r.get("details") or {}).get("cpu_time_vs_fp32")
+            if t:
+                lines += [f"{title} {prec} on this CPU: {t['quantized_ms']:.1f} ms vs fp32 {t['fp32_ms']:.1f} ms "
+                          f"({t['ratio']:.2f}x, {t['rounds']} interleaved rounds, 1 thread, load {t['loadavg'][0]:.1f})"
+                          + ("" if t["faster_than_fp32"] else ": NOT faster than fp32 here") + ".", ""]
     return lines

@@ -362,6 +362,10 @@ def test_litert_falls_back_to_int16_activations_when_int8_misses_the_budget(tmp_
 
     f = tmp_path / "model_int16x8.tflite"  # bench / upscale run it as the integer LiteRT file, labelled int16x8
     assert file_backend(f) == "litert-int8" and litert_precision(LiteRtRunner(f)) == "int16x8"
+    from edgesr.export.litert import convert_fp32_bytes, time_vs_fp32
+
+    t = time_vs_fp32(convert_fp32_bytes(TinyAttention().eval(), spec, (48, 48)), f, 3, runs=2)
+    assert t["quantized_ms"] > 0 and t["fp32_ms"] > 0 and t["faster_than_fp32"] == (t["ratio"] < 1)
 
 
 def test_mobile_int8_problems_fail_the_convert_like_onnx_int8():
