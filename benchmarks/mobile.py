@@ -520,8 +520,9 @@ def docs_blocks(data: dict, ablation_data: dict | None) -> dict[str, str]:
                        + " | " + (str(nc["layers"]) if nc else "-") + " | "
                        + (f"{nc['max_relative_diff']:.1e}" if nc and nc["max_relative_diff"] is not None else "-")
                        + " |")
-    ev = next((m["quality"]["verdict"][f]["eval_set"] for m in data["models"].values()
-               for f in ("litert", "ncnn") if m["quality"]["verdict"].get(f)), "sample-held-out")
+    sets = {m["quality"]["verdict"][f]["eval_set"] for m in data["models"].values() for f in ("litert", "ncnn")
+            if m["quality"]["verdict"].get(f)}
+    ev = "; ".join(sorted(_eval_set_summary(e) for e in sets)) or "sample-held-out"
     intro = (f"Generated from `benchmarks/results/mobile.json` (held-out = {ev}; budget {BUDGET} dB). Drops in dB, "
              "fp32 minus INT8 in the same format; `shipped` = the file `convert --int8` writes (convolutions the "
              "held-out verdict keeps float, if any; LiteRT a16w8 = int16 activations, where no a8w8 choice held "
@@ -535,6 +536,14 @@ def docs_blocks(data: dict, ablation_data: dict | None) -> dict[str, str]:
                          for r in m[fmt]]
         blocks["ablation"] = "\n".join(rows + ["", f"Measured for: {', '.join(ablation_data['models'])}."])
     return blocks
+
+
+def _eval_set_summary(eval_set: str) -> str:
+    """'sample-held-out (a.png@0,0, a.png@0,192, b.png)' -> 'sample-held-out: 2 photos (a.png, b.png), 3 tiles'."""
+    name, _, items = eval_set.partition(" (")
+    parts = [p.strip() for p in items.rstrip(")").split(",") if p.strip() and not p.strip()[0].isdigit()]
+    photos = sorted({p.split("@")[0] for p in parts})
+    return f"{name}: {len(photos)} photos ({', '.join(photos)}), {len(parts)} " + ("tiles" if "@" in items else "images")
 
 
 def write_docs(data: dict) -> None:
