@@ -81,8 +81,8 @@ class MobileExport:
                                  "height": {"min": h or 1, "max": h}, "width": {"min": w or 1, "max": w}},
                  "max_abs_vs_torch": self.max_abs_vs_torch, "psnr_vs_torch": self.psnr_vs_torch,
                  "versions": self.versions}
-        scheme = self.details.get("scheme")
-        if scheme:  # which integer scheme the file is (LiteRT: a8w8 or a16w8), not only its precision label
+        scheme = self.details.get("scheme")  # LiteRT: {"name": "a8w8" | "a16w8", ...}; ncnn: a description
+        if isinstance(scheme, dict):  # which integer scheme the file is, not only its precision label
             main["quantization"] = {k: scheme[k] for k in ("name", "weights", "activations") if k in scheme}
         out = [main]
         if len(self.files) > 1:
