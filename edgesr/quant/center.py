@@ -13,6 +13,12 @@ is quantized on [-R, R], so half of the 255 levels are never used. Shifting the 
 
 Only convs with group 1, stride 1, dilation 1, explicit pads and a single consumer chain
 are rewritten; the function is checked on the calibration batch by the caller.
+
+The picture itself (``levels``: the graph input is an 8-bit picture, ``lo + k * step``) is
+centred at level 128, not at its calibrated range middle: the conv then reads ``(k - 128) * step``,
+which int8 with scale ``step`` and zero point 0 holds exactly (codes -128..127 are the pixels);
+the caller sets that scale (:func:`exact_input_overrides`). A calibrated scale would re-quantize
+the 256 grey levels on a grid of its own and merge some of them.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ class CenteredInput:
     lo: float
     hi: float
     how: str  # "relu->clip" | "sub"
+    conv_input: str = ""  # the tensor the conv reads after the rewrite (what gets quantized)
+    exact_step: float | None = None  # the picture's level step: int8 with this scale is exact
 
 
 @dataclass
@@ -63,11 +71,14 @@ def _centerable_conv(n, inits) -> bool:
     return len(n.input) < 3 or not n.input[2] or n.input[2] in inits
 
 
-def center_conv_inputs(model, batch: np.ndarray, *, threads: int | None = None, min_gain: float = 1.25):
+def center_conv_inputs(model, batch: np.ndarray, *, threads: int | None = None, min_gain: float = 1.25,
+                       levels=None):
     """Return (rewritten copy of `model`, CenterReport).
 
     A conv input is centred when symmetric quantization of its calibrated range [lo, hi]
-    would waste range: ``max(|lo|, |hi|) / ((hi - lo) / 2) >= min_gain``.
+    would waste range: ``max(|lo|, |hi|) / ((hi - lo) / 2) >= min_gain``. `levels`
+    (:class:`~edgesr.quant.calibration.InputLevels`): the graph input is an 8-bit picture; a conv
+    reading it is always centred, at level 128 (see the module docstring).
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -110,9 +121,13 @@ def center_conv_inputs(model, batch: np.ndarray, *, threads: int | None = None, 
             continue
         l, h = lo[t], hi[t]
         half = (h - l) / 2.0
-        if not (half > 0) or max(abs(l), abs(h)) / half < min_gain:
+        exact = levels is not None and t == graph_in
+        if exact:
+            c = float(np.float32(levels.lo + 128 * levels.step))
+        elif not (half > 0) or max(abs(l), abs(h)) / half < min_gain:
             continue
-        c = float(np.float32((h + l) / 2.0))
+        else:
+            c = float(np.float32((h + l) / 2.0))
         p = producer.get(t)
         pads = list(_attr(b, "pads", [0, 0, 0, 0]))
         tag = b.name.strip("/").replace("/", "_") or b.output[0]
@@ -170,7 +185,8 @@ def center_conv_inputs(model, batch: np.ndarray, *, threads: int | None = None, 
                 b.input.append("")
             b.input[2] = bname
         new_nodes_before.setdefault(b.name, []).extend(inserted)
-        report.inputs.append(CenteredInput(b.name, t, c, l, h, how))
+        report.inputs.append(CenteredInput(b.name, t, c, l, h, how, conv_in,
+                                           float(levels.step) if exact else None))
     if new_nodes_before:
         nodes = list(g.node)
         del g.node[:]
@@ -186,3 +202,48 @@ def center_conv_inputs(model, batch: np.ndarray, *, threads: int | None = None, 
 
 def _single_use(g, name: str) -> bool:
     return sum(1 for n in g.node for t in n.input if t == name) == 1
+
+
+def exact_input_overrides(model, profile, levels, report: CenterReport | None) -> tuple[dict[str, list], dict]:
+    """ONNX Runtime ``TensorQuantOverrides`` that quantize the picture exactly, and what they cover.
+
+    `levels` (:class:`~edgesr.quant.calibration.InputLevels` or None): the graph input's 8-bit grid.
+    Symmetric int8 profiles (``trt``, ``openvino``): each conv input centred at level 128 by
+    :func:`center_conv_inputs` gets scale ``step``, zero point 0 (codes = pixel - 128). Asymmetric
+    uint8 (``cpu``): the graph input gets scale ``step`` and the zero point of 0.0 (codes = pixels).
+    The second value says which tensors are exact and which ops read the picture some other way
+    (e.g. a mean shift before the first conv: per-channel means are not on the grid; they stay on
+    their calibrated scale)."""
+    graph_in = model.graph.input[0].name
+    info: dict = {"exact": [], "not_exact": []}
+    if levels is None:
+        info["not_exact"].append("the input is not an 8-bit RGB grid with 0 on it (one Y channel, or its "
+                                 "value range puts 0 between two levels)")
+        return {}, info
+    info |= {"step": levels.step, "zero_code": levels.zero_code}
+    overrides: dict[str, list] = {}
+    if profile.activation_symmetric and profile.activation_type == "int8":
+        for ci in (report.inputs if report is not None else []):
+            if ci.exact_step is not None:
+                overrides[ci.conv_input] = [{"scale": np.array(ci.exact_step, dtype=np.float32),
+                                             "zero_point": np.array(0, dtype=np.int8)}]
+                info["exact"].append(ci.conv)
+    elif not profile.activation_symmetric and profile.activation_type == "uint8":
+        overrides[graph_in] = [{"scale": np.array(levels.step, dtype=np.float32),
+                                "zero_point": np.array(levels.zero_code, dtype=np.uint8)}]
+        info["exact"].append(graph_in)
+    else:
+        info["not_exact"].append(f"profile {profile.name}: no exact 8-bit scheme for {profile.activation_type} "
+                                 f"{'symmetric' if profile.activation_symmetric else 'asymmetric'} activations")
+        return {}, info
+    exact_convs = set(info["exact"])
+    for n in model.graph.node:
+        if graph_in not in n.input:
+            continue
+        if profile.activation_symmetric:  # the centring Sub feeds only exact convs; a conv reads it directly
+            ok = n.name.endswith("__center_sub") or (n.op_type == "Conv" and n.name in exact_convs)
+        else:  # ORT quantizes the input tensor itself: every conv reading it reads the exact codes
+            ok = n.op_type == "Conv"
+        if not ok:
+            info["not_exact"].append(f"{n.name} ({n.op_type}) reads the picture")
+    return overrides, info

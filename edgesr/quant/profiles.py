@@ -127,6 +127,9 @@ class QuantConfig:
     equalize_alpha exponent of the equalization scales (1: all channels span the tensor's range)
     center         exact zero-centring of conv inputs for symmetric activation profiles
                    (edgesr/quant/center.py): a [0, R] tensor gets the whole int8 range
+    exact_input    quantize the picture exactly where the model input is 8-bit levels (RGB in its value
+                   range): scale = one grey level, codes = the pixels (edgesr/quant/center.py); off: the
+                   calibrated per-tensor range, which merges some of the 256 levels
     split_concat   exact split of Conv(Concat(parts)) into a float sum of per-part convs, so each
                    part gets its own int8 input scale (edgesr/quant/concat.py; SPAN's conv_cat)
     prelu          "keep" | "decompose" | "split" PRelu rewrite (None = the profile's)
@@ -161,6 +164,7 @@ class QuantConfig:
     equalize: bool = True
     equalize_alpha: float = 1.0
     center: bool = True
+    exact_input: bool = True
     split_concat: bool = True
     prelu: str | None = None  # None: the profile's choice (QuantProfile.prelu)
     gptq: bool = True
