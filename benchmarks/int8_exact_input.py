@@ -37,7 +37,8 @@ def log(msg: str) -> None:
 
 
 def picture_layers(qs) -> list[str]:
-    """The quantizable layers whose conv reads the LR picture (through the centring Sub/Pad at most)."""
+    """The quantizable layers whose conv reads the LR picture (through a mean shift, x * 255 and the centring
+    Sub/Pad at most)."""
     import onnx
 
     m = onnx.load(str(qs.fp32_path))
@@ -48,7 +49,7 @@ def picture_layers(qs) -> list[str]:
         if n.op_type != "Conv":
             continue
         src, hops = n.input[0], 0
-        while src in producer and producer[src].op_type in ("Sub", "Pad") and hops < 2:
+        while src in producer and producer[src].op_type in ("Sub", "Pad", "Mul") and hops < 3:
             src, hops = producer[src].input[0], hops + 1
         if src == graph_in:
             names.add(n.name)

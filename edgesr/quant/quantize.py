@@ -432,19 +432,19 @@ class QuantSession:
                 _check_exact(srep.max_abs_change, "the concat-conv split", "split_concat")
                 self.concat_report = srep.to_dict()
         from .calibration import input_levels
-        from .center import CenterReport, center_conv_inputs, exact_input_overrides
+        from .center import CenterReport, center_conv_inputs, exact_input_overrides, picture_grids
 
-        levels = input_levels(spec) if config.exact_input else None
+        grids = picture_grids(model, input_levels(spec)) if config.exact_input else {}
         crep = None
         if config.center and profile.activation_symmetric:
-            model, crep = center_conv_inputs(model, source.patches, threads=config.threads, levels=levels)
+            model, crep = center_conv_inputs(model, source.patches, threads=config.threads, grids=grids)
             _check_exact(crep.max_abs_change, "zero-centring", "center")
             self.center_report = crep.to_dict()
         self.overrides: dict[str, list] = {}
         self.exact_input_report = None
         if config.exact_input:
             self.overrides, self.exact_input_report = exact_input_overrides(
-                model, profile, levels, crep if crep is not None else CenterReport())
+                model, profile, grids, crep if crep is not None else CenterReport())
         self.fp32_path = work / "fp32.onnx"
         onnx.save(model, str(self.fp32_path))
         from .sensitivity import constant_operand_nodes

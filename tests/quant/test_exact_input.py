@@ -31,9 +31,14 @@ def etds(tmp_path_factory):
     return path, v.spec
 
 
+# what may stand between the picture and its last QuantizeLinear: the centring Sub/Pad, a scalar Mul
+# (x * 255) and, in ORT's own placement (cpu), that Mul's own Q/DQ
+_WALK = ("Sub", "Pad", "Mul", "QuantizeLinear", "DequantizeLinear")
+
+
 def _picture_qdq(model):
     """(Q, DQ) of the first conv's quantized input: the QuantizeLinear fed (through the centring
-    Sub/Pad, if any) by the graph input."""
+    Sub/Pad and a scalar Mul, if any) by the graph input."""
     graph_in = model.graph.input[0].name
     producer = {o: n for n in model.graph.node for o in n.output}
     for conv in (n for n in model.graph.node if n.op_type == "Conv"):
@@ -42,7 +47,7 @@ def _picture_qdq(model):
             continue
         q = producer[dq.input[0]]
         src, seen = q.input[0], 0
-        while src != graph_in and src in producer and producer[src].op_type in ("Sub", "Pad") and seen < 3:
+        while src != graph_in and src in producer and producer[src].op_type in _WALK and seen < 6:
             src, seen = producer[src].input[0], seen + 1
         if src == graph_in:
             return q, dq
@@ -118,3 +123,40 @@ def test_input_levels_only_for_8bit_rgb_grids():
     assert lv is not None and lv.step == 1.0 and lv.zero_code == 0
     assert input_levels(Spec(arch="x", scale=2, in_channels=1)) is None  # BT.601 Y is not on the grid
     assert input_levels(Spec(arch="x", scale=2, value_range=(-1.0, 1.0))) is None  # 0 falls between two levels
+
+
+class _Scaled(torch.nn.Module):
+    """RLFN's input convention (x * 255), or SPAN's ((x - mean) * 255) with `mean`."""
+
+    def __init__(self, mean: bool):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.up = torch.nn.Conv2d(8, 12, 3, padding=1)
+        self.ps = torch.nn.PixelShuffle(2)
+        self.register_buffer("mean", torch.tensor([0.4488, 0.4371, 0.4040]).view(1, 3, 1, 1) if mean else None)
+
+    def forward(self, x):
+        if self.mean is not None:
+            x = x - self.mean
+        return self.ps(self.up(torch.relu(self.conv(x * 255.0)))) / 255.0
+
+
+@pytest.mark.parametrize("profile, offset", [("trt", 128), ("openvino", 0), ("cpu", 0)])
+def test_a_scalar_range_change_keeps_the_picture_exact_a_mean_shift_is_reported(tmp_path, profile, offset):
+    torch.manual_seed(0)
+    spec = Spec(arch="x", scale=2)
+    evalset = held_out_eval_set(2, max_side=48)
+    for mean in (False, True):
+        path = tmp_path / f"m{int(mean)}.onnx"
+        torch.onnx.export(_Scaled(mean).eval(), (torch.rand(1, 3, 16, 16),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}, "output": {0: "n", 2: "h", 3: "w"}})
+        res = quantize_model(path, tmp_path / f"q{int(mean)}.onnx", spec, QuantConfig(profile=profile, **FAST),
+                             eval_set=evalset)
+        if mean:  # per-channel means put the channels on three grids: not exact, and said so
+            assert not res.exact_input["exact"] and any("Sub" in s for s in res.exact_input["not_exact"])
+            continue
+        assert res.exact_input["exact"] and not res.exact_input["not_exact"]
+        pixels, codes, back, pre = _codes_and_roundtrip(res.path, spec)
+        np.testing.assert_array_equal(codes, pixels - offset)
+        assert np.abs(back - pre).max() < 1e-6 * 255
