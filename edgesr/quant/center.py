@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .profiles import COMPUTE_OPS
+
 
 @dataclass
 class CenteredInput:
@@ -204,6 +206,12 @@ def _single_use(g, name: str) -> bool:
     return sum(1 for n in g.node for t in n.input if t == name) == 1
 
 
+# Ops that only move, copy or drop values of their first input (ECBSR's residual: the picture tiled to
+# scale^2 channels): their output holds the same grid.
+_MOVES_VALUES = ("Unsqueeze", "Squeeze", "Reshape", "Tile", "Expand", "Transpose", "Slice", "DepthToSpace",
+                 "SpaceToDepth", "Identity", "Flatten")
+
+
 def picture_grids(model, levels) -> dict:
     """Tensors that hold the picture's 256 levels: the graph input (`levels`, an
     :class:`~edgesr.quant.calibration.InputLevels`) and what a chain of single-input affine ops with a
@@ -222,6 +230,9 @@ def picture_grids(model, levels) -> dict:
             consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
     grids = {model.graph.input[0].name: levels}
     for n in model.graph.node:  # topological order: a chain is followed in one pass
+        if n.op_type in _MOVES_VALUES and n.input and n.input[0] in grids:  # same values, other places
+            grids[n.output[0]] = grids[n.input[0]]
+            continue
         if n.op_type not in ("Mul", "Div", "Add", "Sub") or len(n.input) != 2:
             continue
         src = [t for t in n.input if t in grids]
@@ -273,12 +284,13 @@ def exact_input_overrides(model, profile, grids: dict, report: CenterReport | No
             overrides[t] = [{"scale": np.array(g.step, dtype=np.float32),
                              "zero_point": np.array(g.zero_code, dtype=np.uint8)}]
         info["exact"] = [n.name for n in model.graph.node if n.op_type == "Conv" and n.input[0] in grids]
-        ok = lambda n: n.op_type == "Conv" or n.output[0] in grids  # noqa: E731
+        # every grid tensor carries the exact scale: a quantized op reading one reads the pixels
+        ok = lambda n: n.op_type in COMPUTE_OPS or n.output[0] in grids  # noqa: E731
     else:
         info["not_exact"].append(f"profile {profile.name}: no exact 8-bit scheme for {profile.activation_type} "
                                  f"{'symmetric' if profile.activation_symmetric else 'asymmetric'} activations")
         return {}, info
     for n in model.graph.node:
-        if any(t in grids for t in n.input) and not ok(n):
+        if any(t in grids for t in n.input) and not ok(n) and n.op_type not in ("Shape", "Size"):  # (reads no value)
             info["not_exact"].append(f"{n.name} ({n.op_type}) reads the picture")
     return overrides, info

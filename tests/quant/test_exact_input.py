@@ -160,3 +160,22 @@ def test_a_scalar_range_change_keeps_the_picture_exact_a_mean_shift_is_reported(
         pixels, codes, back, pre = _codes_and_roundtrip(res.path, spec)
         np.testing.assert_array_equal(codes, pixels - offset)
         assert np.abs(back - pre).max() < 1e-6 * 255
+
+
+def test_the_picture_moved_by_shape_ops_keeps_its_grid(tmp_path):
+    """ECBSR adds the picture tiled to scale^2 channels (Unsqueeze/Tile/Reshape) to its output: uint8
+    profiles quantize that copy exactly too; trt's symmetric int8 cannot without centring, and says so."""
+    from edgesr.export.onnx import export_onnx
+
+    torch.manual_seed(0)
+    v = build_variant("ecbsr-m4c16-x2", form="deploy")
+    path = export_onnx(v.module.eval(), v.spec, tmp_path / "ecbsr.onnx", simplify=False).path
+    evalset = held_out_eval_set(2, max_side=48)
+    for profile in ("openvino", "cpu", "trt"):
+        res = quantize_model(path, tmp_path / f"{profile}.onnx", v.spec, QuantConfig(profile=profile, **FAST),
+                             eval_set=evalset)
+        assert res.exact_input["exact"]
+        if profile == "trt":
+            assert [s for s in res.exact_input["not_exact"] if "(Add)" in s]
+        else:
+            assert res.exact_input["not_exact"] == []
