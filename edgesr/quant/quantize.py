@@ -627,6 +627,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
             "edgesr.int8.psnr_int8": f"{psnr_int8:.4f}",
             "edgesr.int8.equalized": json.dumps(bool(config.equalize)),
             "edgesr.int8.centered": json.dumps(bool(qs.center_report and qs.center_report["inputs"])),
+            "edgesr.int8.exact_input": json.dumps((qs.exact_input_report or {}).get("exact", [])),
             "edgesr.int8.finetuned": json.dumps(bool(finetune_info and finetune_info["applied"])),
         })
         _set_metadata(qmodel, meta)

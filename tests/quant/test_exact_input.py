@@ -4,6 +4,8 @@ Each case also runs the old calibrated scheme (exact_input=False) and requires i
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -104,6 +106,8 @@ def test_picture_codes_are_the_pixels(etds, tmp_path, profile, offset):
     pixels, codes, back, pre = _codes_and_roundtrip(res.path, spec)
     np.testing.assert_array_equal(codes, pixels - offset)  # codes ARE the pixels: 256 distinct levels
     assert np.abs(back - pre).max() < 1e-6  # dequantize(quantize(x)) == x (float32 rounding only)
+    meta = {p.key: p.value for p in onnx.load(str(res.path)).metadata_props}
+    assert json.loads(meta["edgesr.int8.exact_input"]) == res.exact_input["exact"]  # the file says so too
     if profile == "trt":
         assert check_trt_qdq(onnx.load(str(res.path))) == []  # zero point 0, int8: still what TensorRT takes
 
