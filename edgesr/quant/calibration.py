@@ -109,6 +109,33 @@ def to_model_input(lr_u8: np.ndarray, spec: Spec) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class InputLevels:
+    """The values an 8-bit picture takes at the model's input: ``lo + k * step``, k = 0..255.
+
+    ``zero_code`` is the k of 0.0 (what zero padding means): an integer, or the grid is not used."""
+
+    lo: float
+    step: float
+    zero_code: int
+
+
+def input_levels(spec: Spec) -> InputLevels | None:
+    """The 256-level grid of the model input made from an 8-bit RGB picture (:func:`to_model_input`),
+    or None where the input is not such a grid (one Y channel: BT.601 Y of 8-bit RGB takes other values)
+    or where 0 - the conv's zero padding - is not one of its levels (a range like [-1, 1])."""
+    if spec.in_channels != 3:
+        return None
+    lo, hi = (float(v) for v in spec.value_range)
+    step = (hi - lo) / 255.0
+    if not step > 0:
+        return None
+    k0 = -lo / step
+    if abs(k0 - round(k0)) > 1e-6 or not 0 <= round(k0) <= 255:
+        return None
+    return InputLevels(lo, step, int(round(k0)))
+
+
 def from_model_output(y: np.ndarray, spec: Spec) -> np.ndarray:
     """CxHxW model output -> float HxWxC RGB (or HxWx1) in [0, 1]."""
     lo, hi = spec.value_range

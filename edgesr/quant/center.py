@@ -13,6 +13,12 @@ is quantized on [-R, R], so half of the 255 levels are never used. Shifting the 
 
 Only convs with group 1, stride 1, dilation 1, explicit pads and a single consumer chain
 are rewritten; the function is checked on the calibration batch by the caller.
+
+The picture itself (``levels``: the graph input is an 8-bit picture, ``lo + k * step``) is
+centred at level 128, not at its calibrated range middle: the conv then reads ``(k - 128) * step``,
+which int8 with scale ``step`` and zero point 0 holds exactly (codes -128..127 are the pixels);
+the caller sets that scale (:func:`exact_input_overrides`). A calibrated scale would re-quantize
+the 256 grey levels on a grid of its own and merge some of them.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from .profiles import COMPUTE_OPS
 
 
 @dataclass
@@ -30,6 +38,8 @@ class CenteredInput:
     lo: float
     hi: float
     how: str  # "relu->clip" | "sub"
+    conv_input: str = ""  # the tensor the conv reads after the rewrite (what gets quantized)
+    exact_step: float | None = None  # the picture's level step: int8 with this scale is exact
 
 
 @dataclass
@@ -63,11 +73,14 @@ def _centerable_conv(n, inits) -> bool:
     return len(n.input) < 3 or not n.input[2] or n.input[2] in inits
 
 
-def center_conv_inputs(model, batch: np.ndarray, *, threads: int | None = None, min_gain: float = 1.25):
+def center_conv_inputs(model, batch: np.ndarray, *, threads: int | None = None, min_gain: float = 1.25,
+                       grids: dict | None = None):
     """Return (rewritten copy of `model`, CenterReport).
 
     A conv input is centred when symmetric quantization of its calibrated range [lo, hi]
-    would waste range: ``max(|lo|, |hi|) / ((hi - lo) / 2) >= min_gain``.
+    would waste range: ``max(|lo|, |hi|) / ((hi - lo) / 2) >= min_gain``. `grids`
+    (:func:`picture_grids`): tensors that hold the 8-bit picture's levels; a conv reading one is
+    always centred, at level 128 (see the module docstring).
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -104,15 +117,19 @@ def center_conv_inputs(model, batch: np.ndarray, *, threads: int | None = None, 
     for b in cands:
         t = b.input[0]
         cons = consumers.get(t, [])
-        if len(cons) != 1 and t != graph_in:
+        if len(cons) != 1 and t != graph_in and t not in (grids or {}):
             continue
         if len(b.input) > 2 and b.input[2] and not _single_use(g, b.input[2]):
             continue
         l, h = lo[t], hi[t]
         half = (h - l) / 2.0
-        if not (half > 0) or max(abs(l), abs(h)) / half < min_gain:
+        levels = (grids or {}).get(t)
+        if levels is not None:
+            c = float(np.float32(levels.lo + 128 * levels.step))
+        elif not (half > 0) or max(abs(l), abs(h)) / half < min_gain:
             continue
-        c = float(np.float32((h + l) / 2.0))
+        else:
+            c = float(np.float32((h + l) / 2.0))
         p = producer.get(t)
         pads = list(_attr(b, "pads", [0, 0, 0, 0]))
         tag = b.name.strip("/").replace("/", "_") or b.output[0]
@@ -170,7 +187,8 @@ def center_conv_inputs(model, batch: np.ndarray, *, threads: int | None = None, 
                 b.input.append("")
             b.input[2] = bname
         new_nodes_before.setdefault(b.name, []).extend(inserted)
-        report.inputs.append(CenteredInput(b.name, t, c, l, h, how))
+        report.inputs.append(CenteredInput(b.name, t, c, l, h, how, conv_in,
+                                           float(levels.step) if levels is not None else None))
     if new_nodes_before:
         nodes = list(g.node)
         del g.node[:]
@@ -186,3 +204,93 @@ def center_conv_inputs(model, batch: np.ndarray, *, threads: int | None = None, 
 
 def _single_use(g, name: str) -> bool:
     return sum(1 for n in g.node for t in n.input if t == name) == 1
+
+
+# Ops that only move, copy or drop values of their first input (ECBSR's residual: the picture tiled to
+# scale^2 channels): their output holds the same grid.
+_MOVES_VALUES = ("Unsqueeze", "Squeeze", "Reshape", "Tile", "Expand", "Transpose", "Slice", "DepthToSpace",
+                 "SpaceToDepth", "Identity", "Flatten")
+
+
+def picture_grids(model, levels) -> dict:
+    """Tensors that hold the picture's 256 levels: the graph input (`levels`, an
+    :class:`~edgesr.quant.calibration.InputLevels`) and what a chain of single-input affine ops with a
+    scalar constant makes of it (``x * 255``: RLFN, SPAN; ``x - 0.5``). A per-channel constant (a
+    mean shift: SPAN's ``x - mean``) ends the chain: its channels sit on three different grids,
+    which one per-tensor scale and zero point cannot hold."""
+    from onnx import numpy_helper
+
+    from .calibration import InputLevels
+
+    if levels is None:
+        return {}
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    grids = {model.graph.input[0].name: levels}
+    for n in model.graph.node:  # topological order: a chain is followed in one pass
+        if n.op_type in _MOVES_VALUES and n.input and n.input[0] in grids:  # same values, other places
+            grids[n.output[0]] = grids[n.input[0]]
+            continue
+        if n.op_type not in ("Mul", "Div", "Add", "Sub") or len(n.input) != 2:
+            continue
+        src = [t for t in n.input if t in grids]
+        other = [t for t in n.input if t not in grids]
+        if len(src) != 1 or len(other) != 1 or other[0] not in consts or consts[other[0]].size != 1:
+            continue
+        g, v = grids[src[0]], float(consts[other[0]].reshape(()))
+        if n.op_type in ("Mul", "Div"):
+            a = v if n.op_type == "Mul" else (1.0 / v if v else 0.0)
+            if not a > 0 or (n.op_type == "Div" and n.input[0] != src[0]):
+                continue
+            lo, step = g.lo * a, g.step * a
+        else:
+            if n.op_type == "Sub" and n.input[0] != src[0]:
+                continue
+            lo, step = g.lo + (v if n.op_type == "Add" else -v), g.step
+        k0 = -lo / step
+        if abs(k0 - round(k0)) > 1e-4 or not 0 <= round(k0) <= 255:  # zero padding must stay a level
+            continue
+        grids[n.output[0]] = InputLevels(lo, step, int(round(k0)))
+    return grids
+
+
+def exact_input_overrides(model, profile, grids: dict, report: CenterReport | None) -> tuple[dict[str, list], dict]:
+    """ONNX Runtime ``TensorQuantOverrides`` that quantize the picture exactly, and what they cover.
+
+    `grids` (:func:`picture_grids`): the tensors holding the picture's levels. Symmetric int8 profiles
+    (``trt``): each conv input centred at level 128 by :func:`center_conv_inputs` gets scale ``step``,
+    zero point 0 (codes = pixel - 128). uint8 profiles (``cpu``, ``openvino``): every grid tensor gets
+    scale ``step`` and the zero point of 0.0 (codes = pixels). The second value says which tensors are
+    exact and which ops read the picture some other way (they keep their calibrated scale)."""
+    info: dict = {"exact": [], "not_exact": []}
+    if not grids:
+        info["not_exact"].append("the input is not an 8-bit RGB grid with 0 on it (one Y channel, or its "
+                                 "value range puts 0 between two levels)")
+        return {}, info
+    overrides: dict[str, list] = {}
+    if profile.activation_symmetric and profile.activation_type == "int8":
+        for ci in (report.inputs if report is not None else []):
+            if ci.exact_step is not None:
+                overrides[ci.conv_input] = [{"scale": np.array(ci.exact_step, dtype=np.float32),
+                                             "zero_point": np.array(0, dtype=np.int8)}]
+                info["exact"].append(ci.conv)
+        exact_convs = set(info["exact"])
+        ok = lambda n: (n.name.endswith("__center_sub") or n.name in exact_convs  # noqa: E731
+                        or n.output[0] in grids)
+    elif not profile.activation_symmetric and profile.activation_type == "uint8":
+        for t, g in grids.items():
+            overrides[t] = [{"scale": np.array(g.step, dtype=np.float32),
+                             "zero_point": np.array(g.zero_code, dtype=np.uint8)}]
+        info["exact"] = [n.name for n in model.graph.node if n.op_type == "Conv" and n.input[0] in grids]
+        # every grid tensor carries the exact scale: a quantized op reading one reads the pixels
+        ok = lambda n: n.op_type in COMPUTE_OPS or n.output[0] in grids  # noqa: E731
+    else:
+        info["not_exact"].append(f"profile {profile.name}: no exact 8-bit scheme for {profile.activation_type} "
+                                 f"{'symmetric' if profile.activation_symmetric else 'asymmetric'} activations")
+        return {}, info
+    for n in model.graph.node:
+        if any(t in grids for t in n.input) and not ok(n) and n.op_type not in ("Shape", "Size"):  # (reads no value)
+            info["not_exact"].append(f"{n.name} ({n.op_type}) reads the picture")
+    return overrides, info

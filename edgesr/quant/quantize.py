@@ -72,6 +72,7 @@ class QuantResult:
     calibration: dict[str, Any] = field(default_factory=dict)
     equalization: dict[str, Any] | None = None
     centering: dict[str, Any] | None = None
+    exact_input: dict[str, Any] | None = None  # which conv inputs read the 8-bit picture exactly (center.py)
     prelu_rewrite: dict[str, Any] | None = None
     concat_split: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None  # FinetuneReport + held-out scores; None: not run
@@ -252,8 +253,10 @@ class _Session:
     """One model + calibration: builds QDQ variants from the cached ranges and scores them."""
 
     def __init__(self, fp32_path: Path, spec: Spec, config: QuantConfig, ranges_path: Path,
-                 evalset: EvalSet, workdir: Path, layers: list[Layer], refiner=None):
+                 evalset: EvalSet, workdir: Path, layers: list[Layer], refiner=None,
+                 overrides: dict[str, list] | None = None):
         self.fp32_path, self.spec, self.config = fp32_path, spec, config
+        self.overrides = overrides or {}  # TensorQuantOverrides: the exact 8-bit picture (center.py)
         self.profile: QuantProfile = config.quant_profile
         self.ranges_path, self.evalset, self.workdir = ranges_path, evalset, workdir
         self.layers = {layer.name: layer for layer in layers}
@@ -288,6 +291,8 @@ class _Session:
             self.builds += 1
             return
         extra = self.profile.extra_options()
+        if self.overrides:
+            extra["TensorQuantOverrides"] = dict(self.overrides)
         extra.update(self.config.extra)
         try:
             with _quiet():
@@ -426,12 +431,20 @@ class QuantSession:
             if srep.convs:
                 _check_exact(srep.max_abs_change, "the concat-conv split", "split_concat")
                 self.concat_report = srep.to_dict()
-        if config.center and profile.activation_symmetric:
-            from .center import center_conv_inputs
+        from .calibration import input_levels
+        from .center import CenterReport, center_conv_inputs, exact_input_overrides, picture_grids
 
-            model, crep = center_conv_inputs(model, source.patches, threads=config.threads)
+        grids = picture_grids(model, input_levels(spec)) if config.exact_input else {}
+        crep = None
+        if config.center and profile.activation_symmetric:
+            model, crep = center_conv_inputs(model, source.patches, threads=config.threads, grids=grids)
             _check_exact(crep.max_abs_change, "zero-centring", "center")
             self.center_report = crep.to_dict()
+        self.overrides: dict[str, list] = {}
+        self.exact_input_report = None
+        if config.exact_input:
+            self.overrides, self.exact_input_report = exact_input_overrides(
+                model, profile, grids, crep if crep is not None else CenterReport())
         self.fp32_path = work / "fp32.onnx"
         onnx.save(model, str(self.fp32_path))
         from .sensitivity import constant_operand_nodes
@@ -458,7 +471,8 @@ class QuantSession:
             perms = profile.reduce_range if config.gptq_color_permutations is None else config.gptq_color_permutations
             refiner = WeightRefiner(model, source.patches, gptq=config.gptq, bias_correction=config.bias_correction,
                                     color_permutations=perms, threads=config.threads)
-        self._qs = _Session(self.fp32_path, spec, config, ranges_path, self.evalset, work, layers, refiner)
+        self._qs = _Session(self.fp32_path, spec, config, ranges_path, self.evalset, work, layers, refiner,
+                            self.overrides)
         self.psnr_fp32 = evaluate(self.fp32_path, spec, self.evalset, config.threads, profile.runtime).psnr
         self.psnr_int8_all = self._qs.score([])
         self.workdir = work
@@ -489,7 +503,7 @@ class QuantSession:
                                                        f"decrease ({rep.loss_start:.3e} -> {rep.loss_end:.3e})"}
         q = self._qs
         tuned = _Session(q.fp32_path, q.spec, q.config, q.ranges_path, q.evalset, q.workdir, list(q.layers.values()),
-                         _Refiners(q.refiner, learned))
+                         _Refiners(q.refiner, learned), q.overrides)
         after = tuned.score([])
         info |= {"psnr_int8_all_after": after, "applied": after > before}
         if info["applied"]:
@@ -534,7 +548,7 @@ class QuantSession:
             small = EvalSet(f"{self.evalset.name} (centre crops <= {min(side, self.RANK_SIDE)} px)", s, pairs)
             q = self._qs
             self._rank_qs = _Session(q.fp32_path, q.spec, q.config, q.ranges_path, small, q.workdir,
-                                     list(q.layers.values()), q.refiner)
+                                     list(q.layers.values()), q.refiner, q.overrides)
             self.psnr_fp32_rank = evaluate(q.fp32_path, q.spec, small, q.config.threads, q.profile.runtime).psnr
         return self._rank_qs
 
@@ -613,6 +627,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
             "edgesr.int8.psnr_int8": f"{psnr_int8:.4f}",
             "edgesr.int8.equalized": json.dumps(bool(config.equalize)),
             "edgesr.int8.centered": json.dumps(bool(qs.center_report and qs.center_report["inputs"])),
+            "edgesr.int8.exact_input": json.dumps((qs.exact_input_report or {}).get("exact", [])),
             "edgesr.int8.finetuned": json.dumps(bool(finetune_info and finetune_info["applied"])),
         })
         _set_metadata(qmodel, meta)
@@ -620,7 +635,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         with atomic_path(out) as tmp_out:
             onnx.save(qmodel, str(tmp_out))
         source = qs.source
-        reports = (qs.eq_report, qs.center_report, qs.prelu_report, qs.concat_report)
+        reports = (qs.eq_report, qs.center_report, qs.prelu_report, qs.concat_report, qs.exact_input_report)
 
     result = QuantResult(
         path=out, profile=profile.name, config=config.to_dict(), float_nodes=float_nodes,
@@ -630,7 +645,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         sensitivity=rows, layers=[layer.name for layer in layers],
         search_steps=[asdict(s) for s in result_search.steps] if result_search else [],
         calibration=source.describe() | {"method": config.method}, equalization=reports[0],
-        centering=reports[1], prelu_rewrite=reports[2], concat_split=reports[3], finetune=finetune_info,
+        centering=reports[1], exact_input=reports[4], prelu_rewrite=reports[2], concat_split=reports[3], finetune=finetune_info,
         test_set=test_set.name if test_set is not None else None, test_psnr_fp32=test_fp32,
         test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings)
     if sensitivity_png and rows:

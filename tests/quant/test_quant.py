@@ -393,6 +393,7 @@ def test_trt_profile_builds_a_tensorrt_rtx_engine(tiny, small_eval, tmp_path):
                              QuantConfig(profile="trt", psnr_budget=None, **FAST), eval_set=small_eval)
         ops = {n.op_type for n in onnx.load(str(res.path)).graph.node}
         assert {"Pad", "Sub"} <= ops  # the zero-centring is in the graph TensorRT parses
+        assert res.exact_input["exact"]  # ... and the picture's exact int8 codes (pixel - 128, scale 1/255)
         assert inspect_onnx(res.path).problems == ()
         art = build_engine(res.path, tmp_path / name, options=BuildOptions(max_threads=1),
                            profile=ShapeProfile.from_spec(spec, opt_hw=(32, 32), max_hw=(64, 64)))
