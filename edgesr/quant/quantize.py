@@ -302,11 +302,17 @@ class _Session:
         except (ValueError, RuntimeError, KeyError) as e:
             raise QuantizationError(f"ONNX Runtime quantizer failed: {str(e).splitlines()[0][:300]}") from None
         self.builds += 1
-        if self.refiner is not None:
+        guard = self.profile.runtime == "onnxruntime" and self.profile.placement == "ort"
+        if self.refiner is not None or guard:
             import onnx
 
             qm = onnx.load(str(out))
-            self.refiner.apply(qm)
+            if self.refiner is not None:
+                self.refiner.apply(qm)
+            if guard:  # ORT would quantize a float conv fed by an int8 tensor (float_layers.py)
+                from .float_layers import keep_float_layers_float
+
+                keep_float_layers_float(qm)
             onnx.save(qm, str(out))
 
     def score(self, float_layers: Sequence[str], only: str | None = None) -> float:
