@@ -452,6 +452,9 @@ class QuantSession:
         out_name = model.graph.output[0].name
         if out_name in ranges and _all_zero(ranges[out_name]):
             raise QuantizationError("the model's output is all zeros for the calibration data")
+        from .saturation import clip_saturating_ranges
+
+        self.saturation_clipped = clip_saturating_ranges(model, ranges)
         from onnxruntime.quantization.calibrate import save_tensors_data
 
         ranges_path = work / "ranges.json"
