@@ -75,6 +75,7 @@ class QuantResult:
     prelu_rewrite: dict[str, Any] | None = None
     concat_split: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None  # FinetuneReport + held-out scores; None: not run
+    speed: dict[str, Any] | None = None  # the final graph vs fp32, timed by the search (quant/speed.py)
     test_set: str | None = None
     test_psnr_fp32: float | None = None
     test_psnr_int8: float | None = None
@@ -586,16 +587,28 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
             methods = ("only", "except") if (full_sensitivity or sensitivity_png) else (config.sensitivity,)
             qs._rank_session()
             rows = sensitivity(layers, qs.score_rank, qs.psnr_fp32_rank, qs.score_rank([]), methods, config.progress)
+        probe = None
         if need and budget is not None:
             order = ranking(rows, config.sensitivity)
+            probe = _speed_probe(qs, spec, config)
             result_search = search(order, qs.score, psnr_fp32, psnr_all, budget, max_float_layers(config, len(layers)),
-                                   progress=config.progress)
+                                   progress=config.progress, speed=_speed_fn(qs, probe) if probe else None)
             if not result_search.within_budget:
                 warnings.append(f"no INT8 graph held the {budget} dB budget on {evalset.name}: the best one "
                                 f"evaluated loses {result_search.drop:.3f} dB with {len(result_search.float_layers)} "
                                 f"of {len(layers)} layers float (all-int8: {psnr_fp32 - psnr_all:.3f} dB)")
         float_layers = result_search.float_layers if result_search else []
         final_tmp = qs.build(qs.workdir / "final.onnx", float_layers)
+        speed_info = None
+        if probe is not None and result_search is not None:
+            ratio, fast = probe(final_tmp)
+            speed_info = {"speedup_vs_fp32": ratio, "min_speedup": config.min_speedup, "lr_hw": list(probe.x.shape[2:]),
+                          "timed_candidates": probe.timings,
+                          "not_taken_too_slow": [{"float_layers": s.float_layers, "speedup": s.speedup}
+                                                 for s in result_search.skipped_slow]}
+            if result_search.skipped_slow:
+                warnings.append(f"{len(result_search.skipped_slow)} float-layer candidate(s) were not taken: slower "
+                                f"than {config.min_speedup}x fp32 on this machine")
         psnr_int8 = qs.score(float_layers)
 
         qmodel = onnx.load(str(final_tmp))
@@ -641,7 +654,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         calibration=source.describe() | {"method": config.method}, equalization=reports[0],
         centering=reports[1], prelu_rewrite=reports[2], concat_split=reports[3], finetune=finetune_info,
         test_set=test_set.name if test_set is not None else None, test_psnr_fp32=test_fp32,
-        test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings)
+        test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings, speed=speed_info)
     if sensitivity_png and rows:
         from .sensitivity import plot_sensitivity
 
@@ -651,6 +664,35 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
                          f"(Y-PSNR on {evalset.name})", float_layers=float_layers)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _speed_probe(qs: "QuantSession", spec: Spec, config: QuantConfig):
+    """A SpeedProbe for ONNX Runtime CPU graphs (None: speed not measured for this profile)."""
+    profile = config.quant_profile
+    if config.min_speedup is None or profile.runtime != "onnxruntime" or profile.placement != "ort":
+        return None
+    from .speed import SpeedProbe
+
+    fixed = None
+    if _fixed_hw(qs.fp32_path):
+        import onnx
+
+        dims = onnx.load(str(qs.fp32_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        fixed = (dims[2].dim_value, dims[3].dim_value)
+    return SpeedProbe(qs.fp32_path, spec.in_channels, config.min_speedup, config.threads, fixed)
+
+
+def _speed_fn(qs: "QuantSession", probe):
+    """speed(float_layers) for the search: build the candidate, time it against fp32 (memoized)."""
+    memo: dict[tuple, tuple[float, bool]] = {}
+
+    def speed(float_layers: Sequence[str]) -> tuple[float, bool]:
+        key = tuple(sorted(float_layers))
+        if key not in memo:
+            memo[key] = probe(qs.build(qs.workdir / "speed_candidate.onnx", float_layers))
+        return memo[key]
+
+    return speed
 
 
 def verdict_criterion(budget: float | None) -> str:

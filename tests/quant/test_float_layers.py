@@ -99,3 +99,14 @@ def test_etds_t_float_layer_costs_no_more_than_all_int8(ckpt_dir, tmp_path):
     with QuantSession(path, spec, cfg, eval_set=ev) as qs:
         name = next(n for n in qs.layer_nodes if "backbone_convs.2" in n)
         assert qs.psnr_fp32 - qs.score([name]) <= qs.psnr_fp32 - qs.psnr_int8_all + 0.02
+
+
+def test_speed_probe_times_a_graph_against_fp32(etds_t):
+    from edgesr.quant.speed import SpeedProbe
+
+    path, spec = etds_t
+    probe = SpeedProbe(path, spec.in_channels, min_speedup=0.5, threads=1, hw=(32, 48), runs=3)
+    ratio, fast = probe(path)  # fp32 against itself
+    assert 0.5 < ratio < 2.0 and fast and probe.timings == 1
+    probe.min_speedup = 10.0
+    assert probe(path)[1] is False

@@ -539,3 +539,18 @@ def test_concat_split_is_exact_and_keeps_its_sums_float(tmp_path, small_eval):
     off = QuantConfig(profile="trt", psnr_budget=None, split_concat=False, **FAST)
     with QuantSession(path, SPEC2, off, eval_set=small_eval) as qs:
         assert qs.concat_report is None
+
+
+def test_search_passes_over_a_float_layer_that_makes_the_graph_too_slow():
+    from edgesr.quant.sensitivity import search
+
+    psnr = {("a",): 30.5, ("b",): 30.95, ("a", "b"): 30.97, ("b", "c"): 30.99}
+    slow = {("a",)}  # keeping "a" float would make the graph slower than allowed
+    r = search(["a", "b", "c"], lambda fl, only: psnr[tuple(fl)], 31.0, 30.0, 0.1,
+               speed=lambda fl: (0.9, False) if tuple(fl) in slow else (1.5, True))
+    assert r.float_layers == ["b"] and r.within_budget and r.evaluations == 1
+    assert [s.float_layers for s in r.skipped_slow] == [["a"]] and r.skipped_slow[0].speedup == 0.9
+    assert r.steps[-1].speedup == 1.5
+    # every candidate too slow: all-int8 stays the answer, the budget is reported missed
+    r = search(["a", "b"], lambda fl, only: psnr[tuple(fl)], 31.0, 30.0, 0.1, speed=lambda fl: (0.8, False))
+    assert r.float_layers == [] and not r.within_budget and r.evaluations == 0 and len(r.skipped_slow) == 2
