@@ -47,6 +47,7 @@ from .evaluate import evaluate, make_session
 from .profiles import QuantConfig, QuantProfile
 from .sensitivity import Layer, SearchResult, SensitivityRow, quantizable_layers, ranking, search, sensitivity
 
+PRE_ACTIVATION_EQUALIZATION = True  # cpu: equalize what ORT quantizes, the conv output before PRelu
 EQUALIZE_TOL = 1e-4  # max |fp32 equalized - fp32 original| accepted (outputs in [0, 1])
 _ORT_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
@@ -416,7 +417,8 @@ class QuantSession:
             from .equalize import equalize
 
             model, rep = equalize(model, source.patches, alpha=config.equalize_alpha,
-                                  symmetric=profile.activation_symmetric, threads=config.threads)
+                                  symmetric=profile.activation_symmetric, threads=config.threads,
+                                  pre_activation=PRE_ACTIVATION_EQUALIZATION and profile.placement == "ort")
             _check_exact(rep.max_abs_change, "activation equalization", "equalize")
             self.eq_report = rep.to_dict()
         if prelu_mode == "decompose":  # after equalization, which needs the PRelu pattern
