@@ -554,3 +554,34 @@ def test_search_passes_over_a_float_layer_that_makes_the_graph_too_slow():
     # every candidate too slow: all-int8 stays the answer, the budget is reported missed
     r = search(["a", "b"], lambda fl, only: psnr[tuple(fl)], 31.0, 30.0, 0.1, speed=lambda fl: (0.8, False))
     assert r.float_layers == [] and not r.within_budget and r.evaluations == 0 and len(r.skipped_slow) == 2
+
+
+class _PReluTail(torch.nn.Module):
+    """Conv -> PRelu (small slopes) -> Conv, one channel with a long negative tail before the PRelu."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.act = torch.nn.PReLU(4, init=0.05)
+        self.b = torch.nn.Conv2d(4, 12, 3, padding=1)
+        with torch.no_grad():
+            self.a.bias[1] = -40.0  # mostly negative: PRelu passes on 5 % of it
+
+    def forward(self, x):
+        return torch.nn.functional.pixel_shuffle(self.b(self.act(self.a(x))), 2)
+
+
+def test_pre_activation_equalization_evens_the_conv_output_ranges(tmp_path):
+    from edgesr.quant.equalize import channel_ranges, equalize
+
+    torch.manual_seed(0)
+    m = onnx.load(str(_export(_PReluTail(), SPEC2, tmp_path / "prelu.onnx")))
+    x = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
+    conv_out = next(n.output[0] for n in m.graph.node if n.op_type == "Conv")
+    spread = {}
+    for pre in (False, True):
+        eq, rep = equalize(m, x, symmetric=False, pre_activation=pre)
+        assert rep.max_abs_change is not None and rep.max_abs_change < 1e-4  # exact either way
+        r = channel_ranges(eq, [conv_out], x, "input", symmetric=False)[conv_out]
+        spread[pre] = r.max() / r.min()
+    assert spread[True] < 1.01 < 5 < spread[False]  # the quantized tensor (the PRelu's input) is what evens out
