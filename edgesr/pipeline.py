@@ -494,10 +494,14 @@ def int8_verdict(report: dict) -> dict:
             import math
 
             accept = math.ceil(q["drop"] * 100) / 100
+            speed = q.get("speed") or {}
+            slow = speed.get("not_taken_too_slow") or []
+            why_slow = (f"; {len(slow)} float-layer candidate(s) were slower than {speed.get('min_speedup')}x fp32 "
+                        f"on this machine" if slow else "")
             out["problems"].append(
                 f"{profile}: no INT8 graph met the {q.get('budget')} dB budget on {q.get('eval_set')}; the best one "
-                f"evaluated loses {q['drop']:.3f} dB ({e['float_layers']} of {e['layers']} layers float). It is "
-                f"written but not the default; accept the drop with --psnr-budget {accept:.2f}")
+                f"evaluated loses {q['drop']:.3f} dB ({e['float_layers']} of {e['layers']} layers float){why_slow}. "
+                f"It is written but not the default; accept the drop with --psnr-budget {accept:.2f}")
         e["default"] = e["within_budget"] and e.get("faster_than_fp32", True)
         out["graphs"][profile] = e
     from .export.mobile_convert import mobile_int8_problems

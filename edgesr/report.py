@@ -59,6 +59,13 @@ def render_report_md(report: dict, manifest: dict) -> str:
                          f"{', '.join(g['calibration_images'])}"
                          + (f"; measured on {g['measured_on']['cpu_model']} (u8 x s8: {g['measured_on']['u8s8_path']})"
                             if g.get("measured_on") else ""))
+        for prof, q in report["int8"].items():
+            sp = q.get("speed") or {}
+            if sp.get("not_taken_too_slow"):  # the search's own timings (edgesr/quant/speed.py)
+                lines.append(f"- {prof}: the search passed over {len(sp['not_taken_too_slow'])} float-layer "
+                             f"candidate(s) slower than {sp['min_speedup']}x fp32 on this machine (timed at "
+                             f"{sp['lr_hw'][0]}x{sp['lr_hw'][1]} LR); the graph it kept: "
+                             f"{sp['speedup_vs_fp32']:.2f}x")
         for line in v.get("problems", []) + v.get("notes", []):
             lines.append(f"- **{line}**")
         lines.append("")

@@ -157,6 +157,9 @@ class QuantConfig:
     max_float_fraction  ... and after this share of all layers (an INT8 graph that is mostly
                    float is slower than fp32 and is not what was asked for; the search then
                    reports the budget as missed)
+    min_speedup    ONNX Runtime graphs (cpu): the search takes a float layer only when the graph
+                   with it, timed against fp32 side by side on this machine (quant/speed.py), is at
+                   least this many times faster; None: speed is not measured
     threads        ORT intra-op threads for calibration/evaluation (None = ORT default)
     progress       tqdm bars
     """
@@ -184,6 +187,7 @@ class QuantConfig:
     sensitivity: str = "only"
     max_float_layers: int | None = None
     max_float_fraction: float = 0.5
+    min_speedup: float | None = 1.1
     threads: int | None = None
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # passed to ORT's extra_options last
@@ -204,6 +208,8 @@ class QuantConfig:
             raise QuantizationError(f"prelu must be keep, decompose or split, got {self.prelu!r}")
         if not 0.0 <= self.max_float_fraction <= 1.0:
             raise QuantizationError(f"max_float_fraction must be in [0, 1], got {self.max_float_fraction}")
+        if self.min_speedup is not None and not self.min_speedup > 0:
+            raise QuantizationError(f"min_speedup must be > 0 (or None), got {self.min_speedup}")
         if self.sensitivity not in ("only", "except"):
             raise QuantizationError(f"sensitivity must be 'only' or 'except', got {self.sensitivity!r}")
 

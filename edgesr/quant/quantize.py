@@ -47,6 +47,7 @@ from .evaluate import evaluate, make_session
 from .profiles import QuantConfig, QuantProfile
 from .sensitivity import Layer, SearchResult, SensitivityRow, quantizable_layers, ranking, search, sensitivity
 
+PRE_ACTIVATION_EQUALIZATION = True  # cpu: equalize what ORT quantizes, the conv output before PRelu
 EQUALIZE_TOL = 1e-4  # max |fp32 equalized - fp32 original| accepted (outputs in [0, 1])
 _ORT_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
@@ -76,6 +77,7 @@ class QuantResult:
     prelu_rewrite: dict[str, Any] | None = None
     concat_split: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None  # FinetuneReport + held-out scores; None: not run
+    speed: dict[str, Any] | None = None  # the final graph vs fp32, timed by the search (quant/speed.py)
     test_set: str | None = None
     test_psnr_fp32: float | None = None
     test_psnr_int8: float | None = None
@@ -307,11 +309,17 @@ class _Session:
         except (ValueError, RuntimeError, KeyError) as e:
             raise QuantizationError(f"ONNX Runtime quantizer failed: {str(e).splitlines()[0][:300]}") from None
         self.builds += 1
-        if self.refiner is not None:
+        guard = self.profile.runtime == "onnxruntime" and self.profile.placement == "ort"
+        if self.refiner is not None or guard:
             import onnx
 
             qm = onnx.load(str(out))
-            self.refiner.apply(qm)
+            if self.refiner is not None:
+                self.refiner.apply(qm)
+            if guard:  # ORT would quantize a float conv fed by an int8 tensor (float_layers.py)
+                from .float_layers import keep_float_layers_float
+
+                keep_float_layers_float(qm)
             onnx.save(qm, str(out))
 
     def score(self, float_layers: Sequence[str], only: str | None = None) -> float:
@@ -414,7 +422,8 @@ class QuantSession:
             from .equalize import equalize
 
             model, rep = equalize(model, source.patches, alpha=config.equalize_alpha,
-                                  symmetric=profile.activation_symmetric, threads=config.threads)
+                                  symmetric=profile.activation_symmetric, threads=config.threads,
+                                  pre_activation=PRE_ACTIVATION_EQUALIZATION and profile.placement == "ort")
             _check_exact(rep.max_abs_change, "activation equalization", "equalize")
             self.eq_report = rep.to_dict()
         if prelu_mode == "decompose":  # after equalization, which needs the PRelu pattern
@@ -459,6 +468,9 @@ class QuantSession:
         out_name = model.graph.output[0].name
         if out_name in ranges and _all_zero(ranges[out_name]):
             raise QuantizationError("the model's output is all zeros for the calibration data")
+        from .saturation import clip_saturating_ranges
+
+        self.saturation_clipped = clip_saturating_ranges(model, ranges)
         from onnxruntime.quantization.calibrate import save_tensors_data
 
         ranges_path = work / "ranges.json"
@@ -591,16 +603,28 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
             methods = ("only", "except") if (full_sensitivity or sensitivity_png) else (config.sensitivity,)
             qs._rank_session()
             rows = sensitivity(layers, qs.score_rank, qs.psnr_fp32_rank, qs.score_rank([]), methods, config.progress)
+        probe = None
         if need and budget is not None:
             order = ranking(rows, config.sensitivity)
+            probe = _speed_probe(qs, spec, config)
             result_search = search(order, qs.score, psnr_fp32, psnr_all, budget, max_float_layers(config, len(layers)),
-                                   progress=config.progress)
+                                   progress=config.progress, speed=_speed_fn(qs, probe) if probe else None)
             if not result_search.within_budget:
                 warnings.append(f"no INT8 graph held the {budget} dB budget on {evalset.name}: the best one "
                                 f"evaluated loses {result_search.drop:.3f} dB with {len(result_search.float_layers)} "
                                 f"of {len(layers)} layers float (all-int8: {psnr_fp32 - psnr_all:.3f} dB)")
         float_layers = result_search.float_layers if result_search else []
         final_tmp = qs.build(qs.workdir / "final.onnx", float_layers)
+        speed_info = None
+        if probe is not None and result_search is not None:
+            ratio, fast = probe(final_tmp)
+            speed_info = {"speedup_vs_fp32": ratio, "min_speedup": config.min_speedup, "lr_hw": list(probe.x.shape[2:]),
+                          "timed_candidates": probe.timings,
+                          "not_taken_too_slow": [{"float_layers": s.float_layers, "speedup": s.speedup}
+                                                 for s in result_search.skipped_slow]}
+            if result_search.skipped_slow:
+                warnings.append(f"{len(result_search.skipped_slow)} float-layer candidate(s) were not taken: slower "
+                                f"than {config.min_speedup}x fp32 on this machine")
         psnr_int8 = qs.score(float_layers)
 
         qmodel = onnx.load(str(final_tmp))
@@ -647,7 +671,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         calibration=source.describe() | {"method": config.method}, equalization=reports[0],
         centering=reports[1], exact_input=reports[4], prelu_rewrite=reports[2], concat_split=reports[3], finetune=finetune_info,
         test_set=test_set.name if test_set is not None else None, test_psnr_fp32=test_fp32,
-        test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings)
+        test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings, speed=speed_info)
     if sensitivity_png and rows:
         from .sensitivity import plot_sensitivity
 
@@ -657,6 +681,37 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
                          f"(Y-PSNR on {evalset.name})", float_layers=float_layers)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _speed_probe(qs: "QuantSession", spec: Spec, config: QuantConfig):
+    """A SpeedProbe for ONNX Runtime CPU graphs (None: speed not measured for this profile)."""
+    profile = config.quant_profile
+    if config.min_speedup is None or profile.runtime != "onnxruntime" or profile.placement != "ort":
+        return None
+    from .speed import SpeedProbe
+
+    fixed = None
+    if _fixed_hw(qs.src_path):
+        import onnx
+
+        dims = onnx.load(str(qs.src_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        fixed = (dims[2].dim_value, dims[3].dim_value)
+    # against the fp32 graph the user has (the bundle's), not the quantizer's rewritten one: the PRelu
+    # decomposition alone makes ECBSR's fp32 ~24 % faster, and the INT8 graph has to beat what ships
+    return SpeedProbe(qs.src_path, spec.in_channels, config.min_speedup, config.threads, fixed)
+
+
+def _speed_fn(qs: "QuantSession", probe):
+    """speed(float_layers) for the search: build the candidate, time it against fp32 (memoized)."""
+    memo: dict[tuple, tuple[float, bool]] = {}
+
+    def speed(float_layers: Sequence[str]) -> tuple[float, bool]:
+        key = tuple(sorted(float_layers))
+        if key not in memo:
+            memo[key] = probe(qs.build(qs.workdir / "speed_candidate.onnx", float_layers))
+        return memo[key]
+
+    return speed
 
 
 def verdict_criterion(budget: float | None) -> str:

@@ -55,6 +55,8 @@ class SearchStep:
     float_layers: list[str]
     psnr: float
     drop: float
+    speedup: float | None = None  # measured vs fp32 in the graph's runtime (None: not timed)
+    skipped: str | None = None  # why this candidate's last layer was NOT kept float (e.g. too slow)
 
 
 @dataclass
@@ -65,6 +67,7 @@ class SearchResult:
     within_budget: bool
     steps: list[SearchStep] = field(default_factory=list)
     evaluations: int = 0
+    skipped_slow: list[SearchStep] = field(default_factory=list)  # candidates not taken: too slow
 
 
 def quantizable_layers(model, op_types: Sequence[str], skip: Sequence[str] = ()) -> list[Layer]:
@@ -132,14 +135,22 @@ def ranking(rows: Sequence[SensitivityRow], method: str) -> list[str]:
     return [r.layer for r in sorted(rows, key=lambda r: -(key(r) if key(r) is not None else -math.inf))]
 
 
+# speed(float_layers) -> (measured speed-up vs fp32, fast enough to keep)
+SpeedFn = Callable[[Sequence[str]], "tuple[float, bool]"]
+
+
 def search(order: Sequence[str], score: ScoreFn, fp32: float, int8_all: float, budget: float,
-           max_float: int | None = None, progress: bool = False) -> SearchResult:
+           max_float: int | None = None, progress: bool = False, speed: SpeedFn | None = None) -> SearchResult:
     """Keep layers float in `order` until fp32 - psnr <= budget.
 
     Returns the first graph within the budget or, when none is (``max_float`` reached or
     `order` exhausted), the BEST graph evaluated - all-int8 included - so the search never
     ends worse than where it started (quantization errors interact: keeping one more layer
-    float can lower the PSNR)."""
+    float can lower the PSNR).
+
+    `speed`: a candidate whose measured speed is not enough (a float layer costs Q/DQ and a float
+    conv: an "INT8" graph slower than fp32 is of no use) is not taken; the search goes on with
+    the next layer instead, and the step records why."""
     start = SearchStep([], int8_all, fp32 - int8_all)
     res = SearchResult([], int8_all, fp32 - int8_all, fp32 - int8_all <= budget, [start])
     chosen: list[str] = []
@@ -150,10 +161,18 @@ def search(order: Sequence[str], score: ScoreFn, fp32: float, int8_all: float, b
         for name in order:
             if res.within_budget or (max_float is not None and len(chosen) >= max_float):
                 break
-            chosen.append(name)
+            trial = chosen + [name]
+            ratio = None
+            if speed is not None:
+                ratio, fast = speed(trial)
+                if not fast:
+                    res.skipped_slow.append(SearchStep(trial, math.nan, math.nan, ratio, "slower than allowed"))
+                    bar.update()
+                    continue
+            chosen = trial
             p = score(list(chosen), None)
             res.evaluations += 1
-            res.steps.append(SearchStep(list(chosen), p, fp32 - p))
+            res.steps.append(SearchStep(list(chosen), p, fp32 - p, ratio))
             res.within_budget = fp32 - p <= budget
             bar.update()
             bar.set_postfix(f"drop {fp32 - p:.3f} dB (budget {budget})")

@@ -540,3 +540,49 @@ def test_concat_split_is_exact_and_keeps_its_sums_float(tmp_path, small_eval):
     off = QuantConfig(profile="trt", psnr_budget=None, split_concat=False, **FAST)
     with QuantSession(path, SPEC2, off, eval_set=small_eval) as qs:
         assert qs.concat_report is None
+
+
+def test_search_passes_over_a_float_layer_that_makes_the_graph_too_slow():
+    from edgesr.quant.sensitivity import search
+
+    psnr = {("a",): 30.5, ("b",): 30.95, ("a", "b"): 30.97, ("b", "c"): 30.99}
+    slow = {("a",)}  # keeping "a" float would make the graph slower than allowed
+    r = search(["a", "b", "c"], lambda fl, only: psnr[tuple(fl)], 31.0, 30.0, 0.1,
+               speed=lambda fl: (0.9, False) if tuple(fl) in slow else (1.5, True))
+    assert r.float_layers == ["b"] and r.within_budget and r.evaluations == 1
+    assert [s.float_layers for s in r.skipped_slow] == [["a"]] and r.skipped_slow[0].speedup == 0.9
+    assert r.steps[-1].speedup == 1.5
+    # every candidate too slow: all-int8 stays the answer, the budget is reported missed
+    r = search(["a", "b"], lambda fl, only: psnr[tuple(fl)], 31.0, 30.0, 0.1, speed=lambda fl: (0.8, False))
+    assert r.float_layers == [] and not r.within_budget and r.evaluations == 0 and len(r.skipped_slow) == 2
+
+
+class _PReluTail(torch.nn.Module):
+    """Conv -> PRelu (small slopes) -> Conv, one channel with a long negative tail before the PRelu."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.act = torch.nn.PReLU(4, init=0.05)
+        self.b = torch.nn.Conv2d(4, 12, 3, padding=1)
+        with torch.no_grad():
+            self.a.bias[1] = -40.0  # mostly negative: PRelu passes on 5 % of it
+
+    def forward(self, x):
+        return torch.nn.functional.pixel_shuffle(self.b(self.act(self.a(x))), 2)
+
+
+def test_pre_activation_equalization_evens_the_conv_output_ranges(tmp_path):
+    from edgesr.quant.equalize import channel_ranges, equalize
+
+    torch.manual_seed(0)
+    m = onnx.load(str(_export(_PReluTail(), SPEC2, tmp_path / "prelu.onnx")))
+    x = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
+    conv_out = next(n.output[0] for n in m.graph.node if n.op_type == "Conv")
+    spread = {}
+    for pre in (False, True):
+        eq, rep = equalize(m, x, symmetric=False, pre_activation=pre)
+        assert rep.max_abs_change is not None and rep.max_abs_change < 1e-4  # exact either way
+        r = channel_ranges(eq, [conv_out], x, "input", symmetric=False)[conv_out]
+        spread[pre] = r.max() / r.min()
+    assert spread[True] < 1.01 < 5 < spread[False]  # the quantized tensor (the PRelu's input) is what evens out
