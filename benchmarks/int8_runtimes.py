@@ -163,13 +163,17 @@ def verdict(e: dict) -> dict:
                       "vs_nncf": nncf / med[name], "float_layers": len(q["float_layers"]), "layers": q["layers"],
                       "within_budget": q["within_budget"], "all_int8_heldout_drop": q["all_int8_heldout_drop"]})
     keep = [c for c in cands if c["set5_drop"] <= TARGET_DROP]
-    best = max(keep or cands, key=lambda c: c["speedup"])
+    best = max(keep or cands, key=lambda c: c["speedup"])  # the speed lines below judge the fastest graph
     misses = []
     if not keep:
-        misses.append(f"no edgesr INT8 graph keeps Set5 within {TARGET_DROP} dB: best {best['artifact']} loses "
-                      f"{best['set5_drop']:.3f} dB (over by {best['set5_drop'] - TARGET_DROP:.3f}); held-out drop of "
-                      f"all-int8 {best['all_int8_heldout_drop']:.3f} dB, {best['float_layers']}/{best['layers']} "
-                      f"layers float after the search" + ("" if best["within_budget"] else ", budget missed"))
+        # the quality line names the graph closest to the target, not the fastest one: naming the fastest
+        # said "best ... loses 0.137 dB" for ETDS-L while its other graph lost 0.114
+        close = min(cands, key=lambda c: c["set5_drop"])
+        misses.append(f"no edgesr INT8 graph keeps Set5 within {TARGET_DROP} dB: the closest, {close['artifact']} "
+                      f"({close['speedup']:.2f}x ORT fp32), loses {close['set5_drop']:.3f} dB (over by "
+                      f"{close['set5_drop'] - TARGET_DROP:.3f}); held-out drop of all-int8 "
+                      f"{close['all_int8_heldout_drop']:.3f} dB, {close['float_layers']}/{close['layers']} "
+                      f"layers float after the search" + ("" if close["within_budget"] else ", budget missed"))
     if best["speedup"] < TARGET_SPEEDUP:
         misses.append(f"{best['artifact']} is {best['speedup']:.2f}x ORT fp32, short of {TARGET_SPEEDUP}x by "
                       f"{TARGET_SPEEDUP - best['speedup']:.2f}x" + (f" ({best['float_layers']} float layers)"
