@@ -18,7 +18,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from int8_runtimes import LR_HW, MODELS, SET5, SHARED  # noqa: E402
+from int8_runtimes import LR_HW, MODELS, SET5, SHARED, export_deploy_fp32  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "int8_cpu_search.json"
 
@@ -38,17 +37,10 @@ def log(msg: str) -> None:
 
 def run_model(name: str, args, tmp: Path, set5) -> dict:
     from edgesr.bench import SessionRunner, TimingPolicy, ort_session, ratio_summary, time_interleaved
-    from edgesr.export.onnx import export_onnx
     from edgesr.quant import QuantConfig, quantize_model
-    from edgesr.registry import load_model
-    from edgesr.reparam import reparameterize
 
-    lm = load_model(SHARED / MODELS[name])
-    spec = replace(lm.spec, form="deploy")
-    module = reparameterize(lm.module) if lm.spec.form == "training" else lm.module
     d = tmp / name
-    d.mkdir()
-    fp32 = export_onnx(module.eval(), spec, d / "fp32.onnx").path
+    spec, fp32 = export_deploy_fp32(MODELS[name], d)
     entry: dict = {"checkpoint": MODELS[name], "load_before": os.getloadavg()}
     t0 = time.perf_counter()
     res = quantize_model(fp32, d / "int8_cpu.onnx", spec,

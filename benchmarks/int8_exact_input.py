@@ -19,7 +19,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +26,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from int8_heldout import MODELS  # noqa: E402  (benchmarks/ is the script's folder)
-from int8_runtimes import SET5, SHARED  # noqa: E402
+from int8_runtimes import SET5, export_deploy_fp32  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "int8_exact_input.json"
 
@@ -57,19 +56,12 @@ def picture_layers(qs) -> list[str]:
 
 
 def run_model(name: str, profiles: list[str], set5, tmp: Path, threads: int) -> dict:
-    from edgesr.export.onnx import export_onnx
     from edgesr.quant import QuantConfig
     from edgesr.quant.evaluate import evaluate
     from edgesr.quant.quantize import QuantSession
-    from edgesr.registry import load_model
-    from edgesr.reparam import reparameterize
 
-    lm = load_model(SHARED / MODELS[name])
-    spec = replace(lm.spec, form="deploy")
-    module = reparameterize(lm.module) if lm.spec.form == "training" else lm.module
     d = tmp / name
-    d.mkdir(parents=True, exist_ok=True)
-    fp32 = export_onnx(module.eval(), spec, d / "fp32.onnx").path
+    spec, fp32 = export_deploy_fp32(MODELS[name], d)
     out: dict = {"checkpoint": MODELS[name], "profiles": {}}
     for profile in profiles:
         pe: dict = {}

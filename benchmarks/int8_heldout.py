@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from int8_runtimes import MODELS as RUNTIME_MODELS  # noqa: E402  (benchmarks/ is the script's folder)
+from int8_runtimes import export_deploy_fp32  # noqa: E402
 
 SHARED = Path(os.environ.get("EDGESR_SHARED", REPO.parent / "shared"))
 RESULTS = REPO / "benchmarks" / "results" / "int8_heldout.json"
@@ -66,19 +66,12 @@ def earlier_float_layers(name: str, profile: str) -> list[str] | None:
 
 
 def run_model(name: str, profiles: list[str], sets: dict, set5, tmp: Path, threads: int) -> dict:
-    from edgesr.export.onnx import export_onnx
     from edgesr.quant import QuantConfig
     from edgesr.quant.evaluate import evaluate
     from edgesr.quant.quantize import QuantSession
-    from edgesr.registry import load_model
-    from edgesr.reparam import reparameterize
 
-    lm = load_model(SHARED / MODELS[name])
-    spec = replace(lm.spec, form="deploy")
-    module = reparameterize(lm.module) if lm.spec.form == "training" else lm.module
     d = tmp / name
-    d.mkdir(parents=True, exist_ok=True)
-    fp32 = export_onnx(module.eval(), spec, d / "fp32.onnx").path
+    spec, fp32 = export_deploy_fp32(MODELS[name], d)
     out: dict = {"checkpoint": MODELS[name], "profiles": {}}
     for profile in profiles:
         t0 = time.perf_counter()

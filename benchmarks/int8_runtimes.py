@@ -77,23 +77,29 @@ def nncf_default(fp32: Path, patches: np.ndarray, out: Path) -> Path:
     return out
 
 
-def run_model(name: str, args, tmp: Path, set5) -> dict:
-    from edgesr.backends.openvino_runner import OpenVinoRunner
-    from edgesr.bench import SessionRunner, TimingPolicy, ort_session, ratio_summary, time_interleaved
+def export_deploy_fp32(checkpoint: str, d: Path):
+    """The ../shared checkpoint in deploy form (reparameterized if it is a training form), exported to
+    d/fp32.onnx: (spec, onnx path). The one preparation every INT8 benchmark starts from."""
     from edgesr.export.onnx import export_onnx
-    from edgesr.quant import QuantConfig, quantize_model
-    from edgesr.quant.calibration import CalibrationSource
-    from edgesr.quant.evaluate import evaluate
     from edgesr.registry import load_model
     from edgesr.reparam import reparameterize
 
-    ckpt = SHARED / MODELS[name]
-    lm = load_model(ckpt)
+    lm = load_model(SHARED / checkpoint)
     spec = replace(lm.spec, form="deploy")
     module = reparameterize(lm.module) if lm.spec.form == "training" else lm.module
+    d.mkdir(parents=True, exist_ok=True)
+    return spec, export_onnx(module.eval(), spec, d / "fp32.onnx").path
+
+
+def run_model(name: str, args, tmp: Path, set5) -> dict:
+    from edgesr.backends.openvino_runner import OpenVinoRunner
+    from edgesr.bench import SessionRunner, TimingPolicy, ort_session, ratio_summary, time_interleaved
+    from edgesr.quant import QuantConfig, quantize_model
+    from edgesr.quant.calibration import CalibrationSource
+    from edgesr.quant.evaluate import evaluate
+
     d = tmp / name
-    d.mkdir()
-    fp32 = export_onnx(module.eval(), spec, d / "fp32.onnx").path
+    spec, fp32 = export_deploy_fp32(MODELS[name], d)
     entry: dict = {"checkpoint": str(Path(MODELS[name])), "arch": spec.arch, "variant": spec.variant,
                    "load_before": os.getloadavg(), "int8": {}}
     paths = {}
