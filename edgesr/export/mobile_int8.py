@@ -360,9 +360,12 @@ def grid_scale(w: np.ndarray) -> np.ndarray:
 
 
 def quantize_weights(module, inputs: Sequence[np.ndarray], *, gptq: bool = True, bias_correction: bool = True,
-                     damp: float = 0.01, report: PrepReport | None = None) -> PrepReport:
+                     damp: float = 0.01, report: PrepReport | None = None,
+                     unrounded: dict[str, tuple[np.ndarray, np.ndarray | None]] | None = None) -> PrepReport:
     """Put every plain conv's weights of `module` on its int8 grid in place (GPTQ or
-    round-to-nearest codes x scale) and correct the biases; see the module docstring."""
+    round-to-nearest codes x scale) and correct the biases; see the module docstring.
+    `unrounded`, when given, receives each changed conv's weights and bias from before (float64):
+    what a layer the verdict keeps float should compute with."""
     import torch
 
     from ..quant.refine import gptq_codes
@@ -378,6 +381,8 @@ def quantize_weights(module, inputs: Sequence[np.ndarray], *, gptq: bool = True,
                 report.skipped[name] = "grouped/depthwise conv (left to the quantizer's rounding)"
                 continue
             w = conv.weight.detach().double().numpy()
+            if unrounded is not None:
+                unrounded[name] = (w.copy(), None if conv.bias is None else conv.bias.detach().double().numpy().copy())
             o = w.shape[0]
             W = w.reshape(o, -1)
             scale = grid_scale(W)
@@ -405,11 +410,14 @@ def quantize_weights(module, inputs: Sequence[np.ndarray], *, gptq: bool = True,
 
 
 def prepare_int8(module, inputs: Sequence[np.ndarray], options: Int8Options | None = None, *,
-                 symmetric: bool = True, split_prelus: bool = False) -> tuple[Any, PrepReport]:
+                 symmetric: bool = True, split_prelus: bool = False,
+                 unrounded: dict[str, tuple[np.ndarray, np.ndarray | None]] | None = None) -> tuple[Any, PrepReport]:
     """(prepared copy of `module`, PrepReport). `inputs`: NCHW float32 calibration arrays.
     symmetric: equalize max|x| per channel (symmetric activations, ncnn) or max - min(min, 0)
     (asymmetric, LiteRT). split_prelus: first rewrite ``Conv -> PReLU -> Conv`` chains with
-    :func:`split_prelu` (when `options.split_prelu`; LiteRT, which quantizes both sides of a PReLU)."""
+    :func:`split_prelu` (when `options.split_prelu`; LiteRT, which quantizes both sides of a PReLU).
+    unrounded: filled with each conv's exact (equalized) weights and bias before steps 2-3
+    (:func:`quantize_weights`)."""
     import torch
 
     opts = options or Int8Options()
@@ -432,7 +440,7 @@ def prepare_int8(module, inputs: Sequence[np.ndarray], options: Int8Options | No
             report.equalize_max_abs_change = _exact_or_refuse(original, prepared, inputs, "activation equalization")
     if opts.gptq or opts.bias_correction:
         quantize_weights(prepared, inputs, gptq=opts.gptq, bias_correction=opts.bias_correction, damp=opts.damp,
-                         report=report)
+                         report=report, unrounded=unrounded)
     return prepared, report
 
 

@@ -15,10 +15,13 @@ is dequantized to float, the bias and the fused activation run in float, and eve
   any other producer gets a float ``BinaryOp`` subtracting ``c``; the consumer pads with ``-c``
   (an explicit float ``Padding`` layer, its own padding set to 0, so the border still means 0)
   and its bias gains ``c * sum(W)`` per output channel. Checked in fp32 on the calibration data.
-* **scales** from the calibrated range of each (centred) input (:func:`blob_ranges`).
+* **scales** from the calibrated range of each (centred) input (:func:`blob_ranges`); a fixed-size
+  model is calibrated on crops of its own input size (:func:`edgesr.export.mobile.deploy_size_crops`).
 * **mixed precision** (:meth:`NcnnInt8.verdict`): when the Y-PSNR drop on the held-out sample
   photos exceeds the budget, the costliest convolutions stay float until it holds
-  (:func:`edgesr.export.mobile_int8.float_layer_search`).
+  (:func:`edgesr.export.mobile_int8.float_layer_search`). A convolution kept float computes with
+  its exact weights and bias (:func:`with_float_weights`), not the int8-grid ones the preparation
+  baked for quantizing it: SAFMN++'s costliest layer lost 0.054 dB held-out to that rounding alone.
 """
 
 from __future__ import annotations
@@ -233,6 +236,18 @@ def max_abs_change(a: tuple[str, bytes], b: tuple[str, bytes], inputs: Sequence[
     return max(float(np.abs(ra.run(x) - rb.run(x)).max()) for x in inputs)
 
 
+def with_float_weights(param: str, weights: bytes, layers: dict[str, tuple[np.ndarray, np.ndarray]]
+                       ) -> tuple[str, bytes]:
+    """(param, bin) with each named float Convolution's weights replaced: ``layers`` maps a layer
+    name to (weights O x rest, bias change per output channel)."""
+    model = NcnnModel(param, weights)
+    for name, (w, delta) in layers.items():
+        i = model.index(name)
+        _, bias = model.conv_arrays(i)
+        model.set_conv(i, w, (bias if bias is not None else np.zeros(w.shape[0])) + delta)
+    return model.text(), model.bin()
+
+
 class NcnnInt8:
     """The INT8 recipe of one module: prepared once (:func:`edgesr.export.mobile_int8.prepare_int8`),
     converted by pnnx (dynamic shapes, or one conversion per size for a fixed-size model),
@@ -244,9 +259,13 @@ class NcnnInt8:
 
         self.module, self.spec, self.calib, self.fixed = module, spec, calib, fixed
         self.options = options or Int8Options()
+        self.unrounded: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}  # conv -> exact (W, b)
         self.prepared, self.prep = prepare_int8(module, calibration_inputs(spec, None, calib), self.options,
-                                                symmetric=True)
+                                                symmetric=True, unrounded=self.unrounded)
         self._ready: dict = {}
+        self._shifts: dict = {}  # size key -> {conv layer: zero-centring shift of its input}
+        self._exact: dict = {}  # size key -> {conv layer: (exact W, bias change)}
+        self.exact_check: dict[str, float] = {}  # size -> max |ncnn, float layers exact - PyTorch|
         self.centring: dict[str, Any] = {}
         self.names_hw: Any = None  # fixed-size models: the size whose layer names `skip` uses (the verdict's)
 
@@ -264,12 +283,11 @@ class NcnnInt8:
 
     def ready(self, hw=None) -> tuple[str, bytes, dict[str, float]]:
         """(param, bin, input amax) of the prepared, centred fp32 model, ready to quantize."""
-        from .mobile import calibration_inputs
-        from .ncnn_convert import convert_bytes
-
         key = self._key(hw) if hw is not None else None
         if key not in self._ready:
-            cal = calibration_inputs(self.spec, key, self.calib)
+            from .ncnn_convert import convert_bytes
+
+            cal = self.calibration(key)
             param, weights = convert_bytes(self.prepared, self.spec, hw=key)
             if self.options.center:
                 p2, w2, done = center_conv_inputs(param, weights, blob_ranges(param, weights, cal))
@@ -280,14 +298,88 @@ class NcnnInt8:
                                                 f"(> {EXACT_TOL})")
                     param, weights = p2, w2
                     self.centring = {"inputs": done, "max_abs_change": change}
+                    self._shifts[key] = {d["conv"]: d["shift"] for d in done}
             self._ready[key] = (param, weights, calibrate(param, weights, cal))
         return self._ready[key]
+
+    def calibration(self, key) -> list[np.ndarray]:
+        """Calibration inputs at size `key` (None: the dynamic model's patches): for a fixed size,
+        crops of that size (:func:`edgesr.export.mobile.deploy_size_crops`)."""
+        from .mobile import calibration_inputs, deploy_size_crops
+
+        return calibration_inputs(self.spec, None, self.calib) if key is None else deploy_size_crops(
+            self.spec, key, self.calib)
+
+    def exact_weights(self, hw) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{conv layer at `hw`: (exact weights, bias change)}: what a layer kept float computes with
+        instead of the prepared int8-grid weights. Layers are matched to the PyTorch convolutions by
+        their prepared weights; once per size the whole set is checked: with every matched layer
+        exact, the ncnn model must match PyTorch with the same layers exact within 1e-4."""
+        import copy
+
+        import torch
+
+        key = self._key(hw) if hw is not None else None
+        if key in self._exact:
+            return self._exact[key]
+        param, weights, _ = self.ready(hw)
+        from .mobile_int8 import conv_modules
+
+        convs = conv_modules(self.prepared)
+        by_bytes = {convs[n].weight.detach().double().numpy().reshape(convs[n].out_channels, -1).tobytes(): n
+                    for n in self.unrounded if n in convs}
+        model = NcnnModel(param, weights)
+        shifts = self._shifts.get(key, {})
+        table: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        matched: dict[str, str] = {}
+        for i, la in enumerate(model.layers):
+            if la.type not in CONV_TYPES:
+                continue
+            w_prep, _ = model.conv_arrays(i)
+            name = by_bytes.get(w_prep.tobytes())
+            if name is None:
+                continue
+            w_exact, b_exact = self.unrounded[name]
+            w_exact = w_exact.reshape(w_exact.shape[0], -1)
+            b_prep = convs[name].bias
+            delta = ((b_exact if b_exact is not None else 0.0)
+                     - (b_prep.detach().double().numpy() if b_prep is not None else 0.0)
+                     + shifts.get(la.name, 0.0) * (w_exact.sum(axis=1) - w_prep.sum(axis=1)))
+            table[la.name] = (w_exact, np.broadcast_to(delta, (w_exact.shape[0],)).astype(np.float64))
+            matched[la.name] = name
+        if table:  # the check: every matched layer exact, in ncnn and in PyTorch
+            ref = copy.deepcopy(self.prepared).eval()
+            ref_convs = conv_modules(ref)
+            with torch.no_grad():
+                for name in matched.values():
+                    w_exact, b_exact = self.unrounded[name]
+                    ref_convs[name].weight.copy_(torch.from_numpy(w_exact).to(ref_convs[name].weight.dtype))
+                    if ref_convs[name].bias is not None:
+                        b = b_exact if b_exact is not None else np.zeros(w_exact.shape[0])
+                        ref_convs[name].bias.copy_(torch.from_numpy(b).to(ref_convs[name].bias.dtype))
+                x = self.calibration(key)[0]
+                want = ref(torch.from_numpy(x)).numpy()
+            from ..backends.ncnn_runner import NcnnRunner
+
+            got = NcnnRunner(*with_float_weights(param, weights, table), name="ncnn:exact-check").run(x)
+            change = float(np.abs(got - want).max())
+            if not change <= EXACT_TOL:
+                raise QuantizationError(f"ncnn: the float layers' exact weights do not reproduce PyTorch ({change:.2e} "
+                                        f"> {EXACT_TOL})")
+            self.exact_check[str(key)] = change
+        self._exact[key] = table
+        return table
 
     def build(self, hw=None, skip: Sequence[str] = ()) -> tuple[str, bytes, dict[str, Any]]:
         """INT8 (.param, .bin, info) at `hw`; `skip`: convolutions kept float, named as in the
         conversion the verdict ran (translated to this size's names, see :meth:`names_at`)."""
         param, weights, amax = self.ready(hw)
-        return quantize_int8(param, weights, amax, self.names_at(hw, skip))
+        names = self.names_at(hw, skip)
+        exact = {n: t for n, t in self.exact_weights(hw).items() if n in names} if names else {}
+        if exact:
+            param, weights = with_float_weights(param, weights, exact)
+        text, data, info = quantize_int8(param, weights, amax, names)
+        return text, data, info | {"float_layers_exact_weights": sorted(exact)}
 
     def names_at(self, hw, skip: Sequence[str]) -> list[str]:
         """The convolutions `skip` names at the verdict's size, as named in the conversion at `hw`.
@@ -314,8 +406,12 @@ class NcnnInt8:
                 if la.type in CONV_TYPES}
 
     def details(self) -> dict[str, Any]:
-        return {"calibration": "edgesr.quant.calibration.CalibrationSource patches"
-                               + (", mirrored to the input size" if self.fixed else ""),
+        return {"calibration": ("crops of the input size from the calibration photos (edgesr.export.mobile."
+                                "deploy_size_crops)" if self.fixed else
+                                "edgesr.quant.calibration.CalibrationSource patches"),
+                "float_layers": "exact (unrounded) weights and bias; max |ncnn - PyTorch| with every convolution "
+                                "float, per size: " + (", ".join(f"{k} {v:.1e}" for k, v in self.exact_check.items())
+                                                       or "not needed"),
                 "ranges": "min-max of each convolution input (after zero-centring)",
                 "options": self.options.to_dict(), "preparation": self.prep.to_dict(), "centring": self.centring}
 
