@@ -22,9 +22,10 @@ MOBILE_SUFFIXES = (".tflite", ".param", ".mlpackage")
 # bench / upscale backend name -> (manifest role of the artifact in a convert OUTDIR)
 MOBILE_BACKENDS = {"litert": "tflite_fp32", "litert-int8": "tflite_int8", "ncnn": "ncnn_fp32",
                    "ncnn-int8": "ncnn_int8", "coreml": "coreml_fp16"}
-# the integer LiteRT file of a bundle is tflite_int8, or tflite_int16x8 where convert's verdict
-# fell back to int16 activations (edgesr.export.litert.SCHEMES): litert-int8 runs whichever it wrote
-OTHER_ROLES = {"tflite_int8": ("tflite_int16x8",)}
+# the quantized LiteRT file of a bundle is tflite_int8, or tflite_int8-dynamic / tflite_int16x8 where
+# convert's verdict fell back to run-time activation quantization or int16 activations
+# (edgesr.export.litert.SCHEMES): litert-int8 runs whichever it wrote
+OTHER_ROLES = {"tflite_int8": ("tflite_int8-dynamic", "tflite_int16x8")}
 
 
 def bundle_artifact(manifest, backend: str):
@@ -37,9 +38,14 @@ def bundle_artifact(manifest, backend: str):
 
 
 def litert_precision(runner) -> str:
-    """fp32, int8 or int16x8 (int8 weights, int16 activations), read from a LiteRT file's input tensor."""
+    """fp32, int8, int16x8 (int8 weights, int16 activations) or int8-dynamic (float input, int8
+    weights: activations quantized at run time), read from a LiteRT file's tensors."""
     dtype = runner.io()["input"]["dtype"]
-    return {"int8": "int8", "uint8": "int8", "int16": "int16x8"}.get(dtype, "fp32")
+    precision = {"int8": "int8", "uint8": "int8", "int16": "int16x8"}.get(dtype, "fp32")
+    it = getattr(runner, "it", None)
+    if precision == "fp32" and it is not None and any(t["dtype"] == np.int8 for t in it.get_tensor_details()):
+        return "int8-dynamic"
+    return precision
 
 
 def is_mobile_artifact(path: Path) -> bool:

@@ -20,9 +20,13 @@ value range (:func:`calibration_ranges`). The verdict is edgesr's: the Y-PSNR dr
 held-out sample photos; above ``psnr_budget`` the costliest convolutions stay float until it holds.
 When no such choice holds the budget (attention models: SAFMN++ loses ~1 dB with every
 convolution float, the loss is in the int8 tensors between them), the next scheme is tried:
-LiteRT's 16x8 mode (``a16w8``: int8 weights, int16 activations per tensor, symmetric; int16
-input and output tensors), still an integer file. The file records which scheme it is
-(:data:`SCHEMES`; precision ``int16x8`` in the manifest).
+the next schemes are tried, fastest on a CPU first: ``dynamic`` (int8 weights; activations are
+float in the file and quantized to int8 per tensor at run time by the CPU kernels, so the file is
+not an integer file: precision ``int8-dynamic``, float input and output; SAFMN++: 0.6x the fp32
+file's time), then LiteRT's 16x8 mode (``a16w8``: int8 weights, int16 activations per tensor,
+symmetric; int16 input and output tensors), an integer file for accelerators that LiteRT's CPU
+runs on reference kernels (27x the fp32 time). The file records which scheme it is
+(:data:`SCHEMES`; precision ``int8-dynamic`` / ``int16x8`` in the manifest).
 
 Every export is run with the LiteRT interpreter on this CPU before it is written: fp32 must
 match PyTorch within :data:`edgesr.export.mobile.FP32_TOL` on real photo crops; INT8 reports
@@ -68,11 +72,23 @@ GPU_DELEGATE_OPS = frozenset({
     "TRANSPOSE_CONV", "QUANTIZE", "DEQUANTIZE"})
 GPU_MAX_RANK = 4
 
-# LiteRT integer schemes the INT8 verdict tries, in order: (name, activation bits, manifest precision)
-SCHEMES = (("a8w8", 8, "int8"), ("a16w8", 16, "int16x8"))
-SCHEME_TEXT = {8: "int8 weights per output channel, int8 activations per tensor (asymmetric), int8 input/output",
-               16: "int8 weights per output channel, int16 activations per tensor (symmetric), int16 input/output "
-                   "(LiteRT 16x8 mode)"}
+# LiteRT schemes the INT8 verdict tries, in order (fastest on a CPU first, measured on SAFMN++:
+# a8w8 0.38x, dynamic 0.59x, a16w8 27x the fp32 file's time): (name, activation bits, manifest precision)
+SCHEMES = (("a8w8", 8, "int8"), ("dynamic", 8, "int8-dynamic"), ("a16w8", 16, "int16x8"))
+INTEGER_SCHEMES = ("a8w8", "a16w8")  # files with integer activations (and integer input/output tensors)
+SCHEME_TEXT = {"a8w8": "int8 weights per output channel, int8 activations per tensor (asymmetric), int8 input/output",
+               "dynamic": "int8 weights per output channel; activations float in the file, quantized to int8 per "
+                          "tensor at run time by the CPU kernels (XNNPACK); float input/output: not an integer file",
+               "a16w8": "int8 weights per output channel, int16 activations per tensor (symmetric), int16 "
+                        "input/output (LiteRT 16x8 mode)"}
+SCHEME_ACTIVATIONS = {"a8w8": "int8", "dynamic": "int8 at run time (float in the file)", "a16w8": "int16"}
+
+
+def scheme_of(activation_bits: int) -> str:
+    """The integer scheme with `activation_bits`-bit activations."""
+    if activation_bits not in (8, 16):
+        raise QuantizationError(f"LiteRT activations must be 8 or 16 bits, got {activation_bits}")
+    return "a8w8" if activation_bits == 8 else "a16w8"
 
 
 def _require() -> None:
@@ -187,26 +203,31 @@ def conv_ops(fp32: bytes) -> list[str]:
 
 def quantize_int8_bytes(fp32: bytes, calibration: Sequence[np.ndarray] | dict[str, Any],
                         input_range: tuple[float, float] | None = None, *, ranges: str = "minmax",
-                        float_ops: Sequence[str] = (), activation_bits: int = 8) -> bytes:
-    """Full-integer (.tflite bytes) from fp32 .tflite bytes: ai-edge-quantizer's static a8w8
-    recipe (int8 weights per output channel, int8 activations per tensor), or a16w8 with
+                        float_ops: Sequence[str] = (), activation_bits: int = 8, scheme: str | None = None) -> bytes:
+    """Quantized .tflite bytes from fp32 .tflite bytes: ai-edge-quantizer's static a8w8 recipe
+    (int8 weights per output channel, int8 activations per tensor), or a16w8 with
     `activation_bits` 16 (int16 activations), with the ranges of :func:`calibration_ranges` (or a
-    precomputed calibration result). `float_ops`: output tensor names (see :func:`conv_ops`) of
-    ops kept float (mixed precision)."""
+    precomputed calibration result); `scheme` "dynamic": the dynamic recipe (int8 weights,
+    activations quantized at run time; no calibration). `float_ops`: output tensor names (see
+    :func:`conv_ops`) of ops kept float (mixed precision)."""
     try:
         import re
 
         from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
     except ImportError as e:
         raise BackendUnavailable(f"LiteRT INT8 needs ai-edge-quantizer ({e.name or e}): {EXTRA}") from None
+    scheme = scheme or scheme_of(activation_bits)
+    if scheme not in SCHEME_TEXT:
+        raise QuantizationError(f"unknown LiteRT scheme {scheme!r}; choose from {list(SCHEME_TEXT)}")
     try:
-        qsvs = calibration if isinstance(calibration, dict) else calibration_ranges(fp32, calibration, input_range,
-                                                                                    ranges)
+        qsvs = None
+        if scheme != "dynamic":
+            qsvs = calibration if isinstance(calibration, dict) else calibration_ranges(fp32, calibration,
+                                                                                        input_range, ranges)
         with quiet_native():
             qt = quantizer.Quantizer(bytearray(fp32))
-            if activation_bits not in (8, 16):
-                raise QuantizationError(f"LiteRT activations must be 8 or 16 bits, got {activation_bits}")
-            qt.load_quantization_recipe(recipe.static_wi8_ai8() if activation_bits == 8 else recipe.static_wi8_ai16())
+            qt.load_quantization_recipe({"a8w8": recipe.static_wi8_ai8, "a16w8": recipe.static_wi8_ai16,
+                                         "dynamic": recipe.dynamic_wi8_afp32}[scheme]())
             for name in float_ops:
                 qt.update_quantization_recipe(f"^{re.escape(name)};?$", qtyping.TFLOperationName.ALL_SUPPORTED,
                                               algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
@@ -254,28 +275,31 @@ class LiteRtInt8:
                                                    self.input_range, self.options.ranges)
         return self._ranges[key]
 
-    def build(self, hw: Sequence[int], float_ops: Sequence[str] = (), activation_bits: int = 8) -> bytes:
-        """Full-integer .tflite bytes at `hw` (`float_ops`: convolutions kept float; `activation_bits`
-        8: a8w8, 16: a16w8)."""
-        return quantize_int8_bytes(self.fp32(hw), self.ranges(hw), float_ops=float_ops,
-                                   activation_bits=activation_bits)
+    def build(self, hw: Sequence[int], float_ops: Sequence[str] = (), activation_bits: int = 8,
+              scheme: str | None = None) -> bytes:
+        """Quantized .tflite bytes at `hw` (`float_ops`: convolutions kept float; `activation_bits`
+        8: a8w8, 16: a16w8; `scheme`, when given, one of :data:`SCHEMES` instead)."""
+        scheme = scheme or scheme_of(activation_bits)
+        return quantize_int8_bytes(self.fp32(hw), {} if scheme == "dynamic" else self.ranges(hw),
+                                   float_ops=float_ops, scheme=scheme)
 
     def details(self) -> dict[str, Any]:
-        return {"quantizer": "ai-edge-quantizer static_wi8_ai8 (" + SCHEME_TEXT[8] + "); when no a8w8 choice holds "
-                             "the budget, static_wi8_ai16 (" + SCHEME_TEXT[16] + ")",
+        return {"quantizer": "ai-edge-quantizer static_wi8_ai8 (" + SCHEME_TEXT["a8w8"] + "); when no a8w8 choice "
+                             "holds the budget, dynamic_wi8_afp32 (" + SCHEME_TEXT["dynamic"] + "), then "
+                             "static_wi8_ai16 (" + SCHEME_TEXT["a16w8"] + ")",
                 "ranges": f"{self.options.ranges} over the calibration inputs"
                           + (f", input range widened to {list(self.spec.value_range)}" if self.input_range else ""),
                 "calibration": "edgesr.quant.calibration.CalibrationSource patches, mirrored to the input size",
                 "options": self.options.to_dict(), "preparation": self.prep.to_dict()}
 
-    def verdict(self, psnr_budget: float | None, schemes: Sequence[str] = ("a8w8", "a16w8")
+    def verdict(self, psnr_budget: float | None, schemes: Sequence[str] = ("a8w8", "dynamic", "a16w8")
                 ) -> tuple[list[str], dict[str, Any]]:
         """(float ops, verdict record): per scheme of `schemes` (:data:`SCHEMES`, in that order), the
         held-out drop with every convolution quantized and, above `psnr_budget` dB, the costliest
         convolutions kept float until it holds (:func:`float_layer_search`); the first scheme that
         holds the budget is chosen, else the one with the smallest drop. The record's
-        ``activation_bits`` / ``precision`` say which scheme to :meth:`build`; ``schemes`` lists each
-        scheme tried with its drops."""
+        ``scheme`` / ``precision`` say which scheme to :meth:`build`, ``integer`` whether its
+        activations are integer in the file; ``schemes`` lists each scheme tried with its drops."""
         from ..quant.calibration import held_out_eval_set
 
         bits_of = {name: bits for name, bits, _ in SCHEMES}
@@ -286,20 +310,21 @@ class LiteRtInt8:
         sizes = [p.lr.shape[:2] for p in pairs]
         psnr_fp32 = float(np.mean([self._psnr(convert_fp32_bytes(self.module, self.spec, hw), p)
                                    for hw, p in zip(sizes, pairs)]))
-        memo: dict[tuple[int, tuple[str, ...]], float] = {}
+        memo: dict[tuple[str, tuple[str, ...]], float] = {}
         tried: list[dict[str, Any]] = []
         for scheme in schemes:
             bits = bits_of[scheme]
 
-            def drop_of(float_ops: Sequence[str], bits: int = bits) -> float:
-                key = (bits, tuple(sorted(float_ops)))
+            def drop_of(float_ops: Sequence[str], scheme: str = scheme) -> float:
+                key = (scheme, tuple(sorted(float_ops)))
                 if key not in memo:
-                    memo[key] = psnr_fp32 - float(np.mean([self._psnr(self.build(hw, float_ops, bits), p)
+                    memo[key] = psnr_fp32 - float(np.mean([self._psnr(self.build(hw, float_ops, scheme=scheme), p)
                                                            for hw, p in zip(sizes, pairs)]))
                 return memo[key]
 
             float_ops, drop, steps = float_layer_search(conv_ops(self.fp32(sizes[0])), drop_of, psnr_budget)
-            tried.append({"scheme": scheme, "activation_bits": bits, "drop_all_quantized": steps[0]["drop"],
+            tried.append({"scheme": scheme, "activation_bits": bits, "integer": scheme in INTEGER_SCHEMES,
+                          "drop_all_quantized": steps[0]["drop"],
                           "drop": round(drop, 4), "float_layers": float_ops, "search": steps,
                           "within_budget": psnr_budget is None or drop <= psnr_budget})
             if tried[-1]["within_budget"]:
@@ -309,7 +334,7 @@ class LiteRtInt8:
         return chosen["float_layers"], {
             "eval_set": "sample-held-out (" + ", ".join(p.name for p in pairs) + ")",
             "psnr_fp32": round(psnr_fp32, 4), "scheme": chosen["scheme"], "activation_bits": chosen["activation_bits"],
-            "activations": f"int{chosen['activation_bits']}", "precision": precision,
+            "activations": SCHEME_ACTIVATIONS[chosen["scheme"]], "integer": chosen["integer"], "precision": precision,
             "drop_all_int8": tried[0]["drop_all_quantized"], "drop_all_quantized": chosen["drop_all_quantized"],
             "drop": chosen["drop"], "psnr_budget": psnr_budget, "within_budget": chosen["within_budget"],
             "float_layers": chosen["float_layers"], "search": chosen["search"],
@@ -328,20 +353,21 @@ class LiteRtInt8:
 def int8_tflite_bytes(module, spec: Spec, hw: Sequence[int], *, calib: str | Path | None = None,
                       options: Int8Options | None = None, psnr_budget: float | None = 0.1
                       ) -> tuple[bytes, dict[str, Any]]:
-    """(full-integer .tflite bytes at `hw`, details) through :class:`LiteRtInt8`, with the held-out
-    verdict, mixed precision and the a16w8 fallback when `psnr_budget` is not None (else a8w8).
-    details["scheme"]: the scheme written (:data:`SCHEMES`)."""
+    """(quantized .tflite bytes at `hw`, details) through :class:`LiteRtInt8`, with the held-out
+    verdict, mixed precision and the dynamic / a16w8 fallbacks when `psnr_budget` is not None
+    (else a8w8). details["scheme"]: the scheme written (:data:`SCHEMES`)."""
     recipe = LiteRtInt8(module, spec, calib, options)
     details = recipe.details()
     float_ops: list[str] = []
-    bits = 8
+    name = "a8w8"
     if psnr_budget is not None:
         float_ops, details["verdict"] = recipe.verdict(psnr_budget)
-        bits = details["verdict"]["activation_bits"]
-    name, _, precision = next(s for s in SCHEMES if s[1] == bits)
-    details["scheme"] = {"name": name, "precision": precision, "weights": "int8", "activations": f"int{bits}",
-                         "text": SCHEME_TEXT[bits]}
-    return recipe.build(hw, float_ops, bits), details
+        name = details["verdict"]["scheme"]
+    _, bits, precision = next(s for s in SCHEMES if s[0] == name)
+    details["scheme"] = {"name": name, "precision": precision, "weights": "int8",
+                         "activations": SCHEME_ACTIVATIONS[name], "integer": name in INTEGER_SCHEMES,
+                         "float_ops": float_ops, "text": SCHEME_TEXT[name]}
+    return recipe.build(hw, float_ops, scheme=name), details
 
 
 def export_tflite(module, spec: Spec, path: str | Path, *, precision: str = "fp32",
@@ -355,9 +381,10 @@ def export_tflite(module, spec: Spec, path: str | Path, *, precision: str = "fp3
     fp32_bytes: an fp32 conversion of the same module at `hw` (fp32 only).
     psnr_budget: INT8: allowed Y-PSNR drop on the held-out sample photos (None: no verdict, no
     mixed precision, a8w8).
-    With precision "int8" the verdict may choose the a16w8 scheme (:data:`SCHEMES`): the result's
-    precision is then "int16x8" and the file goes beside `path` with "int8" in its name replaced
-    by "int16x8" (``model_int8.tflite`` -> ``model_int16x8.tflite``), so no int16 file is named int8.
+    With precision "int8" the verdict may choose the dynamic or a16w8 scheme (:data:`SCHEMES`): the
+    result's precision is then "int8-dynamic" / "int16x8" and the file goes beside `path` with "int8"
+    in its name replaced by it (``model_int8.tflite`` -> ``model_int8-dynamic.tflite``,
+    ``model_int16x8.tflite``), so neither a float-activation nor an int16 file is named int8.
     """
     from ..backends.litert_runner import LiteRtRunner
 

@@ -81,9 +81,10 @@ class MobileExport:
                                  "height": {"min": h or 1, "max": h}, "width": {"min": w or 1, "max": w}},
                  "max_abs_vs_torch": self.max_abs_vs_torch, "psnr_vs_torch": self.psnr_vs_torch,
                  "versions": self.versions}
-        scheme = self.details.get("scheme")  # LiteRT: {"name": "a8w8" | "a16w8", ...}; ncnn: a description
-        if isinstance(scheme, dict):  # which integer scheme the file is, not only its precision label
-            main["quantization"] = {k: scheme[k] for k in ("name", "weights", "activations") if k in scheme}
+        scheme = self.details.get("scheme")  # LiteRT: {"name": "a8w8" | "dynamic" | "a16w8", ...}; ncnn: a description
+        if isinstance(scheme, dict):  # which scheme the file is (integer or not, ops float), not only its precision label
+            main["quantization"] = {k: scheme[k] for k in ("name", "weights", "activations", "integer", "float_ops")
+                                    if k in scheme}
         out = [main]
         if len(self.files) > 1:
             main["weights"] = self.files[1].name

@@ -330,12 +330,15 @@ def test_litert_int8_keeps_the_named_ops_float(bundled):
 
 @needs_litert
 @pytest.mark.slow
-def test_litert_falls_back_to_int16_activations_when_int8_misses_the_budget(tmp_path):
+def test_litert_falls_back_past_int8_when_int8_misses_the_budget(tmp_path):
     """An attention-shaped model whose a8w8 file loses >1 dB on the held-out photos: `convert
-    --tflite --int8`'s export tries a16w8 next, writes it under a name that says so, and the
-    file, the verdict and the manifest entry all say int16 activations."""
-    from edgesr.backends.litert_runner import interpreter
-    from edgesr.export.litert import export_tflite
+    --tflite --int8`'s export tries the next scheme, dynamic int8 (activations quantized at run
+    time, finer than one scale per tensor: it holds), writes it under a name that says so, and the
+    file, the verdict and the manifest entry all say what it is. The last scheme, a16w8, holds
+    too, and its file says int16 activations."""
+    from edgesr.backends.litert_runner import LiteRtRunner, interpreter
+    from edgesr.backends.mobile import file_backend, litert_precision
+    from edgesr.export.litert import LiteRtInt8, convert_fp32_bytes, export_tflite, time_vs_fp32
     from edgesr.spec import Spec
 
     from helpers.models import TinyAttention
@@ -343,29 +346,57 @@ def test_litert_falls_back_to_int16_activations_when_int8_misses_the_budget(tmp_
     spec = Spec(arch="tiny-attention", scale=4)
     res = export_tflite(TinyAttention().eval(), spec, tmp_path / "model_int8.tflite", precision="int8", hw=(48, 48))
     v = res.details["verdict"]
-    a8, a16 = v["schemes"]
-    assert (a8["scheme"], a16["scheme"]) == ("a8w8", "a16w8")
+    a8, dyn = v["schemes"]
+    assert (a8["scheme"], dyn["scheme"]) == ("a8w8", "dynamic")
     assert a8["drop"] > 1.0 and not a8["within_budget"]  # measured, not assumed: int8 cannot carry it
-    assert v["scheme"] == "a16w8" and v["within_budget"] and v["drop"] <= 0.1 and v["activations"] == "int16"
-    assert res.precision == "int16x8" and [p.name for p in res.files] == ["model_int16x8.tflite"]
-    assert (tmp_path / "model_int16x8.tflite").is_file() and not (tmp_path / "model_int8.tflite").exists()
-    assert res.io["input"]["dtype"] == res.io["output"]["dtype"] == "int16"
-    it = interpreter(tmp_path / "model_int16x8.tflite")
+    assert v["scheme"] == "dynamic" and v["within_budget"] and v["drop"] <= 0.1 and v["integer"] is False
+    assert res.precision == "int8-dynamic" and [p.name for p in res.files] == ["model_int8-dynamic.tflite"]
+    assert not (tmp_path / "model_int8.tflite").exists()
+    assert res.io["input"]["dtype"] == res.io["output"]["dtype"] == "float32"
+    art = res.artifacts("tflite_int8-dynamic")[0]
+    assert art["precision"] == "int8-dynamic" and art["quantization"]["name"] == "dynamic"
+    assert art["quantization"]["activations"].startswith("int8 at run time")
+    f = tmp_path / "model_int8-dynamic.tflite"  # bench / upscale run it as the quantized LiteRT file
+    assert file_backend(f) == "litert-int8" and litert_precision(LiteRtRunner(f)) == "int8-dynamic"
+
+    recipe = LiteRtInt8(TinyAttention().eval(), spec)
+    _, v16 = recipe.verdict(0.1, schemes=("a16w8",))
+    assert v16["scheme"] == "a16w8" and v16["within_budget"] and v16["activations"] == "int16" and v16["integer"]
+    f16 = tmp_path / "model_int16x8.tflite"
+    f16.write_bytes(recipe.build((48, 48), scheme="a16w8"))
+    it = interpreter(f16)
     dtypes = {t["index"]: t["dtype"] for t in it.get_tensor_details()}
     convs = [o for o in it._get_ops_details() if o["op_name"] == "CONV_2D"]
     assert convs and all(dtypes[o["outputs"][0]] == np.int16 and dtypes[o["inputs"][1]] == np.int8 for o in convs)
-    art = res.artifacts("tflite_int16x8")[0]
-    assert art["precision"] == "int16x8" and art["quantization"] == {"name": "a16w8", "weights": "int8",
-                                                                     "activations": "int16"}
-    from edgesr.backends.litert_runner import LiteRtRunner
-    from edgesr.backends.mobile import file_backend, litert_precision
-
-    f = tmp_path / "model_int16x8.tflite"  # bench / upscale run it as the integer LiteRT file, labelled int16x8
-    assert file_backend(f) == "litert-int8" and litert_precision(LiteRtRunner(f)) == "int16x8"
-    from edgesr.export.litert import convert_fp32_bytes, time_vs_fp32
-
-    t = time_vs_fp32(convert_fp32_bytes(TinyAttention().eval(), spec, (48, 48)), f, 3, runs=2)
+    assert file_backend(f16) == "litert-int8" and litert_precision(LiteRtRunner(f16)) == "int16x8"
+    t = time_vs_fp32(convert_fp32_bytes(TinyAttention().eval(), spec, (48, 48)), f16, 3, runs=2)
     assert t["quantized_ms"] > 0 and t["fp32_ms"] > 0 and t["faster_than_fp32"] == (t["ratio"] < 1)
+
+
+@needs_litert
+def test_litert_dynamic_scheme_is_labelled_what_it_is(bundled, tmp_path):
+    """The dynamic scheme (int8 weights, activations quantized at run time) writes a float-I/O file:
+    its verdict, scheme record, file name and the runner's label never call it integer int8, and a
+    convolution the verdict keeps float keeps float weights."""
+    from edgesr.backends.litert_runner import LiteRtRunner, interpreter
+    from edgesr.backends.mobile import litert_precision
+    from edgesr.export.litert import LiteRtInt8, conv_ops
+
+    model, spec = bundled
+    recipe = LiteRtInt8(model, spec)
+    float_ops, v = recipe.verdict(0.1, schemes=("dynamic",))
+    assert v["scheme"] == "dynamic" and v["precision"] == "int8-dynamic" and v["integer"] is False
+    assert v["activations"].startswith("int8 at run time") and v["within_budget"]
+    first = conv_ops(recipe.fp32((48, 48)))[0]
+    f = tmp_path / "m.tflite"
+    f.write_bytes(recipe.build((48, 48), [first], scheme="dynamic"))
+    r = LiteRtRunner(f)
+    assert r.io()["input"]["dtype"] == "float32" and litert_precision(r) == "int8-dynamic"
+    it = interpreter(f)
+    dtypes = {t["index"]: t["dtype"] for t in it.get_tensor_details()}
+    convs = [o for o in it._get_ops_details() if o["op_name"] == "CONV_2D"]
+    weight_dtypes = [dtypes[o["inputs"][1]] for o in convs]
+    assert np.int8 in weight_dtypes and np.float32 in weight_dtypes  # the float convolution stayed float
 
 
 def test_mobile_int8_problems_fail_the_convert_like_onnx_int8():
