@@ -52,6 +52,8 @@ MODELS = {  # name -> checkpoint under shared/checkpoints/etds-repo, or a loader
     "SAFMN++ (NTIRE 2024 team23)": "safmnpp",
 }
 BUDGET = 0.1  # held-out dB, edgesr convert's default
+PRECISION = {"a8w8": "int8", "dynamic": "int8-dynamic", "a16w8": "int16x8"}  # edgesr.export.litert.SCHEMES
+SCHEME_OF = {p: s for s, p in PRECISION.items()}
 START, END = "<!-- mobile-coverage:start -->", "<!-- mobile-coverage:end -->"
 
 
@@ -111,7 +113,7 @@ def _ncnn_mode(module, spec):
     return hw is not None, why
 
 
-CHOSEN: dict = {}  # model -> (float ops, activation bits) of this process's LiteRT verdict
+CHOSEN: dict = {}  # model -> (float ops, scheme) of this process's LiteRT verdict
 RECIPES: dict = {}  # (model, format) -> INT8 recipe of this process: latency reuses quality's (a SAFMN++
 # preparation is ~70 forward passes, 8 minutes at load 20 on 2 CPUs)
 
@@ -142,7 +144,7 @@ def quality(name: str, module, spec, pairs, int8: bool = True, formats: tuple[st
             float_ops, v = lr.verdict(BUDGET)
             out["verdict"]["litert"] = v
             recipes["litert"] = (lr, float_ops)
-            CHOSEN[name] = (float_ops, v["activation_bits"])
+            CHOSEN[name] = (float_ops, v["scheme"])
             log(f"  {name}: LiteRT INT8 verdict {v['scheme']} {v['drop']:.3f} dB ({time.time() - t0:.0f} s)")
         except Exception as e:  # noqa: BLE001 - reported, not fatal
             out["errors"]["litert"] = f"{type(e).__name__}: {e}"[:300]
@@ -170,10 +172,10 @@ def quality(name: str, module, spec, pairs, int8: bool = True, formats: tuple[st
             out["max_abs"]["litert_fp32"] = max(out["max_abs"]["litert_fp32"], float(np.abs(y - ref).max()))
             out["litert_fp32"].append(_psnr(y, p, spec))
             if lr is not None:
-                bits = out["verdict"]["litert"]["activation_bits"]
-                q = lr.build(hw, float_ops, bits)
+                scheme = out["verdict"]["litert"]["scheme"]
+                q = lr.build(hw, float_ops, scheme=scheme)
                 out["litert_int8"].append(_psnr(LiteRtRunner(q).run(x), p, spec))
-                if float_ops or bits != 8:  # what the all-a8w8 file would lose
+                if float_ops or scheme != "a8w8":  # what the all-a8w8 file would lose
                     out["litert_int8_all"].append(_psnr(LiteRtRunner(lr.build(hw)).run(x), p, spec))
                 if p is pairs[0]:
                     out["kernels"]["litert"] = litert_kernel_check(q, x, y)
@@ -213,6 +215,11 @@ def litert_kernel_check(model: bytes, x: np.ndarray, ref: np.ndarray) -> dict:
         it = Interpreter(model_content=model, **kw)
         it.allocate_tensors()
         d, o = it.get_input_details()[0], it.get_output_details()[0]
+        if d["dtype"] == np.float32:  # dynamic int8: float I/O, output compared in 1/255 steps
+            it.set_tensor(d["index"], np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=np.float32))
+            it.invoke()
+            y = it.get_tensor(o["index"]).astype(np.float64).transpose(0, 3, 1, 2)
+            return np.round(y * 255).astype(np.int32), y
         s, z = d["quantization"]
         info = np.iinfo(d["dtype"])
         it.set_tensor(d["index"], np.clip(np.round(x.transpose(0, 2, 3, 1) / s + z), info.min, info.max
@@ -228,8 +235,9 @@ def litert_kernel_check(model: bytes, x: np.ndarray, ref: np.ndarray) -> dict:
     def psnr(y):
         return round(float(10 * np.log10(1.0 / np.mean((np.clip(y, 0, 1) - np.clip(ref, 0, 1)) ** 2))), 3)
 
-    return {"what": "integer output codes, default kernels vs LiteRT reference kernels; PSNR of each vs the fp32 "
-                    "file (Set5 baby)", "dtype": np.dtype(it_dtype(model)).name, "max_code_diff": int(d.max()),
+    return {"what": "integer output codes (float I/O: output x 255, rounded), default kernels vs LiteRT reference "
+                    "kernels; PSNR of each vs the fp32 file (Set5 baby)", "dtype": np.dtype(it_dtype(model)).name,
+            "max_code_diff": int(d.max()),
             "share_differing": round(float((d > 0).mean()), 5),
             "psnr_xnnpack_vs_fp32": psnr(fy), "psnr_reference_vs_fp32": psnr(ry)}
 
@@ -398,8 +406,10 @@ def latency(module, spec, hw: tuple[int, int], threads: int, policy, int8: bool 
         if int8:
             recipe = RECIPES.get((name, "litert")) or LiteRtInt8(module, spec)
             runners["litert:int8"] = LiteRtRunner(recipe.build(hw), threads=threads)
-            if CHOSEN.get(name, ((), 8))[1] == 16:  # the verdict's file is a16w8: time it too
-                runners["litert:int16x8"] = LiteRtRunner(recipe.build(hw, CHOSEN[name][0], 16), threads=threads)
+            float_ops, scheme = CHOSEN.get(name, ((), "a8w8"))
+            if scheme != "a8w8":  # the verdict's file is another scheme: time it too
+                runners[f"litert:{PRECISION[scheme]}"] = LiteRtRunner(recipe.build(hw, float_ops, scheme=scheme),
+                                                                      threads=threads)
     except Exception as e:  # noqa: BLE001
         errors["litert"] = f"{type(e).__name__}: {e}"[:300]
     try:
@@ -424,7 +434,7 @@ def latency(module, spec, hw: tuple[int, int], threads: int, policy, int8: bool 
             for k, s in stats.items()}
     return {"lr_hw": list(hw), "threads": threads, "results": rows, "errors": errors, "ort_graph": note,
             "int8_note": "int8: all-a8w8 builds (the verdict's float layers, if any, change little of the time); "
-                         "int16x8: the verdict's a16w8 file, where it chose one",
+                         "int8-dynamic / int16x8: the verdict's dynamic / a16w8 file, where it chose one",
             "loadavg_before": load_before, "loadavg_after": load_after}
 
 
@@ -472,7 +482,8 @@ def readme_block(data: dict) -> str:
         return f"{r['median_ms']:.1f} ({v['ratio']:.2f}x{spread})"
 
     def lt_int(rows):  # the file convert writes: a16w8 where the verdict chose it
-        return (f"a16w8 {ms(rows, 'litert:int16x8')}; a8w8 {ms(rows, 'litert:int8')}" if "litert:int16x8" in rows
+        other = next((k for k in ("litert:int8-dynamic", "litert:int16x8") if k in rows), None)
+        return (f"{SCHEME_OF[other.split(':')[1]]} {ms(rows, other)}; a8w8 {ms(rows, 'litert:int8')}" if other
                 else ms(rows, "litert:int8"))
 
     for name, m in data["models"].items():
@@ -492,8 +503,11 @@ def readme_block(data: dict) -> str:
             v = q["verdict"].get(fmt) or {}
             fl = v.get("float_layers") or []
             over = "" if v.get("within_budget", True) else f" (over the budget: {v['drop']:.3f} held-out)"
-            if v.get("activation_bits", 8) != 8:  # the verdict fell back to LiteRT's 16x8 scheme
-                return f"{d:.3f} (a16w8: int16 activations; all-a8w8 {q['int8_drop_all_int8_db'][fmt]:.3f})" + over
+            scheme = v.get("scheme") or ("a16w8" if v.get("activation_bits", 8) == 16 else "a8w8")
+            if fmt == "litert" and scheme != "a8w8":  # the verdict fell back to another LiteRT scheme
+                what = {"dynamic": "int8 activations at run time, float I/O", "a16w8": "int16 activations"}[scheme]
+                n = f", {len(fl)} float" if fl else ""
+                return f"{d:.3f} ({scheme}: {what}{n}; all-a8w8 {q['int8_drop_all_int8_db'][fmt]:.3f})" + over
             return (f"{d:.3f}" + (f" ({len(fl)} float; all-INT8 {q['int8_drop_all_int8_db'][fmt]:.3f})" if fl else "")
                     + over)
 
@@ -522,7 +536,9 @@ def docs_blocks(data: dict, ablation_data: dict | None) -> dict[str, str]:
                "Set5 drop, shipped | Set5 drop, all INT8 | within 0.15 dB on Set5 |",
                "|---|---|---|---|---|---|---|---|---|"]
     kernels = ["| model | LiteRT: max code diff XNNPACK vs reference (share) | PSNR vs fp32: XNNPACK / reference dB | "
-               "ncnn: INT8 convs checked | max relative diff vs float64 |", "|---|---|---|---|---|"]
+               "ncnn: INT8 convs checked | max relative diff vs float64, near-tie inputs either way (round-to-nearest "
+               "codes only) |",
+               "|---|---|---|---|---|"]
     for name, m in data["models"].items():
         q = m["quality"]
         for fmt in ("litert", "ncnn"):
@@ -542,7 +558,9 @@ def docs_blocks(data: dict, ablation_data: dict | None) -> dict[str, str]:
                        + " | "
                        + (f"{lt['psnr_xnnpack_vs_fp32']:.2f} / {lt['psnr_reference_vs_fp32']:.2f}" if lt else "-")
                        + " | " + (str(nc["layers"]) if nc else "-") + " | "
-                       + (f"{nc['max_relative_diff']:.1e}" if nc and nc["max_relative_diff"] is not None else "-")
+                       + ((f"{nc['max_relative_diff']:.1e} ({nc['max_relative_diff_nearest']:.1e})"
+                           if "max_relative_diff_nearest" in nc else f"not measured ({nc['max_relative_diff']:.1e})")
+                          if nc and nc["max_relative_diff"] is not None else "-")
                        + " |")
     sets = {m["quality"]["verdict"][f]["eval_set"] for m in data["models"].values() for f in ("litert", "ncnn")
             if m["quality"]["verdict"].get(f)}
