@@ -9,7 +9,9 @@ equalization, GPTQ weights on the int8 grid, bias correction), then quantized wi
   verdict falls back to;
 * a16w8, convolutions float: the same with every convolution left float (mixed float / int16);
 * dynamic int8: int8 weights, activations quantized at run time per op (dynamic_wi8_afp32; a
-  float file to the app);
+  float file to the app), every convolution quantized, and with the convolutions the verdict's
+  float-layer search keeps float (the file `edgesr convert --tflite --int8` writes when a8w8
+  misses the budget: scheme "dynamic");
 * weight-only int8: int8 weights dequantized to float (weight_only_wi8_afp32).
 
 Quality: the held-out drop (Y-PSNR of the unprepared fp32 file minus the scheme's, the verdict's
@@ -35,7 +37,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "litert_schemes.json"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def builders(recipe_obj, hw):
+def builders(recipe_obj, hw, dynamic_float_ops=()):
     """scheme -> (description, function building the .tflite bytes at hw)."""
     from ai_edge_quantizer import quantizer, recipe
 
@@ -57,6 +59,9 @@ def builders(recipe_obj, hw):
                                       lambda: recipe_obj.build(hw, conv_ops(fp32), 16)),
         "dynamic int8": ("int8 weights, activations quantized at run time (float file)",
                          aeq(recipe.dynamic_wi8_afp32())),
+        "dynamic int8, verdict's float convs": (f"the same, {len(dynamic_float_ops)} convolutions float (the verdict's "
+                                                "search)", lambda: recipe_obj.build(hw, dynamic_float_ops,
+                                                                                   scheme="dynamic")),
         "weight-only int8": ("int8 weights dequantized to float", aeq(recipe.weight_only_wi8_afp32())),
     }
 
@@ -91,14 +96,16 @@ def main(argv=None) -> int:
                                              0, 1), p.hr, spec.scale) for p in pairs]))
 
     base = psnr(convert_fp32_bytes(module, spec, eval_hw))
+    dyn_float, _ = recipe_obj.verdict(0.1, schemes=("dynamic",))
     rows: dict = {}
-    for name, (what, build) in builders(recipe_obj, eval_hw).items():
+    for name, (what, build) in builders(recipe_obj, eval_hw, dyn_float).items():
         rows[name] = {"what": what, "held_out_drop_db": round(base - psnr(build()), 4)}
         print(f"  {name}: held-out drop {rows[name]['held_out_drop_db']:.3f} dB", file=sys.stderr, flush=True)
     hw = (args.size, args.size)
     x = np.random.default_rng(0).random((1, spec.in_channels, *hw), dtype=np.float32)
     runners = {"fp32": LiteRtRunner(convert_fp32_bytes(module, spec, hw), threads=1)}
-    runners |= {name: LiteRtRunner(build(), threads=1) for name, (_, build) in builders(recipe_obj, hw).items()}
+    runners |= {name: LiteRtRunner(build(), threads=1)
+                for name, (_, build) in builders(recipe_obj, hw, dyn_float).items()}
     load_before = os.getloadavg()
     stats = time_interleaved({k: (lambda r=r: r.run(x)) for k, r in runners.items()},
                              TimingPolicy(warmup_seconds=0.5, min_runs=args.runs, max_runs=args.runs, min_seconds=0))
