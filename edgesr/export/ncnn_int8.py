@@ -409,7 +409,7 @@ class NcnnInt8:
         return {"calibration": ("crops of the input size from the calibration photos (edgesr.export.mobile."
                                 "deploy_size_crops)" if self.fixed else
                                 "edgesr.quant.calibration.CalibrationSource patches"),
-                "float_layers": "exact (unrounded) weights and bias; max |ncnn - PyTorch| with every convolution "
+                "float_layer_weights": "exact (unrounded) weights and bias; max |ncnn - PyTorch| with every convolution "
                                 "float, per size: " + (", ".join(f"{k} {v:.1e}" for k, v in self.exact_check.items())
                                                        or "not needed"),
                 "ranges": "min-max of each convolution input (after zero-centring)",
