@@ -315,20 +315,22 @@ def deploy_size_crops(spec: Spec, hw: Sequence[int], calib: str | Path | None = 
     from ..quant.calibration import bicubic_downscale, read_rgb_u8, resolve_images, to_model_input
 
     s, h, w = spec.scale, int(hw[0]), int(hw[1])
-    photos = []
+    usable = []  # at most `num` files, decoded one at a time (memory: one photo, whatever the folder holds)
     for f in resolve_images(calib):
         try:
             img = read_rgb_u8(f)
         except ImageError:
             continue
         if img.shape[0] >= s * max(1, spec.min_size) and img.shape[1] >= s * max(1, spec.min_size):
-            photos.append(img)
-    if not photos:
+            usable.append(f)
+        if len(usable) >= num:
+            break
+    if not usable:
         raise DatasetError("no readable calibration image of at least the model's minimum size")
     rng = np.random.default_rng(seed)
     out = []
     for i in range(num):
-        img = photos[i % len(photos)]
+        img = read_rgb_u8(usable[i % len(usable)])
         ch, cw = min(img.shape[0], h * s) // s * s, min(img.shape[1], w * s) // s * s
         top = int(rng.integers(0, img.shape[0] - ch + 1))
         left = int(rng.integers(0, img.shape[1] - cw + 1))
