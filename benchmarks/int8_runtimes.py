@@ -95,8 +95,8 @@ def run_model(name: str, args, tmp: Path, set5) -> dict:
     from edgesr.backends.openvino_runner import OpenVinoRunner
     from edgesr.bench import SessionRunner, TimingPolicy, ort_session, ratio_summary, time_interleaved
     from edgesr.quant import QuantConfig, quantize_model
-    from edgesr.quant.calibration import CalibrationSource
     from edgesr.quant.evaluate import evaluate
+    from edgesr.quant.quantize import calibration_source
 
     d = tmp / name
     spec, fp32 = export_deploy_fp32(MODELS[name], d)
@@ -122,7 +122,8 @@ def run_model(name: str, args, tmp: Path, set5) -> dict:
         log(f"  {name} {profile}: held-out drop {res.drop:.3f} (all-int8 {res.psnr_fp32 - res.psnr_int8_all:.3f}), "
             f"Set5 drop {res.test_drop:.3f}, {len(res.float_layers)}/{len(res.layers)} float "
             f"({time.perf_counter() - t0:.0f} s)")
-    patches = CalibrationSource(spec, None, num_patches=32, patch_size=48, progress=False).patches
+    # the very patches edgesr's openvino profile calibrates with (its default count and size)
+    patches = calibration_source(spec, None, QuantConfig(profile="openvino", progress=False), "input").patches
     t0 = time.perf_counter()
     nncf_xml = nncf_default(fp32, patches, d / "nncf.xml")
     ov_fp32_set5 = evaluate(fp32, spec, set5, args.threads, "openvino").psnr

@@ -50,6 +50,10 @@ class QuantProfile:
     # The runtime the graph is made for: every PSNR of the budget check and the search is
     # measured by running the candidate there ("onnxruntime" | "openvino").
     runtime: str = "onnxruntime"
+    # Side (LR pixels) of the calibration patches when QuantConfig.patch_size is None. 96 for `openvino`:
+    # against 48 it lowered the held-out drop of ETDS-T/M/L, ECBSR and ABPN (5 of 5); for `trt` it was
+    # mixed, for `cpu` the searched graphs did not gain (docs/int8.md, "Calibration patch size").
+    calibration_patch: int = 48
     description: str = ""
 
     def ort_types(self):
@@ -101,6 +105,7 @@ CPU = QuantProfile(
 OPENVINO = QuantProfile(
     name="openvino", activation_type="uint8", weight_type="int8", activation_symmetric=False,
     weight_symmetric=True, per_channel=True, reduce_range=False, quantize_bias=False, runtime="openvino",
+    calibration_patch=96,
     description="OpenVINO CPU: uint8 activations (zero point 0 for non-negative tensors and the picture), "
                 "per-channel int8 weights, float biases, Q/DQ on conv/add inputs, evaluated and searched "
                 "in OpenVINO")
@@ -126,7 +131,8 @@ class QuantConfig:
     profile        "trt" | "cpu" | "openvino" (or a QuantProfile)
     method         calibration: "minmax" | "percentile" | "entropy"
     percentile     for method="percentile" (ORT keeps this percentile of |x|)
-    num_patches    calibration LR patches; patch_size their side in LR pixels; seed
+    num_patches    calibration LR patches; patch_size their side in LR pixels (None: the profile's
+                   calibration_patch, or 48 where the calibration images are too small for it); seed
     per_channel    per-output-channel weight scales (overrides the profile's)
     psnr_budget    allowed Y-PSNR drop (dB) vs fp32 on the evaluation set; None = no
                    mixed-precision search (everything quantizable is quantized)
@@ -168,7 +174,7 @@ class QuantConfig:
     method: str = "minmax"
     percentile: float = 99.999
     num_patches: int = 32
-    patch_size: int = 48
+    patch_size: int | None = None  # None: the profile's calibration_patch
     seed: int = 0
     batch_size: int = 8
     per_channel: bool = True
@@ -200,7 +206,7 @@ class QuantConfig:
             raise QuantizationError(f"percentile must be in (0, 100], got {self.percentile}")
         if self.finetune_steps < 1:
             raise QuantizationError(f"finetune_steps must be >= 1, got {self.finetune_steps}")
-        if self.num_patches < 1 or self.patch_size < 1 or self.batch_size < 1:
+        if self.num_patches < 1 or (self.patch_size is not None and self.patch_size < 1) or self.batch_size < 1:
             raise QuantizationError("num_patches, patch_size and batch_size must be >= 1")
         if self.psnr_budget is not None and self.psnr_budget < 0:
             raise QuantizationError(f"psnr_budget must be >= 0 dB, got {self.psnr_budget}")

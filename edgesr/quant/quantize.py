@@ -399,10 +399,7 @@ class QuantSession:
             source = calibration
             source.input_name = input_name
         else:
-            source = CalibrationSource(spec, calibration, num_patches=config.num_patches,
-                                       patch_size=config.patch_size, seed=config.seed,
-                                       batch_size=config.batch_size, input_name=input_name,
-                                       progress=config.progress)
+            source = calibration_source(spec, calibration, config, input_name)
         self.source = source
         check_fp32_output(model.SerializeToString(), source.patches, input_name, config.threads,
                           batch_size=config.batch_size)
@@ -742,6 +739,29 @@ def _speed_fn(qs: "QuantSession", probe):
         return memo[key]
 
     return speed
+
+
+SMALL_PATCH = 48  # LR pixels: the calibration patch where the images are too small for the profile's
+
+
+def calibration_source(spec: Spec, images, config: QuantConfig, input_name: str) -> CalibrationSource:
+    """The calibration patches: `config.patch_size`, or (None) the profile's `calibration_patch` - falling
+    back to SMALL_PATCH when no calibration image (or the model's size rules) fits that, so that images
+    a user's smaller default worked with before still do."""
+    size = config.patch_size or config.quant_profile.calibration_patch
+
+    def make(p: int) -> CalibrationSource:
+        return CalibrationSource(spec, images, num_patches=config.num_patches, patch_size=p, seed=config.seed,
+                                 batch_size=config.batch_size, input_name=input_name, progress=config.progress)
+
+    if config.patch_size is not None or size == SMALL_PATCH:
+        return make(size)
+    try:
+        return make(size)
+    except DatasetError as e:
+        if "at least" not in str(e) and "does not fit" not in str(e):
+            raise
+        return make(SMALL_PATCH)
 
 
 def verdict_criterion(budget: float | None) -> str:

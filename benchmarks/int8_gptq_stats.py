@@ -1,0 +1,180 @@
+"""GPTQ's statistics, plain or in all six colour orders: which one do the held-out set, an independent
+photo set and Set5 prefer, per model and INT8 profile? And does the held-out set predict the others?
+
+    python benchmarks/int8_gptq_stats.py [--models ETDS-L,RLFN,...] [--profiles openvino,cpu]
+
+For each model (real checkpoints from ../shared) and profile, two quantization sessions that differ
+only in ``QuantConfig.gptq_color_permutations`` (False: H = E[x x^T] of the calibration patches as
+they are; True: over the patches in all six RGB channel orders, edgesr/quant/refine.py) build the
+all-int8 graph and, where an earlier `int8_runtimes.py` run left one (benchmarks/results/
+int8_runtimes.json), the float-layer set its search chose. Each graph is scored in the runtime it is
+made for, with the one verdict's criterion (mean Y-PSNR drop vs fp32 against ground truth), on:
+
+* ``held-out``: the default evaluation set (`held_out_eval_set`: 4 photos, 192-px tiles) - the only
+  set the quantizer ever chooses by;
+* ``independent``: scikit-learn's two sample photographs (china.jpg, flower.jpg; 512-px centre crop,
+  192-px tiles), disjoint from calibration, held-out set and Set5; only when scikit-learn is installed
+  (it comes with `nncf`). A second, unrelated judge of the held-out set's choices;
+* ``Set5`` x4: reported, never chosen by.
+
+Writes benchmarks/results/int8_gptq_stats.json (after every model) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from int8_runtimes import MODELS as RUNTIME_MODELS  # noqa: E402  (benchmarks/ is the script's folder)
+from int8_runtimes import export_deploy_fp32  # noqa: E402
+
+SHARED = Path(os.environ.get("EDGESR_SHARED", REPO.parent / "shared"))
+RESULTS = REPO / "benchmarks" / "results" / "int8_gptq_stats.json"
+EARLIER = REPO / "benchmarks" / "results" / "int8_runtimes.json"
+MODELS = {"ETDS-T": "checkpoints/etds-repo/ETDS/ETDS_M5C16_x4.pth", **RUNTIME_MODELS}
+DEFAULT_MODELS = ("ETDS-T", "ETDS-M", "ETDS-L", "ECBSR-M4C16", "ABPN-M4C28", "RLFN")
+VARIANTS = {"plain": False, "colour permutations": True}
+INDEPENDENT = ("china.jpg", "flower.jpg")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def independent_set(scale: int, tile: int = 192):
+    """scikit-learn's sample photographs as an EvalSet (None when scikit-learn is not installed)."""
+    import importlib.util
+
+    from edgesr.quant.calibration import EvalPair, EvalSet, _centre_crop, _tiles, bicubic_downscale, read_rgb_u8
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "images"
+    pairs = []
+    for n in INDEPENDENT:
+        if (folder / n).is_file():
+            for name, hr in _tiles(n, _centre_crop(read_rgb_u8(folder / n), 512, scale), tile, scale):
+                pairs.append(EvalPair(name, bicubic_downscale(hr, scale), hr))
+    return EvalSet(f"scikit-learn photos ({tile}-px tiles)", scale, pairs) if pairs else None
+
+
+def earlier_float_layers(name: str, profile: str) -> list[str]:
+    try:
+        return list(json.loads(EARLIER.read_text())["models"][name]["int8"][profile]["float_layers"])
+    except (OSError, KeyError, ValueError):
+        return []
+
+
+def run_model(name: str, profiles: list[str], sets: dict, tmp: Path, threads: int) -> dict:
+    from edgesr.quant import QuantConfig
+    from edgesr.quant.evaluate import evaluate
+    from edgesr.quant.quantize import QuantSession
+
+    d = tmp / name
+    spec, fp32 = export_deploy_fp32(MODELS[name], d)
+    out: dict = {"checkpoint": MODELS[name], "profiles": {}}
+    for profile in profiles:
+        t0 = time.perf_counter()
+        rows: dict = {}
+        ref = None
+        for variant, perms in VARIANTS.items():
+            cfg = QuantConfig(profile=profile, threads=threads, progress=False, psnr_budget=None,
+                              gptq_color_permutations=perms)
+            with QuantSession(fp32, spec, cfg) as qs:
+                runtime = qs.profile.runtime
+                if ref is None:
+                    ref = {s: evaluate(qs.fp32_path, spec, es, threads, runtime).psnr for s, es in sets.items()}
+                layers = [layer.name for layer in qs.layers]
+                graphs = {"all-int8": []}
+                old = earlier_float_layers(name, profile)
+                if old and set(old) <= set(layers):
+                    graphs[f"earlier search result ({len(old)}/{len(layers)} float)"] = old
+                for g, floats in graphs.items():
+                    path = qs.build(d / f"{profile}.onnx", floats)
+                    drops = {s: ref[s] - evaluate(path, spec, es, threads, runtime).psnr for s, es in sets.items()}
+                    rows.setdefault(g, {})[variant] = drops
+                    log(f"  {name} {profile} {g} {variant}: " + " | ".join(f"{s} {v:.3f}" for s, v in drops.items()))
+        out["profiles"][profile] = {"runtime": runtime, "graphs": rows, "seconds": round(time.perf_counter() - t0, 1),
+                                    "load": os.getloadavg()}
+    return out
+
+
+def summarize(result: dict, sets: list[str]) -> dict:
+    """Per profile: which variant each set prefers, and how often the held-out set agrees with the others."""
+    summary: dict = {}
+    for m, e in result["models"].items():
+        for p, pe in e["profiles"].items():
+            s = summary.setdefault(p, {"cases": 0, **{f"held-out agrees with {x}": 0 for x in sets if x != "held-out"},
+                                       "ratios held-out / Set5 (plain, all-int8)": {}})
+            for g, r in pe["graphs"].items():
+                prefer = {x: min(VARIANTS, key=lambda v: r[v][x]) for x in sets}
+                s["cases"] += 1
+                for x in sets:
+                    if x != "held-out":
+                        s[f"held-out agrees with {x}"] += prefer["held-out"] == prefer[x]
+                if g == "all-int8" and r["plain"]["Set5"] > 0.02:
+                    s["ratios held-out / Set5 (plain, all-int8)"][m] = round(r["plain"]["held-out"] / r["plain"]["Set5"], 2)
+    return summary
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated subset of " + ", ".join(MODELS))
+    ap.add_argument("--profiles", default="openvino,cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    if any(n not in MODELS for n in names):
+        print(f"unknown model in {names}; known: {', '.join(MODELS)}", file=sys.stderr)
+        return 2
+    if not (SHARED / "testsets" / "Set5").is_dir():
+        print(f"needs Set5 and the checkpoints under {SHARED}", file=sys.stderr)
+        return 2
+    import tempfile
+
+    from edgesr.bench import machine_info
+    from edgesr.fsutil import atomic_write_json
+    from edgesr.quant import testset_eval_set
+    from edgesr.quant.calibration import held_out_eval_set
+
+    sets = {"held-out": held_out_eval_set(4)}
+    indep = independent_set(4)
+    if indep is None:
+        log("scikit-learn is not installed: no independent photo set (pip install scikit-learn)")
+    else:
+        sets["independent"] = indep
+    sets["Set5"] = testset_eval_set(SHARED / "testsets" / "Set5", 4)
+    profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    result: dict = {"benchmark": "int8_gptq_stats", "scale": 4, "threads": args.threads, "machine": machine_info(),
+                    "sets": {k: {"name": v.name, "images": v.images, "pairs": len(v)} for k, v in sets.items()},
+                    "variants": {k: f"gptq_color_permutations={v}" for k, v in VARIANTS.items()}, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="edgesr-gptq-stats-") as tmp:
+        for i, name in enumerate(names):
+            log(f"[{i + 1}/{len(names)}] {name} (load {os.getloadavg()[0]:.1f})")
+            result["models"][name] = run_model(name, profiles, sets, Path(tmp), args.threads)
+            result["summary"] = summarize(result, list(sets))
+            atomic_write_json(args.out, result)
+    from edgesr.cli.output import format_table
+
+    rows = []
+    for m, e in result["models"].items():
+        for p, pe in e["profiles"].items():
+            for g, r in pe["graphs"].items():
+                rows.append([m, p, g] + [" / ".join(f"{r[v][x]:.3f}" for v in VARIANTS) for x in sets])
+    print(format_table(["model", "profile", "graph"] + [f"{x} drop: plain / perm" for x in sets], rows))
+    print(json.dumps(result["summary"], indent=1))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
