@@ -50,9 +50,9 @@ class QuantProfile:
     # The runtime the graph is made for: every PSNR of the budget check and the search is
     # measured by running the candidate there ("onnxruntime" | "openvino").
     runtime: str = "onnxruntime"
-    # Side (LR pixels) of the calibration patches when QuantConfig.patch_size is None. 96 for `openvino`:
-    # against 48 it lowered the held-out drop of ETDS-T/M/L, ECBSR and ABPN (5 of 5); for `trt` it was
-    # mixed, for `cpu` the searched graphs did not gain (docs/int8.md, "Calibration patch size").
+    # Side (LR pixels) of the calibration patches when QuantConfig.patch_size is None. 96 for the uint8
+    # profiles: against 48 it lowered the all-int8 held-out drop of ETDS-T/M/L, ECBSR and ABPN in `cpu`
+    # and `openvino` (10 of 10); for `trt` it was mixed (docs/int8.md, "Calibration patch size").
     calibration_patch: int = 48
     description: str = ""
 
@@ -91,7 +91,7 @@ TRT = QuantProfile(
 CPU = QuantProfile(
     name="cpu", activation_type="uint8", weight_type="int8", activation_symmetric=False,
     weight_symmetric=True, per_channel=True, reduce_range=True, quantize_bias=True, placement="ort",
-    prelu="decompose",
+    prelu="decompose", calibration_patch=96,
     description="ONNX Runtime CPU (x86 without VNNI): asymmetric uint8 activations, per-channel "
                 "7-bit (reduce_range) int8 weights, int32 biases, PRelu decomposed into float "
                 "Relu/Sub/Mul/Add")

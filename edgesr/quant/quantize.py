@@ -77,7 +77,6 @@ class QuantResult:
     prelu_rewrite: dict[str, Any] | None = None
     concat_split: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None  # FinetuneReport + held-out scores; None: not run
-    gptq_statistics: dict[str, Any] | None = None  # which GPTQ statistics were chosen, and why (None: no choice)
     speed: dict[str, Any] | None = None  # the final graph vs fp32, timed by the search (quant/speed.py)
     test_set: str | None = None
     test_psnr_fp32: float | None = None
@@ -486,33 +485,6 @@ class QuantSession:
         self.psnr_fp32 = evaluate(self.fp32_path, spec, self.evalset, config.threads, profile.runtime).psnr
         self.psnr_int8_all = self._qs.score([])
         self.workdir = work
-        self.gptq_statistics = self._choose_gptq_statistics(model, refiner) if refiner is not None else None
-
-    def _choose_gptq_statistics(self, model, refiner) -> dict[str, Any] | None:
-        """8-bit weights on uint8 (uncentred) activations (`openvino`): GPTQ's statistics from the
-        calibration patches as they are, or in all six RGB channel orders (refine.permute_colors) -
-        whichever all-int8 graph scores better on the evaluation set is kept (docs/int8.md, "GPTQ
-        statistics per model"). Neither wins for every model there; 7-bit weights (`cpu`) always
-        permute, symmetric int8 (`trt`) never. None: no choice was made (the config fixed it, or
-        the profile / model does not have one)."""
-        config, profile = self.config, self.profile
-        if (config.gptq_color_permutations is not None or not config.gptq or profile.reduce_range
-                or profile.activation_type != "uint8" or self.source.patches.shape[1] != 3):
-            return None
-        from .refine import WeightRefiner
-
-        alt = WeightRefiner(model, self.source.patches, gptq=True, bias_correction=config.bias_correction,
-                            color_permutations=True, threads=config.threads)
-        q = self._qs
-        alt_qs = _Session(q.fp32_path, q.spec, config, q.ranges_path, q.evalset, q.workdir, list(q.layers.values()),
-                          alt, q.overrides)
-        plain, permuted = self.psnr_int8_all, alt_qs.score([])
-        chosen = "colour permutations" if permuted > plain else "calibration patches as they are"
-        if permuted > plain:
-            self._qs, self.psnr_int8_all = alt_qs, permuted
-        return {"chosen": chosen, "criterion": f"all-int8 Y-PSNR on {self.evalset.name}",
-                "psnr_int8_all": {"calibration patches as they are": plain, "colour permutations": permuted},
-                "psnr_fp32": self.psnr_fp32}
 
     _rank_qs: "_Session | None" = None  # the ranking session (centre crops), made on first use
 
@@ -685,7 +657,6 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
             onnx.save(qmodel, str(tmp_out))
         source = qs.source
         reports = (qs.eq_report, qs.center_report, qs.prelu_report, qs.concat_report, qs.exact_input_report)
-        gptq_statistics = qs.gptq_statistics
 
     result = QuantResult(
         path=out, profile=profile.name, config=config.to_dict(), float_nodes=float_nodes,
@@ -697,8 +668,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         calibration=source.describe() | {"method": config.method}, equalization=reports[0],
         centering=reports[1], exact_input=reports[4], prelu_rewrite=reports[2], concat_split=reports[3], finetune=finetune_info,
         test_set=test_set.name if test_set is not None else None, test_psnr_fp32=test_fp32,
-        test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings, speed=speed_info,
-        gptq_statistics=gptq_statistics)
+        test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings, speed=speed_info)
     if sensitivity_png and rows:
         from .sensitivity import plot_sensitivity
 

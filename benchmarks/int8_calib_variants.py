@@ -1,12 +1,13 @@
-"""GPTQ's statistics, plain or in all six colour orders: which one do the held-out set, an independent
-photo set and Set5 prefer, per model and INT8 profile? And does the held-out set predict the others?
+"""Calibration variants for the INT8 profiles - patch size (48 or 96 LR pixels) and GPTQ's statistics
+(the patches as they are, or in all six colour orders) - judged by the held-out set, an independent
+photo set and Set5 side by side: which variant does each prefer, and does the held-out set predict
+the others?
 
-    python benchmarks/int8_gptq_stats.py [--models ETDS-L,RLFN,...] [--profiles openvino,cpu]
+    python benchmarks/int8_calib_variants.py [--models ETDS-L,RLFN,...] [--profiles openvino,cpu]
 
-For each model (real checkpoints from ../shared) and profile, two quantization sessions that differ
-only in ``QuantConfig.gptq_color_permutations`` (False: H = E[x x^T] of the calibration patches as
-they are; True: over the patches in all six RGB channel orders, edgesr/quant/refine.py) build the
-all-int8 graph and, where an earlier `int8_runtimes.py` run left one (benchmarks/results/
+For each model (real checkpoints from ../shared) and profile, one quantization session per variant
+(``QuantConfig.patch_size`` x ``gptq_color_permutations``; everything else the profile's default)
+builds the all-int8 graph and, where an earlier `int8_runtimes.py` run left one (benchmarks/results/
 int8_runtimes.json), the float-layer set its search chose. Each graph is scored in the runtime it is
 made for, with the one verdict's criterion (mean Y-PSNR drop vs fp32 against ground truth), on:
 
@@ -17,7 +18,7 @@ made for, with the one verdict's criterion (mean Y-PSNR drop vs fp32 against gro
   (it comes with `nncf`). A second, unrelated judge of the held-out set's choices;
 * ``Set5`` x4: reported, never chosen by.
 
-Writes benchmarks/results/int8_gptq_stats.json (after every model) and prints a table.
+Writes benchmarks/results/int8_calib_variants.json (after every model) and prints a table.
 """
 
 from __future__ import annotations
@@ -36,11 +37,15 @@ from int8_runtimes import MODELS as RUNTIME_MODELS  # noqa: E402  (benchmarks/ i
 from int8_runtimes import export_deploy_fp32  # noqa: E402
 
 SHARED = Path(os.environ.get("EDGESR_SHARED", REPO.parent / "shared"))
-RESULTS = REPO / "benchmarks" / "results" / "int8_gptq_stats.json"
+RESULTS = REPO / "benchmarks" / "results" / "int8_calib_variants.json"
 EARLIER = REPO / "benchmarks" / "results" / "int8_runtimes.json"
 MODELS = {"ETDS-T": "checkpoints/etds-repo/ETDS/ETDS_M5C16_x4.pth", **RUNTIME_MODELS}
 DEFAULT_MODELS = ("ETDS-T", "ETDS-M", "ETDS-L", "ECBSR-M4C16", "ABPN-M4C28", "RLFN")
-VARIANTS = {"plain": False, "colour permutations": True}
+VARIANTS = {"48 px": {"patch_size": 48, "gptq_color_permutations": False},
+            "48 px, colour orders": {"patch_size": 48, "gptq_color_permutations": True},
+            "96 px": {"patch_size": 96, "gptq_color_permutations": False},
+            "96 px, colour orders": {"patch_size": 96, "gptq_color_permutations": True}}
+BASE = "48 px"
 INDEPENDENT = ("china.jpg", "flower.jpg")
 
 
@@ -85,9 +90,8 @@ def run_model(name: str, profiles: list[str], sets: dict, tmp: Path, threads: in
         t0 = time.perf_counter()
         rows: dict = {}
         ref = None
-        for variant, perms in VARIANTS.items():
-            cfg = QuantConfig(profile=profile, threads=threads, progress=False, psnr_budget=None,
-                              gptq_color_permutations=perms)
+        for variant, kw in VARIANTS.items():
+            cfg = QuantConfig(profile=profile, threads=threads, progress=False, psnr_budget=None, **kw)
             with QuantSession(fp32, spec, cfg) as qs:
                 runtime = qs.profile.runtime
                 if ref is None:
@@ -113,15 +117,18 @@ def summarize(result: dict, sets: list[str]) -> dict:
     for m, e in result["models"].items():
         for p, pe in e["profiles"].items():
             s = summary.setdefault(p, {"cases": 0, **{f"held-out agrees with {x}": 0 for x in sets if x != "held-out"},
-                                       "ratios held-out / Set5 (plain, all-int8)": {}})
+                                       "ratios held-out / Set5 (48 px, all-int8)": {}})
             for g, r in pe["graphs"].items():
                 prefer = {x: min(VARIANTS, key=lambda v: r[v][x]) for x in sets}
                 s["cases"] += 1
                 for x in sets:
                     if x != "held-out":
                         s[f"held-out agrees with {x}"] += prefer["held-out"] == prefer[x]
-                if g == "all-int8" and r["plain"]["Set5"] > 0.02:
-                    s["ratios held-out / Set5 (plain, all-int8)"][m] = round(r["plain"]["held-out"] / r["plain"]["Set5"], 2)
+                    for v in list(VARIANTS)[1:]:  # how often each variant beats the first (48 px, plain)
+                        key = f"{v} lower than {BASE} on {x}"
+                        s[key] = s.get(key, 0) + (r[v][x] < r[BASE][x])
+                if g == "all-int8" and r["48 px"]["Set5"] > 0.02:
+                    s["ratios held-out / Set5 (48 px, all-int8)"][m] = round(r["48 px"]["held-out"] / r["48 px"]["Set5"], 2)
     return summary
 
 
@@ -156,7 +163,7 @@ def main(argv=None) -> int:
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     result: dict = {"benchmark": "int8_gptq_stats", "scale": 4, "threads": args.threads, "machine": machine_info(),
                     "sets": {k: {"name": v.name, "images": v.images, "pairs": len(v)} for k, v in sets.items()},
-                    "variants": {k: f"gptq_color_permutations={v}" for k, v in VARIANTS.items()}, "models": {}}
+                    "variants": VARIANTS, "models": {}}
     with tempfile.TemporaryDirectory(prefix="edgesr-gptq-stats-") as tmp:
         for i, name in enumerate(names):
             log(f"[{i + 1}/{len(names)}] {name} (load {os.getloadavg()[0]:.1f})")
@@ -170,7 +177,8 @@ def main(argv=None) -> int:
         for p, pe in e["profiles"].items():
             for g, r in pe["graphs"].items():
                 rows.append([m, p, g] + [" / ".join(f"{r[v][x]:.3f}" for v in VARIANTS) for x in sets])
-    print(format_table(["model", "profile", "graph"] + [f"{x} drop: plain / perm" for x in sets], rows))
+    print("drops in dB, variants in the order " + " / ".join(VARIANTS))
+    print(format_table(["model", "profile", "graph"] + [f"{x} drop" for x in sets], rows))
     print(json.dumps(result["summary"], indent=1))
     print(f"\nwrote {args.out}")
     return 0
