@@ -32,7 +32,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -366,7 +366,7 @@ class QuantSession:
         try:
             # (rewrites, calibration, weight rounding, fp32 / all-int8 scores)
             with progress("INT8 preparation", show=self.config.progress):
-                self._prepare(Path(self._tmp.name))
+                self._prepare_best_patch(Path(self._tmp.name))
         except BaseException:
             self._tmp.cleanup()
             raise
@@ -377,7 +377,30 @@ class QuantSession:
             self._tmp.cleanup()
             self._tmp = None
 
-    def _prepare(self, work: Path) -> None:
+    def _prepare_best_patch(self, work: Path) -> None:
+        """_prepare with the profile's calibration patch size and, where that is not SMALL_PATCH, with
+        SMALL_PATCH too; the preparation whose all-int8 graph loses less on the evaluation set is kept
+        (docs/int8.md, "Calibration patch size": 96-px patches help plain conv nets, not RLFN / SPAN).
+        A patch size the caller set, or a CalibrationSource they passed, is used as given."""
+        self.patch_choice: dict[str, Any] | None = None
+        big = self.config.quant_profile.calibration_patch
+        if self.config.patch_size is not None or isinstance(self._calibration, CalibrationSource) or big == SMALL_PATCH:
+            self._prepare(work)
+            return
+        (work / "big").mkdir()
+        self._prepare(work / "big", big)
+        if self.source.patch_size == SMALL_PATCH:  # the images were too small for `big`: nothing to choose
+            return
+        big_state, big_drop = dict(self.__dict__), self.psnr_fp32 - self.psnr_int8_all
+        (work / "small").mkdir()
+        self._prepare(work / "small", SMALL_PATCH)
+        small_drop = self.psnr_fp32 - self.psnr_int8_all
+        if big_drop <= small_drop:
+            self.__dict__.update(big_state)
+        self.patch_choice = {"all_int8_drop": {str(big): big_drop, str(SMALL_PATCH): small_drop},
+                             "chosen": self.source.patch_size, "criterion": f"all-int8 Y-PSNR drop on {self.evalset.name}"}
+
+    def _prepare(self, work: Path, patch_size: int | None = None) -> None:
         import onnx
 
         config, profile, spec, src_path = self.config, self.profile, self.spec, self.src_path
@@ -398,7 +421,8 @@ class QuantSession:
             source = calibration
             source.input_name = input_name
         else:
-            source = calibration_source(spec, calibration, config, input_name)
+            source = calibration_source(spec, calibration, replace(config, patch_size=patch_size) if patch_size
+                                        else config, input_name)
         self.source = source
         check_fp32_output(model.SerializeToString(), source.patches, input_name, config.threads,
                           batch_size=config.batch_size)
@@ -655,7 +679,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         out = Path(out_path)
         with atomic_path(out) as tmp_out:
             onnx.save(qmodel, str(tmp_out))
-        source = qs.source
+        source, patch_choice = qs.source, qs.patch_choice
         reports = (qs.eq_report, qs.center_report, qs.prelu_report, qs.concat_report, qs.exact_input_report)
 
     result = QuantResult(
@@ -665,7 +689,8 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         budget=budget, eval_images=evalset.images, criterion=verdict_criterion(budget),
         sensitivity=rows, layers=[layer.name for layer in layers],
         search_steps=[asdict(s) for s in result_search.steps] if result_search else [],
-        calibration=source.describe() | {"method": config.method}, equalization=reports[0],
+        calibration=source.describe() | {"method": config.method, "patch_size_choice": patch_choice},
+        equalization=reports[0],
         centering=reports[1], exact_input=reports[4], prelu_rewrite=reports[2], concat_split=reports[3], finetune=finetune_info,
         test_set=test_set.name if test_set is not None else None, test_psnr_fp32=test_fp32,
         test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings, speed=speed_info)
