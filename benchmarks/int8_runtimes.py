@@ -15,8 +15,8 @@ Candidates, all at 180x320 -> x4 (720x1280), `--threads` intra-op threads (defau
                      checked on held-out photos in ONNX Runtime), run by ONNX Runtime;
 * ``edgesr openvino`` `convert --int8 --openvino`'s graph (``openvino`` profile, budget checked in
                      OpenVINO), run by OpenVINO;
-* ``nncf default``   ``nncf.quantize`` with default settings on the same 32 calibration patches
-                     edgesr calibrates with, run by OpenVINO.
+* ``nncf default``   ``nncf.quantize`` with default settings on 32 of edgesr's calibration patches
+                     (the ``openvino`` profile's default count and first size), run by OpenVINO.
 
 Timing: edgesr.bench.time_interleaved (one call of each per round, order rotated), ORT
 ``session.intra_op.allow_spinning = 0``; OpenVINO has no spin switch, with one thread it runs in
@@ -122,7 +122,8 @@ def run_model(name: str, args, tmp: Path, set5) -> dict:
         log(f"  {name} {profile}: held-out drop {res.drop:.3f} (all-int8 {res.psnr_fp32 - res.psnr_int8_all:.3f}), "
             f"Set5 drop {res.test_drop:.3f}, {len(res.float_layers)}/{len(res.layers)} float "
             f"({time.perf_counter() - t0:.0f} s)")
-    # the very patches edgesr's openvino profile calibrates with (its default count and size)
+    # edgesr's calibration patches at the openvino profile's default count and first size (96 px; edgesr
+    # also tries 48 px and may keep those, docs/int8.md "Calibration patch size")
     patches = calibration_source(spec, None, QuantConfig(profile="openvino", progress=False), "input").patches
     t0 = time.perf_counter()
     nncf_xml = nncf_default(fp32, patches, d / "nncf.xml")

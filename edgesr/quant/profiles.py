@@ -51,8 +51,9 @@ class QuantProfile:
     # measured by running the candidate there ("onnxruntime" | "openvino").
     runtime: str = "onnxruntime"
     # Side (LR pixels) of the calibration patches when QuantConfig.patch_size is None. 96 for the uint8
-    # profiles: against 48 it lowered the all-int8 held-out drop of ETDS-T/M/L, ECBSR and ABPN in `cpu`
-    # and `openvino` (10 of 10); for `trt` it was mixed (docs/int8.md, "Calibration patch size").
+    # profiles, which then also prepare with 48 and keep the lower all-int8 held-out drop: 96 lowered it
+    # for ETDS-T/M/L, ECBSR and ABPN in `cpu` and `openvino`, not for RLFN / SPAN; for `trt` it was
+    # mixed (docs/int8.md, "Calibration patch size").
     calibration_patch: int = 48
     description: str = ""
 
@@ -132,7 +133,8 @@ class QuantConfig:
     method         calibration: "minmax" | "percentile" | "entropy"
     percentile     for method="percentile" (ORT keeps this percentile of |x|)
     num_patches    calibration LR patches; patch_size their side in LR pixels (None: the profile's
-                   calibration_patch, or 48 where the calibration images are too small for it); seed
+                   calibration_patch - where that is not 48, both it and 48 are tried and the lower
+                   all-int8 drop on the evaluation set is kept; 48 where the images are too small); seed
     per_channel    per-output-channel weight scales (overrides the profile's)
     psnr_budget    allowed Y-PSNR drop (dB) vs fp32 on the evaluation set; None = no
                    mixed-precision search (everything quantizable is quantized)

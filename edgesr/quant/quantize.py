@@ -736,7 +736,7 @@ def _speed_fn(qs: "QuantSession", probe):
     return speed
 
 
-SMALL_PATCH = 48  # LR pixels: the calibration patch where the images are too small for the profile's
+SMALL_PATCH = 48  # LR pixels: the other calibration patch size tried, and the one for images too small
 
 
 def calibration_source(spec: Spec, images, config: QuantConfig, input_name: str) -> CalibrationSource:
