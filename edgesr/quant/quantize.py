@@ -388,8 +388,8 @@ class QuantSession:
             self._prepare(work)
             return
         (work / "big").mkdir()
-        self._prepare(work / "big", big)
-        if self.source.patch_size == SMALL_PATCH:  # the images were too small for `big`: nothing to choose
+        self._prepare(work / "big")  # the profile's size, or SMALL_PATCH where the images are too small for it
+        if self.source.patch_size == SMALL_PATCH:  # ... then there is nothing to choose
             return
         big_state, big_drop = dict(self.__dict__), self.psnr_fp32 - self.psnr_int8_all
         (work / "small").mkdir()

@@ -82,6 +82,13 @@ def test_the_choice_keeps_the_lower_all_int8_drop(tmp_path):
         assert c is not None and set(c["all_int8_drop"]) == {"96", "48"}
         assert c["chosen"] == int(min(c["all_int8_drop"], key=c["all_int8_drop"].get)) == qs.source.patch_size
         assert abs(qs.psnr_fp32 - qs.psnr_int8_all - c["all_int8_drop"][str(c["chosen"])]) < 1e-9
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(2):  # 150 px: too small for 96 x 2, fine for 48 x 2 - one candidate, no choice
+        Image.fromarray(rng.integers(0, 256, (150, 150, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    with QuantSession(path, m.spec, QuantConfig(profile="cpu", **fast), calibration=tmp_path, eval_set=ev) as qs:
+        assert qs.patch_choice is None and qs.source.patch_size == SMALL_PATCH
     with QuantSession(path, m.spec, QuantConfig(profile="cpu", patch_size=32, **fast), eval_set=ev) as qs:
         assert qs.patch_choice is None and qs.source.patch_size == 32
     with QuantSession(path, m.spec, QuantConfig(profile="trt", **fast), eval_set=ev) as qs:
