@@ -11,8 +11,9 @@ Profiles
          (``reduce_range``: 8-bit weights overflow the AVX2 u8*s8 int16 pair sums), int32
          biases, PRelu decomposed into float Relu/Sub/Mul/Add (ORT's PRelu kernel is slow).
 ``openvino`` uint8 activations (zero point 0 where a tensor is non-negative), per-channel int8
-         weights, float biases, Q/DQ on the inputs of Conv/Add (OpenVINO fuses them into u8 x s8
-         kernels); scored and searched in OpenVINO.
+         weights, float biases, Q/DQ on the inputs of Conv (OpenVINO fuses them into u8 x s8
+         kernels), residual Adds left float (an int8 Add buys no int8 kernel there, only extra
+         Convert/Subtract passes); scored and searched in OpenVINO.
 
 Every profile quantizes the picture exactly where the input is 8-bit levels (QuantConfig.exact_input).
 """
@@ -27,6 +28,7 @@ from ..errors import QuantizationError
 METHODS = ("minmax", "percentile", "entropy")
 # Ops whose inputs are quantized with placement="inputs" (and the layers of the sensitivity table).
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class QuantProfile:
     # The runtime the graph is made for: every PSNR of the budget check and the search is
     # measured by running the candidate there ("onnxruntime" | "openvino").
     runtime: str = "onnxruntime"
+    # placement="inputs": the op types whose inputs get Q/DQ (the layers of the search)
+    quantized_ops: tuple[str, ...] = COMPUTE_OPS
     description: str = ""
 
     def ort_types(self):
@@ -63,7 +67,7 @@ class QuantProfile:
 
     def op_types(self) -> list[str] | None:
         """op_types_to_quantize for ORT (None: ORT's default, every op it can quantize)."""
-        return list(COMPUTE_OPS) if self.placement == "inputs" else None
+        return list(self.quantized_ops) if self.placement == "inputs" else None
 
     def extra_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {
@@ -98,12 +102,17 @@ CPU = QuantProfile(
 # made OpenVINO's compiled graph twice as long and ETDS-M 1.3x slower at the same held-out drop.
 # Scored in OpenVINO itself: its int8 kernels differ from ORT's emulation on some patterns (RLFN's
 # ESA), and the search must see that.
+# Residual Adds stay float (fifth pass, benchmarks/int8_ov_profile.py): OpenVINO runs an Add on
+# int8 inputs as an f32 eltwise anyway; quantizing them only quantized the producing conv's output,
+# and where that tensor also feeds a float op (SPAN's Sigmoid gate, ECBSR's output) OpenVINO adds a
+# Convert plus a zero-point Subtract pass over the full-size tensor (~6 ms each on SPAN at 180x320).
 OPENVINO = QuantProfile(
     name="openvino", activation_type="uint8", weight_type="int8", activation_symmetric=False,
     weight_symmetric=True, per_channel=True, reduce_range=False, quantize_bias=False, runtime="openvino",
+    quantized_ops=WEIGHTED_OPS,
     description="OpenVINO CPU: uint8 activations (zero point 0 for non-negative tensors and the picture), "
-                "per-channel int8 weights, float biases, Q/DQ on conv/add inputs, evaluated and searched "
-                "in OpenVINO")
+                "per-channel int8 weights, float biases, Q/DQ on conv inputs (residual Adds float), "
+                "evaluated and searched in OpenVINO")
 
 PROFILES: dict[str, QuantProfile] = {p.name: p for p in (TRT, CPU, OPENVINO)}
 # The runtime each profile's graph is made for (what bench/eval/upscale run it with).
