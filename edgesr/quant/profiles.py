@@ -13,7 +13,8 @@ Profiles
 ``openvino`` uint8 activations (zero point 0 where a tensor is non-negative), per-channel int8
          weights, float biases, Q/DQ on the inputs of Conv (OpenVINO fuses them into u8 x s8
          kernels), residual Adds left float (an int8 Add buys no int8 kernel there, only extra
-         Convert/Subtract passes); scored and searched in OpenVINO.
+         Convert/Subtract passes), every float op reading the float tensor rather than its Q/DQ
+         copy; scored and searched in OpenVINO.
 
 Every profile quantizes the picture exactly where the input is 8-bit levels (QuantConfig.exact_input).
 """
@@ -54,6 +55,9 @@ class QuantProfile:
     runtime: str = "onnxruntime"
     # placement="inputs": the op types whose inputs get Q/DQ (the layers of the search)
     quantized_ops: tuple[str, ...] = COMPUTE_OPS
+    # ops that are not int8 compute nodes read an activation's float tensor, not its Q/DQ copy
+    # (edgesr/quant/float_layers.py: float_consumers_read_float)
+    float_reads_float: bool = False
     description: str = ""
 
     def ort_types(self):
@@ -109,7 +113,7 @@ CPU = QuantProfile(
 OPENVINO = QuantProfile(
     name="openvino", activation_type="uint8", weight_type="int8", activation_symmetric=False,
     weight_symmetric=True, per_channel=True, reduce_range=False, quantize_bias=False, runtime="openvino",
-    quantized_ops=WEIGHTED_OPS,
+    quantized_ops=WEIGHTED_OPS, float_reads_float=True,
     description="OpenVINO CPU: uint8 activations (zero point 0 for non-negative tensors and the picture), "
                 "per-channel int8 weights, float biases, Q/DQ on conv inputs (residual Adds float), "
                 "evaluated and searched in OpenVINO")
