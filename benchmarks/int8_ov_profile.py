@@ -18,6 +18,12 @@ difference first); the per-node list of each graph goes to the JSON
 the edgesr graph with that one layer int8 (the rest as the search left it), timed interleaved against
 the search's graph (median of per-round ratios, p10-p90), with its held-out drop.
 
+``--ablation`` instead measures the fifth pass's two changes to the `openvino` profile, one model at a
+time: the fourth-pass graph (residual Adds int8, float ops reading the Q/DQ copy), residual Adds float,
+and the current profile (Adds float, float ops reading the float tensor), each made by the same search,
+with held-out and Set5 drops, timed interleaved with ORT fp32 and NNCF's default INT8
+(benchmarks/results/int8_ov_ablation.json).
+
 ``--keep DIR`` keeps (and on a rerun reuses) the quantized graphs there, so a second profile of the
 same graphs does not quantize again.
 """
@@ -41,6 +47,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from int8_runtimes import LR_HW, MODELS, SET5, export_deploy_fp32, nncf_default  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "int8_ov_profile.json"
+ABLATION_RESULTS = REPO / "benchmarks" / "results" / "int8_ov_ablation.json"
 GRAPHS = ("openvino fp32", "edgesr openvino", "nncf default")
 
 
@@ -181,6 +188,76 @@ def run_model(name: str, args, tmp: Path) -> dict:
     return entry
 
 
+def ablation_variants():
+    """name -> QuantProfile: the fourth pass's `openvino` profile, each fifth-pass change, the current one."""
+    from dataclasses import replace
+
+    from edgesr.quant.profiles import COMPUTE_OPS, OPENVINO
+
+    return {"fourth pass (Adds int8, float ops read Q/DQ)": replace(OPENVINO, quantized_ops=COMPUTE_OPS,
+                                                                     float_reads_float=False),
+            "Adds float": replace(OPENVINO, float_reads_float=False),
+            "Adds float + float ops read float (current)": OPENVINO}
+
+
+def run_ablation(name: str, args, tmp: Path) -> dict:
+    from edgesr.backends.openvino_runner import OpenVinoRunner
+    from edgesr.bench import SessionRunner, ort_session
+    from edgesr.quant import QuantConfig, quantize_model, testset_eval_set
+    from edgesr.quant.calibration import CalibrationSource
+    from edgesr.quant.evaluate import evaluate
+    from edgesr.timing import TimingPolicy, ratio_summary, time_interleaved
+
+    d = tmp / name
+    spec, fp32 = export_deploy_fp32(MODELS[name], d)
+    set5 = testset_eval_set(SET5, spec.scale)
+    entry: dict = {"checkpoint": MODELS[name], "load_before": os.getloadavg(), "variants": {}}
+    paths = {}
+    for i, (label, profile) in enumerate(ablation_variants().items()):
+        res = quantize_model(fp32, d / f"variant{i}.onnx", spec, QuantConfig(profile=profile, threads=1, progress=False),
+                             test_set=set5)
+        paths[label] = res.path
+        entry["variants"][label] = {"heldout_drop": res.drop, "all_int8_heldout_drop": res.psnr_fp32 - res.psnr_int8_all,
+                                    "set5_drop": res.test_drop, "float_layers": res.float_layers,
+                                    "layers": len(res.layers)}
+        log(f"  {name} {label}: held-out {res.drop:.3f} (all-int8 {res.psnr_fp32 - res.psnr_int8_all:.3f}), "
+            f"Set5 {res.test_drop:.3f}, {len(res.float_layers)}/{len(res.layers)} float")
+    nncf_xml = nncf_default(fp32, CalibrationSource(spec, None, num_patches=32, patch_size=48, progress=False).patches,
+                            d / "nncf.xml")
+    entry["nncf_set5_drop"] = (evaluate(fp32, spec, set5, 1, "openvino").psnr
+                               - evaluate(nncf_xml, spec, set5, 1, "openvino").psnr)
+    x = np.random.default_rng(0).random((1, spec.in_channels, *LR_HW), dtype=np.float32)
+    runners = {"ort fp32": SessionRunner(ort_session(fp32, threads=args.threads, spinning=False), str(fp32))}
+    runners |= {k: OpenVinoRunner(p, threads=args.threads) for k, p in paths.items()}
+    runners["nncf default"] = OpenVinoRunner(nncf_xml, threads=args.threads)
+    st = time_interleaved({k: (lambda r=r: r.run(x)) for k, r in runners.items()},
+                          TimingPolicy(warmup_seconds=1.0, min_runs=args.runs, min_seconds=0))
+    entry["latency_ms"] = {k: v.to_dict() for k, v in st.items()}
+    entry["vs_ort_fp32"] = {k: ratio_summary(st["ort fp32"], v) for k, v in st.items() if k != "ort fp32"}
+    entry["vs_nncf"] = {k: ratio_summary(st["nncf default"], v) for k, v in st.items() if k in paths}
+    entry["load_after"] = os.getloadavg()
+    return entry
+
+
+def ablation_table(name: str, e: dict) -> str:
+    from edgesr.cli.output import format_table
+
+    rows = []
+    for k, v in e["variants"].items():
+        r, n = e["vs_ort_fp32"][k], e["vs_nncf"][k]
+        rows.append([k, f"{r['paired_median']:.2f}x ({r['paired_p10']:.2f}-{r['paired_p90']:.2f})",
+                     f"{n['paired_median']:.2f}x ({n['paired_p10']:.2f}-{n['paired_p90']:.2f})",
+                     f"{v['heldout_drop']:.3f} (all-int8 {v['all_int8_heldout_drop']:.3f})", f"{v['set5_drop']:.3f}",
+                     f"{len(v['float_layers'])}/{v['layers']}"])
+    r = e["vs_ort_fp32"]["nncf default"]
+    rows.append(["NNCF default INT8", f"{r['paired_median']:.2f}x ({r['paired_p10']:.2f}-{r['paired_p90']:.2f})", "1.00x",
+                 "", f"{e['nncf_set5_drop']:.3f}", ""])
+    return (f"{name} (ORT fp32 {e['latency_ms']['ort fp32']['median_ms']:.1f} ms, load "
+            f"{e['load_before'][0]:.1f}/{e['load_after'][0]:.1f})\n"
+            + format_table(["openvino graph", "x ORT fp32 (p10-p90)", "x NNCF speed", "held-out drop", "Set5 drop",
+                            "float"], rows))
+
+
 def table(entry: dict, top: int) -> str:
     from edgesr.cli.output import format_table
 
@@ -206,6 +283,8 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=12, help="table rows per model")
     ap.add_argument("--float-layers", action="store_true", help="also time each float layer made int8")
     ap.add_argument("--keep", metavar="DIR", help="keep/reuse the quantized graphs in DIR")
+    ap.add_argument("--ablation", action="store_true",
+                    help="instead: the fourth-pass openvino graph vs each fifth-pass change, timed and scored")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     try:
@@ -231,6 +310,19 @@ def main(argv=None) -> int:
         return 2
     result = {"benchmark": "int8_ov_profile", "lr_size": list(LR_HW), "threads": args.threads, "runs": args.runs,
               "machine": machine_info(), "openvino": openvino_version(), "nncf": nncf.__version__, "models": {}}
+    if args.ablation:
+        out = Path(args.out) if args.out != str(RESULTS) else ABLATION_RESULTS
+        result["benchmark"] = "int8_ov_ablation"
+        with tempfile.TemporaryDirectory(prefix="edgesr-ovabl-") as tmp:
+            for i, name in enumerate(names):
+                log(f"[{i + 1}/{len(names)}] {name} (load {os.getloadavg()[0]:.1f})")
+                result["models"][name] = run_ablation(name, args, Path(tmp))
+                print("\n" + ablation_table(name, result["models"][name]), flush=True)
+                atomic_write_json(out.with_suffix(".partial.json"), result)
+        atomic_write_json(out, result)
+        out.with_suffix(".partial.json").unlink(missing_ok=True)
+        print(f"\nwrote {out}")
+        return 0
     with tempfile.TemporaryDirectory(prefix="edgesr-ovprof-") as tmp:
         for i, name in enumerate(names):
             log(f"[{i + 1}/{len(names)}] {name} (load {os.getloadavg()[0]:.1f})")
