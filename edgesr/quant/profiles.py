@@ -42,7 +42,7 @@ class QuantProfile:
     per_channel: bool = True
     reduce_range: bool = False  # 7-bit weights (ORT's option for non-VNNI x86)
     quantize_bias: bool = True  # False: biases stay float (no int32 DequantizeLinear)
-    # "inputs": QuantizeLinear/DequantizeLinear only on the inputs (and weights) of Conv/Add,
+    # "inputs": QuantizeLinear/DequantizeLinear only on the inputs (and weights) of `quantized_ops`,
     #           activations run on the float conv output (TensorRT's canonical placement);
     # "ort":    ONNX Runtime's default placement (outputs quantized too, Relu/Clip folded
     #           into asymmetric ranges) which its CPU provider fuses into QLinearConv.
