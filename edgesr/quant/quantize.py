@@ -310,7 +310,7 @@ class _Session:
             raise QuantizationError(f"ONNX Runtime quantizer failed: {str(e).splitlines()[0][:300]}") from None
         self.builds += 1
         guard = self.profile.runtime == "onnxruntime" and self.profile.placement == "ort"
-        if self.refiner is not None or guard:
+        if self.refiner is not None or guard or self.profile.float_reads_float:
             import onnx
 
             qm = onnx.load(str(out))
@@ -320,6 +320,10 @@ class _Session:
                 from .float_layers import keep_float_layers_float
 
                 keep_float_layers_float(qm)
+            if self.profile.float_reads_float:  # no dequantizing pass per float consumer (float_layers.py)
+                from .float_layers import float_consumers_read_float
+
+                float_consumers_read_float(qm)
             onnx.save(qm, str(out))
 
     def score(self, float_layers: Sequence[str], only: str | None = None) -> float:
