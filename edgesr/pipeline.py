@@ -443,7 +443,7 @@ def quantize_for(onnx_path: Path, out_path: Path, spec: Spec, profile: str, opts
     if not opts.int8_search:  # the zoo's cheap INT8: a calibrated QDQ graph, no search to feed, no GPTQ
         from .quant import held_out_eval_set
 
-        cfg = replace(cfg, num_patches=8, gptq=False)
+        cfg = replace(cfg, num_patches=8, gptq=False, patch_size=48)  # one preparation, not the 96/48 choice
         eval_set = held_out_eval_set(spec.scale, max_side=256, tile=None)
     fixed = opts_export_fixed_hw(onnx_path.parent) if onnx_path.name == "model.onnx" else None
     if fixed is not None:  # a fixed-shape graph: patches and evaluation images of exactly that size

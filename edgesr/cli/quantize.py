@@ -30,8 +30,8 @@ def add_parser(sub):
     p.add_argument("--percentile", type=argtypes.float_range(0.0, 100.0, lo_open=True),
                    default=99.999, help="for --method percentile")
     p.add_argument("--num-patches", type=argtypes.int_range(1, 100_000), default=32, help="calibration LR patches")
-    p.add_argument("--patch-size", type=argtypes.int_range(1, 4096),
-                   default=48, help="calibration patch side (LR pixels)")
+    p.add_argument("--patch-size", type=argtypes.int_range(1, 4096), default=None,
+                   help="calibration patch side (LR pixels; default: trt 48; cpu/openvino try 96 and 48 and keep the lower held-out drop)")
     p.add_argument("--seed", type=argtypes.int_range(0, 2**63 - 1), default=0, help="patch position seed")
     p.add_argument("--psnr-budget", type=argtypes.finite, default=0.1,
                    help="max Y-PSNR drop (dB) vs fp32 on the held-out sample images; a negative value "

@@ -15,6 +15,10 @@ held-out instead of 0.12 (all-int8), with ORT's optimizations off it scored 0.10
 scale and zero point written per channel (a 1-D tensor along axis 1): numerically identical, and
 not the scalar scale the optimizer's pattern requires. :func:`requantized_float_nodes` checks the
 graph ORT actually runs; it is how the fix is verified, on every candidate the quantizer builds.
+
+:func:`float_consumers_read_float` (the ``openvino`` profile): every op that is not an int8 compute
+node reads the float tensor instead of its Q/DQ copy, so OpenVINO does not dequantize it again per
+float consumer and the float op computes on the values it had in fp32.
 """
 
 from __future__ import annotations
@@ -111,3 +115,46 @@ def requantized_float_nodes(model_bytes: bytes) -> list[str]:
             if p is not None and p.op_type == "DequantizeLinear":
                 hit.append(n.name)
     return sorted(hit)
+
+
+def float_consumers_read_float(model) -> list[str]:
+    """Rewire (in place) every op of a QDQ `model` that reads an activation's int8 copy but is not an
+    int8 compute node (a float conv, an Add, a Sigmoid, a Tile ...) to the float tensor the copy was
+    made from; a Q/DQ pair left without consumers is removed. Returns the rewired nodes' names.
+
+    ONNX Runtime's quantizer hands a quantized tensor's DequantizeLinear output to every consumer. In
+    OpenVINO an int8 conv reads the int8 codes directly, while each float consumer makes it dequantize
+    the tensor again as its own pass (a zero-point Subtract and a scale Multiply over the full-size
+    tensor: ~10 ms of SPAN's 120 at 180x320, docs/int8.md "OpenVINO findings"); and the float consumer
+    computed on rounded values it did not need to."""
+    inits = {i.name for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    outputs = {o.name for o in model.graph.output}
+
+    def int8_compute(node) -> bool:
+        w = producer.get(node.input[1]) if node.op_type in WEIGHTED_OPS + ("MatMul",) and len(node.input) > 1 else None
+        return w is not None and w.op_type == "DequantizeLinear"
+
+    rewired: list[str] = []
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or int8_compute(node):
+            continue
+        for i, t in enumerate(node.input):
+            dq = producer.get(t)
+            if dq is None or dq.op_type != "DequantizeLinear" or t in outputs:
+                continue
+            q = producer.get(dq.input[0])
+            if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inits:
+                continue  # a weight, or an int8 tensor with no float original in the graph
+            node.input[i] = q.input[0]
+            rewired.append(node.name)
+    used = {t for n in model.graph.node for t in n.input} | outputs
+    while True:  # drop DequantizeLinear nodes nobody reads, then their QuantizeLinear
+        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and n.output[0] not in used]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+        used = {t for n in model.graph.node for t in n.input} | outputs
+    return rewired

@@ -11,8 +11,10 @@ Profiles
          (``reduce_range``: 8-bit weights overflow the AVX2 u8*s8 int16 pair sums), int32
          biases, PRelu decomposed into float Relu/Sub/Mul/Add (ORT's PRelu kernel is slow).
 ``openvino`` uint8 activations (zero point 0 where a tensor is non-negative), per-channel int8
-         weights, float biases, Q/DQ on the inputs of Conv/Add (OpenVINO fuses them into u8 x s8
-         kernels); scored and searched in OpenVINO.
+         weights, float biases, Q/DQ on the inputs of Conv (OpenVINO fuses them into u8 x s8
+         kernels), residual Adds left float (an int8 Add buys no int8 kernel there, only extra
+         Convert/Subtract passes), every float op reading the float tensor rather than its Q/DQ
+         copy; scored and searched in OpenVINO.
 
 Every profile quantizes the picture exactly where the input is 8-bit levels (QuantConfig.exact_input).
 """
@@ -27,6 +29,7 @@ from ..errors import QuantizationError
 METHODS = ("minmax", "percentile", "entropy")
 # Ops whose inputs are quantized with placement="inputs" (and the layers of the sensitivity table).
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class QuantProfile:
     per_channel: bool = True
     reduce_range: bool = False  # 7-bit weights (ORT's option for non-VNNI x86)
     quantize_bias: bool = True  # False: biases stay float (no int32 DequantizeLinear)
-    # "inputs": QuantizeLinear/DequantizeLinear only on the inputs (and weights) of Conv/Add,
+    # "inputs": QuantizeLinear/DequantizeLinear only on the inputs (and weights) of `quantized_ops`,
     #           activations run on the float conv output (TensorRT's canonical placement);
     # "ort":    ONNX Runtime's default placement (outputs quantized too, Relu/Clip folded
     #           into asymmetric ranges) which its CPU provider fuses into QLinearConv.
@@ -50,6 +53,16 @@ class QuantProfile:
     # The runtime the graph is made for: every PSNR of the budget check and the search is
     # measured by running the candidate there ("onnxruntime" | "openvino").
     runtime: str = "onnxruntime"
+    # placement="inputs": the op types whose inputs get Q/DQ (the layers of the search)
+    quantized_ops: tuple[str, ...] = COMPUTE_OPS
+    # ops that are not int8 compute nodes read an activation's float tensor, not its Q/DQ copy
+    # (edgesr/quant/float_layers.py: float_consumers_read_float)
+    float_reads_float: bool = False
+    # Side (LR pixels) of the calibration patches when QuantConfig.patch_size is None. 96 for the uint8
+    # profiles, which then also prepare with 48 and keep the lower all-int8 held-out drop: 96 lowered it
+    # for ETDS-T/M/L, ECBSR and ABPN in `cpu` and `openvino`, not for RLFN / SPAN; for `trt` it was
+    # mixed (docs/int8.md, "Calibration patch size").
+    calibration_patch: int = 48
     description: str = ""
 
     def ort_types(self):
@@ -63,7 +76,7 @@ class QuantProfile:
 
     def op_types(self) -> list[str] | None:
         """op_types_to_quantize for ORT (None: ORT's default, every op it can quantize)."""
-        return list(COMPUTE_OPS) if self.placement == "inputs" else None
+        return list(self.quantized_ops) if self.placement == "inputs" else None
 
     def extra_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {
@@ -87,7 +100,7 @@ TRT = QuantProfile(
 CPU = QuantProfile(
     name="cpu", activation_type="uint8", weight_type="int8", activation_symmetric=False,
     weight_symmetric=True, per_channel=True, reduce_range=True, quantize_bias=True, placement="ort",
-    prelu="decompose",
+    prelu="decompose", calibration_patch=96,
     description="ONNX Runtime CPU (x86 without VNNI): asymmetric uint8 activations, per-channel "
                 "7-bit (reduce_range) int8 weights, int32 biases, PRelu decomposed into float "
                 "Relu/Sub/Mul/Add")
@@ -98,12 +111,17 @@ CPU = QuantProfile(
 # made OpenVINO's compiled graph twice as long and ETDS-M 1.3x slower at the same held-out drop.
 # Scored in OpenVINO itself: its int8 kernels differ from ORT's emulation on some patterns (RLFN's
 # ESA), and the search must see that.
+# Residual Adds stay float (fifth pass, benchmarks/int8_ov_profile.py): OpenVINO runs an Add on
+# int8 inputs as an f32 eltwise anyway; quantizing them only quantized the producing conv's output,
+# and where that tensor also feeds a float op (SPAN's Sigmoid gate, ECBSR's output) OpenVINO adds a
+# Convert plus a zero-point Subtract pass over the full-size tensor (~6 ms each on SPAN at 180x320).
 OPENVINO = QuantProfile(
     name="openvino", activation_type="uint8", weight_type="int8", activation_symmetric=False,
     weight_symmetric=True, per_channel=True, reduce_range=False, quantize_bias=False, runtime="openvino",
+    quantized_ops=WEIGHTED_OPS, float_reads_float=True, calibration_patch=96,
     description="OpenVINO CPU: uint8 activations (zero point 0 for non-negative tensors and the picture), "
-                "per-channel int8 weights, float biases, Q/DQ on conv/add inputs, evaluated and searched "
-                "in OpenVINO")
+                "per-channel int8 weights, float biases, Q/DQ on conv inputs (residual Adds float), "
+                "evaluated and searched in OpenVINO")
 
 PROFILES: dict[str, QuantProfile] = {p.name: p for p in (TRT, CPU, OPENVINO)}
 # The runtime each profile's graph is made for (what bench/eval/upscale run it with).
@@ -126,7 +144,9 @@ class QuantConfig:
     profile        "trt" | "cpu" | "openvino" (or a QuantProfile)
     method         calibration: "minmax" | "percentile" | "entropy"
     percentile     for method="percentile" (ORT keeps this percentile of |x|)
-    num_patches    calibration LR patches; patch_size their side in LR pixels; seed
+    num_patches    calibration LR patches; patch_size their side in LR pixels (None: the profile's
+                   calibration_patch - where that is not 48, both it and 48 are tried and the lower
+                   all-int8 drop on the evaluation set is kept; 48 where the images are too small); seed
     per_channel    per-output-channel weight scales (overrides the profile's)
     psnr_budget    allowed Y-PSNR drop (dB) vs fp32 on the evaluation set; None = no
                    mixed-precision search (everything quantizable is quantized)
@@ -168,7 +188,7 @@ class QuantConfig:
     method: str = "minmax"
     percentile: float = 99.999
     num_patches: int = 32
-    patch_size: int = 48
+    patch_size: int | None = None  # None: the profile's calibration_patch
     seed: int = 0
     batch_size: int = 8
     per_channel: bool = True
@@ -200,7 +220,7 @@ class QuantConfig:
             raise QuantizationError(f"percentile must be in (0, 100], got {self.percentile}")
         if self.finetune_steps < 1:
             raise QuantizationError(f"finetune_steps must be >= 1, got {self.finetune_steps}")
-        if self.num_patches < 1 or self.patch_size < 1 or self.batch_size < 1:
+        if self.num_patches < 1 or (self.patch_size is not None and self.patch_size < 1) or self.batch_size < 1:
             raise QuantizationError("num_patches, patch_size and batch_size must be >= 1")
         if self.psnr_budget is not None and self.psnr_budget < 0:
             raise QuantizationError(f"psnr_budget must be >= 0 dB, got {self.psnr_budget}")

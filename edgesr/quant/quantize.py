@@ -32,7 +32,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -310,7 +310,7 @@ class _Session:
             raise QuantizationError(f"ONNX Runtime quantizer failed: {str(e).splitlines()[0][:300]}") from None
         self.builds += 1
         guard = self.profile.runtime == "onnxruntime" and self.profile.placement == "ort"
-        if self.refiner is not None or guard:
+        if self.refiner is not None or guard or self.profile.float_reads_float:
             import onnx
 
             qm = onnx.load(str(out))
@@ -320,6 +320,10 @@ class _Session:
                 from .float_layers import keep_float_layers_float
 
                 keep_float_layers_float(qm)
+            if self.profile.float_reads_float:  # no dequantizing pass per float consumer (float_layers.py)
+                from .float_layers import float_consumers_read_float
+
+                float_consumers_read_float(qm)
             onnx.save(qm, str(out))
 
     def score(self, float_layers: Sequence[str], only: str | None = None) -> float:
@@ -366,7 +370,7 @@ class QuantSession:
         try:
             # (rewrites, calibration, weight rounding, fp32 / all-int8 scores)
             with progress("INT8 preparation", show=self.config.progress):
-                self._prepare(Path(self._tmp.name))
+                self._prepare_best_patch(Path(self._tmp.name))
         except BaseException:
             self._tmp.cleanup()
             raise
@@ -377,7 +381,30 @@ class QuantSession:
             self._tmp.cleanup()
             self._tmp = None
 
-    def _prepare(self, work: Path) -> None:
+    def _prepare_best_patch(self, work: Path) -> None:
+        """_prepare with the profile's calibration patch size and, where that is not SMALL_PATCH, with
+        SMALL_PATCH too; the preparation whose all-int8 graph loses less on the evaluation set is kept
+        (docs/int8.md, "Calibration patch size": 96-px patches help plain conv nets, not RLFN / SPAN).
+        A patch size the caller set, or a CalibrationSource they passed, is used as given."""
+        self.patch_choice: dict[str, Any] | None = None
+        big = self.config.quant_profile.calibration_patch
+        if self.config.patch_size is not None or isinstance(self._calibration, CalibrationSource) or big == SMALL_PATCH:
+            self._prepare(work)
+            return
+        (work / "big").mkdir()
+        self._prepare(work / "big")  # the profile's size, or SMALL_PATCH where the images are too small for it
+        if self.source.patch_size == SMALL_PATCH:  # ... then there is nothing to choose
+            return
+        big_state, big_drop = dict(self.__dict__), self.psnr_fp32 - self.psnr_int8_all
+        (work / "small").mkdir()
+        self._prepare(work / "small", SMALL_PATCH)
+        small_drop = self.psnr_fp32 - self.psnr_int8_all
+        if big_drop <= small_drop:
+            self.__dict__.update(big_state)
+        self.patch_choice = {"all_int8_drop": {str(big): big_drop, str(SMALL_PATCH): small_drop},
+                             "chosen": self.source.patch_size, "criterion": f"all-int8 Y-PSNR drop on {self.evalset.name}"}
+
+    def _prepare(self, work: Path, patch_size: int | None = None) -> None:
         import onnx
 
         config, profile, spec, src_path = self.config, self.profile, self.spec, self.src_path
@@ -398,10 +425,8 @@ class QuantSession:
             source = calibration
             source.input_name = input_name
         else:
-            source = CalibrationSource(spec, calibration, num_patches=config.num_patches,
-                                       patch_size=config.patch_size, seed=config.seed,
-                                       batch_size=config.batch_size, input_name=input_name,
-                                       progress=config.progress)
+            source = calibration_source(spec, calibration, replace(config, patch_size=patch_size) if patch_size
+                                        else config, input_name)
         self.source = source
         check_fp32_output(model.SerializeToString(), source.patches, input_name, config.threads,
                           batch_size=config.batch_size)
@@ -658,7 +683,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         out = Path(out_path)
         with atomic_path(out) as tmp_out:
             onnx.save(qmodel, str(tmp_out))
-        source = qs.source
+        source, patch_choice = qs.source, qs.patch_choice
         reports = (qs.eq_report, qs.center_report, qs.prelu_report, qs.concat_report, qs.exact_input_report)
 
     result = QuantResult(
@@ -668,7 +693,8 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         budget=budget, eval_images=evalset.images, criterion=verdict_criterion(budget),
         sensitivity=rows, layers=[layer.name for layer in layers],
         search_steps=[asdict(s) for s in result_search.steps] if result_search else [],
-        calibration=source.describe() | {"method": config.method}, equalization=reports[0],
+        calibration=source.describe() | {"method": config.method, "patch_size_choice": patch_choice},
+        equalization=reports[0],
         centering=reports[1], exact_input=reports[4], prelu_rewrite=reports[2], concat_split=reports[3], finetune=finetune_info,
         test_set=test_set.name if test_set is not None else None, test_psnr_fp32=test_fp32,
         test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings, speed=speed_info)
@@ -712,6 +738,29 @@ def _speed_fn(qs: "QuantSession", probe):
         return memo[key]
 
     return speed
+
+
+SMALL_PATCH = 48  # LR pixels: the other calibration patch size tried, and the one for images too small
+
+
+def calibration_source(spec: Spec, images, config: QuantConfig, input_name: str) -> CalibrationSource:
+    """The calibration patches: `config.patch_size`, or (None) the profile's `calibration_patch` - falling
+    back to SMALL_PATCH when no calibration image (or the model's size rules) fits that, so that images
+    a user's smaller default worked with before still do."""
+    size = config.patch_size or config.quant_profile.calibration_patch
+
+    def make(p: int) -> CalibrationSource:
+        return CalibrationSource(spec, images, num_patches=config.num_patches, patch_size=p, seed=config.seed,
+                                 batch_size=config.batch_size, input_name=input_name, progress=config.progress)
+
+    if config.patch_size is not None or size == SMALL_PATCH:
+        return make(size)
+    try:
+        return make(size)
+    except DatasetError as e:
+        if "at least" not in str(e) and "does not fit" not in str(e):
+            raise
+        return make(SMALL_PATCH)
 
 
 def verdict_criterion(budget: float | None) -> str:

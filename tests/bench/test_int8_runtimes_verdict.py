@@ -47,3 +47,15 @@ def test_fastest_graph_within_target_meets_it():
 def test_slower_than_nncf_is_a_miss_with_its_size():
     v = ir.verdict(_entry(cpu_ms=30.0, cpu_drop=0.05, ov_ms=16.0, ov_drop=0.06, nncf_ms=15.2))
     assert not v["met"] and any("0.95x NNCF" in m and "slower by 5%" in m for m in v["misses"])
+
+
+def test_slower_than_nncf_says_how_far_apart_two_copies_of_nncf_time():
+    e = _entry(cpu_ms=30.0, cpu_drop=0.05, ov_ms=16.0, ov_drop=0.06, nncf_ms=15.2)
+    e["latency_ms"][ir.AA_CONTROL] = {"median_ms": 16.1}
+    v = ir.verdict(e)
+    assert not v["met"]
+    line = next(m for m in v["misses"] if "NNCF default" in m)
+    assert "two copies of NNCF's own graph differ by 6%" in line and "(within that)" in line
+    e["latency_ms"][ir.AA_CONTROL] = {"median_ms": 15.3}
+    line = next(m for m in ir.verdict(e)["misses"] if "NNCF default" in m)
+    assert "differ by 1%" in line and "within" not in line
