@@ -567,8 +567,9 @@ def docs_blocks(data: dict, ablation_data: dict | None) -> dict[str, str]:
     ev = "; ".join(sorted(_eval_set_summary(e) for e in sets)) or "sample-held-out"
     intro = (f"Generated from `benchmarks/results/mobile.json` (held-out = {ev}; budget {BUDGET} dB). Drops in dB, "
              "fp32 minus INT8 in the same format; `shipped` = the file `convert --int8` writes (convolutions the "
-             "held-out verdict keeps float, if any; LiteRT a16w8 = int16 activations, where no a8w8 choice held "
-             "the budget); `all INT8` = every convolution INT8, a8w8 for LiteRT.")
+             "held-out verdict keeps float, if any; where no a8w8 choice held the budget, LiteRT's next scheme: "
+             "dynamic = int8 weights with activations quantized at run time (float I/O), a16w8 = int16 "
+             "activations); `all INT8` = every convolution INT8, a8w8 for LiteRT.")
     blocks = {"shipped": "\n".join([intro, ""] + shipped), "kernels": "\n".join(kernels)}
     if ablation_data:
         rows = ["| model | format | step (cumulative) | Set5 drop | held-out drop |", "|---|---|---|---|---|"]

@@ -57,6 +57,8 @@ class ConvertOptions:
     ncnn: bool = False  # ncnn .param/.bin (fp32, fp16, INT8 with --int8)
     coreml: bool = False  # Core ML .mlpackage (zipped; converted, not run here)
     mobile_size: tuple[int, int] | None = None  # fixed LR input of .tflite / Core ML (default: a tile box)
+    # LiteRT INT8: only files with integer activations (a8w8, then a16w8), never the float-I/O dynamic scheme
+    tflite_integer: bool = False
     # --model FILE.py:NAME (user code; see edgesr.usermodel) and its options
     model: str | None = None
     model_kwargs: dict = field(default_factory=dict)

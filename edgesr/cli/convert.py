@@ -73,8 +73,12 @@ def _add_mobile_args(p: argparse.ArgumentParser) -> None:
     """The mobile formats group: --tflite, --ncnn, --coreml and their --mobile-size."""
     m = p.add_argument_group("mobile formats (see docs/deploy.md)")
     m.add_argument("--tflite", action="store_true",
-                   help="also write LiteRT .tflite files (NHWC, fixed input size; fp32, and full-integer int8 with "
-                        "--int8), checked with the LiteRT interpreter; needs pip install 'edgesr[tflite]'")
+                   help="also write LiteRT .tflite files (NHWC, fixed input size; fp32, and with --int8 the fastest "
+                        "quantized file within the budget: full-integer int8, else dynamic int8, else int16x8), "
+                        "checked with the LiteRT interpreter; needs pip install 'edgesr[tflite]'")
+    m.add_argument("--tflite-integer", action="store_true",
+                   help="with --tflite --int8: only integer files (int8, else int16x8 activations), never the "
+                        "dynamic-int8 file whose activations are float in the file (NPU/DSP delegates need integer)")
     m.add_argument("--ncnn", action="store_true",
                    help="also write ncnn .param/.bin (fp32, fp16 storage, and int8 with --int8), checked with the "
                         "ncnn runtime; needs pip install 'edgesr[ncnn]'")
@@ -161,7 +165,7 @@ def run(args) -> int:
         ort_format=not args.no_ort_format, force=args.force, bench=not args.no_bench, threads=args.threads,
         engines=engines, testset=Path(args.testset) if args.testset else None, executorch=args.executorch,
         openvino=args.openvino,
-        tflite=args.tflite, ncnn=args.ncnn, coreml=args.coreml,
+        tflite=args.tflite, tflite_integer=args.tflite_integer, ncnn=args.ncnn, coreml=args.coreml,
         mobile_size=None if args.mobile_size is None else parse_hw(args.mobile_size, "--mobile-size"),
         check_conventions=not args.allow_implausible and checks_enabled(), input_range=registry_input_range(args))
     if user is not None:

@@ -75,6 +75,7 @@ GPU_MAX_RANK = 4
 # LiteRT schemes the INT8 verdict tries, in order (fastest on a CPU first, measured on SAFMN++:
 # a8w8 0.38x, dynamic 0.59x, a16w8 27x the fp32 file's time): (name, activation bits, manifest precision)
 SCHEMES = (("a8w8", 8, "int8"), ("dynamic", 8, "int8-dynamic"), ("a16w8", 16, "int16x8"))
+SCHEME_NAMES = tuple(name for name, _, _ in SCHEMES)  # the order the verdict tries them by default
 INTEGER_SCHEMES = ("a8w8", "a16w8")  # files with integer activations (and integer input/output tensors)
 SCHEME_TEXT = {"a8w8": "int8 weights per output channel, int8 activations per tensor (asymmetric), int8 input/output",
                "dynamic": "int8 weights per output channel; activations float in the file, quantized to int8 per "
@@ -292,7 +293,7 @@ class LiteRtInt8:
                 "calibration": "edgesr.quant.calibration.CalibrationSource patches, mirrored to the input size",
                 "options": self.options.to_dict(), "preparation": self.prep.to_dict()}
 
-    def verdict(self, psnr_budget: float | None, schemes: Sequence[str] = ("a8w8", "dynamic", "a16w8")
+    def verdict(self, psnr_budget: float | None, schemes: Sequence[str] = SCHEME_NAMES
                 ) -> tuple[list[str], dict[str, Any]]:
         """(float ops, verdict record): per scheme of `schemes` (:data:`SCHEMES`, in that order), the
         held-out drop with every convolution quantized and, above `psnr_budget` dB, the costliest
@@ -351,17 +352,18 @@ class LiteRtInt8:
 
 
 def int8_tflite_bytes(module, spec: Spec, hw: Sequence[int], *, calib: str | Path | None = None,
-                      options: Int8Options | None = None, psnr_budget: float | None = 0.1
-                      ) -> tuple[bytes, dict[str, Any]]:
+                      options: Int8Options | None = None, psnr_budget: float | None = 0.1,
+                      schemes: Sequence[str] = SCHEME_NAMES) -> tuple[bytes, dict[str, Any]]:
     """(quantized .tflite bytes at `hw`, details) through :class:`LiteRtInt8`, with the held-out
     verdict, mixed precision and the dynamic / a16w8 fallbacks when `psnr_budget` is not None
-    (else a8w8). details["scheme"]: the scheme written (:data:`SCHEMES`)."""
+    (else the first of `schemes`). `schemes`: the schemes the verdict may write, in the order tried
+    (:data:`INTEGER_SCHEMES` for integer files only). details["scheme"]: the scheme written."""
     recipe = LiteRtInt8(module, spec, calib, options)
     details = recipe.details()
     float_ops: list[str] = []
-    name = "a8w8"
+    name = schemes[0]
     if psnr_budget is not None:
-        float_ops, details["verdict"] = recipe.verdict(psnr_budget)
+        float_ops, details["verdict"] = recipe.verdict(psnr_budget, schemes)
         name = details["verdict"]["scheme"]
     _, bits, precision = next(s for s in SCHEMES if s[0] == name)
     details["scheme"] = {"name": name, "precision": precision, "weights": "int8",
@@ -373,14 +375,17 @@ def int8_tflite_bytes(module, spec: Spec, hw: Sequence[int], *, calib: str | Pat
 def export_tflite(module, spec: Spec, path: str | Path, *, precision: str = "fp32",
                   hw: Sequence[int] | None = None, calib: str | Path | None = None,
                   fp32_bytes: bytes | None = None, check: bool = True, psnr_budget: float | None = 0.1,
-                  options: Int8Options | None = None) -> MobileExport:
+                  options: Int8Options | None = None,
+                  schemes: Sequence[str] = SCHEME_NAMES) -> MobileExport:
     """Convert `module` (deploy form) to a .tflite at `path`; see the module docstring.
 
     hw: the fixed LR input (H, W) (default: one recommended tile box).
     calib: calibration images (folder) for INT8 (default: the bundled sample photos).
     fp32_bytes: an fp32 conversion of the same module at `hw` (fp32 only).
     psnr_budget: INT8: allowed Y-PSNR drop on the held-out sample photos (None: no verdict, no
-    mixed precision, a8w8).
+    mixed precision, the first of `schemes`).
+    schemes: the INT8 schemes the verdict may write, in the order tried (:data:`SCHEMES`;
+    :data:`INTEGER_SCHEMES`: integer files only, ``convert --tflite-integer``).
     With precision "int8" the verdict may choose the dynamic or a16w8 scheme (:data:`SCHEMES`): the
     result's precision is then "int8-dynamic" / "int16x8" and the file goes beside `path` with "int8"
     in its name replaced by it (``model_int8.tflite`` -> ``model_int8-dynamic.tflite``,
@@ -396,7 +401,8 @@ def export_tflite(module, spec: Spec, path: str | Path, *, precision: str = "fp3
     hw = tuple(int(v) for v in (hw or default_hw(spec)))
     details: dict[str, Any] = {"converter": "litert-torch", "io_layout": "NHWC"}
     if precision == "int8":
-        data, more = int8_tflite_bytes(module, spec, hw, calib=calib, options=options, psnr_budget=psnr_budget)
+        data, more = int8_tflite_bytes(module, spec, hw, calib=calib, options=options, psnr_budget=psnr_budget,
+                                       schemes=schemes)
         details |= more
         precision = more["scheme"]["precision"]
         if precision != "int8":

@@ -71,14 +71,15 @@ def _warn_over_budget(res: MobileExport, what: str, report: dict) -> None:
 
 def export_tflite_step(deploy, spec: Spec, staging: Path, opts, artifacts: list, report: dict,
                        done: Callable[[str, str], None]) -> None:
-    from .litert import convert_fp32_bytes, default_hw, export_tflite, time_vs_fp32
+    from .litert import INTEGER_SCHEMES, SCHEME_NAMES, convert_fp32_bytes, default_hw, export_tflite, time_vs_fp32
 
     hw = tuple(opts.mobile_size) if opts.mobile_size else default_hw(spec)
     section = report.setdefault("tflite", {})
     fp32 = convert_fp32_bytes(deploy, spec, hw)
     for precision in ["fp32"] + (["int8"] if opts.int8 else []):
         res = export_tflite(deploy, spec, staging / f"model_{precision}.tflite", precision=precision, hw=hw,
-                            calib=opts.calib, fp32_bytes=fp32, psnr_budget=opts.psnr_budget)
+                            calib=opts.calib, fp32_bytes=fp32, psnr_budget=opts.psnr_budget,
+                            schemes=INTEGER_SCHEMES if opts.tflite_integer else SCHEME_NAMES)
         if res.precision != "fp32" and getattr(opts, "bench", False):
             t = res.details["cpu_time_vs_fp32"] = time_vs_fp32(fp32, res.path, spec.in_channels)
             if not t["faster_than_fp32"]:

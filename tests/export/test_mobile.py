@@ -338,7 +338,7 @@ def test_litert_falls_back_past_int8_when_int8_misses_the_budget(tmp_path):
     too, and its file says int16 activations."""
     from edgesr.backends.litert_runner import LiteRtRunner, interpreter
     from edgesr.backends.mobile import file_backend, litert_precision
-    from edgesr.export.litert import LiteRtInt8, convert_fp32_bytes, export_tflite, time_vs_fp32
+    from edgesr.export.litert import INTEGER_SCHEMES, convert_fp32_bytes, export_tflite, time_vs_fp32
     from edgesr.spec import Spec
 
     from helpers.models import TinyAttention
@@ -359,11 +359,16 @@ def test_litert_falls_back_past_int8_when_int8_misses_the_budget(tmp_path):
     f = tmp_path / "model_int8-dynamic.tflite"  # bench / upscale run it as the quantized LiteRT file
     assert file_backend(f) == "litert-int8" and litert_precision(LiteRtRunner(f)) == "int8-dynamic"
 
-    recipe = LiteRtInt8(TinyAttention().eval(), spec)
-    _, v16 = recipe.verdict(0.1, schemes=("a16w8",))
+    # `convert --tflite-integer`: integer files only, so the verdict passes over dynamic to a16w8
+    (tmp_path / "integer").mkdir()
+    res16 = export_tflite(TinyAttention().eval(), spec, tmp_path / "integer" / "model_int8.tflite", precision="int8",
+                          hw=(48, 48), schemes=INTEGER_SCHEMES)
+    v16 = res16.details["verdict"]
+    assert [t["scheme"] for t in v16["schemes"]] == ["a8w8", "a16w8"]
     assert v16["scheme"] == "a16w8" and v16["within_budget"] and v16["activations"] == "int16" and v16["integer"]
-    f16 = tmp_path / "model_int16x8.tflite"
-    f16.write_bytes(recipe.build((48, 48), scheme="a16w8"))
+    f16 = tmp_path / "integer" / "model_int16x8.tflite"
+    assert res16.precision == "int16x8" and res16.files == [f16] and f16.is_file()
+    assert not (tmp_path / "integer" / "model_int8.tflite").exists()
     it = interpreter(f16)
     dtypes = {t["index"]: t["dtype"] for t in it.get_tensor_details()}
     convs = [o for o in it._get_ops_details() if o["op_name"] == "CONV_2D"]
