@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from int8_runtimes import LR_HW, MODELS, SET5, export_deploy_fp32, nncf_default  # noqa: E402
+from int8_runtimes import LR_HW, MODELS, SET5, export_deploy_fp32, missing_requirements, nncf_default  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "int8_ov_profile.json"
 ABLATION_RESULTS = REPO / "benchmarks" / "results" / "int8_ov_ablation.json"
@@ -287,18 +287,14 @@ def main(argv=None) -> int:
                     help="instead: the fourth-pass openvino graph vs each fifth-pass change, timed and scored")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
-    try:
-        import nncf  # noqa: F401
-        import openvino  # noqa: F401
-    except ImportError:
-        print("needs OpenVINO and NNCF: pip install 'edgesr[openvino]' nncf", file=sys.stderr)
-        return 2
-    if not SET5.is_dir():
-        print(f"needs the checkpoints under {SET5.parents[1]}", file=sys.stderr)
+    if missing := missing_requirements():
+        print(missing, file=sys.stderr)
         return 2
     import logging
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
+    import nncf
+
     from edgesr.backends.openvino_runner import openvino_version
     from edgesr.fsutil import atomic_write_json
     from edgesr.machine import machine_info

@@ -263,6 +263,18 @@ def etds_repo(args) -> int:
     return 0
 
 
+def missing_requirements() -> str | None:
+    """Why the INT8 runtime benchmarks cannot run here (OpenVINO, NNCF, ../shared), or None."""
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError:
+        return "needs OpenVINO and NNCF: pip install 'edgesr[openvino]' nncf"
+    if not SET5.is_dir():
+        return f"needs Set5 and the checkpoints under {SHARED}"
+    return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads of every runtime (default 1)")
@@ -276,14 +288,8 @@ def main(argv=None) -> int:
                     help="keep the models of an earlier run (in --out) that this run does not measure")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
-    try:
-        import nncf  # noqa: F401
-        import openvino  # noqa: F401
-    except ImportError:
-        print("needs OpenVINO and NNCF: pip install 'edgesr[openvino]' nncf", file=sys.stderr)
-        return 2
-    if not SET5.is_dir():
-        print(f"needs Set5 and the checkpoints under {SHARED}", file=sys.stderr)
+    if missing := missing_requirements():
+        print(missing, file=sys.stderr)
         return 2
     if args.etds_repo:
         return etds_repo(args)
