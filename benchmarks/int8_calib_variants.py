@@ -33,13 +33,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from int8_runtimes import MODELS as RUNTIME_MODELS  # noqa: E402  (benchmarks/ is the script's folder)
+from int8_heldout import MODELS  # noqa: E402  (benchmarks/ is the script's folder; int8_runtimes' models + ETDS-T)
 from int8_runtimes import export_deploy_fp32  # noqa: E402
 
 SHARED = Path(os.environ.get("EDGESR_SHARED", REPO.parent / "shared"))
 RESULTS = REPO / "benchmarks" / "results" / "int8_calib_variants.json"
 EARLIER = REPO / "benchmarks" / "results" / "int8_runtimes.json"
-MODELS = {"ETDS-T": "checkpoints/etds-repo/ETDS/ETDS_M5C16_x4.pth", **RUNTIME_MODELS}
 DEFAULT_MODELS = ("ETDS-T", "ETDS-M", "ETDS-L", "ECBSR-M4C16", "ABPN-M4C28", "RLFN")
 VARIANTS = {"48 px": {"patch_size": 48, "gptq_color_permutations": False},
             "48 px, colour orders": {"patch_size": 48, "gptq_color_permutations": True},
