@@ -263,6 +263,7 @@ class NcnnInt8:
         self.prepared, self.prep = prepare_int8(module, calibration_inputs(spec, None, calib), self.options,
                                                 symmetric=True, unrounded=self.unrounded)
         self._ready: dict = {}
+        self._calibration: dict = {}  # size key -> calibration inputs (ready() and the exact-weights check share them)
         self._shifts: dict = {}  # size key -> {conv layer: zero-centring shift of its input}
         self._exact: dict = {}  # size key -> {conv layer: (exact W, bias change)}
         self.exact_check: dict[str, float] = {}  # size -> max |ncnn, float layers exact - PyTorch|
@@ -304,11 +305,13 @@ class NcnnInt8:
 
     def calibration(self, key) -> list[np.ndarray]:
         """Calibration inputs at size `key` (None: the dynamic model's patches): for a fixed size,
-        crops of that size (:func:`edgesr.export.mobile.deploy_size_crops`)."""
+        crops of that size (:func:`edgesr.export.mobile.deploy_size_crops`); made once per size."""
         from .mobile import calibration_inputs, deploy_size_crops
 
-        return calibration_inputs(self.spec, None, self.calib) if key is None else deploy_size_crops(
-            self.spec, key, self.calib)
+        if key not in self._calibration:
+            self._calibration[key] = calibration_inputs(self.spec, None, self.calib) if key is None else \
+                deploy_size_crops(self.spec, key, self.calib)
+        return self._calibration[key]
 
     def exact_weights(self, hw) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{conv layer at `hw`: (exact weights, bias change)}: what a layer kept float computes with
