@@ -61,6 +61,11 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+
+class PatchSizeError(DatasetError):
+    """The patch size does not fit the model's size rules, or no calibration image is large enough
+    for it: a smaller patch may still work (the quantizer's 96 -> 48 px fallback)."""
+
 def read_rgb_u8(path: Path) -> np.ndarray:
     """HxWx3 uint8 RGB (ImageError on unreadable files)."""
     try:
@@ -175,7 +180,7 @@ class CalibrationSource:
         if num_patches < 1:
             raise DatasetError(f"num_patches must be >= 1, got {num_patches}")
         if patch_size < max(1, spec.min_size) or patch_size % max(1, spec.size_multiple):
-            raise DatasetError(f"patch_size {patch_size} does not fit the model (min {spec.min_size}, "
+            raise PatchSizeError(f"patch_size {patch_size} does not fit the model (min {spec.min_size}, "
                                f"multiple of {spec.size_multiple})")
         self.spec = spec
         self.num_patches = int(num_patches)
@@ -240,7 +245,7 @@ class CalibrationSource:
             where = _where(self.files)
             if self.unreadable and not self.skipped:
                 raise DatasetError(f"no readable calibration image in {where}: " + "; ".join(self.unreadable[:3]))
-            raise DatasetError(
+            raise PatchSizeError(
                 f"no calibration image in {where} is at least {hp}x{hp} pixels (patch {p} x scale {s}); "
                 f"too small: {', '.join(self.skipped[:5])}. Use a smaller patch size or larger images")
         rng = np.random.default_rng(self.seed)

@@ -42,7 +42,7 @@ from ..errors import DatasetError, QuantizationError
 from ..fsutil import atomic_path
 from ..progress import progress
 from ..spec import Spec
-from .calibration import CalibrationSource, EvalSet, held_out_eval_set
+from .calibration import CalibrationSource, EvalSet, PatchSizeError, held_out_eval_set
 from .evaluate import evaluate, make_session
 from .profiles import QuantConfig, QuantProfile
 from .sensitivity import Layer, SearchResult, SensitivityRow, quantizable_layers, ranking, search, sensitivity
@@ -757,9 +757,7 @@ def calibration_source(spec: Spec, images, config: QuantConfig, input_name: str)
         return make(size)
     try:
         return make(size)
-    except DatasetError as e:
-        if "at least" not in str(e) and "does not fit" not in str(e):
-            raise
+    except PatchSizeError:
         return make(SMALL_PATCH)
 
 
