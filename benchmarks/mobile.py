@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgesr.export.litert import SCHEMES
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "mobile.json"
 ABLATION = ROOT / "benchmarks" / "results" / "mobile_int8_ablation.json"
@@ -52,7 +54,7 @@ MODELS = {  # name -> checkpoint under shared/checkpoints/etds-repo, or a loader
     "SAFMN++ (NTIRE 2024 team23)": "safmnpp",
 }
 BUDGET = 0.1  # held-out dB, edgesr convert's default
-PRECISION = {"a8w8": "int8", "dynamic": "int8-dynamic", "a16w8": "int16x8"}  # edgesr.export.litert.SCHEMES
+PRECISION = {name: s.precision for name, s in SCHEMES.items()}  # LiteRT scheme -> precision label
 SCHEME_OF = {p: s for s, p in PRECISION.items()}
 START, END = "<!-- mobile-coverage:start -->", "<!-- mobile-coverage:end -->"
 

@@ -19,8 +19,8 @@ activation ranges over edgesr's calibration source and the input range widened t
 value range (:func:`calibration_ranges`). The verdict is edgesr's: the Y-PSNR drop on the
 held-out sample photos; above ``psnr_budget`` the costliest convolutions stay float until it holds.
 When no such choice holds the budget (attention models: SAFMN++ loses ~1 dB with every
-convolution float, the loss is in the int8 tensors between them), the next scheme is tried:
-the next schemes are tried, fastest on a CPU first: ``dynamic`` (int8 weights; activations are
+convolution float, the loss is in the int8 tensors between them), the next schemes are tried,
+fastest on a CPU first: ``dynamic`` (int8 weights; activations are
 float in the file and quantized to int8 per tensor at run time by the CPU kernels, so the file is
 not an integer file: precision ``int8-dynamic``, float input and output; SAFMN++: 0.6x the fp32
 file's time), then LiteRT's 16x8 mode (``a16w8``: int8 weights, int16 activations per tensor,
@@ -40,7 +40,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -74,15 +74,28 @@ GPU_MAX_RANK = 4
 
 # LiteRT schemes the INT8 verdict tries, in order (fastest on a CPU first, measured on SAFMN++:
 # a8w8 0.38x, dynamic 0.59x, a16w8 27x the fp32 file's time): (name, activation bits, manifest precision)
-SCHEMES = (("a8w8", 8, "int8"), ("dynamic", 8, "int8-dynamic"), ("a16w8", 16, "int16x8"))
-SCHEME_NAMES = tuple(name for name, _, _ in SCHEMES)  # the order the verdict tries them by default
-INTEGER_SCHEMES = ("a8w8", "a16w8")  # files with integer activations (and integer input/output tensors)
-SCHEME_TEXT = {"a8w8": "int8 weights per output channel, int8 activations per tensor (asymmetric), int8 input/output",
-               "dynamic": "int8 weights per output channel; activations float in the file, quantized to int8 per "
-                          "tensor at run time by the CPU kernels (XNNPACK); float input/output: not an integer file",
-               "a16w8": "int8 weights per output channel, int16 activations per tensor (symmetric), int16 "
-                        "input/output (LiteRT 16x8 mode)"}
-SCHEME_ACTIVATIONS = {"a8w8": "int8", "dynamic": "int8 at run time (float in the file)", "a16w8": "int16"}
+class Scheme(NamedTuple):
+    """One LiteRT quantization scheme the INT8 verdict can write."""
+
+    name: str
+    activation_bits: int
+    precision: str  # the manifest's precision label and the file name's suffix
+    activations: str  # what the file's activations are, in words
+    integer: bool  # integer activations (and integer input/output tensors) in the file
+    text: str
+
+
+SCHEMES = {s.name: s for s in (
+    Scheme("a8w8", 8, "int8", "int8", True,
+           "int8 weights per output channel, int8 activations per tensor (asymmetric), int8 input/output"),
+    Scheme("dynamic", 8, "int8-dynamic", "int8 at run time (float in the file)", False,
+           "int8 weights per output channel; activations float in the file, quantized to int8 per tensor at run "
+           "time by the CPU kernels (XNNPACK); float input/output: not an integer file"),
+    Scheme("a16w8", 16, "int16x8", "int16", True,
+           "int8 weights per output channel, int16 activations per tensor (symmetric), int16 input/output "
+           "(LiteRT 16x8 mode)"))}
+SCHEME_NAMES = tuple(SCHEMES)  # the order the verdict tries them by default
+INTEGER_SCHEMES = tuple(n for n, sc in SCHEMES.items() if sc.integer)  # convert --tflite-integer
 
 
 def scheme_of(activation_bits: int) -> str:
@@ -218,8 +231,8 @@ def quantize_int8_bytes(fp32: bytes, calibration: Sequence[np.ndarray] | dict[st
     except ImportError as e:
         raise BackendUnavailable(f"LiteRT INT8 needs ai-edge-quantizer ({e.name or e}): {EXTRA}") from None
     scheme = scheme or scheme_of(activation_bits)
-    if scheme not in SCHEME_TEXT:
-        raise QuantizationError(f"unknown LiteRT scheme {scheme!r}; choose from {list(SCHEME_TEXT)}")
+    if scheme not in SCHEMES:
+        raise QuantizationError(f"unknown LiteRT scheme {scheme!r}; choose from {list(SCHEMES)}")
     try:
         qsvs = None
         if scheme != "dynamic":
@@ -285,9 +298,9 @@ class LiteRtInt8:
                                    float_ops=float_ops, scheme=scheme)
 
     def details(self) -> dict[str, Any]:
-        return {"quantizer": "ai-edge-quantizer static_wi8_ai8 (" + SCHEME_TEXT["a8w8"] + "); when no a8w8 choice "
-                             "holds the budget, dynamic_wi8_afp32 (" + SCHEME_TEXT["dynamic"] + "), then "
-                             "static_wi8_ai16 (" + SCHEME_TEXT["a16w8"] + ")",
+        return {"quantizer": "ai-edge-quantizer static_wi8_ai8 (" + SCHEMES["a8w8"].text + "); when no a8w8 choice "
+                             "holds the budget, dynamic_wi8_afp32 (" + SCHEMES["dynamic"].text + "), then "
+                             "static_wi8_ai16 (" + SCHEMES["a16w8"].text + ")",
                 "ranges": f"{self.options.ranges} over the calibration inputs"
                           + (f", input range widened to {list(self.spec.value_range)}" if self.input_range else ""),
                 "calibration": "edgesr.quant.calibration.CalibrationSource patches, mirrored to the input size",
@@ -303,10 +316,9 @@ class LiteRtInt8:
         activations are integer in the file; ``schemes`` lists each scheme tried with its drops."""
         from ..quant.calibration import held_out_eval_set
 
-        bits_of = {name: bits for name, bits, _ in SCHEMES}
-        unknown = [s for s in schemes if s not in bits_of]
+        unknown = [s for s in schemes if s not in SCHEMES]
         if unknown or not schemes:
-            raise QuantizationError(f"unknown LiteRT scheme(s) {unknown or list(schemes)}; choose from {list(bits_of)}")
+            raise QuantizationError(f"unknown LiteRT scheme(s) {unknown or list(schemes)}; choose from {list(SCHEMES)}")
         pairs = held_out_eval_set(self.spec.scale).pairs
         sizes = [p.lr.shape[:2] for p in pairs]
         psnr_fp32 = float(np.mean([self._psnr(convert_fp32_bytes(self.module, self.spec, hw), p)
@@ -314,7 +326,6 @@ class LiteRtInt8:
         memo: dict[tuple[str, tuple[str, ...]], float] = {}
         tried: list[dict[str, Any]] = []
         for scheme in schemes:
-            bits = bits_of[scheme]
 
             def drop_of(float_ops: Sequence[str], scheme: str = scheme) -> float:
                 key = (scheme, tuple(sorted(float_ops)))
@@ -324,18 +335,19 @@ class LiteRtInt8:
                 return memo[key]
 
             float_ops, drop, steps = float_layer_search(conv_ops(self.fp32(sizes[0])), drop_of, psnr_budget)
-            tried.append({"scheme": scheme, "activation_bits": bits, "integer": scheme in INTEGER_SCHEMES,
+            tried.append({"scheme": scheme, "activation_bits": SCHEMES[scheme].activation_bits,
+                          "integer": SCHEMES[scheme].integer,
                           "drop_all_quantized": steps[0]["drop"],
                           "drop": round(drop, 4), "float_layers": float_ops, "search": steps,
                           "within_budget": psnr_budget is None or drop <= psnr_budget})
             if tried[-1]["within_budget"]:
                 break
         chosen = next((t for t in tried if t["within_budget"]), min(tried, key=lambda t: t["drop"]))
-        precision = next(p for name, _, p in SCHEMES if name == chosen["scheme"])
+        precision = SCHEMES[chosen["scheme"]].precision
         return chosen["float_layers"], {
             "eval_set": "sample-held-out (" + ", ".join(p.name for p in pairs) + ")",
             "psnr_fp32": round(psnr_fp32, 4), "scheme": chosen["scheme"], "activation_bits": chosen["activation_bits"],
-            "activations": SCHEME_ACTIVATIONS[chosen["scheme"]], "integer": chosen["integer"], "precision": precision,
+            "activations": SCHEMES[chosen["scheme"]].activations, "integer": chosen["integer"], "precision": precision,
             "drop_all_int8": tried[0]["drop_all_quantized"], "drop_all_quantized": chosen["drop_all_quantized"],
             "drop": chosen["drop"], "psnr_budget": psnr_budget, "within_budget": chosen["within_budget"],
             "float_layers": chosen["float_layers"], "search": chosen["search"],
@@ -365,10 +377,9 @@ def int8_tflite_bytes(module, spec: Spec, hw: Sequence[int], *, calib: str | Pat
     if psnr_budget is not None:
         float_ops, details["verdict"] = recipe.verdict(psnr_budget, schemes)
         name = details["verdict"]["scheme"]
-    _, bits, precision = next(s for s in SCHEMES if s[0] == name)
-    details["scheme"] = {"name": name, "precision": precision, "weights": "int8",
-                         "activations": SCHEME_ACTIVATIONS[name], "integer": name in INTEGER_SCHEMES,
-                         "float_ops": float_ops, "text": SCHEME_TEXT[name]}
+    sc = SCHEMES[name]
+    details["scheme"] = {"name": name, "precision": sc.precision, "weights": "int8", "activations": sc.activations,
+                         "integer": sc.integer, "float_ops": float_ops, "text": sc.text}
     return recipe.build(hw, float_ops, scheme=name), details
 
 
