@@ -201,26 +201,31 @@ class OpenVinoRunner(BaseRunner):
         self._model = m if static_shapes and m.inputs[0].get_partial_shape().is_dynamic else None
         self._by_shape: OrderedDict[tuple[int, ...], tuple[object, object]] = OrderedDict()
 
-    def _request_for(self, shape: tuple[int, ...]):
-        """The infer request of the model compiled for `shape` (compiled on first use; the
-        dynamic-shape compile where the model's input is static or a fixed shape does not compile)."""
+    def _compiled_for(self, shape: tuple[int, ...]) -> tuple[object, object]:
+        """(compiled model, infer request) that run an input of `shape`: the model compiled with that
+        shape fixed (on first use), or the dynamic-shape compile where the model's input is static,
+        static_shapes is off, or the graph cannot be fixed to `shape`."""
         if self._model is None:
-            return self.request
+            return self.compiled, self.request
         hit = self._by_shape.get(shape)
         if hit is not None:
             self._by_shape.move_to_end(shape)
-            return hit[1]
+            return hit
         try:
             with native_stderr_silenced():
                 m = self._model.clone()
                 m.reshape({m.inputs[0]: list(shape)})
                 compiled = core().compile_model(m, "CPU", compile_config(self.threads))
         except Exception:  # noqa: BLE001 - a shape the graph cannot be fixed to: run it dynamic as before
-            return self.request
+            return self.compiled, self.request
         self._by_shape[shape] = (compiled, compiled.create_infer_request())
         while len(self._by_shape) > STATIC_SHAPES_KEPT:
             self._by_shape.popitem(last=False)
-        return self._by_shape[shape][1]
+        return self._by_shape[shape]
+
+    def compiled_for(self, shape: tuple[int, ...]):
+        """The openvino.CompiledModel that runs an input of `shape` (see :meth:`_compiled_for`)."""
+        return self._compiled_for(tuple(int(d) for d in shape))[0]
 
     def _detect_precision(self) -> str:
         if self.path is not None and self.path.suffix.lower() == ".xml":  # an IR with FakeQuantize / int8 constants
@@ -235,7 +240,7 @@ class OpenVinoRunner(BaseRunner):
         SIGTERM and --time-limit reach Python while it runs (see :func:`wait_interruptibly`)."""
         what = quoted(self.path) if self.path else self.name
         x = np.ascontiguousarray(x, dtype=np.float32)
-        request = self._request_for(tuple(int(d) for d in x.shape))
+        request = self._compiled_for(tuple(int(d) for d in x.shape))[1]
         try:
             request.start_async({0: x})
         except Exception as e:  # noqa: BLE001 - OpenVINO raises its own exception types
