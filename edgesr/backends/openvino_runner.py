@@ -47,6 +47,8 @@ IR_SUFFIXES = (".xml",)
 # Input shapes a runner keeps compiled at once (tiles, their edge remainders, a few image sizes);
 # each holds its own intermediate buffers, so the bound is on memory too.
 STATIC_SHAPES_KEPT = 4
+# How edgesr compiles a dynamic-size model (the manifest's "compile" of an IR: the form its verdict and times are of)
+COMPILE_FORM = "static-shape: Model.reshape to the input's N,C,H,W, then compile_model (once per input shape)"
 
 
 def openvino_module():
