@@ -203,6 +203,9 @@ def verdict(e: dict) -> dict:
         aa = aa_spread(e)
         misses.append(f"{best['artifact']} is {best['vs_nncf']:.2f}x NNCF default INT8's speed (slower by "
                       f"{100 * (1 - best['vs_nncf']):.0f}%), which loses {e['int8']['nncf_default']['set5_drop']:.3f} dB"
+                      + (f"; edgesr keeps {best['float_layers']}/{best['layers']} layers float for the picture (its "
+                         f"all-int8 graph loses {best['all_int8_heldout_drop']:.3f} dB held-out)"
+                         if best["float_layers"] else "")
                       + ("" if aa is None else f"; two copies of NNCF's own graph differ by {100 * aa:.0f}% in the same "
                                                f"rounds" + (" (within that)" if 1 - best["vs_nncf"] <= aa else "")))
     return {"best": best, "met": not misses, "misses": misses}

@@ -59,3 +59,10 @@ def test_slower_than_nncf_says_how_far_apart_two_copies_of_nncf_time():
     e["latency_ms"][ir.AA_CONTROL] = {"median_ms": 15.3}
     line = next(m for m in ir.verdict(e)["misses"] if "NNCF default" in m)
     assert "differ by 1%" in line and "within" not in line
+
+
+def test_slower_than_nncf_names_the_float_layers_the_picture_needs():
+    e = _entry(cpu_ms=30.0, cpu_drop=0.05, ov_ms=16.0, ov_drop=0.06, nncf_ms=15.2)
+    e["int8"]["openvino"] |= {"float_layers": ["a", "b"], "all_int8_heldout_drop": 0.442}
+    line = next(m for m in ir.verdict(e)["misses"] if "NNCF default" in m)
+    assert "keeps 2/8 layers float for the picture" in line and "loses 0.442 dB held-out" in line
