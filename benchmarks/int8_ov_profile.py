@@ -6,7 +6,8 @@
 Per model (the ../shared checkpoints of benchmarks/int8_runtimes.py): the fp32 ONNX, edgesr's
 `openvino` graph (`quantize_model`, openvino profile, the default 0.1 dB held-out budget and search)
 and `nncf.quantize` with its defaults on the same 32 calibration patches. Each graph is compiled by
-OpenVINO with per-node profiling on (``PERF_COUNT``; f32 inference precision, one thread, one stream)
+OpenVINO with per-node profiling on (``PERF_COUNT``; f32 inference precision, one thread, one stream,
+the input shape fixed as edgesr's runner compiles it since the sixth pass; earlier results: dynamic)
 and run `--runs` times on a 180x320 input, the three graphs interleaved round by round. Per graph:
 the median wall time, and from ``request.get_profiling_info()`` the real time of every executed node,
 summed per (node type, exec type) - e.g. ``Convolution`` run by ``jit_avx512_amx_I8`` / ``..._FP32`` -
@@ -142,7 +143,7 @@ def float_layer_costs(qs, base_path: Path, float_layers: list[str], x: np.ndarra
         rest = [f for f in float_layers if f != name]
         p = qs.build(work / f"one_int8_{len(rows)}.onnx", rest)
         drop = qs.psnr_fp32 - qs.score(rest)
-        gs = {"search": ProfiledGraph(base_path, threads), "int8": ProfiledGraph(p, threads)}
+        gs = {"search": ProfiledGraph(base_path, threads, x.shape), "int8": ProfiledGraph(p, threads, x.shape)}
         wall = time_graphs(gs, x, runs)
         r = np.asarray(wall["search"]) / np.asarray(wall["int8"])
         rows.append({"layer": name, "heldout_drop_with_it_int8": drop, "speedup_if_int8": float(np.median(r)),
@@ -181,8 +182,8 @@ def run_model(name: str, args, tmp: Path) -> dict:
         patches = CalibrationSource(spec, None, num_patches=32, patch_size=48, progress=False).patches
         nncf_default(fp32, patches, nncf_xml)
     x = np.random.default_rng(0).random((1, spec.in_channels, *LR_HW), dtype=np.float32)
-    graphs = {"openvino fp32": ProfiledGraph(fp32, args.threads), "edgesr openvino": ProfiledGraph(ours, args.threads),
-              "nncf default": ProfiledGraph(nncf_xml, args.threads)}
+    graphs = {k: ProfiledGraph(p, args.threads, x.shape)  # compiled for the input's shape, as edgesr's runner does
+              for k, p in (("openvino fp32", fp32), ("edgesr openvino", ours), ("nncf default", nncf_xml))}
     wall = time_graphs(graphs, x, args.runs)
     entry["wall_ms"] = {k: {"median": float(np.median(v)), "p10": _pct(v, 10), "p90": _pct(v, 90)}
                         for k, v in wall.items()}
