@@ -35,6 +35,7 @@ import re
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -201,9 +202,9 @@ class OpenVinoRunner(BaseRunner):
         self.threads = threads
         # input shape -> (compiled model, request) for that shape fixed (see the module docstring)
         self._model = m if static_shapes and m.inputs[0].get_partial_shape().is_dynamic else None
-        self._by_shape: OrderedDict[tuple[int, ...], tuple[object, object]] = OrderedDict()
+        self._by_shape: OrderedDict[tuple[int, ...], tuple[Any, Any]] = OrderedDict()
 
-    def _compiled_for(self, shape: tuple[int, ...]) -> tuple[object, object]:
+    def _compiled_for(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
         """(compiled model, infer request) that run an input of `shape`: the model compiled with that
         shape fixed (on first use), or the dynamic-shape compile where the model's input is static,
         static_shapes is off, or the graph cannot be fixed to `shape`."""
