@@ -210,6 +210,10 @@ class OpenVinoRunner(BaseRunner):
         static_shapes is off, or the graph cannot be fixed to `shape`."""
         if self._model is None:
             return self.compiled, self.request
+        if self._by_shape and next(reversed(self._by_shape)) != shape:
+            # another shape now: the last one's intermediate buffers go, so that the kept compiles
+            # hold at most one shape's activations at a time (upscale's memory plan counts one)
+            _release_memory(self._by_shape[next(reversed(self._by_shape))][0])
         hit = self._by_shape.get(shape)
         if hit is not None:
             self._by_shape.move_to_end(shape)
@@ -251,6 +255,14 @@ class OpenVinoRunner(BaseRunner):
         wait_interruptibly(request, what, owner=self)
         y = request.get_output_tensor(0).data
         return np.array(y, dtype=np.float32, copy=True)
+
+
+def _release_memory(compiled) -> None:
+    """Free a compiled model's intermediate buffers (reallocated on its next run)."""
+    try:
+        compiled.release_memory()
+    except Exception:  # noqa: BLE001 - older OpenVINO without it, or a request still running (UNSTOPPED)
+        pass
 
 
 def check_image_io(model, what: str) -> None:
