@@ -118,3 +118,22 @@ def test_a_fixed_size_model_is_compiled_once(tmp_path):
     r = OpenVinoRunner(tmp_path / "fixed.onnx", threads=1)
     r.run(np.zeros((1, 3, 20, 28), np.float32))
     assert r._model is None and not r._by_shape and r.compiled_for((1, 3, 20, 28)) is r.compiled
+
+
+def test_a_shape_change_frees_the_last_shapes_buffers(gate, monkeypatch):
+    """The kept compiles hold one shape's activations at a time (upscale's memory plan counts one):
+    measured on SPAN fp32 with four alternating shapes, RSS 568 MiB kept vs 264 released (dynamic: 453)."""
+    import edgesr.backends.openvino_runner as ovr
+
+    released = []
+    monkeypatch.setattr(ovr, "_release_memory", lambda compiled: released.append(compiled))
+    r = OpenVinoRunner(gate[0], threads=1)
+    a, b = np.zeros((1, 3, 16, 24), np.float32), np.zeros((1, 3, 20, 28), np.float32)
+    r.run(a)
+    r.run(a)
+    assert released == []  # the same shape again: nothing to free
+    r.run(b)
+    assert released == [r._by_shape[a.shape][0]]
+    released.clear()
+    r.run(a)
+    assert released == [r._by_shape[b.shape][0]]
