@@ -30,7 +30,8 @@ makes (one compile per input shape, edgesr/backends/openvino_runner.py), one mod
 (and ORT fp32 with the input size fixed in the ONNX), OpenVINO fp32, edgesr's `openvino` graph, the
 same graph all-int8 (the speed ceiling of int8 in this graph form) and NNCF's default INT8, each of the
 OpenVINO graphs compiled for dynamic and for static shapes, all timed interleaved in one run; per-op
-profiles of edgesr's graph both ways (where the element-wise time goes); held-out and Set5 drops of
+profiles of edgesr's graph both ways and static with Snippets off (where the element-wise time goes:
+shape-specialised kernels vs the Snippets fusion); held-out and Set5 drops of
 edgesr's graph both ways (benchmarks/results/int8_ov_shapes.json).
 
 ``--keep DIR`` keeps (and on a rerun reuses) the quantized graphs there, so a second profile of the
@@ -69,10 +70,11 @@ class ProfiledGraph:
     """One OpenVINO graph compiled with per-node profiling; `run` times one inference and adds its
     per-node real times to the totals."""
 
-    def __init__(self, path: Path, threads: int, static_shape: tuple[int, ...] | None = None):
+    def __init__(self, path: Path, threads: int, static_shape: tuple[int, ...] | None = None,
+                 config: dict | None = None):
         from edgesr.backends.openvino_runner import compile_config, core, read_model
 
-        cfg = compile_config(threads) | {"PERF_COUNT": True}
+        cfg = compile_config(threads) | {"PERF_COUNT": True} | (config or {})
         model = read_model(path)
         if static_shape is not None:  # as edgesr's OpenVinoRunner compiles it for an input of this shape
             model.reshape({model.inputs[0]: list(static_shape)})
@@ -319,9 +321,12 @@ def run_shapes(name: str, args, tmp: Path) -> dict:
     entry["latency_ms"] = {k: v.to_dict() for k, v in st.items()}
     entry["vs_ort_fp32"] = {k: ratio_summary(st["ort fp32"], v) for k, v in st.items() if k != "ort fp32"}
     entry["static_vs_dynamic"] = {k: ratio_summary(st[f"{k} (dynamic)"], st[f"{k} (static)"]) for k in graphs}
-    # where edgesr's graph spends its time, per op, both ways (profiling on: separate, shorter run)
-    prof = {"dynamic": ProfiledGraph(res.path, args.threads), "static": ProfiledGraph(res.path, args.threads, shape)}
-    time_graphs(prof, x, max(5, args.runs // 2))
+    # where edgesr's graph spends its time, per op, both ways (profiling on: separate, shorter run); static
+    # with Snippets off separates the shape-specialised kernels from the Snippets fusion
+    prof = {"dynamic": ProfiledGraph(res.path, args.threads), "static": ProfiledGraph(res.path, args.threads, shape),
+            "static, Snippets off": ProfiledGraph(res.path, args.threads, shape, {"SNIPPETS_MODE": "DISABLE"})}
+    wall = time_graphs(prof, x, max(5, args.runs // 2))
+    entry["profiled_wall_ms"] = {k: float(np.median(v)) for k, v in wall.items()}
     entry["per_op"] = {k: g.per_op() for k, g in prof.items()}
     entry["compiled_ops"] = {k: g.runtime_precisions() for k, g in prof.items()}
     entry["eltwise_ms"] = {k: sum(v["ms"] for op, v in g.per_op().items() if op.split(":")[0] in ELTWISE_OPS)
@@ -343,12 +348,14 @@ def shapes_table(name: str, e: dict) -> str:
                      f"{sv['paired_median']:.2f}x ({sv['paired_p10']:.2f}-{sv['paired_p90']:.2f})" if sv else ""])
     pic = e["picture"]
     el, tot = e["eltwise_ms"], e["nodes_ms"]
+    off = "static, Snippets off"
     return (f"{name} (ORT fp32 {e['latency_ms']['ort fp32']['median_ms']:.1f} ms, load "
             f"{e['load_before'][0]:.1f}/{e['load_after'][0]:.1f}); edgesr openvino: {len(e['edgesr']['float_layers'])}/"
             f"{e['edgesr']['layers']} float, held-out drop dynamic {pic['dynamic']['heldout_drop']:.3f} / static "
             f"{pic['static']['heldout_drop']:.3f}, Set5 {pic['dynamic']['set5_drop']:.3f} / {pic['static']['set5_drop']:.3f}; "
             f"all-int8 held-out {e['all_int8_heldout_drop']:.3f}; element-wise nodes {el['dynamic']:.1f} of "
-            f"{tot['dynamic']:.1f} ms (dynamic) vs {el['static']:.1f} of {tot['static']:.1f} ms (static)\n"
+            f"{tot['dynamic']:.1f} ms (dynamic) vs {el[off]:.1f} of {tot[off]:.1f} ms (static, Snippets off) vs "
+            f"{el['static']:.1f} of {tot['static']:.1f} ms (static)\n"
             + format_table(["graph (OpenVINO compile)", "median ms", "x ORT fp32 (p10-p90)", "static vs dynamic"], rows))
 
 

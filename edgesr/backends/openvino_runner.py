@@ -23,7 +23,7 @@ more for each input shape it runs, with that shape fixed (``Model.reshape``; the
 plugin the element-wise nodes of a dynamic-shape graph run several times slower than the same nodes
 compiled for a fixed shape, and chains of them are tokenized into one Snippets ``Subgraph`` only for
 static shapes. SPAN's gate (Add, Sigmoid, Subtract, Multiply and the next conv's FakeQuantize) took
-30 of 80 ms at 180x320 dynamic (its ``Sigmoid`` nodes alone 21 ms), 11 ms static with Snippets off
+30 of 85 ms at 180x320 dynamic (its ``Sigmoid`` nodes alone 21 ms), 10 ms static with Snippets off
 (``Sigmoid`` 2.8 ms) and 6 ms as one Subgraph per gate (docs/int8.md, "OpenVINO findings").
 Everything edgesr runs in OpenVINO (the INT8 verdict, bench, parity, eval, upscale) compiles
 this way, so a verdict and the times it is shipped with come from the same kernels.
