@@ -125,3 +125,35 @@ def test_slower_than_nncf_names_the_float_layers_the_picture_needs():
     e["int8"]["openvino"] |= {"float_layers": ["a", "b"], "all_int8_heldout_drop": 0.442}
     line = next(m for m in ir.verdict(e)["misses"] if "NNCF default" in m)
     assert "keeps 2/8 layers float for the picture" in line and "loses 0.442 dB held-out" in line
+
+
+def test_a_miss_against_nncf_names_nncfs_accuracy_control_at_the_same_criterion():
+    e = _entry(cpu_ms=30.0, cpu_drop=0.05, ov_ms=16.0, ov_drop=0.06, nncf_ms=13.0)
+    e["latency_ms"][ir.NNCF_AC] = {"median_ms": 24.0}
+    e["int8"]["nncf_accuracy_control"] = {"heldout_drop": 0.078, "set5_drop": 0.057}
+    line = next(m for m in ir.verdict(e)["misses"] if "NNCF default" in m)
+    assert ("NNCF's accuracy control given edgesr's criterion (held-out, 0.1 dB) runs 1.67x ORT fp32 at held-out "
+            "0.078 / Set5 0.057 dB, and edgesr's graph 1.50x its speed") in line
+
+
+def test_nncfs_validation_function_is_edgesrs_held_out_criterion(tmp_path):
+    """What NNCF's accuracy control is given must score a model as edgesr's verdict does."""
+    import pytest
+
+    pytest.importorskip("openvino", reason="needs pip install 'edgesr[openvino]'")
+    import torch
+
+    from edgesr.backends.openvino_runner import core
+    from edgesr.export.onnx import export_onnx
+    from edgesr.quant import held_out_eval_set
+    from edgesr.quant.evaluate import evaluate
+    from edgesr.registry import build_variant
+
+    torch.manual_seed(0)
+    v = build_variant("ecbsr-m4c16-x2", form="deploy")
+    fp32 = export_onnx(v.module.eval(), v.spec, tmp_path / "fp32.onnx", simplify=False).path
+    evalset = held_out_eval_set(2, max_side=64)
+    mean, per = ir.heldout_validation(v.spec, evalset)(core().compile_model(str(fp32), "CPU"), evalset.pairs)
+    ours = evaluate(fp32, v.spec, evalset, 1, "openvino")
+    assert len(per) == len(evalset.pairs)
+    assert abs(mean - ours.psnr) < 1e-3 and abs(per[0] - next(iter(ours.per_image.values()))) < 1e-3
