@@ -237,18 +237,31 @@ def compiled_ops(runner, shape: tuple[int, ...]) -> list[str]:
 
 def compare_compiled(edgesr_runner, nncf_runner, shape: tuple[int, ...]) -> dict:
     """Whether edgesr's and NNCF's INT8 graphs compile to the same nodes and kernels; if not, which
-    nodes one runs that the other does not (counted per `type:kernel:precision`). Two graphs that
-    compile to the same sequence can only differ in speed by timing noise."""
+    nodes one runs that the other does not (counted per `type:kernel:precision`), and each graph's
+    convolutions by kernel precision. Two graphs that compile to the same sequence can only differ in
+    speed by timing noise."""
     from collections import Counter
 
     a, b = compiled_ops(edgesr_runner, shape), compiled_ops(nncf_runner, shape)
     ca, cb = Counter(a), Counter(b)
     return {"same": a == b, "edgesr_nodes": len(a), "nncf_nodes": len(b),
+            "edgesr_convs": conv_kernels(a), "nncf_convs": conv_kernels(b),
             "edgesr_only": dict(sorted((ca - cb).items())), "nncf_only": dict(sorted((cb - ca).items()))}
 
 
+def conv_kernels(ops: list[str]) -> dict[str, int]:
+    """How many of a compiled graph's convolutions run int8 kernels and how many f32 ones."""
+    convs = [o.split(":")[1] for o in ops if o.startswith("Convolution:")]
+    return {"int8": sum("I8" in k for k in convs), "f32": sum("I8" not in k for k in convs)}
+
+
 def compiled_difference(c: dict) -> str:
-    """One line: what edgesr's compiled graph runs that NNCF's does not, and the reverse."""
+    """One line: how the two compiled graphs differ - their convolutions by kernel precision and
+    node counts, or (same convolutions) the nodes each runs that the other does not."""
+    if "edgesr_convs" in c and c["edgesr_convs"] != c["nncf_convs"]:
+        e, n = c["edgesr_convs"], c["nncf_convs"]
+        return (f"OpenVINO runs {e['int8']} int8 + {e['f32']} f32 convolutions in {c['edgesr_nodes']} nodes for "
+                f"edgesr's graph, {n['int8']} int8 + {n['f32']} f32 in {c['nncf_nodes']} for NNCF's")
     part = lambda d: ", ".join(f"{n} x {k}" for k, n in d.items()) or "nothing"  # noqa: E731
     return f"edgesr's compiled graph runs {part(c['edgesr_only'])} where NNCF's runs {part(c['nncf_only'])}"
 

@@ -117,7 +117,10 @@ def test_compiled_graphs_are_compared_node_by_node_in_openvino(tmp_path):
     assert not diff["same"]
     assert any(k.startswith("Convolution:") and "I8" in k for k in diff["nncf_only"])  # the int8 graph's convs
     assert any(k.startswith("Convolution:") and "I8" not in k for k in diff["edgesr_only"])  # the fp32 ones
-    assert "edgesr's compiled graph runs" in ir.compiled_difference(diff)
+    convs = same["edgesr_convs"]["f32"]
+    assert convs > 0 and same["edgesr_convs"] == {"int8": 0, "f32": convs}
+    assert diff["nncf_convs"] == {"int8": convs, "f32": 0}  # every conv of the QDQ graph runs an int8 kernel
+    assert ir.compiled_difference(diff).startswith(f"OpenVINO runs 0 int8 + {convs} f32 convolutions")
 
 
 def test_slower_than_nncf_names_the_float_layers_the_picture_needs():
