@@ -160,3 +160,30 @@ def test_nncfs_validation_function_is_edgesrs_held_out_criterion(tmp_path):
     ours = evaluate(fp32, v.spec, evalset, 1, "openvino")
     assert len(per) == len(evalset.pairs)
     assert abs(mean - ours.psnr) < 1e-3 and abs(per[0] - next(iter(ours.per_image.values()))) < 1e-3
+
+
+def test_a_quality_miss_within_the_held_out_budget_says_so():
+    e = _entry(cpu_ms=26.0, cpu_drop=0.129, ov_ms=13.0, ov_drop=0.130)
+    e["int8"]["cpu"]["heldout_drop"] = 0.082
+    line = next(m for m in ir.verdict(e)["misses"] if "keeps Set5" in m)
+    assert "its held-out drop (the verdict's photos) is 0.082, within the budget" in line
+
+
+def test_verdict_only_judges_a_stored_run_again(tmp_path, capsys):
+    import json
+
+    e = _entry(cpu_ms=30.0, cpu_drop=0.05, ov_ms=16.0, ov_drop=0.06, nncf_ms=15.5)
+    e["compiled_vs_nncf"] = _compiled(same=True)
+    e["verdict"] = {"met": False, "misses": ["stale wording"]}
+    e["vs_ort_fp32"] = {k: {"ratio": 1.0, "paired_p10": 1.0, "paired_p90": 1.0}
+                        for k in ("openvino fp32", "edgesr cpu (ort)", "edgesr openvino (openvino)",
+                                  "nncf default (openvino)")}
+    e |= {"load_before": [1.0], "load_after": [1.0]}
+    e["int8"]["nncf_default"]["set5_drop"] = 0.8
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps({"models": {"X": e}, "int8_dot_product": {"cpu_model": "c", "u8s8_path": "p"},
+                               "held_out": "h"}))
+    assert ir.main(["--verdict-only", "--out", str(out)]) == 0
+    stored = json.loads(out.read_text())
+    assert stored["models"]["X"]["verdict"]["met"] and stored["misses"] == []
+    assert "same 25 OpenVINO nodes" in stored["notes"][0] and "stale wording" not in capsys.readouterr().out
