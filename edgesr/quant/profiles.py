@@ -63,6 +63,9 @@ class QuantProfile:
     # for ETDS-T/M/L, ECBSR and ABPN in `cpu` and `openvino`, not for RLFN / SPAN; for `trt` it was
     # mixed (docs/int8.md, "Calibration patch size").
     calibration_patch: int = 48
+    # placement="inputs": conv-input ranges shrunk where that lowers the conv's output error on the
+    # calibration patches (edgesr/quant/range_search.py); QuantConfig.range_search overrides it
+    range_search: bool = False
     description: str = ""
 
     def ort_types(self):
@@ -118,7 +121,7 @@ CPU = QuantProfile(
 OPENVINO = QuantProfile(
     name="openvino", activation_type="uint8", weight_type="int8", activation_symmetric=False,
     weight_symmetric=True, per_channel=True, reduce_range=False, quantize_bias=False, runtime="openvino",
-    quantized_ops=WEIGHTED_OPS, float_reads_float=True, calibration_patch=96,
+    quantized_ops=WEIGHTED_OPS, float_reads_float=True, calibration_patch=96, range_search=True,
     description="OpenVINO CPU: uint8 activations (zero point 0 for non-negative tensors and the picture), "
                 "per-channel int8 weights, float biases, Q/DQ on conv inputs (residual Adds float), "
                 "evaluated and searched in OpenVINO")
@@ -167,6 +170,9 @@ class QuantConfig:
                    the calibration photos lack; see edgesr/quant/refine.py). None: on when
                    the profile's weights are 7-bit (cpu), off for 8-bit weights (trt)
     bias_correction  remove the mean output shift of the weight error from the bias
+    range_search   conv-input activation ranges shrunk where that lowers the conv's output error on
+                   the calibration patches (edgesr/quant/range_search.py; placement "inputs" only).
+                   None: the profile's choice (on for `openvino`)
     finetune       when the all-int8 graph misses psnr_budget: a short quantization-aware
                    fine-tune of its int8 weight codes and biases against the fp32 output on
                    the calibration patches (edgesr/quant/finetune.py), kept only when the
@@ -202,6 +208,7 @@ class QuantConfig:
     gptq: bool = True
     gptq_color_permutations: bool | None = None  # None: on for 7-bit (reduce_range) weights only
     bias_correction: bool = True
+    range_search: bool | None = None  # None: the profile's choice (QuantProfile.range_search)
     finetune: bool = False  # opt-in: minutes of CPU per model, helped one of three measured cases (docs/int8.md)
     finetune_steps: int = 300
     sensitivity: str = "only"

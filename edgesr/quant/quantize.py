@@ -77,6 +77,7 @@ class QuantResult:
     prelu_rewrite: dict[str, Any] | None = None
     concat_split: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None  # FinetuneReport + held-out scores; None: not run
+    range_search: dict[str, Any] | None = None  # RangeSearchReport (quant/range_search.py); None: not run
     speed: dict[str, Any] | None = None  # the final graph vs fp32, timed by the search (quant/speed.py)
     test_set: str | None = None
     test_psnr_fp32: float | None = None
@@ -496,6 +497,7 @@ class QuantSession:
         from .saturation import clip_saturating_ranges
 
         self.saturation_clipped = clip_saturating_ranges(model, ranges)
+        self.range_report = self._search_ranges(model, ranges, source.patches, layers)
         from onnxruntime.quantization.calibrate import save_tensors_data
 
         ranges_path = work / "ranges.json"
@@ -513,6 +515,19 @@ class QuantSession:
         self.psnr_fp32 = evaluate(self.fp32_path, spec, self.evalset, config.threads, profile.runtime).psnr
         self.psnr_int8_all = self._qs.score([])
         self.workdir = work
+
+    def _search_ranges(self, model, ranges, patches: np.ndarray, layers: list[Layer]) -> dict[str, Any] | None:
+        """Conv-input ranges chosen by the conv's output error (quant/range_search.py), where enabled."""
+        profile = self.profile
+        enabled = profile.range_search if self.config.range_search is None else self.config.range_search
+        if not enabled or profile.placement != "inputs":  # "ort" placement quantizes conv outputs instead
+            return None
+        from .range_search import search_ranges
+
+        nodes = {n for layer in layers for n in layer.nodes}
+        rep = search_ranges(model, ranges, patches, nodes, symmetric=profile.activation_symmetric,
+                            signed=profile.activation_type == "int8", skip=set(self.overrides), threads=self.config.threads)
+        return rep.to_dict()
 
     _rank_qs: "_Session | None" = None  # the ranking session (centre crops), made on first use
 
@@ -685,6 +700,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
             onnx.save(qmodel, str(tmp_out))
         source, patch_choice = qs.source, qs.patch_choice
         reports = (qs.eq_report, qs.center_report, qs.prelu_report, qs.concat_report, qs.exact_input_report)
+        range_report = qs.range_report
 
     result = QuantResult(
         path=out, profile=profile.name, config=config.to_dict(), float_nodes=float_nodes,
@@ -696,6 +712,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         calibration=source.describe() | {"method": config.method, "patch_size_choice": patch_choice},
         equalization=reports[0],
         centering=reports[1], exact_input=reports[4], prelu_rewrite=reports[2], concat_split=reports[3], finetune=finetune_info,
+        range_search=range_report,
         test_set=test_set.name if test_set is not None else None, test_psnr_fp32=test_fp32,
         test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings, speed=speed_info)
     if sensitivity_png and rows:
