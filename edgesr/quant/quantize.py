@@ -509,7 +509,8 @@ class QuantSession:
 
             perms = profile.reduce_range if config.gptq_color_permutations is None else config.gptq_color_permutations
             refiner = WeightRefiner(model, source.patches, gptq=config.gptq, bias_correction=config.bias_correction,
-                                    color_permutations=perms, threads=config.threads)
+                                    color_permutations=perms, threads=config.threads,
+                                    input_quant=self._input_quant(ranges, layers))
         self._qs = _Session(self.fp32_path, spec, config, ranges_path, self.evalset, work, layers, refiner,
                             self.overrides)
         self.psnr_fp32 = evaluate(self.fp32_path, spec, self.evalset, config.threads, profile.runtime).psnr
@@ -528,6 +529,25 @@ class QuantSession:
         rep = search_ranges(model, ranges, patches, nodes, symmetric=profile.activation_symmetric,
                             signed=profile.activation_type == "int8", skip=set(self.overrides), threads=self.config.threads)
         return rep.to_dict()
+
+    def _input_quant(self, ranges, layers: list[Layer]) -> dict[str, Any] | None:
+        """{conv input tensor: its quantize-dequantize on the calibrated range} for bias correction of
+        the activation error, where the ranges were searched (their clipping shifts the mean)."""
+        if self.range_report is None or not self.range_report["changed"]:
+            return None
+        from .range_search import fake_quant, tensor_range
+
+        p = self.profile
+        nodes = {n for layer in layers for n in layer.nodes}
+        out: dict[str, Any] = {}
+        for c in self.range_report["changed"]:
+            if not set(c["readers"]) <= nodes or c["tensor"] not in ranges:
+                continue
+            r = tensor_range(ranges[c["tensor"]])
+            if r is not None:
+                out[c["tensor"]] = (lambda x, lo=r[0], hi=r[1]: fake_quant(x, lo, hi, p.activation_symmetric,
+                                                                            p.activation_type == "int8"))
+        return out or None
 
     _rank_qs: "_Session | None" = None  # the ranking session (centre crops), made on first use
 

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import time
+
 import numpy as np
 
-# range factors tried (1.0: ORT's min-max range): finer near 1, where most tensors end up
-FACTORS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25)
-MAX_PIXELS = 32 * 48 * 48  # LR pixels of calibration input used for the search (bounds its time)
+# range factors tried (1.0: ORT's min-max range)
+FACTORS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+MAX_PIXELS = 32 * 48 * 48  # LR pixels of calibration input for the local ranking (bounds its time)
+PROBE_PIXELS = 16 * 48 * 48  # ... and for each end-to-end probe (one model run each)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class RangeSearchReport:
     output_error_minmax: float | None = None  # model output vs fp32, squared error, every searched tensor quantized
     output_error: float | None = None  # ... with the chosen ranges
     rejected: str | None = None  # why no choice was kept although some tensors had better ranges alone
+    seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,7 +78,8 @@ def fake_quant(x: np.ndarray, low: float, high: float, symmetric: bool, signed: 
     return ((np.clip(np.round(x / scale) + zp, qmin, qmax) - zp) * scale).astype(x.dtype)
 
 
-def _range_of(td) -> tuple[float, float] | None:
+def tensor_range(td) -> tuple[float, float] | None:
+    """(low, high) of a per-tensor calibrated range (ORT TensorData); None otherwise."""
     try:
         lo, hi = td.range_value
     except AttributeError:
@@ -86,7 +91,8 @@ def _range_of(td) -> tuple[float, float] | None:
 
 
 def search_ranges(model, ranges, patches: np.ndarray, quantized_nodes: set[str], *, symmetric: bool, signed: bool,
-                  skip: set[str] = frozenset(), factors=FACTORS, max_pixels: int = MAX_PIXELS, candidates: int = 3,
+                  skip: set[str] = frozenset(), factors=FACTORS, max_pixels: int = MAX_PIXELS, probe_pixels: int = PROBE_PIXELS,
+                  candidates: int = 3,
                   threads: int | None = None) -> RangeSearchReport:
     """Shrink, in `ranges` (ORT TensorsData, in place), the range of tensors read only by Convs in
     `quantized_nodes` where that lowers the model's output error on the calibration patches.
@@ -97,7 +103,17 @@ def search_ranges(model, ranges, patches: np.ndarray, quantized_nodes: set[str],
     Runtime) - the local error alone misjudges tensors whose clipped outliers matter downstream
     (docs/int8.md, "RLFN"). Finally all choices together must beat all min-max ranges together
     on the model's output, or none is kept. `skip`: tensors whose quantization is fixed otherwise (the
-    exact 8-bit picture). `max_pixels`: at most this many LR pixels of `patches` are used."""
+    exact 8-bit picture). `max_pixels` / `probe_pixels`: at most this many LR pixels of `patches` enter
+    the local ranking / each end-to-end probe (the first patches)."""
+    t0 = time.perf_counter()
+    report = _search(model, ranges, patches, quantized_nodes, symmetric, signed, skip, factors, max_pixels,
+                     probe_pixels, candidates, threads)
+    report.seconds = round(time.perf_counter() - t0, 2)
+    return report
+
+
+def _search(model, ranges, patches, quantized_nodes, symmetric, signed, skip, factors, max_pixels, probe_pixels,
+            candidates, threads) -> RangeSearchReport:
     import torch
     from onnx import numpy_helper
 
@@ -124,7 +140,7 @@ def search_ranges(model, ranges, patches: np.ndarray, quantized_nodes: set[str],
         if any(a["auto_pad"] != "NOTSET" for a in at) or any(len(inits[n.input[1]].dims) != 4 for n in nodes):
             report.skipped[t] = "not a 2-D conv with explicit pads"
             continue
-        if t not in ranges or _range_of(ranges[t]) is None:
+        if t not in ranges or tensor_range(ranges[t]) is None:
             report.skipped[t] = "no per-tensor calibrated range"
             continue
         convs[t] = [(n.name, torch.from_numpy(numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)), a)
@@ -134,17 +150,18 @@ def search_ranges(model, ranges, patches: np.ndarray, quantized_nodes: set[str],
     names = list(convs)
     local = {t: np.zeros(len(factors)) for t in names}
     with torch.inference_mode():
-        for values in tensors_over_batches(model, names, patches, threads):
+        # chunks of at most 8 48-px patches' pixels: every searched tensor of a chunk is held at once
+        for values in tensors_over_batches(model, names, patches, threads, chunk=max(1, 8 * 48 * 48 // per)):
             for t, x in zip(names, values):
-                lo, hi = _range_of(ranges[t])  # type: ignore[misc]
+                lo, hi = tensor_range(ranges[t])  # type: ignore[misc]
                 for k, f in enumerate(factors):
                     e = torch.from_numpy(fake_quant(x, lo * f, hi * f, symmetric, signed) - x)
                     for _, w, a in convs[t]:
                         local[t][k] += float(_conv(e, w, a).double().pow(2).sum())
-    probe = _OutputError(model, patches, symmetric, signed, threads)
+    probe = _OutputError(model, patches[: max(1, probe_pixels // max(per, 1))], symmetric, signed, threads)
     chosen: dict[str, tuple[float, float, float]] = {}  # tensor -> (factor, e2e error min-max, e2e error)
     for t in names:
-        lo, hi = _range_of(ranges[t])  # type: ignore[misc]
+        lo, hi = tensor_range(ranges[t])  # type: ignore[misc]
         better = [k for k in np.argsort(local[t]) if k != 0 and local[t][k] < local[t][0]][:candidates]
         if not better:
             report.kept += 1
@@ -157,7 +174,7 @@ def search_ranges(model, ranges, patches: np.ndarray, quantized_nodes: set[str],
         chosen[t] = (float(factors[k]), errs[0], errs[k])
     if not chosen:
         return report
-    minmax = {t: _range_of(ranges[t]) for t in names}
+    minmax = {t: tensor_range(ranges[t]) for t in names}
     together = probe({t: (lo * chosen[t][0], hi * chosen[t][0]) if t in chosen else (lo, hi)
                       for t, (lo, hi) in minmax.items()})  # type: ignore[misc]
     baseline = probe(minmax)  # type: ignore[arg-type]
@@ -187,8 +204,9 @@ class _OutputError:
         self.ref = self._run(make_session(model.SerializeToString(), threads))
 
     def _run(self, sess) -> np.ndarray:
-        return np.concatenate([sess.run(None, {self.input: self.patches[i:i + 8]})[0]
-                               for i in range(0, len(self.patches), 8)]).astype(np.float64)
+        step = max(1, 8 * 48 * 48 // int(np.prod(self.patches.shape[2:])))
+        return np.concatenate([sess.run(None, {self.input: self.patches[i:i + step]})[0]
+                               for i in range(0, len(self.patches), step)]).astype(np.float64)
 
     def __call__(self, tensor_ranges: dict[str, tuple[float, float]]) -> float:
         import onnx

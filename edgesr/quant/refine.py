@@ -23,6 +23,7 @@ channel orders, see :func:`permute_colors`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -32,6 +33,7 @@ class ConvStats:
     H: np.ndarray  # E[x x^T] of the im2col'ed input, (Cin*kh*kw)^2
     mean: np.ndarray  # E[x], Cin*kh*kw
     count: int
+    qmean: np.ndarray | None = None  # E[x] of the input as the graph quantizes it (None: not known)
 
 
 @dataclass
@@ -79,12 +81,15 @@ def _unfold_mean_sum(xp: np.ndarray, kh: int, kw: int, ho: int, wo: int) -> np.n
 
 
 def conv_input_stats(model, patches: np.ndarray, threads: int | None = None, batch: int = 8,
-                     max_rows: int = 16384, seed: int = 0, second_moments: bool = True) -> dict[str, ConvStats]:
+                     max_rows: int = 16384, seed: int = 0, second_moments: bool = True,
+                     input_quant: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None) -> dict[str, ConvStats]:
     """Second moments of every plain (group 1, stride 1) Conv's input, from the fp32 model.
 
     At most `max_rows` im2col rows per conv (a fixed random subset of all positions) enter
     ``H``; the mean uses every position. Without `second_moments` (bias correction alone needs
-    only the mean) ``H`` is an empty array and no im2col rows are built.
+    only the mean) ``H`` is an empty array and no im2col rows are built. `input_quant`: {tensor:
+    its quantize-dequantize function}; the mean of each such conv input as quantized is kept too
+    (``qmean``).
     """
     from onnx import numpy_helper
 
@@ -108,6 +113,7 @@ def conv_input_stats(model, patches: np.ndarray, threads: int | None = None, bat
     rng = np.random.default_rng(seed)
     n_batches = -(-len(patches) // batch)
     acc: dict[str, list] = {}
+    qsums: dict[str, np.ndarray] = {}
     for values in tensors_over_batches(model, names, patches, threads, chunk=batch):
         outs = dict(zip(names, values))
         for n, shape, pads in convs:
@@ -117,9 +123,13 @@ def conv_input_stats(model, patches: np.ndarray, threads: int | None = None, bat
             xp = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r_))) if any(pads) else x
             ho, wo = x.shape[2] + t + b - kh + 1, x.shape[3] + l + r_ - kw + 1
             total = x.shape[0] * ho * wo
-            H, s, c, r = acc.get(n.name, (0.0, 0.0, 0, 0))
+            H, s, c, r = acc.get(n.name, (0.0, 0.0, 0, 0))[:4]
             s = s + _unfold_mean_sum(xp, kh, kw, ho, wo)
             c += total
+            if input_quant and n.input[0] in input_quant:
+                xq = input_quant[n.input[0]](x)
+                xq = np.pad(xq, ((0, 0), (0, 0), (t, b), (l, r_))) if any(pads) else xq
+                qsums[n.name] = qsums.get(n.name, 0.0) + _unfold_mean_sum(xq, kh, kw, ho, wo)
             if not second_moments:
                 acc[n.name] = [0.0, s, c, r]
                 continue
@@ -127,7 +137,8 @@ def conv_input_stats(model, patches: np.ndarray, threads: int | None = None, bat
             rows = rng.choice(total, take, replace=False) if take < total else np.arange(total)
             X = _unfold_rows(xp, kh, kw, ho, wo, rows)
             acc[n.name] = [H + (X.T @ X).astype(np.float64), s, c, r + len(X)]
-    return {k: ConvStats(H / r if r else np.empty((0, 0)), s / c, r) for k, (H, s, c, r) in acc.items()}
+    return {k: ConvStats(H / r if r else np.empty((0, 0)), s / c, r, qsums[k] / c if k in qsums else None)
+            for k, (H, s, c, r) in acc.items()}
 
 
 def gptq_codes(W: np.ndarray, scale: np.ndarray, qmax: np.ndarray, H: np.ndarray, damp: float = 0.01) -> np.ndarray:
@@ -179,13 +190,18 @@ class WeightRefiner:
     """
 
     def __init__(self, fp32_model, patches: np.ndarray, *, gptq: bool = True, bias_correction: bool = True,
-                 damp: float = 0.01, color_permutations: bool = True, threads: int | None = None):
+                 damp: float = 0.01, color_permutations: bool = True, threads: int | None = None,
+                 input_quant: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None):
+        """`input_quant`: {conv input tensor: the graph's quantize-dequantize of it}. Where given, bias
+        correction also removes the mean output shift of that input's quantization error (clipped
+        ranges, quant/range_search.py, shift the mean): ``b -= W_q E[q(x)] - W E[x]``."""
         from onnx import numpy_helper
 
         self.gptq, self.bias_correction, self.damp = gptq, bias_correction, damp
         if color_permutations and patches.ndim == 4 and patches.shape[1] == 3:
             patches = permute_colors(patches)
-        self.stats = (conv_input_stats(fp32_model, patches, threads, second_moments=gptq)
+        self.stats = (conv_input_stats(fp32_model, patches, threads, second_moments=gptq,
+                                       input_quant=input_quant if bias_correction else None)
                       if (gptq or bias_correction) else {})
         inits = {i.name: i for i in fp32_model.graph.initializer}
         self.fp32 = {}
@@ -235,8 +251,11 @@ class WeightRefiner:
                 q_init.CopyFrom(numpy_helper.from_array(q, q_init.name))
                 rep.gptq_layers.append(n.name)
             if self.bias_correction and b is not None and len(n.input) > 2:
-                dW = (q.reshape(o, -1).astype(np.float64) * scale[:, None]) - W.reshape(o, -1)
-                shift = dW @ self.stats[n.name].mean
+                st = self.stats[n.name]
+                Wq = q.reshape(o, -1).astype(np.float64) * scale[:, None]
+                shift = (Wq - W.reshape(o, -1)) @ st.mean
+                if st.qmean is not None:
+                    shift = shift + Wq @ (st.qmean - st.mean)
                 if _correct_bias(qmodel, n, inits, producer, b.astype(np.float64) - shift):
                     rep.bias_corrected.append(n.name)
         return rep
