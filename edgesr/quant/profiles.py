@@ -63,8 +63,10 @@ class QuantProfile:
     # for ETDS-T/M/L, ECBSR and ABPN in `cpu` and `openvino`, not for RLFN / SPAN; for `trt` it was
     # mixed (docs/int8.md, "Calibration patch size").
     calibration_patch: int = 48
-    # placement="inputs": conv-input ranges shrunk where that lowers the conv's output error on the
-    # calibration patches (edgesr/quant/range_search.py); QuantConfig.range_search overrides it
+    # placement="inputs": conv-input ranges shrunk where that lowers the model's output error on the
+    # calibration patches (edgesr/quant/range_search.py; QuantConfig.range_search overrides it). Off
+    # everywhere: lower all-int8 held-out drops for RLFN / SPAN, higher for ETDS-M / ECBSR, and the
+    # searched RLFN / SPAN graphs lose more on Set5 and the independent photos (docs/int8.md)
     range_search: bool = False
     description: str = ""
 
@@ -121,7 +123,7 @@ CPU = QuantProfile(
 OPENVINO = QuantProfile(
     name="openvino", activation_type="uint8", weight_type="int8", activation_symmetric=False,
     weight_symmetric=True, per_channel=True, reduce_range=False, quantize_bias=False, runtime="openvino",
-    quantized_ops=WEIGHTED_OPS, float_reads_float=True, calibration_patch=96, range_search=True,
+    quantized_ops=WEIGHTED_OPS, float_reads_float=True, calibration_patch=96,
     description="OpenVINO CPU: uint8 activations (zero point 0 for non-negative tensors and the picture), "
                 "per-channel int8 weights, float biases, Q/DQ on conv inputs (residual Adds float), "
                 "evaluated and searched in OpenVINO")
@@ -172,7 +174,8 @@ class QuantConfig:
     bias_correction  remove the mean output shift of the weight error from the bias
     range_search   conv-input activation ranges shrunk where that lowers the conv's output error on
                    the calibration patches (edgesr/quant/range_search.py; placement "inputs" only).
-                   None: the profile's choice (on for `openvino`)
+                   None: the profile's choice (off for all three: measured, docs/int8.md "RLFN's two 3x3
+                   convs")
     finetune       when the all-int8 graph misses psnr_budget: a short quantization-aware
                    fine-tune of its int8 weight codes and biases against the fp32 output on
                    the calibration patches (edgesr/quant/finetune.py), kept only when the

@@ -74,8 +74,9 @@ def qparams(low: float, high: float, symmetric: bool, signed: bool) -> tuple[flo
 
 def fake_quant(x: np.ndarray, low: float, high: float, symmetric: bool, signed: bool) -> np.ndarray:
     """x quantized and dequantized on the range [low, high] as the runtime's QDQ pair does."""
-    scale, zp, qmin, qmax = qparams(low, high, symmetric, signed)
-    return ((np.clip(np.round(x / scale) + zp, qmin, qmax) - zp) * scale).astype(x.dtype)
+    scale, zp, _, _ = qparams(low, high, symmetric, signed)
+    lo_q, hi_q = (-128, 127) if signed else (0, 255)  # QuantizeLinear saturates to its type, not to qmin/qmax
+    return ((np.clip(np.round(x / scale) + zp, lo_q, hi_q) - zp) * scale).astype(x.dtype)
 
 
 def tensor_range(td) -> tuple[float, float] | None:
