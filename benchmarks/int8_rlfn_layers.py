@@ -1,6 +1,7 @@
 """Where RLFN's two sensitive 3x3 convs lose the picture in the `openvino` graph, and what range search does.
 
-    python benchmarks/int8_rlfn_layers.py [--models RLFN,SPAN-ch28,ETDS-M,ECBSR-M4C16] [--skip-ablation]
+    python benchmarks/int8_rlfn_layers.py [--models RLFN,SPAN-ch28,...] [--variants off,range_search,input_aware]
+                                          [--skip-ablation]
 
 Needs ../shared (official NTIRE RLFN x4, the other checkpoints of benchmarks/int8_runtimes.py),
 `pip install 'edgesr[openvino]'`; scikit-learn for the independent photo set (else that column is empty).
@@ -11,8 +12,9 @@ Needs ../shared (official NTIRE RLFN x4, the other checkpoints of benchmarks/int
    only its WEIGHTS int8 (the input Q/DQ removed), or with only its INPUT int8 (float weights); held-out drop.
 2. ``clip``: the same two convs, int8, with their input range shrunk by a factor (1 = ORT min-max):
    held-out drop, and the conv's output error on the calibration patches (what range search ranks by).
-3. ``range_search``: per model, `quantize_model` (openvino profile, default settings, search included) with
-   ``range_search`` off and on: all-int8 and final held-out drop, float layers, the independent photos
+3. ``variants``: per model, `quantize_model` (openvino profile, default settings, search included) with
+   ``off`` (the defaults), ``range_search`` (QuantConfig.range_search=True) and ``input_aware``
+   (QuantConfig.input_aware=True): all-int8 and final held-out drop, float layers, the independent photos
    (scikit-learn's china/flower, 192-px tiles) and Set5 x4 - the last two for reporting only.
 
 Held-out = edgesr's default evaluation set (the only one anything is chosen by). One thread, the load
@@ -145,7 +147,10 @@ def ablation(tmp: Path) -> dict:
     return res
 
 
-def range_search_models(names: list[str], tmp: Path) -> dict:
+VARIANTS = {"off": {}, "range_search": {"range_search": True}, "input_aware": {"input_aware": True}}
+
+
+def variant_models(names: list[str], variants: list[str], tmp: Path) -> dict:
     from edgesr.quant import QuantConfig, quantize_model
     from edgesr.quant.calibration import testset_eval_set
     from edgesr.quant.evaluate import evaluate
@@ -156,10 +161,11 @@ def range_search_models(names: list[str], tmp: Path) -> dict:
     for name in names:
         spec, fp32 = export_deploy_fp32(MODELS[name], tmp / name)
         out[name] = {}
-        for on in (False, True):
+        for v in variants:
             load0, t0 = os.getloadavg(), time.perf_counter()
-            r = quantize_model(fp32, tmp / name / f"int8_{on}.onnx", spec,
-                               QuantConfig(profile="openvino", threads=1, progress=False, range_search=on), test_set=set5)
+            r = quantize_model(fp32, tmp / name / f"int8_{v}.onnx", spec,
+                               QuantConfig(profile="openvino", threads=1, progress=False, range_search=False,
+                                           input_aware=False, **VARIANTS[v]), test_set=set5)
             secs = time.perf_counter() - t0
             ind = None
             if indep is not None:
@@ -170,8 +176,8 @@ def range_search_models(names: list[str], tmp: Path) -> dict:
                    "patch_size_choice": r.calibration.get("patch_size_choice"), "quantize_seconds": round(secs, 1),
                    "ranges_changed": len(rs.get("changed", [])), "range_search_seconds": rs.get("seconds"),
                    "range_search": rs or None, "load": [load0, os.getloadavg()]}
-            out[name]["on" if on else "off"] = row
-            log(f"  {name} range_search={'on' if on else 'off'}: held-out {r.drop:.3f} (all int8 "
+            out[name][v] = row
+            log(f"  {name} {v}: held-out {r.drop:.3f} (all int8 "
                 f"{row['all_int8_heldout']:.3f}), independent {ind if ind is None else round(ind, 3)}, Set5 "
                 f"{r.test_drop:.3f}, {len(r.float_layers)}/{len(r.layers)} float, {secs:.0f} s")
     return out
@@ -180,6 +186,7 @@ def range_search_models(names: list[str], tmp: Path) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="RLFN,SPAN-ch28,ETDS-M,ECBSR-M4C16")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--skip-ablation", action="store_true")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -192,8 +199,9 @@ def main(argv=None) -> int:
             log("RLFN conv_2 / upsampler.0 ablation")
             result["ablation"] = ablation(tmp)
         names = [m for m in args.models.split(",") if m]
-        log(f"range search off / on: {', '.join(names)}")
-        result["range_search"] = range_search_models(names, tmp)
+        variants = [v for v in args.variants.split(",") if v]
+        log(f"{' / '.join(variants)}: {', '.join(names)}")
+        result["variants"] = variant_models(names, variants, tmp)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1, default=float))
     if "ablation" in result:
@@ -207,9 +215,9 @@ def main(argv=None) -> int:
         print("\n| input range factor | " + " | ".join(f"{f}" for f in FACTORS) + " |")
         for conv in (C2, UP):
             print(f"| {conv} held-out | " + " | ".join(f"{r['heldout']:.3f}" for r in a["clip"][conv]["factors"]) + " |")
-    print("\n| model | range search | all-int8 held-out | held-out | independent | Set5 | float layers | seconds |")
+    print("\n| model | variant | all-int8 held-out | held-out | independent | Set5 | float layers | seconds |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, rows in result["range_search"].items():
+    for name, rows in result["variants"].items():
         for k, r in rows.items():
             ind = "-" if r["independent"] is None else f"{r['independent']:.3f}"
             print(f"| {name} | {k} | {r['all_int8_heldout']:.3f} | {r['heldout']:.3f} | {ind} | {r['set5']:.3f} | "

@@ -508,9 +508,12 @@ class QuantSession:
             from .refine import WeightRefiner
 
             perms = profile.reduce_range if config.gptq_color_permutations is None else config.gptq_color_permutations
+            aware = (profile.input_aware if config.input_aware is None else config.input_aware) \
+                and profile.placement == "inputs"
             refiner = WeightRefiner(model, source.patches, gptq=config.gptq, bias_correction=config.bias_correction,
                                     color_permutations=perms, threads=config.threads,
-                                    input_quant=self._input_quant(ranges, layers))
+                                    input_quant=self._input_quant(model, ranges, layers, every=aware),
+                                    input_aware=aware)
         self._qs = _Session(self.fp32_path, spec, config, ranges_path, self.evalset, work, layers, refiner,
                             self.overrides)
         self.psnr_fp32 = evaluate(self.fp32_path, spec, self.evalset, config.threads, profile.runtime).psnr
@@ -530,23 +533,29 @@ class QuantSession:
                             signed=profile.activation_type == "int8", skip=set(self.overrides), threads=self.config.threads)
         return rep.to_dict()
 
-    def _input_quant(self, ranges, layers: list[Layer]) -> dict[str, Any] | None:
-        """{conv input tensor: its quantize-dequantize on the calibrated range} for bias correction of
-        the activation error, where the ranges were searched (their clipping shifts the mean)."""
-        if self.range_report is None or not self.range_report["changed"]:
+    def _input_quant(self, model, ranges, layers: list[Layer], every: bool) -> dict[str, Any] | None:
+        """{conv input tensor: its quantize-dequantize on the calibrated range}: for every input of an int8
+        conv with `every` (input-aware rounding), else for the inputs whose range was searched (their
+        clipping shifts the mean, which bias correction removes). Never the exact 8-bit picture."""
+        changed = {c["tensor"] for c in (self.range_report or {}).get("changed", [])}
+        if not every and not changed:
             return None
         from .range_search import fake_quant, tensor_range
 
         p = self.profile
         nodes = {n for layer in layers for n in layer.nodes}
+        readers: dict[str, set] = {}
+        for n in model.graph.node:
+            if n.op_type == "Conv" and n.input:
+                readers.setdefault(n.input[0], set()).add(n.name)
         out: dict[str, Any] = {}
-        for c in self.range_report["changed"]:
-            if not set(c["readers"]) <= nodes or c["tensor"] not in ranges:
+        for t, names in readers.items():
+            if not names <= nodes or t in self.overrides or t not in ranges or not (every or t in changed):
                 continue
-            r = tensor_range(ranges[c["tensor"]])
+            r = tensor_range(ranges[t])
             if r is not None:
-                out[c["tensor"]] = (lambda x, lo=r[0], hi=r[1]: fake_quant(x, lo, hi, p.activation_symmetric,
-                                                                            p.activation_type == "int8"))
+                out[t] = (lambda x, lo=r[0], hi=r[1]: fake_quant(x, lo, hi, p.activation_symmetric,
+                                                                  p.activation_type == "int8"))
         return out or None
 
     _rank_qs: "_Session | None" = None  # the ranking session (centre crops), made on first use

@@ -1,19 +1,26 @@
-"""Activation ranges of conv inputs chosen by the conv's output error, not by min-max.
+"""Activation ranges of conv inputs chosen by the output error they cause, not by min-max.
 
 ORT's min-max calibration gives every quantized tensor the full range it reached on the
-calibration patches. For a heavy-tailed tensor that wastes the 8-bit levels on a few outliers:
+calibration patches. For a heavy-tailed tensor that spends the 8-bit levels on a few outliers:
 RLFN's last block output (the input of ``conv_2``) has a standard deviation of 2.0 and reaches
-+-55, so it is quantized in steps of 0.43 and ``conv_2`` made int8 alone costs 0.106 dB on the
-held-out set - all of it from the input, none from the weights (docs/int8.md, "RLFN").
++-55, so it is quantized in steps of 0.43; ``conv_2`` made int8 alone costs 0.106 dB on the
+held-out set, and all of it comes from its input, none from its weights (docs/int8.md, "RLFN's
+two 3x3 convs").
 
-For every tensor whose quantized readers are all Convs (``placement="inputs"`` profiles: the
-Q/DQ pair sits on the conv input), the range is shrunk by a factor ``a`` from a fixed grid
-(1 = min-max, always a candidate) and the ``a`` kept is the one with the smallest squared error
-of the READERS' OUTPUTS, ``sum_b || conv_b(fq_a(x) - x) ||^2`` (float weights, no bias) on the
-calibration patches, where ``fq_a`` is the profile's activation quantizer (ORT's scale / zero
-point rule) on the shrunk range. Clipping is judged by what it does to the next layer, so a
-tensor whose outliers carry the picture (a few wide channels, as at RLFN's upsampler input)
-keeps its min-max range. Nothing here looks at the evaluation set.
+For every tensor whose quantized readers are all Convs (``placement="inputs"`` profiles: the Q/DQ
+pair sits on the conv input) the range is shrunk by a factor from a fixed grid (1 = min-max):
+
+1. the factors are ranked by the squared error of the READERS' outputs, ``sum_b ||conv_b(fq(x) - x)||^2``
+   (float weights, no bias; ``fq`` = the runtime's quantize-dequantize, ORT's scale / zero-point rule),
+   on the calibration patches - cheap, PyTorch convs on the tensor's values;
+2. min-max and the best few factors that beat it there are compared by the error of the MODEL's
+   output against fp32, only this tensor quantized (ONNX Runtime, one run each): the readers' error
+   alone prefers clipping some tensors whose outliers matter downstream (RLFN's block-1 residual sum:
+   0.7x its range lowered the conv's error by 42 % and cost 0.25 dB held-out);
+3. all choices together must lower the model's output error against all min-max ranges together.
+
+Nothing here looks at the evaluation set. Measured, it is OFF by default (QuantConfig.range_search):
+see docs/int8.md for where it helps and where it does not.
 """
 
 from __future__ import annotations
