@@ -147,7 +147,11 @@ def ablation(tmp: Path) -> dict:
     return res
 
 
-VARIANTS = {"off": {}, "range_search": {"range_search": True}, "input_aware": {"input_aware": True}}
+VARIANTS = {"off": {}, "range_search": {"range_search": True}, "input_aware": {"input_aware": True},
+            # GPTQ / input-aware statistics over the patches in all six RGB orders (refine.permute_colors)
+            "input_aware_colours": {"input_aware": True, "gptq_color_permutations": True},
+            "colours": {"gptq_color_permutations": True}}
+DEFAULT_VARIANTS = ("off", "range_search", "input_aware")
 
 
 def variant_models(names: list[str], variants: list[str], tmp: Path) -> dict:
@@ -164,8 +168,9 @@ def variant_models(names: list[str], variants: list[str], tmp: Path) -> dict:
         for v in variants:
             load0, t0 = os.getloadavg(), time.perf_counter()
             r = quantize_model(fp32, tmp / name / f"int8_{v}.onnx", spec,
-                               QuantConfig(profile="openvino", threads=1, progress=False, range_search=False,
-                                           input_aware=False, **VARIANTS[v]), test_set=set5)
+                               QuantConfig(profile="openvino", threads=1, progress=False,
+                                           **({"range_search": False, "input_aware": False} | VARIANTS[v])),
+                               test_set=set5)
             secs = time.perf_counter() - t0
             ind = None
             if indep is not None:
@@ -186,7 +191,8 @@ def variant_models(names: list[str], variants: list[str], tmp: Path) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="RLFN,SPAN-ch28,ETDS-M,ECBSR-M4C16")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"of {', '.join(VARIANTS)}")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--skip-ablation", action="store_true")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -202,8 +208,8 @@ def main(argv=None) -> int:
         variants = [v for v in args.variants.split(",") if v]
         log(f"{' / '.join(variants)}: {', '.join(names)}")
         result["variants"] = variant_models(names, variants, tmp)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1, default=float))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, default=float))
     if "ablation" in result:
         a = result["ablation"]
         print(f"\nRLFN openvino, held-out drop; base ({', '.join(x.split('/')[-2] for x in a['base_float'])} float): "
@@ -222,7 +228,7 @@ def main(argv=None) -> int:
             ind = "-" if r["independent"] is None else f"{r['independent']:.3f}"
             print(f"| {name} | {k} | {r['all_int8_heldout']:.3f} | {r['heldout']:.3f} | {ind} | {r['set5']:.3f} | "
                   f"{len(r['float_layers'])}/{r['layers']} | {r['quantize_seconds']} |")
-    print(f"\nwrote {RESULTS.relative_to(REPO)}")
+    print(f"\nwrote {args.out}")
     return 0
 
 
