@@ -25,9 +25,8 @@ see docs/int8.md for where it helps and where it does not.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import time
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -99,9 +98,8 @@ def tensor_range(td) -> tuple[float, float] | None:
 
 
 def search_ranges(model, ranges, patches: np.ndarray, quantized_nodes: set[str], *, symmetric: bool, signed: bool,
-                  skip: set[str] = frozenset(), factors=FACTORS, max_pixels: int = MAX_PIXELS, probe_pixels: int = PROBE_PIXELS,
-                  candidates: int = 3,
-                  threads: int | None = None) -> RangeSearchReport:
+                  skip: set[str] | frozenset[str] = frozenset(), factors=FACTORS, max_pixels: int = MAX_PIXELS,
+                  probe_pixels: int = PROBE_PIXELS, candidates: int = 3, threads: int | None = None) -> RangeSearchReport:
     """Shrink, in `ranges` (ORT TensorsData, in place), the range of tensors read only by Convs in
     `quantized_nodes` where that lowers the model's output error on the calibration patches.
 
@@ -182,17 +180,17 @@ def _search(model, ranges, patches, quantized_nodes, symmetric, signed, skip, fa
         chosen[t] = (float(factors[k]), errs[0], errs[k])
     if not chosen:
         return report
-    minmax = {t: tensor_range(ranges[t]) for t in names}
+    minmax: dict[str, tuple[float, float]] = {t: r for t in names if (r := tensor_range(ranges[t])) is not None}
     together = probe({t: (lo * chosen[t][0], hi * chosen[t][0]) if t in chosen else (lo, hi)
-                      for t, (lo, hi) in minmax.items()})  # type: ignore[misc]
-    baseline = probe(minmax)  # type: ignore[arg-type]
+                      for t, (lo, hi) in minmax.items()})
+    baseline = probe(minmax)
     report.output_error_minmax, report.output_error = baseline, together
     if not together < baseline:
         report.kept += len(chosen)
         report.rejected = f"the chosen ranges together raise the output error ({baseline:.3e} -> {together:.3e})"
         return report
     for t, (f, e0, e1) in chosen.items():
-        lo, hi = minmax[t]  # type: ignore[misc]
+        lo, hi = minmax[t]
         td = ranges[t]
         td.lowest = np.asarray(lo * f, dtype=np.asarray(td.lowest).dtype).reshape(np.shape(td.lowest))
         td.highest = np.asarray(hi * f, dtype=np.asarray(td.highest).dtype).reshape(np.shape(td.highest))

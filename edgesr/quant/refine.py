@@ -146,8 +146,8 @@ def conv_input_stats(model, patches: np.ndarray, threads: int | None = None, bat
             X = _unfold_rows(xp, kh, kw, ho, wo, rows)
             acc[n.name] = [H + (X.T @ X).astype(np.float64), s, c, r + len(X)]
             if quantized_moments and xq is not None:
-                Xq = _unfold_rows(xq, kh, kw, ho, wo, rows).astype(np.float64)
-                X64 = X.astype(np.float64)
+                Xq: np.ndarray = _unfold_rows(xq, kh, kw, ho, wo, rows).astype(np.float64)
+                X64: np.ndarray = X.astype(np.float64)
                 m = qmom.get(n.name, [0.0, 0.0, 0.0, 0.0])
                 qmom[n.name] = [m[0] + Xq.T @ Xq, m[1] + X64.T @ Xq, m[2] + X64.sum(0), m[3] + Xq.sum(0)]
     out = {k: ConvStats(H / r if r else np.empty((0, 0)), s / c, r, qsums[k] / c if k in qsums else None)
@@ -195,12 +195,13 @@ INPUT_AWARE_MAX_RATIO = 0.9
 def input_aware_fit(W: np.ndarray, st: ConvStats, damp: float = 1e-4) -> tuple[np.ndarray, float]:
     """(fitted weights, their output error / the plain weights' output error) for a layer reading the
     quantized input whose moments `st` holds (centred errors: the bias absorbs the means)."""
-    assert st.Hq_cov is not None and st.C is not None and st.Hq is not None
-    V = input_aware_target(W, st.Hq_cov, st.C, damp)
-    # E||V xq - W x||^2 (centred) = tr(V Cq V^T) - 2 tr(V C^T W^T) + tr(W Cx W^T); Cx cancels in the ratio
-    # only together with the plain error, so it is kept: Cx = H - outer(mean of the same rows) ~ H - m m^T
+    Hq_cov, C = st.Hq_cov, st.C
+    assert Hq_cov is not None and C is not None
+    V = input_aware_target(W, Hq_cov, C, damp)
+
+    # E||V xq - W x||^2 (centred) = tr(V Cq V^T) - 2 tr(V C^T W^T) + tr(W Cx W^T), Cx = Cov(x) of the same rows
     def err(A: np.ndarray) -> float:
-        return float(np.sum((A @ st.Hq_cov) * A) - 2 * np.sum((A @ st.C.T) * W))
+        return float(np.sum((A @ Hq_cov) * A) - 2 * np.sum((A @ C.T) * W))
 
     base = float(np.sum((W @ st.Cx) * W)) if st.Cx is not None else 0.0
     plain, fitted = err(W) + base, err(V) + base
@@ -314,7 +315,7 @@ class WeightRefiner:
                         self.input_aware_ratio[n.name] = ratio
                         if not ratio <= INPUT_AWARE_MAX_RATIO:
                             target = None
-                    if target is not None:
+                    if target is not None and st.Hq is not None:
                         codes = gptq_codes(target, scale, qmax, st.Hq, self.damp)
                         self.input_aware_layers.append(n.name)
                     else:
