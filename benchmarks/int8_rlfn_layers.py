@@ -1,7 +1,7 @@
 """Where RLFN's two sensitive 3x3 convs lose the picture in the `openvino` graph, and what range search does.
 
     python benchmarks/int8_rlfn_layers.py [--models RLFN,SPAN-ch28,...] [--variants off,range_search,input_aware]
-                                          [--skip-ablation]
+                                          [--skip-ablation] [--like-for-like] [--out JSON]
 
 Needs ../shared (official NTIRE RLFN x4, the other checkpoints of benchmarks/int8_runtimes.py),
 `pip install 'edgesr[openvino]'`; scikit-learn for the independent photo set (else that column is empty).
@@ -16,6 +16,8 @@ Needs ../shared (official NTIRE RLFN x4, the other checkpoints of benchmarks/int
    ``off`` (the defaults), ``range_search`` (QuantConfig.range_search=True) and ``input_aware``
    (QuantConfig.input_aware=True): all-int8 and final held-out drop, float layers, the independent photos
    (scikit-learn's china/flower, 192-px tiles) and Set5 x4 - the last two for reporting only.
+4. ``like_for_like`` (--like-for-like): the ``off`` variant's float layers built with each fix, scored on
+   the same three sets - the fixes compared without the search choosing different layers.
 
 Held-out = edgesr's default evaluation set (the only one anything is chosen by). One thread, the load
 average is recorded. Writes benchmarks/results/int8_rlfn_layers.json and prints tables.
@@ -188,12 +190,46 @@ def variant_models(names: list[str], variants: list[str], tmp: Path) -> dict:
     return out
 
 
+def like_for_like(rows: dict, tmp: Path) -> dict:
+    """Each model's default float layers (the ``off`` variant's search result) built with every fix: the
+    same graph shape, so held-out / independent / Set5 compare the fixes themselves, not the searches."""
+    from edgesr.quant import QuantConfig
+    from edgesr.quant.calibration import testset_eval_set
+    from edgesr.quant.evaluate import evaluate
+    from edgesr.quant.quantize import QuantSession
+
+    set5 = testset_eval_set(SET5, 4)
+    indep = independent_set(4)
+    out: dict = {}
+    for name, by_variant in rows.items():
+        floats = by_variant["off"]["float_layers"]
+        spec, fp32 = export_deploy_fp32(MODELS[name], tmp / name)
+        f5 = evaluate(fp32, spec, set5, 1, "openvino").psnr
+        fi = evaluate(fp32, spec, indep, 1, "openvino").psnr if indep is not None else None
+        out[name] = {"float_layers": floats}
+        for v in ("off", "range_search", "input_aware"):
+            cfg = QuantConfig(profile="openvino", threads=1, progress=False,
+                              **({"range_search": False, "input_aware": False} | VARIANTS[v]))
+            with QuantSession(fp32, spec, cfg) as qs:
+                path = qs.build(tmp / name / "like.onnx", floats)
+                row = {"heldout": qs.psnr_fp32 - qs.score(floats), "all_int8_heldout": qs.psnr_fp32 - qs.psnr_int8_all,
+                       "set5": f5 - evaluate(path, spec, set5, 1, "openvino").psnr,
+                       "independent": (fi - evaluate(path, spec, indep, 1, "openvino").psnr) if indep is not None else None,
+                       "load": os.getloadavg()}
+            out[name][v] = row
+            log(f"  {name} {len(floats)} float, {v}: held-out {row['heldout']:.3f}, independent {row['independent']}, "
+                f"Set5 {row['set5']:.3f}")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="RLFN,SPAN-ch28,ETDS-M,ECBSR-M4C16")
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"of {', '.join(VARIANTS)}")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--skip-ablation", action="store_true")
+    ap.add_argument("--like-for-like", action="store_true",
+                    help="also build each model's default float layers with every fix (needs the 'off' variant)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from edgesr.machine import machine_info
@@ -208,6 +244,9 @@ def main(argv=None) -> int:
         variants = [v for v in args.variants.split(",") if v]
         log(f"{' / '.join(variants)}: {', '.join(names)}")
         result["variants"] = variant_models(names, variants, tmp)
+        if args.like_for_like and "off" in variants:
+            log("like for like (the defaults' float layers)")
+            result["like_for_like"] = like_for_like(result["variants"], tmp)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=float))
     if "ablation" in result:
