@@ -1,12 +1,13 @@
 """Where OpenVINO spends the time of an INT8 graph, per op: edgesr's `openvino` graph vs NNCF's default.
 
     python benchmarks/int8_ov_profile.py [--models ETDS-M,ECBSR-M4C16,RLFN,SPAN-ch28] [--runs 20]
-                                         [--keep DIR] [--float-layers]
+                                         [--keep DIR] [--float-layers | --ablation | --shapes]
 
 Per model (the ../shared checkpoints of benchmarks/int8_runtimes.py): the fp32 ONNX, edgesr's
 `openvino` graph (`quantize_model`, openvino profile, the default 0.1 dB held-out budget and search)
 and `nncf.quantize` with its defaults on the same 32 calibration patches. Each graph is compiled by
-OpenVINO with per-node profiling on (``PERF_COUNT``; f32 inference precision, one thread, one stream)
+OpenVINO with per-node profiling on (``PERF_COUNT``; f32 inference precision, one thread, one stream,
+the input shape fixed as edgesr's runner compiles it since the sixth pass; earlier results: dynamic)
 and run `--runs` times on a 180x320 input, the three graphs interleaved round by round. Per graph:
 the median wall time, and from ``request.get_profiling_info()`` the real time of every executed node,
 summed per (node type, exec type) - e.g. ``Convolution`` run by ``jit_avx512_amx_I8`` / ``..._FP32`` -
@@ -23,6 +24,15 @@ time: the fourth-pass graph (residual Adds int8, float ops reading the Q/DQ copy
 and the current profile (Adds float, float ops reading the float tensor), each made by the same search,
 with held-out and Set5 drops, timed interleaved with ORT fp32 and NNCF's default INT8
 (benchmarks/results/int8_ov_ablation.json).
+
+``--shapes`` instead measures OpenVINO's dynamic-shape compile against the static one edgesr's runner
+makes (one compile per input shape, edgesr/backends/openvino_runner.py), one model at a time: ORT fp32
+(and ORT fp32 with the input size fixed in the ONNX), OpenVINO fp32, edgesr's `openvino` graph, the
+same graph all-int8 (the speed ceiling of int8 in this graph form) and NNCF's default INT8, each of the
+OpenVINO graphs compiled for dynamic and for static shapes, all timed interleaved in one run; per-op
+profiles of edgesr's graph both ways and static with Snippets off (where the element-wise time goes:
+shape-specialised kernels vs the Snippets fusion); held-out and Set5 drops of
+edgesr's graph both ways (benchmarks/results/int8_ov_shapes.json).
 
 ``--keep DIR`` keeps (and on a rerun reuses) the quantized graphs there, so a second profile of the
 same graphs does not quantize again.
@@ -48,6 +58,7 @@ from int8_runtimes import LR_HW, MODELS, SET5, export_deploy_fp32, missing_requi
 
 RESULTS = REPO / "benchmarks" / "results" / "int8_ov_profile.json"
 ABLATION_RESULTS = REPO / "benchmarks" / "results" / "int8_ov_ablation.json"
+SHAPES_RESULTS = REPO / "benchmarks" / "results" / "int8_ov_shapes.json"
 GRAPHS = ("openvino fp32", "edgesr openvino", "nncf default")
 
 
@@ -59,11 +70,15 @@ class ProfiledGraph:
     """One OpenVINO graph compiled with per-node profiling; `run` times one inference and adds its
     per-node real times to the totals."""
 
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, static_shape: tuple[int, ...] | None = None,
+                 config: dict | None = None):
         from edgesr.backends.openvino_runner import compile_config, core, read_model
 
-        cfg = compile_config(threads) | {"PERF_COUNT": True}
-        self.compiled = core().compile_model(read_model(path), "CPU", cfg)
+        cfg = compile_config(threads) | {"PERF_COUNT": True} | (config or {})
+        model = read_model(path)
+        if static_shape is not None:  # as edgesr's OpenVinoRunner compiles it for an input of this shape
+            model.reshape({model.inputs[0]: list(static_shape)})
+        self.compiled = core().compile_model(model, "CPU", cfg)
         self.request = self.compiled.create_infer_request()
         self.nodes: dict[str, dict] = {}  # node name -> {type, exec, ms (sum), runs}
         self.runs = 0
@@ -130,7 +145,7 @@ def float_layer_costs(qs, base_path: Path, float_layers: list[str], x: np.ndarra
         rest = [f for f in float_layers if f != name]
         p = qs.build(work / f"one_int8_{len(rows)}.onnx", rest)
         drop = qs.psnr_fp32 - qs.score(rest)
-        gs = {"search": ProfiledGraph(base_path, threads), "int8": ProfiledGraph(p, threads)}
+        gs = {"search": ProfiledGraph(base_path, threads, x.shape), "int8": ProfiledGraph(p, threads, x.shape)}
         wall = time_graphs(gs, x, runs)
         r = np.asarray(wall["search"]) / np.asarray(wall["int8"])
         rows.append({"layer": name, "heldout_drop_with_it_int8": drop, "speedup_if_int8": float(np.median(r)),
@@ -169,8 +184,8 @@ def run_model(name: str, args, tmp: Path) -> dict:
         patches = CalibrationSource(spec, None, num_patches=32, patch_size=48, progress=False).patches
         nncf_default(fp32, patches, nncf_xml)
     x = np.random.default_rng(0).random((1, spec.in_channels, *LR_HW), dtype=np.float32)
-    graphs = {"openvino fp32": ProfiledGraph(fp32, args.threads), "edgesr openvino": ProfiledGraph(ours, args.threads),
-              "nncf default": ProfiledGraph(nncf_xml, args.threads)}
+    graphs = {k: ProfiledGraph(p, args.threads, x.shape)  # compiled for the input's shape, as edgesr's runner does
+              for k, p in (("openvino fp32", fp32), ("edgesr openvino", ours), ("nncf default", nncf_xml))}
     wall = time_graphs(graphs, x, args.runs)
     entry["wall_ms"] = {k: {"median": float(np.median(v)), "p10": _pct(v, 10), "p90": _pct(v, 90)}
                         for k, v in wall.items()}
@@ -239,6 +254,111 @@ def run_ablation(name: str, args, tmp: Path) -> dict:
     return entry
 
 
+def static_onnx(src: Path, dst: Path, shape: tuple[int, ...]) -> Path:
+    """A copy of the ONNX `src` with its input shape fixed to `shape` (the fair ORT counterpart of a
+    static OpenVINO compile)."""
+    import onnx
+
+    m = onnx.load(str(src))
+    for dim, n in zip(m.graph.input[0].type.tensor_type.shape.dim, shape):
+        dim.Clear()
+        dim.dim_value = int(n)
+    onnx.save(m, str(dst))
+    return dst
+
+
+# The element-wise node types of a compiled OpenVINO graph (what a Snippets Subgraph replaces)
+ELTWISE_OPS = ("Sigmoid", "Add", "Subtract", "Multiply", "FakeQuantize", "Eltwise", "Subgraph", "PowerStatic",
+               "Swish", "Tanh", "Clamp", "Relu", "PRelu")
+
+
+def run_shapes(name: str, args, tmp: Path) -> dict:
+    """Dynamic vs static-shape OpenVINO compiles of the same graphs, timed interleaved with ORT fp32."""
+    from edgesr.backends.openvino_runner import OpenVinoRunner
+    from edgesr.bench import SessionRunner, ort_session
+    from edgesr.quant import QuantConfig, QuantSession, quantize_model, testset_eval_set
+    from edgesr.quant.calibration import CalibrationSource, held_out_eval_set
+    from edgesr.quant.evaluate import _RunnerSession, evaluate
+    from edgesr.timing import TimingPolicy, ratio_summary, time_interleaved
+
+    d = tmp / name
+    spec, fp32 = export_deploy_fp32(MODELS[name], d)
+    set5, held = testset_eval_set(SET5, spec.scale), held_out_eval_set(spec.scale)
+    entry: dict = {"checkpoint": MODELS[name], "load_before": os.getloadavg()}
+    cfg = QuantConfig(profile="openvino", threads=1, progress=False)
+    res = quantize_model(fp32, d / "int8_openvino.onnx", spec, cfg, test_set=set5)
+    with QuantSession(fp32, spec, cfg) as qs:  # the same preparation, every layer int8
+        all_int8 = qs.build(d / "int8_all.onnx", [])
+        entry["all_int8_heldout_drop"] = qs.psnr_fp32 - qs.psnr_int8_all
+    entry["edgesr"] = {"heldout_drop": res.drop, "set5_drop": res.test_drop, "float_layers": res.float_layers,
+                       "layers": len(res.layers)}
+    log(f"  {name}: edgesr openvino held-out {res.drop:.3f}, Set5 {res.test_drop:.3f}, "
+        f"{len(res.float_layers)}/{len(res.layers)} float; all-int8 held-out {entry['all_int8_heldout_drop']:.3f}")
+    nncf_xml = nncf_default(fp32, CalibrationSource(spec, None, num_patches=32, patch_size=48, progress=False).patches,
+                            d / "nncf.xml")
+    # the picture both ways: the same graph compiled dynamic (a plain compile) and static (edgesr's runner)
+    entry["picture"] = {}
+    for label, static in (("dynamic", False), ("static", True)):
+        ov = lambda p: _RunnerSession(OpenVinoRunner(p, threads=1, static_shapes=static))  # noqa: E731
+        f_held, q_held = evaluate(ov(fp32), spec, held).psnr, evaluate(ov(res.path), spec, held).psnr
+        f_set5, q_set5 = evaluate(ov(fp32), spec, set5).psnr, evaluate(ov(res.path), spec, set5).psnr
+        entry["picture"][label] = {"heldout_drop": f_held - q_held, "set5_drop": f_set5 - q_set5}
+        log(f"  {name} {label} compile: held-out drop {f_held - q_held:.3f}, Set5 drop {f_set5 - q_set5:.3f}")
+    shape = (1, spec.in_channels, *LR_HW)
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    graphs = {"openvino fp32": fp32, "edgesr openvino": res.path, "all-int8": all_int8, "nncf default": nncf_xml}
+    runners = {"ort fp32": SessionRunner(ort_session(fp32, threads=args.threads, spinning=False), str(fp32))}
+    fixed = static_onnx(fp32, d / "fp32_static.onnx", shape)
+    runners["ort fp32 (static shape)"] = SessionRunner(ort_session(fixed, threads=args.threads, spinning=False), str(fixed))
+    for k, p in graphs.items():
+        runners[f"{k} (dynamic)"] = OpenVinoRunner(p, threads=args.threads, static_shapes=False)
+        runners[f"{k} (static)"] = OpenVinoRunner(p, threads=args.threads)
+    outs = {k: r.run(x) for k, r in runners.items()}  # (also the static compile, before timing)
+    entry["max_abs_static_vs_dynamic"] = {k: float(np.abs(outs[f"{k} (static)"] - outs[f"{k} (dynamic)"]).max())
+                                          for k in graphs}
+    st = time_interleaved({k: (lambda r=r: r.run(x)) for k, r in runners.items()},
+                          TimingPolicy(warmup_seconds=1.0, min_runs=args.runs, min_seconds=0))
+    entry["latency_ms"] = {k: v.to_dict() for k, v in st.items()}
+    entry["vs_ort_fp32"] = {k: ratio_summary(st["ort fp32"], v) for k, v in st.items() if k != "ort fp32"}
+    entry["static_vs_dynamic"] = {k: ratio_summary(st[f"{k} (dynamic)"], st[f"{k} (static)"]) for k in graphs}
+    # where edgesr's graph spends its time, per op, both ways (profiling on: separate, shorter run); static
+    # with Snippets off separates the shape-specialised kernels from the Snippets fusion
+    prof = {"dynamic": ProfiledGraph(res.path, args.threads), "static": ProfiledGraph(res.path, args.threads, shape),
+            "static, Snippets off": ProfiledGraph(res.path, args.threads, shape, {"SNIPPETS_MODE": "DISABLE"})}
+    wall = time_graphs(prof, x, max(5, args.runs // 2))
+    entry["profiled_wall_ms"] = {k: float(np.median(v)) for k, v in wall.items()}
+    entry["per_op"] = {k: g.per_op() for k, g in prof.items()}
+    entry["compiled_ops"] = {k: g.runtime_precisions() for k, g in prof.items()}
+    entry["eltwise_ms"] = {k: sum(v["ms"] for op, v in g.per_op().items() if op.split(":")[0] in ELTWISE_OPS)
+                           for k, g in prof.items()}
+    entry["nodes_ms"] = {k: sum(v["ms"] for v in g.per_op().values()) for k, g in prof.items()}
+    entry["load_after"] = os.getloadavg()
+    return entry
+
+
+def shapes_table(name: str, e: dict) -> str:
+    from edgesr.cli.output import format_table
+
+    rows = []
+    for k, r in e["vs_ort_fp32"].items():
+        base = k.rsplit(" (", 1)[0]
+        sv = e["static_vs_dynamic"].get(base) if k.endswith("(static)") else None
+        rows.append([k, f"{e['latency_ms'][k]['median_ms']:.1f}",
+                     f"{r['paired_median']:.2f}x ({r['paired_p10']:.2f}-{r['paired_p90']:.2f})",
+                     f"{sv['paired_median']:.2f}x ({sv['paired_p10']:.2f}-{sv['paired_p90']:.2f})" if sv else ""])
+    pic = e["picture"]
+    el, tot = e["eltwise_ms"], e["nodes_ms"]
+    off = "static, Snippets off"
+    return (f"{name} (ORT fp32 {e['latency_ms']['ort fp32']['median_ms']:.1f} ms, load "
+            f"{e['load_before'][0]:.1f}/{e['load_after'][0]:.1f}); edgesr openvino: {len(e['edgesr']['float_layers'])}/"
+            f"{e['edgesr']['layers']} float, held-out drop dynamic {pic['dynamic']['heldout_drop']:.3f} / static "
+            f"{pic['static']['heldout_drop']:.3f}, Set5 {pic['dynamic']['set5_drop']:.3f} / {pic['static']['set5_drop']:.3f}; "
+            f"all-int8 held-out {e['all_int8_heldout_drop']:.3f}; element-wise nodes {el['dynamic']:.1f} of "
+            f"{tot['dynamic']:.1f} ms (dynamic) vs {el[off]:.1f} of {tot[off]:.1f} ms (static, Snippets off) vs "
+            f"{el['static']:.1f} of {tot['static']:.1f} ms (static)\n"
+            + format_table(["graph (OpenVINO compile)", "median ms", "x ORT fp32 (p10-p90)", "static vs dynamic"], rows))
+
+
 def ablation_table(name: str, e: dict) -> str:
     from edgesr.cli.output import format_table
 
@@ -285,6 +405,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", metavar="DIR", help="keep/reuse the quantized graphs in DIR")
     ap.add_argument("--ablation", action="store_true",
                     help="instead: the fourth-pass openvino graph vs each fifth-pass change, timed and scored")
+    ap.add_argument("--shapes", action="store_true",
+                    help="instead: OpenVINO's dynamic- vs static-shape compile of each graph, timed and scored")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     if missing := missing_requirements():
@@ -306,6 +428,19 @@ def main(argv=None) -> int:
         return 2
     result = {"benchmark": "int8_ov_profile", "lr_size": list(LR_HW), "threads": args.threads, "runs": args.runs,
               "machine": machine_info(), "openvino": openvino_version(), "nncf": nncf.__version__, "models": {}}
+    if args.shapes:
+        out = Path(args.out) if args.out != str(RESULTS) else SHAPES_RESULTS
+        result["benchmark"] = "int8_ov_shapes"
+        with tempfile.TemporaryDirectory(prefix="edgesr-ovshp-") as tmp:
+            for i, name in enumerate(names):
+                log(f"[{i + 1}/{len(names)}] {name} (load {os.getloadavg()[0]:.1f})")
+                result["models"][name] = run_shapes(name, args, Path(tmp))
+                print("\n" + shapes_table(name, result["models"][name]), flush=True)
+                atomic_write_json(out.with_suffix(".partial.json"), result)
+        atomic_write_json(out, result)
+        out.with_suffix(".partial.json").unlink(missing_ok=True)
+        print(f"\nwrote {out}")
+        return 0
     if args.ablation:
         out = Path(args.out) if args.out != str(RESULTS) else ABLATION_RESULTS
         result["benchmark"] = "int8_ov_ablation"

@@ -424,11 +424,11 @@ def int8_profiles(opts: ConvertOptions) -> list[str]:
 
 def write_openvino_ir(onnx_path: Path, xml_path: Path, artifacts: list[dict], role: str, precision: str) -> Path:
     """OpenVINO IR of an ONNX file: the .xml as artifact `role`, its .bin as `role`_weights."""
-    from .backends.openvino_runner import convert_to_ir
+    from .backends.openvino_runner import COMPILE_FORM, convert_to_ir
 
     xml = convert_to_ir(onnx_path, xml_path)
     artifacts.append(artifact_entry(xml, role, "openvino-ir", precision, "openvino", weights=xml.with_suffix(".bin").name,
-                               source=onnx_path.name))
+                               source=onnx_path.name, compile=COMPILE_FORM))
     artifacts.append(artifact_entry(xml.with_suffix(".bin"), f"{role}_weights", "openvino-bin", precision, "openvino"))
     return xml
 

@@ -16,6 +16,17 @@ Settings, chosen so that numbers mean what they say:
 * ``INFERENCE_NUM_THREADS = threads`` when given. OpenVINO has no spin-wait switch like ONNX
   Runtime's ``session.intra_op.allow_spinning``; with one thread it runs in the calling
   thread and nothing idles, which is how the benchmarks compare runtimes side by side.
+
+A model whose input size is dynamic (edgesr's ONNX files: any height and width) is compiled once
+more for each input shape it runs, with that shape fixed (``Model.reshape``; the last
+``STATIC_SHAPES_KEPT`` shapes are kept compiled). Same function, faster kernels: in OpenVINO's CPU
+plugin the element-wise nodes of a dynamic-shape graph run several times slower than the same nodes
+compiled for a fixed shape, and chains of them are tokenized into one Snippets ``Subgraph`` only for
+static shapes. SPAN's gate (Add, Sigmoid, Subtract, Multiply and the next conv's FakeQuantize) took
+30 of 85 ms at 180x320 dynamic (its ``Sigmoid`` nodes alone 21 ms), 10 ms static with Snippets off
+(``Sigmoid`` 2.8 ms) and 6 ms as one Subgraph per gate (docs/int8.md, "OpenVINO findings").
+Everything edgesr runs in OpenVINO (the INT8 verdict, bench, parity, eval, upscale) compiles
+this way, so a verdict and the times it is shipped with come from the same kernels.
 """
 
 from __future__ import annotations
@@ -23,7 +34,9 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +46,11 @@ from .quiet import native_stderr_silenced
 
 INSTALL_HINT = "pip install 'edgesr[openvino]'"
 IR_SUFFIXES = (".xml",)
+# Input shapes a runner keeps compiled at once (tiles, their edge remainders, a few image sizes);
+# each holds its own intermediate buffers, so the bound is on memory too.
+STATIC_SHAPES_KEPT = 4
+# How edgesr compiles a dynamic-size model (the manifest's "compile" of an IR: the form its verdict and times are of)
+COMPILE_FORM = "static-shape: Model.reshape to the input's N,C,H,W, then compile_model (once per input shape)"
 
 
 def openvino_module():
@@ -164,10 +182,12 @@ def convert_to_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike) -> 
 
 
 class OpenVinoRunner(BaseRunner):
-    """Runs an .onnx or .xml model with OpenVINO on the CPU; `run` is NCHW float32 in/out."""
+    """Runs an .onnx or .xml model with OpenVINO on the CPU; `run` is NCHW float32 in/out.
+    static_shapes: compile a dynamic-size model for each input shape it runs (module docstring);
+    False runs it as compiled for dynamic shapes (what an application gets from a plain compile)."""
 
     def __init__(self, model: str | os.PathLike | bytes, name: str | None = None, threads: int | None = None,
-                 spec=None):
+                 spec=None, static_shapes: bool = True):
         self.path = None if isinstance(model, bytes) else Path(model)
         self.spec = spec
         self.name = name or f"openvino:{self.path.name if self.path else 'model'}"
@@ -181,6 +201,39 @@ class OpenVinoRunner(BaseRunner):
             raise ExportError(f"OpenVINO cannot compile {what}: {openvino_reason(e)}") from None
         self.request = self.compiled.create_infer_request()
         self.threads = threads
+        # input shape -> (compiled model, request) for that shape fixed (see the module docstring)
+        self._model = m if static_shapes and m.inputs[0].get_partial_shape().is_dynamic else None
+        self._by_shape: OrderedDict[tuple[int, ...], tuple[Any, Any]] = OrderedDict()
+
+    def _compiled_for(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
+        """(compiled model, infer request) that run an input of `shape`: the model compiled with that
+        shape fixed (on first use), or the dynamic-shape compile where the model's input is static,
+        static_shapes is off, or the graph cannot be fixed to `shape`."""
+        if self._model is None:
+            return self.compiled, self.request
+        if self._by_shape and next(reversed(self._by_shape)) != shape:
+            # another shape now: the last one's intermediate buffers go, so that the kept compiles
+            # hold at most one shape's activations at a time (upscale's memory plan counts one)
+            _release_memory(self._by_shape[next(reversed(self._by_shape))][0])
+        hit = self._by_shape.get(shape)
+        if hit is not None:
+            self._by_shape.move_to_end(shape)
+            return hit
+        try:
+            with native_stderr_silenced():
+                m = self._model.clone()
+                m.reshape({m.inputs[0]: list(shape)})
+                compiled = core().compile_model(m, "CPU", compile_config(self.threads))
+        except Exception:  # noqa: BLE001 - a shape the graph cannot be fixed to: run it dynamic as before
+            return self.compiled, self.request
+        self._by_shape[shape] = (compiled, compiled.create_infer_request())
+        while len(self._by_shape) > STATIC_SHAPES_KEPT:
+            self._by_shape.popitem(last=False)
+        return self._by_shape[shape]
+
+    def compiled_for(self, shape: tuple[int, ...]):
+        """The openvino.CompiledModel that runs an input of `shape` (see :meth:`_compiled_for`)."""
+        return self._compiled_for(tuple(int(d) for d in shape))[0]
 
     def _detect_precision(self) -> str:
         if self.path is not None and self.path.suffix.lower() == ".xml":  # an IR with FakeQuantize / int8 constants
@@ -194,13 +247,23 @@ class OpenVinoRunner(BaseRunner):
         """One inference, started asynchronously and waited for in short steps so Ctrl-C,
         SIGTERM and --time-limit reach Python while it runs (see :func:`wait_interruptibly`)."""
         what = quoted(self.path) if self.path else self.name
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        request = self._compiled_for(tuple(int(d) for d in x.shape))[1]
         try:
-            self.request.start_async({0: np.ascontiguousarray(x, dtype=np.float32)})
+            request.start_async({0: x})
         except Exception as e:  # noqa: BLE001 - OpenVINO raises its own exception types
             raise BackendRunError(f"OpenVINO failed running {what}: {openvino_reason(e)}") from None
-        wait_interruptibly(self.request, what, owner=self)
-        y = self.request.get_output_tensor(0).data
+        wait_interruptibly(request, what, owner=self)
+        y = request.get_output_tensor(0).data
         return np.array(y, dtype=np.float32, copy=True)
+
+
+def _release_memory(compiled) -> None:
+    """Free a compiled model's intermediate buffers (reallocated on its next run)."""
+    try:
+        compiled.release_memory()
+    except Exception:  # noqa: BLE001 - older OpenVINO without it, or a request still running (UNSTOPPED)
+        pass
 
 
 def check_image_io(model, what: str) -> None:

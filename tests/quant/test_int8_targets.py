@@ -35,6 +35,8 @@ def test_one_graph_per_runtime_and_one_verdict(bundle):
             "openvino_int8_weights"} <= set(roles)
     assert roles["onnx_int8_cpu"]["backend"] == "onnxruntime" and roles["openvino_int8"]["backend"] == "openvino"
     assert (out / "model.xml").is_file() and (out / "model.bin").is_file()
+    # how edgesr compiled the IRs for the verdict and times (static shapes: docs/int8.md, "OpenVINO findings")
+    assert roles["openvino_int8"]["compile"].startswith("static-shape") and "compile" in roles["openvino_fp32"]
     assert not (out / "model_int8_openvino.onnx").exists()  # the IR is the artifact
     # the verdict: criterion, images, budget - in the manifest, per graph, in its runtime
     for profile, runtime in (("cpu", "onnxruntime"), ("openvino", "openvino")):
