@@ -63,6 +63,14 @@ class QuantProfile:
     # for ETDS-T/M/L, ECBSR and ABPN in `cpu` and `openvino`, not for RLFN / SPAN; for `trt` it was
     # mixed (docs/int8.md, "Calibration patch size").
     calibration_patch: int = 48
+    # placement="inputs": conv-input ranges shrunk where that lowers the model's output error on the
+    # calibration patches (edgesr/quant/range_search.py; QuantConfig.range_search overrides it). Off
+    # everywhere: lower all-int8 held-out drops for RLFN / SPAN, higher for ETDS-M / ECBSR, and the
+    # searched RLFN / SPAN graphs lose more on Set5 and the independent photos (docs/int8.md)
+    range_search: bool = False
+    # placement="inputs": int8 weights rounded for the quantized input they read (edgesr/quant/refine.py,
+    # WeightRefiner input_aware; QuantConfig.input_aware overrides it)
+    input_aware: bool = False
     description: str = ""
 
     def ort_types(self):
@@ -167,6 +175,13 @@ class QuantConfig:
                    the calibration photos lack; see edgesr/quant/refine.py). None: on when
                    the profile's weights are 7-bit (cpu), off for 8-bit weights (trt)
     bias_correction  remove the mean output shift of the weight error from the bias
+    range_search   conv-input activation ranges shrunk where that lowers the model's output error on
+                   the calibration patches (edgesr/quant/range_search.py; placement "inputs" only).
+                   None: the profile's choice (off for all three: measured, docs/int8.md "RLFN's two 3x3
+                   convs")
+    input_aware    int8 conv weights fitted (least squares) and GPTQ-rounded for the QUANTIZED input they
+                   read, so they undo the predictable part of its quantization error (edgesr/quant/refine.py;
+                   placement "inputs" only). None: the profile's choice
     finetune       when the all-int8 graph misses psnr_budget: a short quantization-aware
                    fine-tune of its int8 weight codes and biases against the fp32 output on
                    the calibration patches (edgesr/quant/finetune.py), kept only when the
@@ -202,6 +217,8 @@ class QuantConfig:
     gptq: bool = True
     gptq_color_permutations: bool | None = None  # None: on for 7-bit (reduce_range) weights only
     bias_correction: bool = True
+    range_search: bool | None = None  # None: the profile's choice (QuantProfile.range_search)
+    input_aware: bool | None = None  # None: the profile's choice (QuantProfile.input_aware)
     finetune: bool = False  # opt-in: minutes of CPU per model, helped one of three measured cases (docs/int8.md)
     finetune_steps: int = 300
     sensitivity: str = "only"

@@ -77,6 +77,7 @@ class QuantResult:
     prelu_rewrite: dict[str, Any] | None = None
     concat_split: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None  # FinetuneReport + held-out scores; None: not run
+    range_search: dict[str, Any] | None = None  # RangeSearchReport (quant/range_search.py); None: not run
     speed: dict[str, Any] | None = None  # the final graph vs fp32, timed by the search (quant/speed.py)
     test_set: str | None = None
     test_psnr_fp32: float | None = None
@@ -496,6 +497,7 @@ class QuantSession:
         from .saturation import clip_saturating_ranges
 
         self.saturation_clipped = clip_saturating_ranges(model, ranges)
+        self.range_report = self._search_ranges(model, ranges, source.patches, layers)
         from onnxruntime.quantization.calibrate import save_tensors_data
 
         ranges_path = work / "ranges.json"
@@ -506,13 +508,55 @@ class QuantSession:
             from .refine import WeightRefiner
 
             perms = profile.reduce_range if config.gptq_color_permutations is None else config.gptq_color_permutations
+            aware = (profile.input_aware if config.input_aware is None else config.input_aware) \
+                and profile.placement == "inputs"
             refiner = WeightRefiner(model, source.patches, gptq=config.gptq, bias_correction=config.bias_correction,
-                                    color_permutations=perms, threads=config.threads)
+                                    color_permutations=perms, threads=config.threads,
+                                    input_quant=self._input_quant(model, ranges, layers, every=aware),
+                                    input_aware=aware)
         self._qs = _Session(self.fp32_path, spec, config, ranges_path, self.evalset, work, layers, refiner,
                             self.overrides)
         self.psnr_fp32 = evaluate(self.fp32_path, spec, self.evalset, config.threads, profile.runtime).psnr
         self.psnr_int8_all = self._qs.score([])
         self.workdir = work
+
+    def _search_ranges(self, model, ranges, patches: np.ndarray, layers: list[Layer]) -> dict[str, Any] | None:
+        """Conv-input ranges chosen by the conv's output error (quant/range_search.py), where enabled."""
+        profile = self.profile
+        enabled = profile.range_search if self.config.range_search is None else self.config.range_search
+        if not enabled or profile.placement != "inputs":  # "ort" placement quantizes conv outputs instead
+            return None
+        from .range_search import search_ranges
+
+        nodes = {n for layer in layers for n in layer.nodes}
+        rep = search_ranges(model, ranges, patches, nodes, symmetric=profile.activation_symmetric,
+                            signed=profile.activation_type == "int8", skip=set(self.overrides), threads=self.config.threads)
+        return rep.to_dict()
+
+    def _input_quant(self, model, ranges, layers: list[Layer], every: bool) -> dict[str, Any] | None:
+        """{conv input tensor: its quantize-dequantize on the calibrated range}: for every input of an int8
+        conv with `every` (input-aware rounding), else for the inputs whose range was searched (their
+        clipping shifts the mean, which bias correction removes). Never the exact 8-bit picture."""
+        changed = {c["tensor"] for c in (self.range_report or {}).get("changed", [])}
+        if not every and not changed:
+            return None
+        from .range_search import fake_quant, tensor_range
+
+        p = self.profile
+        nodes = {n for layer in layers for n in layer.nodes}
+        readers: dict[str, set] = {}
+        for n in model.graph.node:
+            if n.op_type == "Conv" and n.input:
+                readers.setdefault(n.input[0], set()).add(n.name)
+        out: dict[str, Any] = {}
+        for t, names in readers.items():
+            if not names <= nodes or t in self.overrides or t not in ranges or not (every or t in changed):
+                continue
+            r = tensor_range(ranges[t])
+            if r is not None:
+                out[t] = (lambda x, lo=r[0], hi=r[1]: fake_quant(x, lo, hi, p.activation_symmetric,
+                                                                  p.activation_type == "int8"))
+        return out or None
 
     _rank_qs: "_Session | None" = None  # the ranking session (centre crops), made on first use
 
@@ -685,6 +729,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
             onnx.save(qmodel, str(tmp_out))
         source, patch_choice = qs.source, qs.patch_choice
         reports = (qs.eq_report, qs.center_report, qs.prelu_report, qs.concat_report, qs.exact_input_report)
+        range_report = qs.range_report
 
     result = QuantResult(
         path=out, profile=profile.name, config=config.to_dict(), float_nodes=float_nodes,
@@ -696,6 +741,7 @@ def quantize_model(onnx_fp32_path: str | os.PathLike, out_path: str | os.PathLik
         calibration=source.describe() | {"method": config.method, "patch_size_choice": patch_choice},
         equalization=reports[0],
         centering=reports[1], exact_input=reports[4], prelu_rewrite=reports[2], concat_split=reports[3], finetune=finetune_info,
+        range_search=range_report,
         test_set=test_set.name if test_set is not None else None, test_psnr_fp32=test_fp32,
         test_psnr_int8=test_int8, op_counts=_op_counts(qmodel), warnings=warnings, speed=speed_info)
     if sensitivity_png and rows:
