@@ -214,7 +214,7 @@ class OpenVinoRunner(BaseRunner):
         if self._by_shape and next(reversed(self._by_shape)) != shape:
             # another shape now: the last one's intermediate buffers go, so that the kept compiles
             # hold at most one shape's activations at a time (upscale's memory plan counts one)
-            _release_memory(self._by_shape[next(reversed(self._by_shape))][0])
+            release_memory(self._by_shape[next(reversed(self._by_shape))][0])
         hit = self._by_shape.get(shape)
         if hit is not None:
             self._by_shape.move_to_end(shape)
@@ -258,7 +258,7 @@ class OpenVinoRunner(BaseRunner):
         return np.array(y, dtype=np.float32, copy=True)
 
 
-def _release_memory(compiled) -> None:
+def release_memory(compiled) -> None:
     """Free a compiled model's intermediate buffers (reallocated on its next run)."""
     try:
         compiled.release_memory()

@@ -126,7 +126,7 @@ def test_a_shape_change_frees_the_last_shapes_buffers(gate, monkeypatch):
     import edgesr.backends.openvino_runner as ovr
 
     released = []
-    monkeypatch.setattr(ovr, "_release_memory", lambda compiled: released.append(compiled))
+    monkeypatch.setattr(ovr, "release_memory", lambda compiled: released.append(compiled))
     r = OpenVinoRunner(gate[0], threads=1)
     a, b = np.zeros((1, 3, 16, 24), np.float32), np.zeros((1, 3, 20, 28), np.float32)
     r.run(a)
