@@ -282,7 +282,7 @@ def run_shapes(name: str, args, tmp: Path) -> dict:
     from edgesr.bench import SessionRunner, ort_session
     from edgesr.quant import QuantConfig, QuantSession, quantize_model, testset_eval_set
     from edgesr.quant.calibration import CalibrationSource, held_out_eval_set
-    from edgesr.quant.evaluate import _RunnerSession, evaluate
+    from edgesr.quant.evaluate import RunnerSession, evaluate
     from edgesr.timing import TimingPolicy, ratio_summary, time_interleaved
 
     d = tmp / name
@@ -303,7 +303,7 @@ def run_shapes(name: str, args, tmp: Path) -> dict:
     # the picture both ways: the same graph compiled dynamic (a plain compile) and static (edgesr's runner)
     entry["picture"] = {}
     for label, static in (("dynamic", False), ("static", True)):
-        ov = lambda p: _RunnerSession(OpenVinoRunner(p, threads=1, static_shapes=static))  # noqa: E731
+        ov = lambda p: RunnerSession(OpenVinoRunner(p, threads=1, static_shapes=static))  # noqa: E731
         f_held, q_held = evaluate(ov(fp32), spec, held).psnr, evaluate(ov(res.path), spec, held).psnr
         f_set5, q_set5 = evaluate(ov(fp32), spec, set5).psnr, evaluate(ov(res.path), spec, set5).psnr
         entry["picture"][label] = {"heldout_drop": f_held - q_held, "set5_drop": f_set5 - q_set5}
@@ -432,27 +432,18 @@ def main(argv=None) -> int:
         return 2
     result = {"benchmark": "int8_ov_profile", "lr_size": list(LR_HW), "threads": args.threads, "runs": args.runs,
               "machine": machine_info(), "openvino": openvino_version(), "nncf": nncf.__version__, "models": {}}
-    if args.shapes:
-        out = Path(args.out) if args.out != str(RESULTS) else SHAPES_RESULTS
-        result["benchmark"] = "int8_ov_shapes"
-        with tempfile.TemporaryDirectory(prefix="edgesr-ovshp-") as tmp:
+    for flag, default_out, kind, run, table_of in (("shapes", SHAPES_RESULTS, "int8_ov_shapes", run_shapes, shapes_table),
+                                                   ("ablation", ABLATION_RESULTS, "int8_ov_ablation", run_ablation,
+                                                    ablation_table)):
+        if not getattr(args, flag):
+            continue
+        out = Path(args.out) if args.out != str(RESULTS) else default_out
+        result["benchmark"] = kind
+        with tempfile.TemporaryDirectory(prefix=f"edgesr-{flag}-") as tmp:
             for i, name in enumerate(names):
                 log(f"[{i + 1}/{len(names)}] {name} (load {os.getloadavg()[0]:.1f})")
-                result["models"][name] = run_shapes(name, args, Path(tmp))
-                print("\n" + shapes_table(name, result["models"][name]), flush=True)
-                atomic_write_json(out.with_suffix(".partial.json"), result)
-        atomic_write_json(out, result)
-        out.with_suffix(".partial.json").unlink(missing_ok=True)
-        print(f"\nwrote {out}")
-        return 0
-    if args.ablation:
-        out = Path(args.out) if args.out != str(RESULTS) else ABLATION_RESULTS
-        result["benchmark"] = "int8_ov_ablation"
-        with tempfile.TemporaryDirectory(prefix="edgesr-ovabl-") as tmp:
-            for i, name in enumerate(names):
-                log(f"[{i + 1}/{len(names)}] {name} (load {os.getloadavg()[0]:.1f})")
-                result["models"][name] = run_ablation(name, args, Path(tmp))
-                print("\n" + ablation_table(name, result["models"][name]), flush=True)
+                result["models"][name] = run(name, args, Path(tmp))
+                print("\n" + table_of(name, result["models"][name]), flush=True)
                 atomic_write_json(out.with_suffix(".partial.json"), result)
         atomic_write_json(out, result)
         out.with_suffix(".partial.json").unlink(missing_ok=True)

@@ -80,30 +80,16 @@ def nncf_default(fp32: Path, patches: np.ndarray, out: Path) -> Path:
     return out
 
 
-class _CompiledSession:
-    """An OpenVINO CompiledModel behind the session calls edgesr's `run_sr` makes."""
-
-    def __init__(self, compiled):
-        self.compiled = compiled
-
-    def get_inputs(self):
-        class _In:
-            name = "input"
-
-        return [_In()]
-
-    def run(self, _outputs, feed: dict) -> list[np.ndarray]:
-        return [np.asarray(self.compiled(next(iter(feed.values())))[0], dtype=np.float32)]
-
-
 def heldout_validation(spec, evalset):
     """NNCF's validation function with edgesr's verdict criterion: the mean Y-PSNR (BasicSR protocol)
     over the held-out tiles of the model NNCF compiled, and the per-tile values NNCF ranks layers by."""
+    from types import SimpleNamespace
+
     from edgesr.metrics import psnr_y
-    from edgesr.quant.evaluate import run_sr
+    from edgesr.quant.evaluate import RunnerSession, run_sr
 
     def validate(compiled, pairs) -> tuple[float, list[float]]:
-        sess = _CompiledSession(compiled)
+        sess = RunnerSession(SimpleNamespace(run=lambda x: np.asarray(compiled(x)[0], dtype=np.float32)))
         per = [float(psnr_y(run_sr(sess, spec, p.lr), p.hr.astype(np.float64) / 255.0, crop_border=evalset.scale))
                for p in pairs]
         return float(np.mean(per)), per

@@ -67,7 +67,7 @@ class _OneSampleSession:
 RUNTIMES = ("onnxruntime", "openvino")
 
 
-class _RunnerSession:
+class RunnerSession:
     """An edgesr Runner (``run(x) -> y``) behind the ORT session calls `run_sr` makes."""
 
     def __init__(self, runner):
@@ -88,7 +88,7 @@ def runtime_session(model: str | os.PathLike | bytes, runtime: str = "onnxruntim
     if runtime == "openvino":
         from ..backends.openvino_runner import OpenVinoRunner
 
-        return _RunnerSession(OpenVinoRunner(model, threads=threads))
+        return RunnerSession(OpenVinoRunner(model, threads=threads))
     return make_session(model, threads)
 
 
