@@ -218,6 +218,7 @@ class _OutputError:
         import onnx
         from onnx import TensorProto, helper
 
+        from ..export.graph import toposort
         from .evaluate import make_session
 
         m = onnx.ModelProto()
@@ -232,31 +233,9 @@ class _OutputError:
                 n.input[:] = [dq if x == t else x for x in n.input]
             m.graph.node.extend([helper.make_node("QuantizeLinear", [t, s_name, z_name], [q]),
                                  helper.make_node("DequantizeLinear", [q, s_name, z_name], [dq])])
-        order = _toposort(m.graph)
-        del m.graph.node[:]
-        m.graph.node.extend(order)
+        toposort(m)  # the QDQ pairs were appended after their readers
         y = self._run(make_session(m.SerializeToString(), self.threads))
         return float(np.sum((y - self.ref) ** 2))
-
-
-def _toposort(graph) -> list:
-    """The graph's nodes in an order where each runs after the producers of its inputs."""
-    produced = {i.name for i in graph.input} | {i.name for i in graph.initializer}
-    import copy
-
-    pending, order = [copy.copy(n) for n in graph.node], []
-    while pending:
-        rest = []
-        for n in pending:
-            if all(not x or x in produced for x in n.input):
-                order.append(n)
-                produced.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            return order + rest  # not sortable (should not happen): let the runtime complain
-        pending = rest
-    return order
 
 
 def _conv(e, w, attrs):
