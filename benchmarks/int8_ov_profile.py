@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from int8_runtimes import LR_HW, MODELS, SET5, export_deploy_fp32, missing_requirements, nncf_default  # noqa: E402
+from int8_runtimes import LR_HW, MODELS, SET5, export_deploy_fp32, missing_requirements, nncf_default, runtime_nodes  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "int8_ov_profile.json"
 ABLATION_RESULTS = REPO / "benchmarks" / "results" / "int8_ov_ablation.json"
@@ -105,15 +105,9 @@ class ProfiledGraph:
 
     def runtime_precisions(self) -> dict[str, int]:
         """The compiled graph's ops as `layerType:runtimePrecision` counts (constants left out)."""
-        counts: dict[str, int] = defaultdict(int)
-        for op in self.compiled.get_runtime_model().get_ordered_ops():
-            rt = op.get_rt_info()
-            t = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
-            if t in ("Const", "Constant", "Parameter", "Result"):
-                continue
-            prec = rt["runtimePrecision"].astype(str) if "runtimePrecision" in rt else "?"
-            counts[f"{t}:{prec}"] += 1
-        return dict(sorted(counts.items()))
+        from collections import Counter
+
+        return dict(sorted(Counter(runtime_nodes(self.compiled, ("runtimePrecision",))).items()))
 
 
 def time_graphs(graphs: dict[str, ProfiledGraph], x: np.ndarray, runs: int, warmup: int = 2) -> dict[str, list[float]]:

@@ -205,20 +205,28 @@ def run_model(name: str, args, tmp: Path, set5, heldout) -> dict:
     return entry
 
 
+# node kinds of a compiled OpenVINO model that hold data, not work
+CONSTANT_NODES = ("Const", "Constant", "Parameter", "Result")
+
+
+def runtime_nodes(compiled, fields: tuple[str, ...], skip: tuple[str, ...] = CONSTANT_NODES) -> list[str]:
+    """A compiled OpenVINO model's nodes in execution order, each as ``layerType:field:...`` read from
+    its runtime model's rt_info (``?`` where a field is absent), the node kinds in `skip` left out."""
+    nodes = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        kind = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
+        if kind not in skip:
+            nodes.append(":".join([kind, *(rt[f].astype(str) if f in rt else "?" for f in fields)]))
+    return nodes
+
+
 def compiled_ops(runner, shape: tuple[int, ...]) -> list[str]:
     """The graph OpenVINO actually runs for an input of `shape` (edgesr's runner compiles per input shape),
     node by node in execution order: `type:kernel:output precision` (e.g. ``Convolution:brgconv_avx512_I8:u8``),
     constants and inputs/outputs left out."""
-    ops = []
-    for op in runner.compiled_for(shape).get_runtime_model().get_ordered_ops():
-        rt = op.get_rt_info()
-        kind = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
-        if kind in ("Const", "Constant", "Input", "Output", "Parameter", "Result"):
-            continue
-        kernel = rt["primitiveType"].astype(str) if "primitiveType" in rt else "?"
-        prec = rt["outputPrecisions"].astype(str) if "outputPrecisions" in rt else "?"
-        ops.append(f"{kind}:{kernel}:{prec}")
-    return ops
+    return runtime_nodes(runner.compiled_for(shape), ("primitiveType", "outputPrecisions"),
+                         skip=CONSTANT_NODES + ("Input", "Output"))
 
 
 def compare_compiled(edgesr_runner, nncf_runner, shape: tuple[int, ...]) -> dict:
